@@ -1,0 +1,135 @@
+//! Cuts (peaks of the rhythm curve), motion energy and scene changes.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Cut {
+    /// Seconds: the first analysis frame of the new shot.
+    pub time: f64,
+    /// d_t at the cut.
+    pub strength: f32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CutConfig {
+    /// Frames on each side used for the local baseline.
+    pub window: usize,
+    /// A cut's d must exceed `ratio` × the local baseline …
+    pub ratio: f32,
+    /// … and the baseline by at least this much.
+    pub min_jump: f32,
+    /// Minimum spacing between cuts, seconds.
+    pub min_gap: f64,
+}
+
+impl Default for CutConfig {
+    fn default() -> Self {
+        Self {
+            window: 12,
+            ratio: 3.0,
+            min_jump: 0.04,
+            min_gap: 0.2,
+        }
+    }
+}
+
+fn median(v: &mut [f32]) -> f32 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mid = v.len() / 2;
+    let (_, m, _) = v.select_nth_unstable_by(mid, f32::total_cmp);
+    *m
+}
+
+/// Local baseline at each frame: the median of its neighbours (itself
+/// excluded), so a one-frame spike stands out against it.
+fn baseline(d: &[f32], window: usize) -> Vec<f32> {
+    let mut buf = Vec::with_capacity(2 * window);
+    (0..d.len())
+        .map(|t| {
+            buf.clear();
+            let lo = t.saturating_sub(window).max(1);
+            let hi = (t + window + 1).min(d.len());
+            buf.extend((lo..hi).filter(|&k| k != t).map(|k| d[k]));
+            median(&mut buf)
+        })
+        .collect()
+}
+
+/// Cuts in a rhythm curve sampled at `rate` Hz (d_0, the start, is never a cut).
+pub fn detect_cuts(d: &[f32], rate: f64, cfg: &CutConfig) -> Vec<Cut> {
+    let base = baseline(d, cfg.window);
+    let gap = (cfg.min_gap * rate).ceil() as usize;
+    let mut candidates: Vec<(usize, f32)> = (1..d.len())
+        .filter(|&t| d[t] > base[t] * cfg.ratio && d[t] - base[t] > cfg.min_jump)
+        .map(|t| (t, d[t] - base[t]))
+        .collect();
+    // Strongest first, so a weaker neighbour within the gap yields.
+    candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut taken: Vec<usize> = Vec::new();
+    for (t, _) in candidates {
+        if taken.iter().all(|&k| k.abs_diff(t) >= gap.max(1)) {
+            taken.push(t);
+        }
+    }
+    taken.sort_unstable();
+    taken
+        .into_iter()
+        .map(|t| Cut {
+            time: t as f64 / rate,
+            strength: d[t],
+        })
+        .collect()
+}
+
+/// Motion energy: the rhythm curve with cut spikes replaced by their local
+/// baseline, smoothed over `smooth_s` seconds.
+pub fn motion_energy(d: &[f32], cuts: &[Cut], rate: f64, smooth_s: f64) -> Vec<f32> {
+    let base = baseline(d, 6);
+    let mut m: Vec<f32> = d.to_vec();
+    if let Some(first) = m.first_mut() {
+        *first = base.first().copied().unwrap_or(0.0);
+    }
+    for c in cuts {
+        let t = (c.time * rate).round() as usize;
+        if t < m.len() {
+            m[t] = base[t];
+        }
+    }
+    let half = ((smooth_s * rate) / 2.0).round() as usize;
+    let mut prefix = vec![0.0f64; m.len() + 1];
+    for (i, &v) in m.iter().enumerate() {
+        prefix[i + 1] = prefix[i] + f64::from(v);
+    }
+    (0..m.len())
+        .map(|i| {
+            let lo = i.saturating_sub(half);
+            let hi = (i + half + 1).min(m.len());
+            ((prefix[hi] - prefix[lo]) / (hi - lo) as f64) as f32
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spikes_are_cuts_and_motion_is_not() {
+        let mut d = vec![0.01f32; 200];
+        d[0] = 1.0;
+        // A burst of motion: elevated but sustained.
+        for v in &mut d[100..140] {
+            *v = 0.08;
+        }
+        d[50] = 0.6;
+        d[120] = 0.5;
+        d[170] = 0.3;
+        let cuts = detect_cuts(&d, 25.0, &CutConfig::default());
+        let times: Vec<f64> = cuts.iter().map(|c| c.time).collect();
+        assert_eq!(times, vec![2.0, 4.8, 6.8]);
+        let m = motion_energy(&d, &cuts, 25.0, 0.5);
+        assert!(m[120] > 0.05 && m[50] < 0.03, "{} {}", m[120], m[50]);
+    }
+}

@@ -1,0 +1,182 @@
+//! Hierarchical visual analysis: global (semantic) vectors at 1 fps, patch
+//! (rhythmic) vectors at 25 fps, the rhythm curve at 50 Hz, and what the
+//! composer reads off them: cuts, motion energy, scene changes, a tempo.
+
+mod cuts;
+mod encoder;
+mod plot;
+mod rhythm;
+mod tempo;
+
+pub use cuts::{Cut, CutConfig, detect_cuts, motion_energy};
+pub use encoder::{PATCH_DIM, StatsEncoder, VisualEncoder, global};
+pub use plot::plot_analysis;
+pub use rhythm::{RhythmCurve, cosine_distance, resample_linear};
+pub use tempo::{TempoSuggestion, grid_fit, suggest_tempo};
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::video::{SampleOptions, VideoInfo, sample_frames};
+
+/// Local (rhythm) frame rate of the method.
+pub const LOCAL_FPS: f64 = 25.0;
+/// Global (semantic) frame rate of the method.
+pub const GLOBAL_FPS: f64 = 1.0;
+/// Token rate of the music model; the rhythm curve is resampled to it.
+pub const CURVE_HZ: f64 = 50.0;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Analysis {
+    pub video: VideoInfo,
+    pub encoder: String,
+    /// Seconds.
+    pub duration: f64,
+    /// d_t at 25 fps (d_0 = 1).
+    pub rhythm_25fps: Vec<f32>,
+    /// d interpolated to 50 Hz.
+    pub rhythm_50hz: Vec<f32>,
+    /// Motion energy at 25 fps (rhythm curve without cut spikes, smoothed).
+    pub motion: Vec<f32>,
+    pub cuts: Vec<Cut>,
+    /// One global vector per second.
+    pub global: Vec<Vec<f32>>,
+    pub summary: Summary,
+    pub tempo: TempoSuggestion,
+}
+
+/// What the whole video looks like, in numbers the composer reads.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct Summary {
+    pub brightness: f32,
+    pub contrast: f32,
+    pub saturation: f32,
+    pub colourfulness: f32,
+    pub warmth: f32,
+    /// Mean motion energy.
+    pub motion: f32,
+    pub cuts_per_minute: f64,
+}
+
+impl Analysis {
+    /// Motion energy at `t` seconds, normalised so that the video's own
+    /// 90th percentile is 1.
+    pub fn motion_at(&self, t: f64) -> f32 {
+        let i = ((t * LOCAL_FPS) as usize).min(self.motion.len().saturating_sub(1));
+        let m = self.motion.get(i).copied().unwrap_or(0.0);
+        m / self.motion_scale()
+    }
+
+    fn motion_scale(&self) -> f32 {
+        let mut v = self.motion.clone();
+        if v.is_empty() {
+            return 1.0;
+        }
+        let k = (v.len() * 9 / 10).min(v.len() - 1);
+        let (_, p90, _) = v.select_nth_unstable_by(k, f32::total_cmp);
+        p90.max(1e-4)
+    }
+
+    /// Global vector of the second containing `t`.
+    pub fn global_at(&self, t: f64) -> Option<&[f32]> {
+        if self.global.is_empty() {
+            return None;
+        }
+        let i = ((t * GLOBAL_FPS) as usize).min(self.global.len() - 1);
+        Some(&self.global[i])
+    }
+}
+
+/// Progress of a long operation, in [0, 1].
+pub type Progress<'a> = &'a mut dyn FnMut(f64);
+
+/// Decodes `path` once at 25 fps and runs the encoder: patch vectors on every
+/// frame, the global vector on every 25th (1 fps).
+pub fn analyze(
+    path: &Path,
+    encoder: &mut dyn VisualEncoder,
+    cancel: &AtomicBool,
+    progress: Progress<'_>,
+) -> Result<Analysis> {
+    let opts = SampleOptions {
+        rate: LOCAL_FPS,
+        size: encoder.input_size(),
+        fit: encoder.fit(),
+    };
+    let every = (LOCAL_FPS / GLOBAL_FPS).round() as usize;
+    let mut curve = RhythmCurve::default();
+    let mut globals = Vec::new();
+    let mut local = Vec::new();
+    let mut g = Vec::new();
+    let (info, _) = sample_frames(path, &opts, cancel, |frame| {
+        encoder.encode_local(frame, &mut local);
+        curve.push(&local);
+        if frame.index % every == 0 {
+            encoder.encode_global(frame, &mut g);
+            globals.push(g.clone());
+        }
+        if frame.index % every == 0 && frame.duration > 0.0 {
+            progress((frame.time / frame.duration).min(1.0));
+        }
+        Ok(())
+    })?;
+    progress(1.0);
+    Ok(from_curve(info, encoder.name(), curve.values, globals))
+}
+
+/// Everything derived from the sampled features.
+pub fn from_curve(info: VideoInfo, encoder: &str, d: Vec<f32>, global: Vec<Vec<f32>>) -> Analysis {
+    let duration = if info.duration > 0.0 {
+        info.duration
+    } else {
+        d.len() as f64 / LOCAL_FPS
+    };
+    let cuts = detect_cuts(&d, LOCAL_FPS, &CutConfig::default());
+    let motion = motion_energy(&d, &cuts, LOCAL_FPS, 0.5);
+    let rhythm_50hz = resample_linear(&d, LOCAL_FPS, CURVE_HZ, duration);
+    let mean = |k: usize| {
+        if global.is_empty() {
+            0.0
+        } else {
+            global.iter().map(|g| g[k]).sum::<f32>() / global.len() as f32
+        }
+    };
+    let motion_mean = if motion.is_empty() {
+        0.0
+    } else {
+        motion.iter().sum::<f32>() / motion.len() as f32
+    };
+    let summary = Summary {
+        brightness: mean(global::BRIGHTNESS),
+        contrast: mean(global::CONTRAST),
+        saturation: mean(global::SATURATION),
+        colourfulness: mean(global::COLOURFULNESS),
+        warmth: mean(global::WARMTH),
+        motion: motion_mean,
+        cuts_per_minute: if duration > 0.0 {
+            cuts.len() as f64 * 60.0 / duration
+        } else {
+            0.0
+        },
+    };
+    // Busier pictures suggest faster music: 80 BPM for a still picture,
+    // up to 140 for constant motion and frequent cutting.
+    let busy = (motion_mean / 0.05).min(1.0) as f64 * 0.6 + (summary.cuts_per_minute / 40.0).min(1.0) * 0.4;
+    let cut_times: Vec<f64> = cuts.iter().map(|c| c.time).collect();
+    let tempo = suggest_tempo(&cut_times, 80.0 + 60.0 * busy, 70.0, 160.0);
+    Analysis {
+        video: info,
+        encoder: encoder.to_string(),
+        duration,
+        rhythm_25fps: d,
+        rhythm_50hz,
+        motion,
+        cuts,
+        global,
+        summary,
+        tempo,
+    }
+}

@@ -1,0 +1,106 @@
+//! Audio buffers, WAV files, resampling and loudness normalisation.
+
+mod loudness;
+mod resample;
+mod wav;
+
+pub use loudness::{LoudnessReport, measure, normalize};
+pub use resample::resample;
+pub use wav::{read_wav, write_wav};
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Planar f32 audio.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audio {
+    pub sample_rate: u32,
+    pub channels: Vec<Vec<f32>>,
+}
+
+impl Audio {
+    pub fn silence(sample_rate: u32, channels: usize, frames: usize) -> Self {
+        Self {
+            sample_rate,
+            channels: vec![vec![0.0; frames]; channels],
+        }
+    }
+
+    /// Frames (samples per channel).
+    pub fn len(&self) -> usize {
+        self.channels.first().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn duration(&self) -> f64 {
+        self.len() as f64 / f64::from(self.sample_rate)
+    }
+
+    /// Mono mix (mean of the channels).
+    pub fn mono(&self) -> Vec<f32> {
+        let n = self.channels.len().max(1) as f32;
+        (0..self.len())
+            .map(|i| self.channels.iter().map(|c| c[i]).sum::<f32>() / n)
+            .collect()
+    }
+
+    pub fn peak(&self) -> f32 {
+        self.channels
+            .iter()
+            .flat_map(|c| c.iter())
+            .fold(0.0f32, |m, &x| m.max(x.abs()))
+    }
+}
+
+/// Fails early, before any long work, when `path` cannot be written: the
+/// directory is missing or read-only, or `path` is a directory.
+pub fn check_writable(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::output(path, "it is a directory"));
+    }
+    let dir = parent_dir(path);
+    if !dir.is_dir() {
+        return Err(Error::output(
+            path,
+            format!("the folder {} does not exist", dir.display()),
+        ));
+    }
+    let probe = tempfile::Builder::new()
+        .prefix(".vidmusician-probe")
+        .tempfile_in(&dir)
+        .map_err(|e| Error::output(path, e))?;
+    drop(probe);
+    Ok(())
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Runs `write` on a temporary file beside `path` (same extension, so
+/// FFmpeg and hound see the right format) and renames it over `path` only
+/// when it succeeded: an existing file is never left half-overwritten.
+pub fn atomic_output(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    check_writable(path)?;
+    let dir = parent_dir(path);
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    let tmp = tempfile::Builder::new()
+        .prefix(".vidmusician-")
+        .suffix(&ext)
+        .tempfile_in(&dir)
+        .map_err(|e| Error::output(path, e))?;
+    let tmp_path = tmp.path().to_path_buf();
+    write(&tmp_path)?;
+    tmp.persist(path).map_err(|e| Error::output(path, e.error))?;
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! Typed errors of the engine. Each variant carries what a user needs to act:
+//! which file, what was found, what was expected.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: no such file", .0.display())]
+    NotFound(PathBuf),
+    #[error("{}: the file is empty (0 bytes)", .0.display())]
+    EmptyFile(PathBuf),
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{}: not a readable video: the file is corrupt, truncated or of an unknown format (FFmpeg: {reason})",
+        path.display()
+    )]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("{}: has no video stream (audio-only or data file); VidMusician needs a video", .0.display())]
+    NoVideoStream(PathBuf),
+    #[error("{}: is a still image ({format}), not a video", path.display())]
+    StillImage { path: PathBuf, format: String },
+    #[error("{}: the video has no frames (zero length)", .0.display())]
+    EmptyVideo(PathBuf),
+    #[error(
+        "{}: the video is {width}×{height} pixels; at least {min}×{min} is needed to analyse it",
+        path.display()
+    )]
+    TooSmall {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        min: u32,
+    },
+    #[error(
+        "{}: the video stops at {decoded:.2} s but its header says {declared:.2} s: the file looks truncated",
+        path.display()
+    )]
+    Truncated {
+        path: PathBuf,
+        decoded: f64,
+        declared: f64,
+    },
+    #[error("{}: cannot decode the video stream ({codec}): {reason}", path.display())]
+    Decode {
+        path: PathBuf,
+        codec: String,
+        reason: String,
+    },
+    #[error("{}: cannot write: {reason}", path.display())]
+    Output { path: PathBuf, reason: String },
+    #[error("invalid setting: {0}")]
+    InvalidSetting(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("the engine thread has stopped")]
+    EngineGone,
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn output(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
+        Error::Output {
+            path: path.into(),
+            reason: reason.to_string(),
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! VidMusician engine: everything but the host glue.
+//!
+//! - [`video`]: probe, decode and sample frames (FFmpeg); mux music into a copy.
+//! - [`analysis`]: the hierarchical visual features of the VidMusician method
+//!   (global at 1 fps, patch-level at 25 fps), the rhythm curve, cuts, tempo.
+//! - [`sketch`]: the embedded composer, driven by the analysis, no weights.
+//! - [`audio`]: WAV, resampling, loudness.
+//! - [`metrics`]: onsets, Beat Coverage / Beat Hit, cut hit rate.
+//! - [`service`]: the engine thread that the CLI and the plugin both drive.
+
+pub mod analysis;
+pub mod audio;
+pub mod error;
+pub mod metrics;
+pub mod sketch;
+pub mod video;
+
+pub use error::{Error, Result};

@@ -1,0 +1,67 @@
+//! The embedded composer: music for a video without any model weights.
+//!
+//! It reads the same visual analysis the neural engines use — cuts, motion
+//! energy, global colour statistics — and writes an arrangement (drums,
+//! bass, pad harmony, plucked arpeggio, a lead when the picture is busy)
+//! with accents on the cuts, intensity following motion, key and mode
+//! following the picture, and sections changing at the larger scene
+//! changes. It is deterministic for a seed.
+
+mod render;
+mod score;
+
+pub use score::{Inst, Note, Score, Section, arrange};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+
+use crate::analysis::Analysis;
+use crate::audio::{Audio, LoudnessReport, normalize};
+use crate::error::{Error, Result};
+
+/// The loudness the composer masters to (streaming platforms' reference).
+pub const TARGET_LUFS: f64 = -14.0;
+pub const CEILING_DBTP: f64 = -1.0;
+pub const SAMPLE_RATE: u32 = 48_000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SketchSettings {
+    /// Tempo; `None` picks the tempo that lands cuts on beats.
+    pub bpm: Option<f64>,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Composition {
+    pub audio: Audio,
+    pub score: Score,
+    pub loudness: LoudnessReport,
+}
+
+pub fn compose(
+    analysis: &Analysis,
+    settings: &SketchSettings,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(f64),
+) -> Result<Composition> {
+    let bpm = match settings.bpm {
+        Some(b) if b.is_finite() && (20.0..=400.0).contains(&b) => b,
+        Some(b) => return Err(Error::InvalidSetting(format!("tempo {b} BPM (expected 20–400)"))),
+        None => analysis.tempo.bpm,
+    };
+    let score = arrange(analysis, bpm, settings.seed);
+    let frames = (analysis.duration * f64::from(SAMPLE_RATE)).round() as usize;
+    let mut tick = |p: f64| {
+        progress(p * 0.9);
+        !cancel.load(Ordering::Relaxed)
+    };
+    let [l, r] = render::render(&score, SAMPLE_RATE, frames, settings.seed, &mut tick).ok_or(Error::Cancelled)?;
+    let mut audio = Audio {
+        sample_rate: SAMPLE_RATE,
+        channels: vec![l, r],
+    };
+    let loudness = normalize(&mut audio, TARGET_LUFS, CEILING_DBTP)?;
+    progress(1.0);
+    Ok(Composition { audio, score, loudness })
+}

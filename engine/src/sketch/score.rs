@@ -1,0 +1,292 @@
+//! The arrangement: from the analysis, a tempo and a seed, the list of notes
+//! every instrument plays. Pure data, so it can be inspected and tested
+//! without rendering audio.
+
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::analysis::{Analysis, cosine_distance, global};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Inst {
+    Kick,
+    Snare,
+    Hat,
+    Crash,
+    Impact,
+    Bass,
+    Pad,
+    Pluck,
+    Lead,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Note {
+    pub inst: Inst,
+    /// Seconds.
+    pub time: f64,
+    pub dur: f64,
+    /// MIDI note number (drums ignore it).
+    pub pitch: f32,
+    /// 0..1.
+    pub vel: f32,
+    /// −1 (left) .. 1 (right).
+    pub pan: f32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Section {
+    pub start: f64,
+    pub end: f64,
+    /// 0 (calm) ..= 3 (driving).
+    pub intensity: u8,
+    /// Scale degrees (0-based) of the chords, one per bar, repeating.
+    pub progression: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Score {
+    pub bpm: f64,
+    /// Time of the first beat, seconds (a pickup may come before it).
+    pub first_beat: f64,
+    /// Pitch class of the tonic, 0 = C.
+    pub key: u8,
+    pub minor: bool,
+    pub sections: Vec<Section>,
+    /// Times of the accents placed on cuts.
+    pub accents: Vec<f64>,
+    pub notes: Vec<Note>,
+    pub duration: f64,
+}
+
+const MAJOR: [i32; 7] = [0, 2, 4, 5, 7, 9, 11];
+const MINOR: [i32; 7] = [0, 2, 3, 5, 7, 8, 10];
+const MAJOR_PROGRESSIONS: [[usize; 4]; 5] = [
+    [0, 4, 5, 3],
+    [0, 5, 3, 4],
+    [5, 3, 0, 4],
+    [0, 3, 5, 4],
+    [0, 3, 0, 4],
+];
+const MINOR_PROGRESSIONS: [[usize; 4]; 5] = [
+    [0, 5, 2, 6],
+    [0, 3, 5, 4],
+    [0, 6, 5, 6],
+    [0, 3, 4, 0],
+    [5, 6, 0, 0],
+];
+
+/// Key and mode from the picture: the mean hue picks the tonic, brightness,
+/// saturation and warmth pick major or minor.
+fn key_and_mode(a: &Analysis) -> (u8, bool) {
+    let s = &a.summary;
+    let (mut hc, mut hs) = (0.0f32, 0.0f32);
+    for g in &a.global {
+        hc += g[global::HUE_COS];
+        hs += g[global::HUE_SIN];
+    }
+    let angle = hs.atan2(hc).rem_euclid(std::f32::consts::TAU);
+    // Circle of fifths around the hue wheel, so nearby hues give related keys.
+    let step = ((angle / std::f32::consts::TAU) * 12.0).floor() as u8 % 12;
+    let key = (step * 7) % 12;
+    let bright = s.brightness - 0.45 + 0.5 * (s.saturation - 0.35) + 0.8 * s.warmth;
+    (key, bright < 0.0)
+}
+
+/// Sections split at the biggest scene changes: cuts after which the global
+/// (semantic) picture differs most, at least `min_len` seconds apart.
+fn sections(a: &Analysis, min_len: f64) -> Vec<f64> {
+    let mut changes: Vec<(f64, f32)> = a
+        .cuts
+        .iter()
+        .filter_map(|c| {
+            let before = a.global_at((c.time - 0.5).max(0.0))?;
+            let after = a.global_at(c.time + 0.5)?;
+            Some((c.time, cosine_distance(before, after) + 0.1 * c.strength))
+        })
+        .collect();
+    changes.sort_by(|x, y| y.1.total_cmp(&x.1));
+    let mut bounds = vec![0.0];
+    for (t, _) in changes {
+        if t > min_len * 0.5
+            && a.duration - t > min_len * 0.5
+            && bounds.iter().all(|&b: &f64| (b - t).abs() >= min_len)
+        {
+            bounds.push(t);
+        }
+    }
+    bounds.sort_by(f64::total_cmp);
+    bounds
+}
+
+pub fn arrange(a: &Analysis, bpm: f64, seed: u64) -> Score {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_5c0e);
+    let beat = 60.0 / bpm;
+    let cut_times: Vec<f64> = a.cuts.iter().map(|c| c.time).collect();
+    // Phase: the suggestion's when its tempo is used, else the best anchor
+    // on a cut for the given tempo.
+    let phase = if (a.tempo.bpm - bpm).abs() < 1e-6 {
+        a.tempo.phase
+    } else {
+        cut_times
+            .iter()
+            .copied()
+            .max_by(|&x, &y| {
+                crate::analysis::grid_fit(&cut_times, bpm, x)
+                    .total_cmp(&crate::analysis::grid_fit(&cut_times, bpm, y))
+            })
+            .unwrap_or(0.0)
+    };
+    let first_beat = phase.rem_euclid(beat);
+    let (key, minor) = key_and_mode(a);
+    let scale = if minor { MINOR } else { MAJOR };
+    let bar = 4.0 * beat;
+    let bounds = sections(a, (4.0 * bar).max(6.0));
+    let motion_norm = |t0: f64, t1: f64| {
+        let n = ((t1 - t0) * 10.0).ceil().max(1.0) as usize;
+        (0..n).map(|i| a.motion_at(t0 + (t1 - t0) * i as f64 / n as f64)).sum::<f32>() / n as f32
+    };
+    // How busy the whole video is sets the ceiling of the arrangement.
+    let busy = (a.summary.motion / 0.04).min(1.0) * 0.5 + (a.summary.cuts_per_minute as f32 / 30.0).min(1.0) * 0.5;
+    let mut secs = Vec::new();
+    for (i, &s) in bounds.iter().enumerate() {
+        let e = bounds.get(i + 1).copied().unwrap_or(a.duration);
+        let local = motion_norm(s, e);
+        let level = (busy * 2.0 + local * 1.2 + rng.random_range(-0.3..0.3)).round().clamp(0.0, 3.0) as u8;
+        let progs: &[[usize; 4]] = if minor { &MINOR_PROGRESSIONS } else { &MAJOR_PROGRESSIONS };
+        secs.push(Section {
+            start: s,
+            end: e,
+            intensity: level,
+            progression: progs.choose(&mut rng).expect("PANIC: non-empty table").to_vec(),
+        });
+    }
+
+    let mut notes = Vec::new();
+    let chord_tones = |degree: usize| -> [i32; 3] {
+        let d = |k: usize| {
+            let idx = degree + k;
+            scale[idx % 7] + 12 * (idx / 7) as i32
+        };
+        [d(0), d(2), d(4)]
+    };
+    let tonic = 48 + i32::from(key);
+    let swing = rng.random_range(0.0..0.08);
+    let arp_pattern: Vec<usize> = (0..8).map(|_| rng.random_range(0..4)).collect();
+    let hat_open = rng.random_bool(0.5);
+    let pan_pluck = rng.random_range(-0.5..0.5);
+    let mut melody_degree: i32 = 7;
+
+    // Bars from the first downbeat at or before 0 (a pickup bar if needed).
+    let mut bar_start = first_beat - ((first_beat / bar).ceil()) * bar;
+    let mut bar_index = 0usize;
+    while bar_start < a.duration {
+        let mid = (bar_start + bar / 2.0).max(0.0);
+        let sec = secs
+            .iter()
+            .rev()
+            .find(|s| s.start <= mid)
+            .unwrap_or(&secs[0]);
+        let local = motion_norm(bar_start.max(0.0), (bar_start + bar).min(a.duration));
+        let level = (f32::from(sec.intensity) + (local - 0.6) * 0.8).round().clamp(0.0, 3.0) as u8;
+        let degree = sec.progression[bar_index % sec.progression.len()];
+        let tones = chord_tones(degree);
+        // Pad: the chord, held for the bar.
+        for (k, &t) in tones.iter().enumerate() {
+            notes.push(Note {
+                inst: Inst::Pad,
+                time: bar_start,
+                dur: bar,
+                pitch: (tonic + 12 + t) as f32,
+                vel: 0.35 + 0.05 * f32::from(level),
+                pan: [-0.6, 0.0, 0.6][k],
+            });
+        }
+        for b in 0..4 {
+            let t = bar_start + b as f64 * beat;
+            let off = t + beat * (0.5 + swing);
+            // Bass.
+            let root = (tonic - 12 + tones[0]) as f32;
+            if level == 0 {
+                if b == 0 {
+                    notes.push(Note { inst: Inst::Bass, time: t, dur: bar * 0.9, pitch: root, vel: 0.6, pan: 0.0 });
+                }
+            } else {
+                notes.push(Note { inst: Inst::Bass, time: t, dur: beat * 0.45, pitch: root, vel: 0.75, pan: 0.0 });
+                if level >= 2 {
+                    let p = if b % 2 == 1 { root + 12.0 } else { root };
+                    notes.push(Note { inst: Inst::Bass, time: off, dur: beat * 0.4, pitch: p, vel: 0.6, pan: 0.0 });
+                }
+            }
+            // Drums.
+            if level >= 1 && (b % 2 == 0 || level >= 3) {
+                notes.push(Note { inst: Inst::Kick, time: t, dur: 0.4, pitch: 0.0, vel: if b == 0 { 1.0 } else { 0.85 }, pan: 0.0 });
+            }
+            if level >= 2 && b % 2 == 1 {
+                notes.push(Note { inst: Inst::Snare, time: t, dur: 0.3, pitch: 0.0, vel: 0.8, pan: 0.05 });
+            }
+            if level >= 1 {
+                notes.push(Note { inst: Inst::Hat, time: off, dur: if hat_open && b == 3 { 0.25 } else { 0.08 }, pitch: 0.0, vel: 0.45, pan: 0.3 });
+                if level >= 3 {
+                    notes.push(Note { inst: Inst::Hat, time: t, dur: 0.05, pitch: 0.0, vel: 0.3, pan: 0.3 });
+                }
+            }
+            // Plucked arpeggio: eighths, sixteenths when driving.
+            let steps = if level >= 3 { 4 } else { 2 };
+            for s in 0..steps {
+                let st = t + beat * s as f64 / steps as f64;
+                let idx = arp_pattern[(b * steps + s) % arp_pattern.len()];
+                let pitch = if idx == 3 { tones[0] + 12 } else { tones[idx] };
+                notes.push(Note {
+                    inst: Inst::Pluck,
+                    time: st,
+                    dur: beat / steps as f64 * 0.9,
+                    pitch: (tonic + 24 + pitch) as f32,
+                    vel: 0.35 + 0.1 * (s == 0) as u8 as f32,
+                    pan: pan_pluck,
+                });
+            }
+            // Lead: a stepwise line over the chord when the picture is busy.
+            if level >= 2 && (b % 2 == 0 || rng.random_bool(0.3)) {
+                melody_degree = (melody_degree + rng.random_range(-2..=2)).clamp(4, 12);
+                let tone = scale[melody_degree as usize % 7] + 12 * (melody_degree / 7);
+                notes.push(Note {
+                    inst: Inst::Lead,
+                    time: t,
+                    dur: beat * if b % 2 == 0 { 1.5 } else { 0.9 },
+                    pitch: (tonic + 24 + tone) as f32,
+                    vel: 0.5,
+                    pan: -0.2,
+                });
+            }
+        }
+        bar_start += bar;
+        bar_index += 1;
+    }
+    // Accents exactly on the cuts: a crash and an impact, louder for
+    // stronger cuts and at section changes.
+    let mut accents = Vec::new();
+    for c in &a.cuts {
+        let section_change = bounds.iter().any(|&b| (b - c.time).abs() < 1e-9);
+        let vel = (0.7 + 0.3 * c.strength.min(1.0)).min(1.0) * if section_change { 1.0 } else { 0.85 };
+        notes.push(Note { inst: Inst::Impact, time: c.time, dur: 1.2, pitch: 0.0, vel, pan: 0.0 });
+        notes.push(Note { inst: Inst::Crash, time: c.time, dur: 1.8, pitch: 0.0, vel: vel * 0.8, pan: 0.0 });
+        accents.push(c.time);
+    }
+    // Notes that start before 0 (the pickup bar) are dropped; those that
+    // ring past the end are cut by the renderer.
+    notes.retain(|n| n.time >= 0.0 && n.time < a.duration);
+    notes.sort_by(|x, y| x.time.total_cmp(&y.time));
+    Score {
+        bpm,
+        first_beat,
+        key,
+        minor,
+        sections: secs,
+        accents,
+        notes,
+        duration: a.duration,
+    }
+}

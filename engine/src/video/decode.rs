@@ -1,0 +1,300 @@
+//! Decoding and frame sampling at exact rates.
+//!
+//! The decoder runs on FFmpeg's own threads. Only decoded frames that are
+//! actually sampled are scaled, so sampling a 30 fps video at 25 fps scales
+//! 25 frames a second, and sampling at 1 fps scales one.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ffmpeg_next as ff;
+use ff::format::Pixel;
+use ff::software::scaling;
+
+use super::probe::{VideoInfo, info_from, open_input};
+use crate::error::{Error, Result};
+
+/// How a frame is made square.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fit {
+    /// Shortest side scaled to the target, the centre cropped (CLIP's way).
+    #[default]
+    CenterCrop,
+    /// The whole frame squeezed into the square.
+    Squash,
+}
+
+#[derive(Debug, Clone)]
+pub struct SampleOptions {
+    /// Frames per second to sample; frame `k` shows the picture on screen at
+    /// `k / rate` seconds.
+    pub rate: f64,
+    /// Side of the square RGB output.
+    pub size: u32,
+    pub fit: Fit,
+}
+
+/// One sampled frame: tightly packed RGB24, `size × size`, already rotated
+/// for display.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub index: usize,
+    /// Seconds from the start of the video.
+    pub time: f64,
+    /// Duration of the whole video, seconds (for progress).
+    pub duration: f64,
+    pub size: u32,
+    pub rgb: Vec<u8>,
+}
+
+impl Frame {
+    /// The frame as CLIP-normalised planar f32 (3 × size × size).
+    pub fn clip_normalised(&self) -> Vec<f32> {
+        let n = (self.size * self.size) as usize;
+        let mut out = vec![0.0; 3 * n];
+        for (i, px) in self.rgb.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                out[c * n + i] =
+                    (f32::from(px[c]) / 255.0 - super::CLIP_MEAN[c]) / super::CLIP_STD[c];
+            }
+        }
+        out
+    }
+}
+
+/// Decodes `path` and calls `on_frame` for each sampled frame, in order.
+/// Returns the probe facts and the number of frames delivered. `cancel` is
+/// polled between packets.
+pub fn sample_frames(
+    path: &Path,
+    opts: &SampleOptions,
+    cancel: &AtomicBool,
+    mut on_frame: impl FnMut(&Frame) -> Result<()>,
+) -> Result<(VideoInfo, usize)> {
+    if !(opts.rate.is_finite() && opts.rate > 0.0 && opts.rate <= 1000.0) {
+        return Err(Error::InvalidSetting(format!(
+            "sample rate {} fps (expected 0 < rate ≤ 1000)",
+            opts.rate
+        )));
+    }
+    if opts.size < super::MIN_SIDE {
+        return Err(Error::InvalidSetting(format!("frame size {}", opts.size)));
+    }
+    let mut ictx = open_input(path)?;
+    let info = info_from(path, &ictx)?;
+    let stream = ictx
+        .stream(info.stream_index)
+        .ok_or_else(|| Error::NoVideoStream(path.to_path_buf()))?;
+    let time_base = f64::from(stream.time_base());
+    let start_pts = stream.start_time();
+    let decode_err = |reason: String| Error::Decode {
+        path: path.to_path_buf(),
+        codec: info.codec.clone(),
+        reason,
+    };
+    let mut ctx = ff::codec::context::Context::from_parameters(stream.parameters())
+        .map_err(|e| decode_err(e.to_string()))?;
+    ctx.set_threading(ff::codec::threading::Config {
+        kind: ff::codec::threading::Type::Frame,
+        count: 0,
+        ..Default::default()
+    });
+    let mut decoder = ctx
+        .decoder()
+        .video()
+        .map_err(|e| decode_err(e.to_string()))?;
+
+    let mut state = Sampler {
+        opts: opts.clone(),
+        info: &info,
+        next_index: 0,
+        held: ff::frame::Video::empty(),
+        held_time: None,
+        incoming: ff::frame::Video::empty(),
+        scaler: None,
+        scaled: ff::frame::Video::empty(),
+        out: Frame {
+            index: 0,
+            time: 0.0,
+            duration: info.duration,
+            size: opts.size,
+            rgb: vec![0; (opts.size * opts.size * 3) as usize],
+        },
+        first_pts: None,
+    };
+    let mut bad_packets = 0usize;
+    let mut good_frames = 0usize;
+    for (s, packet) in ictx.packets() {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        if s.index() != info.stream_index {
+            continue;
+        }
+        if decoder.send_packet(&packet).is_err() {
+            bad_packets += 1;
+            continue;
+        }
+        good_frames += state.drain(&mut decoder, time_base, start_pts, &mut on_frame)?;
+    }
+    let _ = decoder.send_eof();
+    good_frames += state.drain(&mut decoder, time_base, start_pts, &mut on_frame)?;
+    if good_frames == 0 {
+        return Err(if bad_packets > 0 {
+            decode_err(format!("none of {bad_packets} packets could be decoded"))
+        } else {
+            Error::EmptyVideo(path.to_path_buf())
+        });
+    }
+    let last_time = state.held_time.unwrap_or(0.0);
+    // A stream that ends well before its declared duration was cut short;
+    // analysing the rest as silence would misplace every later cut.
+    let frame_period = 1.0 / info.frame_rate.max(1.0);
+    if info.duration > 1.0 && last_time + frame_period < info.duration * 0.9 - 0.5 {
+        return Err(Error::Truncated {
+            path: path.to_path_buf(),
+            decoded: last_time + frame_period,
+            declared: info.duration,
+        });
+    }
+    let end = info.duration.max(last_time + frame_period);
+    state.flush_until(end, &mut on_frame)?;
+    Ok((info.clone(), state.next_index))
+}
+
+struct Sampler<'a> {
+    opts: SampleOptions,
+    info: &'a VideoInfo,
+    next_index: usize,
+    /// The most recent decoded frame, on screen from `held_time` on.
+    held: ff::frame::Video,
+    held_time: Option<f64>,
+    incoming: ff::frame::Video,
+    scaler: Option<(scaling::Context, (Pixel, u32, u32))>,
+    scaled: ff::frame::Video,
+    out: Frame,
+    first_pts: Option<i64>,
+}
+
+impl Sampler<'_> {
+    fn drain(
+        &mut self,
+        decoder: &mut ff::decoder::Video,
+        time_base: f64,
+        start_pts: i64,
+        on_frame: &mut impl FnMut(&Frame) -> Result<()>,
+    ) -> Result<usize> {
+        let mut n = 0;
+        while decoder.receive_frame(&mut self.incoming).is_ok() {
+            let pts = self
+                .incoming
+                .timestamp()
+                .or(self.incoming.pts())
+                .unwrap_or(0);
+            let origin = if start_pts != ff::ffi::AV_NOPTS_VALUE {
+                start_pts
+            } else {
+                *self.first_pts.get_or_insert(pts)
+            };
+            let t = ((pts - origin) as f64 * time_base).max(0.0);
+            // Out-of-order or duplicate timestamps (broken VFR muxes): the
+            // later frame simply replaces the one on screen.
+            let t = self.held_time.map_or(t, |h| t.max(h));
+            self.flush_until(t, on_frame)?;
+            std::mem::swap(&mut self.held, &mut self.incoming);
+            self.held_time = Some(t);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Emits every sample time before `t` using the frame on screen.
+    fn flush_until(
+        &mut self,
+        t: f64,
+        on_frame: &mut impl FnMut(&Frame) -> Result<()>,
+    ) -> Result<()> {
+        if self.held_time.is_none() {
+            return Ok(());
+        }
+        let mut scaled_this = false;
+        loop {
+            let ts = self.next_index as f64 / self.opts.rate;
+            // Tolerance for float rounding of exact frame times.
+            if ts >= t - 1e-9 {
+                break;
+            }
+            if !scaled_this {
+                self.scale_held()?;
+                scaled_this = true;
+            }
+            self.out.index = self.next_index;
+            self.out.time = ts;
+            on_frame(&self.out)?;
+            self.next_index += 1;
+        }
+        Ok(())
+    }
+
+    fn scale_held(&mut self) -> Result<()> {
+        let (w, h, fmt) = (self.held.width(), self.held.height(), self.held.format());
+        let side = self.opts.size;
+        let rot = self.info.rotation;
+        // Dimensions of the scaled (unrotated) picture before cropping.
+        let (dw, dh) = match self.opts.fit {
+            Fit::Squash => (side, side),
+            Fit::CenterCrop => {
+                let (disp_w, disp_h) = if rot % 180 == 90 { (h, w) } else { (w, h) };
+                let s = f64::from(side) / f64::from(disp_w.min(disp_h));
+                let (sw, sh) = (
+                    ((f64::from(disp_w) * s).round() as u32).max(side),
+                    ((f64::from(disp_h) * s).round() as u32).max(side),
+                );
+                if rot % 180 == 90 { (sh, sw) } else { (sw, sh) }
+            }
+        };
+        let key = (fmt, w, h);
+        if self.scaler.as_ref().map(|(_, k)| *k) != Some(key) {
+            let ctx = scaling::Context::get(fmt, w, h, Pixel::RGB24, dw, dh, scaling::Flags::AREA)
+                .map_err(|e| Error::Decode {
+                    path: self.info.path.clone(),
+                    codec: self.info.codec.clone(),
+                    reason: format!("cannot scale {w}×{h} {fmt:?}: {e}"),
+                })?;
+            self.scaler = Some((ctx, key));
+            self.scaled = ff::frame::Video::empty();
+        }
+        let (scaler, _) = self.scaler.as_mut().expect("PANIC: set just above");
+        scaler.run(&self.held, &mut self.scaled).map_err(|e| Error::Decode {
+            path: self.info.path.clone(),
+            codec: self.info.codec.clone(),
+            reason: format!("scaling failed: {e}"),
+        })?;
+        crop_rotate(&self.scaled, rot, side, &mut self.out.rgb);
+        Ok(())
+    }
+}
+
+/// Copies the centred `side × side` window of an RGB24 frame into `dst`,
+/// rotated clockwise by `rot` degrees, honouring the source row stride.
+fn crop_rotate(src: &ff::frame::Video, rot: u32, side: u32, dst: &mut [u8]) {
+    let (w, h) = (src.width() as usize, src.height() as usize);
+    let stride = src.stride(0);
+    let data = src.data(0);
+    let s = side as usize;
+    let (x0, y0) = ((w - s) / 2, (h - s) / 2);
+    for y in 0..s {
+        for x in 0..s {
+            // (x, y) in the output comes from (sx, sy) in the source window.
+            let (sx, sy) = match rot {
+                90 => (y, s - 1 - x),
+                180 => (s - 1 - x, s - 1 - y),
+                270 => (s - 1 - y, x),
+                _ => (x, y),
+            };
+            let si = (y0 + sy) * stride + (x0 + sx) * 3;
+            let di = (y * s + x) * 3;
+            dst[di..di + 3].copy_from_slice(&data[si..si + 3]);
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! Video ingest on the system FFmpeg (ffmpeg-next): probe, decode, sample
+//! frames at exact rates, scale to a square model input; writing synthetic
+//! videos and muxing music into a copy of a video.
+
+mod decode;
+mod mux;
+mod probe;
+pub mod synth;
+
+pub use decode::{Fit, Frame, SampleOptions, sample_frames};
+pub use mux::mux_audio;
+pub use probe::{VideoInfo, probe};
+
+use std::sync::Once;
+
+/// Smallest frame side the analysis accepts: below this a 7×7 patch grid
+/// holds less than one pixel per patch and the features mean nothing.
+pub const MIN_SIDE: u32 = 16;
+
+/// Side of the square model input (CLIP's 224).
+pub const MODEL_SIDE: u32 = 224;
+
+/// CLIP's image normalisation (mean, std per RGB channel).
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+
+pub(crate) fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        // PANIC-free: init only fails on FFmpeg builds without any formats,
+        // and then every later open fails with a clear error anyway.
+        let _ = ffmpeg_next::init();
+        ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Fatal);
+    });
+}

@@ -1,0 +1,264 @@
+//! Synthetic videos with known cuts: the demo's input, the tests' fixtures
+//! and the benchmarks' clips. Each shot has its own palette, gradient and
+//! moving shapes, so a cut changes every part of the picture while motion
+//! inside a shot changes only where shapes move.
+
+use std::path::Path;
+
+use ffmpeg_next as ff;
+use ff::format::Pixel;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct SynthSpec {
+    pub width: u32,
+    pub height: u32,
+    /// Frames per second (an integer rate keeps frame times exact).
+    pub fps: u32,
+    pub duration: f64,
+    /// Times of the cuts in seconds; a cut at `t` shows the new shot from
+    /// the first frame at or after `t`.
+    pub cuts: Vec<f64>,
+    pub seed: u64,
+    /// FFmpeg encoder name; `None` picks libx264, else mpeg4.
+    pub codec: Option<String>,
+    /// Clockwise display rotation written into the container (0/90/180/270).
+    pub rotation: u32,
+}
+
+impl SynthSpec {
+    pub fn new(width: u32, height: u32, fps: u32, duration: f64, cuts: Vec<f64>) -> Self {
+        Self {
+            width,
+            height,
+            fps,
+            duration,
+            cuts,
+            seed: 1,
+            codec: None,
+            rotation: 0,
+        }
+    }
+
+    /// Frame times snapped to the frame grid: the time at which each cut
+    /// becomes visible.
+    pub fn cut_frame_times(&self) -> Vec<f64> {
+        self.cuts
+            .iter()
+            .map(|&c| (c * f64::from(self.fps)).ceil() / f64::from(self.fps))
+            .collect()
+    }
+}
+
+struct Shot {
+    y_base: f32,
+    y_slope: (f32, f32),
+    u: u8,
+    v: u8,
+    shapes: Vec<Shape>,
+}
+
+struct Shape {
+    x: f32,
+    y: f32,
+    vx: f32,
+    vy: f32,
+    w: f32,
+    h: f32,
+    luma: u8,
+    u: u8,
+    v: u8,
+}
+
+fn make_shot(rng: &mut ChaCha8Rng, w: f32, h: f32) -> Shot {
+    let n = rng.random_range(2..5);
+    Shot {
+        y_base: rng.random_range(40.0..200.0),
+        y_slope: (rng.random_range(-80.0..80.0), rng.random_range(-80.0..80.0)),
+        u: rng.random_range(40..216),
+        v: rng.random_range(40..216),
+        shapes: (0..n)
+            .map(|_| Shape {
+                x: rng.random_range(0.0..w),
+                y: rng.random_range(0.0..h),
+                vx: rng.random_range(-0.15..0.15) * w,
+                vy: rng.random_range(-0.15..0.15) * h,
+                w: rng.random_range(0.08..0.3) * w,
+                h: rng.random_range(0.08..0.3) * h,
+                luma: rng.random_range(16..236),
+                u: rng.random_range(16..240),
+                v: rng.random_range(16..240),
+            })
+            .collect(),
+    }
+}
+
+/// Writes the synthetic video described by `spec` to `path` (container from
+/// the extension).
+pub fn write_video(path: &Path, spec: &SynthSpec) -> Result<()> {
+    super::init();
+    let err = |e: ff::Error| Error::output(path, e);
+    let mut octx = ff::format::output(&path).map_err(err)?;
+    let codec = match &spec.codec {
+        Some(name) => ff::encoder::find_by_name(name),
+        None => ff::encoder::find_by_name("libx264").or_else(|| ff::encoder::find_by_name("mpeg4")),
+    }
+    .ok_or_else(|| Error::output(path, "no suitable video encoder in this FFmpeg"))?;
+    let global_header = octx
+        .format()
+        .flags()
+        .contains(ff::format::Flags::GLOBAL_HEADER);
+    let mut enc = ff::codec::context::Context::new_with_codec(codec)
+        .encoder()
+        .video()
+        .map_err(err)?;
+    let tb = ff::Rational(1, spec.fps as i32);
+    enc.set_width(spec.width);
+    enc.set_height(spec.height);
+    enc.set_format(Pixel::YUV420P);
+    enc.set_time_base(tb);
+    enc.set_frame_rate(Some(ff::Rational(spec.fps as i32, 1)));
+    enc.set_gop(spec.fps * 2);
+    enc.set_bit_rate(2_000_000);
+    if global_header {
+        enc.set_flags(ff::codec::Flags::GLOBAL_HEADER);
+    }
+    let mut opts = ff::Dictionary::new();
+    if codec.name() == "libx264" {
+        opts.set("preset", "ultrafast");
+        opts.set("crf", "23");
+    }
+    let mut enc = enc.open_as_with(codec, opts).map_err(err)?;
+    {
+        let mut ost = octx.add_stream(codec).map_err(err)?;
+        ost.set_parameters(&enc);
+        ost.set_time_base(tb);
+        if spec.rotation % 360 != 0 {
+            // SAFETY: the stream is owned by `octx`; FFmpeg allocates the
+            // 36-byte side data buffer that av_display_rotation_set fills.
+            unsafe {
+                let st = ost.as_mut_ptr();
+                let sd = ff::ffi::av_stream_new_side_data(
+                    st,
+                    ff::ffi::AVPacketSideDataType::AV_PKT_DATA_DISPLAYMATRIX,
+                    36,
+                );
+                if !sd.is_null() {
+                    // FFmpeg's matrix angle is counter-clockwise.
+                    ff::ffi::av_display_rotation_set(sd as *mut i32, -f64::from(spec.rotation));
+                }
+            }
+        }
+    }
+    octx.write_header().map_err(err)?;
+    let ost_tb = octx.stream(0).map(|s| s.time_base()).unwrap_or(tb);
+
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let (w, h) = (spec.width as f32, spec.height as f32);
+    let shots: Vec<Shot> = (0..=spec.cuts.len()).map(|_| make_shot(&mut rng, w, h)).collect();
+    let cut_frames: Vec<u64> = spec
+        .cuts
+        .iter()
+        .map(|&c| (c * f64::from(spec.fps)).ceil() as u64)
+        .collect();
+    let n_frames = (spec.duration * f64::from(spec.fps)).round() as u64;
+    let mut frame = ff::frame::Video::new(Pixel::YUV420P, spec.width, spec.height);
+    let mut packet = ff::Packet::empty();
+    let mut shot_start = 0u64;
+    for i in 0..n_frames {
+        let shot_idx = cut_frames.iter().filter(|&&c| c <= i).count();
+        if shot_idx > 0 {
+            shot_start = cut_frames[shot_idx - 1];
+        }
+        let t = (i - shot_start) as f32 / spec.fps as f32;
+        draw(&mut frame, &shots[shot_idx], t);
+        frame.set_pts(Some(i as i64));
+        enc.send_frame(&frame).map_err(err)?;
+        write_packets(&mut enc, &mut octx, &mut packet, tb, ost_tb).map_err(err)?;
+    }
+    enc.send_eof().map_err(err)?;
+    write_packets(&mut enc, &mut octx, &mut packet, tb, ost_tb).map_err(err)?;
+    octx.write_trailer().map_err(err)?;
+    Ok(())
+}
+
+fn write_packets(
+    enc: &mut ff::encoder::Video,
+    octx: &mut ff::format::context::Output,
+    packet: &mut ff::Packet,
+    tb: ff::Rational,
+    ost_tb: ff::Rational,
+) -> std::result::Result<(), ff::Error> {
+    while enc.receive_packet(packet).is_ok() {
+        packet.set_stream(0);
+        // One frame each: without it the muxer drops the last frame's
+        // duration from the stream's length.
+        if packet.duration() == 0 {
+            packet.set_duration(1);
+        }
+        packet.rescale_ts(tb, ost_tb);
+        packet.write_interleaved(octx)?;
+    }
+    Ok(())
+}
+
+fn draw(frame: &mut ff::frame::Video, shot: &Shot, t: f32) {
+    let (w, h) = (frame.width() as usize, frame.height() as usize);
+    let ys = frame.stride(0);
+    {
+        let y_plane = frame.data_mut(0);
+        for y in 0..h {
+            let fy = y as f32 / h as f32;
+            let row = &mut y_plane[y * ys..y * ys + w];
+            for (x, px) in row.iter_mut().enumerate() {
+                let fx = x as f32 / w as f32;
+                let v = shot.y_base + shot.y_slope.0 * (fx - 0.5) + shot.y_slope.1 * (fy - 0.5);
+                // Fine texture so that gradients are not empty.
+                let tex = if (x / 8 + y / 8) % 2 == 0 { 6.0 } else { -6.0 };
+                *px = (v + tex).clamp(16.0, 235.0) as u8;
+            }
+        }
+    }
+    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+    for (plane, val) in [(1, shot.u), (2, shot.v)] {
+        let s = frame.stride(plane);
+        let p = frame.data_mut(plane);
+        for y in 0..ch {
+            p[y * s..y * s + cw].fill(val);
+        }
+    }
+    for sh in &shot.shapes {
+        // Shapes bounce around the frame.
+        let x = bounce(sh.x + sh.vx * t, w as f32 - sh.w);
+        let y = bounce(sh.y + sh.vy * t, h as f32 - sh.h);
+        let (x0, y0) = (x as usize, y as usize);
+        let (x1, y1) = (
+            ((x + sh.w) as usize).min(w),
+            ((y + sh.h) as usize).min(h),
+        );
+        let ys = frame.stride(0);
+        let yp = frame.data_mut(0);
+        for yy in y0..y1 {
+            yp[yy * ys + x0..yy * ys + x1].fill(sh.luma);
+        }
+        for (plane, val) in [(1, sh.u), (2, sh.v)] {
+            let s = frame.stride(plane);
+            let p = frame.data_mut(plane);
+            for yy in y0 / 2..y1.div_ceil(2).min(ch) {
+                p[yy * s + x0 / 2..yy * s + x1.div_ceil(2).min(cw)].fill(val);
+            }
+        }
+    }
+}
+
+fn bounce(p: f32, span: f32) -> f32 {
+    if span <= 0.0 {
+        return 0.0;
+    }
+    let period = 2.0 * span;
+    let m = p.rem_euclid(period);
+    if m > span { period - m } else { m }
+}
