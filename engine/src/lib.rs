@@ -12,6 +12,7 @@ pub mod analysis;
 pub mod audio;
 pub mod error;
 pub mod metrics;
+pub mod service;
 pub mod sketch;
 pub mod video;
 

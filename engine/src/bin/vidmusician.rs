@@ -1,1 +1,498 @@
-fn main(){}
+//! `vidmusician`: music for a video, from the command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use vidmusician_engine::analysis::{self, Analysis, StatsEncoder};
+use vidmusician_engine::audio::{self, check_writable};
+use vidmusician_engine::metrics;
+use vidmusician_engine::service::{Engine, EngineChoice, EngineConfig, Event, Request, Stage};
+use vidmusician_engine::sketch::{self, SketchSettings};
+use vidmusician_engine::video::{self, synth};
+
+#[derive(Parser)]
+#[command(name = "vidmusician", version, about = "Background music for a video, with its accents on the cuts")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EngineArg {
+    /// The best engine installed (says which it picked).
+    Auto,
+    /// The embedded composer: no model weights needed.
+    Sketch,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compose music for VIDEO and write it as a WAV and/or muxed into a copy of the video.
+    Compose {
+        /// The video to score (any container and codec FFmpeg reads).
+        video: PathBuf,
+        /// Write the music as a 32-bit float WAV here.
+        #[arg(short, long, value_name = "OUT.wav")]
+        output: Option<PathBuf>,
+        /// Also write a copy of the video with the music as its audio track
+        /// (video stream copied, not re-encoded; container from the extension).
+        #[arg(long, value_name = "OUT.mp4")]
+        mux: Option<PathBuf>,
+        /// Tempo in beats per minute; by default the tempo that lands the
+        /// most cuts on beats.
+        #[arg(long, value_name = "N")]
+        bpm: Option<f64>,
+        /// Random seed: the same video, settings and seed give the same music;
+        /// another seed gives another piece.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Which engine writes the music.
+        #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
+        engine: EngineArg,
+        /// Sample rate of the output, Hz.
+        #[arg(long, default_value_t = 48_000, value_name = "HZ")]
+        sample_rate: u32,
+        /// Score only from this time of the video, seconds.
+        #[arg(long, value_name = "SECONDS")]
+        start: Option<f64>,
+        /// Score only up to this time of the video, seconds.
+        #[arg(long, value_name = "SECONDS")]
+        end: Option<f64>,
+        /// Do not read or write the audio cache.
+        #[arg(long)]
+        no_cache: bool,
+    },
+    /// Analyse VIDEO: cuts, motion, rhythm curve, suggested tempo.
+    Analyze {
+        video: PathBuf,
+        /// Print the whole analysis as JSON (curves included) on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Write a PNG plot of the rhythm curve with the cuts marked.
+        #[arg(long, value_name = "PNG")]
+        plot: Option<PathBuf>,
+    },
+    /// Rhythm scores of a piece of music against a video's cuts and,
+    /// optionally, reference music (Beat Coverage / Beat Hit).
+    Eval {
+        /// The music (WAV).
+        music: PathBuf,
+        /// The video whose cuts the music should hit.
+        #[arg(long)]
+        video: Option<PathBuf>,
+        /// Reference music (WAV) for Beat Coverage / Beat Hit.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Bin width for Beat Coverage / Beat Hit, seconds (LORIS uses 1).
+        #[arg(long, default_value_t = 1.0)]
+        bin: f64,
+    },
+    /// Write a synthetic test video with cuts at known times.
+    SynthVideo {
+        output: PathBuf,
+        #[arg(long, default_value_t = 20.0)]
+        duration: f64,
+        /// Cut times in seconds, comma separated; by default irregular cuts
+        /// every 1–3 s.
+        #[arg(long, value_delimiter = ',')]
+        cuts: Option<Vec<f64>>,
+        #[arg(long, default_value_t = 1280)]
+        width: u32,
+        #[arg(long, default_value_t = 720)]
+        height: u32,
+        #[arg(long, default_value_t = 30)]
+        fps: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Benchmarks: speed of analysis and composition on this machine.
+    Bench {
+        #[arg(value_enum)]
+        what: BenchWhat,
+        /// Analyse this video instead of a generated 1080p30 H.264 clip.
+        #[arg(long)]
+        video: Option<PathBuf>,
+        /// Length of the generated material, seconds.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Repetitions (the best and the mean are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchWhat {
+    /// Decode + analysis, as a multiple of real time.
+    Analysis,
+    /// The embedded composer (arrange + synthesise + master), as a multiple of real time.
+    Composer,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Compose {
+            video,
+            output,
+            mux,
+            bpm,
+            seed,
+            engine,
+            sample_rate,
+            start,
+            end,
+            no_cache,
+        } => compose(ComposeArgs {
+            video,
+            output,
+            mux,
+            bpm,
+            seed,
+            engine,
+            sample_rate,
+            start,
+            end,
+            no_cache,
+        }),
+        Command::Analyze { video, json, plot } => analyze(&video, json, plot.as_deref()),
+        Command::Eval {
+            music,
+            video,
+            reference,
+            bin,
+        } => eval(&music, video.as_deref(), reference.as_deref(), bin),
+        Command::SynthVideo {
+            output,
+            duration,
+            cuts,
+            width,
+            height,
+            fps,
+            seed,
+        } => synth_video(&output, duration, cuts, width, height, fps, seed),
+        Command::Bench {
+            what,
+            video,
+            seconds,
+            runs,
+        } => bench(what, video.as_deref(), seconds, runs.max(1)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bar(len: u64, msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {percent:>3}% {elapsed_precise}")
+            .expect("PANIC: constant template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
+
+struct ComposeArgs {
+    video: PathBuf,
+    output: Option<PathBuf>,
+    mux: Option<PathBuf>,
+    bpm: Option<f64>,
+    seed: u64,
+    engine: EngineArg,
+    sample_rate: u32,
+    start: Option<f64>,
+    end: Option<f64>,
+    no_cache: bool,
+}
+
+fn compose(a: ComposeArgs) -> Result<()> {
+    if a.output.is_none() && a.mux.is_none() {
+        bail!("nothing to write: give -o OUT.wav and/or --mux OUT.mp4");
+    }
+    // Fail on an unwritable output before minutes of work, not after.
+    for p in a.output.iter().chain(a.mux.iter()) {
+        check_writable(p)?;
+    }
+    let info = video::probe(&a.video)?;
+    let range = match (a.start, a.end) {
+        (None, None) => None,
+        (s, e) => Some((s.unwrap_or(0.0), e.unwrap_or(info.duration))),
+    };
+    let config = if a.no_cache {
+        EngineConfig { cache_dir: None }
+    } else {
+        EngineConfig::default()
+    };
+    let engine = Engine::start(config)?;
+    let mut req = Request::new(&a.video);
+    req.tempo = a.bpm;
+    req.seed = a.seed;
+    req.sample_rate = a.sample_rate;
+    req.range = range;
+    req.engine = match a.engine {
+        EngineArg::Auto => EngineChoice::Auto,
+        EngineArg::Sketch => EngineChoice::Sketch,
+    };
+    let t0 = Instant::now();
+    let (id, _) = engine.submit(req)?;
+    let pb = bar(1000, "analysing");
+    let mut stage = Stage::Analysing;
+    let done = engine.wait(id, |ev| {
+        if let Event::Progress { stage: s, fraction, .. } = ev {
+            if *s != stage {
+                stage = *s;
+                pb.set_message(match s {
+                    Stage::Analysing => "analysing",
+                    Stage::Composing => "composing",
+                    Stage::Finishing => "finishing",
+                });
+            }
+            pb.set_position((fraction * 1000.0) as u64);
+        }
+    });
+    pb.finish_and_clear();
+    let done = done?;
+    if matches!(a.engine, EngineArg::Auto) {
+        eprintln!(
+            "engine: {} (no neural model is installed yet; the embedded composer is used)",
+            done.engine.as_str()
+        );
+    }
+    if let Some(out) = &a.output {
+        audio::write_wav(out, &done.audio)?;
+        eprintln!("wrote {}", out.display());
+    }
+    if let Some(out) = &a.mux {
+        video::mux_audio(&a.video, &done.audio, out)?;
+        eprintln!("wrote {}", out.display());
+    }
+    let mut line = format!(
+        "{:.2} s of music at {:.1} BPM in {:.2} s",
+        done.audio.duration(),
+        done.bpm,
+        t0.elapsed().as_secs_f64()
+    );
+    if let Some(an) = &done.analysis {
+        line += &format!(", {} cuts", an.cuts.len());
+    }
+    if let Some(l) = done.loudness {
+        line += &format!(", {:.1} LUFS, {:.1} dBTP", l.integrated_lufs, l.true_peak_dbtp);
+    }
+    if done.cached {
+        line += " (from the cache)";
+    }
+    eprintln!("{line}");
+    Ok(())
+}
+
+fn run_analysis(video_path: &Path) -> Result<Analysis> {
+    let pb = bar(1000, "analysing");
+    let a = analysis::analyze(
+        video_path,
+        &mut StatsEncoder::default(),
+        &AtomicBool::new(false),
+        &mut |f| pb.set_position((f * 1000.0) as u64),
+    );
+    pb.finish_and_clear();
+    Ok(a?)
+}
+
+fn analyze(video_path: &Path, as_json: bool, plot: Option<&Path>) -> Result<()> {
+    if let Some(p) = plot {
+        check_writable(p)?;
+    }
+    let a = run_analysis(video_path)?;
+    if let Some(p) = plot {
+        analysis::plot_analysis(&a, p)?;
+        eprintln!("wrote {}", p.display());
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&a)?);
+        return Ok(());
+    }
+    let (w, h) = a.video.display_size();
+    println!(
+        "{}: {:.2} s, {w}×{h}, {:.2} fps, {}{}",
+        a.video.path.display(),
+        a.duration,
+        a.video.frame_rate,
+        a.video.codec,
+        if a.video.rotation != 0 {
+            format!(", rotated {}°", a.video.rotation)
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "cuts: {} ({:.1} per minute)",
+        a.cuts.len(),
+        a.summary.cuts_per_minute
+    );
+    for c in &a.cuts {
+        println!("  {:>8.3} s  strength {:.3}", c.time, c.strength);
+    }
+    println!(
+        "suggested tempo: {:.1} BPM (beat at {:.3} s), {:.0}% of cuts on beats",
+        a.tempo.bpm,
+        a.tempo.phase,
+        a.tempo.cut_fit * 100.0
+    );
+    let s = &a.summary;
+    println!(
+        "picture: brightness {:.2}, contrast {:.2}, saturation {:.2}, colourfulness {:.2}, warmth {:+.2}, motion {:.4}",
+        s.brightness, s.contrast, s.saturation, s.colourfulness, s.warmth, s.motion
+    );
+    Ok(())
+}
+
+fn eval(music: &Path, video_path: Option<&Path>, reference: Option<&Path>, bin: f64) -> Result<()> {
+    if !(bin.is_finite() && bin > 0.0) {
+        bail!("--bin must be a positive number of seconds");
+    }
+    let m = audio::read_wav(music)?;
+    let cfg = metrics::OnsetConfig::default();
+    let onsets = metrics::detect_onsets(&m.mono(), m.sample_rate, &cfg);
+    let mut out = json!({
+        "music": music,
+        "duration": m.duration(),
+        "onsets": onsets.len(),
+        "loudness": audio::measure(&m)?,
+    });
+    if let Some(v) = video_path {
+        let a = run_analysis(v)?;
+        let cuts: Vec<f64> = a.cuts.iter().map(|c| c.time).collect();
+        out["cuts"] = json!(cuts.len());
+        out["cut_hit_rate"] = json!(metrics::cut_hit_rate(&onsets, &cuts, 0.05));
+    }
+    if let Some(r) = reference {
+        let ra = audio::read_wav(r)?;
+        let ro = metrics::detect_onsets(&ra.mono(), ra.sample_rate, &cfg);
+        let s = metrics::beat_scores(&onsets, &ro, m.duration().min(ra.duration()), bin);
+        out["beat_coverage"] = json!(s.coverage);
+        out["beat_hit"] = json!(s.hit);
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn default_cuts(duration: f64, seed: u64) -> Vec<f64> {
+    // Irregular shots of 1–3 s, deterministic for the seed.
+    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    let mut t = 0.0;
+    let mut cuts = Vec::new();
+    loop {
+        s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        t += 1.0 + 2.0 * ((s >> 33) as f64 / (1u64 << 31) as f64);
+        if t >= duration - 0.5 {
+            return cuts;
+        }
+        cuts.push((t * 100.0).round() / 100.0);
+    }
+}
+
+fn synth_video(
+    output: &Path,
+    duration: f64,
+    cuts: Option<Vec<f64>>,
+    width: u32,
+    height: u32,
+    fps: u32,
+    seed: u64,
+) -> Result<()> {
+    if !(duration.is_finite() && duration > 0.0 && duration <= 3600.0) {
+        bail!("--duration must be between 0 and 3600 seconds");
+    }
+    if fps == 0 || fps > 240 || width == 0 || height == 0 || width > 7680 || height > 4320 {
+        bail!("--fps must be 1–240 and the size at most 7680×4320");
+    }
+    let cuts = cuts.unwrap_or_else(|| default_cuts(duration, seed));
+    let mut spec = synth::SynthSpec::new(width, height, fps, duration, cuts);
+    spec.seed = seed;
+    synth::write_video(output, &spec).with_context(|| format!("writing {}", output.display()))?;
+    let times: Vec<String> = spec.cut_frame_times().iter().map(|t| format!("{t:.3}")).collect();
+    println!("{}", json!({ "video": output, "cuts": spec.cut_frame_times() }));
+    eprintln!("wrote {} with cuts at {}", output.display(), times.join(", "));
+    Ok(())
+}
+
+fn stats(times: &[Duration], media_s: f64) -> (f64, f64) {
+    let best = times.iter().min().copied().unwrap_or_default().as_secs_f64();
+    let mean = times.iter().map(Duration::as_secs_f64).sum::<f64>() / times.len() as f64;
+    (media_s / best, media_s / mean)
+}
+
+fn bench(what: BenchWhat, video_path: Option<&Path>, seconds: f64, runs: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match what {
+        BenchWhat::Analysis => {
+            let path = match video_path {
+                Some(p) => p.to_path_buf(),
+                None => {
+                    let p = dir.path().join("bench-1080p30.mp4");
+                    eprintln!("generating a {seconds:.0} s 1080p30 H.264 clip…");
+                    let spec = synth::SynthSpec::new(1920, 1080, 30, seconds, default_cuts(seconds, 3));
+                    synth::write_video(&p, &spec)?;
+                    p
+                }
+            };
+            let info = video::probe(&path)?;
+            let mut times = Vec::new();
+            for _ in 0..runs {
+                let t = Instant::now();
+                analysis::analyze(&path, &mut StatsEncoder::default(), &AtomicBool::new(false), &mut |_| {})?;
+                times.push(t.elapsed());
+            }
+            let (best, mean) = stats(&times, info.duration);
+            println!(
+                "{}",
+                json!({
+                    "bench": "decode+analysis",
+                    "video": format!("{}x{} {:.2} fps {} {:.1} s", info.width, info.height, info.frame_rate, info.codec, info.duration),
+                    "threads": threads,
+                    "runs": runs,
+                    "best_x_realtime": (best * 10.0).round() / 10.0,
+                    "mean_x_realtime": (mean * 10.0).round() / 10.0,
+                })
+            );
+        }
+        BenchWhat::Composer => {
+            let p = dir.path().join("bench-small.mp4");
+            let spec = synth::SynthSpec::new(320, 240, 25, seconds, default_cuts(seconds, 5));
+            synth::write_video(&p, &spec)?;
+            let a = analysis::analyze(&p, &mut StatsEncoder::default(), &AtomicBool::new(false), &mut |_| {})?;
+            let mut times = Vec::new();
+            for seed in 0..runs as u64 {
+                let t = Instant::now();
+                sketch::compose(&a, &SketchSettings { bpm: None, seed }, &AtomicBool::new(false), &mut |_| {})?;
+                times.push(t.elapsed());
+            }
+            let (best, mean) = stats(&times, a.duration);
+            println!(
+                "{}",
+                json!({
+                    "bench": "sketch composer",
+                    "music_seconds": a.duration,
+                    "threads": threads,
+                    "runs": runs,
+                    "best_x_realtime": (best * 10.0).round() / 10.0,
+                    "mean_x_realtime": (mean * 10.0).round() / 10.0,
+                })
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! The engine service: one thread that owns the models and does the work,
+//! driven over channels by the CLI and the plugin alike.
+//!
+//! A [`Request`] goes in; [`Event`]s (progress, done, errors) come back on
+//! a crossbeam channel for the control side, and the music comes back in
+//! [`AudioChunk`]s on a lock-free SPSC ring ([`ChunkReader`]) that a
+//! real-time thread can drain without allocating, freeing or locking: it
+//! hands each chunk back with [`ChunkReader::retire`] so the last reference
+//! is dropped on the engine thread, not the audio thread.
+//!
+//! Finished audio is cached on disk under a hash of everything that
+//! determines it, so the same request is answered at once next time.
+
+mod cache;
+mod chunks;
+mod worker;
+
+pub use cache::{AudioCache, CacheMeta, cache_key};
+pub use chunks::{AudioChunk, ChunkReader};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::analysis::Analysis;
+use crate::audio::{Audio, LoudnessReport};
+use crate::error::{Error, Result};
+
+/// Which engine writes the music.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineChoice {
+    /// The best engine installed.
+    #[default]
+    Auto,
+    /// The embedded composer (no weights).
+    Sketch,
+}
+
+impl EngineChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineChoice::Auto => "auto",
+            EngineChoice::Sketch => "sketch",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub video: PathBuf,
+    /// Part of the video to score, seconds; `None` is all of it.
+    pub range: Option<(f64, f64)>,
+    /// Tempo in BPM; `None` lets the engine choose one that fits the cuts.
+    pub tempo: Option<f64>,
+    pub engine: EngineChoice,
+    pub seed: u64,
+    /// Output sample rate.
+    pub sample_rate: u32,
+    /// Frames per chunk handed to the [`ChunkReader`].
+    pub chunk_frames: usize,
+    /// Capacity of the chunk ring; `0` sends no chunks (the whole piece
+    /// still arrives with [`Event::Done`]).
+    pub max_chunks: usize,
+    /// Cancel every earlier request that has not finished.
+    pub supersede: bool,
+}
+
+impl Request {
+    pub fn new(video: impl Into<PathBuf>) -> Self {
+        Self {
+            video: video.into(),
+            range: None,
+            tempo: None,
+            engine: EngineChoice::Auto,
+            seed: 0,
+            sample_rate: crate::sketch::SAMPLE_RATE,
+            chunk_frames: 4096,
+            max_chunks: 0,
+            supersede: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Stage {
+    Analysing,
+    Composing,
+    Finishing,
+}
+
+/// What a finished request produced.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub audio: Arc<Audio>,
+    /// The engine that actually ran (`auto` resolved).
+    pub engine: EngineChoice,
+    pub bpm: f64,
+    pub analysis: Option<Arc<Analysis>>,
+    pub loudness: Option<LoudnessReport>,
+    /// True when the audio came from the disk cache.
+    pub cached: bool,
+    pub cache_key: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    Progress { id: u64, stage: Stage, fraction: f64 },
+    Done { id: u64, result: Box<Finished> },
+    Failed { id: u64, error: Arc<Error> },
+    Cancelled { id: u64 },
+}
+
+impl Event {
+    pub fn id(&self) -> u64 {
+        match self {
+            Event::Progress { id, .. }
+            | Event::Done { id, .. }
+            | Event::Failed { id, .. }
+            | Event::Cancelled { id } => *id,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where finished audio is cached; `None` disables the disk cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: AudioCache::default_dir(),
+        }
+    }
+}
+
+pub(crate) struct Job {
+    pub id: u64,
+    pub request: Request,
+    pub cancel: Arc<AtomicBool>,
+    pub chunks: Option<rtrb::Producer<Arc<AudioChunk>>>,
+    pub retired: Option<rtrb::Consumer<Arc<AudioChunk>>>,
+}
+
+/// Handle to the engine thread. Dropping it cancels outstanding work and
+/// joins the thread.
+pub struct Engine {
+    jobs: Option<Sender<Job>>,
+    events: Receiver<Event>,
+    thread: Option<JoinHandle<()>>,
+    next_id: AtomicU64,
+    /// Cancel flags of requests not yet known to be finished. Written by
+    /// `submit`/`cancel` on the control thread, read by the worker through
+    /// its own `Arc`; the lock is never taken on a real-time thread.
+    pending: Mutex<Vec<(u64, Arc<AtomicBool>)>>,
+}
+
+impl Engine {
+    pub fn start(config: EngineConfig) -> Result<Self> {
+        let (job_tx, job_rx) = unbounded::<Job>();
+        let (ev_tx, ev_rx) = unbounded::<Event>();
+        let thread = std::thread::Builder::new()
+            .name("vidmusician-engine".into())
+            .spawn(move || worker::run(config, job_rx, ev_tx))
+            .map_err(|e| Error::InvalidSetting(format!("cannot start the engine thread: {e}")))?;
+        Ok(Self {
+            jobs: Some(job_tx),
+            events: ev_rx,
+            thread: Some(thread),
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Queues a request. Returns its id and, when `max_chunks > 0`, the
+    /// reader its audio chunks arrive on.
+    pub fn submit(&self, request: Request) -> Result<(u64, Option<ChunkReader>)> {
+        validate(&request)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cancel = Arc::new(AtomicBool::new(false));
+        {
+            let mut pending = self.pending.lock();
+            if request.supersede {
+                for (_, flag) in pending.iter() {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                pending.clear();
+            }
+            pending.push((id, cancel.clone()));
+        }
+        let (chunks, retired, reader) = if request.max_chunks > 0 {
+            let (ctx, crx) = rtrb::RingBuffer::new(request.max_chunks);
+            let (rtx, rrx) = rtrb::RingBuffer::new(request.max_chunks);
+            (Some(ctx), Some(rrx), Some(ChunkReader::new(crx, rtx)))
+        } else {
+            (None, None, None)
+        };
+        let job = Job {
+            id,
+            request,
+            cancel,
+            chunks,
+            retired,
+        };
+        self.jobs
+            .as_ref()
+            .ok_or(Error::EngineGone)?
+            .send(job)
+            .map_err(|_| Error::EngineGone)?;
+        Ok((id, reader))
+    }
+
+    pub fn cancel(&self, id: u64) {
+        let mut pending = self.pending.lock();
+        pending.retain(|(pid, flag)| {
+            if *pid == id {
+                flag.store(true, Ordering::Relaxed);
+            }
+            *pid != id
+        });
+    }
+
+    /// Events from the engine thread, in order.
+    pub fn events(&self) -> &Receiver<Event> {
+        &self.events
+    }
+
+    /// Blocks until request `id` ends, passing every event to `on_event`.
+    pub fn wait(&self, id: u64, mut on_event: impl FnMut(&Event)) -> Result<Finished> {
+        loop {
+            let ev = self.events.recv().map_err(|_| Error::EngineGone)?;
+            on_event(&ev);
+            if ev.id() != id {
+                continue;
+            }
+            match ev {
+                Event::Done { result, .. } => {
+                    self.forget(id);
+                    return Ok(*result);
+                }
+                Event::Failed { error, .. } => {
+                    self.forget(id);
+                    return Err(Arc::try_unwrap(error).unwrap_or_else(|e| Error::InvalidSetting(e.to_string())));
+                }
+                Event::Cancelled { .. } => {
+                    self.forget(id);
+                    return Err(Error::Cancelled);
+                }
+                Event::Progress { .. } => {}
+            }
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        self.pending.lock().retain(|(pid, _)| *pid != id);
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        for (_, flag) in self.pending.lock().drain(..) {
+            flag.store(true, Ordering::Relaxed);
+        }
+        // Closing the job channel ends the worker's loop.
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn validate(r: &Request) -> Result<()> {
+    if !(8_000..=384_000).contains(&r.sample_rate) {
+        return Err(Error::InvalidSetting(format!(
+            "sample rate {} Hz (expected 8000–384000)",
+            r.sample_rate
+        )));
+    }
+    if r.chunk_frames == 0 || r.chunk_frames > 1 << 20 {
+        return Err(Error::InvalidSetting(format!("chunk size {} frames", r.chunk_frames)));
+    }
+    if let Some(t) = r.tempo
+        && !(t.is_finite() && (20.0..=400.0).contains(&t))
+    {
+        return Err(Error::InvalidSetting(format!("tempo {t} BPM (expected 20–400)")));
+    }
+    if let Some((a, b)) = r.range
+        && !(a.is_finite() && b.is_finite() && a >= 0.0 && b > a)
+    {
+        return Err(Error::InvalidSetting(format!("time range {a}–{b} s")));
+    }
+    Ok(())
+}
