@@ -70,6 +70,11 @@ pub(crate) fn open_input(path: &Path) -> Result<ff::format::context::Input> {
 
 pub(crate) fn info_from(path: &Path, ictx: &ff::format::context::Input) -> Result<VideoInfo> {
     let container = ictx.format().name().to_string();
+    // MP4 and MOV drop tracks without samples: a recording stopped before
+    // its first frame opens with no streams at all.
+    if ictx.nb_streams() == 0 {
+        return Err(Error::EmptyVideo(path.to_path_buf()));
+    }
     let has_audio = ictx.streams().best(ff::media::Type::Audio).is_some();
     let stream = ictx
         .streams()

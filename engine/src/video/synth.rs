@@ -147,8 +147,10 @@ pub fn write_video(path: &Path, spec: &SynthSpec) -> Result<()> {
                     36,
                 );
                 if !sd.is_null() {
-                    // FFmpeg's matrix angle is counter-clockwise.
-                    ff::ffi::av_display_rotation_set(sd as *mut i32, -f64::from(spec.rotation));
+                    // The matrix built for angle `a` reads back from
+                    // av_display_rotation_get as `-a`, which players (and
+                    // the probe) take as a clockwise display rotation of `a`.
+                    ff::ffi::av_display_rotation_set(sd as *mut i32, f64::from(spec.rotation));
                 }
             }
         }
