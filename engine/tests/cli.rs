@@ -9,7 +9,10 @@ use vidmusician_engine::video::synth::{SynthSpec, write_video};
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vidmusician"));
     // Keep the user's cache out of tests.
-    c.env("VIDMUSICIAN_CACHE", std::env::temp_dir().join("vidmusician-test-cache"));
+    c.env(
+        "VIDMUSICIAN_CACHE",
+        std::env::temp_dir().join("vidmusician-test-cache"),
+    );
     c
 }
 
@@ -36,20 +39,45 @@ fn assert_clean_failure(out: &Output, needles: &[&str]) {
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(lines.len(), 1, "stderr: {err}");
     for n in needles {
-        assert!(lines[0].to_lowercase().contains(&n.to_lowercase()), "{n:?} not in {}", lines[0]);
+        assert!(
+            lines[0].to_lowercase().contains(&n.to_lowercase()),
+            "{n:?} not in {}",
+            lines[0]
+        );
     }
 }
 
 #[test]
 fn compose_writes_wav_and_muxed_copy() {
     let dir = tempfile::tempdir().unwrap();
-    let v = make_video(dir.path(), "in.mp4", &SynthSpec::new(320, 240, 30, 6.0, vec![1.5, 3.0, 4.2]));
+    let v = make_video(
+        dir.path(),
+        "in.mp4",
+        &SynthSpec::new(320, 240, 30, 6.0, vec![1.5, 3.0, 4.2]),
+    );
     let wav = dir.path().join("out.wav");
     let muxed = dir.path().join("out.mp4");
-    let out = run(&["compose", s(&v), "-o", s(&wav), "--mux", s(&muxed), "--seed", "4", "--no-cache"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&wav),
+        "--mux",
+        s(&muxed),
+        "--seed",
+        "4",
+        "--no-cache",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("engine: sketch"), "auto must say which engine it picked: {err}");
+    assert!(
+        err.contains("engine: sketch"),
+        "auto must say which engine it picked: {err}"
+    );
     let a = read_wav(&wav).unwrap();
     assert_eq!(a.sample_rate, 48_000);
     assert!((a.duration() - 6.0).abs() <= 0.01);
@@ -58,8 +86,16 @@ fn compose_writes_wav_and_muxed_copy() {
     let src = packets(&v);
     let dst = packets(&muxed);
     assert_eq!(src.video, dst.video, "video stream was not copied as is");
-    assert!(dst.audio_codec.as_deref() == Some("aac"), "{:?}", dst.audio_codec);
-    assert!((dst.audio_seconds - 6.0).abs() < 0.1, "audio {} s", dst.audio_seconds);
+    assert!(
+        dst.audio_codec.as_deref() == Some("aac"),
+        "{:?}",
+        dst.audio_codec
+    );
+    assert!(
+        (dst.audio_seconds - 6.0).abs() < 0.1,
+        "audio {} s",
+        dst.audio_seconds
+    );
 }
 
 struct Packets {
@@ -74,7 +110,11 @@ fn packets(path: &Path) -> Packets {
     let mut ictx = ff::format::input(&path).unwrap();
     let vi = ictx.streams().best(ff::media::Type::Video).unwrap().index();
     let (ai, atb, codec) = match ictx.streams().best(ff::media::Type::Audio) {
-        Some(a) => (Some(a.index()), f64::from(a.time_base()), Some(a.parameters().id().name().to_string())),
+        Some(a) => (
+            Some(a.index()),
+            f64::from(a.time_base()),
+            Some(a.parameters().id().name().to_string()),
+        ),
         None => (None, 0.0, None),
     };
     let vtb = f64::from(ictx.stream(vi).unwrap().time_base());
@@ -83,7 +123,10 @@ fn packets(path: &Path) -> Packets {
     for (st, p) in ictx.packets() {
         if st.index() == vi {
             // Size and presentation time in seconds (as microseconds).
-            video.push(((p.pts().unwrap_or(0) as f64 * vtb * 1e6).round() as i64, p.size()));
+            video.push((
+                (p.pts().unwrap_or(0) as f64 * vtb * 1e6).round() as i64,
+                p.size(),
+            ));
         } else if Some(st.index()) == ai {
             audio_end = audio_end.max((p.pts().unwrap_or(0) + p.duration()) as f64 * atb);
         }
@@ -98,12 +141,25 @@ fn packets(path: &Path) -> Packets {
 #[test]
 fn analyze_prints_json_and_plots() {
     let dir = tempfile::tempdir().unwrap();
-    let v = make_video(dir.path(), "in.mp4", &SynthSpec::new(320, 240, 25, 5.0, vec![1.0, 2.6, 3.8]));
+    let v = make_video(
+        dir.path(),
+        "in.mp4",
+        &SynthSpec::new(320, 240, 25, 5.0, vec![1.0, 2.6, 3.8]),
+    );
     let png = dir.path().join("curve.png");
     let out = run(&["analyze", s(&v), "--json", "--plot", s(&png)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let cuts: Vec<f64> = j["cuts"].as_array().unwrap().iter().map(|c| c["time"].as_f64().unwrap()).collect();
+    let cuts: Vec<f64> = j["cuts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["time"].as_f64().unwrap())
+        .collect();
     assert_eq!(cuts.len(), 3, "{cuts:?}");
     for (c, t) in cuts.iter().zip([1.0, 2.6, 3.8]) {
         assert!((c - t).abs() <= 0.04 + 1e-9, "{cuts:?}");
@@ -117,11 +173,23 @@ fn analyze_prints_json_and_plots() {
 #[test]
 fn eval_scores_music_against_cuts() {
     let dir = tempfile::tempdir().unwrap();
-    let v = make_video(dir.path(), "in.mp4", &SynthSpec::new(320, 240, 25, 6.0, vec![1.2, 2.7, 4.5]));
+    let v = make_video(
+        dir.path(),
+        "in.mp4",
+        &SynthSpec::new(320, 240, 25, 6.0, vec![1.2, 2.7, 4.5]),
+    );
     let wav = dir.path().join("m.wav");
-    assert!(run(&["compose", s(&v), "-o", s(&wav), "--no-cache"]).status.success());
+    assert!(
+        run(&["compose", s(&v), "-o", s(&wav), "--no-cache"])
+            .status
+            .success()
+    );
     let out = run(&["eval", s(&wav), "--video", s(&v), "--reference", s(&wav)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(j["cut_hit_rate"].as_f64().unwrap() >= 0.9, "{j}");
     // Music against itself covers and hits every bin.
@@ -136,7 +204,10 @@ fn bad_inputs_get_specific_errors() {
     let wav_out = d.join("out.wav");
     let compose = |input: &Path| run(&["compose", s(input), "-o", s(&wav_out), "--no-cache"]);
 
-    assert_clean_failure(&compose(&d.join("missing.mp4")), &["missing.mp4", "no such file"]);
+    assert_clean_failure(
+        &compose(&d.join("missing.mp4")),
+        &["missing.mp4", "no such file"],
+    );
 
     let empty = d.join("empty.mp4");
     std::fs::write(&empty, b"").unwrap();
@@ -172,10 +243,16 @@ fn bad_inputs_get_specific_errors() {
 
     // Unwritable outputs fail before any work, and name the path.
     let nodir = d.join("no-such-folder").join("out.wav");
-    assert_clean_failure(&run(&["compose", s(&good), "-o", s(&nodir)]), &["out.wav", "does not exist"]);
+    assert_clean_failure(
+        &run(&["compose", s(&good), "-o", s(&nodir)]),
+        &["out.wav", "does not exist"],
+    );
     assert_clean_failure(&run(&["compose", s(&good), "-o", s(d)]), &["directory"]);
     let under_file = good.join("out.wav");
-    assert_clean_failure(&run(&["compose", s(&good), "-o", s(&under_file)]), &["out.wav"]);
+    assert_clean_failure(
+        &run(&["compose", s(&good), "-o", s(&under_file)]),
+        &["out.wav"],
+    );
     assert!(!wav_out.exists(), "a failed run left an output file");
 }
 
@@ -185,7 +262,10 @@ fn a_failed_run_keeps_the_existing_output() {
     let out = dir.path().join("keep.wav");
     std::fs::write(&out, b"precious").unwrap();
     let missing = dir.path().join("missing.mp4");
-    assert_eq!(run(&["compose", s(&missing), "-o", s(&out)]).status.code(), Some(1));
+    assert_eq!(
+        run(&["compose", s(&missing), "-o", s(&out)]).status.code(),
+        Some(1)
+    );
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
 }
 
@@ -196,7 +276,11 @@ fn rotated_and_odd_sized_videos_are_analysed() {
     rot.rotation = 90;
     let v = make_video(dir.path(), "rot.mp4", &rot);
     let out = run(&["analyze", s(&v), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["video"]["rotation"].as_u64(), Some(90));
     assert_eq!(j["cuts"].as_array().unwrap().len(), 1);
@@ -205,7 +289,11 @@ fn rotated_and_odd_sized_videos_are_analysed() {
     odd.codec = Some("ffv1".into());
     let v = make_video(dir.path(), "odd.mkv", &odd);
     let out = run(&["analyze", s(&v), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["video"]["width"].as_u64(), Some(333));
     assert_eq!(j["cuts"].as_array().unwrap().len(), 2);

@@ -15,7 +15,13 @@ fn analysed(duration: f64, fps: u32, cuts: Vec<f64>, seed: u64) -> (Analysis, Ve
     let mut spec = SynthSpec::new(320, 240, fps, duration, cuts);
     spec.seed = seed;
     write_video(&path, &spec).unwrap();
-    let a = analyze(&path, &mut StatsEncoder::default(), &AtomicBool::new(false), &mut |_| {}).unwrap();
+    let a = analyze(
+        &path,
+        &mut StatsEncoder::default(),
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
     (a, spec.cut_frame_times())
 }
 
@@ -27,20 +33,33 @@ fn music_fits_the_video() {
     ];
     for (i, (duration, fps, cuts)) in cases.into_iter().enumerate() {
         let (a, truth) = analysed(duration, fps, cuts, 11 + i as u64);
-        let c = compose(&a, &SketchSettings { bpm: None, seed: 3 }, &AtomicBool::new(false), &mut |_| {}).unwrap();
+        let c = compose(
+            &a,
+            &SketchSettings { bpm: None, seed: 3 },
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap();
         let audio = &c.audio;
         assert_eq!(audio.sample_rate, SAMPLE_RATE);
         assert_eq!(audio.channels.len(), 2);
         // As long as the video, within one 10 ms block.
         let want = duration * f64::from(SAMPLE_RATE);
-        assert!((audio.len() as f64 - want).abs() <= 480.0, "{} vs {want}", audio.len());
+        assert!(
+            (audio.len() as f64 - want).abs() <= 480.0,
+            "{} vs {want}",
+            audio.len()
+        );
         assert!(audio.peak() > 0.1, "silent");
         let l = measure(audio).unwrap();
         assert!((l.integrated_lufs + 14.0).abs() <= 1.0, "{l:?}");
         assert!(l.true_peak_dbtp <= -1.0 + 1e-6, "{l:?}");
         let onsets = detect_onsets(&audio.mono(), audio.sample_rate, &OnsetConfig::default());
         let rate = cut_hit_rate(&onsets, &truth, 0.05);
-        eprintln!("case {i}: cut hit rate {rate:.3}, {} onsets, {l:?}", onsets.len());
+        eprintln!(
+            "case {i}: cut hit rate {rate:.3}, {} onsets, {l:?}",
+            onsets.len()
+        );
         assert!(rate >= 0.9, "cut hit rate {rate}");
     }
 }
@@ -49,23 +68,55 @@ fn music_fits_the_video() {
 fn a_seed_gives_one_piece_and_another_seed_another() {
     let (a, _) = analysed(6.0, 25, vec![1.5, 3.2, 4.4], 5);
     let run = |seed| {
-        compose(&a, &SketchSettings { bpm: Some(110.0), seed }, &AtomicBool::new(false), &mut |_| {})
-            .unwrap()
-            .audio
+        compose(
+            &a,
+            &SketchSettings {
+                bpm: Some(110.0),
+                seed,
+            },
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap()
+        .audio
     };
     let (x, y, z) = (run(1), run(1), run(2));
     assert_eq!(x, y, "same seed, different samples");
-    let diff: f32 = x.channels[0].iter().zip(&z.channels[0]).map(|(p, q)| (p - q).abs()).sum();
-    assert!(diff / x.len() as f32 > 1e-3, "another seed gave the same piece");
+    let diff: f32 = x.channels[0]
+        .iter()
+        .zip(&z.channels[0])
+        .map(|(p, q)| (p - q).abs())
+        .sum();
+    assert!(
+        diff / x.len() as f32 > 1e-3,
+        "another seed gave the same piece"
+    );
 }
 
 #[test]
 fn given_tempo_is_used_and_bad_tempo_is_refused() {
     let (a, _) = analysed(4.0, 25, vec![2.0], 9);
-    let c = compose(&a, &SketchSettings { bpm: Some(128.0), seed: 0 }, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    let c = compose(
+        &a,
+        &SketchSettings {
+            bpm: Some(128.0),
+            seed: 0,
+        },
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(c.score.bpm, 128.0);
     for bad in [0.0, -5.0, f64::NAN, 1000.0] {
-        let e = compose(&a, &SketchSettings { bpm: Some(bad), seed: 0 }, &AtomicBool::new(false), &mut |_| {});
+        let e = compose(
+            &a,
+            &SketchSettings {
+                bpm: Some(bad),
+                seed: 0,
+            },
+            &AtomicBool::new(false),
+            &mut |_| {},
+        );
         assert!(e.is_err(), "tempo {bad} accepted");
     }
 }
@@ -73,6 +124,14 @@ fn given_tempo_is_used_and_bad_tempo_is_refused() {
 #[test]
 fn cancel_stops_composing() {
     let (a, _) = analysed(4.0, 25, vec![2.0], 9);
-    let e = compose(&a, &SketchSettings { bpm: None, seed: 0 }, &AtomicBool::new(true), &mut |_| {});
-    assert!(matches!(e, Err(vidmusician_engine::Error::Cancelled)), "{e:?}");
+    let e = compose(
+        &a,
+        &SketchSettings { bpm: None, seed: 0 },
+        &AtomicBool::new(true),
+        &mut |_| {},
+    );
+    assert!(
+        matches!(e, Err(vidmusician_engine::Error::Cancelled)),
+        "{e:?}"
+    );
 }

@@ -14,7 +14,11 @@ static ALLOCATOR: AllocDisabler = AllocDisabler;
 
 fn video(dir: &Path, name: &str, duration: f64) -> std::path::PathBuf {
     let p = dir.join(name);
-    write_video(&p, &SynthSpec::new(192, 144, 25, duration, vec![1.0, 2.4, 3.3])).unwrap();
+    write_video(
+        &p,
+        &SynthSpec::new(192, 144, 25, duration, vec![1.0, 2.4, 3.3]),
+    )
+    .unwrap();
     p
 }
 
@@ -67,7 +71,11 @@ fn chunks_reach_a_real_time_reader_without_allocation() {
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    assert_eq!(assert_no_alloc::violation_count(), 0, "the reader allocated");
+    assert_eq!(
+        assert_no_alloc::violation_count(),
+        0,
+        "the reader allocated"
+    );
     let done = done.unwrap();
     assert!(progress_seen);
     assert_eq!(got, total);
@@ -97,7 +105,13 @@ fn finished_audio_is_cached_and_keyed_by_its_inputs() {
     assert!(!other.cached);
     assert_ne!(other.cache_key, first.cache_key);
     // A damaged cache entry is dropped and the music made again.
-    std::fs::write(dir.path().join("cache").join(format!("{}.wav", first.cache_key)), b"junk").unwrap();
+    std::fs::write(
+        dir.path()
+            .join("cache")
+            .join(format!("{}.wav", first.cache_key)),
+        b"junk",
+    )
+    .unwrap();
     let rebuilt = run(7);
     assert!(!rebuilt.cached);
     assert_eq!(rebuilt.audio, first.audio);
@@ -127,7 +141,9 @@ fn a_superseding_request_cancels_the_running_one() {
 fn errors_come_back_as_events_and_the_engine_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let eng = engine(dir.path());
-    let (id, _) = eng.submit(Request::new(dir.path().join("missing.mp4"))).unwrap();
+    let (id, _) = eng
+        .submit(Request::new(dir.path().join("missing.mp4")))
+        .unwrap();
     let e = eng.wait(id, |_| {}).unwrap_err();
     assert!(matches!(e, Error::NotFound(_)), "{e}");
     let mut bad = Request::new(dir.path().join("x.mp4"));

@@ -22,13 +22,27 @@ fn precision_recall(found: &[f64], truth: &[f64], tol: f64) -> (f64, f64) {
             tp += 1;
         }
     }
-    let p = if found.is_empty() { 1.0 } else { tp as f64 / found.len() as f64 };
-    let r = if truth.is_empty() { 1.0 } else { tp as f64 / truth.len() as f64 };
+    let p = if found.is_empty() {
+        1.0
+    } else {
+        tp as f64 / found.len() as f64
+    };
+    let r = if truth.is_empty() {
+        1.0
+    } else {
+        tp as f64 / truth.len() as f64
+    };
     (p, r)
 }
 
 fn analyse(path: &Path) -> vidmusician_engine::analysis::Analysis {
-    analyze(path, &mut StatsEncoder::default(), &no_cancel(), &mut |_| {}).unwrap()
+    analyze(
+        path,
+        &mut StatsEncoder::default(),
+        &no_cancel(),
+        &mut |_| {},
+    )
+    .unwrap()
 }
 
 #[test]
@@ -37,9 +51,20 @@ fn cut_detection_precision_and_recall() {
     // Irregular cut spacing, several frame rates, including 30 fps where
     // the video's frames do not coincide with the 25 fps analysis grid.
     let cases = [
-        (25, vec![1.0, 2.2, 2.9, 4.4, 5.0, 6.76, 8.3, 9.1, 11.0, 12.5, 13.2, 14.8]),
-        (30, vec![0.8, 1.9, 3.5, 4.1, 5.9, 7.3, 7.9, 9.6, 11.1, 12.0, 13.7]),
-        (24, vec![1.5, 3.0, 3.8, 6.1, 6.7, 8.0, 10.4, 11.2, 12.9, 14.0]),
+        (
+            25,
+            vec![
+                1.0, 2.2, 2.9, 4.4, 5.0, 6.76, 8.3, 9.1, 11.0, 12.5, 13.2, 14.8,
+            ],
+        ),
+        (
+            30,
+            vec![0.8, 1.9, 3.5, 4.1, 5.9, 7.3, 7.9, 9.6, 11.1, 12.0, 13.7],
+        ),
+        (
+            24,
+            vec![1.5, 3.0, 3.8, 6.1, 6.7, 8.0, 10.4, 11.2, 12.9, 14.0],
+        ),
     ];
     let (mut all_p, mut all_r, mut n) = (0.0, 0.0, 0.0);
     for (i, (fps, cuts)) in cases.into_iter().enumerate() {
@@ -52,12 +77,19 @@ fn cut_detection_precision_and_recall() {
         let found: Vec<f64> = a.cuts.iter().map(|c| c.time).collect();
         // Within ±1 analysis frame (40 ms at 25 fps).
         let (p, r) = precision_recall(&found, &truth, 1.0 / 25.0 + 1e-6);
-        eprintln!("{fps} fps: precision {p:.3} recall {r:.3}\n  truth {truth:?}\n  found {found:?}");
+        eprintln!(
+            "{fps} fps: precision {p:.3} recall {r:.3}\n  truth {truth:?}\n  found {found:?}"
+        );
         all_p += p;
         all_r += r;
         n += 1.0;
     }
-    assert!(all_p / n >= 0.95 && all_r / n >= 0.95, "precision {} recall {}", all_p / n, all_r / n);
+    assert!(
+        all_p / n >= 0.95 && all_r / n >= 0.95,
+        "precision {} recall {}",
+        all_p / n,
+        all_r / n
+    );
 }
 
 #[test]
@@ -69,7 +101,11 @@ fn sampling_is_exact_and_probe_reports_the_stream() {
     assert_eq!((info.width, info.height), (160, 120));
     assert!((info.frame_rate - 30.0).abs() < 0.01, "{info:?}");
     assert!((info.duration - 2.0).abs() < 0.05, "{}", info.duration);
-    let opts = SampleOptions { rate: 25.0, size: 64, fit: Fit::CenterCrop };
+    let opts = SampleOptions {
+        rate: 25.0,
+        size: 64,
+        fit: Fit::CenterCrop,
+    };
     let mut times = Vec::new();
     let (_, n) = video::sample_frames(&path, &opts, &no_cancel(), |f| {
         assert_eq!(f.rgb.len(), 64 * 64 * 3);

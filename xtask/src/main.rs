@@ -1,1 +1,206 @@
-fn main(){}
+//! Project tasks: `cargo xtask demo | test | setup | bench`.
+//!
+//! `demo` and `test` first install the system packages the build needs
+//! (Debian/Ubuntu, with apt-get) and say what they install.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Debian/Ubuntu packages needed to build and run VidMusician and its tests.
+const PACKAGES: &[&str] = &[
+    // Build: bindgen for FFmpeg's headers, pkg-config to find the libraries.
+    "pkg-config",
+    "clang",
+    "libclang-dev",
+    // FFmpeg: decoding, encoding, muxing, scaling.
+    "libavcodec-dev",
+    "libavformat-dev",
+    "libavutil-dev",
+    "libswscale-dev",
+    "libswresample-dev",
+    // Plots: fonts for the axis labels.
+    "libfontconfig1-dev",
+    "libfreetype-dev",
+    "fonts-dejavu-core",
+];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (task, rest) = args
+        .split_first()
+        .map_or(("help", &[][..]), |(t, r)| (t.as_str(), r));
+    match task {
+        "setup" => setup(),
+        "demo" => {
+            setup()?;
+            demo(rest)
+        }
+        "test" => {
+            setup()?;
+            test(rest)
+        }
+        "bench" => {
+            setup()?;
+            bench(rest)
+        }
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <task>\n\n\
+                 tasks:\n  \
+                 demo [VIDEO]   build, compose music for VIDEO (or a generated demo video with known cuts),\n                 \
+                 write target/demo/demo.wav and target/demo/demo.mp4\n  \
+                 test [ARGS]    run every test (ARGS go to cargo test)\n  \
+                 bench          release build, then the analysis and composer benchmarks\n  \
+                 setup          install the system packages the build needs (Debian/Ubuntu)"
+            );
+            if task == "help" || task == "--help" || task == "-h" {
+                Ok(())
+            } else {
+                bail!("unknown task {task:?}")
+            }
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("PANIC: xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed ({status})", cmd.get_program());
+    }
+    Ok(())
+}
+
+fn is_debian_like() -> bool {
+    std::fs::read_to_string("/etc/os-release").is_ok_and(|s| {
+        s.lines().any(|l| {
+            (l.starts_with("ID=") || l.starts_with("ID_LIKE="))
+                && (l.contains("debian") || l.contains("ubuntu"))
+        })
+    })
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn setup() -> Result<()> {
+    if !is_debian_like() {
+        eprintln!(
+            "xtask: not Debian/Ubuntu; make sure these (or your system's equivalents) are installed:\n  {}",
+            PACKAGES.join(" ")
+        );
+        return Ok(());
+    }
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing system packages: {}", missing.join(" "));
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let apt = |args: &[&str]| -> Command {
+        let mut c = if is_root {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run(&mut apt(&["update", "-qq"]))?;
+    let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends"]);
+    install.args(&missing);
+    run(&mut install)
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    let out = root().join("target").join("demo");
+    std::fs::create_dir_all(&out)?;
+    eprintln!("xtask: building vidmusician");
+    run(cargo().args([
+        "build",
+        "-q",
+        "-p",
+        "vidmusician-engine",
+        "--bin",
+        "vidmusician",
+    ]))?;
+    let exe = root().join("target").join("debug").join("vidmusician");
+    let video = match args.first() {
+        Some(v) => PathBuf::from(v),
+        None => {
+            let v = out.join("input.mp4");
+            eprintln!(
+                "xtask: making a 20 s demo video with known cuts: {}",
+                v.display()
+            );
+            run(Command::new(&exe)
+                .args(["synth-video", "--duration", "20", "--seed", "7"])
+                .arg(&v))?;
+            v
+        }
+    };
+    let wav = out.join("demo.wav");
+    let mp4 = out.join("demo.mp4");
+    let png = out.join("analysis.png");
+    run(Command::new(&exe)
+        .arg("analyze")
+        .arg(&video)
+        .arg("--plot")
+        .arg(&png))?;
+    run(Command::new(&exe)
+        .arg("compose")
+        .arg(&video)
+        .arg("-o")
+        .arg(&wav)
+        .arg("--mux")
+        .arg(&mp4))?;
+    println!("\nmusic:          {}", wav.display());
+    println!("video + music:  {}", mp4.display());
+    println!("analysis plot:  {}", png.display());
+    Ok(())
+}
+
+fn test(args: &[String]) -> Result<()> {
+    run(cargo().args(["test", "--workspace"]).args(args))
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "vidmusician-engine",
+        "--bin",
+        "vidmusician",
+    ]))?;
+    let exe = root().join("target").join("release").join("vidmusician");
+    for what in ["analysis", "composer"] {
+        run(Command::new(&exe).args(["bench", what]).args(args))?;
+    }
+    Ok(())
+}

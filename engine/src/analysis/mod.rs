@@ -164,7 +164,8 @@ pub fn from_curve(info: VideoInfo, encoder: &str, d: Vec<f32>, global: Vec<Vec<f
     };
     // Busier pictures suggest faster music: 80 BPM for a still picture,
     // up to 140 for constant motion and frequent cutting.
-    let busy = (motion_mean / 0.05).min(1.0) as f64 * 0.6 + (summary.cuts_per_minute / 40.0).min(1.0) * 0.4;
+    let busy = (motion_mean / 0.05).min(1.0) as f64 * 0.6
+        + (summary.cuts_per_minute / 40.0).min(1.0) * 0.4;
     let cut_times: Vec<f64> = cuts.iter().map(|c| c.time).collect();
     let tempo = suggest_tempo(&cut_times, 80.0 + 60.0 * busy, 70.0, 160.0);
     Analysis {

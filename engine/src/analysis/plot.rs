@@ -9,7 +9,9 @@ use crate::audio::atomic_output;
 use crate::error::{Error, Result};
 
 pub fn plot_analysis(analysis: &Analysis, path: &Path) -> Result<()> {
-    atomic_output(path, |tmp| draw(analysis, tmp).map_err(|e| Error::output(path, e)))
+    atomic_output(path, |tmp| {
+        draw(analysis, tmp).map_err(|e| Error::output(path, e))
+    })
 }
 
 fn draw(a: &Analysis, path: &Path) -> std::result::Result<(), Box<dyn std::error::Error>> {
@@ -24,7 +26,10 @@ fn draw(a: &Analysis, path: &Path) -> std::result::Result<(), Box<dyn std::error
         * 1.1;
     let title = format!(
         "{} — {} cuts, {:.0} BPM suggested",
-        a.video.path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        a.video
+            .path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
         a.cuts.len(),
         a.tempo.bpm
     );

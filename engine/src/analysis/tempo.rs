@@ -37,7 +37,11 @@ fn soft_fit(cuts: &[f64], period: f64, phase: f64) -> f64 {
         .map(|&c| {
             let x = (c - phase).rem_euclid(period);
             let d = x.min(period - x);
-            if d <= TOLERANCE { (-(d / (TOLERANCE / 2.0)).powi(2)).exp() } else { 0.0 }
+            if d <= TOLERANCE {
+                (-(d / (TOLERANCE / 2.0)).powi(2)).exp()
+            } else {
+                0.0
+            }
         })
         .sum();
     sum / cuts.len() as f64
@@ -46,7 +50,12 @@ fn soft_fit(cuts: &[f64], period: f64, phase: f64) -> f64 {
 /// Picks a tempo in [`min_bpm`, `max_bpm`] and phase that land the most cuts
 /// on beats beyond what chance would, nudged towards `preferred_bpm` (from
 /// the motion energy) when cuts do not decide.
-pub fn suggest_tempo(cuts: &[f64], preferred_bpm: f64, min_bpm: f64, max_bpm: f64) -> TempoSuggestion {
+pub fn suggest_tempo(
+    cuts: &[f64],
+    preferred_bpm: f64,
+    min_bpm: f64,
+    max_bpm: f64,
+) -> TempoSuggestion {
     let preferred = preferred_bpm.clamp(min_bpm, max_bpm);
     if cuts.len() < 2 {
         let phase = cuts.first().copied().unwrap_or(0.0);

@@ -56,11 +56,19 @@ pub fn normalize(audio: &mut Audio, target_lufs: f64, ceiling_dbtp: f64) -> Resu
         // Sample peaks under a margin that grows each round, since the
         // true (inter-sample) peak can exceed the sample peak.
         let margin_db = 0.3 + 0.1 * f64::from(round);
-        limit(audio, (ceiling * db_to_gain(-margin_db)) as f32, 0.003, 0.06);
+        limit(
+            audio,
+            (ceiling * db_to_gain(-margin_db)) as f32,
+            0.003,
+            0.06,
+        );
         report = measure(audio)?;
     }
     if report.true_peak_dbtp > ceiling_dbtp {
-        apply_gain(audio, db_to_gain(ceiling_dbtp - report.true_peak_dbtp - 0.05));
+        apply_gain(
+            audio,
+            db_to_gain(ceiling_dbtp - report.true_peak_dbtp - 0.05),
+        );
         report = measure(audio)?;
     }
     Ok(report)
@@ -140,7 +148,11 @@ mod tests {
             s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             let white = (s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0;
             // A loud click every half second over quiet noise: peaky material.
-            let click = if i % (rate as usize / 2) < 40 { 0.9 } else { 0.0 };
+            let click = if i % (rate as usize / 2) < 40 {
+                0.9
+            } else {
+                0.0
+            };
             *x = 0.05 * white + click;
         }
         Audio {

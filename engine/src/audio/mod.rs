@@ -101,6 +101,7 @@ pub fn atomic_output(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Re
         .map_err(|e| Error::output(path, e))?;
     let tmp_path = tmp.path().to_path_buf();
     write(&tmp_path)?;
-    tmp.persist(path).map_err(|e| Error::output(path, e.error))?;
+    tmp.persist(path)
+        .map_err(|e| Error::output(path, e.error))?;
     Ok(())
 }

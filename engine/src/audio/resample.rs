@@ -16,9 +16,12 @@ pub fn resample(audio: &Audio, rate: u32) -> Result<Audio> {
     let nch = audio.channels.len();
     let chunk = 1024;
     let mut rs = FftFixedIn::<f32>::new(audio.sample_rate as usize, rate as usize, chunk, 2, nch)
-        .map_err(|e| Error::InvalidSetting(format!("resampling {} → {rate} Hz: {e}", audio.sample_rate)))?;
+        .map_err(|e| {
+        Error::InvalidSetting(format!("resampling {} → {rate} Hz: {e}", audio.sample_rate))
+    })?;
     let delay = rs.output_delay();
-    let want = (audio.len() as f64 * f64::from(rate) / f64::from(audio.sample_rate)).round() as usize;
+    let want =
+        (audio.len() as f64 * f64::from(rate) / f64::from(audio.sample_rate)).round() as usize;
     let mut out: Vec<Vec<f32>> = vec![Vec::with_capacity(want + delay + chunk * 4); nch];
     let mut pos = 0;
     let push = |out: &mut Vec<Vec<f32>>, block: Vec<Vec<f32>>| {
@@ -28,16 +31,26 @@ pub fn resample(audio: &Audio, rate: u32) -> Result<Audio> {
     };
     let fail = |e: rubato::ResampleError| Error::InvalidSetting(format!("resampling failed: {e}"));
     while pos + chunk <= audio.len() {
-        let input: Vec<&[f32]> = audio.channels.iter().map(|c| &c[pos..pos + chunk]).collect();
+        let input: Vec<&[f32]> = audio
+            .channels
+            .iter()
+            .map(|c| &c[pos..pos + chunk])
+            .collect();
         push(&mut out, rs.process(&input, None).map_err(fail)?);
         pos += chunk;
     }
     if pos < audio.len() {
         let input: Vec<&[f32]> = audio.channels.iter().map(|c| &c[pos..]).collect();
-        push(&mut out, rs.process_partial(Some(&input), None).map_err(fail)?);
+        push(
+            &mut out,
+            rs.process_partial(Some(&input), None).map_err(fail)?,
+        );
     }
     while out[0].len() < want + delay {
-        push(&mut out, rs.process_partial::<&[f32]>(None, None).map_err(fail)?);
+        push(
+            &mut out,
+            rs.process_partial::<&[f32]>(None, None).map_err(fail)?,
+        );
     }
     for c in &mut out {
         c.drain(..delay);

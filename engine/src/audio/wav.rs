@@ -44,7 +44,10 @@ pub fn read_wav(path: &Path) -> Result<Audio> {
         reason: e.to_string(),
     };
     let interleaved: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float => r.into_samples::<f32>().collect::<Result<_, _>>().map_err(bad)?,
+        hound::SampleFormat::Float => r
+            .into_samples::<f32>()
+            .collect::<Result<_, _>>()
+            .map_err(bad)?,
         hound::SampleFormat::Int => {
             let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
             r.into_samples::<i32>()

@@ -18,7 +18,11 @@ use vidmusician_engine::sketch::{self, SketchSettings};
 use vidmusician_engine::video::{self, synth};
 
 #[derive(Parser)]
-#[command(name = "vidmusician", version, about = "Background music for a video, with its accents on the cuts")]
+#[command(
+    name = "vidmusician",
+    version,
+    about = "Background music for a video, with its accents on the cuts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -251,7 +255,10 @@ fn compose(a: ComposeArgs) -> Result<()> {
     let pb = bar(1000, "analysing");
     let mut stage = Stage::Analysing;
     let done = engine.wait(id, |ev| {
-        if let Event::Progress { stage: s, fraction, .. } = ev {
+        if let Event::Progress {
+            stage: s, fraction, ..
+        } = ev
+        {
             if *s != stage {
                 stage = *s;
                 pb.set_message(match s {
@@ -289,7 +296,10 @@ fn compose(a: ComposeArgs) -> Result<()> {
         line += &format!(", {} cuts", an.cuts.len());
     }
     if let Some(l) = done.loudness {
-        line += &format!(", {:.1} LUFS, {:.1} dBTP", l.integrated_lufs, l.true_peak_dbtp);
+        line += &format!(
+            ", {:.1} LUFS, {:.1} dBTP",
+            l.integrated_lufs, l.true_peak_dbtp
+        );
     }
     if done.cached {
         line += " (from the cache)";
@@ -394,7 +404,9 @@ fn default_cuts(duration: f64, seed: u64) -> Vec<f64> {
     let mut t = 0.0;
     let mut cuts = Vec::new();
     loop {
-        s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        s = s
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         t += 1.0 + 2.0 * ((s >> 33) as f64 / (1u64 << 31) as f64);
         if t >= duration - 0.5 {
             return cuts;
@@ -422,14 +434,30 @@ fn synth_video(
     let mut spec = synth::SynthSpec::new(width, height, fps, duration, cuts);
     spec.seed = seed;
     synth::write_video(output, &spec).with_context(|| format!("writing {}", output.display()))?;
-    let times: Vec<String> = spec.cut_frame_times().iter().map(|t| format!("{t:.3}")).collect();
-    println!("{}", json!({ "video": output, "cuts": spec.cut_frame_times() }));
-    eprintln!("wrote {} with cuts at {}", output.display(), times.join(", "));
+    let times: Vec<String> = spec
+        .cut_frame_times()
+        .iter()
+        .map(|t| format!("{t:.3}"))
+        .collect();
+    println!(
+        "{}",
+        json!({ "video": output, "cuts": spec.cut_frame_times() })
+    );
+    eprintln!(
+        "wrote {} with cuts at {}",
+        output.display(),
+        times.join(", ")
+    );
     Ok(())
 }
 
 fn stats(times: &[Duration], media_s: f64) -> (f64, f64) {
-    let best = times.iter().min().copied().unwrap_or_default().as_secs_f64();
+    let best = times
+        .iter()
+        .min()
+        .copied()
+        .unwrap_or_default()
+        .as_secs_f64();
     let mean = times.iter().map(Duration::as_secs_f64).sum::<f64>() / times.len() as f64;
     (media_s / best, media_s / mean)
 }
@@ -444,7 +472,8 @@ fn bench(what: BenchWhat, video_path: Option<&Path>, seconds: f64, runs: usize) 
                 None => {
                     let p = dir.path().join("bench-1080p30.mp4");
                     eprintln!("generating a {seconds:.0} s 1080p30 H.264 clip…");
-                    let spec = synth::SynthSpec::new(1920, 1080, 30, seconds, default_cuts(seconds, 3));
+                    let spec =
+                        synth::SynthSpec::new(1920, 1080, 30, seconds, default_cuts(seconds, 3));
                     synth::write_video(&p, &spec)?;
                     p
                 }
@@ -453,7 +482,12 @@ fn bench(what: BenchWhat, video_path: Option<&Path>, seconds: f64, runs: usize) 
             let mut times = Vec::new();
             for _ in 0..runs {
                 let t = Instant::now();
-                analysis::analyze(&path, &mut StatsEncoder::default(), &AtomicBool::new(false), &mut |_| {})?;
+                analysis::analyze(
+                    &path,
+                    &mut StatsEncoder::default(),
+                    &AtomicBool::new(false),
+                    &mut |_| {},
+                )?;
                 times.push(t.elapsed());
             }
             let (best, mean) = stats(&times, info.duration);
@@ -473,11 +507,21 @@ fn bench(what: BenchWhat, video_path: Option<&Path>, seconds: f64, runs: usize) 
             let p = dir.path().join("bench-small.mp4");
             let spec = synth::SynthSpec::new(320, 240, 25, seconds, default_cuts(seconds, 5));
             synth::write_video(&p, &spec)?;
-            let a = analysis::analyze(&p, &mut StatsEncoder::default(), &AtomicBool::new(false), &mut |_| {})?;
+            let a = analysis::analyze(
+                &p,
+                &mut StatsEncoder::default(),
+                &AtomicBool::new(false),
+                &mut |_| {},
+            )?;
             let mut times = Vec::new();
             for seed in 0..runs as u64 {
                 let t = Instant::now();
-                sketch::compose(&a, &SketchSettings { bpm: None, seed }, &AtomicBool::new(false), &mut |_| {})?;
+                sketch::compose(
+                    &a,
+                    &SketchSettings { bpm: None, seed },
+                    &AtomicBool::new(false),
+                    &mut |_| {},
+                )?;
                 times.push(t.elapsed());
             }
             let (best, mean) = stats(&times, a.duration);

@@ -29,7 +29,10 @@ pub fn beat_scores(generated: &[f64], reference: &[f64], duration: f64, bin_s: f
     let r = bins(reference, bin_s, n);
     let total = r.iter().filter(|&&x| x).count();
     if total == 0 {
-        return BeatScores { coverage: 0.0, hit: 0.0 };
+        return BeatScores {
+            coverage: 0.0,
+            hit: 0.0,
+        };
     }
     let covered = g.iter().filter(|&&x| x).count();
     let hits = g.iter().zip(&r).filter(|(a, b)| **a && **b).count();
@@ -61,7 +64,16 @@ mod tests {
         let generated = [0.3, 0.6, 2.1, 4.4, 4.6];
         // 1 s bins: reference in {0, 1, 2, 3}; generated in {0, 2, 4}.
         let s = beat_scores(&generated, &reference, 5.0, 1.0);
-        assert_eq!(s, BeatScores { coverage: 0.75, hit: 0.5 });
-        assert_eq!(cut_hit_rate(&generated, &[0.32, 1.0, 2.14], 0.05), 2.0 / 3.0);
+        assert_eq!(
+            s,
+            BeatScores {
+                coverage: 0.75,
+                hit: 0.5
+            }
+        );
+        assert_eq!(
+            cut_hit_rate(&generated, &[0.32, 1.0, 2.14], 0.05),
+            2.0 / 3.0
+        );
     }
 }

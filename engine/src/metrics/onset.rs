@@ -35,7 +35,9 @@ impl Default for OnsetConfig {
 /// Onset strength at each hop, and the hop in seconds. Value `n` describes
 /// the window that ends at `n · hop + window`.
 pub fn onset_envelope(mono: &[f32], rate: u32, cfg: &OnsetConfig) -> (Vec<f32>, f64) {
-    let win = ((cfg.window_s * f64::from(rate)) as usize).next_power_of_two().max(64);
+    let win = ((cfg.window_s * f64::from(rate)) as usize)
+        .next_power_of_two()
+        .max(64);
     let hop = ((cfg.hop_s * f64::from(rate)).round() as usize).max(1);
     let hop_s = hop as f64 / f64::from(rate);
     if mono.len() < win {
@@ -73,7 +75,9 @@ pub fn onset_envelope(mono: &[f32], rate: u32, cfg: &OnsetConfig) -> (Vec<f32>, 
 /// Onset times in seconds.
 pub fn detect_onsets(mono: &[f32], rate: u32, cfg: &OnsetConfig) -> Vec<f64> {
     let (mut env, hop_s) = onset_envelope(mono, rate, cfg);
-    let win = ((cfg.window_s * f64::from(rate)) as usize).next_power_of_two().max(64);
+    let win = ((cfg.window_s * f64::from(rate)) as usize)
+        .next_power_of_two()
+        .max(64);
     let max_v = env.iter().fold(0.0f32, |m, &v| m.max(v));
     if max_v <= 0.0 {
         return Vec::new();
@@ -128,7 +132,8 @@ mod tests {
                 let start = (t * f64::from(rate)) as usize;
                 if i >= start && i < start + 4800 {
                     let k = (i - start) as f32 / rate as f32;
-                    *v += 0.8 * (-k / 0.02).exp() * (std::f32::consts::TAU * 200.0 * k).sin() + 0.4 * noise * (-k / 0.01).exp();
+                    *v += 0.8 * (-k / 0.02).exp() * (std::f32::consts::TAU * 200.0 * k).sin()
+                        + 0.4 * noise * (-k / 0.01).exp();
                 }
             }
         }

@@ -76,7 +76,9 @@ impl AudioCache {
         write_wav(&p, audio)?;
         let m = self.meta_path(key);
         let json = serde_json::to_vec(meta).map_err(|e| Error::output(&m, e))?;
-        atomic_output(&m, |tmp| std::fs::write(tmp, &json).map_err(|e| Error::output(&m, e)))?;
+        atomic_output(&m, |tmp| {
+            std::fs::write(tmp, &json).map_err(|e| Error::output(&m, e))
+        })?;
         Ok(p)
     }
 }
@@ -107,7 +109,8 @@ fn video_identity(path: &Path, h: &mut blake3::Hasher) -> Result<()> {
     h.update(&buf[..n]);
     if meta.len() > 2 * MIB {
         use std::io::{Seek, SeekFrom};
-        f.seek(SeekFrom::End(-(MIB as i64))).map_err(|e| Error::io(path, e))?;
+        f.seek(SeekFrom::End(-(MIB as i64)))
+            .map_err(|e| Error::io(path, e))?;
         let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
         h.update(&buf[..n]);
     }

@@ -41,7 +41,9 @@ impl ChunkReader {
     /// Hands a chunk back to be freed on the engine thread. Gives it back
     /// when the return ring is full (the caller keeps it and retries later).
     pub fn retire(&mut self, chunk: Arc<AudioChunk>) -> Result<(), Arc<AudioChunk>> {
-        self.retired.push(chunk).map_err(|rtrb::PushError::Full(c)| c)
+        self.retired
+            .push(chunk)
+            .map_err(|rtrb::PushError::Full(c)| c)
     }
 
     /// Chunks waiting to be popped.

@@ -110,10 +110,22 @@ pub struct Finished {
 
 #[derive(Debug, Clone)]
 pub enum Event {
-    Progress { id: u64, stage: Stage, fraction: f64 },
-    Done { id: u64, result: Box<Finished> },
-    Failed { id: u64, error: Arc<Error> },
-    Cancelled { id: u64 },
+    Progress {
+        id: u64,
+        stage: Stage,
+        fraction: f64,
+    },
+    Done {
+        id: u64,
+        result: Box<Finished>,
+    },
+    Failed {
+        id: u64,
+        error: Arc<Error>,
+    },
+    Cancelled {
+        id: u64,
+    },
 }
 
 impl Event {
@@ -247,7 +259,8 @@ impl Engine {
                 }
                 Event::Failed { error, .. } => {
                     self.forget(id);
-                    return Err(Arc::try_unwrap(error).unwrap_or_else(|e| Error::InvalidSetting(e.to_string())));
+                    return Err(Arc::try_unwrap(error)
+                        .unwrap_or_else(|e| Error::InvalidSetting(e.to_string())));
                 }
                 Event::Cancelled { .. } => {
                     self.forget(id);
@@ -284,12 +297,17 @@ fn validate(r: &Request) -> Result<()> {
         )));
     }
     if r.chunk_frames == 0 || r.chunk_frames > 1 << 20 {
-        return Err(Error::InvalidSetting(format!("chunk size {} frames", r.chunk_frames)));
+        return Err(Error::InvalidSetting(format!(
+            "chunk size {} frames",
+            r.chunk_frames
+        )));
     }
     if let Some(t) = r.tempo
         && !(t.is_finite() && (20.0..=400.0).contains(&t))
     {
-        return Err(Error::InvalidSetting(format!("tempo {t} BPM (expected 20–400)")));
+        return Err(Error::InvalidSetting(format!(
+            "tempo {t} BPM (expected 20–400)"
+        )));
     }
     if let Some((a, b)) = r.range
         && !(a.is_finite() && b.is_finite() && a >= 0.0 && b > a)

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::{AudioCache, AudioChunk, CacheMeta, EngineChoice, EngineConfig, Event, Finished, Job, Stage, cache_key};
+use super::{
+    AudioCache, AudioChunk, CacheMeta, EngineChoice, EngineConfig, Event, Finished, Job, Stage,
+    cache_key,
+};
 use crate::analysis::{Analysis, StatsEncoder, analyze};
 use crate::audio::{Audio, resample};
 use crate::error::{Error, Result};
@@ -34,7 +37,13 @@ pub(super) fn run(config: EngineConfig, jobs: Receiver<Job>, events: Sender<Even
         let mut job = job;
         let id = job.id;
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            process(&mut job, cache.as_ref(), &mut last_analysis, &events, &mut retired_rings)
+            process(
+                &mut job,
+                cache.as_ref(),
+                &mut last_analysis,
+                &events,
+                &mut retired_rings,
+            )
         }));
         let event = match outcome {
             Ok(Ok(result)) => Event::Done {
@@ -42,10 +51,15 @@ pub(super) fn run(config: EngineConfig, jobs: Receiver<Job>, events: Sender<Even
                 result: Box::new(result),
             },
             Ok(Err(Error::Cancelled)) => Event::Cancelled { id },
-            Ok(Err(e)) => Event::Failed { id, error: Arc::new(e) },
+            Ok(Err(e)) => Event::Failed {
+                id,
+                error: Arc::new(e),
+            },
             Err(_) => Event::Failed {
                 id,
-                error: Arc::new(Error::InvalidSetting("internal error in the engine (panic); please report it".into())),
+                error: Arc::new(Error::InvalidSetting(
+                    "internal error in the engine (panic); please report it".into(),
+                )),
             },
         };
         if let Some(r) = job.retired.take() {
@@ -96,7 +110,11 @@ fn process(
 
     let id = job.id;
     let progress = |stage: Stage, fraction: f64| {
-        let _ = events.send(Event::Progress { id, stage, fraction });
+        let _ = events.send(Event::Progress {
+            id,
+            stage,
+            fraction,
+        });
     };
     let video_key = cache_key(&crate::service::Request::new(&req.video), "analysis")?;
     let analysis = match last_analysis {
@@ -116,7 +134,9 @@ fn process(
         bpm: req.tempo,
         seed: req.seed,
     };
-    let comp = compose(&analysis, &settings, &cancel, &mut |f| progress(Stage::Composing, f))?;
+    let comp = compose(&analysis, &settings, &cancel, &mut |f| {
+        progress(Stage::Composing, f)
+    })?;
     progress(Stage::Finishing, 0.0);
     let mut audio = resample(&comp.audio, req.sample_rate)?;
     if let Some((a, b)) = req.range {
@@ -170,7 +190,11 @@ fn publish(
     let mut start = 0usize;
     while start < audio.len() {
         let end = (start + n).min(audio.len());
-        let ch = |c: usize| audio.channels[c.min(audio.channels.len() - 1)][start..end].to_vec().into_boxed_slice();
+        let ch = |c: usize| {
+            audio.channels[c.min(audio.channels.len() - 1)][start..end]
+                .to_vec()
+                .into_boxed_slice()
+        };
         let mut chunk = Arc::new(AudioChunk {
             request: job.id,
             start: start as u64,

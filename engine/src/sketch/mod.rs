@@ -47,7 +47,11 @@ pub fn compose(
 ) -> Result<Composition> {
     let bpm = match settings.bpm {
         Some(b) if b.is_finite() && (20.0..=400.0).contains(&b) => b,
-        Some(b) => return Err(Error::InvalidSetting(format!("tempo {b} BPM (expected 20–400)"))),
+        Some(b) => {
+            return Err(Error::InvalidSetting(format!(
+                "tempo {b} BPM (expected 20–400)"
+            )));
+        }
         None => analysis.tempo.bpm,
     };
     let score = arrange(analysis, bpm, settings.seed);
@@ -56,12 +60,17 @@ pub fn compose(
         progress(p * 0.9);
         !cancel.load(Ordering::Relaxed)
     };
-    let [l, r] = render::render(&score, SAMPLE_RATE, frames, settings.seed, &mut tick).ok_or(Error::Cancelled)?;
+    let [l, r] = render::render(&score, SAMPLE_RATE, frames, settings.seed, &mut tick)
+        .ok_or(Error::Cancelled)?;
     let mut audio = Audio {
         sample_rate: SAMPLE_RATE,
         channels: vec![l, r],
     };
     let loudness = normalize(&mut audio, TARGET_LUFS, CEILING_DBTP)?;
     progress(1.0);
-    Ok(Composition { audio, score, loudness })
+    Ok(Composition {
+        audio,
+        score,
+        loudness,
+    })
 }

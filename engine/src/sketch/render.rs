@@ -3,8 +3,8 @@
 //! with equal-power panning and a shared reverb send.
 
 use fundsp::prelude32::{
-    AudioUnit, BigBlockAdapter, bandpass_hz, highpass_hz, lowpass, lowpass_hz, midi_hz, noise, pass,
-    pulse, reverb_stereo, saw_hz, sine, sine_hz, square_hz, triangle_hz,
+    AudioUnit, BigBlockAdapter, bandpass_hz, highpass_hz, lowpass, lowpass_hz, midi_hz, noise,
+    pass, pulse, reverb_stereo, saw_hz, sine, sine_hz, square_hz, triangle_hz,
 };
 
 use super::score::{Inst, Note, Score};
@@ -15,17 +15,28 @@ fn render_note(note: &Note, rate: f64, seed: u64, out: &mut [f32]) {
     let f = midi_hz(note.pitch);
     let v = note.vel;
     let mut unit: Box<dyn AudioUnit> = match note.inst {
-        Inst::Kick => Box::new((pass() >> sine()) + (noise().seed(seed) >> highpass_hz(3000.0, 0.7)) * pass()),
-        Inst::Impact => Box::new((pass() >> sine()) + (noise().seed(seed) >> lowpass_hz(400.0, 0.7)) * pass()),
-        Inst::Snare => Box::new((noise().seed(seed) >> bandpass_hz(1800.0, 0.8)) * pass() + sine_hz(190.0) * pass()),
+        Inst::Kick => {
+            Box::new((pass() >> sine()) + (noise().seed(seed) >> highpass_hz(3000.0, 0.7)) * pass())
+        }
+        Inst::Impact => {
+            Box::new((pass() >> sine()) + (noise().seed(seed) >> lowpass_hz(400.0, 0.7)) * pass())
+        }
+        Inst::Snare => Box::new(
+            (noise().seed(seed) >> bandpass_hz(1800.0, 0.8)) * pass() + sine_hz(190.0) * pass(),
+        ),
         Inst::Hat => Box::new((noise().seed(seed) >> highpass_hz(7500.0, 0.7)) * pass()),
         Inst::Crash => Box::new((noise().seed(seed) >> highpass_hz(4500.0, 0.5)) * pass()),
-        Inst::Bass => Box::new(((saw_hz(f) * 0.6 + square_hz(f * 0.5) * 0.4) | pass() | pass()) >> lowpass()),
+        Inst::Bass => {
+            Box::new(((saw_hz(f) * 0.6 + square_hz(f * 0.5) * 0.4) | pass() | pass()) >> lowpass())
+        }
         Inst::Pad => Box::new(
-            ((saw_hz(f * 0.997) + saw_hz(f * 1.003) + saw_hz(f * 0.5) * 0.5) * 0.4) >> lowpass_hz(1400.0, 0.6),
+            ((saw_hz(f * 0.997) + saw_hz(f * 1.003) + saw_hz(f * 0.5) * 0.5) * 0.4)
+                >> lowpass_hz(1400.0, 0.6),
         ),
         Inst::Pluck => Box::new((pulse() | pass() | pass()) >> lowpass()),
-        Inst::Lead => Box::new((triangle_hz(f) * 0.7 + saw_hz(f * 1.002) * 0.3) >> lowpass_hz(2500.0, 0.5)),
+        Inst::Lead => {
+            Box::new((triangle_hz(f) * 0.7 + saw_hz(f * 1.002) * 0.3) >> lowpass_hz(2500.0, 0.5))
+        }
     };
     unit.set_sample_rate(rate);
     let inputs = unit.inputs();
@@ -134,7 +145,13 @@ fn tail(inst: Inst) -> f64 {
 /// Renders the score to stereo at `rate`, exactly `frames` long. `tick` is
 /// called after each note with the share done, and stops the render when it
 /// returns false.
-pub fn render(score: &Score, rate: u32, frames: usize, seed: u64, tick: &mut dyn FnMut(f64) -> bool) -> Option<[Vec<f32>; 2]> {
+pub fn render(
+    score: &Score,
+    rate: u32,
+    frames: usize,
+    seed: u64,
+    tick: &mut dyn FnMut(f64) -> bool,
+) -> Option<[Vec<f32>; 2]> {
     let mut dry = [vec![0.0f32; frames], vec![0.0f32; frames]];
     let mut send = [vec![0.0f32; frames], vec![0.0f32; frames]];
     let mut buf = Vec::new();
@@ -147,7 +164,12 @@ pub fn render(score: &Score, rate: u32, frames: usize, seed: u64, tick: &mut dyn
         let len = (((note.dur + tail(note.inst)) * r) as usize).min(frames - start);
         buf.clear();
         buf.resize(len, 0.0);
-        render_note(note, r, seed.wrapping_mul(0x9e37_79b9).wrapping_add(k as u64), &mut buf);
+        render_note(
+            note,
+            r,
+            seed.wrapping_mul(0x9e37_79b9).wrapping_add(k as u64),
+            &mut buf,
+        );
         let (gain, rev) = bus(note.inst);
         let angle = (note.pan.clamp(-1.0, 1.0) + 1.0) * std::f32::consts::FRAC_PI_4;
         let (gl, gr) = (angle.cos() * gain, angle.sin() * gain);
@@ -167,7 +189,11 @@ pub fn render(score: &Score, rate: u32, frames: usize, seed: u64, tick: &mut dyn
     let mut wet = [vec![0.0f32; frames], vec![0.0f32; frames]];
     {
         let [wl, wr] = &mut wet;
-        adapter.process_big(frames, &[&send[0], &send[1]], &mut [&mut wl[..], &mut wr[..]]);
+        adapter.process_big(
+            frames,
+            &[&send[0], &send[1]],
+            &mut [&mut wl[..], &mut wr[..]],
+        );
     }
     for c in 0..2 {
         for (d, w) in dry[c].iter_mut().zip(&wet[c]) {

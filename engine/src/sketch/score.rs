@@ -122,7 +122,7 @@ fn sections(a: &Analysis, min_len: f64) -> Vec<f64> {
 }
 
 pub fn arrange(a: &Analysis, bpm: f64, seed: u64) -> Score {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_5c0e);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005e_ed0f_5c0e);
     let beat = 60.0 / bpm;
     let cut_times: Vec<f64> = a.cuts.iter().map(|c| c.time).collect();
     // Phase: the suggestion's when its tempo is used, else the best anchor
@@ -146,21 +146,34 @@ pub fn arrange(a: &Analysis, bpm: f64, seed: u64) -> Score {
     let bounds = sections(a, (4.0 * bar).max(6.0));
     let motion_norm = |t0: f64, t1: f64| {
         let n = ((t1 - t0) * 10.0).ceil().max(1.0) as usize;
-        (0..n).map(|i| a.motion_at(t0 + (t1 - t0) * i as f64 / n as f64)).sum::<f32>() / n as f32
+        (0..n)
+            .map(|i| a.motion_at(t0 + (t1 - t0) * i as f64 / n as f64))
+            .sum::<f32>()
+            / n as f32
     };
     // How busy the whole video is sets the ceiling of the arrangement.
-    let busy = (a.summary.motion / 0.04).min(1.0) * 0.5 + (a.summary.cuts_per_minute as f32 / 30.0).min(1.0) * 0.5;
+    let busy = (a.summary.motion / 0.04).min(1.0) * 0.5
+        + (a.summary.cuts_per_minute as f32 / 30.0).min(1.0) * 0.5;
     let mut secs = Vec::new();
     for (i, &s) in bounds.iter().enumerate() {
         let e = bounds.get(i + 1).copied().unwrap_or(a.duration);
         let local = motion_norm(s, e);
-        let level = (busy * 2.0 + local * 1.2 + rng.random_range(-0.3..0.3)).round().clamp(0.0, 3.0) as u8;
-        let progs: &[[usize; 4]] = if minor { &MINOR_PROGRESSIONS } else { &MAJOR_PROGRESSIONS };
+        let level = (busy * 2.0 + local * 1.2 + rng.random_range(-0.3..0.3))
+            .round()
+            .clamp(0.0, 3.0) as u8;
+        let progs: &[[usize; 4]] = if minor {
+            &MINOR_PROGRESSIONS
+        } else {
+            &MAJOR_PROGRESSIONS
+        };
         secs.push(Section {
             start: s,
             end: e,
             intensity: level,
-            progression: progs.choose(&mut rng).expect("PANIC: non-empty table").to_vec(),
+            progression: progs
+                .choose(&mut rng)
+                .expect("PANIC: non-empty table")
+                .to_vec(),
         });
     }
 
@@ -190,7 +203,9 @@ pub fn arrange(a: &Analysis, bpm: f64, seed: u64) -> Score {
             .find(|s| s.start <= mid)
             .unwrap_or(&secs[0]);
         let local = motion_norm(bar_start.max(0.0), (bar_start + bar).min(a.duration));
-        let level = (f32::from(sec.intensity) + (local - 0.6) * 0.8).round().clamp(0.0, 3.0) as u8;
+        let level = (f32::from(sec.intensity) + (local - 0.6) * 0.8)
+            .round()
+            .clamp(0.0, 3.0) as u8;
         let degree = sec.progression[bar_index % sec.progression.len()];
         let tones = chord_tones(degree);
         // Pad: the chord, held for the bar.
@@ -211,26 +226,75 @@ pub fn arrange(a: &Analysis, bpm: f64, seed: u64) -> Score {
             let root = (tonic - 12 + tones[0]) as f32;
             if level == 0 {
                 if b == 0 {
-                    notes.push(Note { inst: Inst::Bass, time: t, dur: bar * 0.9, pitch: root, vel: 0.6, pan: 0.0 });
+                    notes.push(Note {
+                        inst: Inst::Bass,
+                        time: t,
+                        dur: bar * 0.9,
+                        pitch: root,
+                        vel: 0.6,
+                        pan: 0.0,
+                    });
                 }
             } else {
-                notes.push(Note { inst: Inst::Bass, time: t, dur: beat * 0.45, pitch: root, vel: 0.75, pan: 0.0 });
+                notes.push(Note {
+                    inst: Inst::Bass,
+                    time: t,
+                    dur: beat * 0.45,
+                    pitch: root,
+                    vel: 0.75,
+                    pan: 0.0,
+                });
                 if level >= 2 {
                     let p = if b % 2 == 1 { root + 12.0 } else { root };
-                    notes.push(Note { inst: Inst::Bass, time: off, dur: beat * 0.4, pitch: p, vel: 0.6, pan: 0.0 });
+                    notes.push(Note {
+                        inst: Inst::Bass,
+                        time: off,
+                        dur: beat * 0.4,
+                        pitch: p,
+                        vel: 0.6,
+                        pan: 0.0,
+                    });
                 }
             }
             // Drums.
             if level >= 1 && (b % 2 == 0 || level >= 3) {
-                notes.push(Note { inst: Inst::Kick, time: t, dur: 0.4, pitch: 0.0, vel: if b == 0 { 1.0 } else { 0.85 }, pan: 0.0 });
+                notes.push(Note {
+                    inst: Inst::Kick,
+                    time: t,
+                    dur: 0.4,
+                    pitch: 0.0,
+                    vel: if b == 0 { 1.0 } else { 0.85 },
+                    pan: 0.0,
+                });
             }
             if level >= 2 && b % 2 == 1 {
-                notes.push(Note { inst: Inst::Snare, time: t, dur: 0.3, pitch: 0.0, vel: 0.8, pan: 0.05 });
+                notes.push(Note {
+                    inst: Inst::Snare,
+                    time: t,
+                    dur: 0.3,
+                    pitch: 0.0,
+                    vel: 0.8,
+                    pan: 0.05,
+                });
             }
             if level >= 1 {
-                notes.push(Note { inst: Inst::Hat, time: off, dur: if hat_open && b == 3 { 0.25 } else { 0.08 }, pitch: 0.0, vel: 0.45, pan: 0.3 });
+                notes.push(Note {
+                    inst: Inst::Hat,
+                    time: off,
+                    dur: if hat_open && b == 3 { 0.25 } else { 0.08 },
+                    pitch: 0.0,
+                    vel: 0.45,
+                    pan: 0.3,
+                });
                 if level >= 3 {
-                    notes.push(Note { inst: Inst::Hat, time: t, dur: 0.05, pitch: 0.0, vel: 0.3, pan: 0.3 });
+                    notes.push(Note {
+                        inst: Inst::Hat,
+                        time: t,
+                        dur: 0.05,
+                        pitch: 0.0,
+                        vel: 0.3,
+                        pan: 0.3,
+                    });
                 }
             }
             // Plucked arpeggio: eighths, sixteenths when driving.
@@ -270,9 +334,24 @@ pub fn arrange(a: &Analysis, bpm: f64, seed: u64) -> Score {
     let mut accents = Vec::new();
     for c in &a.cuts {
         let section_change = bounds.iter().any(|&b| (b - c.time).abs() < 1e-9);
-        let vel = (0.7 + 0.3 * c.strength.min(1.0)).min(1.0) * if section_change { 1.0 } else { 0.85 };
-        notes.push(Note { inst: Inst::Impact, time: c.time, dur: 1.2, pitch: 0.0, vel, pan: 0.0 });
-        notes.push(Note { inst: Inst::Crash, time: c.time, dur: 1.8, pitch: 0.0, vel: vel * 0.8, pan: 0.0 });
+        let vel =
+            (0.7 + 0.3 * c.strength.min(1.0)).min(1.0) * if section_change { 1.0 } else { 0.85 };
+        notes.push(Note {
+            inst: Inst::Impact,
+            time: c.time,
+            dur: 1.2,
+            pitch: 0.0,
+            vel,
+            pan: 0.0,
+        });
+        notes.push(Note {
+            inst: Inst::Crash,
+            time: c.time,
+            dur: 1.8,
+            pitch: 0.0,
+            vel: vel * 0.8,
+            pan: 0.0,
+        });
         accents.push(c.time);
     }
     // Notes that start before 0 (the pickup bar) are dropped; those that

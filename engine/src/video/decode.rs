@@ -7,9 +7,9 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use ffmpeg_next as ff;
 use ff::format::Pixel;
 use ff::software::scaling;
+use ffmpeg_next as ff;
 
 use super::probe::{VideoInfo, info_from, open_input};
 use crate::error::{Error, Result};
@@ -265,11 +265,13 @@ impl Sampler<'_> {
             self.scaled = ff::frame::Video::empty();
         }
         let (scaler, _) = self.scaler.as_mut().expect("PANIC: set just above");
-        scaler.run(&self.held, &mut self.scaled).map_err(|e| Error::Decode {
-            path: self.info.path.clone(),
-            codec: self.info.codec.clone(),
-            reason: format!("scaling failed: {e}"),
-        })?;
+        scaler
+            .run(&self.held, &mut self.scaled)
+            .map_err(|e| Error::Decode {
+                path: self.info.path.clone(),
+                codec: self.info.codec.clone(),
+                reason: format!("scaling failed: {e}"),
+            })?;
         crop_rotate(&self.scaled, rot, side, &mut self.out.rgb);
         Ok(())
     }

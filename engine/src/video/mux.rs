@@ -15,7 +15,9 @@ use crate::error::{Error, Result};
 pub fn mux_audio(video: &Path, music: &Audio, out: &Path) -> Result<()> {
     let mut ictx = open_input(video)?;
     let info = info_from(video, &ictx)?;
-    atomic_output(out, |tmp| write_mux(&mut ictx, info.stream_index, info.duration, music, tmp, out))
+    atomic_output(out, |tmp| {
+        write_mux(&mut ictx, info.stream_index, info.duration, music, tmp, out)
+    })
 }
 
 fn write_mux(
@@ -36,8 +38,12 @@ fn write_mux(
         .ok_or_else(|| Error::NoVideoStream(out.to_path_buf()))?
         .time_base();
     {
-        let ist = ictx.stream(vindex).ok_or_else(|| Error::NoVideoStream(out.to_path_buf()))?;
-        let mut ost = octx.add_stream(ff::encoder::find(ff::codec::Id::None)).map_err(err)?;
+        let ist = ictx
+            .stream(vindex)
+            .ok_or_else(|| Error::NoVideoStream(out.to_path_buf()))?;
+        let mut ost = octx
+            .add_stream(ff::encoder::find(ff::codec::Id::None))
+            .map_err(err)?;
         ost.set_parameters(ist.parameters());
         // SAFETY: plain field write on the stream's own parameters; a zero tag
         // lets the muxer choose the tag its container uses.
@@ -74,10 +80,15 @@ fn write_mux(
     };
     octx.write_header().map_err(err)?;
     let vost_tb = octx.stream(0).map(|s| s.time_base()).unwrap_or(ist_tb);
-    let aost_tb = octx.stream(aindex).map(|s| s.time_base()).unwrap_or(ff::Rational(1, rate));
+    let aost_tb = octx
+        .stream(aindex)
+        .map(|s| s.time_base())
+        .unwrap_or(ff::Rational(1, rate));
 
     // Audio first: the muxer interleaves by timestamp.
-    let total = music.len().min((duration * f64::from(rate)).round() as usize);
+    let total = music
+        .len()
+        .min((duration * f64::from(rate)).round() as usize);
     let frame_size = (enc.frame_size() as usize).max(1);
     let mut frame = ff::frame::Audio::new(
         ff::format::Sample::F32(ff::format::sample::Type::Planar),

@@ -83,7 +83,11 @@ pub(crate) fn info_from(path: &Path, ictx: &ff::format::context::Input) -> Resul
     let params = stream.parameters();
     let codec_id = params.id();
     let codec = codec_id.name().to_string();
-    if is_still_image_container(&container) || stream.disposition().contains(ff::format::stream::Disposition::ATTACHED_PIC) {
+    if is_still_image_container(&container)
+        || stream
+            .disposition()
+            .contains(ff::format::stream::Disposition::ATTACHED_PIC)
+    {
         return Err(Error::StillImage {
             path: path.to_path_buf(),
             format: container,

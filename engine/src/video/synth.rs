@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use ffmpeg_next as ff;
 use ff::format::Pixel;
+use ffmpeg_next as ff;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -160,7 +160,9 @@ pub fn write_video(path: &Path, spec: &SynthSpec) -> Result<()> {
 
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let (w, h) = (spec.width as f32, spec.height as f32);
-    let shots: Vec<Shot> = (0..=spec.cuts.len()).map(|_| make_shot(&mut rng, w, h)).collect();
+    let shots: Vec<Shot> = (0..=spec.cuts.len())
+        .map(|_| make_shot(&mut rng, w, h))
+        .collect();
     let cut_frames: Vec<u64> = spec
         .cuts
         .iter()
@@ -237,10 +239,7 @@ fn draw(frame: &mut ff::frame::Video, shot: &Shot, t: f32) {
         let x = bounce(sh.x + sh.vx * t, w as f32 - sh.w);
         let y = bounce(sh.y + sh.vy * t, h as f32 - sh.h);
         let (x0, y0) = (x as usize, y as usize);
-        let (x1, y1) = (
-            ((x + sh.w) as usize).min(w),
-            ((y + sh.h) as usize).min(h),
-        );
+        let (x1, y1) = (((x + sh.w) as usize).min(w), ((y + sh.h) as usize).min(h));
         let ys = frame.stride(0);
         let yp = frame.data_mut(0);
         for yy in y0..y1 {
