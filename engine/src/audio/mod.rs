@@ -4,7 +4,7 @@ mod loudness;
 mod resample;
 mod wav;
 
-pub use loudness::{LoudnessReport, measure, normalize};
+pub use loudness::{LoudnessReport, integrated, measure, normalize, true_peak_db};
 pub use resample::resample;
 pub use wav::{read_wav, write_wav};
 
