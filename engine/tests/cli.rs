@@ -269,32 +269,28 @@ fn a_failed_run_keeps_the_existing_output() {
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
 }
 
+fn analyze_json(video: &Path) -> serde_json::Value {
+    let out = run(&["analyze", s(video), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn rotated_and_odd_sized_videos_are_analysed() {
     let dir = tempfile::tempdir().unwrap();
     let mut rot = SynthSpec::new(320, 240, 25, 3.0, vec![1.4]);
     rot.rotation = 90;
-    let v = make_video(dir.path(), "rot.mp4", &rot);
-    let out = run(&["analyze", s(&v), "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = analyze_json(&make_video(dir.path(), "rot.mp4", &rot));
     assert_eq!(j["video"]["rotation"].as_u64(), Some(90));
     assert_eq!(j["cuts"].as_array().unwrap().len(), 1);
 
     let mut odd = SynthSpec::new(333, 199, 30, 3.0, vec![1.1, 2.2]);
     odd.codec = Some("ffv1".into());
-    let v = make_video(dir.path(), "odd.mkv", &odd);
-    let out = run(&["analyze", s(&v), "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = analyze_json(&make_video(dir.path(), "odd.mkv", &odd));
     assert_eq!(j["video"]["width"].as_u64(), Some(333));
     assert_eq!(j["cuts"].as_array().unwrap().len(), 2);
 }

@@ -118,3 +118,44 @@ fn sampling_is_exact_and_probe_reports_the_stream() {
         assert!((t - k as f64 / 25.0).abs() < 1e-12);
     }
 }
+
+#[test]
+fn variable_frame_rate_is_sampled_by_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vfr.mp4");
+    let mut spec = SynthSpec::new(320, 240, 30, 8.0, vec![1.1, 2.5, 3.7, 5.2, 6.6]);
+    spec.vfr = true;
+    write_video(&path, &spec).unwrap();
+    let a = analyse(&path);
+    let truth = spec.cut_frame_times();
+    let found: Vec<f64> = a.cuts.iter().map(|c| c.time).collect();
+    let (p, r) = precision_recall(&found, &truth, 1.0 / 25.0 + 1e-6);
+    assert!(p >= 0.95 && r >= 0.95, "truth {truth:?} found {found:?}");
+    assert!((a.duration - 8.0).abs() < 0.05, "{}", a.duration);
+}
+
+#[test]
+fn frames_can_be_clip_normalised() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.mp4");
+    write_video(&path, &SynthSpec::new(160, 120, 25, 0.2, vec![])).unwrap();
+    let opts = SampleOptions {
+        rate: 25.0,
+        size: 32,
+        fit: Fit::CenterCrop,
+    };
+    let mut first = None;
+    video::sample_frames(&path, &opts, &no_cancel(), |f| {
+        first.get_or_insert_with(|| f.clone());
+        Ok(())
+    })
+    .unwrap();
+    let f = first.unwrap();
+    let x = f.clip_normalised();
+    assert_eq!(x.len(), 3 * 32 * 32);
+    // Planar channels, each (v/255 − mean) / std.
+    for (c, (m, s)) in video::CLIP_MEAN.iter().zip(video::CLIP_STD).enumerate() {
+        let want = (f32::from(f.rgb[c]) / 255.0 - m) / s;
+        assert!((x[c * 32 * 32] - want).abs() < 1e-6);
+    }
+}

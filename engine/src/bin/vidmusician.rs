@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -39,40 +39,7 @@ enum EngineArg {
 #[derive(Subcommand)]
 enum Command {
     /// Compose music for VIDEO and write it as a WAV and/or muxed into a copy of the video.
-    Compose {
-        /// The video to score (any container and codec FFmpeg reads).
-        video: PathBuf,
-        /// Write the music as a 32-bit float WAV here.
-        #[arg(short, long, value_name = "OUT.wav")]
-        output: Option<PathBuf>,
-        /// Also write a copy of the video with the music as its audio track
-        /// (video stream copied, not re-encoded; container from the extension).
-        #[arg(long, value_name = "OUT.mp4")]
-        mux: Option<PathBuf>,
-        /// Tempo in beats per minute; by default the tempo that lands the
-        /// most cuts on beats.
-        #[arg(long, value_name = "N")]
-        bpm: Option<f64>,
-        /// Random seed: the same video, settings and seed give the same music;
-        /// another seed gives another piece.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Which engine writes the music.
-        #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
-        engine: EngineArg,
-        /// Sample rate of the output, Hz.
-        #[arg(long, default_value_t = 48_000, value_name = "HZ")]
-        sample_rate: u32,
-        /// Score only from this time of the video, seconds.
-        #[arg(long, value_name = "SECONDS")]
-        start: Option<f64>,
-        /// Score only up to this time of the video, seconds.
-        #[arg(long, value_name = "SECONDS")]
-        end: Option<f64>,
-        /// Do not read or write the audio cache.
-        #[arg(long)]
-        no_cache: bool,
-    },
+    Compose(ComposeArgs),
     /// Analyse VIDEO: cuts, motion, rhythm curve, suggested tempo.
     Analyze {
         video: PathBuf,
@@ -132,6 +99,42 @@ enum Command {
     },
 }
 
+#[derive(Args)]
+struct ComposeArgs {
+    /// The video to score (any container and codec FFmpeg reads).
+    video: PathBuf,
+    /// Write the music as a 32-bit float WAV here.
+    #[arg(short, long, value_name = "OUT.wav")]
+    output: Option<PathBuf>,
+    /// Also write a copy of the video with the music as its audio track
+    /// (video stream copied, not re-encoded; container from the extension).
+    #[arg(long, value_name = "OUT.mp4")]
+    mux: Option<PathBuf>,
+    /// Tempo in beats per minute; by default the tempo that lands the
+    /// most cuts on beats.
+    #[arg(long, value_name = "N")]
+    bpm: Option<f64>,
+    /// Random seed: the same video, settings and seed give the same music;
+    /// another seed gives another piece.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Which engine writes the music.
+    #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
+    engine: EngineArg,
+    /// Sample rate of the output, Hz.
+    #[arg(long, default_value_t = 48_000, value_name = "HZ")]
+    sample_rate: u32,
+    /// Score only from this time of the video, seconds.
+    #[arg(long, value_name = "SECONDS")]
+    start: Option<f64>,
+    /// Score only up to this time of the video, seconds.
+    #[arg(long, value_name = "SECONDS")]
+    end: Option<f64>,
+    /// Do not read or write the audio cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum BenchWhat {
     /// Decode + analysis, as a multiple of real time.
@@ -143,29 +146,7 @@ enum BenchWhat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Compose {
-            video,
-            output,
-            mux,
-            bpm,
-            seed,
-            engine,
-            sample_rate,
-            start,
-            end,
-            no_cache,
-        } => compose(ComposeArgs {
-            video,
-            output,
-            mux,
-            bpm,
-            seed,
-            engine,
-            sample_rate,
-            start,
-            end,
-            no_cache,
-        }),
+        Command::Compose(args) => compose(args),
         Command::Analyze { video, json, plot } => analyze(&video, json, plot.as_deref()),
         Command::Eval {
             music,
@@ -207,19 +188,6 @@ fn bar(len: u64, msg: &str) -> ProgressBar {
     );
     pb.set_message(msg.to_string());
     pb
-}
-
-struct ComposeArgs {
-    video: PathBuf,
-    output: Option<PathBuf>,
-    mux: Option<PathBuf>,
-    bpm: Option<f64>,
-    seed: u64,
-    engine: EngineArg,
-    sample_rate: u32,
-    start: Option<f64>,
-    end: Option<f64>,
-    no_cache: bool,
 }
 
 fn compose(a: ComposeArgs) -> Result<()> {

@@ -27,6 +27,9 @@ pub struct SynthSpec {
     pub codec: Option<String>,
     /// Clockwise display rotation written into the container (0/90/180/270).
     pub rotation: u32,
+    /// Variable frame rate: frame durations alternate between 0.5× and 1.5×
+    /// the nominal period (same average rate), as phones record.
+    pub vfr: bool,
 }
 
 impl SynthSpec {
@@ -40,15 +43,40 @@ impl SynthSpec {
             seed: 1,
             codec: None,
             rotation: 0,
+            vfr: false,
         }
     }
 
-    /// Frame times snapped to the frame grid: the time at which each cut
-    /// becomes visible.
+    /// Presentation time of every frame, in ticks of [`Self::TICK`].
+    fn frame_ticks(&self) -> Vec<i64> {
+        let period = Self::TICK_HZ / i64::from(self.fps);
+        let n = (self.duration * f64::from(self.fps)).round() as i64;
+        (0..n)
+            .map(|i| {
+                if self.vfr {
+                    // Durations 0.5, 1.5, 0.5, 1.5 … periods.
+                    i * period + if i % 2 == 1 { -period / 2 } else { 0 }
+                } else {
+                    i * period
+                }
+            })
+            .collect()
+    }
+
+    const TICK_HZ: i64 = 90_000;
+
+    /// The time at which each cut becomes visible: the first frame at or
+    /// after the cut's time.
     pub fn cut_frame_times(&self) -> Vec<f64> {
+        let ticks = self.frame_ticks();
         self.cuts
             .iter()
-            .map(|&c| (c * f64::from(self.fps)).ceil() / f64::from(self.fps))
+            .filter_map(|&c| {
+                ticks
+                    .iter()
+                    .map(|&t| t as f64 / Self::TICK_HZ as f64)
+                    .find(|&t| t >= c - 1e-9)
+            })
             .collect()
     }
 }
@@ -115,7 +143,7 @@ pub fn write_video(path: &Path, spec: &SynthSpec) -> Result<()> {
         .encoder()
         .video()
         .map_err(err)?;
-    let tb = ff::Rational(1, spec.fps as i32);
+    let tb = ff::Rational(1, SynthSpec::TICK_HZ as i32);
     enc.set_width(spec.width);
     enc.set_height(spec.height);
     enc.set_format(Pixel::YUV420P);
@@ -163,28 +191,33 @@ pub fn write_video(path: &Path, spec: &SynthSpec) -> Result<()> {
     let shots: Vec<Shot> = (0..=spec.cuts.len())
         .map(|_| make_shot(&mut rng, w, h))
         .collect();
-    let cut_frames: Vec<u64> = spec
-        .cuts
-        .iter()
-        .map(|&c| (c * f64::from(spec.fps)).ceil() as u64)
-        .collect();
-    let n_frames = (spec.duration * f64::from(spec.fps)).round() as u64;
+    let ticks = spec.frame_ticks();
+    // Frame durations by presentation time, for the packets that come out
+    // (in decode order with B-frames; but libx264's ultrafast and mpeg4 emit
+    // none, so the order is the same).
+    let mut durations = std::collections::VecDeque::new();
+    let cut_times = spec.cut_frame_times();
     let mut frame = ff::frame::Video::new(Pixel::YUV420P, spec.width, spec.height);
     let mut packet = ff::Packet::empty();
-    let mut shot_start = 0u64;
-    for i in 0..n_frames {
-        let shot_idx = cut_frames.iter().filter(|&&c| c <= i).count();
-        if shot_idx > 0 {
-            shot_start = cut_frames[shot_idx - 1];
-        }
-        let t = (i - shot_start) as f32 / spec.fps as f32;
-        draw(&mut frame, &shots[shot_idx], t);
-        frame.set_pts(Some(i as i64));
+    for (i, &tick) in ticks.iter().enumerate() {
+        let time = tick as f64 / SynthSpec::TICK_HZ as f64;
+        let shot_idx = cut_times.iter().filter(|&&c| c <= time + 1e-9).count();
+        let shot_start = if shot_idx > 0 {
+            cut_times[shot_idx - 1]
+        } else {
+            0.0
+        };
+        draw(&mut frame, &shots[shot_idx], (time - shot_start) as f32);
+        frame.set_pts(Some(tick));
+        // Each frame lasts until the next one.
+        let end = (spec.duration * SynthSpec::TICK_HZ as f64).round() as i64;
+        let next = ticks.get(i + 1).copied().unwrap_or(end.max(tick + 1));
+        durations.push_back(next - tick);
         enc.send_frame(&frame).map_err(err)?;
-        write_packets(&mut enc, &mut octx, &mut packet, tb, ost_tb).map_err(err)?;
+        write_packets(&mut enc, &mut octx, &mut packet, tb, ost_tb, &mut durations).map_err(err)?;
     }
     enc.send_eof().map_err(err)?;
-    write_packets(&mut enc, &mut octx, &mut packet, tb, ost_tb).map_err(err)?;
+    write_packets(&mut enc, &mut octx, &mut packet, tb, ost_tb, &mut durations).map_err(err)?;
     octx.write_trailer().map_err(err)?;
     Ok(())
 }
@@ -195,13 +228,15 @@ fn write_packets(
     packet: &mut ff::Packet,
     tb: ff::Rational,
     ost_tb: ff::Rational,
+    durations: &mut std::collections::VecDeque<i64>,
 ) -> std::result::Result<(), ff::Error> {
     while enc.receive_packet(packet).is_ok() {
         packet.set_stream(0);
-        // One frame each: without it the muxer drops the last frame's
-        // duration from the stream's length.
+        // Without a duration the muxer drops the last frame's from the
+        // stream's length.
+        let d = durations.pop_front().unwrap_or(0);
         if packet.duration() == 0 {
-            packet.set_duration(1);
+            packet.set_duration(d);
         }
         packet.rescale_ts(tb, ost_tb);
         packet.write_interleaved(octx)?;
