@@ -1,6 +1,554 @@
-//! VidMusician as a CLAP plugin (and VST3 through clap-wrapper).
+//! VidMusician as a CLAP plugin (VST3 through clap-wrapper comes later).
 //!
-//! The host glue lives here; all model and composition code lives in
-//! `vidmusician-engine`, which this crate drives through its service API.
+//! Host glue only: the music comes from `vidmusician-engine`'s service. One
+//! type per thread, as CLAP has them:
+//!
+//! - [`Shared`] (any thread): parameter values as atomics, render mode.
+//! - [`MainThread`]: the engine, the video, the saved state; submits
+//!   requests and hands finished takes to the audio thread over a ring.
+//! - [`Processor`] (audio thread): plays the take as a pure function of the
+//!   host's song position, through [`playback::Player`].
 
-pub use vidmusician_engine::service;
+pub mod params;
+pub mod playback;
+pub mod state;
+
+use std::ffi::CStr;
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clack_extensions::audio_ports::{
+    AudioPortFlags, AudioPortInfo, AudioPortInfoWriter, AudioPortType, PluginAudioPorts,
+    PluginAudioPortsImpl,
+};
+use clack_extensions::params::{
+    ParamDisplayWriter, ParamInfo, ParamInfoFlags, ParamInfoWriter, PluginAudioProcessorParams,
+    PluginMainThreadParams, PluginParams,
+};
+use clack_extensions::render::{PluginRender, PluginRenderImpl, RenderMode};
+use clack_extensions::state::{PluginState, PluginStateImpl};
+use clack_plugin::events::event_types::TransportFlags;
+use clack_plugin::events::spaces::CoreEventSpace;
+use clack_plugin::prelude::*;
+use clack_plugin::stream::{InputStream, OutputStream};
+use parking_lot::Mutex;
+
+use params::{PARAMS, ParamId, ParamSpec, ParamValues};
+use playback::{MAX_SLOTS, Player, Take};
+use state::{MAX_STATE_BYTES, SavedState};
+use vidmusician_engine::service::{Engine, EngineChoice, EngineConfig, Request};
+
+pub const PLUGIN_ID: &str = "com.vidmusician.vidmusician";
+
+/// How long offline rendering waits for music that is still being made,
+/// per block.
+const OFFLINE_WAIT: Duration = Duration::from_secs(120);
+
+pub struct VidMusician;
+
+impl Plugin for VidMusician {
+    type AudioProcessor<'a> = Processor<'a>;
+    type Shared<'a> = Shared<'a>;
+    type MainThread<'a> = MainThread<'a>;
+
+    fn declare_extensions(builder: &mut PluginExtensions<Self>, _shared: Option<&Shared<'_>>) {
+        builder
+            .register::<PluginAudioPorts>()
+            .register::<PluginParams>()
+            .register::<PluginState>()
+            .register::<PluginRender>();
+    }
+}
+
+impl DefaultPluginFactory for VidMusician {
+    fn get_descriptor() -> PluginDescriptor {
+        use clack_plugin::plugin::features::*;
+        PluginDescriptor::new(PLUGIN_ID, "VidMusician")
+            .with_vendor("VidMusician")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .with_description("Music for the video on your timeline, with its accents on the cuts")
+            .with_features([AUDIO_EFFECT, INSTRUMENT, STEREO])
+    }
+
+    fn new_shared(host: HostSharedHandle<'_>) -> Result<Shared<'_>, PluginError> {
+        Ok(Shared {
+            host,
+            params: ParamValues::default(),
+            offline: AtomicBool::new(false),
+            regenerate: AtomicBool::new(false),
+        })
+    }
+
+    fn new_main_thread<'a>(
+        _host: HostMainThreadHandle<'a>,
+        shared: &'a Shared<'a>,
+    ) -> Result<MainThread<'a>, PluginError> {
+        Ok(MainThread {
+            shared,
+            inner: Mutex::new(Inner {
+                engine: None,
+                video: std::env::var_os("VIDMUSICIAN_VIDEO").map(PathBuf::from),
+                prompt: String::new(),
+                cache_key: None,
+                link: None,
+                sample_rate: None,
+                last_request: None,
+            }),
+        })
+    }
+}
+
+pub struct Shared<'a> {
+    host: HostSharedHandle<'a>,
+    pub params: ParamValues,
+    /// Set by the main thread (render extension), read by the audio thread.
+    offline: AtomicBool,
+    /// Set by the audio thread when a parameter that needs new music
+    /// changed; cleared by the main thread when it submits the request.
+    regenerate: AtomicBool,
+}
+
+impl<'a> PluginShared<'a> for Shared<'a> {}
+
+/// Main-thread state. The lock is only ever taken on the main thread (CLAP
+/// calls `activate` and `deactivate` there too), never by the audio thread.
+pub struct MainThread<'a> {
+    shared: &'a Shared<'a>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// Started on the first request; joined when the plugin is destroyed.
+    engine: Option<Engine>,
+    video: Option<PathBuf>,
+    prompt: String,
+    cache_key: Option<String>,
+    /// The rings to the active audio processor.
+    link: Option<Link>,
+    sample_rate: Option<f64>,
+    last_request: Option<u64>,
+}
+
+struct Link {
+    takes: rtrb::Producer<Box<Take>>,
+    returned: rtrb::Consumer<Box<Take>>,
+}
+
+impl<'a> PluginMainThread<'a, Shared<'a>> for MainThread<'a> {
+    fn on_main_thread(&self) {
+        self.service();
+    }
+}
+
+impl MainThread<'_> {
+    /// Everything the main thread does when the host gives it a turn:
+    /// drop returned takes, pick up engine events, regenerate if asked.
+    fn service(&self) {
+        let mut inner = self.inner.lock();
+        if let Some(link) = inner.link.as_mut() {
+            while link.returned.pop().is_ok() {}
+        }
+        let mut key = None;
+        if let Some(engine) = inner.engine.as_ref() {
+            while let Ok(ev) = engine.events().try_recv() {
+                match ev {
+                    vidmusician_engine::service::Event::Done { result, .. } => {
+                        key = Some(result.cache_key.clone());
+                    }
+                    vidmusician_engine::service::Event::Failed { error, .. } => {
+                        eprintln!("VidMusician: {error}");
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if key.is_some() {
+            inner.cache_key = key;
+        }
+        if self.shared.regenerate.swap(false, Ordering::AcqRel) {
+            self.request(&mut inner);
+        }
+    }
+
+    /// Submits a request for the current video and settings and hands its
+    /// take to the audio processor. Needs an active processor (the host's
+    /// sample rate) and a video.
+    fn request(&self, inner: &mut Inner) {
+        let (Some(rate), Some(video)) = (inner.sample_rate, inner.video.clone()) else {
+            return;
+        };
+        let info = match vidmusician_engine::video::probe(&video) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("VidMusician: {e}");
+                return;
+            }
+        };
+        if inner.engine.is_none() {
+            match Engine::start(EngineConfig::default()) {
+                Ok(e) => inner.engine = Some(e),
+                Err(e) => {
+                    eprintln!("VidMusician: {e}");
+                    return;
+                }
+            }
+        }
+        let total = (info.duration * rate).round().max(1.0) as u64;
+        let chunk_frames = (total as usize).div_ceil(MAX_SLOTS).max(4096);
+        let mut req = Request::new(&video);
+        req.sample_rate = rate.round() as u32;
+        req.seed = self.shared.params.get(ParamId::Seed) as u64;
+        req.engine = match self.shared.params.get(ParamId::Engine) as usize {
+            1 => EngineChoice::Sketch,
+            _ => EngineChoice::Auto,
+        };
+        req.chunk_frames = chunk_frames;
+        req.max_chunks = (total as usize).div_ceil(chunk_frames) + 1;
+        req.supersede = true;
+        let Some(engine) = inner.engine.as_ref() else {
+            return;
+        };
+        let (id, reader) = match engine.submit(req) {
+            Ok((id, Some(reader))) => (id, reader),
+            Ok((_, None)) => return,
+            Err(e) => {
+                eprintln!("VidMusician: {e}");
+                return;
+            }
+        };
+        inner.last_request = Some(id);
+        let take = Box::new(Take {
+            request: id,
+            reader,
+            chunk_frames,
+            total_frames: total,
+        });
+        if let Some(link) = inner.link.as_mut()
+            && link.takes.push(take).is_err()
+        {
+            eprintln!("VidMusician: the audio thread is not taking new music; try again");
+        }
+    }
+
+    /// The request id of the take last handed to the audio thread.
+    pub fn last_request(&self) -> Option<u64> {
+        self.inner.lock().last_request
+    }
+
+    /// Waits for the engine to finish request `id` (tests and offline tools).
+    pub fn wait_for(&self, id: u64) -> Result<(), String> {
+        let inner = self.inner.lock();
+        let engine = inner.engine.as_ref().ok_or("no engine")?;
+        engine
+            .wait(id, |_| {})
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl PluginAudioPortsImpl for MainThread<'_> {
+    fn count(&self, _is_input: bool) -> u32 {
+        1
+    }
+
+    fn get(&self, index: u32, is_input: bool, writer: &mut AudioPortInfoWriter) {
+        if index != 0 {
+            return;
+        }
+        writer.set(&AudioPortInfo {
+            id: ClapId::new(if is_input { 0 } else { 1 }),
+            name: if is_input { b"Input" } else { b"Music" },
+            channel_count: 2,
+            flags: AudioPortFlags::IS_MAIN,
+            port_type: Some(AudioPortType::STEREO),
+            in_place_pair: None,
+        });
+    }
+}
+
+impl PluginMainThreadParams for MainThread<'_> {
+    fn count(&self) -> u32 {
+        PARAMS.len() as u32
+    }
+
+    fn get_info(&self, index: u32, info: &mut ParamInfoWriter) {
+        let Some(p) = PARAMS.get(index as usize) else {
+            return;
+        };
+        let mut flags = ParamInfoFlags::IS_AUTOMATABLE;
+        if p.stepped {
+            flags |= ParamInfoFlags::IS_STEPPED;
+        }
+        if p.id == ParamId::Engine {
+            flags |= ParamInfoFlags::IS_ENUM;
+        }
+        info.set(&ParamInfo {
+            id: ClapId::new(p.id as u32),
+            flags,
+            cookie: Default::default(),
+            name: p.name.as_bytes(),
+            module: b"",
+            min_value: p.min,
+            max_value: p.max,
+            default_value: p.default,
+        });
+    }
+
+    fn get_value(&self, id: ClapId) -> Option<f64> {
+        ParamSpec::by_id(id.get()).map(|p| self.shared.params.get(p.id))
+    }
+
+    fn value_to_text(
+        &self,
+        id: ClapId,
+        value: f64,
+        writer: &mut ParamDisplayWriter,
+    ) -> std::fmt::Result {
+        match ParamSpec::by_id(id.get()) {
+            Some(p) => write!(writer, "{}", p.format(value)),
+            None => Err(std::fmt::Error),
+        }
+    }
+
+    fn text_to_value(&self, id: ClapId, text: &CStr) -> Option<f64> {
+        ParamSpec::by_id(id.get())?.parse(text.to_str().ok()?)
+    }
+
+    fn flush(&self, input: &InputEvents, _output: &mut OutputEvents) {
+        if apply_param_events(self.shared, input) {
+            self.service_regenerate();
+        }
+    }
+}
+
+impl MainThread<'_> {
+    fn service_regenerate(&self) {
+        self.shared.regenerate.store(true, Ordering::Release);
+        self.service();
+    }
+}
+
+/// Applies parameter events; true when one that needs new music changed.
+fn apply_param_events(shared: &Shared<'_>, input: &InputEvents) -> bool {
+    let mut regen = false;
+    for event in input {
+        if let Some(CoreEventSpace::ParamValue(ev)) = event.as_core_event()
+            && let Some(spec) = ev.param_id().and_then(|id| ParamSpec::by_id(id.get()))
+            && shared.params.set(spec.id, ev.value())
+        {
+            regen |= spec.regenerates;
+        }
+    }
+    regen
+}
+
+impl PluginStateImpl for MainThread<'_> {
+    fn save(&self, output: &mut OutputStream) -> Result<(), PluginError> {
+        let inner = self.inner.lock();
+        let s = SavedState::capture(
+            &self.shared.params,
+            inner.video.clone(),
+            inner.prompt.clone(),
+            inner.cache_key.clone(),
+        );
+        std::io::Write::write_all(output, &s.to_bytes())
+            .map_err(|_| PluginError::Message("cannot write state"))
+    }
+
+    fn load(&self, input: &mut InputStream) -> Result<(), PluginError> {
+        let mut bytes = Vec::new();
+        // One byte past the limit tells an oversized state from a full one.
+        let read = input
+            .take(MAX_STATE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes);
+        let parsed = match read {
+            Ok(_) => SavedState::from_bytes(&bytes),
+            Err(e) => Err(format!("cannot read state: {e}")),
+        };
+        let mut inner = self.inner.lock();
+        match parsed {
+            Ok(s) => {
+                s.apply(&self.shared.params);
+                inner.video = s
+                    .video
+                    .or_else(|| std::env::var_os("VIDMUSICIAN_VIDEO").map(PathBuf::from));
+                inner.prompt = s.prompt;
+                inner.cache_key = s.cache_key;
+            }
+            Err(e) => {
+                // Defaults, and the project still opens.
+                eprintln!("VidMusician: ignoring saved state ({e}); using defaults");
+                self.shared.params.reset();
+                inner.prompt.clear();
+                inner.cache_key = None;
+            }
+        }
+        self.request(&mut inner);
+        Ok(())
+    }
+}
+
+impl PluginRenderImpl for MainThread<'_> {
+    fn has_hard_realtime_requirement(&self) -> bool {
+        false
+    }
+
+    fn set(&self, mode: RenderMode) -> Result<(), PluginError> {
+        self.shared
+            .offline
+            .store(mode == RenderMode::Offline, Ordering::Release);
+        Ok(())
+    }
+}
+
+pub struct Processor<'a> {
+    shared: &'a Shared<'a>,
+    player: Player,
+    sample_rate: f64,
+    /// Gain applied at the end of the last block, for a click-free ramp.
+    gain: f32,
+    /// Position for hosts without a transport: frames since activation.
+    free_running: i64,
+}
+
+impl<'a> PluginAudioProcessor<'a, Shared<'a>, MainThread<'a>> for Processor<'a> {
+    fn activate(
+        _host: HostAudioProcessorHandle<'a>,
+        main_thread: &MainThread<'a>,
+        shared: &'a Shared<'a>,
+        config: PluginAudioConfiguration,
+    ) -> Result<Self, PluginError> {
+        if !(config.sample_rate.is_finite() && (1000.0..=1_536_000.0).contains(&config.sample_rate))
+        {
+            return Err(PluginError::Message("unsupported sample rate"));
+        }
+        let (takes_tx, takes_rx) = rtrb::RingBuffer::new(4);
+        let (ret_tx, ret_rx) = rtrb::RingBuffer::new(8);
+        let player = Player::new(takes_rx, ret_tx);
+        {
+            let mut inner = main_thread.inner.lock();
+            inner.sample_rate = Some(config.sample_rate);
+            inner.link = Some(Link {
+                takes: takes_tx,
+                returned: ret_rx,
+            });
+            main_thread.request(&mut inner);
+        }
+        Ok(Self {
+            shared,
+            player,
+            sample_rate: config.sample_rate,
+            gain: db_to_gain(shared.params.get(ParamId::Gain)),
+            free_running: 0,
+        })
+    }
+
+    fn process(
+        &mut self,
+        process: Process,
+        mut audio: Audio,
+        events: Events,
+    ) -> Result<ProcessStatus, PluginError> {
+        if apply_param_events(self.shared, events.input) {
+            self.shared.regenerate.store(true, Ordering::Release);
+            self.shared.host.request_callback();
+        }
+        self.player.poll();
+        let frames = audio.frames_count() as usize;
+        let (playing, start) = self.position(&process);
+        if playing && self.shared.offline.load(Ordering::Acquire) && self.player.has_take() {
+            // Offline: the bounce must be complete, so wait (bounded) for
+            // the music this block needs.
+            self.player.wait_ready(start, frames, OFFLINE_WAIT);
+        }
+        let target = db_to_gain(self.shared.params.get(ParamId::Gain));
+        let Some(mut port) = audio.port_pair(0) else {
+            return Ok(ProcessStatus::Continue);
+        };
+        let Some(channels) = port.channels()?.into_f32() else {
+            return Ok(ProcessStatus::Continue);
+        };
+        let mut outs: [Option<&mut [f32]>; 2] = [None, None];
+        for (i, pair) in channels.into_iter().enumerate().take(2) {
+            outs[i] = match pair {
+                ChannelPair::InputOnly(_) => None,
+                ChannelPair::OutputOnly(buf) => {
+                    buf.fill(0.0);
+                    Some(buf)
+                }
+                ChannelPair::InputOutput(input, output) => {
+                    output.copy_from_slice(input);
+                    Some(output)
+                }
+                ChannelPair::InPlace(buf) => Some(buf),
+            };
+        }
+        if let [Some(l), Some(r)] = outs {
+            if playing {
+                // Gain changes ramp over the block in steps of 32 frames.
+                let mut done = 0;
+                let steps = frames.div_ceil(32).max(1);
+                for s in 0..steps {
+                    let a = s * 32;
+                    let b = ((s + 1) * 32).min(frames);
+                    if a >= b {
+                        break;
+                    }
+                    let g = self.gain + (target - self.gain) * (s + 1) as f32 / steps as f32;
+                    self.player
+                        .mix_into(start + a as i64, g, &mut l[a..b], &mut r[a..b]);
+                    done = b;
+                }
+                debug_assert_eq!(done, frames);
+            }
+        }
+        self.gain = target;
+        self.free_running += frames as i64;
+        Ok(ProcessStatus::Continue)
+    }
+
+    fn deactivate(self, main_thread: &MainThread<'a>) {
+        let mut inner = main_thread.inner.lock();
+        inner.link = None;
+        inner.sample_rate = None;
+        // `self` (the player and its chunks) is dropped here, on the main
+        // thread.
+    }
+}
+
+impl Processor<'_> {
+    /// Whether the music sounds, and the frame of the piece at the block's
+    /// first sample: the song position minus the video's offset.
+    fn position(&self, process: &Process) -> (bool, i64) {
+        let offset = self.shared.params.get(ParamId::VideoOffset);
+        match process.transport {
+            Some(t) if t.flags.contains(TransportFlags::HAS_SECONDS_TIMELINE) => {
+                let playing = t.flags.contains(TransportFlags::IS_PLAYING);
+                let secs = t.song_pos_seconds.to_float() - offset;
+                (playing, (secs * self.sample_rate).round() as i64)
+            }
+            _ => (
+                true,
+                self.free_running - (offset * self.sample_rate).round() as i64,
+            ),
+        }
+    }
+}
+
+impl PluginAudioProcessorParams for Processor<'_> {
+    fn flush(&mut self, input: &InputEvents, _output: &mut OutputEvents) {
+        if apply_param_events(self.shared, input) {
+            self.shared.regenerate.store(true, Ordering::Release);
+            self.shared.host.request_callback();
+        }
+    }
+}
+
+fn db_to_gain(db: f64) -> f32 {
+    10f64.powf(db / 20.0) as f32
+}
+
+clack_export_entry!(SinglePluginEntry<VidMusician>);

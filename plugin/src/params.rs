@@ -1,0 +1,178 @@
+//! Parameters as data: stable ids, ranges, defaults and formatting declared
+//! once; values shared across threads as atomics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Stable parameter ids: saved by hosts in projects and automation, so an
+/// id is never reused or renumbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ParamId {
+    Gain = 0,
+    Seed = 1,
+    VideoOffset = 2,
+    Engine = 3,
+}
+
+pub struct ParamSpec {
+    pub id: ParamId,
+    pub name: &'static str,
+    pub min: f64,
+    pub max: f64,
+    pub default: f64,
+    /// Integer steps (seed, engine choice).
+    pub stepped: bool,
+    pub unit: &'static str,
+    /// Changing it needs new music (not just a different playback).
+    pub regenerates: bool,
+}
+
+pub const PARAMS: [ParamSpec; 4] = [
+    ParamSpec {
+        id: ParamId::Gain,
+        name: "Output gain",
+        min: -60.0,
+        max: 12.0,
+        default: 0.0,
+        stepped: false,
+        unit: "dB",
+        regenerates: false,
+    },
+    ParamSpec {
+        id: ParamId::Seed,
+        name: "Seed",
+        min: 0.0,
+        max: 9999.0,
+        default: 0.0,
+        stepped: true,
+        unit: "",
+        regenerates: true,
+    },
+    ParamSpec {
+        id: ParamId::VideoOffset,
+        name: "Video offset",
+        min: -3600.0,
+        max: 3600.0,
+        default: 0.0,
+        stepped: false,
+        unit: "s",
+        regenerates: false,
+    },
+    ParamSpec {
+        id: ParamId::Engine,
+        name: "Engine",
+        min: 0.0,
+        max: 1.0,
+        default: 0.0,
+        stepped: true,
+        unit: "",
+        regenerates: true,
+    },
+];
+
+/// Names of the engine choices, by value.
+pub const ENGINES: [&str; 2] = ["auto", "sketch"];
+
+impl ParamSpec {
+    pub fn by_id(id: u32) -> Option<&'static ParamSpec> {
+        PARAMS.iter().find(|p| p.id as u32 == id)
+    }
+
+    /// Clamps (and rounds, when stepped) a host value into range; a NaN
+    /// becomes the default.
+    pub fn sanitize(&self, v: f64) -> f64 {
+        if !v.is_finite() {
+            return self.default;
+        }
+        let v = v.clamp(self.min, self.max);
+        if self.stepped { v.round() } else { v }
+    }
+
+    pub fn format(&self, v: f64) -> String {
+        match self.id {
+            ParamId::Engine => ENGINES
+                .get(v.round() as usize)
+                .copied()
+                .unwrap_or("?")
+                .to_string(),
+            ParamId::Seed => format!("{}", v.round() as i64),
+            _ if self.unit.is_empty() => format!("{v:.2}"),
+            _ => format!("{v:.2} {}", self.unit),
+        }
+    }
+
+    pub fn parse(&self, text: &str) -> Option<f64> {
+        let t = text.trim();
+        if self.id == ParamId::Engine {
+            return ENGINES
+                .iter()
+                .position(|e| e.eq_ignore_ascii_case(t))
+                .map(|i| i as f64);
+        }
+        let t = t.strip_suffix(self.unit).unwrap_or(t).trim();
+        t.parse::<f64>().ok().map(|v| self.sanitize(v))
+    }
+}
+
+/// Current parameter values. Written by the audio thread (automation
+/// events) and the main thread (flush, state load); read by both. Each value
+/// is one f64 in an atomic, so no lock is ever taken.
+pub struct ParamValues {
+    values: [AtomicU64; PARAMS.len()],
+}
+
+impl Default for ParamValues {
+    fn default() -> Self {
+        Self {
+            values: PARAMS.map(|p| AtomicU64::new(p.default.to_bits())),
+        }
+    }
+}
+
+impl ParamValues {
+    pub fn get(&self, id: ParamId) -> f64 {
+        f64::from_bits(self.values[id as usize].load(Ordering::Relaxed))
+    }
+
+    /// Stores a sanitised value; returns true when it changed.
+    pub fn set(&self, id: ParamId, v: f64) -> bool {
+        let spec = &PARAMS[id as usize];
+        let v = spec.sanitize(v).to_bits();
+        self.values[id as usize].swap(v, Ordering::Relaxed) != v
+    }
+
+    pub fn reset(&self) {
+        for p in &PARAMS {
+            self.set(p.id, p.default);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_index_the_table() {
+        for (i, p) in PARAMS.iter().enumerate() {
+            assert_eq!(p.id as usize, i);
+            assert!(p.min <= p.default && p.default <= p.max);
+        }
+    }
+
+    #[test]
+    fn hostile_values_are_sanitised() {
+        let v = ParamValues::default();
+        v.set(ParamId::Gain, f64::NAN);
+        assert_eq!(v.get(ParamId::Gain), 0.0);
+        v.set(ParamId::Gain, 1e9);
+        assert_eq!(v.get(ParamId::Gain), 12.0);
+        v.set(ParamId::Seed, 3.7);
+        assert_eq!(v.get(ParamId::Seed), 4.0);
+        let engine = ParamSpec::by_id(ParamId::Engine as u32).unwrap();
+        assert_eq!(engine.parse("Sketch"), Some(1.0));
+        assert_eq!(engine.format(1.0), "sketch");
+        let gain = ParamSpec::by_id(0).unwrap();
+        assert_eq!(gain.parse("-6 dB"), Some(-6.0));
+    }
+}

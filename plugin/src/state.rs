@@ -1,0 +1,121 @@
+//! The saved state: parameters, the video and the prompt, versioned. A
+//! state that is old, truncated or hostile loads as defaults, never a crash.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::params::{PARAMS, ParamValues};
+
+pub const STATE_VERSION: u32 = 1;
+/// Larger states are not ours: refuse them before parsing.
+pub const MAX_STATE_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SavedState {
+    pub version: u32,
+    pub video: Option<PathBuf>,
+    #[serde(default)]
+    pub prompt: String,
+    /// Parameter values by stable id.
+    #[serde(default)]
+    pub params: Vec<(u32, f64)>,
+    /// Key of the cached music of the last take, so a reopened project
+    /// plays without regenerating.
+    #[serde(default)]
+    pub cache_key: Option<String>,
+}
+
+impl SavedState {
+    pub fn capture(
+        values: &ParamValues,
+        video: Option<PathBuf>,
+        prompt: String,
+        cache_key: Option<String>,
+    ) -> Self {
+        Self {
+            version: STATE_VERSION,
+            video,
+            prompt,
+            params: PARAMS
+                .iter()
+                .map(|p| (p.id as u32, values.get(p.id)))
+                .collect(),
+            cache_key,
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // PANIC-free: a struct of strings, paths and numbers always serialises.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    /// Parses a saved state, or says why it cannot be used.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() > MAX_STATE_BYTES {
+            return Err(format!(
+                "state is {} bytes (at most {MAX_STATE_BYTES})",
+                bytes.len()
+            ));
+        }
+        let s: SavedState =
+            serde_json::from_slice(bytes).map_err(|e| format!("state is not readable: {e}"))?;
+        if s.version == 0 || s.version > STATE_VERSION {
+            return Err(format!(
+                "state version {} (this build reads 1–{STATE_VERSION})",
+                s.version
+            ));
+        }
+        Ok(s)
+    }
+
+    /// Applies the parameters (unknown ids are ignored, values sanitised).
+    pub fn apply(&self, values: &ParamValues) {
+        values.reset();
+        for &(id, v) in &self.params {
+            if let Some(spec) = crate::params::ParamSpec::by_id(id) {
+                values.set(spec.id, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::ParamId;
+
+    #[test]
+    fn round_trips() {
+        let v = ParamValues::default();
+        v.set(ParamId::Seed, 42.0);
+        v.set(ParamId::VideoOffset, 1.5);
+        let s = SavedState::capture(&v, Some("/v.mp4".into()), "calm".into(), Some("abc".into()));
+        let back = SavedState::from_bytes(&s.to_bytes()).unwrap();
+        assert_eq!(back, s);
+        let w = ParamValues::default();
+        back.apply(&w);
+        assert_eq!(w.get(ParamId::Seed), 42.0);
+        assert_eq!(w.get(ParamId::VideoOffset), 1.5);
+    }
+
+    #[test]
+    fn hostile_states_are_refused() {
+        let good =
+            SavedState::capture(&ParamValues::default(), None, String::new(), None).to_bytes();
+        assert!(SavedState::from_bytes(&good[..good.len() / 2]).is_err());
+        assert!(SavedState::from_bytes(b"").is_err());
+        assert!(SavedState::from_bytes(&[0xff; 64]).is_err());
+        assert!(SavedState::from_bytes(br#"{"version": 99}"#).is_err());
+        assert!(SavedState::from_bytes(&vec![b' '; MAX_STATE_BYTES + 1]).is_err());
+        // Out-of-range and unknown parameters are tamed, not trusted.
+        let s = SavedState::from_bytes(
+            br#"{"version":1,"video":null,"params":[[0,1e300],[77,1.0],[1,-5]]}"#,
+        )
+        .unwrap();
+        let v = ParamValues::default();
+        s.apply(&v);
+        assert_eq!(v.get(ParamId::Gain), 12.0);
+        assert_eq!(v.get(ParamId::Seed), 0.0);
+    }
+}

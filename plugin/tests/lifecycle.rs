@@ -1,0 +1,78 @@
+//! Destroying the plugin joins its engine thread. A test binary of its own,
+//! so no other test's engine threads are counted.
+
+use std::ffi::CString;
+
+use clack_extensions::state::PluginState;
+use clack_host::prelude::*;
+use clack_plugin::entry::SinglePluginEntry;
+use vidmusician_engine::video::synth::{SynthSpec, write_video};
+use vidmusician_plugin::{PLUGIN_ID, VidMusician};
+
+struct HostShared;
+
+impl SharedHandler<'_> for HostShared {
+    fn request_restart(&self) {}
+    fn request_process(&self) {}
+    fn request_callback(&self) {}
+}
+
+struct TestHost;
+
+impl HostHandlers for TestHost {
+    type Shared<'a> = HostShared;
+    type MainThread<'a> = ();
+    type AudioProcessor<'a> = ();
+}
+
+fn engine_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        // Thread names are cut to 15 bytes.
+        .filter(|c| c.trim() == "vidmusician-eng")
+        .count()
+}
+
+#[test]
+fn destroying_the_plugin_joins_its_engine_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    // SAFETY: the only test in this binary; set before any engine starts.
+    unsafe { std::env::set_var("VIDMUSICIAN_CACHE", dir.path().join("cache")) };
+    let video = dir.path().join("v.mp4");
+    write_video(&video, &SynthSpec::new(192, 144, 25, 20.0, vec![5.0, 11.0])).unwrap();
+    assert_eq!(engine_threads(), 0);
+    {
+        let entry = PluginEntry::load_from_clack::<SinglePluginEntry<VidMusician>>(
+            c"/tmp/VidMusician.clap",
+        )
+        .unwrap();
+        let info =
+            HostInfo::new("test host", "VidMusician", "https://example.invalid", "1.0").unwrap();
+        let id = CString::new(PLUGIN_ID).unwrap();
+        let mut inst =
+            PluginInstance::<TestHost>::new(|_| HostShared, |_| (), &entry, &id, &info).unwrap();
+        let state = format!(r#"{{"version":1,"video":{:?}}}"#, video.to_str().unwrap());
+        let ext = inst.plugin_handle().get_extension::<PluginState>().unwrap();
+        ext.load(&inst.plugin_handle(), &mut state.as_bytes())
+            .unwrap();
+        let config = PluginAudioConfiguration {
+            sample_rate: 48_000.0,
+            min_frames_count: 1,
+            max_frames_count: 512,
+        };
+        let stopped = inst.activate(|_, _| (), config).unwrap();
+        // Activation with a video starts generating on the engine thread
+        // (which names itself once it runs; threads it starts, FFmpeg's
+        // decoders among them, inherit the name).
+        let t0 = std::time::Instant::now();
+        while engine_threads() == 0 && t0.elapsed().as_secs() < 10 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(engine_threads() >= 1, "no engine thread started");
+        inst.deactivate(stopped);
+        // Destroyed here, while the 20 s piece is most likely still being
+        // made: the engine must cancel and be joined.
+    }
+    assert_eq!(engine_threads(), 0, "engine thread outlived the plugin");
+}
