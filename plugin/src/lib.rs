@@ -1,4 +1,4 @@
-//! VidMusician as a CLAP plugin (VST3 through clap-wrapper comes later).
+//! VidMusician as a CLAP plugin, and as VST3 through clap-wrapper.
 //!
 //! Host glue only: the music comes from `vidmusician-engine`'s service. One
 //! type per thread, as CLAP has them:
@@ -552,3 +552,7 @@ fn db_to_gain(db: f64) -> f32 {
 }
 
 clack_export_entry!(SinglePluginEntry<VidMusician>);
+
+// The VST3 entry points (GetPluginFactory and friends), wrapping the CLAP
+// entry above.
+clap_wrapper::export_vst3!();

@@ -1,29 +1,11 @@
 //! Destroying the plugin joins its engine thread. A test binary of its own,
 //! so no other test's engine threads are counted.
 
-use std::ffi::CString;
+mod common;
 
-use clack_extensions::state::PluginState;
 use clack_host::prelude::*;
-use clack_plugin::entry::SinglePluginEntry;
+use common::*;
 use vidmusician_engine::video::synth::{SynthSpec, write_video};
-use vidmusician_plugin::{PLUGIN_ID, VidMusician};
-
-struct HostShared;
-
-impl SharedHandler<'_> for HostShared {
-    fn request_restart(&self) {}
-    fn request_process(&self) {}
-    fn request_callback(&self) {}
-}
-
-struct TestHost;
-
-impl HostHandlers for TestHost {
-    type Shared<'a> = HostShared;
-    type MainThread<'a> = ();
-    type AudioProcessor<'a> = ();
-}
 
 fn engine_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
@@ -36,26 +18,13 @@ fn engine_threads() -> usize {
 
 #[test]
 fn destroying_the_plugin_joins_its_engine_thread() {
-    let dir = tempfile::tempdir().unwrap();
-    // SAFETY: the only test in this binary; set before any engine starts.
-    unsafe { std::env::set_var("VIDMUSICIAN_CACHE", dir.path().join("cache")) };
-    let video = dir.path().join("v.mp4");
+    let (dir, _) = fixture();
+    let video = dir.path().join("long.mp4");
     write_video(&video, &SynthSpec::new(192, 144, 25, 20.0, vec![5.0, 11.0])).unwrap();
     assert_eq!(engine_threads(), 0);
     {
-        let entry = PluginEntry::load_from_clack::<SinglePluginEntry<VidMusician>>(
-            c"/tmp/VidMusician.clap",
-        )
-        .unwrap();
-        let info =
-            HostInfo::new("test host", "VidMusician", "https://example.invalid", "1.0").unwrap();
-        let id = CString::new(PLUGIN_ID).unwrap();
-        let mut inst =
-            PluginInstance::<TestHost>::new(|_| HostShared, |_| (), &entry, &id, &info).unwrap();
-        let state = format!(r#"{{"version":1,"video":{:?}}}"#, video.to_str().unwrap());
-        let ext = inst.plugin_handle().get_extension::<PluginState>().unwrap();
-        ext.load(&inst.plugin_handle(), &mut state.as_bytes())
-            .unwrap();
+        let mut inst = instance();
+        load_state(&mut inst, &state_json(&video, 1));
         let config = PluginAudioConfiguration {
             sample_rate: 48_000.0,
             min_frames_count: 1,

@@ -45,6 +45,10 @@ fn main() -> Result<()> {
             setup()?;
             bench(rest)
         }
+        "bundle" => {
+            setup()?;
+            bundle(rest).map(|_| ())
+        }
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -53,6 +57,8 @@ fn main() -> Result<()> {
                  write target/demo/demo.wav and target/demo/demo.mp4\n  \
                  test [ARGS]    run every test (ARGS go to cargo test)\n  \
                  bench          release build, then the analysis and composer benchmarks\n  \
+                 bundle vidmusician [--release]\n                 \
+                 build the plugin, write target/bundled/VidMusician.clap and .vst3\n  \
                  setup          install the system packages the build needs (Debian/Ubuntu)"
             );
             if task == "help" || task == "--help" || task == "-h" {
@@ -172,6 +178,8 @@ fn demo(args: &[String]) -> Result<()> {
         .arg(&video)
         .arg("--plot")
         .arg(&png))?;
+    eprintln!("xtask: bundling the plugin");
+    let (clap, vst3) = bundle(&[])?;
     run(Command::new(&exe)
         .arg("compose")
         .arg(&video)
@@ -182,11 +190,69 @@ fn demo(args: &[String]) -> Result<()> {
     println!("\nmusic:          {}", wav.display());
     println!("video + music:  {}", mp4.display());
     println!("analysis plot:  {}", png.display());
+    println!("CLAP plugin:    {}  (copy to ~/.clap/)", clap.display());
+    println!("VST3 plugin:    {}  (copy to ~/.vst3/)", vst3.display());
     Ok(())
 }
 
 fn test(args: &[String]) -> Result<()> {
     run(cargo().args(["test", "--workspace"]).args(args))
+}
+
+/// Bundle name of a package, from bundler.toml (`[package] name = "…"`).
+fn bundle_name(package: &str) -> Result<String> {
+    let text =
+        std::fs::read_to_string(root().join("bundler.toml")).context("reading bundler.toml")?;
+    let mut in_section = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_section = line == format!("[{package}]");
+        } else if in_section && let Some(v) = line.strip_prefix("name") {
+            let v = v
+                .trim_start()
+                .trim_start_matches('=')
+                .trim()
+                .trim_matches('"');
+            return Ok(v.to_string());
+        }
+    }
+    bail!("bundler.toml has no name for {package}")
+}
+
+/// Builds the plugin and lays out its CLAP and VST3 bundles; returns their
+/// paths.
+fn bundle(args: &[String]) -> Result<(PathBuf, PathBuf)> {
+    let target = args.first().map(String::as_str).unwrap_or("vidmusician");
+    if target != "vidmusician" {
+        bail!("unknown bundle {target:?} (the one bundle is `vidmusician`)");
+    }
+    let release = args.iter().any(|a| a == "--release");
+    let package = "vidmusician-plugin";
+    let mut build = cargo();
+    build.args(["build", "-q", "-p", package]);
+    if release {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    let profile = if release { "release" } else { "debug" };
+    let lib = root()
+        .join("target")
+        .join(profile)
+        .join("libvidmusician_plugin.so");
+    let name = bundle_name(package)?;
+    let out = root().join("target").join("bundled");
+    std::fs::create_dir_all(&out)?;
+    // A CLAP bundle on Linux is the library itself.
+    let clap = out.join(format!("{name}.clap"));
+    std::fs::copy(&lib, &clap).with_context(|| format!("copying {}", lib.display()))?;
+    // A VST3 bundle is a folder with the library per architecture.
+    let vst3 = out.join(format!("{name}.vst3"));
+    let arch = format!("{}-linux", std::env::consts::ARCH);
+    let so_dir = vst3.join("Contents").join(arch);
+    std::fs::create_dir_all(&so_dir)?;
+    std::fs::copy(&lib, so_dir.join(format!("{name}.so")))?;
+    println!("{}\n{}", clap.display(), vst3.display());
+    Ok((clap, vst3))
 }
 
 fn bench(args: &[String]) -> Result<()> {

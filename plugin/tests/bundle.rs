@@ -1,0 +1,81 @@
+//! The built plugin library loaded from disk as a `.clap` file, the way a
+//! host finds it: it exports a working CLAP entry (and the VST3 one).
+
+mod common;
+
+use std::path::PathBuf;
+
+use assert_no_alloc::AllocDisabler;
+use clack_host::prelude::*;
+use common::*;
+
+#[global_allocator]
+static ALLOCATOR: AllocDisabler = AllocDisabler;
+
+/// The plugin's cdylib, which cargo builds beside this test's executable.
+fn built_library() -> PathBuf {
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let lib = deps.join("libvidmusician_plugin.so");
+    assert!(lib.exists(), "{} not built", lib.display());
+    lib
+}
+
+#[test]
+fn the_clap_file_loads_plays_and_keeps_state() {
+    let (dir, video) = fixture();
+    let clap = dir.path().join("VidMusician.clap");
+    std::fs::copy(built_library(), &clap).unwrap();
+    // SAFETY: our own plugin library, built by cargo for this test.
+    let entry = unsafe { PluginEntry::load(&clap) }.unwrap();
+    let want = expected(video, 11, 48_000);
+
+    let mut inst = instance_of(&entry);
+    load_state(&mut inst, &state_json(video, 11));
+    set_offline(&mut inst);
+    let saved = save_state(&mut inst);
+    let config = PluginAudioConfiguration {
+        sample_rate: 48_000.0,
+        min_frames_count: 1,
+        max_frames_count: 1024,
+    };
+    let stopped = inst.activate(|_, _| (), config).unwrap();
+    let mut proc = stopped.start_processing().unwrap();
+    let mut d = Driver::new(1024);
+    let mut sounding = 0;
+    for k in 0..60 {
+        let start = k * 1024;
+        let got = d.block(&mut proc, start as f64 / 48_000.0, 1024, true);
+        sounding += assert_plays(got, &want, start, "from disk");
+    }
+    assert!(sounding > 10_000, "{sounding}");
+    inst.deactivate(proc.stop_processing());
+
+    let mut again = instance_of(&entry);
+    load_state(&mut again, &saved);
+    assert_eq!(save_state(&mut again), saved);
+}
+
+#[test]
+fn the_library_exports_clap_and_vst3_entry_points() {
+    let lib = built_library();
+    // SAFETY: only symbol addresses are looked up; nothing is called.
+    unsafe {
+        let l = libloading::Library::new(&lib).unwrap();
+        for sym in [
+            &b"clap_entry\0"[..],
+            b"GetPluginFactory\0",
+            b"ModuleEntry\0",
+            b"ModuleExit\0",
+        ] {
+            assert!(
+                l.get::<*const ()>(sym).is_ok(),
+                "{} missing",
+                String::from_utf8_lossy(sym)
+            );
+        }
+    }
+}

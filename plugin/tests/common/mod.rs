@@ -1,0 +1,225 @@
+//! Helpers shared by the plugin's host tests: a minimal clack host, a
+//! block driver, expected music from the engine.
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use assert_no_alloc::assert_no_alloc;
+use clack_extensions::render::{PluginRender, RenderMode};
+use clack_extensions::state::PluginState;
+use clack_host::events::event_types::{TransportEvent, TransportFlags};
+use clack_host::prelude::*;
+use clack_host::utils::{BeatTime, SecondsTime};
+use clack_plugin::entry::SinglePluginEntry;
+use vidmusician_engine::audio::Audio;
+use vidmusician_engine::service::{Engine, EngineConfig, Request};
+use vidmusician_engine::video::synth::{SynthSpec, write_video};
+use vidmusician_plugin::{PLUGIN_ID, VidMusician};
+
+pub struct HostShared {
+    callback: AtomicBool,
+}
+
+impl SharedHandler<'_> for HostShared {
+    fn request_restart(&self) {}
+    fn request_process(&self) {}
+    fn request_callback(&self) {
+        self.callback.store(true, Ordering::Release);
+    }
+}
+
+pub struct TestHost;
+
+impl HostHandlers for TestHost {
+    type Shared<'a> = HostShared;
+    type MainThread<'a> = ();
+    type AudioProcessor<'a> = ();
+}
+
+/// One cache folder and one video for the whole test binary: the plugin
+/// reads `VIDMUSICIAN_CACHE` when its engine starts.
+pub fn fixture() -> &'static (tempfile::TempDir, PathBuf) {
+    static F: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: set once, before any engine thread of this process reads it.
+        unsafe { std::env::set_var("VIDMUSICIAN_CACHE", dir.path().join("cache")) };
+        let video = dir.path().join("v.mp4");
+        write_video(
+            &video,
+            &SynthSpec::new(192, 144, 25, 3.0, vec![0.8, 1.7, 2.4]),
+        )
+        .unwrap();
+        (dir, video)
+    })
+}
+
+/// The plugin compiled into this test binary.
+pub fn in_process_entry() -> PluginEntry {
+    PluginEntry::load_from_clack::<SinglePluginEntry<VidMusician>>(c"/tmp/VidMusician.clap")
+        .unwrap()
+}
+
+pub fn instance() -> PluginInstance<TestHost> {
+    instance_of(&in_process_entry())
+}
+
+pub fn instance_of(entry: &PluginEntry) -> PluginInstance<TestHost> {
+    let info = HostInfo::new("test host", "VidMusician", "https://example.invalid", "1.0").unwrap();
+    let id = CString::new(PLUGIN_ID).unwrap();
+    PluginInstance::<TestHost>::new(
+        |_| HostShared {
+            callback: AtomicBool::new(false),
+        },
+        |_| (),
+        entry,
+        &id,
+        &info,
+    )
+    .unwrap()
+}
+
+pub fn state_json(video: &Path, seed: u32) -> Vec<u8> {
+    format!(
+        r#"{{"version":1,"video":{:?},"params":[[1,{seed}]]}}"#,
+        video.to_str().unwrap()
+    )
+    .into_bytes()
+}
+
+pub fn load_state(inst: &mut PluginInstance<TestHost>, bytes: &[u8]) {
+    let state = inst.plugin_handle().get_extension::<PluginState>().unwrap();
+    state.load(&inst.plugin_handle(), &mut &bytes[..]).unwrap();
+}
+
+pub fn save_state(inst: &mut PluginInstance<TestHost>) -> Vec<u8> {
+    let state = inst.plugin_handle().get_extension::<PluginState>().unwrap();
+    let mut out = Vec::new();
+    state.save(&inst.plugin_handle(), &mut out).unwrap();
+    out
+}
+
+pub fn set_offline(inst: &mut PluginInstance<TestHost>) {
+    let render = inst
+        .plugin_handle()
+        .get_extension::<PluginRender>()
+        .unwrap();
+    render
+        .set(&inst.plugin_handle(), RenderMode::Offline)
+        .unwrap();
+}
+
+/// What the engine makes for this video and seed at `rate`, made here
+/// independently of the plugin.
+pub fn expected(video: &Path, seed: u64, rate: u32) -> Audio {
+    let engine = Engine::start(EngineConfig { cache_dir: None }).unwrap();
+    let mut r = Request::new(video);
+    r.seed = seed;
+    r.sample_rate = rate;
+    let (id, _) = engine.submit(r).unwrap();
+    (*engine.wait(id, |_| {}).unwrap().audio).clone()
+}
+
+pub fn transport(pos: f64, playing: bool) -> TransportEvent {
+    let mut flags = TransportFlags::HAS_SECONDS_TIMELINE
+        | TransportFlags::HAS_TEMPO
+        | TransportFlags::HAS_BEATS_TIMELINE;
+    if playing {
+        flags |= TransportFlags::IS_PLAYING;
+    }
+    TransportEvent {
+        header: Default::default(),
+        flags,
+        song_pos_beats: BeatTime::from_float(pos * 2.0),
+        song_pos_seconds: SecondsTime::from_float(pos),
+        tempo: 120.0,
+        tempo_inc: 0.0,
+        loop_start_beats: BeatTime::default(),
+        loop_end_beats: BeatTime::default(),
+        loop_start_seconds: SecondsTime::default(),
+        loop_end_seconds: SecondsTime::default(),
+        bar_start: BeatTime::default(),
+        bar_number: 0,
+        time_signature_numerator: 4,
+        time_signature_denominator: 4,
+    }
+}
+
+/// Drives a started processor: one block of `n` frames at song position
+/// `pos` seconds (input silence), the output copied into `out`.
+pub struct Driver {
+    ins: [Vec<f32>; 2],
+    outs: [Vec<f32>; 2],
+    in_ports: AudioPorts,
+    out_ports: AudioPorts,
+}
+
+impl Driver {
+    pub fn new(max: usize) -> Self {
+        Self {
+            ins: [vec![0.0; max], vec![0.0; max]],
+            outs: [vec![0.0; max], vec![0.0; max]],
+            in_ports: AudioPorts::with_capacity(2, 1),
+            out_ports: AudioPorts::with_capacity(2, 1),
+        }
+    }
+
+    pub fn block(
+        &mut self,
+        proc: &mut StartedPluginAudioProcessor<TestHost>,
+        pos: f64,
+        n: usize,
+        playing: bool,
+    ) -> (&[f32], &[f32]) {
+        let t = transport(pos, playing);
+        let [il, ir] = &mut self.ins;
+        let [ol, or] = &mut self.outs;
+        let input = self.in_ports.with_input_buffers([AudioPortBuffer {
+            latency: 0,
+            channels: AudioPortBufferType::f32_input_only(
+                [
+                    InputChannel::constant(&mut il[..n]),
+                    InputChannel::constant(&mut ir[..n]),
+                ]
+                .into_iter(),
+            ),
+        }]);
+        let mut output = self.out_ports.with_output_buffers([AudioPortBuffer {
+            latency: 0,
+            channels: AudioPortBufferType::f32_output_only(
+                [&mut ol[..n], &mut or[..n]].into_iter(),
+            ),
+        }]);
+        let ins = InputEvents::empty();
+        let mut outs = OutputEvents::void();
+        let mut result = None;
+        assert_no_alloc(|| {
+            result = Some(proc.process(&input, &mut output, &ins, &mut outs, None, Some(&t)));
+        });
+        result.unwrap().unwrap();
+        (&self.outs[0][..n], &self.outs[1][..n])
+    }
+}
+
+/// Asserts the block is the expected music; returns how many of its frames
+/// carry sound, so callers can tell they compared music, not silence.
+pub fn assert_plays(got: (&[f32], &[f32]), want: &Audio, start: i64, ctx: &str) -> usize {
+    let mut sounding = 0;
+    for (i, (&l, &r)) in got.0.iter().zip(got.1).enumerate() {
+        let f = start + i as i64;
+        let (el, er) = if f >= 0 && (f as usize) < want.len() {
+            (want.channels[0][f as usize], want.channels[1][f as usize])
+        } else {
+            (0.0, 0.0)
+        };
+        assert!(
+            l == el && r == er,
+            "{ctx}: frame {f}: got ({l}, {r}), want ({el}, {er})"
+        );
+        sounding += usize::from(l != 0.0 || r != 0.0);
+    }
+    sounding
+}
