@@ -35,7 +35,11 @@ fn music_fits_the_video() {
         let (a, truth) = analysed(duration, fps, cuts, 11 + i as u64);
         let c = compose(
             &a,
-            &SketchSettings { bpm: None, seed: 3 },
+            &SketchSettings {
+                bpm: None,
+                downbeat: None,
+                seed: 3,
+            },
             &AtomicBool::new(false),
             &mut |_| {},
         )
@@ -72,6 +76,7 @@ fn a_seed_gives_one_piece_and_another_seed_another() {
             &a,
             &SketchSettings {
                 bpm: Some(110.0),
+                downbeat: None,
                 seed,
             },
             &AtomicBool::new(false),
@@ -100,6 +105,7 @@ fn given_tempo_is_used_and_bad_tempo_is_refused() {
         &a,
         &SketchSettings {
             bpm: Some(128.0),
+            downbeat: None,
             seed: 0,
         },
         &AtomicBool::new(false),
@@ -112,6 +118,7 @@ fn given_tempo_is_used_and_bad_tempo_is_refused() {
             &a,
             &SketchSettings {
                 bpm: Some(bad),
+                downbeat: None,
                 seed: 0,
             },
             &AtomicBool::new(false),
@@ -126,7 +133,11 @@ fn cancel_stops_composing() {
     let (a, _) = analysed(4.0, 25, vec![2.0], 9);
     let e = compose(
         &a,
-        &SketchSettings { bpm: None, seed: 0 },
+        &SketchSettings {
+            bpm: None,
+            downbeat: None,
+            seed: 0,
+        },
         &AtomicBool::new(true),
         &mut |_| {},
     );
@@ -134,4 +145,29 @@ fn cancel_stops_composing() {
         matches!(e, Err(vidmusician_engine::Error::Cancelled)),
         "{e:?}"
     );
+}
+
+#[test]
+fn bars_follow_a_given_downbeat() {
+    let (a, _) = analysed(8.0, 25, vec![1.1, 3.3, 6.0], 4);
+    let bar = 4.0 * 60.0 / 90.0;
+    for downbeat in [0.37, -5.0, 100.0] {
+        let score = vidmusician_engine::sketch::arrange(&a, 90.0, Some(downbeat), 1);
+        let pads: Vec<f64> = score
+            .notes
+            .iter()
+            .filter(|n| n.inst == vidmusician_engine::sketch::Inst::Pad)
+            .map(|n| n.time)
+            .collect();
+        assert!(!pads.is_empty());
+        // A held chord from the pickup bar may start at 0; every other
+        // starts on a bar.
+        for t in pads.into_iter().filter(|&t| t > 0.0) {
+            let k = (t - downbeat) / bar;
+            assert!(
+                (k - k.round()).abs() < 1e-9,
+                "bar at {t} not on the grid of {downbeat}"
+            );
+        }
+    }
 }

@@ -17,7 +17,7 @@ use std::ffi::CStr;
 use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use clack_extensions::audio_ports::{
@@ -46,6 +46,12 @@ pub const PLUGIN_ID: &str = "com.vidmusician.vidmusician";
 /// How long offline rendering waits for music that is still being made,
 /// per block.
 const OFFLINE_WAIT: Duration = Duration::from_secs(120);
+/// A new tempo must hold this long (of processed audio) before the music is
+/// made again for it: tempo ramps and automation do not regenerate on
+/// every block.
+const TEMPO_SETTLE_S: f64 = 0.3;
+/// Crossfade from one take to the next, seconds.
+const XFADE_S: f64 = 0.05;
 
 pub struct VidMusician;
 
@@ -79,6 +85,8 @@ impl DefaultPluginFactory for VidMusician {
             params: ParamValues::default(),
             offline: AtomicBool::new(false),
             regenerate: AtomicBool::new(false),
+            host_tempo: AtomicU64::new(0),
+            host_downbeat: AtomicU64::new(0f64.to_bits()),
         })
     }
 
@@ -109,6 +117,11 @@ pub struct Shared<'a> {
     /// Set by the audio thread when a parameter that needs new music
     /// changed; cleared by the main thread when it submits the request.
     regenerate: AtomicBool,
+    /// The host's tempo (f64 bits, 0 = not known) and a piece time where one
+    /// of its bars starts (f64 bits): written by the audio thread once the
+    /// tempo has settled, read by the main thread for the next request.
+    host_tempo: AtomicU64,
+    host_downbeat: AtomicU64,
 }
 
 impl<'a> PluginShared<'a> for Shared<'a> {}
@@ -205,6 +218,15 @@ impl MainThread<'_> {
             1 => EngineChoice::Sketch,
             _ => EngineChoice::Auto,
         };
+        let tempo = f64::from_bits(self.shared.host_tempo.load(Ordering::Acquire));
+        let follow = self.shared.params.get(ParamId::FollowTempo) >= 0.5;
+        let bpm = (follow && tempo > 0.0).then_some(tempo);
+        if bpm.is_some() {
+            req.tempo = bpm;
+            req.downbeat = Some(f64::from_bits(
+                self.shared.host_downbeat.load(Ordering::Acquire),
+            ));
+        }
         req.chunk_frames = chunk_frames;
         req.max_chunks = (total as usize).div_ceil(chunk_frames) + 1;
         req.supersede = true;
@@ -225,6 +247,7 @@ impl MainThread<'_> {
             reader,
             chunk_frames,
             total_frames: total,
+            bpm,
         });
         if let Some(link) = inner.link.as_mut()
             && link.takes.push(take).is_err()
@@ -412,6 +435,16 @@ pub struct Processor<'a> {
     gain: f32,
     /// Position for hosts without a transport: frames since activation.
     free_running: i64,
+    tempo_watch: TempoWatch,
+}
+
+/// Debounces the host's tempo on the audio thread.
+#[derive(Default)]
+struct TempoWatch {
+    candidate: f64,
+    settled_frames: u64,
+    /// The tempo last asked for, so it is asked for once.
+    requested: f64,
 }
 
 impl<'a> PluginAudioProcessor<'a, Shared<'a>, MainThread<'a>> for Processor<'a> {
@@ -427,7 +460,8 @@ impl<'a> PluginAudioProcessor<'a, Shared<'a>, MainThread<'a>> for Processor<'a> 
         }
         let (takes_tx, takes_rx) = rtrb::RingBuffer::new(4);
         let (ret_tx, ret_rx) = rtrb::RingBuffer::new(8);
-        let player = Player::new(takes_rx, ret_tx);
+        let xfade = (XFADE_S * config.sample_rate) as usize;
+        let player = Player::new(takes_rx, ret_tx, xfade);
         {
             let mut inner = main_thread.inner.lock();
             inner.sample_rate = Some(config.sample_rate);
@@ -443,6 +477,7 @@ impl<'a> PluginAudioProcessor<'a, Shared<'a>, MainThread<'a>> for Processor<'a> 
             sample_rate: config.sample_rate,
             gain: db_to_gain(shared.params.get(ParamId::Gain)),
             free_running: 0,
+            tempo_watch: TempoWatch::default(),
         })
     }
 
@@ -459,6 +494,10 @@ impl<'a> PluginAudioProcessor<'a, Shared<'a>, MainThread<'a>> for Processor<'a> 
         self.player.poll();
         let frames = audio.frames_count() as usize;
         let (playing, start) = self.position(&process);
+        self.follow_tempo(&process, frames);
+        if let Some(bar) = self.next_bar(&process, start) {
+            self.player.schedule(bar);
+        }
         if playing && self.shared.offline.load(Ordering::Acquire) && self.player.has_take() {
             // Offline: the bounce must be complete, so wait (bounded) for
             // the music this block needs.
@@ -520,6 +559,76 @@ impl<'a> PluginAudioProcessor<'a, Shared<'a>, MainThread<'a>> for Processor<'a> 
 }
 
 impl Processor<'_> {
+    /// Watches the host's tempo; once a new one has settled, publishes it
+    /// (with the bar grid) and asks the main thread for music at it.
+    fn follow_tempo(&mut self, process: &Process, frames: usize) {
+        let Some(t) = process.transport else {
+            return;
+        };
+        if self.shared.params.get(ParamId::FollowTempo) < 0.5
+            || !t.flags.contains(TransportFlags::HAS_TEMPO)
+            || !(t.tempo.is_finite() && (20.0..=400.0).contains(&t.tempo))
+        {
+            return;
+        }
+        let w = &mut self.tempo_watch;
+        if (t.tempo - w.candidate).abs() > 1e-6 {
+            w.candidate = t.tempo;
+            w.settled_frames = 0;
+        }
+        w.settled_frames += frames as u64;
+        let settled = w.settled_frames as f64 >= TEMPO_SETTLE_S * self.sample_rate;
+        let have = self.player.newest_bpm();
+        let differs = have.is_none_or(|b| (b - w.candidate).abs() > 1e-6);
+        if settled && differs && (w.requested - w.candidate).abs() > 1e-6 {
+            w.requested = w.candidate;
+            let offset = self.shared.params.get(ParamId::VideoOffset);
+            // A bar start in song seconds, from the transport's bar and beat
+            // positions, then in piece time.
+            let beat_s = 60.0 / t.tempo;
+            let bar_song = t.song_pos_seconds.to_float()
+                - (t.song_pos_beats.to_float() - t.bar_start.to_float()) * beat_s;
+            let downbeat = if t.flags.contains(TransportFlags::HAS_BEATS_TIMELINE) {
+                bar_song - offset
+            } else {
+                -offset
+            };
+            self.shared
+                .host_downbeat
+                .store(downbeat.to_bits(), Ordering::Release);
+            self.shared
+                .host_tempo
+                .store(t.tempo.to_bits(), Ordering::Release);
+            self.shared.regenerate.store(true, Ordering::Release);
+            self.shared.host.request_callback();
+        }
+    }
+
+    /// The piece frame of the next bar line at or after `start`, from the
+    /// transport's bar position; without one, `start` itself.
+    fn next_bar(&self, process: &Process, start: i64) -> Option<i64> {
+        let Some(t) = process.transport else {
+            return Some(start);
+        };
+        if !t
+            .flags
+            .contains(TransportFlags::HAS_BEATS_TIMELINE | TransportFlags::HAS_TEMPO)
+            || t.tempo <= 0.0
+        {
+            return Some(start);
+        }
+        let per_bar = f64::from(t.time_signature_numerator.max(1)) * 4.0
+            / f64::from(t.time_signature_denominator.max(1));
+        let beats_in = t.song_pos_beats.to_float() - t.bar_start.to_float();
+        let mut to_bar = per_bar - beats_in.rem_euclid(per_bar);
+        if to_bar >= per_bar - 1e-9 {
+            // On a bar line already.
+            to_bar = 0.0;
+        }
+        let secs = to_bar * 60.0 / t.tempo;
+        Some(start + (secs * self.sample_rate).round() as i64)
+    }
+
     /// Whether the music sounds, and the frame of the piece at the block's
     /// first sample: the song position minus the video's offset.
     fn position(&self, process: &Process) -> (bool, i64) {

@@ -12,6 +12,7 @@ pub enum ParamId {
     Seed = 1,
     VideoOffset = 2,
     Engine = 3,
+    FollowTempo = 4,
 }
 
 pub struct ParamSpec {
@@ -27,7 +28,7 @@ pub struct ParamSpec {
     pub regenerates: bool,
 }
 
-pub const PARAMS: [ParamSpec; 4] = [
+pub const PARAMS: [ParamSpec; 5] = [
     ParamSpec {
         id: ParamId::Gain,
         name: "Output gain",
@@ -68,6 +69,16 @@ pub const PARAMS: [ParamSpec; 4] = [
         unit: "",
         regenerates: true,
     },
+    ParamSpec {
+        id: ParamId::FollowTempo,
+        name: "Follow host tempo",
+        min: 0.0,
+        max: 1.0,
+        default: 1.0,
+        stepped: true,
+        unit: "",
+        regenerates: true,
+    },
 ];
 
 /// Names of the engine choices, by value.
@@ -96,6 +107,7 @@ impl ParamSpec {
                 .unwrap_or("?")
                 .to_string(),
             ParamId::Seed => format!("{}", v.round() as i64),
+            ParamId::FollowTempo => (if v >= 0.5 { "on" } else { "off" }).to_string(),
             _ if self.unit.is_empty() => format!("{v:.2}"),
             _ => format!("{v:.2} {}", self.unit),
         }
@@ -108,6 +120,13 @@ impl ParamSpec {
                 .iter()
                 .position(|e| e.eq_ignore_ascii_case(t))
                 .map(|i| i as f64);
+        }
+        if self.id == ParamId::FollowTempo {
+            return match t.to_ascii_lowercase().as_str() {
+                "on" | "1" => Some(1.0),
+                "off" | "0" => Some(0.0),
+                _ => None,
+            };
         }
         let t = t.strip_suffix(self.unit).unwrap_or(t).trim();
         t.parse::<f64>().ok().map(|v| self.sanitize(v))

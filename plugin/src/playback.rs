@@ -1,16 +1,20 @@
-//! The audio thread's player: places the engine's chunks in a preallocated
-//! table and copies from it as a pure function of the song position. Never
-//! allocates, frees, locks or blocks (except the bounded wait of offline
-//! rendering); chunks it lets go of go back through the engine's return
-//! ring, takes it lets go of go back to the main thread.
+//! The audio thread's player: places the engine's chunks in preallocated
+//! tables and copies from them as a pure function of the song position.
+//! Never allocates, frees, locks or blocks (except the bounded wait of
+//! offline rendering); chunks it lets go of go back through the engine's
+//! return ring, takes it lets go of go back to the main thread.
+//!
+//! A new take (after a tempo change, say) waits as `next` until its music
+//! around the next bar has arrived, then replaces the current take at that
+//! bar with a short crossfade.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vidmusician_engine::service::{AudioChunk, ChunkReader};
 
-/// Chunk slots preallocated per instance. With the plugin's chunk size
-/// chosen as `total / MAX_SLOTS` (at least 4096 frames), any length fits.
+/// Chunk slots preallocated per take. With the plugin's chunk size chosen
+/// as `total / MAX_SLOTS` (at least 4096 frames), any length fits.
 pub const MAX_SLOTS: usize = 8192;
 
 /// One generated piece on its way to the audio thread.
@@ -20,87 +24,232 @@ pub struct Take {
     pub chunk_frames: usize,
     /// Length of the piece, frames at the host's rate.
     pub total_frames: u64,
+    /// The tempo it was made for, when it follows the host's.
+    pub bpm: Option<f64>,
 }
 
-pub struct Player {
-    slots: Vec<Option<Arc<AudioChunk>>>,
-    take: Option<Box<Take>>,
-    /// New takes from the main thread.
-    incoming: rtrb::Consumer<Box<Take>>,
-    /// Finished takes back to the main thread, to be dropped there.
-    outgoing: rtrb::Producer<Box<Take>>,
-    /// A finished take the main thread has not had room for yet.
-    parked: Option<Box<Take>>,
+type Slots = Vec<Option<Arc<AudioChunk>>>;
+
+struct Loaded {
+    take: Box<Take>,
+    slots: Slots,
 }
 
-impl Player {
-    /// Allocates everything the audio thread will ever use.
-    pub fn new(incoming: rtrb::Consumer<Box<Take>>, outgoing: rtrb::Producer<Box<Take>>) -> Self {
-        let mut slots = Vec::with_capacity(MAX_SLOTS);
-        slots.resize_with(MAX_SLOTS, || None);
-        Self {
-            slots,
-            take: None,
-            incoming,
-            outgoing,
-            parked: None,
-        }
-    }
-
-    /// Takes in whatever arrived: a new take replaces the current one, ready
-    /// chunks go into their slots.
-    pub fn poll(&mut self) {
-        if let Some(p) = self.parked.take()
-            && let Err(rtrb::PushError::Full(p)) = self.outgoing.push(p)
-        {
-            self.parked = Some(p);
-        }
-        // A new take only when the previous one could be handed back.
-        if self.parked.is_none()
-            && let Ok(new) = self.incoming.pop()
-        {
-            if let Some(mut old) = self.take.take() {
-                for slot in self.slots.iter_mut() {
-                    if let Some(c) = slot.take() {
-                        retire(&mut old.reader, c);
-                    }
-                }
-                if let Err(rtrb::PushError::Full(old)) = self.outgoing.push(old) {
-                    self.parked = Some(old);
-                }
-            }
-            self.take = Some(new);
-        }
-        let Some(take) = self.take.as_mut() else {
-            return;
-        };
-        while let Some(chunk) = take.reader.pop() {
-            let idx = (chunk.start / take.chunk_frames as u64) as usize;
+impl Loaded {
+    fn drain(&mut self) {
+        while let Some(chunk) = self.take.reader.pop() {
+            let idx = (chunk.start / self.take.chunk_frames as u64) as usize;
             match self.slots.get_mut(idx) {
                 Some(slot) => {
                     if let Some(old) = slot.replace(chunk) {
-                        retire(&mut take.reader, old);
+                        retire(&mut self.take.reader, old);
                     }
                 }
-                None => retire(&mut take.reader, chunk),
+                None => retire(&mut self.take.reader, chunk),
             }
         }
     }
 
-    /// True when every frame of `[start, start + len)` that lies inside the
-    /// piece has arrived (or there is no piece).
-    pub fn ready(&self, start: i64, len: usize) -> bool {
-        let Some(take) = self.take.as_ref() else {
-            return true;
-        };
-        let total = take.total_frames as i64;
+    /// Empties the table (chunks back to the engine); returns the take and
+    /// the table for reuse.
+    fn unload(mut self) -> (Box<Take>, Slots) {
+        for slot in self.slots.iter_mut() {
+            if let Some(c) = slot.take() {
+                retire(&mut self.take.reader, c);
+            }
+        }
+        (self.take, self.slots)
+    }
+
+    fn ready(&self, start: i64, len: usize) -> bool {
+        let total = self.take.total_frames as i64;
         let a = start.max(0);
         let b = (start + len as i64).min(total);
         if a >= b {
             return true;
         }
-        let cf = take.chunk_frames as i64;
+        let cf = self.take.chunk_frames as i64;
         (a / cf..=(b - 1) / cf).all(|i| self.slots.get(i as usize).is_some_and(Option::is_some))
+    }
+
+    /// Adds frames from `start` on, times `gain` and the fade `env`.
+    fn mix(&self, start: i64, gain: f32, env: Fade, left: &mut [f32], right: &mut [f32]) {
+        let cf = self.take.chunk_frames as i64;
+        let total = self.take.total_frames as i64;
+        let n = left.len().min(right.len());
+        let mut i = 0usize;
+        while i < n {
+            let f = start + i as i64;
+            if f < 0 {
+                i = (-start).min(n as i64) as usize;
+                continue;
+            }
+            if f >= total {
+                break;
+            }
+            let idx = (f / cf) as usize;
+            let within = (f % cf) as usize;
+            let run = (cf as usize - within).min(n - i).min((total - f) as usize);
+            match self.slots.get(idx) {
+                Some(Some(chunk)) if within < chunk.frames() => {
+                    let run = run.min(chunk.frames() - within);
+                    for k in 0..run {
+                        let g = gain * env.at(f + k as i64);
+                        left[i + k] += chunk.left[within + k] * g;
+                        right[i + k] += chunk.right[within + k] * g;
+                    }
+                    i += run;
+                }
+                _ => i += run,
+            }
+        }
+    }
+}
+
+/// A gain envelope over piece frames.
+#[derive(Clone, Copy)]
+enum Fade {
+    Full,
+    /// 1 before `at`, ramping to 0 over `len` frames.
+    Out {
+        at: i64,
+        len: i64,
+    },
+    /// 0 before `at`, ramping to 1 over `len` frames.
+    In {
+        at: i64,
+        len: i64,
+    },
+}
+
+impl Fade {
+    fn at(self, f: i64) -> f32 {
+        let ramp = |at: i64, len: i64| ((f - at) as f32 / len.max(1) as f32).clamp(0.0, 1.0);
+        match self {
+            Fade::Full => 1.0,
+            Fade::Out { at, len } => 1.0 - ramp(at, len),
+            Fade::In { at, len } => ramp(at, len),
+        }
+    }
+}
+
+pub struct Player {
+    current: Option<Loaded>,
+    next: Option<Loaded>,
+    /// Empty slot tables, allocated up front: one per take in flight.
+    spare: [Option<Slots>; 2],
+    /// Piece frame where the crossfade from `current` to `next` starts.
+    switch_at: Option<i64>,
+    /// Crossfade length, frames.
+    xfade: i64,
+    /// New takes from the main thread.
+    incoming: rtrb::Consumer<Box<Take>>,
+    /// Finished takes back to the main thread, to be dropped there.
+    outgoing: rtrb::Producer<Box<Take>>,
+    /// Finished takes the main thread has not had room for yet.
+    parked: [Option<Box<Take>>; 2],
+}
+
+impl Player {
+    /// Allocates everything the audio thread will ever use.
+    pub fn new(
+        incoming: rtrb::Consumer<Box<Take>>,
+        outgoing: rtrb::Producer<Box<Take>>,
+        xfade_frames: usize,
+    ) -> Self {
+        let table = || {
+            let mut s = Vec::with_capacity(MAX_SLOTS);
+            s.resize_with(MAX_SLOTS, || None);
+            Some(s)
+        };
+        Self {
+            current: None,
+            next: None,
+            spare: [table(), table()],
+            switch_at: None,
+            xfade: xfade_frames.max(1) as i64,
+            incoming,
+            outgoing,
+            parked: [None, None],
+        }
+    }
+
+    fn give_back(&mut self, take: Box<Take>) {
+        if let Err(rtrb::PushError::Full(t)) = self.outgoing.push(take) {
+            // Two takes at most are ever let go of between main-thread turns.
+            if let Some(p) = self.parked.iter_mut().find(|p| p.is_none()) {
+                *p = Some(t);
+            } else {
+                std::mem::forget(t);
+            }
+        }
+    }
+
+    fn store_table(&mut self, table: Slots) {
+        if let Some(s) = self.spare.iter_mut().find(|s| s.is_none()) {
+            *s = Some(table);
+        }
+    }
+
+    /// Takes in whatever arrived: new takes, ready chunks.
+    pub fn poll(&mut self) {
+        for i in 0..self.parked.len() {
+            if let Some(p) = self.parked[i].take()
+                && let Err(rtrb::PushError::Full(p)) = self.outgoing.push(p)
+            {
+                self.parked[i] = Some(p);
+            }
+        }
+        let room = self.parked.iter().any(Option::is_none);
+        if room && let Ok(new) = self.incoming.pop() {
+            if let Some(old) = self.next.take() {
+                // A newer take overtakes one still waiting for its bar.
+                let (take, table) = old.unload();
+                self.give_back(take);
+                self.store_table(table);
+                self.switch_at = None;
+            }
+            let table = self.spare.iter_mut().find_map(Option::take);
+            match table {
+                Some(slots) => {
+                    let loaded = Loaded { take: new, slots };
+                    if self.current.is_none() {
+                        self.current = Some(loaded);
+                    } else {
+                        self.next = Some(loaded);
+                    }
+                }
+                // Cannot happen (two tables, at most two takes held);
+                // refuse the take rather than allocate.
+                None => self.give_back(new),
+            }
+        }
+        if let Some(c) = self.current.as_mut() {
+            c.drain();
+        }
+        if let Some(n) = self.next.as_mut() {
+            n.drain();
+        }
+    }
+
+    /// Schedules the waiting take to come in at `bar`, the next bar line at
+    /// or after the block being played, once its music there has arrived.
+    /// After a jump back (a loop, a seek) the switch moves to the nearer bar,
+    /// so a host looping before the planned bar still hears the new take.
+    pub fn schedule(&mut self, bar: i64) {
+        let Some(n) = self.next.as_ref() else {
+            return;
+        };
+        let sooner = self.switch_at.is_none_or(|at| bar < at);
+        if sooner && bar < n.take.total_frames as i64 && n.ready(bar, self.xfade as usize) {
+            self.switch_at = Some(bar);
+        }
+    }
+
+    /// True when every frame of `[start, start + len)` inside the current
+    /// piece has arrived (or there is no piece).
+    pub fn ready(&self, start: i64, len: usize) -> bool {
+        self.current.as_ref().is_none_or(|c| c.ready(start, len))
     }
 
     /// Waits, at most `limit`, until [`Self::ready`]: offline rendering only.
@@ -119,43 +268,50 @@ impl Player {
     }
 
     /// Adds the music from frame `start` on, times `gain`, into `left` and
-    /// `right` (silence where nothing has arrived or outside the piece).
-    pub fn mix_into(&self, start: i64, gain: f32, left: &mut [f32], right: &mut [f32]) {
-        let Some(take) = self.take.as_ref() else {
-            return;
-        };
-        let cf = take.chunk_frames as i64;
-        let total = take.total_frames as i64;
-        let n = left.len().min(right.len());
-        let mut i = 0usize;
-        while i < n {
-            let f = start + i as i64;
-            if f < 0 {
-                // Jump to the first frame of the piece.
-                i = (-start).min(n as i64) as usize;
-                continue;
-            }
-            if f >= total {
-                break;
-            }
-            let idx = (f / cf) as usize;
-            let within = (f % cf) as usize;
-            let run = (cf as usize - within).min(n - i).min((total - f) as usize);
-            if let Some(Some(chunk)) = self.slots.get(idx) {
-                let run = run.min(chunk.frames().saturating_sub(within));
-                for k in 0..run {
-                    left[i + k] += chunk.left[within + k] * gain;
-                    right[i + k] += chunk.right[within + k] * gain;
+    /// `right`; crossfades to the waiting take where it is scheduled.
+    pub fn mix_into(&mut self, start: i64, gain: f32, left: &mut [f32], right: &mut [f32]) {
+        let end = start + left.len() as i64;
+        match (self.current.as_ref(), self.next.as_ref(), self.switch_at) {
+            (Some(c), Some(n), Some(at)) => {
+                let len = self.xfade;
+                c.mix(start, gain, Fade::Out { at, len }, left, right);
+                n.mix(start, gain, Fade::In { at, len }, left, right);
+                if end >= at + len {
+                    self.promote();
                 }
-                i += run.max(1);
-            } else {
-                i += run;
             }
+            (Some(c), _, _) => c.mix(start, gain, Fade::Full, left, right),
+            _ => {}
         }
     }
 
+    /// The waiting take becomes the current one.
+    fn promote(&mut self) {
+        if let Some(next) = self.next.take()
+            && let Some(old) = self.current.replace(next)
+        {
+            let (take, table) = old.unload();
+            self.give_back(take);
+            self.store_table(table);
+        }
+        self.switch_at = None;
+    }
+
     pub fn has_take(&self) -> bool {
-        self.take.is_some()
+        self.current.is_some()
+    }
+
+    /// The tempo of the newest take (waiting or playing).
+    pub fn newest_bpm(&self) -> Option<f64> {
+        self.next
+            .as_ref()
+            .or(self.current.as_ref())
+            .and_then(|l| l.take.bpm)
+    }
+
+    /// Piece frame where the crossfade to the waiting take starts.
+    pub fn switch_at(&self) -> Option<i64> {
+        self.switch_at
     }
 }
 

@@ -486,7 +486,11 @@ fn bench(what: BenchWhat, video_path: Option<&Path>, seconds: f64, runs: usize) 
                 let t = Instant::now();
                 sketch::compose(
                     &a,
-                    &SketchSettings { bpm: None, seed },
+                    &SketchSettings {
+                        bpm: None,
+                        downbeat: None,
+                        seed,
+                    },
                     &AtomicBool::new(false),
                     &mut |_| {},
                 )?;

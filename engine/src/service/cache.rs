@@ -12,7 +12,7 @@ use super::Request;
 
 /// Bumped whenever the composer's output for the same inputs changes, so
 /// stale audio is never served.
-const FORMAT: &str = "vidmusician-audio-v1";
+const FORMAT: &str = "vidmusician-audio-v2";
 
 /// What is stored beside the audio.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -127,6 +127,7 @@ pub fn cache_key(request: &Request, engine: &str) -> Result<String> {
     h.update(&range.0.to_le_bytes());
     h.update(&range.1.to_le_bytes());
     h.update(&request.tempo.unwrap_or(0.0).to_le_bytes());
+    h.update(&request.downbeat.unwrap_or(f64::NAN).to_le_bytes());
     h.update(&request.seed.to_le_bytes());
     h.update(&request.sample_rate.to_le_bytes());
     Ok(h.finalize().to_hex()[..32].to_string())

@@ -58,6 +58,9 @@ pub struct Request {
     pub range: Option<(f64, f64)>,
     /// Tempo in BPM; `None` lets the engine choose one that fits the cuts.
     pub tempo: Option<f64>,
+    /// A time of the piece (seconds) where a bar starts, to put the music's
+    /// bars on the host's; `None` lets the engine place them.
+    pub downbeat: Option<f64>,
     pub engine: EngineChoice,
     pub seed: u64,
     /// Output sample rate.
@@ -77,6 +80,7 @@ impl Request {
             video: video.into(),
             range: None,
             tempo: None,
+            downbeat: None,
             engine: EngineChoice::Auto,
             seed: 0,
             sample_rate: crate::sketch::SAMPLE_RATE,
@@ -308,6 +312,11 @@ fn validate(r: &Request) -> Result<()> {
         return Err(Error::InvalidSetting(format!(
             "tempo {t} BPM (expected 20–400)"
         )));
+    }
+    if let Some(d) = r.downbeat
+        && !d.is_finite()
+    {
+        return Err(Error::InvalidSetting(format!("downbeat at {d} s")));
     }
     if let Some((a, b)) = r.range
         && !(a.is_finite() && b.is_finite() && a >= 0.0 && b > a)

@@ -132,6 +132,7 @@ fn process(
     };
     let settings = SketchSettings {
         bpm: req.tempo,
+        downbeat: req.downbeat,
         seed: req.seed,
     };
     let comp = compose(&analysis, &settings, &cancel, &mut |f| {

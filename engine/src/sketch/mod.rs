@@ -29,6 +29,9 @@ pub const SAMPLE_RATE: u32 = 48_000;
 pub struct SketchSettings {
     /// Tempo; `None` picks the tempo that lands cuts on beats.
     pub bpm: Option<f64>,
+    /// A time (seconds) where a bar starts; `None` anchors the bars where
+    /// the cuts fall best.
+    pub downbeat: Option<f64>,
     pub seed: u64,
 }
 
@@ -54,7 +57,12 @@ pub fn compose(
         }
         None => analysis.tempo.bpm,
     };
-    let score = arrange(analysis, bpm, settings.seed);
+    if let Some(d) = settings.downbeat
+        && !d.is_finite()
+    {
+        return Err(Error::InvalidSetting(format!("downbeat at {d} s")));
+    }
+    let score = arrange(analysis, bpm, settings.downbeat, settings.seed);
     let frames = (analysis.duration * f64::from(SAMPLE_RATE)).round() as usize;
     let mut tick = |p: f64| {
         progress(p * 0.9);

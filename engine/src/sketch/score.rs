@@ -121,13 +121,19 @@ fn sections(a: &Analysis, min_len: f64) -> Vec<f64> {
     bounds
 }
 
-pub fn arrange(a: &Analysis, bpm: f64, seed: u64) -> Score {
+/// Writes the score. `downbeat`, when given, is a time (seconds, may be
+/// negative or past the end) where a bar starts: the plugin passes the host's
+/// bar grid so the music's bars fall on the session's. Without it the grid
+/// is anchored where it lands the most cuts on beats.
+pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64) -> Score {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005e_ed0f_5c0e);
     let beat = 60.0 / bpm;
     let cut_times: Vec<f64> = a.cuts.iter().map(|c| c.time).collect();
     // Phase: the suggestion's when its tempo is used, else the best anchor
     // on a cut for the given tempo.
-    let phase = if (a.tempo.bpm - bpm).abs() < 1e-6 {
+    let phase = if let Some(d) = downbeat {
+        d
+    } else if (a.tempo.bpm - bpm).abs() < 1e-6 {
         a.tempo.phase
     } else {
         cut_times
@@ -193,7 +199,10 @@ pub fn arrange(a: &Analysis, bpm: f64, seed: u64) -> Score {
     let mut melody_degree: i32 = 7;
 
     // Bars from the first downbeat at or before 0 (a pickup bar if needed).
-    let mut bar_start = first_beat - ((first_beat / bar).ceil()) * bar;
+    // Bars start at `phase` + k · bar; the first at or before 0 may be a
+    // pickup.
+    let first_downbeat = phase.rem_euclid(bar);
+    let mut bar_start = first_downbeat - (first_downbeat / bar).ceil() * bar;
     let mut bar_index = 0usize;
     while bar_start < a.duration {
         let mid = (bar_start + bar / 2.0).max(0.0);
@@ -354,8 +363,15 @@ pub fn arrange(a: &Analysis, bpm: f64, seed: u64) -> Score {
         });
         accents.push(c.time);
     }
-    // Notes that start before 0 (the pickup bar) are dropped; those that
-    // ring past the end are cut by the renderer.
+    // Held notes of the pickup bar that started before 0 sound from 0 on;
+    // short ones are dropped. Those that ring past the end are cut by the
+    // renderer.
+    for n in notes.iter_mut() {
+        if n.time < 0.0 && n.dur >= 1.0 && n.time + n.dur > 0.5 {
+            n.dur += n.time;
+            n.time = 0.0;
+        }
+    }
     notes.retain(|n| n.time >= 0.0 && n.time < a.duration);
     notes.sort_by(|x, y| x.time.total_cmp(&y.time));
     Score {

@@ -20,7 +20,7 @@ use vidmusician_engine::video::synth::{SynthSpec, write_video};
 use vidmusician_plugin::{PLUGIN_ID, VidMusician};
 
 pub struct HostShared {
-    callback: AtomicBool,
+    pub callback: AtomicBool,
 }
 
 impl SharedHandler<'_> for HostShared {
@@ -82,9 +82,10 @@ pub fn instance_of(entry: &PluginEntry) -> PluginInstance<TestHost> {
     .unwrap()
 }
 
+/// A state with `video` and `seed`, not following the host's tempo.
 pub fn state_json(video: &Path, seed: u32) -> Vec<u8> {
     format!(
-        r#"{{"version":1,"video":{:?},"params":[[1,{seed}]]}}"#,
+        r#"{{"version":1,"video":{:?},"params":[[1,{seed}],[4,0]]}}"#,
         video.to_str().unwrap()
     )
     .into_bytes()
@@ -115,15 +116,33 @@ pub fn set_offline(inst: &mut PluginInstance<TestHost>) {
 /// What the engine makes for this video and seed at `rate`, made here
 /// independently of the plugin.
 pub fn expected(video: &Path, seed: u64, rate: u32) -> Audio {
+    expected_with(video, seed, rate, None, None)
+}
+
+/// Like [`expected`], at a given tempo and bar grid.
+pub fn expected_with(
+    video: &Path,
+    seed: u64,
+    rate: u32,
+    bpm: Option<f64>,
+    downbeat: Option<f64>,
+) -> Audio {
     let engine = Engine::start(EngineConfig { cache_dir: None }).unwrap();
     let mut r = Request::new(video);
     r.seed = seed;
     r.sample_rate = rate;
+    r.tempo = bpm;
+    r.downbeat = downbeat;
     let (id, _) = engine.submit(r).unwrap();
     (*engine.wait(id, |_| {}).unwrap().audio).clone()
 }
 
 pub fn transport(pos: f64, playing: bool) -> TransportEvent {
+    transport_at(pos, playing, 120.0)
+}
+
+/// A transport at `pos` seconds of a song in 4/4 at a constant `tempo`.
+pub fn transport_at(pos: f64, playing: bool, tempo: f64) -> TransportEvent {
     let mut flags = TransportFlags::HAS_SECONDS_TIMELINE
         | TransportFlags::HAS_TEMPO
         | TransportFlags::HAS_BEATS_TIMELINE;
@@ -133,16 +152,16 @@ pub fn transport(pos: f64, playing: bool) -> TransportEvent {
     TransportEvent {
         header: Default::default(),
         flags,
-        song_pos_beats: BeatTime::from_float(pos * 2.0),
+        song_pos_beats: BeatTime::from_float(pos * tempo / 60.0),
         song_pos_seconds: SecondsTime::from_float(pos),
-        tempo: 120.0,
+        tempo,
         tempo_inc: 0.0,
         loop_start_beats: BeatTime::default(),
         loop_end_beats: BeatTime::default(),
         loop_start_seconds: SecondsTime::default(),
         loop_end_seconds: SecondsTime::default(),
-        bar_start: BeatTime::default(),
-        bar_number: 0,
+        bar_start: BeatTime::from_float((pos * tempo / 60.0 / 4.0).floor() * 4.0),
+        bar_number: (pos * tempo / 60.0 / 4.0).floor() as i32,
         time_signature_numerator: 4,
         time_signature_denominator: 4,
     }
@@ -174,7 +193,18 @@ impl Driver {
         n: usize,
         playing: bool,
     ) -> (&[f32], &[f32]) {
-        let t = transport(pos, playing);
+        self.block_at(proc, pos, n, playing, 120.0)
+    }
+
+    pub fn block_at(
+        &mut self,
+        proc: &mut StartedPluginAudioProcessor<TestHost>,
+        pos: f64,
+        n: usize,
+        playing: bool,
+        tempo: f64,
+    ) -> (&[f32], &[f32]) {
+        let t = transport_at(pos, playing, tempo);
         let [il, ir] = &mut self.ins;
         let [ol, or] = &mut self.outs;
         let input = self.in_ports.with_input_buffers([AudioPortBuffer {

@@ -1,0 +1,144 @@
+//! Following the host's tempo: a new tempo brings a new take, made at that
+//! tempo on the host's bar grid, in at the next bar with a short crossfade.
+
+mod common;
+
+use assert_no_alloc::AllocDisabler;
+use clack_host::prelude::*;
+use common::*;
+use vidmusician_engine::audio::Audio;
+use vidmusician_engine::video::synth::{SynthSpec, write_video};
+
+#[global_allocator]
+static ALLOCATOR: AllocDisabler = AllocDisabler;
+
+const RATE: u32 = 48_000;
+const BLOCK: usize = 480;
+
+/// Where each pass starts: 1 s, which is not on a bar line at 90 BPM, so
+/// the old take plays for a while before the next bar.
+const LOOP_START: usize = RATE as usize;
+
+/// One pass from `LOOP_START` to `frames` at `tempo`, as a host looping that
+/// region plays it; the output is indexed by piece frame (zero before the
+/// loop start).
+fn pass(
+    d: &mut Driver,
+    proc: &mut StartedPluginAudioProcessor<TestHost>,
+    frames: usize,
+    tempo: f64,
+) -> [Vec<f32>; 2] {
+    let mut out = [vec![0.0; LOOP_START], vec![0.0; LOOP_START]];
+    let mut f = LOOP_START;
+    while f < frames {
+        let (l, r) = d.block_at(proc, f as f64 / f64::from(RATE), BLOCK, true, tempo);
+        out[0].extend_from_slice(l);
+        out[1].extend_from_slice(r);
+        f += BLOCK;
+    }
+    out
+}
+
+fn same(out: &[Vec<f32>; 2], want: &Audio, range: std::ops::Range<usize>) -> bool {
+    range.into_iter().all(|i| {
+        let w = |c: usize| want.channels[c].get(i).copied().unwrap_or(0.0);
+        out[0][i] == w(0) && out[1][i] == w(1)
+    })
+}
+
+/// Loops passes, giving the plugin main-thread turns when it asks, until
+/// `done` says so (at most `limit` passes).
+fn loop_until(
+    inst: &mut PluginInstance<TestHost>,
+    d: &mut Driver,
+    proc: &mut StartedPluginAudioProcessor<TestHost>,
+    frames: usize,
+    tempo: f64,
+    mut done: impl FnMut(&[Vec<f32>; 2]) -> bool,
+) -> [Vec<f32>; 2] {
+    for _ in 0..400 {
+        let out = pass(d, proc, frames, tempo);
+        if inst
+            .access_shared_handler(|h| h.callback.swap(false, std::sync::atomic::Ordering::AcqRel))
+        {
+            inst.call_on_main_thread_callback();
+        }
+        if done(&out) {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("the plugin never got there");
+}
+
+#[test]
+fn a_tempo_change_brings_a_new_take_in_on_the_next_bar() {
+    let (dir, _) = fixture();
+    let video = dir.path().join("tempo.mp4");
+    write_video(
+        &video,
+        &SynthSpec::new(192, 144, 25, 8.0, vec![1.3, 3.1, 5.6]),
+    )
+    .unwrap();
+    let frames = 8 * RATE as usize;
+    // Bars of the host's 4/4 start at song time 0 (the video's offset is 0).
+    let at120 = expected_with(&video, 2, RATE, Some(120.0), Some(0.0));
+    let at90 = expected_with(&video, 2, RATE, Some(90.0), Some(0.0));
+
+    let mut inst = instance();
+    let state = format!(
+        r#"{{"version":1,"video":{:?},"params":[[1,2],[4,1]]}}"#,
+        video.to_str().unwrap()
+    );
+    load_state(&mut inst, state.as_bytes());
+    let config = PluginAudioConfiguration {
+        sample_rate: f64::from(RATE),
+        min_frames_count: 1,
+        max_frames_count: BLOCK as u32,
+    };
+    let stopped = inst.activate(|_, _| (), config).unwrap();
+    let mut proc = stopped.start_processing().unwrap();
+    let mut d = Driver::new(BLOCK);
+
+    // The host plays at 120 BPM: soon the whole pass is the 120 BPM take.
+    let played = LOOP_START..frames;
+    loop_until(&mut inst, &mut d, &mut proc, frames, 120.0, |out| {
+        same(out, &at120, played.clone())
+    });
+
+    // The tempo changes to 90. In the pass where the new take comes in,
+    // the old one plays up to a bar line of the new tempo, the crossfade
+    // starts there, and after it the 90 BPM take plays alone.
+    let bar90 = (4.0 * 60.0 / 90.0 * f64::from(RATE)).round() as usize;
+    let xfade = (0.05 * f64::from(RATE)) as usize;
+    let out = loop_until(&mut inst, &mut d, &mut proc, frames, 90.0, |out| {
+        !same(out, &at120, played.clone())
+    });
+    let first_diff = played
+        .clone()
+        .find(|&i| !same(&out, &at120, i..i + 1))
+        .unwrap();
+    // The crossfade starts on the bar line at or before the first frame
+    // that differs (its first frames may round to the old take's values).
+    let switch = first_diff / bar90 * bar90;
+    assert!(
+        switch > LOOP_START,
+        "switched at {switch}, before the loop's first bar line"
+    );
+    assert!(
+        first_diff - switch <= xfade,
+        "the new take came in at frame {first_diff}, not at a bar line ({bar90} frames a bar)"
+    );
+    assert!(
+        same(&out, &at120, LOOP_START..switch),
+        "before the bar the old take must play"
+    );
+    assert!(
+        same(&out, &at90, switch + xfade..frames),
+        "after the crossfade the 90 BPM take must play alone"
+    );
+    // From then on, every pass is the new take.
+    let next = pass(&mut d, &mut proc, frames, 90.0);
+    assert!(same(&next, &at90, played));
+    inst.deactivate(proc.stop_processing());
+}
