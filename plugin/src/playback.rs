@@ -35,9 +35,16 @@ struct Loaded {
     slots: Slots,
 }
 
+/// Chunks taken in per block and take: a whole piece arriving at once is
+/// spread over a few blocks instead of one long one.
+const DRAIN_PER_POLL: usize = 32;
+
 impl Loaded {
     fn drain(&mut self) {
-        while let Some(chunk) = self.take.reader.pop() {
+        for _ in 0..DRAIN_PER_POLL {
+            let Some(chunk) = self.take.reader.pop() else {
+                break;
+            };
             let idx = (chunk.start / self.take.chunk_frames as u64) as usize;
             match self.slots.get_mut(idx) {
                 Some(slot) => {

@@ -13,6 +13,8 @@ const PACKAGES: &[&str] = &[
     // Build: bindgen for FFmpeg's headers, pkg-config to find the libraries.
     "pkg-config",
     "clang",
+    // The VST3 wrapper is C++.
+    "g++",
     "libclang-dev",
     // FFmpeg: decoding, encoding, muxing, scaling.
     "libavcodec-dev",

@@ -1,0 +1,75 @@
+//! Benchmark (not a test): the plugin's `process` time per 512-frame block
+//! at 48 kHz while the engine is generating, and the time from activation
+//! (the generate request) to first sound for a 60 s video with the sketch
+//! engine. Run with `cargo bench -p vidmusician-plugin`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use clack_host::prelude::*;
+use common::*;
+use vidmusician_engine::video::synth::{SynthSpec, write_video};
+
+fn main() {
+    let (dir, _) = fixture();
+    let seconds = 60.0;
+    let video = dir.path().join("bench-60s.mp4");
+    let cuts: Vec<f64> = (1..30).map(|k| f64::from(k) * 2.03).collect();
+    write_video(&video, &SynthSpec::new(1280, 720, 30, seconds, cuts)).unwrap();
+
+    let rate = 48_000.0;
+    let block = 512usize;
+    let mut inst = instance();
+    load_state(&mut inst, &state_json(&video, 1));
+    let config = PluginAudioConfiguration {
+        sample_rate: rate,
+        min_frames_count: 1,
+        max_frames_count: block as u32,
+    };
+    let t0 = Instant::now();
+    let stopped = inst.activate(|_, _| (), config).unwrap();
+    let mut proc = stopped.start_processing().unwrap();
+    let mut d = Driver::new(block);
+    let period = Duration::from_secs_f64(block as f64 / rate);
+    let mut times = Vec::new();
+    let mut first_sound = None;
+    let mut frame = 0usize;
+    // Real-time pacing: one block per block period, playing from 0, until
+    // the music has been sounding for 2 s.
+    while first_sound.is_none_or(|t: Duration| t0.elapsed() < t + Duration::from_secs(2)) {
+        let start = Instant::now();
+        let (l, _) = d.block(&mut proc, frame as f64 / rate, block, true);
+        let took = start.elapsed();
+        let sounding = l.iter().any(|&x| x != 0.0);
+        times.push(took);
+        if sounding && first_sound.is_none() {
+            first_sound = Some(t0.elapsed());
+        }
+        frame += block;
+        if t0.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        if let Some(rest) = period.checked_sub(start.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    inst.deactivate(proc.stop_processing());
+    let n = times.len() as f64;
+    let mean = times.iter().map(Duration::as_secs_f64).sum::<f64>() / n;
+    let mut sorted = times.clone();
+    sorted.sort();
+    let p999 = sorted[((n * 0.999) as usize).min(sorted.len() - 1)];
+    let worst = sorted[sorted.len() - 1];
+    println!(
+        "{{\"bench\":\"plugin process, 512 frames at 48 kHz, engine generating a 60 s take\",\
+         \"blocks\":{},\"mean_us\":{:.1},\"p99.9_us\":{:.1},\"worst_us\":{:.1},\
+         \"first_sound_s\":{}}}",
+        times.len(),
+        mean * 1e6,
+        p999.as_secs_f64() * 1e6,
+        worst.as_secs_f64() * 1e6,
+        first_sound.map_or("null".to_string(), |t| format!("{:.2}", t.as_secs_f64())),
+    );
+}
