@@ -39,6 +39,7 @@ fn music_fits_the_video() {
                 bpm: None,
                 downbeat: None,
                 seed: 3,
+                ..Default::default()
             },
             &AtomicBool::new(false),
             &mut |_| {},
@@ -78,6 +79,7 @@ fn a_seed_gives_one_piece_and_another_seed_another() {
                 bpm: Some(110.0),
                 downbeat: None,
                 seed,
+                ..Default::default()
             },
             &AtomicBool::new(false),
             &mut |_| {},
@@ -107,6 +109,7 @@ fn given_tempo_is_used_and_bad_tempo_is_refused() {
             bpm: Some(128.0),
             downbeat: None,
             seed: 0,
+            ..Default::default()
         },
         &AtomicBool::new(false),
         &mut |_| {},
@@ -120,6 +123,7 @@ fn given_tempo_is_used_and_bad_tempo_is_refused() {
                 bpm: Some(bad),
                 downbeat: None,
                 seed: 0,
+                ..Default::default()
             },
             &AtomicBool::new(false),
             &mut |_| {},
@@ -137,6 +141,7 @@ fn cancel_stops_composing() {
             bpm: None,
             downbeat: None,
             seed: 0,
+            ..Default::default()
         },
         &AtomicBool::new(true),
         &mut |_| {},
@@ -152,7 +157,8 @@ fn bars_follow_a_given_downbeat() {
     let (a, _) = analysed(8.0, 25, vec![1.1, 3.3, 6.0], 4);
     let bar = 4.0 * 60.0 / 90.0;
     for downbeat in [0.37, -5.0, 100.0] {
-        let score = vidmusician_engine::sketch::arrange(&a, 90.0, Some(downbeat), 1);
+        let score =
+            vidmusician_engine::sketch::arrange(&a, 90.0, Some(downbeat), 1, &Default::default());
         let pads: Vec<f64> = score
             .notes
             .iter()
@@ -170,4 +176,35 @@ fn bars_follow_a_given_downbeat() {
             );
         }
     }
+}
+
+#[test]
+fn the_prompt_steers_energy_and_mood() {
+    let (a, _) = analysed(16.0, 25, vec![2.1, 4.4, 7.0, 9.3, 12.2, 14.0], 6);
+    let score = |prompt: &str| {
+        let style = vidmusician_engine::sketch::Style::from_prompt(prompt);
+        vidmusician_engine::sketch::arrange(&a, 100.0, None, 2, &style)
+    };
+    let count = |s: &vidmusician_engine::sketch::Score, inst| {
+        s.notes.iter().filter(|n| n.inst == inst).count()
+    };
+    use vidmusician_engine::sketch::Inst;
+    let calm = score("calm gentle documentary");
+    let hype = score("energetic driving promo");
+    let drums = |s| count(s, Inst::Kick) + count(s, Inst::Snare) + count(s, Inst::Hat);
+    assert!(
+        drums(&hype) > drums(&calm),
+        "promo {} vs calm {} drum hits",
+        drums(&hype),
+        drums(&calm)
+    );
+    let intensity = |s: &vidmusician_engine::sketch::Score| {
+        s.sections
+            .iter()
+            .map(|x| u32::from(x.intensity))
+            .sum::<u32>()
+    };
+    assert!(intensity(&hype) > intensity(&calm));
+    assert!(score("dark and tense").minor);
+    assert!(!score("bright happy commercial").minor);
 }

@@ -214,6 +214,7 @@ impl MainThread<'_> {
         let mut req = Request::new(&video);
         req.sample_rate = rate.round() as u32;
         req.seed = self.shared.params.get(ParamId::Seed) as u64;
+        req.prompt = inner.prompt.clone();
         req.engine = match self.shared.params.get(ParamId::Engine) as usize {
             1 => EngineChoice::Sketch,
             _ => EngineChoice::Auto,

@@ -114,6 +114,11 @@ struct ComposeArgs {
     /// most cuts on beats.
     #[arg(long, value_name = "N")]
     bpm: Option<f64>,
+    /// What the music should be like, in words (e.g. "calm documentary",
+    /// "energetic promo", "dark and tense"). The embedded composer reads its
+    /// energy, mood and pace.
+    #[arg(long, default_value = "")]
+    prompt: String,
     /// Random seed: the same video, settings and seed give the same music;
     /// another seed gives another piece.
     #[arg(long, default_value_t = 0)]
@@ -212,6 +217,7 @@ fn compose(a: ComposeArgs) -> Result<()> {
     let mut req = Request::new(&a.video);
     req.tempo = a.bpm;
     req.seed = a.seed;
+    req.prompt = a.prompt.clone();
     req.sample_rate = a.sample_rate;
     req.range = range;
     req.engine = match a.engine {
@@ -490,6 +496,7 @@ fn bench(what: BenchWhat, video_path: Option<&Path>, seconds: f64, runs: usize) 
                         bpm: None,
                         downbeat: None,
                         seed,
+                        ..Default::default()
                     },
                     &AtomicBool::new(false),
                     &mut |_| {},

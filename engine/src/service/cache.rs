@@ -129,6 +129,8 @@ pub fn cache_key(request: &Request, engine: &str) -> Result<String> {
     h.update(&request.tempo.unwrap_or(0.0).to_le_bytes());
     h.update(&request.downbeat.unwrap_or(f64::NAN).to_le_bytes());
     h.update(&request.seed.to_le_bytes());
+    h.update(&(request.prompt.len() as u64).to_le_bytes());
+    h.update(request.prompt.as_bytes());
     h.update(&request.sample_rate.to_le_bytes());
     Ok(h.finalize().to_hex()[..32].to_string())
 }

@@ -61,6 +61,8 @@ pub struct Request {
     /// A time of the piece (seconds) where a bar starts, to put the music's
     /// bars on the host's; `None` lets the engine place them.
     pub downbeat: Option<f64>,
+    /// What the music should be like, in words.
+    pub prompt: String,
     pub engine: EngineChoice,
     pub seed: u64,
     /// Output sample rate.
@@ -81,6 +83,7 @@ impl Request {
             range: None,
             tempo: None,
             downbeat: None,
+            prompt: String::new(),
             engine: EngineChoice::Auto,
             seed: 0,
             sample_rate: crate::sketch::SAMPLE_RATE,
@@ -311,6 +314,12 @@ fn validate(r: &Request) -> Result<()> {
     {
         return Err(Error::InvalidSetting(format!(
             "tempo {t} BPM (expected 20–400)"
+        )));
+    }
+    if r.prompt.len() > 4096 {
+        return Err(Error::InvalidSetting(format!(
+            "prompt of {} bytes (at most 4096)",
+            r.prompt.len()
         )));
     }
     if let Some(d) = r.downbeat

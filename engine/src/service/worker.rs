@@ -133,6 +133,7 @@ fn process(
     let settings = SketchSettings {
         bpm: req.tempo,
         downbeat: req.downbeat,
+        style: crate::sketch::Style::from_prompt(&req.prompt),
         seed: req.seed,
     };
     let comp = compose(&analysis, &settings, &cancel, &mut |f| {

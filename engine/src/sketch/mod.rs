@@ -9,8 +9,10 @@
 
 mod render;
 mod score;
+mod style;
 
 pub use score::{Inst, Note, Score, Section, arrange};
+pub use style::Style;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -25,7 +27,7 @@ pub const TARGET_LUFS: f64 = -14.0;
 pub const CEILING_DBTP: f64 = -1.0;
 pub const SAMPLE_RATE: u32 = 48_000;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Default)]
 pub struct SketchSettings {
     /// Tempo; `None` picks the tempo that lands cuts on beats.
     pub bpm: Option<f64>,
@@ -33,6 +35,8 @@ pub struct SketchSettings {
     /// the cuts fall best.
     pub downbeat: Option<f64>,
     pub seed: u64,
+    /// What the prompt asks for.
+    pub style: Style,
 }
 
 #[derive(Debug, Clone)]
@@ -55,14 +59,32 @@ pub fn compose(
                 "tempo {b} BPM (expected 20–400)"
             )));
         }
-        None => analysis.tempo.bpm,
+        // The analysis's tempo, or one nearer the style's pace that still
+        // lands the cuts on beats.
+        None if settings.style.tempo_shift == 0.0 => analysis.tempo.bpm,
+        None => {
+            let cuts: Vec<f64> = analysis.cuts.iter().map(|c| c.time).collect();
+            crate::analysis::suggest_tempo(
+                &cuts,
+                analysis.tempo.bpm + settings.style.tempo_shift,
+                70.0,
+                160.0,
+            )
+            .bpm
+        }
     };
     if let Some(d) = settings.downbeat
         && !d.is_finite()
     {
         return Err(Error::InvalidSetting(format!("downbeat at {d} s")));
     }
-    let score = arrange(analysis, bpm, settings.downbeat, settings.seed);
+    let score = arrange(
+        analysis,
+        bpm,
+        settings.downbeat,
+        settings.seed,
+        &settings.style,
+    );
     let frames = (analysis.duration * f64::from(SAMPLE_RATE)).round() as usize;
     let mut tick = |p: f64| {
         progress(p * 0.9);

@@ -7,6 +7,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use super::Style;
 use crate::analysis::{Analysis, cosine_distance, global};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -125,7 +126,7 @@ fn sections(a: &Analysis, min_len: f64) -> Vec<f64> {
 /// negative or past the end) where a bar starts: the plugin passes the host's
 /// bar grid so the music's bars fall on the session's. Without it the grid
 /// is anchored where it lands the most cuts on beats.
-pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64) -> Score {
+pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64, style: &Style) -> Score {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005e_ed0f_5c0e);
     let beat = 60.0 / bpm;
     let cut_times: Vec<f64> = a.cuts.iter().map(|c| c.time).collect();
@@ -146,7 +147,8 @@ pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64) -> Scor
             .unwrap_or(0.0)
     };
     let first_beat = phase.rem_euclid(beat);
-    let (key, minor) = key_and_mode(a);
+    let (key, picture_minor) = key_and_mode(a);
+    let minor = style.minor.unwrap_or(picture_minor);
     let scale = if minor { MINOR } else { MAJOR };
     let bar = 4.0 * beat;
     let bounds = sections(a, (4.0 * bar).max(6.0));
@@ -164,7 +166,7 @@ pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64) -> Scor
     for (i, &s) in bounds.iter().enumerate() {
         let e = bounds.get(i + 1).copied().unwrap_or(a.duration);
         let local = motion_norm(s, e);
-        let level = (busy * 2.0 + local * 1.2 + rng.random_range(-0.3..0.3))
+        let level = (busy * 2.0 + local * 1.2 + style.energy * 1.2 + rng.random_range(-0.3..0.3))
             .round()
             .clamp(0.0, 3.0) as u8;
         let progs: &[[usize; 4]] = if minor {
