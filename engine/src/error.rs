@@ -71,6 +71,16 @@ impl Error {
         }
     }
 
+    /// An I/O error while opening `path`: a missing file gets its own
+    /// variant, so the message says so plainly.
+    pub(crate) fn opening(path: &std::path::Path, e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound(path.to_path_buf())
+        } else {
+            Error::io(path, e)
+        }
+    }
+
     pub(crate) fn output(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
         Error::Output {
             path: path.into(),

@@ -28,10 +28,7 @@ pub fn write_wav(path: &Path, audio: &Audio) -> Result<()> {
 /// Reads any PCM or float WAV into f32.
 pub fn read_wav(path: &Path) -> Result<Audio> {
     let r = hound::WavReader::open(path).map_err(|e| match e {
-        hound::Error::IoError(io) if io.kind() == std::io::ErrorKind::NotFound => {
-            Error::NotFound(path.to_path_buf())
-        }
-        hound::Error::IoError(io) => Error::io(path, io),
+        hound::Error::IoError(io) => Error::opening(path, io),
         other => Error::Unreadable {
             path: path.to_path_buf(),
             reason: other.to_string(),

@@ -425,7 +425,20 @@ fn synth_video(
     Ok(())
 }
 
-fn stats(times: &[Duration], media_s: f64) -> (f64, f64) {
+/// Times `runs` calls of `f`; prints the best and mean speed as a multiple
+/// of real time for `media_s` seconds of media, with `facts`.
+fn report_runs(
+    runs: usize,
+    media_s: f64,
+    mut facts: serde_json::Value,
+    mut f: impl FnMut(u64) -> vidmusician_engine::Result<()>,
+) -> Result<()> {
+    let mut times = Vec::new();
+    for run in 0..runs as u64 {
+        let t = Instant::now();
+        f(run)?;
+        times.push(t.elapsed());
+    }
     let best = times
         .iter()
         .min()
@@ -433,12 +446,25 @@ fn stats(times: &[Duration], media_s: f64) -> (f64, f64) {
         .unwrap_or_default()
         .as_secs_f64();
     let mean = times.iter().map(Duration::as_secs_f64).sum::<f64>() / times.len() as f64;
-    (media_s / best, media_s / mean)
+    facts["threads"] = json!(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    facts["runs"] = json!(runs);
+    facts["best_x_realtime"] = json!((media_s / best * 10.0).round() / 10.0);
+    facts["mean_x_realtime"] = json!((media_s / mean * 10.0).round() / 10.0);
+    println!("{facts}");
+    Ok(())
+}
+
+fn analyse_quietly(path: &Path) -> vidmusician_engine::Result<Analysis> {
+    analysis::analyze(
+        path,
+        &mut StatsEncoder::default(),
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
 }
 
 fn bench(what: BenchWhat, video_path: Option<&Path>, seconds: f64, runs: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     match what {
         BenchWhat::Analysis => {
             let path = match video_path {
@@ -453,69 +479,27 @@ fn bench(what: BenchWhat, video_path: Option<&Path>, seconds: f64, runs: usize) 
                 }
             };
             let info = video::probe(&path)?;
-            let mut times = Vec::new();
-            for _ in 0..runs {
-                let t = Instant::now();
-                analysis::analyze(
-                    &path,
-                    &mut StatsEncoder::default(),
-                    &AtomicBool::new(false),
-                    &mut |_| {},
-                )?;
-                times.push(t.elapsed());
-            }
-            let (best, mean) = stats(&times, info.duration);
-            println!(
-                "{}",
-                json!({
-                    "bench": "decode+analysis",
-                    "video": format!("{}x{} {:.2} fps {} {:.1} s", info.width, info.height, info.frame_rate, info.codec, info.duration),
-                    "threads": threads,
-                    "runs": runs,
-                    "best_x_realtime": (best * 10.0).round() / 10.0,
-                    "mean_x_realtime": (mean * 10.0).round() / 10.0,
-                })
-            );
+            let facts = json!({
+                "bench": "decode+analysis",
+                "video": format!("{}x{} {:.2} fps {} {:.1} s", info.width, info.height, info.frame_rate, info.codec, info.duration),
+            });
+            report_runs(runs, info.duration, facts, |_| {
+                analyse_quietly(&path).map(|_| ())
+            })
         }
         BenchWhat::Composer => {
             let p = dir.path().join("bench-small.mp4");
             let spec = synth::SynthSpec::new(320, 240, 25, seconds, default_cuts(seconds, 5));
             synth::write_video(&p, &spec)?;
-            let a = analysis::analyze(
-                &p,
-                &mut StatsEncoder::default(),
-                &AtomicBool::new(false),
-                &mut |_| {},
-            )?;
-            let mut times = Vec::new();
-            for seed in 0..runs as u64 {
-                let t = Instant::now();
-                sketch::compose(
-                    &a,
-                    &SketchSettings {
-                        bpm: None,
-                        downbeat: None,
-                        seed,
-                        ..Default::default()
-                    },
-                    &AtomicBool::new(false),
-                    &mut |_| {},
-                )?;
-                times.push(t.elapsed());
-            }
-            let (best, mean) = stats(&times, a.duration);
-            println!(
-                "{}",
-                json!({
-                    "bench": "sketch composer",
-                    "music_seconds": a.duration,
-                    "threads": threads,
-                    "runs": runs,
-                    "best_x_realtime": (best * 10.0).round() / 10.0,
-                    "mean_x_realtime": (mean * 10.0).round() / 10.0,
-                })
-            );
+            let a = analyse_quietly(&p)?;
+            let facts = json!({ "bench": "sketch composer", "music_seconds": a.duration });
+            report_runs(runs, a.duration, facts, |seed| {
+                let settings = SketchSettings {
+                    seed,
+                    ..Default::default()
+                };
+                sketch::compose(&a, &settings, &AtomicBool::new(false), &mut |_| {}).map(|_| ())
+            })
         }
     }
-    Ok(())
 }

@@ -87,13 +87,7 @@ impl AudioCache {
 /// size, modification time and a hash of its first and last mebibyte (so a
 /// file replaced in place with the same size and time still changes key).
 fn video_identity(path: &Path, h: &mut blake3::Hasher) -> Result<()> {
-    let canon = std::fs::canonicalize(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound(path.to_path_buf())
-        } else {
-            Error::io(path, e)
-        }
-    })?;
+    let canon = std::fs::canonicalize(path).map_err(|e| Error::opening(path, e))?;
     let meta = std::fs::metadata(&canon).map_err(|e| Error::io(path, e))?;
     h.update(canon.to_string_lossy().as_bytes());
     h.update(&meta.len().to_le_bytes());

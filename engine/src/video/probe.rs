@@ -46,13 +46,7 @@ pub fn probe(path: &Path) -> Result<VideoInfo> {
 
 pub(crate) fn open_input(path: &Path) -> Result<ff::format::context::Input> {
     super::init();
-    let meta = std::fs::metadata(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound(path.to_path_buf())
-        } else {
-            Error::io(path, e)
-        }
-    })?;
+    let meta = std::fs::metadata(path).map_err(|e| Error::opening(path, e))?;
     if meta.is_dir() {
         return Err(Error::io(
             path,
