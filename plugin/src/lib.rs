@@ -103,7 +103,6 @@ impl DefaultPluginFactory for VidMusician {
                 cache_key: None,
                 link: None,
                 sample_rate: None,
-                last_request: None,
             }),
         })
     }
@@ -142,7 +141,6 @@ struct Inner {
     /// The rings to the active audio processor.
     link: Option<Link>,
     sample_rate: Option<f64>,
-    last_request: Option<u64>,
 }
 
 struct Link {
@@ -242,7 +240,6 @@ impl MainThread<'_> {
                 return;
             }
         };
-        inner.last_request = Some(id);
         let take = Box::new(Take {
             request: id,
             reader,
@@ -255,21 +252,6 @@ impl MainThread<'_> {
         {
             eprintln!("VidMusician: the audio thread is not taking new music; try again");
         }
-    }
-
-    /// The request id of the take last handed to the audio thread.
-    pub fn last_request(&self) -> Option<u64> {
-        self.inner.lock().last_request
-    }
-
-    /// Waits for the engine to finish request `id` (tests and offline tools).
-    pub fn wait_for(&self, id: u64) -> Result<(), String> {
-        let inner = self.inner.lock();
-        let engine = inner.engine.as_ref().ok_or("no engine")?;
-        engine
-            .wait(id, |_| {})
-            .map(|_| ())
-            .map_err(|e| e.to_string())
     }
 }
 

@@ -224,7 +224,10 @@ fn bundle_name(package: &str) -> Result<String> {
 /// Builds the plugin and lays out its CLAP and VST3 bundles; returns their
 /// paths.
 fn bundle(args: &[String]) -> Result<(PathBuf, PathBuf)> {
-    let target = args.first().map(String::as_str).unwrap_or("vidmusician");
+    let target = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .map_or("vidmusician", String::as_str);
     if target != "vidmusician" {
         bail!("unknown bundle {target:?} (the one bundle is `vidmusician`)");
     }
