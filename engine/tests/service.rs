@@ -167,3 +167,25 @@ fn dropping_the_engine_cancels_and_joins() {
     drop(eng);
     drop(reader);
 }
+
+#[test]
+fn a_preview_scores_only_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = video(dir.path(), "v.mp4", 6.0);
+    let eng = engine(dir.path());
+    let mut r = Request::new(&v);
+    r.preview_until = Some(2.0);
+    let (id, _) = eng.submit(r).unwrap();
+    let preview = eng.wait(id, |_| {}).unwrap();
+    assert_eq!(preview.audio.len(), 2 * 48_000);
+    let a = preview.analysis.unwrap();
+    assert!(a.cuts.iter().all(|c| c.time < 2.0), "{:?}", a.cuts);
+    assert_eq!(a.cuts.len(), 1, "the cut at 1.0 s is in the preview");
+    let (id, _) = eng.submit(Request::new(&v)).unwrap();
+    let full = eng.wait(id, |_| {}).unwrap();
+    assert_eq!(
+        full.audio.len(),
+        6 * 48_000,
+        "a preview's analysis must not stand in for the full one"
+    );
+}

@@ -105,6 +105,7 @@ fn sampling_is_exact_and_probe_reports_the_stream() {
         rate: 25.0,
         size: 64,
         fit: Fit::CenterCrop,
+        until: None,
     };
     let mut times = Vec::new();
     let (_, n) = video::sample_frames(&path, &opts, &no_cancel(), |f| {
@@ -143,6 +144,7 @@ fn frames_can_be_clip_normalised() {
         rate: 25.0,
         size: 32,
         fit: Fit::CenterCrop,
+        until: None,
     };
     let mut first = None;
     video::sample_frames(&path, &opts, &no_cancel(), |f| {

@@ -52,6 +52,8 @@ const OFFLINE_WAIT: Duration = Duration::from_secs(120);
 const TEMPO_SETTLE_S: f64 = 0.3;
 /// Crossfade from one take to the next, seconds.
 const XFADE_S: f64 = 0.05;
+/// Length of the quick preview made first for a long video, seconds.
+const PREVIEW_S: f64 = 8.0;
 
 pub struct VidMusician;
 
@@ -227,11 +229,37 @@ impl MainThread<'_> {
             ));
         }
         req.chunk_frames = chunk_frames;
-        req.max_chunks = (total as usize).div_ceil(chunk_frames) + 1;
-        req.supersede = true;
+        // A long video gets a quick preview of its start first, so music
+        // plays within a second; the full piece replaces it at a bar line.
+        // A bounce needs the full piece only.
+        let offline = self.shared.offline.load(Ordering::Acquire);
+        if !offline && info.duration > PREVIEW_S * 1.5 {
+            let mut preview = req.clone();
+            preview.preview_until = Some(PREVIEW_S);
+            preview.supersede = true;
+            let frames = (PREVIEW_S * rate).round() as u64;
+            self.submit_take(inner, preview, frames, bpm, true);
+            req.supersede = false;
+        } else {
+            req.supersede = true;
+        }
+        self.submit_take(inner, req, total, bpm, false);
+    }
+
+    /// Submits `req` and hands its take (`total` frames) to the audio thread.
+    fn submit_take(
+        &self,
+        inner: &mut Inner,
+        mut req: Request,
+        total: u64,
+        bpm: Option<f64>,
+        preview: bool,
+    ) {
         let Some(engine) = inner.engine.as_ref() else {
             return;
         };
+        req.max_chunks = (total as usize).div_ceil(req.chunk_frames) + 1;
+        let chunk_frames = req.chunk_frames;
         let (id, reader) = match engine.submit(req) {
             Ok((id, Some(reader))) => (id, reader),
             Ok((_, None)) => return,
@@ -246,6 +274,7 @@ impl MainThread<'_> {
             chunk_frames,
             total_frames: total,
             bpm,
+            preview,
         });
         if let Some(link) = inner.link.as_mut()
             && link.takes.push(take).is_err()
@@ -483,8 +512,8 @@ impl<'a> PluginAudioProcessor<'a, Shared<'a>, MainThread<'a>> for Processor<'a> 
         }
         if playing && self.shared.offline.load(Ordering::Acquire) && self.player.has_take() {
             // Offline: the bounce must be complete, so wait (bounded) for
-            // the music this block needs.
-            self.player.wait_ready(start, frames, OFFLINE_WAIT);
+            // the full piece's music this block needs.
+            self.player.wait_ready_offline(start, frames, OFFLINE_WAIT);
         }
         let target = db_to_gain(self.shared.params.get(ParamId::Gain));
         let Some(mut port) = audio.port_pair(0) else {

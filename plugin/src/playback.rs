@@ -26,6 +26,8 @@ pub struct Take {
     pub total_frames: u64,
     /// The tempo it was made for, when it follows the host's.
     pub bpm: Option<f64>,
+    /// A quick take of the start only, to be replaced by the full piece.
+    pub preview: bool,
 }
 
 type Slots = Vec<Option<Arc<AudioChunk>>>;
@@ -155,6 +157,10 @@ pub struct Player {
     outgoing: rtrb::Producer<Box<Take>>,
     /// Finished takes the main thread has not had room for yet.
     parked: [Option<Box<Take>>; 2],
+    /// An offline wait ran out (the engine failed or is stuck): later
+    /// blocks do not wait again until a new take arrives, so a bounce never
+    /// hangs block after block.
+    stalled: bool,
 }
 
 impl Player {
@@ -178,6 +184,7 @@ impl Player {
             incoming,
             outgoing,
             parked: [None, None],
+            stalled: false,
         }
     }
 
@@ -209,6 +216,7 @@ impl Player {
         }
         let room = self.parked.iter().any(Option::is_none);
         if room && let Ok(new) = self.incoming.pop() {
+            self.stalled = false;
             if let Some(old) = self.next.take() {
                 // A newer take overtakes one still waiting for its bar.
                 let (take, table) = old.unload();
@@ -259,15 +267,24 @@ impl Player {
         self.current.as_ref().is_none_or(|c| c.ready(start, len))
     }
 
-    /// Waits, at most `limit`, until [`Self::ready`]: offline rendering only.
-    pub fn wait_ready(&mut self, start: i64, len: usize, limit: Duration) -> bool {
+    /// Offline rendering only: waits, at most `limit`, until the music of
+    /// `[start, start + len)` has arrived. A preview gives way at once to
+    /// the full piece (a bounce is never made of a preview).
+    pub fn wait_ready_offline(&mut self, start: i64, len: usize, limit: Duration) -> bool {
         let t0 = Instant::now();
         loop {
             self.poll();
-            if self.ready(start, len) {
+            let on_preview = self.current.as_ref().is_some_and(|c| c.take.preview);
+            if on_preview && self.next.as_ref().is_some_and(|n| n.ready(start, len)) {
+                // No crossfade: the bounce is of the full piece alone.
+                self.promote();
+                continue;
+            }
+            if !on_preview && self.ready(start, len) {
                 return true;
             }
-            if t0.elapsed() >= limit {
+            if self.stalled || t0.elapsed() >= limit {
+                self.stalled = true;
                 return false;
             }
             std::thread::sleep(Duration::from_millis(1));

@@ -101,10 +101,23 @@ pub fn analyze(
     cancel: &AtomicBool,
     progress: Progress<'_>,
 ) -> Result<Analysis> {
+    analyze_until(path, encoder, None, cancel, progress)
+}
+
+/// [`analyze`], stopping after `until` seconds when given (a preview of the
+/// start of a long video).
+pub fn analyze_until(
+    path: &Path,
+    encoder: &mut dyn VisualEncoder,
+    until: Option<f64>,
+    cancel: &AtomicBool,
+    progress: Progress<'_>,
+) -> Result<Analysis> {
     let opts = SampleOptions {
         rate: LOCAL_FPS,
         size: encoder.input_size(),
         fit: encoder.fit(),
+        until,
     };
     let every = (LOCAL_FPS / GLOBAL_FPS).round() as usize;
     let mut curve = RhythmCurve::default();
@@ -118,8 +131,9 @@ pub fn analyze(
             encoder.encode_global(frame, &mut g);
             globals.push(g.clone());
         }
-        if frame.index % every == 0 && frame.duration > 0.0 {
-            progress((frame.time / frame.duration).min(1.0));
+        let span = until.map_or(frame.duration, |u| u.min(frame.duration));
+        if frame.index % every == 0 && span > 0.0 {
+            progress((frame.time / span).min(1.0));
         }
         Ok(())
     })?;

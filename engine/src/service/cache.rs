@@ -122,6 +122,7 @@ pub fn cache_key(request: &Request, engine: &str) -> Result<String> {
     h.update(&range.1.to_le_bytes());
     h.update(&request.tempo.unwrap_or(0.0).to_le_bytes());
     h.update(&request.downbeat.unwrap_or(f64::NAN).to_le_bytes());
+    h.update(&request.preview_until.unwrap_or(f64::NAN).to_le_bytes());
     h.update(&request.seed.to_le_bytes());
     h.update(&(request.prompt.len() as u64).to_le_bytes());
     h.update(request.prompt.as_bytes());

@@ -63,6 +63,9 @@ pub struct Request {
     pub downbeat: Option<f64>,
     /// What the music should be like, in words.
     pub prompt: String,
+    /// Analyse and score only the first seconds: a quick preview of a long
+    /// video, to be replaced by the full piece.
+    pub preview_until: Option<f64>,
     pub engine: EngineChoice,
     pub seed: u64,
     /// Output sample rate.
@@ -84,6 +87,7 @@ impl Request {
             tempo: None,
             downbeat: None,
             prompt: String::new(),
+            preview_until: None,
             engine: EngineChoice::Auto,
             seed: 0,
             sample_rate: crate::sketch::SAMPLE_RATE,
@@ -315,6 +319,11 @@ fn validate(r: &Request) -> Result<()> {
         return Err(Error::InvalidSetting(format!(
             "tempo {t} BPM (expected 20–400)"
         )));
+    }
+    if let Some(u) = r.preview_until
+        && !(u.is_finite() && u > 0.0)
+    {
+        return Err(Error::InvalidSetting(format!("preview of {u} s")));
     }
     if r.prompt.len() > 4096 {
         return Err(Error::InvalidSetting(format!(

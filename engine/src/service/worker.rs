@@ -10,7 +10,7 @@ use super::{
     AudioCache, AudioChunk, CacheMeta, EngineChoice, EngineConfig, Event, Finished, Job, Stage,
     cache_key,
 };
-use crate::analysis::{Analysis, StatsEncoder, analyze};
+use crate::analysis::{Analysis, StatsEncoder, analyze_until};
 use crate::audio::{Audio, resample};
 use crate::error::{Error, Result};
 use crate::sketch::{SketchSettings, compose};
@@ -116,13 +116,16 @@ fn process(
             fraction,
         });
     };
-    let video_key = cache_key(&crate::service::Request::new(&req.video), "analysis")?;
+    let mut analysis_req = crate::service::Request::new(&req.video);
+    analysis_req.preview_until = req.preview_until;
+    let video_key = cache_key(&analysis_req, "analysis")?;
     let analysis = match last_analysis {
         Some((k, a)) if *k == video_key => a.clone(),
         _ => {
-            let a = Arc::new(analyze(
+            let a = Arc::new(analyze_until(
                 &req.video,
                 &mut StatsEncoder::default(),
+                req.preview_until,
                 &cancel,
                 &mut |f| progress(Stage::Analysing, f),
             )?);

@@ -32,6 +32,9 @@ pub struct SampleOptions {
     /// Side of the square RGB output.
     pub size: u32,
     pub fit: Fit,
+    /// Stop after this many seconds (a preview); the returned facts then
+    /// give this as the duration.
+    pub until: Option<f64>,
 }
 
 /// One sampled frame: tightly packed RGB24, `size × size`, already rotated
@@ -71,6 +74,12 @@ pub fn sample_frames(
     cancel: &AtomicBool,
     mut on_frame: impl FnMut(&Frame) -> Result<()>,
 ) -> Result<(VideoInfo, usize)> {
+    if opts.until.is_some_and(|u| !(u.is_finite() && u > 0.0)) {
+        return Err(Error::InvalidSetting(format!(
+            "analyse until {:?} s",
+            opts.until
+        )));
+    }
     if !(opts.rate.is_finite() && opts.rate > 0.0 && opts.rate <= 1000.0) {
         return Err(Error::InvalidSetting(format!(
             "sample rate {} fps (expected 0 < rate ≤ 1000)",
@@ -136,6 +145,14 @@ pub fn sample_frames(
             continue;
         }
         good_frames += state.drain(&mut decoder, time_base, start_pts, &mut on_frame)?;
+        if let (Some(u), Some(h)) = (opts.until, state.held_time)
+            && h >= u
+        {
+            // Every sample before `until` is out.
+            let mut info = info.clone();
+            info.duration = info.duration.min(u);
+            return Ok((info, state.next_index));
+        }
     }
     let _ = decoder.send_eof();
     good_frames += state.drain(&mut decoder, time_base, start_pts, &mut on_frame)?;
@@ -157,9 +174,14 @@ pub fn sample_frames(
             declared: info.duration,
         });
     }
-    let end = info.duration.max(last_time + frame_period);
+    let mut info = info.clone();
+    let mut end = info.duration.max(last_time + frame_period);
+    if let Some(u) = opts.until {
+        end = end.min(u);
+        info.duration = info.duration.min(u);
+    }
     state.flush_until(end, &mut on_frame)?;
-    Ok((info.clone(), state.next_index))
+    Ok((info, state.next_index))
 }
 
 struct Sampler<'a> {

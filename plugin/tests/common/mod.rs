@@ -127,12 +127,23 @@ pub fn expected_with(
     bpm: Option<f64>,
     downbeat: Option<f64>,
 ) -> Audio {
-    let engine = Engine::start(EngineConfig { cache_dir: None }).unwrap();
     let mut r = Request::new(video);
-    r.seed = seed;
-    r.sample_rate = rate;
     r.tempo = bpm;
     r.downbeat = downbeat;
+    expected_request(r, seed, rate)
+}
+
+/// The quick preview of the first `until` seconds.
+pub fn expected_preview(video: &Path, seed: u64, rate: u32, until: f64) -> Audio {
+    let mut r = Request::new(video);
+    r.preview_until = Some(until);
+    expected_request(r, seed, rate)
+}
+
+fn expected_request(mut r: Request, seed: u64, rate: u32) -> Audio {
+    let engine = Engine::start(EngineConfig { cache_dir: None }).unwrap();
+    r.seed = seed;
+    r.sample_rate = rate;
     let (id, _) = engine.submit(r).unwrap();
     (*engine.wait(id, |_| {}).unwrap().audio).clone()
 }
