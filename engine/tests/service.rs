@@ -189,3 +189,26 @@ fn a_preview_scores_only_the_start() {
         "a preview's analysis must not stand in for the full one"
     );
 }
+
+#[test]
+fn cached_music_is_served_at_once_on_the_callers_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = video(dir.path(), "v.mp4", 3.0);
+    let eng = engine(dir.path());
+    let mut r = Request::new(&v);
+    r.chunk_frames = 4800;
+    assert!(eng.submit_cached(&r).is_none(), "nothing is cached yet");
+    let (id, _) = eng.submit(r.clone()).unwrap();
+    let made = eng.wait(id, |_| {}).unwrap();
+    let (_, mut reader) = eng.submit_cached(&r).expect("cached after the first run");
+    let mut left = Vec::new();
+    while let Some(c) = reader.pop() {
+        assert_eq!(c.start as usize, left.len());
+        left.extend_from_slice(&c.left);
+        reader.retire(c).unwrap();
+    }
+    assert_eq!(left, made.audio.channels[0]);
+    let mut other = r.clone();
+    other.seed = 99;
+    assert!(eng.submit_cached(&other).is_none());
+}

@@ -229,6 +229,21 @@ impl MainThread<'_> {
             ));
         }
         req.chunk_frames = chunk_frames;
+        // Music made before (a reopened project) plays at once.
+        if let Some(engine) = inner.engine.as_ref()
+            && let Some((id, reader)) = engine.submit_cached(&req)
+        {
+            let take = Box::new(Take {
+                request: id,
+                reader,
+                chunk_frames,
+                total_frames: total,
+                bpm,
+                preview: false,
+            });
+            self.hand_over(inner, take);
+            return;
+        }
         // A long video gets a quick preview of its start first, so music
         // plays within a second; the full piece replaces it at a bar line.
         // A bounce needs the full piece only.
@@ -276,6 +291,10 @@ impl MainThread<'_> {
             bpm,
             preview,
         });
+        self.hand_over(inner, take);
+    }
+
+    fn hand_over(&self, inner: &mut Inner, take: Box<Take>) {
         if let Some(link) = inner.link.as_mut()
             && link.takes.push(take).is_err()
         {
@@ -506,6 +525,7 @@ impl<'a> PluginAudioProcessor<'a, Shared<'a>, MainThread<'a>> for Processor<'a> 
         self.player.poll();
         let frames = audio.frames_count() as usize;
         let (playing, start) = self.position(&process);
+        self.player.catch_up(start, frames);
         self.follow_tempo(&process, frames);
         if let Some(bar) = self.next_bar(&process, start) {
             self.player.schedule(bar);

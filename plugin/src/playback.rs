@@ -43,7 +43,11 @@ const DRAIN_PER_POLL: usize = 32;
 
 impl Loaded {
     fn drain(&mut self) {
-        for _ in 0..DRAIN_PER_POLL {
+        self.drain_up_to(DRAIN_PER_POLL);
+    }
+
+    fn drain_up_to(&mut self, max: usize) {
+        for _ in 0..max {
             let Some(chunk) = self.take.reader.pop() else {
                 break;
             };
@@ -244,6 +248,17 @@ impl Player {
         }
         if let Some(n) = self.next.as_mut() {
             n.drain();
+        }
+    }
+
+    /// Takes in everything waiting when the block at `start` would
+    /// otherwise miss music that has already arrived (a take served whole
+    /// from the cache, played far from its start).
+    pub fn catch_up(&mut self, start: i64, len: usize) {
+        if let Some(c) = self.current.as_mut()
+            && !c.ready(start, len)
+        {
+            c.drain_up_to(usize::MAX);
         }
     }
 

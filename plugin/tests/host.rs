@@ -120,3 +120,44 @@ fn realtime_playback_never_waits_and_fills_in_as_music_arrives() {
     }
     inst.deactivate(proc.stop_processing());
 }
+
+#[test]
+fn a_reopened_project_plays_at_once_from_the_cache() {
+    let (_, video) = fixture();
+    let want = expected(video, 21, 48_000);
+    let config = PluginAudioConfiguration {
+        sample_rate: 48_000.0,
+        min_frames_count: 1,
+        max_frames_count: 512,
+    };
+    // The first session makes the music (a bounce waits for it).
+    let mut first = instance();
+    load_state(&mut first, &state_json(video, 21));
+    set_offline(&mut first);
+    let mut proc = first
+        .activate(|_, _| (), config)
+        .unwrap()
+        .start_processing()
+        .unwrap();
+    let mut d = Driver::new(512);
+    d.block(&mut proc, 2.5, 512, true);
+    first.deactivate(proc.stop_processing());
+    let saved = save_state(&mut first);
+    drop(first);
+
+    // Reopened, realtime: the very first block, deep into the piece,
+    // already plays the music.
+    let mut again = instance();
+    load_state(&mut again, &saved);
+    let mut proc = again
+        .activate(|_, _| (), config)
+        .unwrap()
+        .start_processing()
+        .unwrap();
+    let got = d.block(&mut proc, 2.5, 512, true);
+    assert!(
+        assert_plays(got, &want, 120_000, "reopened") > 0,
+        "silent after reopening"
+    );
+    again.deactivate(proc.stop_processing());
+}

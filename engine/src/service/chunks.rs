@@ -16,6 +16,28 @@ impl AudioChunk {
     pub fn frames(&self) -> usize {
         self.left.len()
     }
+
+    /// Frames `[start, start + n)` of `audio` (fewer at the end); mono is
+    /// doubled to stereo.
+    pub(crate) fn cut(
+        request: u64,
+        audio: &crate::audio::Audio,
+        start: usize,
+        n: usize,
+    ) -> Arc<Self> {
+        let end = (start + n).min(audio.len());
+        let ch = |c: usize| {
+            audio.channels[c.min(audio.channels.len() - 1)][start..end]
+                .to_vec()
+                .into_boxed_slice()
+        };
+        Arc::new(Self {
+            request,
+            start: start as u64,
+            left: ch(0),
+            right: ch(1),
+        })
+    }
 }
 
 /// The consuming end of a request's chunk ring. `pop` and `retire` never

@@ -164,6 +164,10 @@ impl Default for EngineConfig {
     }
 }
 
+/// Return rings of takes served from the cache on a client's thread,
+/// handed to the engine thread to drain: it frees what readers retire.
+pub(crate) type Adopted = Arc<Mutex<Vec<rtrb::Consumer<Arc<AudioChunk>>>>>;
+
 pub(crate) struct Job {
     pub id: u64,
     pub request: Request,
@@ -183,15 +187,20 @@ pub struct Engine {
     /// `submit`/`cancel` on the control thread, read by the worker through
     /// its own `Arc`; the lock is never taken on a real-time thread.
     pending: Mutex<Vec<(u64, Arc<AtomicBool>)>>,
+    cache: Option<AudioCache>,
+    adopted: Adopted,
 }
 
 impl Engine {
     pub fn start(config: EngineConfig) -> Result<Self> {
         let (job_tx, job_rx) = unbounded::<Job>();
         let (ev_tx, ev_rx) = unbounded::<Event>();
+        let cache = config.cache_dir.clone().map(AudioCache::new);
+        let adopted: Adopted = Arc::default();
+        let worker_adopted = adopted.clone();
         let thread = std::thread::Builder::new()
             .name("vidmusician-engine".into())
-            .spawn(move || worker::run(config, job_rx, ev_tx))
+            .spawn(move || worker::run(config, job_rx, ev_tx, worker_adopted))
             .map_err(|e| Error::InvalidSetting(format!("cannot start the engine thread: {e}")))?;
         Ok(Self {
             jobs: Some(job_tx),
@@ -199,7 +208,35 @@ impl Engine {
             thread: Some(thread),
             next_id: AtomicU64::new(1),
             pending: Mutex::new(Vec::new()),
+            cache,
+            adopted,
         })
+    }
+
+    /// Serves `request` from the disk cache on the calling thread, when the
+    /// piece is there: the reader comes back already holding every chunk,
+    /// so a reopened project (or a host that bounces without saying so)
+    /// plays at once. `None` when it is not cached; then [`Self::submit`].
+    pub fn submit_cached(&self, request: &Request) -> Option<(u64, ChunkReader)> {
+        validate(request).ok()?;
+        let cache = self.cache.as_ref()?;
+        // Only the sketch engine exists so far; `auto` resolves to it.
+        let key = cache_key(request, EngineChoice::Sketch.as_str()).ok()?;
+        let (audio, _) = cache.get(&key)?;
+        if audio.sample_rate != request.sample_rate || audio.is_empty() {
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let n = request.chunk_frames;
+        let count = audio.len().div_ceil(n);
+        let (mut tx, rx) = rtrb::RingBuffer::new(count + 1);
+        let (rtx, rrx) = rtrb::RingBuffer::new(count + 1);
+        for k in 0..count {
+            // Cannot be full: the ring has a slot per chunk.
+            let _ = tx.push(AudioChunk::cut(id, &audio, k * n, n));
+        }
+        self.adopted.lock().push(rrx);
+        Some((id, ChunkReader::new(rx, rtx)))
     }
 
     /// Queues a request. Returns its id and, when `max_chunks > 0`, the

@@ -7,8 +7,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::{
-    AudioCache, AudioChunk, CacheMeta, EngineChoice, EngineConfig, Event, Finished, Job, Stage,
-    cache_key,
+    Adopted, AudioCache, AudioChunk, CacheMeta, EngineChoice, EngineConfig, Event, Finished, Job,
+    Stage, cache_key,
 };
 use crate::analysis::{Analysis, StatsEncoder, analyze_until};
 use crate::audio::{Audio, resample};
@@ -18,7 +18,12 @@ use crate::sketch::{SketchSettings, compose};
 /// How often retired chunks are collected while idle.
 const COLLECT_EVERY: Duration = Duration::from_millis(50);
 
-pub(super) fn run(config: EngineConfig, jobs: Receiver<Job>, events: Sender<Event>) {
+pub(super) fn run(
+    config: EngineConfig,
+    jobs: Receiver<Job>,
+    events: Sender<Event>,
+    adopted: Adopted,
+) {
     let cache = config.cache_dir.map(AudioCache::new);
     // Rings of finished requests whose reader may still hand chunks back.
     let mut retired_rings: Vec<rtrb::Consumer<Arc<AudioChunk>>> = Vec::new();
@@ -29,6 +34,7 @@ pub(super) fn run(config: EngineConfig, jobs: Receiver<Job>, events: Sender<Even
         let job = match jobs.recv_timeout(COLLECT_EVERY) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
+                retired_rings.append(&mut adopted.lock());
                 collect(&mut retired_rings);
                 continue;
             }
@@ -66,6 +72,7 @@ pub(super) fn run(config: EngineConfig, jobs: Receiver<Job>, events: Sender<Even
             retired_rings.push(r);
         }
         let _ = events.send(event);
+        retired_rings.append(&mut adopted.lock());
         collect(&mut retired_rings);
     }
 }
@@ -195,17 +202,7 @@ fn publish(
     let mut start = 0usize;
     while start < audio.len() {
         let end = (start + n).min(audio.len());
-        let ch = |c: usize| {
-            audio.channels[c.min(audio.channels.len() - 1)][start..end]
-                .to_vec()
-                .into_boxed_slice()
-        };
-        let mut chunk = Arc::new(AudioChunk {
-            request: job.id,
-            start: start as u64,
-            left: ch(0),
-            right: ch(1),
-        });
+        let mut chunk = AudioChunk::cut(job.id, audio, start, n);
         loop {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
