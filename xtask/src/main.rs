@@ -28,6 +28,10 @@ const PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
 ];
 
+/// What the tests need beyond the build: a real DAW that hosts the VST3
+/// build headless.
+const TEST_PACKAGES: &[&str] = &["ardour"];
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (task, rest) = args
@@ -41,6 +45,7 @@ fn main() -> Result<()> {
         }
         "test" => {
             setup()?;
+            install(TEST_PACKAGES)?;
             test(rest)
         }
         "bench" => {
@@ -112,14 +117,18 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn setup() -> Result<()> {
+    install(PACKAGES)
+}
+
+fn install(packages: &[&str]) -> Result<()> {
     if !is_debian_like() {
         eprintln!(
             "xtask: not Debian/Ubuntu; make sure these (or your system's equivalents) are installed:\n  {}",
-            PACKAGES.join(" ")
+            packages.join(" ")
         );
         return Ok(());
     }
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
