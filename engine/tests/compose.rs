@@ -208,3 +208,38 @@ fn the_prompt_steers_energy_and_mood() {
     assert!(score("dark and tense").minor);
     assert!(!score("bright happy commercial").minor);
 }
+
+#[test]
+fn rhythm_strength_scales_the_accents_on_cuts() {
+    let (a, _) = analysed(6.0, 25, vec![1.2, 2.6, 4.1], 8);
+    use vidmusician_engine::sketch::{Inst, Style};
+    let impacts = |strength: f32| {
+        let style = Style {
+            accents: strength,
+            ..Style::default()
+        };
+        let s = vidmusician_engine::sketch::arrange(&a, 100.0, None, 1, &style);
+        s.notes
+            .iter()
+            .filter(|n| n.inst == Inst::Impact)
+            .map(|n| n.vel)
+            .collect::<Vec<f32>>()
+    };
+    let full = impacts(1.0);
+    assert_eq!(full.len(), a.cuts.len());
+    let half = impacts(0.5);
+    for (h, f) in half.iter().zip(&full) {
+        assert!((h - f * 0.5).abs() < 1e-6);
+    }
+    assert!(impacts(0.0).is_empty());
+    let bad = compose(
+        &a,
+        &SketchSettings {
+            rhythm_strength: 1.5,
+            ..Default::default()
+        },
+        &AtomicBool::new(false),
+        &mut |_| {},
+    );
+    assert!(bad.is_err());
+}

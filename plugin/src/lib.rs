@@ -215,6 +215,7 @@ impl MainThread<'_> {
         req.sample_rate = rate.round() as u32;
         req.seed = self.shared.params.get(ParamId::Seed) as u64;
         req.prompt = inner.prompt.clone();
+        req.rhythm_strength = self.shared.params.get(ParamId::RhythmStrength) as f32;
         req.engine = match self.shared.params.get(ParamId::Engine) as usize {
             1 => EngineChoice::Sketch,
             _ => EngineChoice::Auto,

@@ -13,6 +13,7 @@ pub enum ParamId {
     VideoOffset = 2,
     Engine = 3,
     FollowTempo = 4,
+    RhythmStrength = 5,
 }
 
 pub struct ParamSpec {
@@ -28,7 +29,7 @@ pub struct ParamSpec {
     pub regenerates: bool,
 }
 
-pub const PARAMS: [ParamSpec; 5] = [
+pub const PARAMS: [ParamSpec; 6] = [
     ParamSpec {
         id: ParamId::Gain,
         name: "Output gain",
@@ -76,6 +77,16 @@ pub const PARAMS: [ParamSpec; 5] = [
         max: 1.0,
         default: 1.0,
         stepped: true,
+        unit: "",
+        regenerates: true,
+    },
+    ParamSpec {
+        id: ParamId::RhythmStrength,
+        name: "Rhythm strength",
+        min: 0.0,
+        max: 1.0,
+        default: 1.0,
+        stepped: false,
         unit: "",
         regenerates: true,
     },

@@ -119,6 +119,10 @@ struct ComposeArgs {
     /// energy, mood and pace.
     #[arg(long, default_value = "")]
     prompt: String,
+    /// How strongly the music marks the cuts: 0 (no accents) to 1 (an
+    /// impact and a crash on every cut).
+    #[arg(long, default_value_t = 1.0, value_name = "0..1")]
+    rhythm_strength: f32,
     /// Random seed: the same video, settings and seed give the same music;
     /// another seed gives another piece.
     #[arg(long, default_value_t = 0)]
@@ -218,6 +222,7 @@ fn compose(a: ComposeArgs) -> Result<()> {
     req.tempo = a.bpm;
     req.seed = a.seed;
     req.prompt = a.prompt.clone();
+    req.rhythm_strength = a.rhythm_strength;
     req.sample_rate = a.sample_rate;
     req.range = range;
     req.engine = match a.engine {

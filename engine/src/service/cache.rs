@@ -124,6 +124,7 @@ pub fn cache_key(request: &Request, engine: &str) -> Result<String> {
     h.update(&request.downbeat.unwrap_or(f64::NAN).to_le_bytes());
     h.update(&request.preview_until.unwrap_or(f64::NAN).to_le_bytes());
     h.update(&request.seed.to_le_bytes());
+    h.update(&request.rhythm_strength.to_le_bytes());
     h.update(&(request.prompt.len() as u64).to_le_bytes());
     h.update(request.prompt.as_bytes());
     h.update(&request.sample_rate.to_le_bytes());

@@ -63,6 +63,8 @@ pub struct Request {
     pub downbeat: Option<f64>,
     /// What the music should be like, in words.
     pub prompt: String,
+    /// How strongly the music marks the cuts, 0–1.
+    pub rhythm_strength: f32,
     /// Analyse and score only the first seconds: a quick preview of a long
     /// video, to be replaced by the full piece.
     pub preview_until: Option<f64>,
@@ -87,6 +89,7 @@ impl Request {
             tempo: None,
             downbeat: None,
             prompt: String::new(),
+            rhythm_strength: 1.0,
             preview_until: None,
             engine: EngineChoice::Auto,
             seed: 0,
@@ -361,6 +364,12 @@ fn validate(r: &Request) -> Result<()> {
         && !(u.is_finite() && u > 0.0)
     {
         return Err(Error::InvalidSetting(format!("preview of {u} s")));
+    }
+    if !(0.0..=1.0).contains(&r.rhythm_strength) {
+        return Err(Error::InvalidSetting(format!(
+            "rhythm strength {} (expected 0–1)",
+            r.rhythm_strength
+        )));
     }
     if r.prompt.len() > 4096 {
         return Err(Error::InvalidSetting(format!(

@@ -144,6 +144,7 @@ fn process(
         bpm: req.tempo,
         downbeat: req.downbeat,
         style: crate::sketch::Style::from_prompt(&req.prompt),
+        rhythm_strength: req.rhythm_strength,
         seed: req.seed,
     };
     let comp = compose(&analysis, &settings, &cancel, &mut |f| {

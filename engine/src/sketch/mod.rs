@@ -27,7 +27,7 @@ pub const TARGET_LUFS: f64 = -14.0;
 pub const CEILING_DBTP: f64 = -1.0;
 pub const SAMPLE_RATE: u32 = 48_000;
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SketchSettings {
     /// Tempo; `None` picks the tempo that lands cuts on beats.
     pub bpm: Option<f64>,
@@ -37,6 +37,21 @@ pub struct SketchSettings {
     pub seed: u64,
     /// What the prompt asks for.
     pub style: Style,
+    /// How strongly the cuts are marked: 0 writes no accents on them, 1 the
+    /// full impact and crash.
+    pub rhythm_strength: f32,
+}
+
+impl Default for SketchSettings {
+    fn default() -> Self {
+        Self {
+            bpm: None,
+            downbeat: None,
+            seed: 0,
+            style: Style::default(),
+            rhythm_strength: 1.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +92,12 @@ pub fn compose(
         && !d.is_finite()
     {
         return Err(Error::InvalidSetting(format!("downbeat at {d} s")));
+    }
+    if !(0.0..=1.0).contains(&settings.rhythm_strength) {
+        return Err(Error::InvalidSetting(format!(
+            "rhythm strength {} (expected 0–1)",
+            settings.rhythm_strength
+        )));
     }
     let score = arrange(
         analysis,

@@ -343,10 +343,11 @@ pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64, style: 
     // Accents exactly on the cuts: a crash and an impact, louder for
     // stronger cuts and at section changes.
     let mut accents = Vec::new();
-    for c in &a.cuts {
+    for c in a.cuts.iter().filter(|_| style.accents > 0.0) {
         let section_change = bounds.iter().any(|&b| (b - c.time).abs() < 1e-9);
-        let vel =
-            (0.7 + 0.3 * c.strength.min(1.0)).min(1.0) * if section_change { 1.0 } else { 0.85 };
+        let vel = style.accents
+            * (0.7 + 0.3 * c.strength.min(1.0)).min(1.0)
+            * if section_change { 1.0 } else { 0.85 };
         notes.push(Note {
             inst: Inst::Impact,
             time: c.time,

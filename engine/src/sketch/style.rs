@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Style {
     /// −1 (calm) … 1 (driving): shifts the arrangement's intensity.
     pub energy: f32,
@@ -12,6 +12,19 @@ pub struct Style {
     pub minor: Option<bool>,
     /// BPM added to the preferred tempo when the engine picks it.
     pub tempo_shift: f64,
+    /// Strength of the accents on cuts, 0–1.
+    pub accents: f32,
+}
+
+impl Default for Style {
+    fn default() -> Self {
+        Self {
+            energy: 0.0,
+            minor: None,
+            tempo_shift: 0.0,
+            accents: 1.0,
+        }
+    }
 }
 
 const CALM: &[&str] = &[
@@ -94,6 +107,7 @@ impl Style {
                 std::cmp::Ordering::Equal => None,
             },
             tempo_shift: f64::from(energy) * 25.0,
+            accents: 1.0,
         }
     }
 }
