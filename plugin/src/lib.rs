@@ -105,6 +105,7 @@ impl DefaultPluginFactory for VidMusician {
                 cache_key: None,
                 link: None,
                 sample_rate: None,
+                has_music: false,
             }),
         })
     }
@@ -143,6 +144,10 @@ struct Inner {
     /// The rings to the active audio processor.
     link: Option<Link>,
     sample_rate: Option<f64>,
+    /// A take has gone to the active processor: regenerations then keep the
+    /// old music playing until the new take is whole, rather than going
+    /// through a preview that could run out mid-song.
+    has_music: bool,
 }
 
 struct Link {
@@ -249,7 +254,7 @@ impl MainThread<'_> {
         // plays within a second; the full piece replaces it at a bar line.
         // A bounce needs the full piece only.
         let offline = self.shared.offline.load(Ordering::Acquire);
-        if !offline && info.duration > PREVIEW_S * 1.5 {
+        if !offline && !inner.has_music && info.duration > PREVIEW_S * 1.5 {
             let mut preview = req.clone();
             preview.preview_until = Some(PREVIEW_S);
             preview.supersede = true;
@@ -296,10 +301,12 @@ impl MainThread<'_> {
     }
 
     fn hand_over(&self, inner: &mut Inner, take: Box<Take>) {
-        if let Some(link) = inner.link.as_mut()
-            && link.takes.push(take).is_err()
-        {
-            eprintln!("VidMusician: the audio thread is not taking new music; try again");
+        if let Some(link) = inner.link.as_mut() {
+            if link.takes.push(take).is_err() {
+                eprintln!("VidMusician: the audio thread is not taking new music; try again");
+            } else {
+                inner.has_music = true;
+            }
         }
     }
 }
@@ -586,6 +593,7 @@ impl<'a> PluginAudioProcessor<'a, Shared<'a>, MainThread<'a>> for Processor<'a> 
         let mut inner = main_thread.inner.lock();
         inner.link = None;
         inner.sample_rate = None;
+        inner.has_music = false;
         // `self` (the player and its chunks) is dropped here, on the main
         // thread.
     }
