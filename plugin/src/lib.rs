@@ -565,24 +565,10 @@ impl<'a> PluginAudioProcessor<'a, Shared<'a>, MainThread<'a>> for Processor<'a> 
                 ChannelPair::InPlace(buf) => Some(buf),
             };
         }
-        if let [Some(l), Some(r)] = outs {
-            if playing {
-                // Gain changes ramp over the block in steps of 32 frames.
-                let mut done = 0;
-                let steps = frames.div_ceil(32).max(1);
-                for s in 0..steps {
-                    let a = s * 32;
-                    let b = ((s + 1) * 32).min(frames);
-                    if a >= b {
-                        break;
-                    }
-                    let g = self.gain + (target - self.gain) * (s + 1) as f32 / steps as f32;
-                    self.player
-                        .mix_into(start + a as i64, g, &mut l[a..b], &mut r[a..b]);
-                    done = b;
-                }
-                debug_assert_eq!(done, frames);
-            }
+        if let [Some(l), Some(r)] = outs
+            && playing
+        {
+            self.play(start, target, l, r);
         }
         self.gain = target;
         self.free_running += frames as i64;
@@ -600,6 +586,19 @@ impl<'a> PluginAudioProcessor<'a, Shared<'a>, MainThread<'a>> for Processor<'a> 
 }
 
 impl Processor<'_> {
+    /// Adds the music from piece frame `start` into the block, the gain
+    /// ramping from the last block's to `target` in steps of 32 frames.
+    fn play(&mut self, start: i64, target: f32, l: &mut [f32], r: &mut [f32]) {
+        let frames = l.len().min(r.len());
+        let steps = frames.div_ceil(32).max(1);
+        for s in 0..steps {
+            let (a, b) = (s * 32, ((s + 1) * 32).min(frames));
+            let g = self.gain + (target - self.gain) * (s + 1) as f32 / steps as f32;
+            self.player
+                .mix_into(start + a as i64, g, &mut l[a..b], &mut r[a..b]);
+        }
+    }
+
     /// Watches the host's tempo; once a new one has settled, publishes it
     /// (with the bar grid) and asks the main thread for music at it.
     fn follow_tempo(&mut self, process: &Process, frames: usize) {
