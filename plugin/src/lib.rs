@@ -150,6 +150,17 @@ struct Inner {
     has_music: bool,
 }
 
+/// Where a take's music comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The disk cache, whole, at once.
+    Cache,
+    /// The engine, the first seconds only.
+    Preview,
+    /// The engine, the whole piece.
+    Engine,
+}
+
 struct Link {
     takes: rtrb::Producer<Box<Take>>,
     returned: rtrb::Consumer<Box<Take>>,
@@ -236,18 +247,7 @@ impl MainThread<'_> {
         }
         req.chunk_frames = chunk_frames;
         // Music made before (a reopened project) plays at once.
-        if let Some(engine) = inner.engine.as_ref()
-            && let Some((id, reader)) = engine.submit_cached(&req)
-        {
-            let take = Box::new(Take {
-                request: id,
-                reader,
-                chunk_frames,
-                total_frames: total,
-                bpm,
-                preview: false,
-            });
-            self.hand_over(inner, take);
+        if self.submit_take(inner, req.clone(), total, bpm, Source::Cache) {
             return;
         }
         // A long video gets a quick preview of its start first, so music
@@ -259,35 +259,41 @@ impl MainThread<'_> {
             preview.preview_until = Some(PREVIEW_S);
             preview.supersede = true;
             let frames = (PREVIEW_S * rate).round() as u64;
-            self.submit_take(inner, preview, frames, bpm, true);
+            self.submit_take(inner, preview, frames, bpm, Source::Preview);
             req.supersede = false;
         } else {
             req.supersede = true;
         }
-        self.submit_take(inner, req, total, bpm, false);
+        self.submit_take(inner, req, total, bpm, Source::Engine);
     }
 
-    /// Submits `req` and hands its take (`total` frames) to the audio thread.
+    /// Gets `req`'s music from `source` and hands its take (`total` frames)
+    /// to the audio thread; true when a take was handed over.
     fn submit_take(
         &self,
         inner: &mut Inner,
         mut req: Request,
         total: u64,
         bpm: Option<f64>,
-        preview: bool,
-    ) {
+        source: Source,
+    ) -> bool {
         let Some(engine) = inner.engine.as_ref() else {
-            return;
+            return false;
         };
         req.max_chunks = (total as usize).div_ceil(req.chunk_frames) + 1;
         let chunk_frames = req.chunk_frames;
-        let (id, reader) = match engine.submit(req) {
-            Ok((id, Some(reader))) => (id, reader),
-            Ok((_, None)) => return,
-            Err(e) => {
-                eprintln!("VidMusician: {e}");
-                return;
-            }
+        let got = match source {
+            Source::Cache => engine.submit_cached(&req),
+            Source::Preview | Source::Engine => match engine.submit(req) {
+                Ok((id, reader)) => reader.map(|r| (id, r)),
+                Err(e) => {
+                    eprintln!("VidMusician: {e}");
+                    None
+                }
+            },
+        };
+        let Some((id, reader)) = got else {
+            return false;
         };
         let take = Box::new(Take {
             request: id,
@@ -295,19 +301,21 @@ impl MainThread<'_> {
             chunk_frames,
             total_frames: total,
             bpm,
-            preview,
+            preview: source == Source::Preview,
         });
-        self.hand_over(inner, take);
+        self.hand_over(inner, take)
     }
 
-    fn hand_over(&self, inner: &mut Inner, take: Box<Take>) {
-        if let Some(link) = inner.link.as_mut() {
-            if link.takes.push(take).is_err() {
-                eprintln!("VidMusician: the audio thread is not taking new music; try again");
-            } else {
-                inner.has_music = true;
-            }
+    fn hand_over(&self, inner: &mut Inner, take: Box<Take>) -> bool {
+        let Some(link) = inner.link.as_mut() else {
+            return false;
+        };
+        if link.takes.push(take).is_err() {
+            eprintln!("VidMusician: the audio thread is not taking new music; try again");
+            return false;
         }
+        inner.has_music = true;
+        true
     }
 }
 

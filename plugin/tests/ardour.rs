@@ -4,23 +4,17 @@
 //! export does not switch plugins to offline mode, so this also shows that
 //! music made before (the disk cache) plays from the first block.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::built_library;
 use vidmusician_engine::service::{Engine, EngineConfig, Request};
 use vidmusician_engine::video::synth::{SynthSpec, write_video};
 
 const RATE: u32 = 48_000;
 const SECONDS: u32 = 4;
-
-fn built_library() -> PathBuf {
-    let deps = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    deps.join("libvidmusician_plugin.so")
-}
 
 /// Ardour's VST3 scanner (not on PATH; Debian keeps it with the libraries).
 fn scanner() -> Option<PathBuf> {

@@ -3,26 +3,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use assert_no_alloc::AllocDisabler;
 use clack_host::prelude::*;
 use common::*;
 
 #[global_allocator]
 static ALLOCATOR: AllocDisabler = AllocDisabler;
-
-/// The plugin's cdylib, which cargo builds beside this test's executable.
-fn built_library() -> PathBuf {
-    let deps = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let lib = deps.join("libvidmusician_plugin.so");
-    assert!(lib.exists(), "{} not built", lib.display());
-    lib
-}
 
 #[test]
 fn the_clap_file_loads_plays_and_keeps_state() {

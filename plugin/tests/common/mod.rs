@@ -57,6 +57,18 @@ pub fn fixture() -> &'static (tempfile::TempDir, PathBuf) {
     })
 }
 
+/// The plugin's cdylib, which cargo builds beside the test executables.
+pub fn built_library() -> PathBuf {
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let lib = deps.join("libvidmusician_plugin.so");
+    assert!(lib.exists(), "{} not built", lib.display());
+    lib
+}
+
 /// The plugin compiled into this test binary.
 pub fn in_process_entry() -> PluginEntry {
     PluginEntry::load_from_clack::<SinglePluginEntry<VidMusician>>(c"/tmp/VidMusician.clap")
