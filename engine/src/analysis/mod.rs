@@ -41,6 +41,9 @@ pub struct Analysis {
     pub rhythm_50hz: Vec<f32>,
     /// Motion energy at 25 fps (rhythm curve without cut spikes, smoothed).
     pub motion: Vec<f32>,
+    /// The motion energy's 90th percentile, which [`Analysis::motion_at`]
+    /// scales to 1.
+    pub motion_p90: f32,
     pub cuts: Vec<Cut>,
     /// One global vector per second.
     pub global: Vec<Vec<f32>>,
@@ -67,17 +70,7 @@ impl Analysis {
     pub fn motion_at(&self, t: f64) -> f32 {
         let i = ((t * LOCAL_FPS) as usize).min(self.motion.len().saturating_sub(1));
         let m = self.motion.get(i).copied().unwrap_or(0.0);
-        m / self.motion_scale()
-    }
-
-    fn motion_scale(&self) -> f32 {
-        let mut v = self.motion.clone();
-        if v.is_empty() {
-            return 1.0;
-        }
-        let k = (v.len() * 9 / 10).min(v.len() - 1);
-        let (_, p90, _) = v.select_nth_unstable_by(k, f32::total_cmp);
-        p90.max(1e-4)
+        m / self.motion_p90
     }
 
     /// Global vector of the second containing `t`.
@@ -150,6 +143,15 @@ pub fn from_curve(info: VideoInfo, encoder: &str, d: Vec<f32>, global: Vec<Vec<f
     };
     let cuts = detect_cuts(&d, LOCAL_FPS, &CutConfig::default());
     let motion = motion_energy(&d, &cuts, LOCAL_FPS, 0.5);
+    let motion_p90 = {
+        let mut v = motion.clone();
+        let k = (v.len() * 9 / 10).min(v.len().saturating_sub(1));
+        if v.is_empty() {
+            1.0
+        } else {
+            v.select_nth_unstable_by(k, f32::total_cmp).1.max(1e-4)
+        }
+    };
     let rhythm_50hz = resample_linear(&d, LOCAL_FPS, CURVE_HZ, duration);
     let mean = |k: usize| {
         if global.is_empty() {
@@ -189,6 +191,7 @@ pub fn from_curve(info: VideoInfo, encoder: &str, d: Vec<f32>, global: Vec<Vec<f
         rhythm_25fps: d,
         rhythm_50hz,
         motion,
+        motion_p90,
         cuts,
         global,
         summary,
