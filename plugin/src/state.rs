@@ -10,6 +10,8 @@ use crate::params::{PARAMS, ParamValues};
 pub const STATE_VERSION: u32 = 1;
 /// Larger states are not ours: refuse them before parsing.
 pub const MAX_STATE_BYTES: usize = 1 << 20;
+/// The engine takes prompts up to this length; a longer saved one is cut.
+pub use vidmusician_engine::service::MAX_PROMPT_BYTES;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct SavedState {
@@ -66,6 +68,14 @@ impl SavedState {
                 s.version
             ));
         }
+        let mut s = s;
+        if s.prompt.len() > MAX_PROMPT_BYTES {
+            let mut cut = MAX_PROMPT_BYTES;
+            while !s.prompt.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            s.prompt.truncate(cut);
+        }
         Ok(s)
     }
 
@@ -108,6 +118,14 @@ mod tests {
         assert!(SavedState::from_bytes(&[0xff; 64]).is_err());
         assert!(SavedState::from_bytes(br#"{"version": 99}"#).is_err());
         assert!(SavedState::from_bytes(&vec![b' '; MAX_STATE_BYTES + 1]).is_err());
+        // An overlong prompt is cut to what the engine takes, on a
+        // character boundary.
+        let long = format!(
+            r#"{{"version":1,"video":null,"prompt":"{}"}}"#,
+            "é".repeat(5000)
+        );
+        let s = SavedState::from_bytes(long.as_bytes()).unwrap();
+        assert!(s.prompt.len() <= MAX_PROMPT_BYTES && s.prompt.len() > MAX_PROMPT_BYTES - 4);
         // Out-of-range and unknown parameters are tamed, not trusted.
         let s = SavedState::from_bytes(
             br#"{"version":1,"video":null,"params":[[0,1e300],[77,1.0],[1,-5]]}"#,

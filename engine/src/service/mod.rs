@@ -31,6 +31,9 @@ use crate::analysis::Analysis;
 use crate::audio::{Audio, LoudnessReport};
 use crate::error::{Error, Result};
 
+/// The longest prompt a request takes.
+pub const MAX_PROMPT_BYTES: usize = 4096;
+
 /// Which engine writes the music.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -371,9 +374,9 @@ fn validate(r: &Request) -> Result<()> {
             r.rhythm_strength
         )));
     }
-    if r.prompt.len() > 4096 {
+    if r.prompt.len() > MAX_PROMPT_BYTES {
         return Err(Error::InvalidSetting(format!(
-            "prompt of {} bytes (at most 4096)",
+            "prompt of {} bytes (at most {MAX_PROMPT_BYTES})",
             r.prompt.len()
         )));
     }
