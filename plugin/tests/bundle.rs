@@ -23,13 +23,7 @@ fn the_clap_file_loads_plays_and_keeps_state() {
     load_state(&mut inst, &state_json(video, 11));
     set_offline(&mut inst);
     let saved = save_state(&mut inst);
-    let config = PluginAudioConfiguration {
-        sample_rate: 48_000.0,
-        min_frames_count: 1,
-        max_frames_count: 1024,
-    };
-    let stopped = inst.activate(|_, _| (), config).unwrap();
-    let mut proc = stopped.start_processing().unwrap();
+    let mut proc = start(&mut inst, 48_000.0, 1024);
     let mut d = Driver::new(1024);
     let mut sounding = 0;
     for k in 0..60 {

@@ -3,7 +3,6 @@
 mod common;
 
 use assert_no_alloc::AllocDisabler;
-use clack_host::prelude::*;
 use common::*;
 
 #[global_allocator]
@@ -17,13 +16,7 @@ fn plays_the_music_at_every_block_size_and_rate_and_after_seeks() {
         let mut inst = instance();
         load_state(&mut inst, &state_json(video, 3));
         set_offline(&mut inst);
-        let config = PluginAudioConfiguration {
-            sample_rate: f64::from(rate),
-            min_frames_count: 1,
-            max_frames_count: 4096,
-        };
-        let stopped = inst.activate(|_, _| (), config).unwrap();
-        let mut proc = stopped.start_processing().unwrap();
+        let mut proc = start(&mut inst, f64::from(rate), 4096);
         let mut d = Driver::new(4096);
         assert_no_alloc::reset_violation_count();
         let mut sounding = 0;
@@ -95,13 +88,7 @@ fn realtime_playback_never_waits_and_fills_in_as_music_arrives() {
     let want = expected(video, 5, 48_000);
     let mut inst = instance();
     load_state(&mut inst, &state_json(video, 5));
-    let config = PluginAudioConfiguration {
-        sample_rate: 48_000.0,
-        min_frames_count: 1,
-        max_frames_count: 512,
-    };
-    let stopped = inst.activate(|_, _| (), config).unwrap();
-    let mut proc = stopped.start_processing().unwrap();
+    let mut proc = start(&mut inst, 48_000.0, 512);
     let mut d = Driver::new(512);
     // A host plays on while the engine works: blocks come back at once,
     // silent until their music has arrived, then exactly the music.
@@ -125,20 +112,11 @@ fn realtime_playback_never_waits_and_fills_in_as_music_arrives() {
 fn a_reopened_project_plays_at_once_from_the_cache() {
     let (_, video) = fixture();
     let want = expected(video, 21, 48_000);
-    let config = PluginAudioConfiguration {
-        sample_rate: 48_000.0,
-        min_frames_count: 1,
-        max_frames_count: 512,
-    };
     // The first session makes the music (a bounce waits for it).
     let mut first = instance();
     load_state(&mut first, &state_json(video, 21));
     set_offline(&mut first);
-    let mut proc = first
-        .activate(|_, _| (), config)
-        .unwrap()
-        .start_processing()
-        .unwrap();
+    let mut proc = start(&mut first, 48_000.0, 512);
     let mut d = Driver::new(512);
     d.block(&mut proc, 2.5, 512, true);
     first.deactivate(proc.stop_processing());
@@ -149,11 +127,7 @@ fn a_reopened_project_plays_at_once_from_the_cache() {
     // already plays the music.
     let mut again = instance();
     load_state(&mut again, &saved);
-    let mut proc = again
-        .activate(|_, _| (), config)
-        .unwrap()
-        .start_processing()
-        .unwrap();
+    let mut proc = start(&mut again, 48_000.0, 512);
     let got = d.block(&mut proc, 2.5, 512, true);
     assert!(
         assert_plays(got, &want, 120_000, "reopened") > 0,

@@ -3,7 +3,6 @@
 
 mod common;
 
-use clack_host::prelude::*;
 use common::*;
 use vidmusician_engine::video::synth::{SynthSpec, write_video};
 
@@ -24,18 +23,6 @@ fn long_video() -> std::path::PathBuf {
         .clone()
 }
 
-fn activate(inst: &mut PluginInstance<TestHost>) -> StartedPluginAudioProcessor<TestHost> {
-    let config = PluginAudioConfiguration {
-        sample_rate: f64::from(RATE),
-        min_frames_count: 1,
-        max_frames_count: BLOCK as u32,
-    };
-    inst.activate(|_, _| (), config)
-        .unwrap()
-        .start_processing()
-        .unwrap()
-}
-
 #[test]
 fn the_preview_plays_first_and_the_full_piece_replaces_it() {
     let video = long_video();
@@ -47,7 +34,7 @@ fn the_preview_plays_first_and_the_full_piece_replaces_it() {
     );
     let mut inst = instance();
     load_state(&mut inst, &state_json(&video, 4));
-    let mut proc = activate(&mut inst);
+    let mut proc = start(&mut inst, f64::from(RATE), BLOCK);
     let mut d = Driver::new(BLOCK);
     // Looping the first second: the first music heard is the preview's.
     let first = loop {
@@ -86,7 +73,7 @@ fn a_bounce_is_of_the_full_piece_even_after_a_preview() {
     let mut inst = instance();
     load_state(&mut inst, &state_json(&video, 6));
     // Realtime first (a preview is asked for), then the host bounces.
-    let mut proc = activate(&mut inst);
+    let mut proc = start(&mut inst, f64::from(RATE), BLOCK);
     set_offline(&mut inst);
     let mut d = Driver::new(BLOCK);
     let mut f = 0usize;

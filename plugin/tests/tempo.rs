@@ -91,13 +91,7 @@ fn a_tempo_change_brings_a_new_take_in_on_the_next_bar() {
         video.to_str().unwrap()
     );
     load_state(&mut inst, state.as_bytes());
-    let config = PluginAudioConfiguration {
-        sample_rate: f64::from(RATE),
-        min_frames_count: 1,
-        max_frames_count: BLOCK as u32,
-    };
-    let stopped = inst.activate(|_, _| (), config).unwrap();
-    let mut proc = stopped.start_processing().unwrap();
+    let mut proc = start(&mut inst, f64::from(RATE), BLOCK);
     let mut d = Driver::new(BLOCK);
 
     // The host plays at 120 BPM: soon the whole pass is the 120 BPM take.

@@ -95,6 +95,24 @@ pub fn instance_of(entry: &PluginEntry) -> PluginInstance<TestHost> {
 }
 
 /// A state with `video` and `seed`, not following the host's tempo.
+/// Activates the plugin at `rate` for blocks of 1 to `max_block` frames
+/// and starts processing, as a host does before its first block.
+pub fn start(
+    inst: &mut PluginInstance<TestHost>,
+    rate: f64,
+    max_block: usize,
+) -> StartedPluginAudioProcessor<TestHost> {
+    let config = PluginAudioConfiguration {
+        sample_rate: rate,
+        min_frames_count: 1,
+        max_frames_count: max_block as u32,
+    };
+    inst.activate(|_, _| (), config)
+        .unwrap()
+        .start_processing()
+        .unwrap()
+}
+
 pub fn state_json(video: &Path, seed: u32) -> Vec<u8> {
     format!(
         r#"{{"version":1,"video":{:?},"params":[[1,{seed}],[4,0]]}}"#,
