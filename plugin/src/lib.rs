@@ -292,11 +292,10 @@ impl MainThread<'_> {
                 }
             },
         };
-        let Some((id, reader)) = got else {
+        let Some((_, reader)) = got else {
             return false;
         };
         let take = Box::new(Take {
-            request: id,
             reader,
             chunk_frames,
             total_frames: total,

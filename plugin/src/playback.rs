@@ -19,7 +19,6 @@ pub const MAX_SLOTS: usize = 8192;
 
 /// One generated piece on its way to the audio thread.
 pub struct Take {
-    pub request: u64,
     pub reader: ChunkReader,
     pub chunk_frames: usize,
     /// Length of the piece, frames at the host's rate.
