@@ -61,6 +61,25 @@ pub enum Error {
     Cancelled,
     #[error("the engine thread has stopped")]
     EngineGone,
+    #[error("{}: {reason}", path.display())]
+    ModelFile { path: PathBuf, reason: String },
+    #[error("{}: the model has no tensor `{name}`", path.display())]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("{}: tensor `{name}` has shape {found:?}, expected {expected:?}", path.display())]
+    TensorShape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("no {model} model is installed (looked in: {searched}); {hint}")]
+    NoModel {
+        model: String,
+        searched: String,
+        hint: String,
+    },
+    #[error("neural engine: {0}")]
+    Tensor(#[from] candle_core::Error),
 }
 
 impl Error {
@@ -78,6 +97,13 @@ impl Error {
             Error::NotFound(path.to_path_buf())
         } else {
             Error::io(path, e)
+        }
+    }
+
+    pub(crate) fn model_file(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
+        Error::ModelFile {
+            path: path.into(),
+            reason: reason.to_string(),
         }
     }
 

@@ -6,12 +6,14 @@
 //! - [`sketch`]: the embedded composer, driven by the analysis, no weights.
 //! - [`audio`]: WAV, resampling, loudness.
 //! - [`metrics`]: onsets, Beat Coverage / Beat Hit, cut hit rate.
+//! - [`neural`]: MusicGen on candle, loading Hugging Face checkpoints.
 //! - [`service`]: the engine thread that the CLI and the plugin both drive.
 
 pub mod analysis;
 pub mod audio;
 pub mod error;
 pub mod metrics;
+pub mod neural;
 pub mod service;
 pub mod sketch;
 pub mod video;

@@ -1,0 +1,347 @@
+//! The EnCodec decoder of MusicGen (32 kHz, mono): residual-quantizer lookup, a
+//! SEANet decoder (convolution, 2-layer LSTM, four upsampling stages with residual
+//! blocks, ELU) with weight-normed convolutions, trimming padding exactly as
+//! transformers does, so `n` code frames give exactly `n × hop` samples.
+
+use candle_core::{Device, Tensor};
+
+use super::config::EncodecConfig;
+use super::nn::embedding;
+use super::weights::Weights;
+use crate::Result;
+
+/// A weight-normed convolution's effective weight, `g · v / ‖v‖`, the norm taken over
+/// every dimension but the first (PyTorch's `weight_norm` with `dim=0`). Accepts both
+/// spellings transformers has saved: `parametrizations.weight.original0/1` and
+/// `weight_g/weight_v`.
+fn weight_normed(w: &Weights, shape: [usize; 3]) -> Result<Tensor> {
+    let g_shape = [shape[0], 1, 1];
+    let g = w.get_any(&g_shape, &["parametrizations.weight.original0", "weight_g"])?;
+    let v = w.get_any(&shape, &["parametrizations.weight.original1", "weight_v"])?;
+    let norm = v.sqr()?.sum_keepdim(2)?.sum_keepdim(1)?.sqrt()?;
+    Ok(v.broadcast_mul(&g.broadcast_div(&norm)?)?)
+}
+
+struct Conv1d {
+    /// `(out, in, kernel)`.
+    weight: Tensor,
+    bias: Tensor,
+    kernel: usize,
+    dilation: usize,
+}
+
+impl Conv1d {
+    fn load(w: &Weights, cin: usize, cout: usize, kernel: usize, dilation: usize) -> Result<Self> {
+        let w = w.pp("conv");
+        Ok(Self {
+            weight: weight_normed(&w, [cout, cin, kernel])?,
+            bias: w.get(&[cout], "bias")?,
+            kernel,
+            dilation,
+        })
+    }
+
+    /// Stride-1, non-causal: reflect-pad `(k−1)·d` split with the extra sample on the
+    /// left, then convolve.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let total = (self.kernel - 1) * self.dilation;
+        let right = total / 2;
+        let left = total - right;
+        let x = reflect_pad(x, left, right)?;
+        let y = x.conv1d(&self.weight, 0, 1, self.dilation, 1)?;
+        y.broadcast_add(&self.bias.reshape((1, (), 1))?)
+    }
+}
+
+struct ConvTranspose1d {
+    /// `(in, out, kernel)`.
+    weight: Tensor,
+    bias: Tensor,
+    kernel: usize,
+    stride: usize,
+}
+
+impl ConvTranspose1d {
+    fn load(w: &Weights, cin: usize, cout: usize, kernel: usize, stride: usize) -> Result<Self> {
+        let w = w.pp("conv");
+        Ok(Self {
+            weight: weight_normed(&w, [cin, cout, kernel])?,
+            bias: w.get(&[cout], "bias")?,
+            kernel,
+            stride,
+        })
+    }
+
+    /// Transposed convolution, then the fixed padding `k − s` trimmed, the larger half
+    /// from the left: this trim is what makes the output exactly `stride ×` longer.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?;
+        let y = y.broadcast_add(&self.bias.reshape((1, (), 1))?)?;
+        let total = self.kernel - self.stride;
+        let right = total / 2;
+        let left = total - right;
+        let len = y.dim(2)?;
+        y.narrow(2, left, len - left - right)
+    }
+}
+
+struct Lstm {
+    layers: Vec<LstmLayer>,
+}
+
+struct LstmLayer {
+    /// `(in, 4·hidden)`, gates in PyTorch's order i, f, g, o.
+    w_ih_t: Tensor,
+    /// `(4·hidden, hidden)` row-major, for the recurrent matrix-vector products.
+    w_hh: Vec<f32>,
+    bias: Tensor,
+}
+
+impl Lstm {
+    fn load(w: &Weights, dim: usize, layers: usize) -> Result<Self> {
+        let w = w.pp("lstm");
+        let layers = (0..layers)
+            .map(|l| {
+                let w_ih = w.get(&[4 * dim, dim], &format!("weight_ih_l{l}"))?;
+                let w_hh = w.get(&[4 * dim, dim], &format!("weight_hh_l{l}"))?;
+                let b_ih = w.get(&[4 * dim], &format!("bias_ih_l{l}"))?;
+                let b_hh = w.get(&[4 * dim], &format!("bias_hh_l{l}"))?;
+                Ok(LstmLayer {
+                    w_ih_t: w_ih.t()?.contiguous()?,
+                    w_hh: w_hh.flatten_all()?.to_vec1()?,
+                    bias: (b_ih + b_hh)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+
+    /// `x` `(batch, channels, time)` → the LSTM's output plus `x` (a residual).
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, t) = x.dims3()?;
+        let mut outs = Vec::with_capacity(b);
+        for i in 0..b {
+            // (time, channels)
+            let mut h = x.get(i)?.t()?.contiguous()?;
+            for layer in &self.layers {
+                let pre = h.matmul(&layer.w_ih_t)?.broadcast_add(&layer.bias)?;
+                let pre: Vec<f32> = pre.flatten_all()?.to_vec1()?;
+                let seq = lstm_recurrence(&pre, &layer.w_hh, c, t);
+                h = Tensor::from_vec(seq, (t, c), x.device())?;
+            }
+            outs.push(h.t()?);
+        }
+        Tensor::stack(&outs, 0)? + x
+    }
+}
+
+/// Runs one LSTM layer over precomputed input projections `pre` `(time, 4·hidden)`
+/// (biases included), from zero state. Returns the hidden states `(time, hidden)`.
+fn lstm_recurrence(pre: &[f32], w_hh: &[f32], hidden: usize, time: usize) -> Vec<f32> {
+    let mut out = vec![0f32; time * hidden];
+    let mut h = vec![0f32; hidden];
+    let mut c = vec![0f32; hidden];
+    let mut gates = vec![0f32; 4 * hidden];
+    for t in 0..time {
+        gates.copy_from_slice(&pre[t * 4 * hidden..(t + 1) * 4 * hidden]);
+        for (g, row) in gates.iter_mut().zip(w_hh.chunks_exact(hidden)) {
+            *g += dot(row, &h);
+        }
+        let (i_g, rest) = gates.split_at(hidden);
+        let (f_g, rest) = rest.split_at(hidden);
+        let (g_g, o_g) = rest.split_at(hidden);
+        for j in 0..hidden {
+            let i = sigmoid(i_g[j]);
+            let f = sigmoid(f_g[j]);
+            let g = g_g[j].tanh();
+            let o = sigmoid(o_g[j]);
+            c[j] = f * c[j] + i * g;
+            h[j] = o * c[j].tanh();
+        }
+        out[t * hidden..(t + 1) * hidden].copy_from_slice(&h);
+    }
+    out
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// A dot product in eight independent lanes, which the compiler vectorises.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        sum += x * y;
+    }
+    sum
+}
+
+struct ResBlock {
+    conv1: Conv1d,
+    conv2: Conv1d,
+}
+
+enum Stage {
+    Conv(Conv1d),
+    Lstm(Lstm),
+    Elu,
+    Up(ConvTranspose1d),
+    Res(ResBlock),
+}
+
+pub struct EncodecDecoder {
+    codebooks: Vec<Tensor>,
+    stages: Vec<Stage>,
+    cfg: EncodecConfig,
+}
+
+impl EncodecDecoder {
+    /// Loads from `w` pointing at `audio_encoder` in a MusicGen checkpoint.
+    pub fn load(w: &Weights, cfg: &EncodecConfig) -> Result<Self> {
+        let dim = cfg.codebook_dim();
+        let codebooks = (0..cfg.num_quantizers())
+            .map(|i| {
+                w.pp(format!("quantizer.layers.{i}.codebook"))
+                    .get(&[cfg.codebook_size, dim], "embed")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let d = w.pp("decoder.layers");
+        let mut scale = 1usize << cfg.upsampling_ratios.len();
+        let mut stages = Vec::new();
+        let mut idx = 0usize;
+        let mut next = || {
+            idx += 1;
+            idx - 1
+        };
+        stages.push(Stage::Conv(Conv1d::load(
+            &d.pp(next()),
+            cfg.hidden_size,
+            scale * cfg.num_filters,
+            cfg.kernel_size,
+            1,
+        )?));
+        stages.push(Stage::Lstm(Lstm::load(
+            &d.pp(next()),
+            scale * cfg.num_filters,
+            cfg.num_lstm_layers,
+        )?));
+        for &ratio in &cfg.upsampling_ratios {
+            let ch = scale * cfg.num_filters;
+            next();
+            stages.push(Stage::Elu);
+            stages.push(Stage::Up(ConvTranspose1d::load(
+                &d.pp(next()),
+                ch,
+                ch / 2,
+                ratio * 2,
+                ratio,
+            )?));
+            for j in 0..cfg.num_residual_layers {
+                let r = d.pp(next());
+                let dim = ch / 2;
+                let hidden = dim / cfg.compress;
+                stages.push(Stage::Res(ResBlock {
+                    conv1: Conv1d::load(
+                        &r.pp("block.1"),
+                        dim,
+                        hidden,
+                        cfg.residual_kernel_size,
+                        cfg.dilation_growth_rate.pow(j as u32),
+                    )?,
+                    conv2: Conv1d::load(&r.pp("block.3"), hidden, dim, 1, 1)?,
+                }));
+            }
+            scale /= 2;
+        }
+        next();
+        stages.push(Stage::Elu);
+        stages.push(Stage::Conv(Conv1d::load(
+            &d.pp(next()),
+            cfg.num_filters,
+            cfg.audio_channels,
+            cfg.last_kernel_size,
+            1,
+        )?));
+        Ok(Self {
+            codebooks,
+            stages,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn sample_rate(&self) -> u32 {
+        self.cfg.sampling_rate
+    }
+
+    pub fn hop_length(&self) -> usize {
+        self.cfg.hop_length()
+    }
+
+    pub fn num_codebooks(&self) -> usize {
+        self.codebooks.len()
+    }
+
+    /// `codes` `(batch, codebooks, frames)` (u32) → audio `(batch, 1, frames·hop)`.
+    pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
+        let (_, k, _) = codes.dims3()?;
+        if k > self.codebooks.len() {
+            return Err(crate::Error::InvalidSetting(format!(
+                "{k} codebooks given to a codec of {}",
+                self.codebooks.len()
+            )));
+        }
+        let mut x = embedding(&self.codebooks[0], &codes.narrow(1, 0, 1)?.squeeze(1)?)?;
+        for (i, book) in self.codebooks.iter().enumerate().take(k).skip(1) {
+            x = (x + embedding(book, &codes.narrow(1, i, 1)?.squeeze(1)?)?)?;
+        }
+        let mut x = x.transpose(1, 2)?.contiguous()?;
+        for stage in &self.stages {
+            x = match stage {
+                Stage::Conv(c) => c.forward(&x)?,
+                Stage::Lstm(l) => l.forward(&x)?,
+                Stage::Elu => x.elu(1.0)?,
+                Stage::Up(u) => u.forward(&x)?,
+                Stage::Res(r) => {
+                    let h = r.conv1.forward(&x.elu(1.0)?)?;
+                    let h = r.conv2.forward(&h.elu(1.0)?)?;
+                    (x + h)?
+                }
+            };
+        }
+        Ok(x)
+    }
+}
+
+/// Reflect padding along the last axis (PyTorch's `F.pad(mode="reflect")`); an input
+/// shorter than the padding is first extended with zeros on the right, then that
+/// extension is cut again, as transformers' `_pad1d` does.
+fn reflect_pad(x: &Tensor, left: usize, right: usize) -> candle_core::Result<Tensor> {
+    if left == 0 && right == 0 {
+        return Ok(x.clone());
+    }
+    let len = x.dim(2)?;
+    let max_pad = left.max(right);
+    let (x, extra) = if len <= max_pad {
+        let extra = max_pad - len + 1;
+        (x.pad_with_zeros(2, 0, extra)?, extra)
+    } else {
+        (x.clone(), 0)
+    };
+    let n = x.dim(2)?;
+    let mut idx: Vec<u32> = Vec::with_capacity(n + left + right);
+    idx.extend((1..=left).rev().map(|i| i as u32));
+    idx.extend((0..n).map(|i| i as u32));
+    idx.extend((0..right).map(|i| (n - 2 - i) as u32));
+    let ids = Tensor::from_vec(idx, n + left + right, &Device::Cpu)?.to_device(x.device())?;
+    let padded = x.index_select(&ids, 2)?;
+    let total = padded.dim(2)?;
+    padded.narrow(2, 0, total - extra)
+}

@@ -1,0 +1,20 @@
+//! The neural engine: MusicGen (T5 text encoder, transformer decoder over EnCodec
+//! codes, EnCodec decoder) running on candle, loading Hugging Face checkpoints.
+//!
+//! - [`weights`]: named, shape-checked tensors from safetensors files.
+//! - [`config`]: `config.json` / `generation_config.json` as transformers writes them.
+//! - [`t5`], [`decoder`], [`encodec`]: the three networks.
+//! - [`generate`]: the delay pattern, guidance and sampling.
+//! - [`model`]: a whole checkpoint, text in, audio out.
+
+pub mod config;
+pub mod decoder;
+pub mod encodec;
+pub mod generate;
+pub mod model;
+pub mod nn;
+pub mod t5;
+pub mod weights;
+
+pub use generate::{Frames, Progress, Sampling};
+pub use model::{GenerationProgress, MusicGen};

@@ -1,0 +1,279 @@
+//! A whole MusicGen checkpoint: tokenizer, T5 text encoder, the projection to the
+//! decoder's width, the decoder, and the EnCodec decoder; text in, 32 kHz audio out.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use super::config::{GenerationConfig, MusicgenConfig};
+use super::decoder::{CrossKv, Decoder};
+use super::encodec::EncodecDecoder;
+use super::generate::{Frames, Progress, Sampling, generate};
+use super::nn::Linear;
+use super::t5::T5Encoder;
+use super::weights::Weights;
+use crate::{Error, Result};
+
+/// Longest prompt, in tokens, given to the text encoder.
+pub const MAX_PROMPT_TOKENS: usize = 512;
+
+/// Seconds of music one decoder window covers (MusicGen was trained on 30 s).
+pub const WINDOW_SECONDS: f64 = 30.0;
+/// Seconds of the previous window a continuation window reads before it goes on.
+pub const CONTEXT_SECONDS: f64 = 10.0;
+
+pub struct MusicGen {
+    dir: PathBuf,
+    cfg: MusicgenConfig,
+    generation: GenerationConfig,
+    tokenizer: tokenizers::Tokenizer,
+    text: T5Encoder,
+    /// Present when the text encoder is narrower or wider than the decoder.
+    enc_to_dec: Option<Linear>,
+    decoder: Decoder,
+    codec: EncodecDecoder,
+}
+
+/// Where a generation stands, for progress bars.
+#[derive(Debug, Clone, Copy)]
+pub struct GenerationProgress {
+    /// Code frames finished so far (of all windows).
+    pub frames_done: usize,
+    pub frames_total: usize,
+}
+
+impl MusicGen {
+    /// Loads the checkpoint in `dir` (`config.json`, `model.safetensors` or shards,
+    /// `tokenizer.json`, optionally `generation_config.json`).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cfg = MusicgenConfig::load(&dir.join("config.json"))?;
+        let generation = GenerationConfig::load_or_default(&dir.join("generation_config.json"))?;
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.is_file() {
+            return Err(Error::NotFound(tok_path));
+        }
+        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+            .map_err(|e| Error::model_file(&tok_path, format!("not a valid tokenizer: {e}")))?;
+        let w = Weights::open_dir(dir)?;
+        let text = T5Encoder::load(&w.pp("text_encoder"), &cfg.text_encoder)?;
+        let (th, dh) = (cfg.text_encoder.d_model, cfg.decoder.hidden_size);
+        let enc_to_dec = if th != dh && cfg.decoder.cross_attention_hidden_size.is_none() {
+            Some(Linear::load(&w.pp("enc_to_dec_proj"), th, dh, true)?)
+        } else {
+            None
+        };
+        let decoder = Decoder::load(&w.pp("decoder"), &cfg.decoder)?;
+        let codec = EncodecDecoder::load(&w.pp("audio_encoder"), &cfg.audio_encoder)?;
+        if codec.num_codebooks() < cfg.decoder.num_codebooks {
+            return Err(Error::model_file(
+                dir.join("config.json"),
+                format!(
+                    "the codec has {} codebooks but the decoder writes {}",
+                    codec.num_codebooks(),
+                    cfg.decoder.num_codebooks
+                ),
+            ));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            cfg,
+            generation,
+            tokenizer,
+            text,
+            enc_to_dec,
+            decoder,
+            codec,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &MusicgenConfig {
+        &self.cfg
+    }
+
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    pub fn codec(&self) -> &EncodecDecoder {
+        &self.codec
+    }
+
+    pub fn text_encoder(&self) -> &T5Encoder {
+        &self.text
+    }
+
+    pub fn sample_rate(&self) -> u32 {
+        self.codec.sample_rate()
+    }
+
+    /// Code frames per second.
+    pub fn frame_rate(&self) -> usize {
+        self.cfg.audio_encoder.frame_rate()
+    }
+
+    /// The checkpoint's own sampling settings (`generation_config.json`).
+    pub fn default_sampling(&self) -> Sampling {
+        let g = &self.generation;
+        Sampling {
+            guidance: g.guidance_scale,
+            temperature: g.do_sample.then_some(g.temperature),
+            top_k: g.top_k,
+            top_p: g.top_p.unwrap_or(1.0),
+            seed: 0,
+        }
+    }
+
+    /// Token ids `(batch, len)` and mask `(batch, len)` for `prompts`, padded on the
+    /// right to the longest, as the Hugging Face processor pads.
+    pub fn tokenize(&self, prompts: &[&str]) -> Result<(Tensor, Tensor)> {
+        let pad = self.tokenizer.token_to_id("<pad>").unwrap_or(0);
+        let mut rows = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let enc = self
+                .tokenizer
+                .encode(*p, true)
+                .map_err(|e| Error::InvalidSetting(format!("cannot tokenize the prompt: {e}")))?;
+            let mut ids = enc.get_ids().to_vec();
+            ids.truncate(MAX_PROMPT_TOKENS);
+            if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.text.vocab_size()) {
+                return Err(Error::model_file(
+                    self.dir.join("tokenizer.json"),
+                    format!(
+                        "token id {bad} is outside the text encoder's vocabulary of {}",
+                        self.text.vocab_size()
+                    ),
+                ));
+            }
+            rows.push(ids);
+        }
+        let len = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut ids = Vec::with_capacity(rows.len() * len);
+        let mut mask = Vec::with_capacity(rows.len() * len);
+        for r in &rows {
+            ids.extend(r.iter().copied().chain(std::iter::repeat(pad)).take(len));
+            mask.extend((0..len).map(|i| u32::from(i < r.len())));
+        }
+        let n = rows.len();
+        Ok((
+            Tensor::from_vec(ids, (n, len), &Device::Cpu)?,
+            Tensor::from_vec(mask, (n, len), &Device::Cpu)?,
+        ))
+    }
+
+    /// The decoder's conditioning states `(batch, len, hidden)`: T5 states projected
+    /// to the decoder's width, zeroed at padding.
+    pub fn text_states(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let mut h = self.text.forward(ids, mask)?;
+        if let Some(p) = &self.enc_to_dec {
+            h = p.forward(&h)?;
+        }
+        let m = mask.to_dtype(candle_core::DType::F32)?.unsqueeze(2)?;
+        Ok(h.broadcast_mul(&m)?)
+    }
+
+    /// Cross-attention keys and values for one prompt.
+    pub fn condition(&self, prompt: &str) -> Result<CrossKv> {
+        let (ids, mask) = self.tokenize(&[prompt])?;
+        let states = self.text_states(&ids, &mask)?;
+        self.decoder.cross_kv(&states, Some(&mask))
+    }
+
+    /// Generates `frames` code frames for `prompt`, in windows of at most 30 s, each
+    /// after the first continuing from the last 10 s of the one before.
+    pub fn generate_frames(
+        &self,
+        prompt: &str,
+        frames: usize,
+        sampling: &Sampling,
+        on_progress: &mut dyn FnMut(GenerationProgress) -> bool,
+    ) -> Result<Frames> {
+        let cond = self.condition(prompt)?;
+        let rate = self.frame_rate() as f64;
+        let k = self.decoder.config().num_codebooks;
+        let max_window = ((WINDOW_SECONDS * rate) as usize)
+            .min(
+                self.decoder
+                    .config()
+                    .max_position_embeddings
+                    .saturating_sub(k + 1),
+            )
+            .max(2);
+        let context = ((CONTEXT_SECONDS * rate) as usize).min(max_window / 2);
+        let mut out: Frames = Vec::with_capacity(frames);
+        let mut window = 0u64;
+        while out.len() < frames {
+            let prompt_frames = if out.is_empty() {
+                &out[..0]
+            } else {
+                &out[out.len() - context.min(out.len())..]
+            };
+            let new = (frames - out.len()).min(max_window - prompt_frames.len());
+            let done_before = out.len();
+            // Each window draws from its own stream, so a window's tokens do not
+            // depend on how many draws the ones before it made.
+            let s = Sampling {
+                seed: sampling
+                    .seed
+                    .wrapping_add(window.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                ..sampling.clone()
+            };
+            let steps_new = new;
+            let fresh = generate(
+                &self.decoder,
+                Some(&cond),
+                prompt_frames,
+                new,
+                &s,
+                &mut |p: Progress| {
+                    let done = done_before + (p.step * steps_new / p.steps.max(1));
+                    on_progress(GenerationProgress {
+                        frames_done: done.min(frames),
+                        frames_total: frames,
+                    })
+                },
+            )?;
+            out.extend(fresh);
+            window += 1;
+        }
+        Ok(out)
+    }
+
+    /// Decodes code frames to mono audio at the codec's rate.
+    pub fn decode(&self, frames: &Frames) -> Result<Vec<f32>> {
+        if frames.is_empty() {
+            return Ok(Vec::new());
+        }
+        let k = frames[0].len();
+        let t = frames.len();
+        let mut ids = Vec::with_capacity(k * t);
+        for c in 0..k {
+            ids.extend(frames.iter().map(|f| f[c]));
+        }
+        let codes = Tensor::from_vec(ids, (1, k, t), &Device::Cpu)?;
+        Ok(self.codec.decode(&codes)?.flatten_all()?.to_vec1()?)
+    }
+
+    /// Text to music: `seconds` of audio at [`Self::sample_rate`].
+    pub fn generate(
+        &self,
+        prompt: &str,
+        seconds: f64,
+        sampling: &Sampling,
+        on_progress: &mut dyn FnMut(GenerationProgress) -> bool,
+    ) -> Result<Vec<f32>> {
+        if !seconds.is_finite() || seconds <= 0.0 || seconds > 3600.0 {
+            return Err(Error::InvalidSetting(
+                "duration must be above 0 and at most an hour".into(),
+            ));
+        }
+        let frames = (seconds * self.frame_rate() as f64).ceil() as usize;
+        let codes = self.generate_frames(prompt, frames, sampling, on_progress)?;
+        let mut audio = self.decode(&codes)?;
+        audio.truncate((seconds * self.sample_rate() as f64).round() as usize);
+        Ok(audio)
+    }
+}

@@ -1,0 +1,427 @@
+//! The neural engine against the reference implementation: a tiny random MusicGen
+//! checkpoint written by Hugging Face transformers, with outputs it recorded
+//! (`tools/make_musicgen_fixture.py`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use vidmusician_engine::Error;
+use vidmusician_engine::neural::{MusicGen, Sampling};
+
+const TOL: f32 = 1e-4;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny")
+}
+
+fn reference() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture().join("reference.safetensors"), &Device::Cpu)
+        .expect("reference outputs")
+}
+
+fn prompts() -> Vec<String> {
+    let text = std::fs::read_to_string(fixture().join("reference.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn model() -> MusicGen {
+    MusicGen::load(&fixture()).expect("tiny checkpoint loads")
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn ids(t: &Tensor) -> Vec<i64> {
+    t.to_dtype(candle_core::DType::I64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+#[test]
+fn tokenizer_matches_the_reference_ids_and_padding() {
+    let m = model();
+    let r = reference();
+    let p = prompts();
+    let refs: Vec<&str> = p.iter().map(String::as_str).collect();
+    let (got_ids, got_mask) = m.tokenize(&refs).unwrap();
+    assert_eq!(ids(&got_ids), ids(&r["text.input_ids"]));
+    assert_eq!(ids(&got_mask), ids(&r["text.attention_mask"]));
+}
+
+#[test]
+fn t5_encoder_states_match_the_reference() {
+    let m = model();
+    let r = reference();
+    let ids = r["text.input_ids"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap();
+    let mask = r["text.attention_mask"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap();
+    let got = m.text_encoder().forward(&ids, &mask).unwrap();
+    let d = max_abs_diff(&got, &r["t5.last_hidden_state"]);
+    assert!(d < TOL, "T5 states differ by {d}");
+}
+
+#[test]
+fn decoder_logits_match_the_reference_for_fixed_codes_and_padded_text() {
+    let m = model();
+    let r = reference();
+    let ids = r["text.input_ids"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap();
+    let mask = r["text.attention_mask"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap();
+    let states = m.text_states(&ids, &mask).unwrap();
+    let cross = m.decoder().cross_kv(&states, Some(&mask)).unwrap();
+    let codes = r["decoder.input_ids"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap();
+    let (rows, seq) = codes.dims2().unwrap();
+    let k = m.decoder().config().num_codebooks;
+    let codes = codes.reshape((rows / k, k, seq)).unwrap();
+    let mut cache = m.decoder().new_cache(seq);
+    let logits = m
+        .decoder()
+        .forward(&codes, Some(&cross), &mut cache, &[])
+        .unwrap();
+    let (b, k, s, v) = logits.dims4().unwrap();
+    let logits = logits.reshape((b * k, s, v)).unwrap();
+    let d = max_abs_diff(&logits, &r["decoder.logits"]);
+    assert!(d < TOL, "logits differ by {d}");
+}
+
+#[test]
+fn decoding_step_by_step_with_the_cache_equals_one_pass() {
+    let m = model();
+    let r = reference();
+    let ids = r["text.input_ids"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap();
+    let mask = r["text.attention_mask"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap();
+    let states = m.text_states(&ids, &mask).unwrap();
+    let cross = m.decoder().cross_kv(&states, Some(&mask)).unwrap();
+    let codes = r["decoder.input_ids"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap();
+    let (rows, seq) = codes.dims2().unwrap();
+    let k = m.decoder().config().num_codebooks;
+    let codes = codes.reshape((rows / k, k, seq)).unwrap();
+    let mut cache = m.decoder().new_cache(2);
+    let mut steps = Vec::new();
+    for t in 0..seq {
+        let one = codes.narrow(2, t, 1).unwrap();
+        steps.push(
+            m.decoder()
+                .forward(&one, Some(&cross), &mut cache, &[])
+                .unwrap(),
+        );
+    }
+    assert_eq!(cache.len(), seq);
+    let stepped = Tensor::cat(&steps, 2).unwrap();
+    let (b, k, s, v) = stepped.dims4().unwrap();
+    let d = max_abs_diff(
+        &stepped.reshape((b * k, s, v)).unwrap(),
+        &r["decoder.logits"],
+    );
+    assert!(d < TOL, "cached steps differ from the reference by {d}");
+}
+
+fn frames_as_tensor(frames: &[Vec<u32>]) -> Tensor {
+    let k = frames[0].len();
+    let mut v = Vec::new();
+    for c in 0..k {
+        v.extend(frames.iter().map(|f| f[c] as i64));
+    }
+    Tensor::from_vec(v, (1, k, frames.len()), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn greedy_generation_matches_the_reference_with_and_without_guidance() {
+    let m = model();
+    let r = reference();
+    let prompt = &prompts()[0];
+    for (name, guidance) in [("generate.guided", 3.0), ("generate.unguided", 1.0)] {
+        let want = &r[&format!("{name}.codes")];
+        let frames = want.dim(2).unwrap();
+        let got = m
+            .generate_frames(prompt, frames, &Sampling::greedy(guidance), &mut |_| true)
+            .unwrap();
+        assert_eq!(
+            ids(&frames_as_tensor(&got)),
+            ids(want),
+            "{name}: codes differ"
+        );
+        let audio = m.decode(&got).unwrap();
+        let audio = Tensor::from_vec(audio.clone(), (1, 1, audio.len()), &Device::Cpu).unwrap();
+        let d = max_abs_diff(&audio, &r[&format!("{name}.audio")]);
+        assert!(d < TOL, "{name}: audio differs by {d}");
+    }
+    let guided = ids(&r["generate.guided.codes"]);
+    let unguided = ids(&r["generate.unguided.codes"]);
+    assert_ne!(guided, unguided, "the fixture must make guidance matter");
+}
+
+#[test]
+fn encodec_decoding_matches_the_reference_and_trims_exactly() {
+    let m = model();
+    let r = reference();
+    let codes = r["encodec.codes"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap();
+    let audio = m.codec().decode(&codes).unwrap();
+    assert_eq!(
+        audio.dims(),
+        &[1, 1, 32_000],
+        "50 frames are one second at 32 kHz"
+    );
+    let d = max_abs_diff(&audio, &r["encodec.audio"]);
+    assert!(d < TOL, "audio differs by {d}");
+}
+
+#[test]
+fn sampling_is_deterministic_per_seed_and_cancellable() {
+    let m = model();
+    let s = |seed| Sampling {
+        seed,
+        ..m.default_sampling()
+    };
+    let a = m
+        .generate_frames("calm piano", 12, &s(7), &mut |_| true)
+        .unwrap();
+    let b = m
+        .generate_frames("calm piano", 12, &s(7), &mut |_| true)
+        .unwrap();
+    let c = m
+        .generate_frames("calm piano", 12, &s(8), &mut |_| true)
+        .unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    let mut calls = 0;
+    let err = m
+        .generate_frames("calm piano", 12, &s(7), &mut |_| {
+            calls += 1;
+            calls < 3
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert_eq!(calls, 3);
+}
+
+/// A copy of the tiny checkpoint in a temporary folder with its tensors rewritten.
+fn altered_checkpoint(edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "generation_config.json", "tokenizer.json"] {
+        std::fs::copy(fixture().join(f), dir.path().join(f)).unwrap();
+    }
+    let mut tensors =
+        candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+    dir
+}
+
+fn load_error(dir: &Path) -> String {
+    match MusicGen::load(dir) {
+        Ok(_) => panic!("a broken checkpoint loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_missing_tensor_is_named() {
+    let name = "decoder.model.decoder.layers.2.fc1.weight";
+    let dir = altered_checkpoint(|t| {
+        t.remove(name);
+    });
+    let msg = load_error(dir.path());
+    assert!(msg.contains(name), "{msg}");
+    assert!(msg.contains("model.safetensors"), "{msg}");
+}
+
+#[test]
+fn a_mis_shaped_tensor_is_named_with_both_shapes() {
+    let name = "text_encoder.encoder.block.1.layer.0.SelfAttention.q.weight";
+    let dir = altered_checkpoint(|t| {
+        t.insert(
+            name.into(),
+            Tensor::zeros((32, 16), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let msg = load_error(dir.path());
+    assert!(msg.contains(name), "{msg}");
+    assert!(
+        msg.contains("[32, 16]") && msg.contains("[32, 32]"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn older_weight_norm_names_load_to_the_same_audio() {
+    let dir = altered_checkpoint(|t| {
+        let names: Vec<String> = t.keys().cloned().collect();
+        for n in names {
+            for (new, old) in [
+                ("parametrizations.weight.original0", "weight_g"),
+                ("parametrizations.weight.original1", "weight_v"),
+            ] {
+                if n.ends_with(new) {
+                    let v = t.remove(&n).unwrap();
+                    t.insert(n.replace(new, old), v);
+                }
+            }
+        }
+    });
+    let old = MusicGen::load(dir.path()).unwrap();
+    let r = reference();
+    let codes = r["encodec.codes"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap();
+    let d = max_abs_diff(&old.codec().decode(&codes).unwrap(), &r["encodec.audio"]);
+    assert!(d < TOL, "{d}");
+}
+
+#[test]
+fn broken_model_files_are_clear_errors() {
+    // truncated weights
+    let dir = altered_checkpoint(|_| {});
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = load_error(dir.path());
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("safetensors"),
+        "{msg}"
+    );
+
+    // no weights at all
+    std::fs::remove_file(&path).unwrap();
+    let msg = load_error(dir.path());
+    assert!(msg.contains("no model.safetensors"), "{msg}");
+
+    // a config that is not a MusicGen config
+    let dir = altered_checkpoint(|_| {});
+    std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"bert\"}").unwrap();
+    let msg = load_error(dir.path());
+    assert!(
+        msg.contains("config.json") && msg.contains("MusicGen"),
+        "{msg}"
+    );
+
+    // a config whose sizes cannot work
+    let dir = altered_checkpoint(|_| {});
+    let cfg_path = dir.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["decoder"]["num_attention_heads"] = 5.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let msg = load_error(dir.path());
+    assert!(msg.contains("num_attention_heads"), "{msg}");
+
+    // a tokenizer that is not one
+    let dir = altered_checkpoint(|_| {});
+    std::fs::write(dir.path().join("tokenizer.json"), "not json").unwrap();
+    let msg = load_error(dir.path());
+    assert!(msg.contains("tokenizer.json"), "{msg}");
+}
+
+#[test]
+fn sharded_checkpoints_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "generation_config.json", "tokenizer.json"] {
+        std::fs::copy(fixture().join(f), dir.path().join(f)).unwrap();
+    }
+    let tensors =
+        candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
+    let (mut a, mut b) = (HashMap::new(), HashMap::new());
+    let mut map = serde_json::Map::new();
+    for (name, t) in tensors {
+        let shard = if name.starts_with("decoder.") {
+            a.insert(name.clone(), t);
+            "model-00001-of-00002.safetensors"
+        } else {
+            b.insert(name.clone(), t);
+            "model-00002-of-00002.safetensors"
+        };
+        map.insert(name, shard.into());
+    }
+    candle_core::safetensors::save(&a, dir.path().join("model-00001-of-00002.safetensors"))
+        .unwrap();
+    candle_core::safetensors::save(&b, dir.path().join("model-00002-of-00002.safetensors"))
+        .unwrap();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let m = MusicGen::load(dir.path()).unwrap();
+    let r = reference();
+    let codes = r["encodec.codes"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap();
+    let d = max_abs_diff(&m.codec().decode(&codes).unwrap(), &r["encodec.audio"]);
+    assert!(d < TOL, "{d}");
+
+    // A shard name that leaves the model folder is refused.
+    let index = serde_json::json!({ "weight_map": { "x": "../elsewhere.safetensors" } });
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    std::fs::remove_file(dir.path().join("model-00001-of-00002.safetensors")).unwrap();
+    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let msg = load_error(dir.path());
+    assert!(msg.contains("not a file name"), "{msg}");
+}
+
+#[test]
+fn long_pieces_run_in_windows_that_continue_the_previous_one() {
+    let m = model();
+    // The tiny decoder has 256 positions: windows of 251 frames with 125 of context.
+    let s = Sampling::greedy(3.0);
+    let mut seen = Vec::new();
+    let long = m
+        .generate_frames("calm piano", 400, &s, &mut |p| {
+            seen.push(p.frames_done);
+            assert_eq!(p.frames_total, 400);
+            true
+        })
+        .unwrap();
+    assert_eq!(long.len(), 400);
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "progress goes forward"
+    );
+    assert_eq!(*seen.last().unwrap(), 400);
+    let first = m
+        .generate_frames("calm piano", 251, &s, &mut |_| true)
+        .unwrap();
+    assert_eq!(
+        &long[..251],
+        &first[..],
+        "the first window is a plain generation"
+    );
+    assert!(long.iter().flatten().all(|&c| c < 64));
+}
