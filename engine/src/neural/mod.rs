@@ -11,6 +11,7 @@ pub mod config;
 pub mod decoder;
 pub mod encodec;
 pub mod generate;
+pub mod hub;
 pub mod model;
 pub mod nn;
 pub mod t5;

@@ -1,0 +1,420 @@
+//! Finding installed models and downloading them.
+//!
+//! A model is looked for, in order, in `--model-dir`, in `$VIDMUSICIAN_MODELS`, then in
+//! the Hugging Face cache (`$HF_HUB_CACHE`, `$HF_HOME/hub`, or
+//! `~/.cache/huggingface/hub`), so a model a user already has from Python is used as
+//! it is. Nothing here reaches the network except [`pull`].
+
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// The model the text engine uses unless told otherwise.
+pub const DEFAULT_MODEL: &str = "facebook/musicgen-small";
+
+/// Where a model was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    ModelDir,
+    Env,
+    HfCache,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::ModelDir => "--model-dir",
+            Origin::Env => "$VIDMUSICIAN_MODELS",
+            Origin::HfCache => "Hugging Face cache",
+        }
+    }
+}
+
+/// A model folder found on disk.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub repo: String,
+    pub dir: PathBuf,
+    pub origin: Origin,
+    /// Total size of its files, bytes.
+    pub bytes: u64,
+    /// What a loadable model lacks, if anything (e.g. "tokenizer.json").
+    pub missing: Vec<String>,
+}
+
+/// The Hugging Face hub cache folder.
+pub fn hf_cache_dir() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(p) = std::env::var_os("HF_HOME") {
+        return Some(PathBuf::from(p).join("hub"));
+    }
+    if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(p).join("huggingface").join("hub"));
+    }
+    dirs::home_dir().map(|h| h.join(".cache").join("huggingface").join("hub"))
+}
+
+/// The roots searched, in order.
+pub fn search_roots(model_dir: Option<&Path>) -> Vec<(Origin, PathBuf)> {
+    let mut roots = Vec::new();
+    if let Some(d) = model_dir {
+        roots.push((Origin::ModelDir, d.to_path_buf()));
+    }
+    if let Some(d) = std::env::var_os("VIDMUSICIAN_MODELS") {
+        roots.push((Origin::Env, PathBuf::from(d)));
+    }
+    if let Some(d) = hf_cache_dir() {
+        roots.push((Origin::HfCache, d));
+    }
+    roots
+}
+
+/// What a model folder lacks to be loaded.
+pub fn missing_files(dir: &Path) -> Vec<String> {
+    let mut missing = Vec::new();
+    for f in ["config.json", "tokenizer.json"] {
+        if !dir.join(f).is_file() {
+            missing.push(f.to_string());
+        }
+    }
+    if !dir.join("model.safetensors").is_file()
+        && !dir.join("model.safetensors.index.json").is_file()
+    {
+        missing.push("model.safetensors".to_string());
+    }
+    missing
+}
+
+/// `models--org--name`, the cache's folder name for a repository.
+fn cache_folder(repo: &str) -> String {
+    format!("models--{}", repo.replace('/', "--"))
+}
+
+/// The snapshot a cache folder's `refs/main` points at, else the newest one.
+fn snapshot(repo_dir: &Path) -> Option<PathBuf> {
+    let snaps = repo_dir.join("snapshots");
+    if let Ok(rev) = std::fs::read_to_string(repo_dir.join("refs").join("main")) {
+        let rev = rev.trim();
+        let p = snaps.join(rev);
+        if !rev.is_empty() && !rev.contains(['/', '\\']) && p.is_dir() {
+            return Some(p);
+        }
+    }
+    std::fs::read_dir(&snaps)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("config.json").is_file())
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
+}
+
+/// Where `repo` would be under `root`, if it is there.
+fn candidate(root: &Path, origin: Origin, repo: &str) -> Option<PathBuf> {
+    if origin == Origin::ModelDir && root.join("config.json").is_file() {
+        return Some(root.to_path_buf());
+    }
+    let name = repo.rsplit('/').next().unwrap_or(repo);
+    for p in [root.join(repo), root.join(name)] {
+        if p.join("config.json").is_file() {
+            return Some(p);
+        }
+    }
+    snapshot(&root.join(cache_folder(repo)))
+}
+
+/// The folder of `repo`, from the first root that has a complete copy.
+pub fn find_model(repo: &str, model_dir: Option<&Path>) -> Result<PathBuf> {
+    let roots = search_roots(model_dir);
+    let mut incomplete = Vec::new();
+    for (origin, root) in &roots {
+        if let Some(dir) = candidate(root, *origin, repo) {
+            let missing = missing_files(&dir);
+            if missing.is_empty() {
+                return Ok(dir);
+            }
+            incomplete.push(format!("{} lacks {}", dir.display(), missing.join(", ")));
+        }
+    }
+    let searched = roots
+        .iter()
+        .map(|(o, p)| format!("{} ({})", p.display(), o.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut hint = format!(
+        "download it with `vidmusician models pull {repo}`, or point --model-dir or \
+         $VIDMUSICIAN_MODELS at a folder holding it"
+    );
+    if !incomplete.is_empty() {
+        hint = format!("{}; {hint}", incomplete.join("; "));
+    }
+    Err(Error::NoModel {
+        model: repo.to_string(),
+        searched,
+        hint,
+    })
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                // metadata() follows the cache's symlinks to the blobs
+                .filter_map(|e| std::fs::metadata(e.path()).ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn is_musicgen(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("config.json"))
+        .map(|t| t.contains("\"audio_encoder\"") && t.contains("\"text_encoder\""))
+        .unwrap_or(false)
+}
+
+/// Every MusicGen model found under the search roots.
+pub fn list_installed(model_dir: Option<&Path>) -> Vec<Installed> {
+    let mut found = Vec::new();
+    let mut push = |repo: String, dir: PathBuf, origin: Origin| {
+        if is_musicgen(&dir) {
+            found.push(Installed {
+                repo,
+                bytes: dir_size(&dir),
+                missing: missing_files(&dir),
+                dir,
+                origin,
+            });
+        }
+    };
+    for (origin, root) in search_roots(model_dir) {
+        if origin == Origin::ModelDir && root.join("config.json").is_file() {
+            push(root.display().to_string(), root.clone(), origin);
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(rest) = name.strip_prefix("models--") {
+                if let Some(snap) = snapshot(&path) {
+                    push(rest.replacen("--", "/", 1), snap, origin);
+                }
+            } else if path.join("config.json").is_file() {
+                push(name, path, origin);
+            } else if path.is_dir() {
+                // org/name layout
+                for sub in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                    if sub.path().join("config.json").is_file() {
+                        let repo = format!("{name}/{}", sub.file_name().to_string_lossy());
+                        push(repo, sub.path(), origin);
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Checks that a repository id is `org/name` with characters the hub allows, so it
+/// cannot name a path outside the cache.
+pub fn check_repo_id(repo: &str) -> Result<()> {
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    match repo.split_once('/') {
+        Some((org, name)) if ok(org) && ok(name) => Ok(()),
+        _ => Err(Error::InvalidSetting(format!(
+            "`{repo}` is not a model id of the form org/name (e.g. {DEFAULT_MODEL})"
+        ))),
+    }
+}
+
+/// Progress of a download, per file.
+pub trait PullProgress {
+    fn file(&mut self, name: &str, bytes: u64);
+    fn advance(&mut self, bytes: u64);
+    fn done(&mut self);
+}
+
+struct Adapter<'a>(&'a mut dyn PullProgress);
+
+impl hf_hub::api::Progress for Adapter<'_> {
+    fn init(&mut self, size: usize, filename: &str) {
+        self.0.file(filename, size as u64);
+    }
+    fn update(&mut self, size: usize) {
+        self.0.advance(size as u64);
+    }
+    fn finish(&mut self) {
+        self.0.done();
+    }
+}
+
+/// The hub to download from: `$HF_ENDPOINT`, else huggingface.co.
+pub fn endpoint_from_env() -> String {
+    std::env::var("HF_ENDPOINT")
+        .ok()
+        .filter(|e| !e.trim().is_empty())
+        .unwrap_or_else(|| "https://huggingface.co".to_string())
+}
+
+/// Downloads `repo` (at `main`) from `endpoint` into the Hugging Face cache under
+/// `cache_dir`: the config, the tokenizer and the weights (one file or the shards of
+/// an index). Files already in the cache and intact are kept; an interrupted
+/// download resumes where it stopped; each file is checked against the hash the hub
+/// gave for it. Returns the snapshot folder.
+pub fn pull(
+    repo: &str,
+    cache_dir: &Path,
+    endpoint: &str,
+    progress: &mut dyn PullProgress,
+) -> Result<PathBuf> {
+    check_repo_id(repo)?;
+    let endpoint = endpoint.trim_end_matches('/');
+    // hf-hub has `unwrap`s on odd server answers; none of them may take the
+    // program down.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pull_inner(repo, cache_dir, endpoint, progress)
+    }))
+    .unwrap_or_else(|_| {
+        Err(Error::InvalidSetting(format!(
+            "the download from {endpoint} failed on an unexpected answer from the server"
+        )))
+    })
+}
+
+fn pull_inner(
+    repo: &str,
+    cache_dir: &Path,
+    endpoint: &str,
+    progress: &mut dyn PullProgress,
+) -> Result<PathBuf> {
+    let net = |e: hf_hub::api::sync::ApiError| {
+        Error::InvalidSetting(format!("download of {repo} from {endpoint} failed: {e}"))
+    };
+    let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(cache_dir.into()))
+        .with_endpoint(endpoint.to_string())
+        .with_progress(false)
+        .with_retries(2)
+        .build()
+        .map_err(net)?;
+    let r = api.model(repo.to_string());
+    let cached = hf_hub::Cache::new(cache_dir.into()).model(repo.to_string());
+    let mut fetch = |name: &str, optional: bool| -> Result<Option<PathBuf>> {
+        // A file already in the cache and intact is kept: pulling again after an
+        // interruption fetches only what is missing.
+        if let Some(p) = cached.get(name)
+            && verify(&p, name).is_ok()
+        {
+            return Ok(Some(p));
+        }
+        match r.download_with_progress(name, Adapter(progress)) {
+            Ok(p) => {
+                verify(&p, name)?;
+                Ok(Some(p))
+            }
+            Err(hf_hub::api::sync::ApiError::RequestError(e))
+                if optional && matches!(*e, ureq::Error::Status(404, _)) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(net(e)),
+        }
+    };
+    let config = fetch("config.json", false)?.expect("required file");
+    fetch("generation_config.json", true)?;
+    if fetch("tokenizer.json", true)?.is_none() {
+        return Err(Error::InvalidSetting(format!(
+            "{repo} has no tokenizer.json; VidMusician needs a checkpoint with a fast tokenizer"
+        )));
+    }
+    if fetch("model.safetensors", true)?.is_none() {
+        let Some(index) = fetch("model.safetensors.index.json", true)? else {
+            return Err(Error::InvalidSetting(format!(
+                "{repo} has neither model.safetensors nor model.safetensors.index.json"
+            )));
+        };
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let parsed: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::model_file(&index, format!("not a valid shard index: {e}")))?;
+        let mut shards: Vec<String> = parsed["weight_map"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        shards.sort();
+        shards.dedup();
+        for s in shards {
+            if Path::new(&s).components().count() != 1 {
+                return Err(Error::model_file(
+                    &index,
+                    format!("shard `{s}` is not a file name"),
+                ));
+            }
+            fetch(&s, false)?;
+        }
+    }
+    let dir = config
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| cache_dir.to_path_buf());
+    if !is_musicgen(&dir) {
+        return Err(Error::model_file(
+            dir.join("config.json"),
+            format!("{repo} is not a MusicGen model"),
+        ));
+    }
+    Ok(dir)
+}
+
+/// Checks a downloaded file against its blob name in the cache, which is the hash
+/// the hub sent: SHA-256 for large (LFS) files, the git blob SHA-1 for small ones.
+/// A file that does not match is removed, so the next pull fetches it again.
+fn verify(pointer: &Path, name: &str) -> Result<()> {
+    use sha1::Digest as _;
+    let blob = std::fs::canonicalize(pointer).map_err(|e| Error::io(pointer, e))?;
+    let expected = blob
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let is_hex = |n: usize| expected.len() == n && expected.chars().all(|c| c.is_ascii_hexdigit());
+    let bytes = std::fs::read(&blob).map_err(|e| Error::io(&blob, e))?;
+    let got = if is_hex(64) {
+        hex(&sha2::Sha256::digest(&bytes))
+    } else if is_hex(40) {
+        let mut h = sha1::Sha1::new();
+        h.update(format!("blob {}\0", bytes.len()).as_bytes());
+        h.update(&bytes);
+        hex(&h.finalize())
+    } else {
+        // No hash to check against (a server that sends other tags).
+        return Ok(());
+    };
+    if got.eq_ignore_ascii_case(&expected) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(&blob);
+    let _ = std::fs::remove_file(pointer);
+    Err(Error::model_file(
+        pointer,
+        format!(
+            "{name} arrived damaged (hash {got}, expected {expected}); it was removed, pull again"
+        ),
+    ))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
