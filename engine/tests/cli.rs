@@ -13,7 +13,17 @@ fn bin() -> Command {
         "VIDMUSICIAN_CACHE",
         std::env::temp_dir().join("vidmusician-test-cache"),
     );
+    // ... and the user's models: only what a test names is found.
+    let none = std::env::temp_dir().join("vidmusician-test-no-models");
+    c.env("VIDMUSICIAN_MODELS", &none)
+        .env("HF_HOME", &none)
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("XDG_CACHE_HOME");
     c
+}
+
+fn tiny_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny")
 }
 
 fn run(args: &[&str]) -> Output {
@@ -293,4 +303,120 @@ fn rotated_and_odd_sized_videos_are_analysed() {
     let j = analyze_json(&make_video(dir.path(), "odd.mkv", &odd));
     assert_eq!(j["video"]["width"].as_u64(), Some(333));
     assert_eq!(j["cuts"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn compose_text_engine_writes_music_from_the_prompt_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("text.wav");
+    let out = run(&[
+        "compose",
+        "--engine",
+        "text",
+        "--prompt",
+        "calm piano",
+        "--duration",
+        "1.5",
+        "--model-dir",
+        s(&tiny_model()),
+        "--sample-rate",
+        "44100",
+        "--no-cache",
+        "-o",
+        s(&wav),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let audio = read_wav(&wav).unwrap();
+    assert_eq!(audio.sample_rate, 44_100);
+    assert!(
+        (audio.len() as i64 - 66_150).abs() <= 2,
+        "1.5 s at 44.1 kHz, got {} frames",
+        audio.len()
+    );
+    assert!(audio.channels.iter().flatten().all(|x| x.is_finite()));
+    assert!(audio.peak() > 0.01, "not silent");
+
+    // With a video and no --duration, the music lasts as long as the video.
+    let v = make_video(
+        dir.path(),
+        "in.mp4",
+        &SynthSpec::new(160, 120, 25, 2.0, vec![1.0]),
+    );
+    let wav2 = dir.path().join("video.wav");
+    let out = run(&[
+        "compose",
+        s(&v),
+        "--engine",
+        "text",
+        "--model-dir",
+        s(&tiny_model()),
+        "--no-cache",
+        "-o",
+        s(&wav2),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let audio = read_wav(&wav2).unwrap();
+    assert!(
+        (audio.duration() - 2.0).abs() < 0.01,
+        "{}",
+        audio.duration()
+    );
+}
+
+#[test]
+fn text_engine_without_a_model_says_how_to_get_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "compose",
+        "--engine",
+        "text",
+        "--prompt",
+        "x",
+        "--duration",
+        "2",
+        "-o",
+        s(&dir.path().join("x.wav")),
+    ]);
+    assert_clean_failure(
+        &out,
+        &[
+            "no facebook/musicgen-small model",
+            "vidmusician models pull",
+            "--model-dir",
+        ],
+    );
+    assert!(!dir.path().join("x.wav").exists());
+
+    // Without a video or a duration there is nothing to size the music by.
+    let out = run(&[
+        "compose",
+        "--prompt",
+        "x",
+        "-o",
+        s(&dir.path().join("y.wav")),
+    ]);
+    assert_clean_failure(&out, &["--duration"]);
+}
+
+#[test]
+fn models_list_shows_installed_models() {
+    let out = run(&["models", "list", "--model-dir", s(&tiny_model())]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("musicgen-tiny") && text.contains("ready"),
+        "{text}"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let out = run(&["models", "list", "--model-dir", s(empty.path())]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("models pull facebook/musicgen-small"),
+        "{text}"
+    );
 }

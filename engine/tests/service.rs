@@ -25,6 +25,7 @@ fn video(dir: &Path, name: &str, duration: f64) -> std::path::PathBuf {
 fn engine(dir: &Path) -> Engine {
     Engine::start(EngineConfig {
         cache_dir: Some(dir.join("cache")),
+        ..EngineConfig::default()
     })
     .unwrap()
 }
@@ -211,4 +212,47 @@ fn cached_music_is_served_at_once_on_the_callers_thread() {
     let mut other = r.clone();
     other.seed = 99;
     assert!(eng.submit_cached(&other).is_none());
+}
+
+#[test]
+fn the_text_engine_runs_on_the_engine_thread_and_is_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny");
+    let engine = Engine::start(EngineConfig {
+        cache_dir: Some(dir.path().join("cache")),
+        model_dir: Some(model),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let mut req = Request::text("calm piano", 1.0);
+    req.sample_rate = 32_000;
+    req.seed = 5;
+    let (id, _) = engine.submit(req.clone()).unwrap();
+    let mut composing = 0;
+    let first = engine
+        .wait(id, |ev| {
+            if let Event::Progress { stage, .. } = ev
+                && *stage == vidmusician_engine::service::Stage::Composing
+            {
+                composing += 1;
+            }
+        })
+        .unwrap();
+    assert_eq!(first.engine.as_str(), "text");
+    assert_eq!(first.audio.len(), 32_000);
+    assert!(first.bpm.is_none());
+    assert!(composing > 10, "progress per decoder step, got {composing}");
+    let (id, _) = engine.submit(req.clone()).unwrap();
+    let again = engine.wait(id, |_| {}).unwrap();
+    assert!(again.cached);
+    assert_eq!(again.audio.channels, first.audio.channels);
+    // `auto` with no video is the text engine: same key, same music.
+    assert!(engine.submit_cached(&req).is_some());
+
+    // A new seed is another piece.
+    req.seed = 6;
+    let (id, _) = engine.submit(req).unwrap();
+    let other = engine.wait(id, |_| {}).unwrap();
+    assert!(!other.cached);
+    assert_ne!(other.audio.channels, first.audio.channels);
 }

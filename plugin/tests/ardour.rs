@@ -82,6 +82,7 @@ fn ardour_renders_the_vst3_on_a_track() {
     // The music, made once by the engine into the cache the plugin reads.
     let engine = Engine::start(EngineConfig {
         cache_dir: Some(cache.join("audio")),
+        ..EngineConfig::default()
     })
     .unwrap();
     let mut req = Request::new(&video);

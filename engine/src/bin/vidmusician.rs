@@ -34,6 +34,8 @@ enum EngineArg {
     Auto,
     /// The embedded composer: no model weights needed.
     Sketch,
+    /// MusicGen from the prompt alone (needs a model: see `vidmusician models`).
+    Text,
 }
 
 #[derive(Subcommand)]
@@ -83,6 +85,11 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Models: what is installed, and downloading more.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Benchmarks: speed of analysis and composition on this machine.
     Bench {
         #[arg(value_enum)]
@@ -99,10 +106,35 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// List the MusicGen models found (--model-dir, $VIDMUSICIAN_MODELS, the
+    /// Hugging Face cache).
+    List {
+        #[arg(long, value_name = "DIR")]
+        model_dir: Option<PathBuf>,
+    },
+    /// Download a model from the Hugging Face hub ($HF_ENDPOINT) into the Hugging
+    /// Face cache. Resumes an interrupted download.
+    Pull {
+        /// Hub id, e.g. facebook/musicgen-small.
+        #[arg(default_value = vidmusician_engine::neural::hub::DEFAULT_MODEL)]
+        model: String,
+        /// Hugging Face cache folder (default: $HF_HUB_CACHE, $HF_HOME/hub or
+        /// ~/.cache/huggingface/hub).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+}
+
 #[derive(Args)]
 struct ComposeArgs {
-    /// The video to score (any container and codec FFmpeg reads).
-    video: PathBuf,
+    /// The video to score (any container and codec FFmpeg reads). Without one,
+    /// `--engine text --duration N` makes music from the prompt alone.
+    video: Option<PathBuf>,
+    /// Length of the music, seconds, when there is no video.
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
     /// Write the music as a 32-bit float WAV here.
     #[arg(short, long, value_name = "OUT.wav")]
     output: Option<PathBuf>,
@@ -142,6 +174,21 @@ struct ComposeArgs {
     /// Do not read or write the audio cache.
     #[arg(long)]
     no_cache: bool,
+    /// Look here first for models (a model folder, or a folder of them).
+    #[arg(long, value_name = "DIR")]
+    model_dir: Option<PathBuf>,
+    /// The MusicGen checkpoint of the text engine.
+    #[arg(long, default_value = vidmusician_engine::neural::hub::DEFAULT_MODEL)]
+    model: String,
+    /// Neural engines: classifier-free guidance (the model's default, 3, if unset).
+    #[arg(long, value_name = "SCALE")]
+    guidance: Option<f64>,
+    /// Neural engines: sampling temperature (default 1).
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Neural engines: sample among the K most likely tokens (default 250).
+    #[arg(long, value_name = "K")]
+    top_k: Option<usize>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -172,6 +219,7 @@ fn main() -> ExitCode {
             fps,
             seed,
         } => synth_video(&output, duration, cuts, width, height, fps, seed),
+        Command::Models { command } => models(command),
         Command::Bench {
             what,
             video,
@@ -203,47 +251,70 @@ fn compose(a: ComposeArgs) -> Result<()> {
     if a.output.is_none() && a.mux.is_none() {
         bail!("nothing to write: give -o OUT.wav and/or --mux OUT.mp4");
     }
+    if a.mux.is_some() && a.video.is_none() {
+        bail!("--mux needs a video to put the music into");
+    }
+    if a.video.is_none() && a.duration.is_none() {
+        bail!("give a video to score, or --duration SECONDS for music from the prompt alone");
+    }
+    if a.video.is_none() && matches!(a.engine, EngineArg::Sketch) {
+        bail!("the sketch engine scores a video: give one, or use --engine text");
+    }
     // Fail on an unwritable output before minutes of work, not after.
     for p in a.output.iter().chain(a.mux.iter()) {
         check_writable(p)?;
     }
-    let info = video::probe(&a.video)?;
-    let range = match (a.start, a.end) {
-        (None, None) => None,
-        (s, e) => Some((s.unwrap_or(0.0), e.unwrap_or(info.duration))),
+    let mut req = match &a.video {
+        Some(v) => {
+            let info = video::probe(v)?;
+            let mut req = Request::new(v);
+            req.range = match (a.start, a.end) {
+                (None, None) => None,
+                (s, e) => Some((s.unwrap_or(0.0), e.unwrap_or(info.duration))),
+            };
+            req.duration = a.duration;
+            req
+        }
+        None => Request::text(&a.prompt, a.duration.unwrap_or(0.0)),
     };
-    let config = if a.no_cache {
-        EngineConfig { cache_dir: None }
-    } else {
-        EngineConfig::default()
+    let mut config = EngineConfig {
+        model_dir: a.model_dir.clone(),
+        text_model: a.model.clone(),
+        ..EngineConfig::default()
     };
+    if a.no_cache {
+        config.cache_dir = None;
+    }
     let engine = Engine::start(config)?;
-    let mut req = Request::new(&a.video);
     req.tempo = a.bpm;
     req.seed = a.seed;
     req.prompt = a.prompt.clone();
     req.rhythm_strength = a.rhythm_strength;
     req.sample_rate = a.sample_rate;
-    req.range = range;
+    req.guidance = a.guidance;
+    req.temperature = a.temperature;
+    req.top_k = a.top_k;
     req.engine = match a.engine {
         EngineArg::Auto => EngineChoice::Auto,
         EngineArg::Sketch => EngineChoice::Sketch,
+        EngineArg::Text => EngineChoice::Text,
     };
     let t0 = Instant::now();
     let (id, _) = engine.submit(req)?;
-    let pb = bar(1000, "analysing");
-    let mut stage = Stage::Analysing;
+    let pb = bar(1000, "starting");
+    let mut stage = None;
     let done = engine.wait(id, |ev| {
         if let Event::Progress {
             stage: s, fraction, ..
         } = ev
         {
-            if *s != stage {
-                stage = *s;
-                pb.set_message(match s {
-                    Stage::Analysing => "analysing",
-                    Stage::Composing => "composing",
-                    Stage::Finishing => "finishing",
+            if stage != Some(*s) {
+                stage = Some(*s);
+                pb.set_message(match (s, a.video.is_some()) {
+                    (Stage::Analysing, true) => "analysing",
+                    (Stage::Analysing, false) => "loading",
+                    (Stage::Composing, _) => "composing",
+                    (Stage::Finishing, _) => "finishing",
                 });
             }
             pb.set_position((fraction * 1000.0) as u64);
@@ -252,25 +323,25 @@ fn compose(a: ComposeArgs) -> Result<()> {
     pb.finish_and_clear();
     let done = done?;
     if matches!(a.engine, EngineArg::Auto) {
-        eprintln!(
-            "engine: {} (no neural model is installed yet; the embedded composer is used)",
-            done.engine.as_str()
-        );
+        let why = match done.engine {
+            EngineChoice::Text => "music from the prompt alone",
+            _ => "the neural engines that read pictures are not installed",
+        };
+        eprintln!("engine: {} ({why})", done.engine.as_str());
     }
     if let Some(out) = &a.output {
         audio::write_wav(out, &done.audio)?;
         eprintln!("wrote {}", out.display());
     }
-    if let Some(out) = &a.mux {
-        video::mux_audio(&a.video, &done.audio, out)?;
+    if let (Some(out), Some(v)) = (&a.mux, &a.video) {
+        video::mux_audio(v, &done.audio, out)?;
         eprintln!("wrote {}", out.display());
     }
-    let mut line = format!(
-        "{:.2} s of music at {:.1} BPM in {:.2} s",
-        done.audio.duration(),
-        done.bpm,
-        t0.elapsed().as_secs_f64()
-    );
+    let mut line = format!("{:.2} s of music", done.audio.duration());
+    if let Some(bpm) = done.bpm {
+        line += &format!(" at {bpm:.1} BPM");
+    }
+    line += &format!(" in {:.2} s", t0.elapsed().as_secs_f64());
     if let Some(an) = &done.analysis {
         line += &format!(", {} cuts", an.cuts.len());
     }
@@ -285,6 +356,94 @@ fn compose(a: ComposeArgs) -> Result<()> {
     }
     eprintln!("{line}");
     Ok(())
+}
+
+fn models(command: ModelsCommand) -> Result<()> {
+    use vidmusician_engine::neural::hub;
+    match command {
+        ModelsCommand::List { model_dir } => {
+            let found = hub::list_installed(model_dir.as_deref());
+            if found.is_empty() {
+                let roots = hub::search_roots(model_dir.as_deref())
+                    .iter()
+                    .map(|(_, p)| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                println!("no MusicGen model found (looked in: {roots})");
+                println!(
+                    "get one with: vidmusician models pull {}",
+                    hub::DEFAULT_MODEL
+                );
+                return Ok(());
+            }
+            for m in found {
+                let state = if m.missing.is_empty() {
+                    String::from("ready")
+                } else {
+                    format!("incomplete: lacks {}", m.missing.join(", "))
+                };
+                let size = if m.bytes >= 1_000_000_000 {
+                    format!("{:.2} GB", m.bytes as f64 / 1e9)
+                } else {
+                    format!("{:.1} MB", m.bytes as f64 / 1e6)
+                };
+                println!(
+                    "{}\t{size}\t{}\t{} ({})",
+                    m.repo,
+                    state,
+                    m.dir.display(),
+                    m.origin.as_str()
+                );
+            }
+            Ok(())
+        }
+        ModelsCommand::Pull { model, cache_dir } => {
+            let cache = cache_dir
+                .or_else(hub::hf_cache_dir)
+                .context("no home folder to put the Hugging Face cache in: give --cache-dir")?;
+            let endpoint = hub::endpoint_from_env();
+            eprintln!(
+                "downloading {model} from {endpoint} into {}",
+                cache.display()
+            );
+            let mut progress = PullBar { bar: None };
+            let dir = hub::pull(&model, &cache, &endpoint, &mut progress)?;
+            eprintln!("ready: {}", dir.display());
+            Ok(())
+        }
+    }
+}
+
+struct PullBar {
+    bar: Option<ProgressBar>,
+}
+
+impl vidmusician_engine::neural::hub::PullProgress for PullBar {
+    fn file(&mut self, name: &str, bytes: u64) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        let b = ProgressBar::new(bytes);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{msg:>24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .expect("PANIC: constant template")
+            .progress_chars("=> "),
+        );
+        b.set_message(name.to_string());
+        self.bar = Some(b);
+    }
+    fn advance(&mut self, bytes: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(bytes);
+        }
+    }
+    fn done(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+    }
 }
 
 fn run_analysis(video_path: &Path) -> Result<Analysis> {

@@ -12,13 +12,14 @@ use super::Request;
 
 /// Bumped whenever the composer's output for the same inputs changes, so
 /// stale audio is never served.
-const FORMAT: &str = "vidmusician-audio-v2";
+const FORMAT: &str = "vidmusician-audio-v3";
 
 /// What is stored beside the audio.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CacheMeta {
     pub engine: String,
-    pub bpm: f64,
+    #[serde(default)]
+    pub bpm: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,7 +117,16 @@ pub fn cache_key(request: &Request, engine: &str) -> Result<String> {
     let mut h = blake3::Hasher::new();
     h.update(FORMAT.as_bytes());
     h.update(engine.as_bytes());
-    video_identity(&request.video, &mut h)?;
+    match &request.video {
+        Some(v) => video_identity(v, &mut h)?,
+        None => {
+            h.update(b"no video");
+            h.update(&request.duration.unwrap_or(0.0).to_le_bytes());
+        }
+    }
+    h.update(&request.guidance.unwrap_or(f64::NAN).to_le_bytes());
+    h.update(&request.temperature.unwrap_or(f64::NAN).to_le_bytes());
+    h.update(&(request.top_k.map_or(u64::MAX, |k| k as u64)).to_le_bytes());
     let range = request.range.unwrap_or((0.0, f64::INFINITY));
     h.update(&range.0.to_le_bytes());
     h.update(&range.1.to_le_bytes());

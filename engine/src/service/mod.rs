@@ -34,6 +34,9 @@ use crate::error::{Error, Result};
 /// The longest prompt a request takes.
 pub const MAX_PROMPT_BYTES: usize = 4096;
 
+/// The longest piece a request asks for without a video, seconds.
+pub const MAX_DURATION: f64 = 3600.0;
+
 /// Which engine writes the music.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -43,6 +46,8 @@ pub enum EngineChoice {
     Auto,
     /// The embedded composer (no weights).
     Sketch,
+    /// MusicGen from the text prompt alone (the pictures are not read).
+    Text,
 }
 
 impl EngineChoice {
@@ -50,13 +55,17 @@ impl EngineChoice {
         match self {
             EngineChoice::Auto => "auto",
             EngineChoice::Sketch => "sketch",
+            EngineChoice::Text => "text",
         }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Request {
-    pub video: PathBuf,
+    /// The video to score; `None` for text-to-music, which then needs `duration`.
+    pub video: Option<PathBuf>,
+    /// Length of the piece, seconds, when there is no video to take it from.
+    pub duration: Option<f64>,
     /// Part of the video to score, seconds; `None` is all of it.
     pub range: Option<(f64, f64)>,
     /// Tempo in BPM; `None` lets the engine choose one that fits the cuts.
@@ -73,6 +82,13 @@ pub struct Request {
     pub preview_until: Option<f64>,
     pub engine: EngineChoice,
     pub seed: u64,
+    /// Neural engines: classifier-free guidance; `None` is the model's default.
+    pub guidance: Option<f64>,
+    /// Neural engines: sampling temperature; `None` is the model's default.
+    pub temperature: Option<f64>,
+    /// Neural engines: sample among this many most likely tokens; `None` is the
+    /// model's default.
+    pub top_k: Option<usize>,
     /// Output sample rate.
     pub sample_rate: u32,
     /// Frames per chunk handed to the [`ChunkReader`].
@@ -87,15 +103,28 @@ pub struct Request {
 impl Request {
     pub fn new(video: impl Into<PathBuf>) -> Self {
         Self {
-            video: video.into(),
+            video: Some(video.into()),
+            duration: None,
+            ..Self::text("", 0.0)
+        }
+    }
+
+    /// Text to music: `seconds` of music for `prompt`, no video.
+    pub fn text(prompt: &str, seconds: f64) -> Self {
+        Self {
+            video: None,
+            duration: Some(seconds),
             range: None,
             tempo: None,
             downbeat: None,
-            prompt: String::new(),
+            prompt: prompt.to_string(),
             rhythm_strength: 1.0,
             preview_until: None,
             engine: EngineChoice::Auto,
             seed: 0,
+            guidance: None,
+            temperature: None,
+            top_k: None,
             sample_rate: crate::sketch::SAMPLE_RATE,
             chunk_frames: 4096,
             max_chunks: 0,
@@ -117,7 +146,8 @@ pub struct Finished {
     pub audio: Arc<Audio>,
     /// The engine that actually ran (`auto` resolved).
     pub engine: EngineChoice,
-    pub bpm: f64,
+    /// The tempo the music was written in, when the engine chose one.
+    pub bpm: Option<f64>,
     pub analysis: Option<Arc<Analysis>>,
     pub loudness: Option<LoudnessReport>,
     /// True when the audio came from the disk cache.
@@ -160,14 +190,95 @@ impl Event {
 pub struct EngineConfig {
     /// Where finished audio is cached; `None` disables the disk cache.
     pub cache_dir: Option<PathBuf>,
+    /// Looked in first for models (then `$VIDMUSICIAN_MODELS`, then the Hugging
+    /// Face cache).
+    pub model_dir: Option<PathBuf>,
+    /// The MusicGen checkpoint of the text engine, as a hub id.
+    pub text_model: String,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             cache_dir: AudioCache::default_dir(),
+            model_dir: None,
+            text_model: crate::neural::hub::DEFAULT_MODEL.to_string(),
         }
     }
+}
+
+/// An engine choice made concrete for one request.
+#[derive(Debug, Clone)]
+pub(crate) struct Resolved {
+    pub engine: EngineChoice,
+    /// The model folder, for neural engines.
+    pub model: Option<PathBuf>,
+    /// What the cache key records of the engine: its name, and for neural
+    /// engines which checkpoint it ran.
+    pub key_engine: String,
+}
+
+/// Picks the engine for `request`: `auto` scores a video with the embedded
+/// composer (the neural engines that read pictures are not installed yet) and
+/// turns text alone into music with MusicGen.
+pub(crate) fn resolve(config: &EngineConfig, request: &Request) -> Result<Resolved> {
+    let engine = match (request.engine, &request.video) {
+        (EngineChoice::Auto, Some(_)) => EngineChoice::Sketch,
+        (EngineChoice::Auto, None) => EngineChoice::Text,
+        (e, _) => e,
+    };
+    match engine {
+        EngineChoice::Text => {
+            let dir =
+                crate::neural::hub::find_model(&config.text_model, config.model_dir.as_deref())?;
+            let key_engine = format!("text:{}", model_fingerprint(&dir));
+            Ok(Resolved {
+                engine,
+                model: Some(dir),
+                key_engine,
+            })
+        }
+        _ => {
+            if request.video.is_none() {
+                return Err(Error::InvalidSetting(
+                    "the sketch engine scores a video: give one, or use the text engine".into(),
+                ));
+            }
+            Ok(Resolved {
+                engine: EngineChoice::Sketch,
+                model: None,
+                key_engine: EngineChoice::Sketch.as_str().to_string(),
+            })
+        }
+    }
+}
+
+/// Identifies a checkpoint cheaply: its folder, its config and the size and time of
+/// its weight files, so replaced weights never serve stale audio.
+fn model_fingerprint(dir: &std::path::Path) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(dir.to_string_lossy().as_bytes());
+    if let Ok(c) = std::fs::read(dir.join("config.json")) {
+        h.update(&c);
+    }
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    names.sort();
+    for p in names {
+        if p.extension().is_some_and(|e| e == "safetensors")
+            && let Ok(m) = std::fs::metadata(&p)
+        {
+            h.update(p.to_string_lossy().as_bytes());
+            h.update(&m.len().to_le_bytes());
+            if let Ok(t) = m.modified()
+                && let Ok(d) = t.duration_since(std::time::UNIX_EPOCH)
+            {
+                h.update(&d.as_nanos().to_le_bytes());
+            }
+        }
+    }
+    h.finalize().to_hex()[..16].to_string()
 }
 
 /// Return rings of takes served from the cache on a client's thread,
@@ -195,6 +306,7 @@ pub struct Engine {
     pending: Mutex<Vec<(u64, Arc<AtomicBool>)>>,
     cache: Option<AudioCache>,
     adopted: Adopted,
+    config: EngineConfig,
 }
 
 impl Engine {
@@ -204,9 +316,10 @@ impl Engine {
         let cache = config.cache_dir.clone().map(AudioCache::new);
         let adopted: Adopted = Arc::default();
         let worker_adopted = adopted.clone();
+        let worker_config = config.clone();
         let thread = std::thread::Builder::new()
             .name("vidmusician-engine".into())
-            .spawn(move || worker::run(config, job_rx, ev_tx, worker_adopted))
+            .spawn(move || worker::run(worker_config, job_rx, ev_tx, worker_adopted))
             .map_err(|e| Error::InvalidSetting(format!("cannot start the engine thread: {e}")))?;
         Ok(Self {
             jobs: Some(job_tx),
@@ -216,6 +329,7 @@ impl Engine {
             pending: Mutex::new(Vec::new()),
             cache,
             adopted,
+            config,
         })
     }
 
@@ -226,8 +340,8 @@ impl Engine {
     pub fn submit_cached(&self, request: &Request) -> Option<(u64, ChunkReader)> {
         validate(request).ok()?;
         let cache = self.cache.as_ref()?;
-        // Only the sketch engine exists so far; `auto` resolves to it.
-        let key = cache_key(request, EngineChoice::Sketch.as_str()).ok()?;
+        let resolved = resolve(&self.config, request).ok()?;
+        let key = cache_key(request, &resolved.key_engine).ok()?;
         let (audio, _) = cache.get(&key)?;
         if audio.sample_rate != request.sample_rate || audio.is_empty() {
             return None;
@@ -389,6 +503,33 @@ fn validate(r: &Request) -> Result<()> {
         && !(a.is_finite() && b.is_finite() && a >= 0.0 && b > a)
     {
         return Err(Error::InvalidSetting(format!("time range {a}–{b} s")));
+    }
+    match (r.video.is_some(), r.duration) {
+        (false, None) => {
+            return Err(Error::InvalidSetting(
+                "no video and no duration: say how long the music should be".into(),
+            ));
+        }
+        (_, Some(d)) if !(d.is_finite() && d > 0.0 && d <= MAX_DURATION) => {
+            return Err(Error::InvalidSetting(format!(
+                "duration {d} s (expected above 0 and at most {MAX_DURATION} s)"
+            )));
+        }
+        _ => {}
+    }
+    if let Some(g) = r.guidance
+        && !(g.is_finite() && (0.0..=100.0).contains(&g))
+    {
+        return Err(Error::InvalidSetting(format!(
+            "guidance {g} (expected 0–100)"
+        )));
+    }
+    if let Some(t) = r.temperature
+        && !(t.is_finite() && t > 0.0 && t <= 100.0)
+    {
+        return Err(Error::InvalidSetting(format!(
+            "temperature {t} (expected above 0 and at most 100)"
+        )));
     }
     Ok(())
 }

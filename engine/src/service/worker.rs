@@ -6,14 +6,27 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use std::path::{Path, PathBuf};
+
 use super::{
     Adopted, AudioCache, AudioChunk, CacheMeta, EngineChoice, EngineConfig, Event, Finished, Job,
-    Stage, cache_key,
+    Request, Stage, cache_key, resolve,
 };
 use crate::analysis::{Analysis, StatsEncoder, analyze_until};
-use crate::audio::{Audio, resample};
+use crate::audio::{Audio, LoudnessReport, normalize, resample};
 use crate::error::{Error, Result};
-use crate::sketch::{SketchSettings, compose};
+use crate::neural::MusicGen;
+use crate::sketch::{CEILING_DBTP, SketchSettings, TARGET_LUFS, compose};
+
+/// What the engine thread keeps between requests.
+#[derive(Default)]
+struct State {
+    /// The last analysis, reused when the same video is asked again (a tempo
+    /// change, a new seed): analysis is most of the sketch engine's work.
+    last_analysis: Option<(String, Arc<Analysis>)>,
+    /// The loaded text model: loading takes seconds, so it stays.
+    text_model: Option<(PathBuf, MusicGen)>,
+}
 
 /// How often retired chunks are collected while idle.
 const COLLECT_EVERY: Duration = Duration::from_millis(50);
@@ -24,12 +37,10 @@ pub(super) fn run(
     events: Sender<Event>,
     adopted: Adopted,
 ) {
-    let cache = config.cache_dir.map(AudioCache::new);
+    let cache = config.cache_dir.clone().map(AudioCache::new);
     // Rings of finished requests whose reader may still hand chunks back.
     let mut retired_rings: Vec<rtrb::Consumer<Arc<AudioChunk>>> = Vec::new();
-    // The last analysis, reused when the same video is asked again (a
-    // tempo change, a new seed): analysis is most of the work.
-    let mut last_analysis: Option<(String, Arc<Analysis>)> = None;
+    let mut state = State::default();
     loop {
         let job = match jobs.recv_timeout(COLLECT_EVERY) {
             Ok(job) => job,
@@ -45,8 +56,9 @@ pub(super) fn run(
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             process(
                 &mut job,
+                &config,
                 cache.as_ref(),
-                &mut last_analysis,
+                &mut state,
                 &events,
                 &mut retired_rings,
             )
@@ -86,8 +98,9 @@ fn collect(rings: &mut Vec<rtrb::Consumer<Arc<AudioChunk>>>) {
 
 fn process(
     job: &mut Job,
+    config: &EngineConfig,
     cache: Option<&AudioCache>,
-    last_analysis: &mut Option<(String, Arc<Analysis>)>,
+    state: &mut State,
     events: &Sender<Event>,
     retired_rings: &mut Vec<rtrb::Consumer<Arc<AudioChunk>>>,
 ) -> Result<Finished> {
@@ -96,9 +109,9 @@ fn process(
         return Err(Error::Cancelled);
     }
     let req = job.request.clone();
-    // Only the sketch engine exists so far; `auto` resolves to it.
-    let engine = EngineChoice::Sketch;
-    let key = cache_key(&req, engine.as_str())?;
+    let resolved = resolve(config, &req)?;
+    let engine = resolved.engine;
+    let key = cache_key(&req, &resolved.key_engine)?;
     if let Some((audio, meta)) = cache.and_then(|c| c.get(&key))
         && audio.sample_rate == req.sample_rate
     {
@@ -123,45 +136,57 @@ fn process(
             fraction,
         });
     };
-    let mut analysis_req = crate::service::Request::new(&req.video);
-    analysis_req.preview_until = req.preview_until;
-    let video_key = cache_key(&analysis_req, "analysis")?;
-    let analysis = match last_analysis {
-        Some((k, a)) if *k == video_key => a.clone(),
+    let (audio, bpm, analysis, loudness) = match (engine, &resolved.model) {
+        (EngineChoice::Text, Some(dir)) => {
+            let (audio, loudness) = text_music(&req, dir, state, &cancel, &progress)?;
+            (audio, None, None, loudness)
+        }
         _ => {
-            let a = Arc::new(analyze_until(
-                &req.video,
-                &mut StatsEncoder::default(),
-                req.preview_until,
-                &cancel,
-                &mut |f| progress(Stage::Analysing, f),
-            )?);
-            *last_analysis = Some((video_key, a.clone()));
-            a
+            let video = req.video.as_deref().ok_or_else(|| {
+                Error::InvalidSetting("the sketch engine scores a video: give one".into())
+            })?;
+            let mut analysis_req = Request::new(video);
+            analysis_req.preview_until = req.preview_until;
+            let video_key = cache_key(&analysis_req, "analysis")?;
+            let analysis = match &state.last_analysis {
+                Some((k, a)) if *k == video_key => a.clone(),
+                _ => {
+                    let a = Arc::new(analyze_until(
+                        video,
+                        &mut StatsEncoder::default(),
+                        req.preview_until,
+                        &cancel,
+                        &mut |f| progress(Stage::Analysing, f),
+                    )?);
+                    state.last_analysis = Some((video_key, a.clone()));
+                    a
+                }
+            };
+            let settings = SketchSettings {
+                bpm: req.tempo,
+                downbeat: req.downbeat,
+                style: crate::sketch::Style::from_prompt(&req.prompt),
+                rhythm_strength: req.rhythm_strength,
+                seed: req.seed,
+            };
+            let comp = compose(&analysis, &settings, &cancel, &mut |f| {
+                progress(Stage::Composing, f)
+            })?;
+            progress(Stage::Finishing, 0.0);
+            let mut audio = resample(&comp.audio, req.sample_rate)?;
+            if let Some((a, b)) = req.range {
+                audio = slice(&audio, a, b);
+            }
+            (audio, Some(comp.score.bpm), Some(analysis), comp.loudness)
         }
     };
-    let settings = SketchSettings {
-        bpm: req.tempo,
-        downbeat: req.downbeat,
-        style: crate::sketch::Style::from_prompt(&req.prompt),
-        rhythm_strength: req.rhythm_strength,
-        seed: req.seed,
-    };
-    let comp = compose(&analysis, &settings, &cancel, &mut |f| {
-        progress(Stage::Composing, f)
-    })?;
-    progress(Stage::Finishing, 0.0);
-    let mut audio = resample(&comp.audio, req.sample_rate)?;
-    if let Some((a, b)) = req.range {
-        audio = slice(&audio, a, b);
-    }
     let audio = Arc::new(audio);
     if let Some(c) = cache {
         // A cache that cannot be written costs speed next time, not this
         // result.
         let meta = CacheMeta {
             engine: engine.as_str().to_string(),
-            bpm: comp.score.bpm,
+            bpm,
         };
         let _ = c.put(&key, &audio, &meta);
     }
@@ -170,12 +195,84 @@ fn process(
     Ok(Finished {
         audio,
         engine,
-        bpm: comp.score.bpm,
-        analysis: Some(analysis),
-        loudness: Some(comp.loudness),
+        bpm,
+        analysis,
+        loudness: Some(loudness),
         cached: false,
         cache_key: key,
     })
+}
+
+/// How long the text engine's piece is: the asked range, else the video's length,
+/// else the asked duration; a preview is cut short.
+fn text_duration(req: &Request) -> Result<f64> {
+    let full = match (req.range, &req.video, req.duration) {
+        (Some((a, b)), Some(v), _) => b.min(crate::video::probe(v)?.duration) - a,
+        (Some((a, b)), None, _) => b - a,
+        (None, Some(v), _) => crate::video::probe(v)?.duration,
+        (None, None, Some(d)) => d,
+        (None, None, None) => {
+            return Err(Error::InvalidSetting("no video and no duration".into()));
+        }
+    };
+    let d = match req.preview_until {
+        Some(p) => full.min(p),
+        None => full,
+    };
+    if !(d.is_finite() && d > 0.0) {
+        return Err(Error::InvalidSetting(format!(
+            "nothing to compose: the piece would last {d:.2} s"
+        )));
+    }
+    Ok(d)
+}
+
+/// MusicGen from the prompt: generated at the codec's rate, resampled, and
+/// mastered to the same loudness as the embedded composer's music.
+fn text_music(
+    req: &Request,
+    dir: &Path,
+    state: &mut State,
+    cancel: &AtomicBool,
+    progress: &dyn Fn(Stage, f64),
+) -> Result<(Audio, LoudnessReport)> {
+    let seconds = text_duration(req)?;
+    if state.text_model.as_ref().is_none_or(|(d, _)| d != dir) {
+        progress(Stage::Analysing, 0.0);
+        // Free the old model before loading the next: two may not fit.
+        state.text_model = None;
+        state.text_model = Some((dir.to_path_buf(), MusicGen::load(dir)?));
+        progress(Stage::Analysing, 1.0);
+    }
+    let Some((_, model)) = state.text_model.as_ref() else {
+        return Err(Error::EngineGone);
+    };
+    let mut sampling = model.default_sampling();
+    sampling.seed = req.seed;
+    if let Some(g) = req.guidance {
+        sampling.guidance = g;
+    }
+    if let Some(t) = req.temperature {
+        sampling.temperature = Some(t);
+    }
+    if let Some(k) = req.top_k {
+        sampling.top_k = k;
+    }
+    let samples = model.generate(&req.prompt, seconds, &sampling, &mut |p| {
+        progress(
+            Stage::Composing,
+            p.frames_done as f64 / p.frames_total.max(1) as f64,
+        );
+        !cancel.load(Ordering::Relaxed)
+    })?;
+    progress(Stage::Finishing, 0.0);
+    let mono = Audio {
+        sample_rate: model.sample_rate(),
+        channels: vec![samples.clone(), samples],
+    };
+    let mut audio = resample(&mono, req.sample_rate)?;
+    let loudness = normalize(&mut audio, TARGET_LUFS, CEILING_DBTP)?;
+    Ok((audio, loudness))
 }
 
 fn slice(audio: &Audio, start: f64, end: f64) -> Audio {

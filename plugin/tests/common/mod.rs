@@ -171,7 +171,11 @@ pub fn expected_preview(video: &Path, seed: u64, rate: u32, until: f64) -> Audio
 }
 
 fn expected_request(mut r: Request, seed: u64, rate: u32) -> Audio {
-    let engine = Engine::start(EngineConfig { cache_dir: None }).unwrap();
+    let engine = Engine::start(EngineConfig {
+        cache_dir: None,
+        ..EngineConfig::default()
+    })
+    .unwrap();
     r.seed = seed;
     r.sample_rate = rate;
     let (id, _) = engine.submit(r).unwrap();
