@@ -103,6 +103,13 @@ enum Command {
         /// Repetitions (the best and the mean are reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// neural: code frames generated per run (50 per second of audio).
+        #[arg(long, default_value_t = 250)]
+        frames: usize,
+        /// neural: a Python with torch and transformers, to run the reference in
+        /// the same conditions (see tools/bench_transformers.py for its set-up).
+        #[arg(long, value_name = "PYTHON")]
+        python: Option<PathBuf>,
     },
 }
 
@@ -197,6 +204,10 @@ enum BenchWhat {
     Analysis,
     /// The embedded composer (arrange + synthesise + master), as a multiple of real time.
     Composer,
+    /// The neural engine at musicgen-small's size (random weights): decoder steps per
+    /// second with and without guidance, EnCodec speed, peak memory; and the same
+    /// through Hugging Face transformers when --python names an env that has it.
+    Neural,
 }
 
 fn main() -> ExitCode {
@@ -221,10 +232,17 @@ fn main() -> ExitCode {
         } => synth_video(&output, duration, cuts, width, height, fps, seed),
         Command::Models { command } => models(command),
         Command::Bench {
+            what: BenchWhat::Neural,
+            frames,
+            python,
+            ..
+        } => bench_neural(frames.max(1), python.as_deref()),
+        Command::Bench {
             what,
             video,
             seconds,
             runs,
+            ..
         } => bench(what, video.as_deref(), seconds, runs.max(1)),
     };
     match result {
@@ -665,5 +683,42 @@ fn bench(what: BenchWhat, video_path: Option<&Path>, seconds: f64, runs: usize) 
                 sketch::compose(&a, &settings, &AtomicBool::new(false), &mut |_| {}).map(|_| ())
             })
         }
+        BenchWhat::Neural => bench_neural(250, None),
     }
+}
+
+fn bench_neural(frames: usize, python: Option<&Path>) -> Result<()> {
+    use vidmusician_engine::neural::bench;
+    let ours = bench::run(frames, &mut |m| eprintln!("{m}…"))?;
+    let mut report = json!({ "bench": "neural (musicgen-small shape, random weights, f32)", "vidmusician": ours });
+    if let Some(py) = python {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/bench_transformers.py");
+        eprintln!("the same through transformers ({})…", py.display());
+        let out = std::process::Command::new(py)
+            .arg(&script)
+            .args(["--frames", &frames.to_string()])
+            .args(["--threads", &ours.threads.to_string()])
+            .output()
+            .with_context(|| format!("cannot run {}", py.display()))?;
+        if !out.status.success() {
+            bail!(
+                "the transformers benchmark failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
+        }
+        let theirs: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .context("the transformers benchmark printed no JSON")?;
+        if let Some(t) = theirs["guided_steps_per_s"].as_f64() {
+            report["speedup_guided"] = json!(ours.guided_steps_per_s / t);
+        }
+        if let Some(t) = theirs["encodec_s_per_10s_audio"].as_f64() {
+            report["speedup_encodec"] = json!(t / ours.encodec_s_per_10s_audio);
+        }
+        report["transformers"] = theirs;
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
 }

@@ -7,6 +7,7 @@
 //! - [`generate`]: the delay pattern, guidance and sampling.
 //! - [`model`]: a whole checkpoint, text in, audio out.
 
+pub mod bench;
 pub mod config;
 pub mod decoder;
 pub mod encodec;

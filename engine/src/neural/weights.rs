@@ -19,6 +19,11 @@ struct Files {
     shards: Vec<(PathBuf, MmapedSafetensors)>,
     /// Which shard holds each tensor.
     index: HashMap<String, usize>,
+    /// Tensors held in memory (built by code, not read from a file).
+    memory: HashMap<String, Tensor>,
+    /// Answer every name with random values of the asked shape (benchmarks of a
+    /// model's speed at its real size, where no checkpoint can be downloaded).
+    random: Option<u64>,
 }
 
 /// A view of a checkpoint under a name prefix, like candle's `VarBuilder` but with
@@ -69,10 +74,44 @@ impl Weights {
             shards.push((path.clone(), file));
         }
         Ok(Self {
-            files: Arc::new(Files { shards, index }),
+            files: Arc::new(Files {
+                shards,
+                index,
+                memory: HashMap::new(),
+                random: None,
+            }),
             prefix: String::new(),
             device: Device::Cpu,
         })
+    }
+
+    /// A checkpoint made of tensors in memory (benchmarks, tests).
+    pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
+        Self {
+            files: Arc::new(Files {
+                shards: Vec::new(),
+                index: HashMap::new(),
+                memory: tensors,
+                random: None,
+            }),
+            prefix: String::new(),
+            device: Device::Cpu,
+        }
+    }
+
+    /// A checkpoint that has every tensor, with random values (std 0.02; norm scales
+    /// 1): any model loads from it at its full size. For speed measurements only.
+    pub fn random(seed: u64) -> Self {
+        Self {
+            files: Arc::new(Files {
+                shards: Vec::new(),
+                index: HashMap::new(),
+                memory: HashMap::new(),
+                random: Some(seed),
+            }),
+            prefix: String::new(),
+            device: Device::Cpu,
+        }
     }
 
     /// The same checkpoint seen under `prefix.`.
@@ -112,12 +151,29 @@ impl Weights {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.files.index.contains_key(&self.full_name(name))
+        let full = self.full_name(name);
+        self.files.random.is_some()
+            || self.files.index.contains_key(&full)
+            || self.files.memory.contains_key(&full)
     }
 
     /// The tensor `name` as f32, checked against `shape`.
     pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
         let full = self.full_name(name);
+        if let Some(seed) = self.files.random {
+            return random_tensor(seed, &full, shape, &self.device);
+        }
+        if let Some(t) = self.files.memory.get(&full) {
+            if t.dims() != shape {
+                return Err(Error::TensorShape {
+                    path: PathBuf::from("(memory)"),
+                    name: full,
+                    expected: shape.to_vec(),
+                    found: t.dims().to_vec(),
+                });
+            }
+            return Ok(t.to_dtype(DType::F32)?);
+        }
         let Some(&i) = self.files.index.get(&full) else {
             return Err(Error::MissingTensor {
                 path: self.path_of(&full),
@@ -150,6 +206,25 @@ impl Weights {
         }
         self.get(shape, names[0])
     }
+}
+
+fn random_tensor(seed: u64, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+    use rand::{Rng, SeedableRng};
+    let n: usize = shape.iter().product();
+    if name.contains("norm") && name.ends_with("weight") {
+        return Ok(Tensor::ones(shape, DType::F32, device)?);
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ blake3_u64(name));
+    // Uniform with the standard deviation of N(0, 0.02): the speed of a kernel does
+    // not depend on the distribution, only finite values matter.
+    let a = 0.02f32 * 3f32.sqrt();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-a..a)).collect();
+    Ok(Tensor::from_vec(v, shape, device)?)
+}
+
+fn blake3_u64(s: &str) -> u64 {
+    let h = blake3::hash(s.as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]))
 }
 
 fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
