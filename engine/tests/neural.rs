@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use vidmusician_engine::Error;
+use vidmusician_engine::neural::decoder::{CrossKv, SeqInput};
 use vidmusician_engine::neural::{MusicGen, Sampling};
 
 const TOL: f32 = 1e-4;
@@ -80,9 +81,9 @@ fn t5_encoder_states_match_the_reference() {
     assert!(d < TOL, "T5 states differ by {d}");
 }
 
-#[test]
-fn decoder_logits_match_the_reference_for_fixed_codes_and_padded_text() {
-    let m = model();
+/// The reference's fixed codes as `(batch, codebooks × positions)` tokens, with the
+/// cross-attention states of the padded text batch.
+fn decoder_inputs(m: &MusicGen) -> (Vec<Vec<u32>>, Vec<CrossKv>, usize) {
     let r = reference();
     let ids = r["text.input_ids"]
         .to_dtype(candle_core::DType::U32)
@@ -97,15 +98,34 @@ fn decoder_logits_match_the_reference_for_fixed_codes_and_padded_text() {
         .unwrap();
     let (rows, seq) = codes.dims2().unwrap();
     let k = m.decoder().config().num_codebooks;
-    let codes = codes.reshape((rows / k, k, seq)).unwrap();
-    let mut cache = m.decoder().new_cache(seq);
-    let logits = m
-        .decoder()
-        .forward(&codes, Some(&cross), &mut cache, &[])
-        .unwrap();
-    let (b, k, s, v) = logits.dims4().unwrap();
-    let logits = logits.reshape((b * k, s, v)).unwrap();
-    let d = max_abs_diff(&logits, &r["decoder.logits"]);
+    let flat: Vec<u32> = codes.flatten_all().unwrap().to_vec1().unwrap();
+    let tokens = flat.chunks(k * seq).map(|c| c.to_vec()).collect();
+    assert_eq!(rows / k, 2);
+    (tokens, cross, seq)
+}
+
+fn as_tensor(v: Vec<f32>, shape: &[usize]) -> Tensor {
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn decoder_logits_match_the_reference_for_fixed_codes_and_padded_text() {
+    let m = model();
+    let r = reference();
+    let (tokens, cross, seq) = decoder_inputs(&m);
+    let mut caches: Vec<_> = (0..2).map(|_| m.decoder().new_cache()).collect();
+    let mut seqs: Vec<SeqInput> = caches
+        .iter_mut()
+        .zip(&tokens)
+        .zip(&cross)
+        .map(|((cache, t), c)| SeqInput {
+            tokens: t,
+            cross: Some(c),
+            cache,
+        })
+        .collect();
+    let logits = m.decoder().forward(&mut seqs, &[]).unwrap();
+    let d = max_abs_diff(&as_tensor(logits, &[8, seq, 64]), &r["decoder.logits"]);
     assert!(d < TOL, "logits differ by {d}");
 }
 
@@ -113,37 +133,37 @@ fn decoder_logits_match_the_reference_for_fixed_codes_and_padded_text() {
 fn decoding_step_by_step_with_the_cache_equals_one_pass() {
     let m = model();
     let r = reference();
-    let ids = r["text.input_ids"]
-        .to_dtype(candle_core::DType::U32)
-        .unwrap();
-    let mask = r["text.attention_mask"]
-        .to_dtype(candle_core::DType::U32)
-        .unwrap();
-    let states = m.text_states(&ids, &mask).unwrap();
-    let cross = m.decoder().cross_kv(&states, Some(&mask)).unwrap();
-    let codes = r["decoder.input_ids"]
-        .to_dtype(candle_core::DType::U32)
-        .unwrap();
-    let (rows, seq) = codes.dims2().unwrap();
+    let (tokens, cross, seq) = decoder_inputs(&m);
     let k = m.decoder().config().num_codebooks;
-    let codes = codes.reshape((rows / k, k, seq)).unwrap();
-    let mut cache = m.decoder().new_cache(2);
-    let mut steps = Vec::new();
+    let mut caches: Vec<_> = (0..2).map(|_| m.decoder().new_cache()).collect();
+    // (sequence, codebook, position, vocab), filled one position at a time
+    let mut all = vec![0f32; 2 * k * seq * 64];
     for t in 0..seq {
-        let one = codes.narrow(2, t, 1).unwrap();
-        steps.push(
-            m.decoder()
-                .forward(&one, Some(&cross), &mut cache, &[])
-                .unwrap(),
-        );
+        let step: Vec<Vec<u32>> = tokens
+            .iter()
+            .map(|tk| (0..k).map(|c| tk[c * seq + t]).collect())
+            .collect();
+        let mut seqs: Vec<SeqInput> = caches
+            .iter_mut()
+            .zip(&step)
+            .zip(&cross)
+            .map(|((cache, t), c)| SeqInput {
+                tokens: t,
+                cross: Some(c),
+                cache,
+            })
+            .collect();
+        let out = m.decoder().forward(&mut seqs, &[]).unwrap();
+        for s in 0..2 {
+            for c in 0..k {
+                let src = &out[(s * k + c) * 64..(s * k + c + 1) * 64];
+                let dst = ((s * k + c) * seq + t) * 64;
+                all[dst..dst + 64].copy_from_slice(src);
+            }
+        }
     }
-    assert_eq!(cache.len(), seq);
-    let stepped = Tensor::cat(&steps, 2).unwrap();
-    let (b, k, s, v) = stepped.dims4().unwrap();
-    let d = max_abs_diff(
-        &stepped.reshape((b * k, s, v)).unwrap(),
-        &r["decoder.logits"],
-    );
+    assert!(caches.iter().all(|c| c.len() == seq));
+    let d = max_abs_diff(&as_tensor(all, &[8, seq, 64]), &r["decoder.logits"]);
     assert!(d < TOL, "cached steps differ from the reference by {d}");
 }
 

@@ -60,7 +60,10 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
     let w = Weights::random(7);
     let decoder = Decoder::load(&w.pp("decoder"), &cfg.decoder)?;
     let states = Tensor::randn(0f32, 1.0, (1, 12, cfg.decoder.hidden_size), &Device::Cpu)?;
-    let cross = decoder.cross_kv(&states, None)?;
+    let cross = decoder
+        .cross_kv(&states, None)?
+        .pop()
+        .expect("PANIC: one sequence of states gives one");
     let k = cfg.decoder.num_codebooks;
     let steps = frames + k - 1;
     let mut time = |guidance: f64, label: &str| -> Result<f64> {

@@ -1,73 +1,139 @@
-//! The MusicGen decoder: a pre-LayerNorm transformer over the sum of the 4 codebook
-//! embeddings, with sinusoidal positions, self-attention with a KV cache,
+//! The MusicGen decoder: a pre-LayerNorm transformer over the sum of the codebook
+//! embeddings, with sinusoidal positions, causal self-attention with a KV cache,
 //! cross-attention to the conditioning states, a GELU feed-forward and one LM head per
 //! codebook.
+//!
+//! It runs on plain f32 buffers rather than candle tensors: a decoder step is bound by
+//! reading the weights, and [`kernels::gemv`] reads each weight once for every row of
+//! a step (both classifier-free-guidance branches share one pass). Many rows at once
+//! (a prompt read in one go) go through candle's matrix product instead.
 //!
 //! Two inputs beyond MusicGen's own exist for the VidMusician method: the
 //! cross-attention takes any sequence of states (text, and later text + visual), and
 //! each layer can take an additive input before its self-attention (in-attention).
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::kv_cache::KvCache;
+use candle_core::{Device, Tensor};
 
 use super::config::DecoderConfig;
-use super::nn::{LayerNorm, Linear, attention, embedding, merge_heads, split_heads};
+use super::kernels::{self, gemv};
 use super::weights::Weights;
-use crate::Result;
+use crate::{Error, Result};
 
-const LN_EPS: f64 = 1e-5;
+const LN_EPS: f32 = 1e-5;
 
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+/// Rows up to which a product uses [`gemv`]; more go through a matrix product.
+const GEMV_MAX_ROWS: usize = 4;
+
+/// A row-major `out × inn` weight.
+struct Mat {
+    w: Vec<f32>,
+    out: usize,
+    inn: usize,
 }
 
-impl Attention {
+impl Mat {
+    fn load(w: &Weights, name: &str, out: usize, inn: usize) -> Result<Self> {
+        let t = w.get(&[out, inn], name)?;
+        Ok(Self {
+            w: t.flatten_all()?.to_vec1()?,
+            out,
+            inn,
+        })
+    }
+
+    /// Several weights stacked along the output axis, read as one.
+    fn stack(parts: Vec<Mat>) -> Self {
+        let inn = parts[0].inn;
+        let out = parts.iter().map(|p| p.out).sum();
+        let mut w = Vec::with_capacity(out * inn);
+        for p in parts {
+            w.extend_from_slice(&p.w);
+        }
+        Self { w, out, inn }
+    }
+
+    /// `rows` inputs of length `inn`, packed → `rows` outputs of length `out`.
+    fn apply(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let mut y = vec![0f32; rows * self.out];
+        if rows <= GEMV_MAX_ROWS {
+            let xs: Vec<&[f32]> = x.chunks_exact(self.inn).collect();
+            let mut ys: Vec<&mut [f32]> = y.chunks_exact_mut(self.out).collect();
+            gemv(&self.w, self.inn, &xs, &mut ys);
+        } else {
+            let w = Tensor::from_slice(&self.w, (self.out, self.inn), &Device::Cpu)?;
+            let xt = Tensor::from_slice(x, (rows, self.inn), &Device::Cpu)?;
+            y = xt.matmul(&w.t()?)?.flatten_all()?.to_vec1()?;
+        }
+        Ok(y)
+    }
+}
+
+struct Norm {
+    w: Vec<f32>,
+    b: Vec<f32>,
+}
+
+impl Norm {
     fn load(w: &Weights, dim: usize) -> Result<Self> {
         Ok(Self {
-            q: Linear::load(&w.pp("q_proj"), dim, dim, false)?,
-            k: Linear::load(&w.pp("k_proj"), dim, dim, false)?,
-            v: Linear::load(&w.pp("v_proj"), dim, dim, false)?,
-            out: Linear::load(&w.pp("out_proj"), dim, dim, false)?,
+            w: w.get(&[dim], "weight")?.to_vec1()?,
+            b: w.get(&[dim], "bias")?.to_vec1()?,
         })
+    }
+
+    fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let dim = self.w.len();
+        let mut out = vec![0f32; rows * dim];
+        for (xr, yr) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+            kernels::layer_norm(xr, &self.w, &self.b, LN_EPS, yr);
+        }
+        out
     }
 }
 
 struct Layer {
-    self_norm: LayerNorm,
-    self_attn: Attention,
-    cross_norm: LayerNorm,
-    cross_attn: Attention,
-    ff_norm: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    self_norm: Norm,
+    /// q, k and v stacked: `3·hidden × hidden`.
+    qkv: Mat,
+    self_out: Mat,
+    cross_norm: Norm,
+    cross_q: Mat,
+    /// k and v stacked, for [`Decoder::cross_kv`].
+    cross_kv: Mat,
+    cross_out: Mat,
+    ff_norm: Norm,
+    fc1: Mat,
+    fc2: Mat,
 }
 
 pub struct Decoder {
-    embed: Vec<Tensor>,
-    /// `(max_positions, hidden)`: not in checkpoints; built as transformers builds it.
-    positions: Tensor,
+    /// Per codebook, `(vocab + 1) × hidden`.
+    embed: Vec<Vec<f32>>,
+    /// `max_positions × hidden`: not in checkpoints; built as transformers builds it.
+    positions: Vec<f32>,
     layers: Vec<Layer>,
-    norm: LayerNorm,
-    heads: Vec<Linear>,
+    norm: Norm,
+    /// The codebooks' LM heads stacked: `codebooks·vocab × hidden`.
+    heads: Mat,
     cfg: DecoderConfig,
     device: Device,
 }
 
-/// Cross-attention keys and values, computed once per generation from the
-/// conditioning states.
+/// Cross-attention keys and values of one sequence of conditioning states, computed
+/// once per generation.
 pub struct CrossKv {
-    /// Per layer `(k, v)`, each `(batch, heads, len, head_dim)`.
-    kv: Vec<(Tensor, Tensor)>,
-    /// `(batch, 1, 1, len)` additive mask.
-    bias: Option<Tensor>,
+    /// Per layer, `len × hidden` keys and values.
+    kv: Vec<(Vec<f32>, Vec<f32>)>,
+    /// Additive score bias per position: 0, or the most negative f32 at padding.
+    bias: Vec<f32>,
+    len: usize,
 }
 
-/// Self-attention cache for one sequence (or one batch of sequences decoded together).
+/// The self-attention cache of one sequence.
+#[derive(Default)]
 pub struct SelfCache {
-    layers: Vec<KvCache>,
+    /// Per layer, keys and values `len × hidden`, growing as positions are added.
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
     len: usize,
 }
 
@@ -81,6 +147,17 @@ impl SelfCache {
     }
 }
 
+/// One sequence's part of a decoder call.
+pub struct SeqInput<'a> {
+    /// `codebooks × positions` tokens, codebook-major.
+    pub tokens: &'a [u32],
+    /// Conditioning; `None` for the unconditional branch of classifier-free
+    /// guidance, which sees zeroed states: their keys and values are zero, so its
+    /// cross-attention adds exactly nothing and is skipped.
+    pub cross: Option<&'a CrossKv>,
+    pub cache: &'a mut SelfCache,
+}
+
 impl Decoder {
     /// Loads from `w` pointing at `decoder` in a MusicGen checkpoint (which holds
     /// `model.decoder.*` and `lm_heads.*`).
@@ -89,33 +166,44 @@ impl Decoder {
         let d = w.pp("model.decoder");
         let embed = (0..cfg.num_codebooks)
             .map(|k| {
-                d.get(
+                let t = d.get(
                     &[cfg.vocab_size + 1, h],
                     &format!("embed_tokens.{k}.weight"),
-                )
+                )?;
+                Ok(t.flatten_all()?.to_vec1()?)
             })
             .collect::<Result<Vec<_>>>()?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let l = d.pp(format!("layers.{i}"));
+            let sq = |n: &str| Mat::load(&l, &format!("{n}.weight"), h, h);
             layers.push(Layer {
-                self_norm: LayerNorm::load(&l.pp("self_attn_layer_norm"), h, LN_EPS)?,
-                self_attn: Attention::load(&l.pp("self_attn"), h)?,
-                cross_norm: LayerNorm::load(&l.pp("encoder_attn_layer_norm"), h, LN_EPS)?,
-                cross_attn: Attention::load(&l.pp("encoder_attn"), h)?,
-                ff_norm: LayerNorm::load(&l.pp("final_layer_norm"), h, LN_EPS)?,
-                fc1: Linear::load(&l.pp("fc1"), h, cfg.ffn_dim, false)?,
-                fc2: Linear::load(&l.pp("fc2"), cfg.ffn_dim, h, false)?,
+                self_norm: Norm::load(&l.pp("self_attn_layer_norm"), h)?,
+                qkv: Mat::stack(vec![
+                    sq("self_attn.q_proj")?,
+                    sq("self_attn.k_proj")?,
+                    sq("self_attn.v_proj")?,
+                ]),
+                self_out: sq("self_attn.out_proj")?,
+                cross_norm: Norm::load(&l.pp("encoder_attn_layer_norm"), h)?,
+                cross_q: sq("encoder_attn.q_proj")?,
+                cross_kv: Mat::stack(vec![sq("encoder_attn.k_proj")?, sq("encoder_attn.v_proj")?]),
+                cross_out: sq("encoder_attn.out_proj")?,
+                ff_norm: Norm::load(&l.pp("final_layer_norm"), h)?,
+                fc1: Mat::load(&l, "fc1.weight", cfg.ffn_dim, h)?,
+                fc2: Mat::load(&l, "fc2.weight", h, cfg.ffn_dim)?,
             });
         }
-        let heads = (0..cfg.num_codebooks)
-            .map(|k| Linear::load(&w.pp(format!("lm_heads.{k}")), h, cfg.vocab_size, false))
-            .collect::<Result<Vec<_>>>()?;
+        let heads = Mat::stack(
+            (0..cfg.num_codebooks)
+                .map(|k| Mat::load(w, &format!("lm_heads.{k}.weight"), cfg.vocab_size, h))
+                .collect::<Result<Vec<_>>>()?,
+        );
         Ok(Self {
             embed,
-            positions: sinusoids(cfg.max_position_embeddings, h, w.device())?,
+            positions: sinusoids(cfg.max_position_embeddings, h),
             layers,
-            norm: LayerNorm::load(&d.pp("layer_norm"), h, LN_EPS)?,
+            norm: Norm::load(&d.pp("layer_norm"), h)?,
             heads,
             cfg: cfg.clone(),
             device: w.device().clone(),
@@ -134,124 +222,279 @@ impl Decoder {
         self.layers.len()
     }
 
-    pub fn new_cache(&self, max_len: usize) -> SelfCache {
+    pub fn new_cache(&self) -> SelfCache {
         SelfCache {
             layers: (0..self.layers.len())
-                .map(|_| KvCache::new(2, max_len.max(1)))
+                .map(|_| (Vec::new(), Vec::new()))
                 .collect(),
             len: 0,
         }
     }
 
-    /// Cross-attention keys/values for `states` `(batch, len, hidden)`; `mask`
-    /// `(batch, len)` is 1 for real positions and 0 for padding.
-    pub fn cross_kv(&self, states: &Tensor, mask: Option<&Tensor>) -> Result<CrossKv> {
-        let heads = self.cfg.num_attention_heads;
-        let kv = self
-            .layers
-            .iter()
-            .map(|l| {
-                let k = split_heads(&l.cross_attn.k.forward(states)?, heads)?.contiguous()?;
-                let v = split_heads(&l.cross_attn.v.forward(states)?, heads)?.contiguous()?;
-                Ok((k, v))
+    /// Cross-attention keys/values for each sequence of `states`
+    /// `(batch, len, hidden)`; `mask` `(batch, len)` is 1 for real positions and 0
+    /// for padding.
+    pub fn cross_kv(&self, states: &Tensor, mask: Option<&Tensor>) -> Result<Vec<CrossKv>> {
+        let (b, len, h) = states.dims3()?;
+        if h != self.cfg.hidden_size {
+            return Err(Error::InvalidSetting(format!(
+                "conditioning states of width {h} for a decoder of width {}",
+                self.cfg.hidden_size
+            )));
+        }
+        let states: Vec<f32> = states.flatten_all()?.to_vec1()?;
+        let mask: Option<Vec<f32>> = match mask {
+            Some(m) => Some(
+                m.to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1()?,
+            ),
+            None => None,
+        };
+        (0..b)
+            .map(|i| {
+                let x = &states[i * len * h..(i + 1) * len * h];
+                let kv = self
+                    .layers
+                    .iter()
+                    .map(|l| {
+                        let both = l.cross_kv.apply(x, len)?;
+                        let (mut k, mut v) =
+                            (Vec::with_capacity(len * h), Vec::with_capacity(len * h));
+                        for row in both.chunks_exact(2 * h) {
+                            k.extend_from_slice(&row[..h]);
+                            v.extend_from_slice(&row[h..]);
+                        }
+                        Ok((k, v))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let bias = match &mask {
+                    Some(m) => m[i * len..(i + 1) * len]
+                        .iter()
+                        .map(|&v| if v > 0.5 { 0.0 } else { f32::MIN })
+                        .collect(),
+                    None => vec![0.0; len],
+                };
+                Ok(CrossKv { kv, bias, len })
             })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let bias = mask.map(super::t5::padding_bias).transpose()?;
-        Ok(CrossKv { kv, bias })
+            .collect()
     }
 
-    /// Runs `codes` `(batch, codebooks, seq)` (u32) at the positions after what
-    /// `cache` holds, and returns logits `(batch, codebooks, seq, vocab)`.
+    /// Runs each sequence's tokens at the positions after what its cache holds and
+    /// returns logits, `(sequence, codebook, position, vocab)` flattened. Every
+    /// sequence must bring the same number of positions.
     ///
-    /// `cross` is `None` for the unconditional branch of classifier-free guidance:
-    /// it sees zeroed conditioning states, whose keys and values are zero, so its
-    /// cross-attention adds exactly nothing and is skipped. `layer_inputs[i]`, when
-    /// present, is added to the hidden state `(batch, seq, hidden)` before layer `i`.
+    /// `layer_inputs[i]`, when present, is added to the hidden state of every row
+    /// (`rows × hidden`, rows in sequence-then-position order) before layer `i`.
     pub fn forward(
         &self,
-        codes: &Tensor,
-        cross: Option<&CrossKv>,
-        cache: &mut SelfCache,
-        layer_inputs: &[Option<Tensor>],
-    ) -> Result<Tensor> {
-        let (_, k, seq) = codes.dims3()?;
-        if k != self.cfg.num_codebooks {
-            return Err(crate::Error::InvalidSetting(format!(
-                "{k} codebooks given to a decoder of {}",
-                self.cfg.num_codebooks
-            )));
-        }
-        let start = cache.len;
-        if start + seq > self.cfg.max_position_embeddings {
-            return Err(crate::Error::InvalidSetting(format!(
-                "a decoder window of {} steps is longer than the model's {} positions",
-                start + seq,
-                self.cfg.max_position_embeddings
-            )));
-        }
-        let mut x = embedding(&self.embed[0], &codes.narrow(1, 0, 1)?.squeeze(1)?)?;
-        for (cb, table) in self.embed.iter().enumerate().skip(1) {
-            x = (x + embedding(table, &codes.narrow(1, cb, 1)?.squeeze(1)?)?)?;
-        }
-        x = x.broadcast_add(&self.positions.narrow(0, start, seq)?)?;
-        let causal = if seq > 1 {
-            Some(causal_bias(seq, start, codes.device())?)
-        } else {
-            None
-        };
+        seqs: &mut [SeqInput<'_>],
+        layer_inputs: &[Option<Vec<f32>>],
+    ) -> Result<Vec<f32>> {
+        let k = self.cfg.num_codebooks;
+        let h = self.cfg.hidden_size;
         let heads = self.cfg.num_attention_heads;
-        let scale = 1.0 / ((self.cfg.hidden_size / heads) as f64).sqrt();
-        for (i, layer) in self.layers.iter().enumerate() {
-            if let Some(Some(add)) = layer_inputs.get(i) {
-                x = x.broadcast_add(add)?;
+        let hd = h / heads;
+        let vocab = self.cfg.vocab_size;
+        let Some(first) = seqs.first() else {
+            return Ok(Vec::new());
+        };
+        let len = first.tokens.len() / k;
+        for s in seqs.iter() {
+            if s.tokens.len() != k * len || len == 0 {
+                return Err(Error::InvalidSetting(format!(
+                    "each sequence needs {k} codebooks × {len} positions of tokens"
+                )));
             }
-            let h = layer.self_norm.forward(&x)?;
-            let a = &layer.self_attn;
-            let q = split_heads(&a.q.forward(&h)?, heads)?;
-            let kk = split_heads(&a.k.forward(&h)?, heads)?.contiguous()?;
-            let vv = split_heads(&a.v.forward(&h)?, heads)?.contiguous()?;
-            let (kk, vv) = cache.layers[i].append(&kk, &vv)?;
-            let y = attention(&q, &kk, &vv, Some(scale), causal.as_ref())?;
-            x = (x + a.out.forward(&merge_heads(&y)?)?)?;
-            if let Some(c) = cross {
-                let h = layer.cross_norm.forward(&x)?;
-                let a = &layer.cross_attn;
-                let q = split_heads(&a.q.forward(&h)?, heads)?;
-                let (ck, cv) = &c.kv[i];
-                let y = attention(&q, ck, cv, Some(scale), c.bias.as_ref())?;
-                x = (x + a.out.forward(&merge_heads(&y)?)?)?;
+            if s.cache.layers.len() != self.layers.len() {
+                return Err(Error::InvalidSetting("a cache from another decoder".into()));
             }
-            let h = layer.ff_norm.forward(&x)?;
-            let h = layer.fc2.forward(&layer.fc1.forward(&h)?.gelu_erf()?)?;
-            x = (x + h)?;
+            if s.cache.len + len > self.cfg.max_position_embeddings {
+                return Err(Error::InvalidSetting(format!(
+                    "a decoder window of {} steps is longer than the model's {} positions",
+                    s.cache.len + len,
+                    self.cfg.max_position_embeddings
+                )));
+            }
+            if let Some(&t) = s.tokens.iter().find(|&&t| t as usize > vocab) {
+                return Err(Error::InvalidSetting(format!(
+                    "token {t} outside the codebooks"
+                )));
+            }
         }
-        cache.len += seq;
-        let x = self.norm.forward(&x)?;
-        let logits = self
-            .heads
-            .iter()
-            .map(|head| head.forward(&x))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Tensor::stack(&logits, 1)?)
+        let rows = seqs.len() * len;
+        // Embeddings and positions.
+        let mut x = vec![0f32; rows * h];
+        for (si, s) in seqs.iter().enumerate() {
+            for t in 0..len {
+                let xr = &mut x[(si * len + t) * h..(si * len + t + 1) * h];
+                let pos = s.cache.len + t;
+                xr.copy_from_slice(&self.positions[pos * h..(pos + 1) * h]);
+                for (cb, table) in self.embed.iter().enumerate() {
+                    let tok = s.tokens[cb * len + t] as usize;
+                    for (a, b) in xr.iter_mut().zip(&table[tok * h..(tok + 1) * h]) {
+                        *a += b;
+                    }
+                }
+            }
+        }
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut scores = Vec::new();
+        for (li, layer) in self.layers.iter().enumerate() {
+            if let Some(Some(add)) = layer_inputs.get(li) {
+                if add.len() != rows * h {
+                    return Err(Error::InvalidSetting(format!(
+                        "layer input {li} has {} values, expected {}",
+                        add.len(),
+                        rows * h
+                    )));
+                }
+                for (a, b) in x.iter_mut().zip(add) {
+                    *a += b;
+                }
+            }
+            // Self-attention.
+            let n = layer.self_norm.apply(&x, rows);
+            let qkv = layer.qkv.apply(&n, rows)?;
+            for (si, s) in seqs.iter_mut().enumerate() {
+                let (kc, vc) = &mut s.cache.layers[li];
+                for t in 0..len {
+                    let r = &qkv[(si * len + t) * 3 * h..(si * len + t + 1) * 3 * h];
+                    kc.extend_from_slice(&r[h..2 * h]);
+                    vc.extend_from_slice(&r[2 * h..]);
+                }
+            }
+            let mut att = vec![0f32; rows * h];
+            for (si, s) in seqs.iter().enumerate() {
+                let (kc, vc) = &s.cache.layers[li];
+                for t in 0..len {
+                    let row = si * len + t;
+                    let q = &qkv[row * 3 * h..row * 3 * h + h];
+                    // Causal: this position and those before it.
+                    let upto = s.cache.len + t + 1;
+                    attend(
+                        q,
+                        kc,
+                        vc,
+                        upto,
+                        None,
+                        heads,
+                        scale,
+                        &mut scores,
+                        &mut att[row * h..(row + 1) * h],
+                    );
+                }
+            }
+            let o = layer.self_out.apply(&att, rows)?;
+            add_into(&mut x, &o);
+            // Cross-attention, for the rows of sequences that have conditioning.
+            let cond: Vec<usize> = seqs
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.cross.is_some())
+                .flat_map(|(si, _)| (si * len..(si + 1) * len).collect::<Vec<_>>())
+                .collect();
+            if !cond.is_empty() {
+                let xs: Vec<f32> = cond
+                    .iter()
+                    .flat_map(|&r| x[r * h..(r + 1) * h].iter().copied())
+                    .collect();
+                let n = layer.cross_norm.apply(&xs, cond.len());
+                let q = layer.cross_q.apply(&n, cond.len())?;
+                let mut att = vec![0f32; cond.len() * h];
+                for (i, &r) in cond.iter().enumerate() {
+                    let c = seqs[r / len]
+                        .cross
+                        .expect("rows are of conditioned sequences");
+                    let (ck, cv) = &c.kv[li];
+                    attend(
+                        &q[i * h..(i + 1) * h],
+                        ck,
+                        cv,
+                        c.len,
+                        Some(&c.bias),
+                        heads,
+                        scale,
+                        &mut scores,
+                        &mut att[i * h..(i + 1) * h],
+                    );
+                }
+                let o = layer.cross_out.apply(&att, cond.len())?;
+                for (i, &r) in cond.iter().enumerate() {
+                    add_into(&mut x[r * h..(r + 1) * h], &o[i * h..(i + 1) * h]);
+                }
+            }
+            // Feed-forward.
+            let n = layer.ff_norm.apply(&x, rows);
+            let mut f = layer.fc1.apply(&n, rows)?;
+            kernels::gelu(&mut f);
+            let o = layer.fc2.apply(&f, rows)?;
+            add_into(&mut x, &o);
+        }
+        for s in seqs.iter_mut() {
+            s.cache.len += len;
+        }
+        let n = self.norm.apply(&x, rows);
+        let logits = self.heads.apply(&n, rows)?;
+        // rows × (codebook, vocab) → (sequence, codebook, position, vocab)
+        let mut out = vec![0f32; rows * k * vocab];
+        for si in 0..seqs.len() {
+            for t in 0..len {
+                let src = &logits[(si * len + t) * k * vocab..(si * len + t + 1) * k * vocab];
+                for cb in 0..k {
+                    let dst = ((si * k + cb) * len + t) * vocab;
+                    out[dst..dst + vocab].copy_from_slice(&src[cb * vocab..(cb + 1) * vocab]);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
-/// `(seq, start + seq)` additive causal mask for a chunk that starts after `start`
-/// cached positions.
-fn causal_bias(seq: usize, start: usize, device: &Device) -> candle_core::Result<Tensor> {
-    let total = start + seq;
-    let mut m = vec![0f32; seq * total];
-    for q in 0..seq {
-        for k in (start + q + 1)..total {
-            m[q * total + k] = f32::MIN;
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Multi-head attention of one query row over the first `len` rows of `keys` and
+/// `values` (`len × hidden`), with an optional additive bias per key.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    len: usize,
+    bias: Option<&[f32]>,
+    heads: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let h = q.len();
+    let hd = h / heads;
+    scores.resize(len, 0.0);
+    for head in 0..heads {
+        let qh = &q[head * hd..(head + 1) * hd];
+        for (j, s) in scores.iter_mut().enumerate() {
+            let kh = &keys[j * h + head * hd..j * h + (head + 1) * hd];
+            *s = kernels::dot(qh, kh) * scale;
+            if let Some(b) = bias {
+                *s += b[j];
+            }
+        }
+        kernels::softmax(scores);
+        let oh = &mut out[head * hd..(head + 1) * hd];
+        oh.fill(0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            kernels::axpy(p, &values[j * h + head * hd..j * h + (head + 1) * hd], oh);
         }
     }
-    Tensor::from_vec(m, (seq, total), device)
 }
 
 /// The decoder's sinusoidal position table: cos in the first half, sin in the second,
 /// as transformers' `MusicgenSinusoidalPositionalEmbedding` builds it (in f32).
-pub fn sinusoids(positions: usize, dim: usize, device: &Device) -> candle_core::Result<Tensor> {
+pub fn sinusoids(positions: usize, dim: usize) -> Vec<f32> {
     let half = dim / 2;
     let step = (10000f64.ln() / (half as f64 - 1.0)) as f32;
     let freqs: Vec<f32> = (0..half).map(|i| (i as f32 * -step).exp()).collect();
@@ -264,5 +507,5 @@ pub fn sinusoids(positions: usize, dim: usize, device: &Device) -> candle_core::
             row[half + i] = a.sin();
         }
     }
-    Tensor::from_vec(table, (positions, dim), device)?.to_dtype(DType::F32)
+    table
 }

@@ -5,11 +5,10 @@
 //! tokens are then picked greedily or sampled with temperature, top-k and top-p from
 //! a seeded generator, so the same seed gives the same codes.
 
-use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::decoder::{CrossKv, Decoder};
+use super::decoder::{CrossKv, Decoder, SeqInput};
 use crate::{Error, Result};
 
 /// How tokens are chosen.
@@ -104,10 +103,12 @@ pub fn generate(
         return Ok(Vec::new());
     }
     // Positions: 0 is the start token; position p holds frame p − c − 1 of codebook c.
-    let positions = total + k; // 0 ..= total + k − 1
     let guided = sampling.guidance > 1.0 && cond.is_some();
-    let mut cond_cache = decoder.new_cache(positions);
-    let mut uncond_cache = decoder.new_cache(positions);
+    // The conditional sequence, and the unconditional one when guiding: both read
+    // the same tokens, and one pass over the weights serves both.
+    let mut caches: Vec<_> = (0..if guided { 2 } else { 1 })
+        .map(|_| decoder.new_cache())
+        .collect();
     let mut out: Frames = vec![vec![pad; k]; total];
     out[..known].clone_from_slice(prompt);
     let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
@@ -131,28 +132,39 @@ pub fn generate(
                 ids.push(token_at(&out, p, c));
             }
         }
-        let codes = Tensor::from_vec(ids, (1, k, upto - fed), decoder.device())?;
-        let last = upto - fed - 1;
-        let cond_logits = decoder
-            .forward(&codes, cond, &mut cond_cache, &[])?
-            .narrow(2, last, 1)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let logits = if guided {
-            let uncond = decoder
-                .forward(&codes, None, &mut uncond_cache, &[])?
-                .narrow(2, last, 1)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            let g = sampling.guidance as f32;
-            cond_logits
-                .iter()
-                .zip(&uncond)
-                .map(|(c, u)| u + (c - u) * g)
-                .collect()
-        } else {
-            cond_logits
+        let n = upto - fed;
+        let last = n - 1;
+        let mut seqs: Vec<SeqInput<'_>> = caches
+            .iter_mut()
+            .enumerate()
+            .map(|(i, cache)| SeqInput {
+                tokens: &ids,
+                cross: if i == 0 { cond } else { None },
+                cache,
+            })
+            .collect();
+        let all = decoder.forward(&mut seqs, &[])?;
+        // (sequence, codebook, position, vocab): the last position of each.
+        let at = |seq: usize, c: usize| {
+            let start = ((seq * k + c) * n + last) * vocab;
+            &all[start..start + vocab]
         };
+        let g = sampling.guidance as f32;
+        let logits: Vec<f32> = (0..k)
+            .flat_map(|c| {
+                let cond = at(0, c);
+                let mixed: Vec<f32> = if guided {
+                    let uncond = at(1, c);
+                    cond.iter()
+                        .zip(uncond)
+                        .map(|(c, u)| u + (c - u) * g)
+                        .collect()
+                } else {
+                    cond.to_vec()
+                };
+                mixed
+            })
+            .collect();
         // The logits at position `upto − 1` predict position `upto`.
         let p = upto;
         for c in 0..k {

@@ -13,6 +13,7 @@ pub mod decoder;
 pub mod encodec;
 pub mod generate;
 pub mod hub;
+pub mod kernels;
 pub mod model;
 pub mod nn;
 pub mod t5;

@@ -179,7 +179,10 @@ impl MusicGen {
     pub fn condition(&self, prompt: &str) -> Result<CrossKv> {
         let (ids, mask) = self.tokenize(&[prompt])?;
         let states = self.text_states(&ids, &mask)?;
-        self.decoder.cross_kv(&states, Some(&mask))
+        self.decoder
+            .cross_kv(&states, Some(&mask))?
+            .pop()
+            .ok_or_else(|| Error::InvalidSetting("no conditioning states".into()))
     }
 
     /// Generates `frames` code frames for `prompt`, in windows of at most 30 s, each

@@ -3,7 +3,7 @@
 //! guidance rows in one pass over a weight) and wrap them (LoRA) without touching
 //! the models.
 
-use candle_core::{D, DType, Module, Tensor};
+use candle_core::{D, DType, Tensor};
 
 use super::weights::Weights;
 use crate::Result;
@@ -54,26 +54,6 @@ impl Linear {
         *out.last_mut()
             .expect("a tensor with at least one dimension") = self.out_dim();
         y.reshape(out)
-    }
-}
-
-/// LayerNorm with weight and bias, over the last dimension.
-#[derive(Clone, Debug)]
-pub struct LayerNorm {
-    inner: candle_nn::LayerNorm,
-}
-
-impl LayerNorm {
-    pub fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
-        let weight = w.get(&[dim], "weight")?;
-        let bias = w.get(&[dim], "bias")?;
-        Ok(Self {
-            inner: candle_nn::LayerNorm::new(weight, bias, eps),
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.inner.forward(x)
     }
 }
 
