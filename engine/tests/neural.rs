@@ -445,3 +445,56 @@ fn long_pieces_run_in_windows_that_continue_the_previous_one() {
     );
     assert!(long.iter().flatten().all(|&c| c < 64));
 }
+
+#[test]
+fn eight_bit_weights_stay_close_to_f32() {
+    use vidmusician_engine::neural::Precision;
+    use vidmusician_engine::neural::config::DecoderConfig;
+    use vidmusician_engine::neural::decoder::Decoder;
+    use vidmusician_engine::neural::weights::Weights;
+    let cfg: DecoderConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": 128, "max_position_embeddings": 64, "num_hidden_layers": 2,
+        "ffn_dim": 256, "num_attention_heads": 4, "hidden_size": 64, "num_codebooks": 4
+    }))
+    .unwrap();
+    let mut d = Decoder::load(&Weights::random(3).pp("decoder"), &cfg).unwrap();
+    let states = Tensor::randn(0f32, 1.0, (1, 5, 64), &Device::Cpu).unwrap();
+    let cross = d.cross_kv(&states, None).unwrap().pop().unwrap();
+    let tokens: Vec<u32> = (0..4 * 3).map(|i| (i * 37 % 128) as u32).collect();
+    let run = |d: &Decoder| {
+        let mut cache = d.new_cache();
+        let mut seqs = [SeqInput {
+            tokens: &tokens,
+            cross: Some(&cross),
+            cache: &mut cache,
+        }];
+        d.forward(&mut seqs, &[]).unwrap()
+    };
+    // One position at a time too: the 8-bit kernel serves single steps.
+    let step = |d: &Decoder| {
+        let mut cache = d.new_cache();
+        let mut seqs = [SeqInput {
+            tokens: &tokens[..4],
+            cross: Some(&cross),
+            cache: &mut cache,
+        }];
+        d.forward(&mut seqs, &[]).unwrap()
+    };
+    let (f32_all, f32_step) = (run(&d), step(&d));
+    d.set_precision(Precision::Q8);
+    let (q8_all, q8_step) = (run(&d), step(&d));
+    for (a, b) in [(&f32_all, &q8_all), (&f32_step, &q8_step)] {
+        let max = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        let spread = a.iter().map(|v| v * v).sum::<f32>() / a.len() as f32;
+        assert!(max > 0.0, "the weights were quantised");
+        assert!(
+            max < 0.05 * spread.sqrt().max(1e-3),
+            "{max} vs rms {}",
+            spread.sqrt()
+        );
+    }
+}

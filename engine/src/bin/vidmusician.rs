@@ -196,6 +196,16 @@ struct ComposeArgs {
     /// Neural engines: sample among the K most likely tokens (default 250).
     #[arg(long, value_name = "K")]
     top_k: Option<usize>,
+    /// Neural engines: decoder weights in f32 (as trained) or 8 bits (about 1.7×
+    /// faster, logits within a few hundredths).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    precision: PrecisionArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    F32,
+    Q8,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -298,6 +308,10 @@ fn compose(a: ComposeArgs) -> Result<()> {
     let mut config = EngineConfig {
         model_dir: a.model_dir.clone(),
         text_model: a.model.clone(),
+        precision: match a.precision {
+            PrecisionArg::F32 => vidmusician_engine::neural::Precision::F32,
+            PrecisionArg::Q8 => vidmusician_engine::neural::Precision::Q8,
+        },
         ..EngineConfig::default()
     };
     if a.no_cache {

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use super::config::MusicgenConfig;
-use super::decoder::Decoder;
+use super::decoder::{Decoder, Precision, SeqInput};
 use super::encodec::EncodecDecoder;
 use super::generate::{Sampling, generate};
 use super::weights::Weights;
@@ -40,6 +40,14 @@ pub struct DecoderBench {
     pub unguided_steps_per_s: f64,
     /// Seconds of decoder time per 10 s of audio (503 steps), with guidance.
     pub guided_s_per_10s_audio: f64,
+    pub q8_guided_steps_per_s: f64,
+    pub q8_unguided_steps_per_s: f64,
+    /// Largest difference of the 8-bit decoder's logits from f32's over a
+    /// sequence, and the spread (standard deviation) of f32's logits.
+    pub q8_max_logit_diff: f64,
+    pub logit_std: f64,
+    /// Share of positions and codebooks where both pick the same most likely token.
+    pub q8_greedy_agreement: f64,
     pub encodec_s_per_10s_audio: f64,
     pub peak_rss_mb: Option<f64>,
 }
@@ -66,14 +74,14 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
         .expect("PANIC: one sequence of states gives one");
     let k = cfg.decoder.num_codebooks;
     let steps = frames + k - 1;
-    let mut time = |guidance: f64, label: &str| -> Result<f64> {
-        progress(label);
+    let mut decoder = decoder;
+    let time = |decoder: &Decoder, guidance: f64| -> Result<f64> {
         let s = Sampling {
             guidance,
             ..Sampling::default()
         };
         let t0 = Instant::now();
-        generate(&decoder, Some(&cross), &[], frames, &s, &mut |_| true)?;
+        generate(decoder, Some(&cross), &[], frames, &s, &mut |_| true)?;
         Ok(steps as f64 / t0.elapsed().as_secs_f64())
     };
     // One short run first so page faults and first-touch costs are not timed.
@@ -81,9 +89,46 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
         let s = Sampling::default();
         generate(&decoder, Some(&cross), &[], 4, &s, &mut |_| true)?;
     }
-    let guided = time(3.0, "decoder steps with guidance 3")?;
-    let unguided = time(1.0, "decoder steps without guidance")?;
+    let guided = {
+        progress("decoder steps with guidance 3");
+        time(&decoder, 3.0)?
+    };
+    let unguided = {
+        progress("decoder steps without guidance");
+        time(&decoder, 1.0)?
+    };
+    progress("accuracy of 8-bit weights");
+    let want = logits_over(&decoder, &cross)?;
+    decoder.set_precision(Precision::Q8);
+    let got = logits_over(&decoder, &cross)?;
+    let q8_guided = {
+        progress("8-bit weights: decoder steps with guidance 3");
+        time(&decoder, 3.0)?
+    };
+    let q8_unguided = {
+        progress("8-bit weights: decoder steps without guidance");
+        time(&decoder, 1.0)?
+    };
     drop(decoder);
+    let vocab = cfg.decoder.vocab_size;
+    let max_diff = want
+        .iter()
+        .zip(&got)
+        .map(|(a, b)| f64::from((a - b).abs()))
+        .fold(0.0, f64::max);
+    let mean = want.iter().map(|&v| f64::from(v)).sum::<f64>() / want.len() as f64;
+    let std = (want
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / want.len() as f64)
+        .sqrt();
+    let rows = want.len() / vocab;
+    let agree = want
+        .chunks_exact(vocab)
+        .zip(got.chunks_exact(vocab))
+        .filter(|(a, b)| argmax(a) == argmax(b))
+        .count();
 
     progress("EnCodec: decoding 10 s of codes");
     let codec = EncodecDecoder::load(&w.pp("audio_encoder"), &cfg.audio_encoder)?;
@@ -99,7 +144,39 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
         guided_steps_per_s: guided,
         unguided_steps_per_s: unguided,
         guided_s_per_10s_audio: 503.0 / guided,
+        q8_guided_steps_per_s: q8_guided,
+        q8_unguided_steps_per_s: q8_unguided,
+        q8_max_logit_diff: max_diff,
+        logit_std: std,
+        q8_greedy_agreement: agree as f64 / rows as f64,
         encodec_s_per_10s_audio: encodec,
         peak_rss_mb: peak_rss_mb(),
     })
+}
+
+/// Logits of one conditioned pass over a fixed pseudo-random sequence of 64 steps.
+fn logits_over(decoder: &Decoder, cross: &super::decoder::CrossKv) -> Result<Vec<f32>> {
+    let k = decoder.config().num_codebooks;
+    let vocab = decoder.config().vocab_size as u64;
+    let len = 64;
+    let tokens: Vec<u32> = (0..(k * len) as u64)
+        .map(|i| (i.wrapping_mul(2_654_435_761) % vocab) as u32)
+        .collect();
+    let mut cache = decoder.new_cache();
+    let mut seqs = [SeqInput {
+        tokens: &tokens,
+        cross: Some(cross),
+        cache: &mut cache,
+    }];
+    decoder.forward(&mut seqs, &[])
+}
+
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
 }

@@ -24,9 +24,25 @@ const LN_EPS: f32 = 1e-5;
 /// Rows up to which a product uses [`gemv`]; more go through a matrix product.
 const GEMV_MAX_ROWS: usize = 4;
 
+/// How the decoder's weights are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// As the checkpoint has them.
+    #[default]
+    F32,
+    /// 8 bits per weight with a scale per 32 ([`kernels::Q8`]): a quarter of the
+    /// memory traffic per step, for a small loss of accuracy.
+    Q8,
+}
+
+enum Store {
+    F32(Vec<f32>),
+    Q8(kernels::Q8),
+}
+
 /// A row-major `out × inn` weight.
 struct Mat {
-    w: Vec<f32>,
+    w: Store,
     out: usize,
     inn: usize,
 }
@@ -35,7 +51,7 @@ impl Mat {
     fn load(w: &Weights, name: &str, out: usize, inn: usize) -> Result<Self> {
         let t = w.get(&[out, inn], name)?;
         Ok(Self {
-            w: t.flatten_all()?.to_vec1()?,
+            w: Store::F32(t.flatten_all()?.to_vec1()?),
             out,
             inn,
         })
@@ -47,9 +63,35 @@ impl Mat {
         let out = parts.iter().map(|p| p.out).sum();
         let mut w = Vec::with_capacity(out * inn);
         for p in parts {
-            w.extend_from_slice(&p.w);
+            w.extend_from_slice(&p.f32_weights());
         }
-        Self { w, out, inn }
+        Self {
+            w: Store::F32(w),
+            out,
+            inn,
+        }
+    }
+
+    fn f32_weights(&self) -> std::borrow::Cow<'_, [f32]> {
+        match &self.w {
+            Store::F32(w) => std::borrow::Cow::Borrowed(w),
+            Store::Q8(q) => std::borrow::Cow::Owned(q.dequantize()),
+        }
+    }
+
+    /// Converts to `precision`; a matrix whose rows do not split into blocks stays
+    /// in f32.
+    fn set_precision(&mut self, precision: Precision) {
+        let next = match (&self.w, precision) {
+            (Store::F32(w), Precision::Q8) => {
+                kernels::Q8::quantize(w, self.out, self.inn).map(Store::Q8)
+            }
+            (Store::Q8(q), Precision::F32) => Some(Store::F32(q.dequantize())),
+            _ => None,
+        };
+        if let Some(n) = next {
+            self.w = n;
+        }
     }
 
     /// `rows` inputs of length `inn`, packed → `rows` outputs of length `out`.
@@ -58,9 +100,12 @@ impl Mat {
         if rows <= GEMV_MAX_ROWS {
             let xs: Vec<&[f32]> = x.chunks_exact(self.inn).collect();
             let mut ys: Vec<&mut [f32]> = y.chunks_exact_mut(self.out).collect();
-            gemv(&self.w, self.inn, &xs, &mut ys);
+            match &self.w {
+                Store::F32(w) => gemv(w, self.inn, &xs, &mut ys),
+                Store::Q8(q) => kernels::gemv_q8(q, &xs, &mut ys),
+            }
         } else {
-            let w = Tensor::from_slice(&self.w, (self.out, self.inn), &Device::Cpu)?;
+            let w = Tensor::from_slice(&self.f32_weights(), (self.out, self.inn), &Device::Cpu)?;
             let xt = Tensor::from_slice(x, (rows, self.inn), &Device::Cpu)?;
             y = xt.matmul(&w.t()?)?.flatten_all()?.to_vec1()?;
         }
@@ -220,6 +265,24 @@ impl Decoder {
 
     pub fn num_layers(&self) -> usize {
         self.layers.len()
+    }
+
+    /// Holds the weights of every product in `precision` from now on.
+    pub fn set_precision(&mut self, precision: Precision) {
+        for l in &mut self.layers {
+            for m in [
+                &mut l.qkv,
+                &mut l.self_out,
+                &mut l.cross_q,
+                &mut l.cross_kv,
+                &mut l.cross_out,
+                &mut l.fc1,
+                &mut l.fc2,
+            ] {
+                m.set_precision(precision);
+            }
+        }
+        self.heads.set_precision(precision);
     }
 
     pub fn new_cache(&self) -> SelfCache {

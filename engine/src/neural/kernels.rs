@@ -57,6 +57,115 @@ fn gemv_portable(w: &[f32], n: usize, xs: &[&[f32]], ys: &mut [&mut [f32]]) {
     }
 }
 
+/// Weights per scale in [`Q8`] rows.
+pub const Q8_BLOCK: usize = 32;
+
+/// A row-major matrix in 8 bits: every block of [`Q8_BLOCK`] weights of a row is
+/// `scale · q` with `q` in −127..=127, a quarter of the bytes of f32 for the
+/// matrix-vector products that bound a decoder step.
+pub struct Q8 {
+    pub q: Vec<i8>,
+    pub scales: Vec<f32>,
+    pub out: usize,
+    pub inn: usize,
+}
+
+impl Q8 {
+    /// Quantises `w` (`out × inn`, `inn` a multiple of [`Q8_BLOCK`]) to the nearest
+    /// level of each block's scale.
+    pub fn quantize(w: &[f32], out: usize, inn: usize) -> Option<Self> {
+        if inn % Q8_BLOCK != 0 || w.len() != out * inn {
+            return None;
+        }
+        let mut q = Vec::with_capacity(w.len());
+        let mut scales = Vec::with_capacity(w.len() / Q8_BLOCK);
+        for block in w.chunks_exact(Q8_BLOCK) {
+            let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+            scales.push(scale);
+            q.extend(
+                block
+                    .iter()
+                    .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
+            );
+        }
+        Some(Self {
+            q,
+            scales,
+            out,
+            inn,
+        })
+    }
+
+    /// The f32 matrix these weights stand for.
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.q
+            .chunks_exact(Q8_BLOCK)
+            .zip(&self.scales)
+            .flat_map(|(b, s)| b.iter().map(move |&v| f32::from(v) * s))
+            .collect()
+    }
+}
+
+/// [`gemv`] over 8-bit weights.
+pub fn gemv_q8(w: &Q8, xs: &[&[f32]], ys: &mut [&mut [f32]]) {
+    let (out, n) = (w.out, w.inn);
+    let threads = rayon::current_num_threads().max(1);
+    let per_row = n / Q8_BLOCK;
+    if out * n < PARALLEL_MIN * 4 || threads == 1 {
+        gemv_q8_range(&w.q, &w.scales, n, xs, ys);
+        return;
+    }
+    let block = out.div_ceil(threads).div_ceil(8) * 8;
+    let mut parts: Vec<Vec<&mut [f32]>> = (0..out.div_ceil(block)).map(|_| Vec::new()).collect();
+    for y in ys.iter_mut() {
+        for (part, chunk) in parts.iter_mut().zip(y.chunks_mut(block)) {
+            part.push(chunk);
+        }
+    }
+    parts.into_par_iter().enumerate().for_each(|(i, mut part)| {
+        let start = i * block;
+        let rows = part[0].len();
+        gemv_q8_range(
+            &w.q[start * n..(start + rows) * n],
+            &w.scales[start * per_row..(start + rows) * per_row],
+            n,
+            xs,
+            &mut part,
+        );
+    });
+}
+
+fn gemv_q8_range(q: &[i8], scales: &[f32], n: usize, xs: &[&[f32]], ys: &mut [&mut [f32]]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            unsafe { x86::gemv_q8_avx2(q, scales, n, xs, ys) };
+            return;
+        }
+    }
+    let per_row = n / Q8_BLOCK;
+    for (o, (row, sc)) in q
+        .chunks_exact(n)
+        .zip(scales.chunks_exact(per_row))
+        .enumerate()
+    {
+        for (x, y) in xs.iter().zip(ys.iter_mut()) {
+            let mut acc = 0f32;
+            for ((b, s), xb) in row
+                .chunks_exact(Q8_BLOCK)
+                .zip(sc)
+                .zip(x.chunks_exact(Q8_BLOCK))
+            {
+                let d: f32 = b.iter().zip(xb).map(|(&w, &x)| f32::from(w) * x).sum();
+                acc += d * s;
+            }
+            y[o] = acc;
+        }
+    }
+}
+
 /// A dot product in eight independent lanes, which the compiler vectorises.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
@@ -173,6 +282,64 @@ mod x86 {
         }
     }
 
+    /// [`super::gemv_q8`]'s rows: 8 weights at a time widened to f32 and multiplied
+    /// into one or two input rows, each block's sum scaled once.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)] // `o` indexes the weights by pointer too
+    pub unsafe fn gemv_q8_avx2(
+        q: &[i8],
+        scales: &[f32],
+        n: usize,
+        xs: &[&[f32]],
+        ys: &mut [&mut [f32]],
+    ) {
+        // SAFETY: callers guarantee the CPU features; `n` is a multiple of the
+        // block size and every read stays inside `q`, `scales` and the rows.
+        unsafe {
+            let per_row = n / super::Q8_BLOCK;
+            let out = q.len() / n;
+            let end = q.as_ptr().add(q.len());
+            let mut r = 0;
+            while r < xs.len() {
+                let two = r + 1 < xs.len();
+                let x0 = xs[r].as_ptr();
+                let x1 = if two { xs[r + 1].as_ptr() } else { x0 };
+                for o in 0..out {
+                    let row = q.as_ptr().add(o * n);
+                    let sc = scales.as_ptr().add(o * per_row);
+                    let mut s0 = _mm256_setzero_ps();
+                    let mut s1 = _mm256_setzero_ps();
+                    for b in 0..per_row {
+                        let base = b * super::Q8_BLOCK;
+                        let p = row.add(base + AHEAD);
+                        if p < end {
+                            _mm_prefetch(p, _MM_HINT_T0);
+                        }
+                        let mut a0 = _mm256_setzero_ps();
+                        let mut a1 = _mm256_setzero_ps();
+                        for k in 0..4 {
+                            let i = base + k * 8;
+                            let w8 = _mm_loadl_epi64(row.add(i) as *const __m128i);
+                            let wf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w8));
+                            a0 = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x0.add(i)), a0);
+                            if two {
+                                a1 = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x1.add(i)), a1);
+                            }
+                        }
+                        let s = _mm256_set1_ps(*sc.add(b));
+                        s0 = _mm256_fmadd_ps(a0, s, s0);
+                        s1 = _mm256_fmadd_ps(a1, s, s1);
+                    }
+                    ys[r][o] = hsum(s0);
+                    if two {
+                        ys[r + 1][o] = hsum(s1);
+                    }
+                }
+                r += 2;
+            }
+        }
+    }
+
     /// One weight row against one or two input rows per pass; more rows are done
     /// two at a time.
     #[target_feature(enable = "avx2,fma")]
@@ -189,7 +356,7 @@ mod x86 {
                 let x1 = if two { xs[r + 1].as_ptr() } else { x0 };
                 for o in 0..out {
                     let row = w.as_ptr().add(o * n);
-                    let ahead = (row as *const i8).add(n * 4 + AHEAD);
+                    let ahead = (row as *const i8).add(AHEAD);
                     let end = w.as_ptr().add(w.len()) as *const i8;
                     let mut a0 = _mm256_setzero_ps();
                     let mut a1 = _mm256_setzero_ps();
@@ -235,6 +402,30 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q8_products_are_close_to_f32_and_exact_on_the_dequantised_matrix() {
+        let (out, n) = (200, 96);
+        let w: Vec<f32> = (0..out * n)
+            .map(|i| (((i * 7919) % 1013) as f32 / 1013.0 - 0.5) * 0.1)
+            .collect();
+        let q = Q8::quantize(&w, out, n).unwrap();
+        let deq = q.dequantize();
+        let x0: Vec<f32> = (0..n).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
+        let x1: Vec<f32> = (0..n).map(|i| ((i % 5) as f32 - 2.0) / 2.0).collect();
+        let mut y0 = vec![0f32; out];
+        let mut y1 = vec![0f32; out];
+        gemv_q8(&q, &[&x0, &x1], &mut [&mut y0, &mut y1]);
+        for o in 0..out {
+            for (x, y) in [(&x0, &y0), (&x1, &y1)] {
+                let exact: f32 = (0..n).map(|i| deq[o * n + i] * x[i]).sum();
+                let full: f32 = (0..n).map(|i| w[o * n + i] * x[i]).sum();
+                assert!((y[o] - exact).abs() < 1e-4, "row {o}: {} vs {exact}", y[o]);
+                assert!((y[o] - full).abs() < 0.01, "row {o}: {} vs {full}", y[o]);
+            }
+        }
+        assert!(Q8::quantize(&w[..out * 95], out, 95).is_none());
+    }
 
     #[test]
     fn gemv_matches_a_plain_product_for_one_two_and_three_rows() {

@@ -19,5 +19,6 @@ pub mod nn;
 pub mod t5;
 pub mod weights;
 
+pub use decoder::Precision;
 pub use generate::{Frames, Progress, Sampling};
 pub use model::{GenerationProgress, MusicGen};

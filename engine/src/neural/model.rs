@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 use super::config::{GenerationConfig, MusicgenConfig};
-use super::decoder::{CrossKv, Decoder};
+use super::decoder::{CrossKv, Decoder, Precision};
 use super::encodec::EncodecDecoder;
 use super::generate::{Frames, Progress, Sampling, generate};
 use super::nn::Linear;
@@ -96,6 +96,11 @@ impl MusicGen {
 
     pub fn decoder(&self) -> &Decoder {
         &self.decoder
+    }
+
+    /// Holds the decoder's weights in `precision` from now on.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.decoder.set_precision(precision);
     }
 
     pub fn codec(&self) -> &EncodecDecoder {

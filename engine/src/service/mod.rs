@@ -195,6 +195,8 @@ pub struct EngineConfig {
     pub model_dir: Option<PathBuf>,
     /// The MusicGen checkpoint of the text engine, as a hub id.
     pub text_model: String,
+    /// How the neural decoder holds its weights.
+    pub precision: crate::neural::Precision,
 }
 
 impl Default for EngineConfig {
@@ -203,6 +205,7 @@ impl Default for EngineConfig {
             cache_dir: AudioCache::default_dir(),
             model_dir: None,
             text_model: crate::neural::hub::DEFAULT_MODEL.to_string(),
+            precision: crate::neural::Precision::default(),
         }
     }
 }
@@ -231,7 +234,7 @@ pub(crate) fn resolve(config: &EngineConfig, request: &Request) -> Result<Resolv
         EngineChoice::Text => {
             let dir =
                 crate::neural::hub::find_model(&config.text_model, config.model_dir.as_deref())?;
-            let key_engine = format!("text:{}", model_fingerprint(&dir));
+            let key_engine = format!("text:{}:{:?}", model_fingerprint(&dir), config.precision);
             Ok(Resolved {
                 engine,
                 model: Some(dir),

@@ -15,7 +15,7 @@ use super::{
 use crate::analysis::{Analysis, StatsEncoder, analyze_until};
 use crate::audio::{Audio, LoudnessReport, normalize, resample};
 use crate::error::{Error, Result};
-use crate::neural::MusicGen;
+use crate::neural::{MusicGen, Precision};
 use crate::sketch::{CEILING_DBTP, SketchSettings, TARGET_LUFS, compose};
 
 /// What the engine thread keeps between requests.
@@ -25,7 +25,7 @@ struct State {
     /// change, a new seed): analysis is most of the sketch engine's work.
     last_analysis: Option<(String, Arc<Analysis>)>,
     /// The loaded text model: loading takes seconds, so it stays.
-    text_model: Option<(PathBuf, MusicGen)>,
+    text_model: Option<(PathBuf, Precision, MusicGen)>,
 }
 
 /// How often retired chunks are collected while idle.
@@ -138,7 +138,8 @@ fn process(
     };
     let (audio, bpm, analysis, loudness) = match (engine, &resolved.model) {
         (EngineChoice::Text, Some(dir)) => {
-            let (audio, loudness) = text_music(&req, dir, state, &cancel, &progress)?;
+            let (audio, loudness) =
+                text_music(&req, dir, config.precision, state, &cancel, &progress)?;
             (audio, None, None, loudness)
         }
         _ => {
@@ -232,19 +233,26 @@ fn text_duration(req: &Request) -> Result<f64> {
 fn text_music(
     req: &Request,
     dir: &Path,
+    precision: Precision,
     state: &mut State,
     cancel: &AtomicBool,
     progress: &dyn Fn(Stage, f64),
 ) -> Result<(Audio, LoudnessReport)> {
     let seconds = text_duration(req)?;
-    if state.text_model.as_ref().is_none_or(|(d, _)| d != dir) {
+    if state
+        .text_model
+        .as_ref()
+        .is_none_or(|(d, p, _)| d != dir || *p != precision)
+    {
         progress(Stage::Analysing, 0.0);
         // Free the old model before loading the next: two may not fit.
         state.text_model = None;
-        state.text_model = Some((dir.to_path_buf(), MusicGen::load(dir)?));
+        let mut model = MusicGen::load(dir)?;
+        model.set_precision(precision);
+        state.text_model = Some((dir.to_path_buf(), precision, model));
         progress(Stage::Analysing, 1.0);
     }
-    let Some((_, model)) = state.text_model.as_ref() else {
+    let Some((_, _, model)) = state.text_model.as_ref() else {
         return Err(Error::EngineGone);
     };
     let mut sampling = model.default_sampling();
