@@ -154,21 +154,25 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
     })
 }
 
-/// Logits of one conditioned pass over a fixed pseudo-random sequence of 64 steps.
+/// Logits of a conditioned sequence of 64 fixed pseudo-random steps, decoded one
+/// step at a time as generation runs (through the step kernels).
 fn logits_over(decoder: &Decoder, cross: &super::decoder::CrossKv) -> Result<Vec<f32>> {
     let k = decoder.config().num_codebooks;
     let vocab = decoder.config().vocab_size as u64;
-    let len = 64;
-    let tokens: Vec<u32> = (0..(k * len) as u64)
-        .map(|i| (i.wrapping_mul(2_654_435_761) % vocab) as u32)
-        .collect();
     let mut cache = decoder.new_cache();
-    let mut seqs = [SeqInput {
-        tokens: &tokens,
-        cross: Some(cross),
-        cache: &mut cache,
-    }];
-    decoder.forward(&mut seqs, &[])
+    let mut all = Vec::new();
+    for step in 0..64u64 {
+        let tokens: Vec<u32> = (0..k as u64)
+            .map(|c| ((step * 7 + c).wrapping_mul(2_654_435_761) % vocab) as u32)
+            .collect();
+        let mut seqs = [SeqInput {
+            tokens: &tokens,
+            cross: Some(cross),
+            cache: &mut cache,
+        }];
+        all.extend(decoder.forward(&mut seqs, &[])?);
+    }
+    Ok(all)
 }
 
 fn argmax(v: &[f32]) -> usize {
