@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use vidmusician_engine::Error;
-use vidmusician_engine::neural::decoder::{CrossKv, SeqInput};
+use vidmusician_engine::neural::decoder::{CrossKv, SelfCache, SeqInput};
 use vidmusician_engine::neural::{MusicGen, Sampling};
 
 const TOL: f32 = 1e-4;
@@ -108,23 +108,33 @@ fn as_tensor(v: Vec<f32>, shape: &[usize]) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-#[test]
-fn decoder_logits_match_the_reference_for_fixed_codes_and_padded_text() {
-    let m = model();
-    let r = reference();
-    let (tokens, cross, seq) = decoder_inputs(&m);
-    let mut caches: Vec<_> = (0..2).map(|_| m.decoder().new_cache()).collect();
+/// One decoder call for every sequence, each with its tokens, states and cache.
+fn forward_all(
+    m: &MusicGen,
+    tokens: &[Vec<u32>],
+    cross: &[CrossKv],
+    caches: &mut [SelfCache],
+) -> Vec<f32> {
     let mut seqs: Vec<SeqInput> = caches
         .iter_mut()
-        .zip(&tokens)
-        .zip(&cross)
+        .zip(tokens)
+        .zip(cross)
         .map(|((cache, t), c)| SeqInput {
             tokens: t,
             cross: Some(c),
             cache,
         })
         .collect();
-    let logits = m.decoder().forward(&mut seqs, &[]).unwrap();
+    m.decoder().forward(&mut seqs, &[]).unwrap()
+}
+
+#[test]
+fn decoder_logits_match_the_reference_for_fixed_codes_and_padded_text() {
+    let m = model();
+    let r = reference();
+    let (tokens, cross, seq) = decoder_inputs(&m);
+    let mut caches: Vec<_> = (0..2).map(|_| m.decoder().new_cache()).collect();
+    let logits = forward_all(&m, &tokens, &cross, &mut caches);
     let d = max_abs_diff(&as_tensor(logits, &[8, seq, 64]), &r["decoder.logits"]);
     assert!(d < TOL, "logits differ by {d}");
 }
@@ -143,17 +153,7 @@ fn decoding_step_by_step_with_the_cache_equals_one_pass() {
             .iter()
             .map(|tk| (0..k).map(|c| tk[c * seq + t]).collect())
             .collect();
-        let mut seqs: Vec<SeqInput> = caches
-            .iter_mut()
-            .zip(&step)
-            .zip(&cross)
-            .map(|((cache, t), c)| SeqInput {
-                tokens: t,
-                cross: Some(c),
-                cache,
-            })
-            .collect();
-        let out = m.decoder().forward(&mut seqs, &[]).unwrap();
+        let out = forward_all(&m, &step, &cross, &mut caches);
         for s in 0..2 {
             for c in 0..k {
                 let src = &out[(s * k + c) * 64..(s * k + c + 1) * 64];

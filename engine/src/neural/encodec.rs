@@ -6,6 +6,7 @@
 use candle_core::{Device, Tensor};
 
 use super::config::EncodecConfig;
+use super::kernels;
 use super::nn::embedding;
 use super::weights::Weights;
 use crate::Result;
@@ -143,9 +144,12 @@ fn lstm_recurrence(pre: &[f32], w_hh: &[f32], hidden: usize, time: usize) -> Vec
     let mut c = vec![0f32; hidden];
     let mut gates = vec![0f32; 4 * hidden];
     for t in 0..time {
-        gates.copy_from_slice(&pre[t * 4 * hidden..(t + 1) * 4 * hidden]);
-        for (g, row) in gates.iter_mut().zip(w_hh.chunks_exact(hidden)) {
-            *g += dot(row, &h);
+        kernels::gemv(w_hh, hidden, &[&h], &mut [&mut gates]);
+        for (g, p) in gates
+            .iter_mut()
+            .zip(&pre[t * 4 * hidden..(t + 1) * 4 * hidden])
+        {
+            *g += p;
         }
         let (i_g, rest) = gates.split_at(hidden);
         let (f_g, rest) = rest.split_at(hidden);
@@ -165,23 +169,6 @@ fn lstm_recurrence(pre: &[f32], w_hh: &[f32], hidden: usize, time: usize) -> Vec
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
-}
-
-/// A dot product in eight independent lanes, which the compiler vectorises.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        sum += x * y;
-    }
-    sum
 }
 
 struct ResBlock {

@@ -17,27 +17,34 @@ pub fn gemv(w: &[f32], n: usize, xs: &[&[f32]], ys: &mut [&mut [f32]]) {
     debug_assert_eq!(xs.len(), ys.len());
     debug_assert!(xs.iter().all(|x| x.len() == n));
     debug_assert!(ys.iter().all(|y| y.len() == out));
-    let threads = rayon::current_num_threads().max(1);
-    if w.len() < PARALLEL_MIN || threads == 1 {
-        gemv_range(w, n, xs, ys, 0);
+    if w.len() < PARALLEL_MIN {
+        gemv_range(w, n, xs, ys);
         return;
     }
-    // Split the outputs into one contiguous block per thread, in multiples of 8 rows.
-    let block = out.div_ceil(threads).div_ceil(8) * 8;
+    split_outputs(out, ys, &|start, part| {
+        let rows = part[0].len();
+        gemv_range(&w[start * n..(start + rows) * n], n, xs, part);
+    });
+}
+
+/// Runs `f(first_output, outputs)` on one contiguous block of outputs per thread (in
+/// multiples of 8), every row of `ys` split at the same places.
+fn split_outputs(out: usize, ys: &mut [&mut [f32]], f: &(dyn Fn(usize, &mut [&mut [f32]]) + Sync)) {
+    let threads = rayon::current_num_threads().max(1);
+    let block = out.div_ceil(threads).div_ceil(8).max(1) * 8;
     let mut parts: Vec<Vec<&mut [f32]>> = (0..out.div_ceil(block)).map(|_| Vec::new()).collect();
     for y in ys.iter_mut() {
         for (part, chunk) in parts.iter_mut().zip(y.chunks_mut(block)) {
             part.push(chunk);
         }
     }
-    parts.into_par_iter().enumerate().for_each(|(i, mut part)| {
-        let start = i * block;
-        let rows = part[0].len();
-        gemv_range(&w[start * n..(start + rows) * n], n, xs, &mut part, start);
-    });
+    parts
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(i, mut part)| f(i * block, &mut part));
 }
 
-fn gemv_range(w: &[f32], n: usize, xs: &[&[f32]], ys: &mut [&mut [f32]], _start: usize) {
+fn gemv_range(w: &[f32], n: usize, xs: &[&[f32]], ys: &mut [&mut [f32]]) {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -110,28 +117,19 @@ impl Q8 {
 /// [`gemv`] over 8-bit weights.
 pub fn gemv_q8(w: &Q8, xs: &[&[f32]], ys: &mut [&mut [f32]]) {
     let (out, n) = (w.out, w.inn);
-    let threads = rayon::current_num_threads().max(1);
     let per_row = n / Q8_BLOCK;
-    if out * n < PARALLEL_MIN * 4 || threads == 1 {
+    if out * n < PARALLEL_MIN * 4 {
         gemv_q8_range(&w.q, &w.scales, n, xs, ys);
         return;
     }
-    let block = out.div_ceil(threads).div_ceil(8) * 8;
-    let mut parts: Vec<Vec<&mut [f32]>> = (0..out.div_ceil(block)).map(|_| Vec::new()).collect();
-    for y in ys.iter_mut() {
-        for (part, chunk) in parts.iter_mut().zip(y.chunks_mut(block)) {
-            part.push(chunk);
-        }
-    }
-    parts.into_par_iter().enumerate().for_each(|(i, mut part)| {
-        let start = i * block;
+    split_outputs(out, ys, &|start, part| {
         let rows = part[0].len();
         gemv_q8_range(
             &w.q[start * n..(start + rows) * n],
             &w.scales[start * per_row..(start + rows) * per_row],
             n,
             xs,
-            &mut part,
+            part,
         );
     });
 }
@@ -474,6 +472,21 @@ mod tests {
             }
         }
         assert!(Q8::quantize(&w[..out * 95], out, 95).is_none());
+    }
+
+    #[test]
+    fn q8_products_split_across_threads_agree_with_one_thread() {
+        let (out, n) = (1024, 320);
+        let w: Vec<f32> = (0..out * n)
+            .map(|i| ((i % 251) as f32 - 125.0) / 500.0)
+            .collect();
+        let q = Q8::quantize(&w, out, n).unwrap();
+        let x: Vec<f32> = (0..n).map(|i| ((i % 9) as f32 - 4.0) / 4.0).collect();
+        let mut split = vec![0f32; out];
+        gemv_q8(&q, &[&x], &mut [&mut split]);
+        let mut whole = vec![0f32; out];
+        gemv_q8_range(&q.q, &q.scales, n, &[&x], &mut [&mut whole]);
+        assert_eq!(split, whole);
     }
 
     #[test]
