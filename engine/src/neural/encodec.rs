@@ -24,8 +24,8 @@ fn weight_normed(w: &Weights, shape: [usize; 3]) -> Result<Tensor> {
 }
 
 struct Conv1d {
-    /// `(out, in, kernel)`.
-    weight: Tensor,
+    /// One `(out, in)` matrix per tap.
+    taps: Vec<Tensor>,
     bias: Tensor,
     kernel: usize,
     dilation: usize,
@@ -34,55 +34,118 @@ struct Conv1d {
 impl Conv1d {
     fn load(w: &Weights, cin: usize, cout: usize, kernel: usize, dilation: usize) -> Result<Self> {
         let w = w.pp("conv");
+        let weight = weight_normed(&w, [cout, cin, kernel])?;
+        let taps = (0..kernel)
+            .map(|j| weight.narrow(2, j, 1)?.squeeze(2)?.contiguous())
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
-            weight: weight_normed(&w, [cout, cin, kernel])?,
-            bias: w.get(&[cout], "bias")?,
+            taps,
+            bias: w.get(&[cout], "bias")?.reshape((cout, 1))?,
             kernel,
             dilation,
         })
     }
 
     /// Stride-1, non-causal: reflect-pad `(k−1)·d` split with the extra sample on the
-    /// left, then convolve.
+    /// left, then convolve as one matrix product per tap over the shifted input
+    /// (no unfolded copy of the input, which at the audio rate would be hundreds of
+    /// megabytes).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let total = (self.kernel - 1) * self.dilation;
         let right = total / 2;
         let left = total - right;
+        let (b, _, t) = x.dims3()?;
         let x = reflect_pad(x, left, right)?;
-        let y = x.conv1d(&self.weight, 0, 1, self.dilation, 1)?;
-        y.broadcast_add(&self.bias.reshape((1, (), 1))?)
+        let mut outs = Vec::with_capacity(b);
+        for i in 0..b {
+            let xi = x.get(i)?;
+            let mut y = self
+                .bias
+                .broadcast_as((self.bias.dim(0)?, t))?
+                .contiguous()?;
+            for (j, tap) in self.taps.iter().enumerate() {
+                let shifted = xi.narrow(1, j * self.dilation, t)?;
+                y = (y + tap.matmul(&shifted)?)?;
+            }
+            outs.push(y);
+        }
+        Tensor::stack(&outs, 0)
     }
 }
 
 struct ConvTranspose1d {
-    /// `(in, out, kernel)`.
+    /// `(in, out·kernel)`: the weight as one matrix, so the transposed convolution
+    /// is a matrix product followed by an overlap-add.
     weight: Tensor,
-    bias: Tensor,
+    bias: Vec<f32>,
+    cout: usize,
     kernel: usize,
     stride: usize,
 }
+
+/// Input frames per matrix product of a transposed convolution: bounds the
+/// intermediate `frames × out·kernel` matrix on long pieces.
+const UP_CHUNK: usize = 2048;
 
 impl ConvTranspose1d {
     fn load(w: &Weights, cin: usize, cout: usize, kernel: usize, stride: usize) -> Result<Self> {
         let w = w.pp("conv");
         Ok(Self {
-            weight: weight_normed(&w, [cin, cout, kernel])?,
-            bias: w.get(&[cout], "bias")?,
+            weight: weight_normed(&w, [cin, cout, kernel])?
+                .reshape((cin, cout * kernel))?
+                .contiguous()?,
+            bias: w.get(&[cout], "bias")?.to_vec1()?,
+            cout,
             kernel,
             stride,
         })
     }
 
-    /// Transposed convolution, then the fixed padding `k − s` trimmed, the larger half
+    /// Transposed convolution with the fixed padding `k − s` trimmed, the larger half
     /// from the left: this trim is what makes the output exactly `stride ×` longer.
+    /// Each input frame's contribution `xᵀ W` comes from one matrix product per chunk
+    /// of frames and is added into the output at `frame · stride`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?;
-        let y = y.broadcast_add(&self.bias.reshape((1, (), 1))?)?;
-        let total = self.kernel - self.stride;
-        let right = total / 2;
-        let left = total - right;
-        let len = y.dim(2)?;
-        y.narrow(2, left, len - left - right)
+        let (b, _, t) = x.dims3()?;
+        let (k, s, cout) = (self.kernel, self.stride, self.cout);
+        let total = k - s;
+        let left = total - total / 2;
+        let full = (t - 1) * s + k;
+        let len = full - total;
+        let mut outs = Vec::with_capacity(b);
+        for i in 0..b {
+            let xt = x.get(i)?.t()?.contiguous()?; // (t, cin)
+            let mut y = vec![0f32; cout * len];
+            for (co, row) in y.chunks_exact_mut(len).enumerate() {
+                row.fill(self.bias[co]);
+            }
+            let mut start = 0;
+            while start < t {
+                let n = UP_CHUNK.min(t - start);
+                let cols: Vec<f32> = xt
+                    .narrow(0, start, n)?
+                    .matmul(&self.weight)?
+                    .flatten_all()?
+                    .to_vec1()?;
+                for (f, frame) in cols.chunks_exact(cout * k).enumerate() {
+                    let at = (start + f) * s; // position in the untrimmed output
+                    for (co, taps) in frame.chunks_exact(k).enumerate() {
+                        let row = &mut y[co * len..(co + 1) * len];
+                        for (j, v) in taps.iter().enumerate() {
+                            // Positions inside the trimmed padding are dropped.
+                            if let Some(p) = (at + j).checked_sub(left)
+                                && p < len
+                            {
+                                row[p] += v;
+                            }
+                        }
+                    }
+                }
+                start += n;
+            }
+            outs.push(Tensor::from_vec(y, (cout, len), x.device())?);
+        }
+        Tensor::stack(&outs, 0)
     }
 }
 
