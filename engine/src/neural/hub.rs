@@ -390,13 +390,17 @@ fn verify(pointer: &Path, name: &str) -> Result<()> {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
     let is_hex = |n: usize| expected.len() == n && expected.chars().all(|c| c.is_ascii_hexdigit());
-    let bytes = std::fs::read(&blob).map_err(|e| Error::io(&blob, e))?;
     let got = if is_hex(64) {
-        hex(&sha2::Sha256::digest(&bytes))
+        let mut h = sha2::Sha256::new();
+        read_chunks(&blob, &mut |b| h.update(b))?;
+        hex(&h.finalize())
     } else if is_hex(40) {
+        let len = std::fs::metadata(&blob)
+            .map_err(|e| Error::io(&blob, e))?
+            .len();
         let mut h = sha1::Sha1::new();
-        h.update(format!("blob {}\0", bytes.len()).as_bytes());
-        h.update(&bytes);
+        h.update(format!("blob {len}\0").as_bytes());
+        read_chunks(&blob, &mut |b| h.update(b))?;
         hex(&h.finalize())
     } else {
         // No hash to check against (a server that sends other tags).
@@ -413,6 +417,20 @@ fn verify(pointer: &Path, name: &str) -> Result<()> {
             "{name} arrived damaged (hash {got}, expected {expected}); it was removed, pull again"
         ),
     ))
+}
+
+/// Feeds the file to `update` a mebibyte at a time: weights are gigabytes.
+fn read_chunks(path: &Path, update: &mut dyn FnMut(&[u8])) -> Result<()> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        update(&buf[..n]);
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
