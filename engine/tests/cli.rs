@@ -366,6 +366,33 @@ fn compose_text_engine_writes_music_from_the_prompt_alone() {
         "{}",
         audio.duration()
     );
+
+    // 8-bit decoder weights.
+    let wav3 = dir.path().join("q8.wav");
+    let out = run(&[
+        "compose",
+        "--engine",
+        "text",
+        "--prompt",
+        "calm piano",
+        "--duration",
+        "1",
+        "--precision",
+        "q8",
+        "--model-dir",
+        s(&tiny_model()),
+        "--no-cache",
+        "-o",
+        s(&wav3),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let audio = read_wav(&wav3).unwrap();
+    assert!((audio.duration() - 1.0).abs() < 0.01);
+    assert!(audio.channels.iter().flatten().all(|x| x.is_finite()));
 }
 
 #[test]
