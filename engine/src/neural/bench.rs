@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::config::MusicgenConfig;
 use super::decoder::{Decoder, Precision, SeqInput};
 use super::encodec::EncodecDecoder;
-use super::generate::{Sampling, generate};
+use super::generate::{Sampling, argmax, generate};
 use super::weights::Weights;
 use crate::Result;
 
@@ -173,14 +173,4 @@ fn logits_over(decoder: &Decoder, cross: &super::decoder::CrossKv) -> Result<Vec
         all.extend(decoder.forward(&mut seqs, &[])?);
     }
     Ok(all)
-}
-
-fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best
 }

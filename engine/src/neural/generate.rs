@@ -251,7 +251,7 @@ fn pick(logits: &[f32], s: &Sampling, rng: &mut ChaCha8Rng, scratch: &mut [f32])
 }
 
 /// The first index of the largest value, as `torch.argmax` picks on ties.
-fn argmax(v: &[f32]) -> u32 {
+pub(crate) fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
     for (i, x) in v.iter().enumerate() {
         if *x > v[best] {

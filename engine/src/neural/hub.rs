@@ -343,27 +343,9 @@ fn pull_inner(
                 "{repo} has neither model.safetensors nor model.safetensors.index.json"
             )));
         };
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-        let parsed: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::model_file(&index, format!("not a valid shard index: {e}")))?;
-        let mut shards: Vec<String> = parsed["weight_map"]
-            .as_object()
-            .map(|m| {
-                m.values()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        shards.sort();
-        shards.dedup();
-        for s in shards {
-            if Path::new(&s).components().count() != 1 {
-                return Err(Error::model_file(
-                    &index,
-                    format!("shard `{s}` is not a file name"),
-                ));
-            }
-            fetch(&s, false)?;
+        for shard in super::weights::shard_paths(&index)? {
+            let name = shard.file_name().map(|n| n.to_string_lossy().to_string());
+            fetch(&name.unwrap_or_default(), false)?;
         }
     }
     let dir = config

@@ -84,18 +84,7 @@ impl Q8 {
         if inn % Q8_BLOCK != 0 || w.len() != out * inn {
             return None;
         }
-        let mut q = Vec::with_capacity(w.len());
-        let mut scales = Vec::with_capacity(w.len() / Q8_BLOCK);
-        for block in w.chunks_exact(Q8_BLOCK) {
-            let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-            scales.push(scale);
-            q.extend(
-                block
-                    .iter()
-                    .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
-            );
-        }
+        let (q, scales) = quantize_blocks(w);
         Some(Self {
             q,
             scales,
@@ -112,6 +101,24 @@ impl Q8 {
             .flat_map(|(b, s)| b.iter().map(move |&v| f32::from(v) * s))
             .collect()
     }
+}
+
+/// Each block of [`Q8_BLOCK`] values as `scale · q`, `q` in −127..=127 rounded to
+/// nearest (weights and inputs alike).
+fn quantize_blocks(v: &[f32]) -> (Vec<i8>, Vec<f32>) {
+    let mut q = Vec::with_capacity(v.len());
+    let mut scales = Vec::with_capacity(v.len() / Q8_BLOCK);
+    for block in v.chunks_exact(Q8_BLOCK) {
+        let max = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        scales.push(scale);
+        q.extend(
+            block
+                .iter()
+                .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8),
+        );
+    }
+    (q, scales)
 }
 
 /// [`gemv`] over 8-bit weights.
@@ -289,18 +296,7 @@ mod x86 {
     }
 
     pub fn quantize_row(x: &[f32]) -> QuantRow {
-        let mut q = Vec::with_capacity(x.len());
-        let mut scales = Vec::with_capacity(x.len() / super::Q8_BLOCK);
-        for block in x.chunks_exact(super::Q8_BLOCK) {
-            let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-            scales.push(scale);
-            q.extend(
-                block
-                    .iter()
-                    .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
-            );
-        }
+        let (q, scales) = super::quantize_blocks(x);
         // |q| fits in 0..=127, read as the unsigned operand of `maddubs`.
         let abs = q.iter().map(|v| v.abs()).collect();
         QuantRow { q, abs, scales }

@@ -227,7 +227,9 @@ fn blake3_u64(s: &str) -> u64 {
     u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]))
 }
 
-fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
+/// The shard files a `model.safetensors.index.json` lists, each a bare file name
+/// in the index's folder.
+pub(crate) fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
     #[derive(serde::Deserialize)]
     struct Index {
         weight_map: HashMap<String, String>,
