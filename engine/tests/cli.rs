@@ -308,26 +308,18 @@ fn rotated_and_odd_sized_videos_are_analysed() {
 #[test]
 fn compose_text_engine_writes_music_from_the_prompt_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let wav = dir.path().join("text.wav");
-    let out = run(&[
-        "compose",
-        "--engine",
-        "text",
-        "--prompt",
-        "calm piano",
-        "--duration",
-        "1.5",
-        "--model-dir",
-        s(&tiny_model()),
-        "--sample-rate",
-        "44100",
-        "--no-cache",
-        "-o",
-        s(&wav),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    let audio = read_wav(&wav).unwrap();
+    let audio = compose_text(
+        dir.path(),
+        "text.wav",
+        &[
+            "--prompt",
+            "calm piano",
+            "--duration",
+            "1.5",
+            "--sample-rate",
+            "44100",
+        ],
+    );
     assert_eq!(audio.sample_rate, 44_100);
     assert!(
         (audio.len() as i64 - 66_150).abs() <= 2,
@@ -343,24 +335,7 @@ fn compose_text_engine_writes_music_from_the_prompt_alone() {
         "in.mp4",
         &SynthSpec::new(160, 120, 25, 2.0, vec![1.0]),
     );
-    let wav2 = dir.path().join("video.wav");
-    let out = run(&[
-        "compose",
-        s(&v),
-        "--engine",
-        "text",
-        "--model-dir",
-        s(&tiny_model()),
-        "--no-cache",
-        "-o",
-        s(&wav2),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let audio = read_wav(&wav2).unwrap();
+    let audio = compose_text(dir.path(), "video.wav", &[s(&v)]);
     assert!(
         (audio.duration() - 2.0).abs() < 0.01,
         "{}",
@@ -368,31 +343,37 @@ fn compose_text_engine_writes_music_from_the_prompt_alone() {
     );
 
     // 8-bit decoder weights.
-    let wav3 = dir.path().join("q8.wav");
-    let out = run(&[
-        "compose",
-        "--engine",
-        "text",
-        "--prompt",
-        "calm piano",
-        "--duration",
-        "1",
-        "--precision",
-        "q8",
-        "--model-dir",
-        s(&tiny_model()),
-        "--no-cache",
-        "-o",
-        s(&wav3),
-    ]);
+    let audio = compose_text(
+        dir.path(),
+        "q8.wav",
+        &[
+            "--prompt",
+            "calm piano",
+            "--duration",
+            "1",
+            "--precision",
+            "q8",
+        ],
+    );
+    assert!((audio.duration() - 1.0).abs() < 0.01);
+    assert!(audio.channels.iter().flatten().all(|x| x.is_finite()));
+}
+
+/// `compose --engine text` on the tiny checkpoint with `args`, into `dir/name`;
+/// asserts success and returns the music.
+fn compose_text(dir: &Path, name: &str, args: &[&str]) -> Audio {
+    let wav = dir.join(name);
+    let model = tiny_model();
+    let mut all = vec!["compose", "--engine", "text", "--model-dir", s(&model)];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--no-cache", "-o", s(&wav)]);
+    let out = run(&all);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let audio = read_wav(&wav3).unwrap();
-    assert!((audio.duration() - 1.0).abs() < 0.01);
-    assert!(audio.channels.iter().flatten().all(|x| x.is_finite()));
+    read_wav(&wav).unwrap()
 }
 
 #[test]

@@ -46,6 +46,11 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// A recorded integer tensor (ids, masks, codes) as the u32 the model takes.
+fn u32s(r: &HashMap<String, Tensor>, name: &str) -> Tensor {
+    r[name].to_dtype(candle_core::DType::U32).unwrap()
+}
+
 fn ids(t: &Tensor) -> Vec<i64> {
     t.to_dtype(candle_core::DType::I64)
         .unwrap()
@@ -70,12 +75,8 @@ fn tokenizer_matches_the_reference_ids_and_padding() {
 fn t5_encoder_states_match_the_reference() {
     let m = model();
     let r = reference();
-    let ids = r["text.input_ids"]
-        .to_dtype(candle_core::DType::U32)
-        .unwrap();
-    let mask = r["text.attention_mask"]
-        .to_dtype(candle_core::DType::U32)
-        .unwrap();
+    let ids = u32s(&r, "text.input_ids");
+    let mask = u32s(&r, "text.attention_mask");
     let got = m.text_encoder().forward(&ids, &mask).unwrap();
     let d = max_abs_diff(&got, &r["t5.last_hidden_state"]);
     assert!(d < TOL, "T5 states differ by {d}");
@@ -85,17 +86,11 @@ fn t5_encoder_states_match_the_reference() {
 /// cross-attention states of the padded text batch.
 fn decoder_inputs(m: &MusicGen) -> (Vec<Vec<u32>>, Vec<CrossKv>, usize) {
     let r = reference();
-    let ids = r["text.input_ids"]
-        .to_dtype(candle_core::DType::U32)
-        .unwrap();
-    let mask = r["text.attention_mask"]
-        .to_dtype(candle_core::DType::U32)
-        .unwrap();
+    let ids = u32s(&r, "text.input_ids");
+    let mask = u32s(&r, "text.attention_mask");
     let states = m.text_states(&ids, &mask).unwrap();
     let cross = m.decoder().cross_kv(&states, Some(&mask)).unwrap();
-    let codes = r["decoder.input_ids"]
-        .to_dtype(candle_core::DType::U32)
-        .unwrap();
+    let codes = u32s(&r, "decoder.input_ids");
     let (rows, seq) = codes.dims2().unwrap();
     let k = m.decoder().config().num_codebooks;
     let flat: Vec<u32> = codes.flatten_all().unwrap().to_vec1().unwrap();
@@ -206,9 +201,7 @@ fn greedy_generation_matches_the_reference_with_and_without_guidance() {
 fn encodec_decoding_matches_the_reference_and_trims_exactly() {
     let m = model();
     let r = reference();
-    let codes = r["encodec.codes"]
-        .to_dtype(candle_core::DType::U32)
-        .unwrap();
+    let codes = u32s(&r, "encodec.codes");
     let audio = m.codec().decode(&codes).unwrap();
     assert_eq!(
         audio.dims(),
@@ -314,9 +307,7 @@ fn older_weight_norm_names_load_to_the_same_audio() {
     });
     let old = MusicGen::load(dir.path()).unwrap();
     let r = reference();
-    let codes = r["encodec.codes"]
-        .to_dtype(candle_core::DType::U32)
-        .unwrap();
+    let codes = u32s(&r, "encodec.codes");
     let d = max_abs_diff(&old.codec().decode(&codes).unwrap(), &r["encodec.audio"]);
     assert!(d < TOL, "{d}");
 }
@@ -358,6 +349,15 @@ fn broken_model_files_are_clear_errors() {
     let msg = load_error(dir.path());
     assert!(msg.contains("num_attention_heads"), "{msg}");
 
+    // ... or that asks for a position table no machine holds
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap())
+            .unwrap();
+    cfg["decoder"]["max_position_embeddings"] = 1_000_000_000_000u64.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let msg = load_error(dir.path());
+    assert!(msg.contains("max_position_embeddings"), "{msg}");
+
     // a tokenizer that is not one
     let dir = altered_checkpoint(|_| {});
     std::fs::write(dir.path().join("tokenizer.json"), "not json").unwrap();
@@ -397,9 +397,7 @@ fn sharded_checkpoints_load() {
     .unwrap();
     let m = MusicGen::load(dir.path()).unwrap();
     let r = reference();
-    let codes = r["encodec.codes"]
-        .to_dtype(candle_core::DType::U32)
-        .unwrap();
+    let codes = u32s(&r, "encodec.codes");
     let d = max_abs_diff(&m.codec().decode(&codes).unwrap(), &r["encodec.audio"]);
     assert!(d < TOL, "{d}");
 

@@ -7,6 +7,9 @@ use serde::Deserialize;
 
 use crate::{Error, Result};
 
+/// The longest sinusoidal position table a config may ask for.
+const MAX_POSITIONS: usize = 1 << 16;
+
 fn one() -> usize {
     1
 }
@@ -71,6 +74,23 @@ impl MusicgenConfig {
         }
         if a.upsampling_ratios.is_empty() || a.upsampling_ratios.contains(&0) {
             return Err("audio_encoder.upsampling_ratios must be non-zero".into());
+        }
+        // Sizes no checkpoint tensor pins down, bounded so a hostile file cannot ask
+        // for an allocation that takes the process down.
+        if d.max_position_embeddings > MAX_POSITIONS {
+            return Err(format!(
+                "decoder.max_position_embeddings {} (at most {MAX_POSITIONS})",
+                d.max_position_embeddings
+            ));
+        }
+        if a.upsampling_ratios.len() > 8 || a.upsampling_ratios.iter().any(|&r| r > 64) {
+            return Err("audio_encoder.upsampling_ratios: at most 8 stages of at most 64".into());
+        }
+        if !(1..=64).contains(&a.num_quantizers()) {
+            return Err(format!(
+                "audio_encoder.target_bandwidths give {} quantizers (expected 1–64)",
+                a.num_quantizers()
+            ));
         }
         if a.codebook_size != d.vocab_size {
             return Err(format!(
