@@ -15,7 +15,8 @@
 use candle_core::{Device, Tensor};
 
 use super::config::DecoderConfig;
-use super::kernels::{self, gemv};
+use super::kernels::{self, add_into, gemv};
+use super::pool;
 use super::weights::Weights;
 use crate::{Error, Result};
 
@@ -164,11 +165,45 @@ pub struct Decoder {
     device: Device,
 }
 
+/// Keys or values of one layer, head-major (`heads × cap × head_dim`): each head's
+/// rows are one contiguous run, read in order by attention.
+#[derive(Default)]
+struct HeadRows {
+    data: Vec<f32>,
+    cap: usize,
+}
+
+impl HeadRows {
+    /// Writes `row` (`heads · hd` values, head after head) as position `pos`, growing
+    /// the capacity (by doubling) when needed.
+    fn put(&mut self, pos: usize, row: &[f32], heads: usize) {
+        let hd = row.len() / heads;
+        if pos >= self.cap {
+            let cap = (pos + 1).max(self.cap * 2).max(16);
+            let mut data = vec![0f32; heads * cap * hd];
+            for head in 0..heads {
+                let old = &self.data[head * self.cap * hd..][..self.cap * hd];
+                data[head * cap * hd..][..self.cap * hd].copy_from_slice(old);
+            }
+            self.data = data;
+            self.cap = cap;
+        }
+        for (head, part) in row.chunks_exact(hd).enumerate() {
+            self.data[(head * self.cap + pos) * hd..][..hd].copy_from_slice(part);
+        }
+    }
+
+    /// The first `len` positions of `head`.
+    fn head(&self, head: usize, hd: usize, len: usize) -> &[f32] {
+        &self.data[head * self.cap * hd..][..len * hd]
+    }
+}
+
 /// Cross-attention keys and values of one sequence of conditioning states, computed
 /// once per generation.
 pub struct CrossKv {
-    /// Per layer, `len × hidden` keys and values.
-    kv: Vec<(Vec<f32>, Vec<f32>)>,
+    /// Per layer, keys and values of `len` positions.
+    kv: Vec<(HeadRows, HeadRows)>,
     /// Additive score bias per position: 0, or the most negative f32 at padding.
     bias: Vec<f32>,
     len: usize,
@@ -177,8 +212,8 @@ pub struct CrossKv {
 /// The self-attention cache of one sequence.
 #[derive(Default)]
 pub struct SelfCache {
-    /// Per layer, keys and values `len × hidden`, growing as positions are added.
-    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    /// Per layer, keys and values of `len` positions, growing as positions are added.
+    layers: Vec<(HeadRows, HeadRows)>,
     len: usize,
 }
 
@@ -288,7 +323,7 @@ impl Decoder {
     pub fn new_cache(&self) -> SelfCache {
         SelfCache {
             layers: (0..self.layers.len())
-                .map(|_| (Vec::new(), Vec::new()))
+                .map(|_| (HeadRows::default(), HeadRows::default()))
                 .collect(),
             len: 0,
         }
@@ -299,6 +334,7 @@ impl Decoder {
     /// for padding.
     pub fn cross_kv(&self, states: &Tensor, mask: Option<&Tensor>) -> Result<Vec<CrossKv>> {
         let (b, len, h) = states.dims3()?;
+        let heads = self.cfg.num_attention_heads;
         if h != self.cfg.hidden_size {
             return Err(Error::InvalidSetting(format!(
                 "conditioning states of width {h} for a decoder of width {}",
@@ -322,11 +358,11 @@ impl Decoder {
                     .iter()
                     .map(|l| {
                         let both = l.cross_kv.apply(x, len)?;
-                        let (mut k, mut v) =
-                            (Vec::with_capacity(len * h), Vec::with_capacity(len * h));
-                        for row in both.chunks_exact(2 * h) {
-                            k.extend_from_slice(&row[..h]);
-                            v.extend_from_slice(&row[h..]);
+                        let (mut k, mut v) = (HeadRows::default(), HeadRows::default());
+                        // Last position first: the capacity is set once.
+                        for (pos, row) in both.chunks_exact(2 * h).enumerate().rev() {
+                            k.put(pos, &row[..h], heads);
+                            v.put(pos, &row[h..], heads);
                         }
                         Ok((k, v))
                     })
@@ -402,7 +438,6 @@ impl Decoder {
             }
         }
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut scores = Vec::new();
         for (li, layer) in self.layers.iter().enumerate() {
             if let Some(Some(add)) = layer_inputs.get(li) {
                 if add.len() != rows * h {
@@ -423,31 +458,27 @@ impl Decoder {
                 let (kc, vc) = &mut s.cache.layers[li];
                 for t in 0..len {
                     let r = &qkv[(si * len + t) * 3 * h..(si * len + t + 1) * 3 * h];
-                    kc.extend_from_slice(&r[h..2 * h]);
-                    vc.extend_from_slice(&r[2 * h..]);
+                    kc.put(s.cache.len + t, &r[h..2 * h], heads);
+                    vc.put(s.cache.len + t, &r[2 * h..], heads);
                 }
             }
-            let mut att = vec![0f32; rows * h];
-            for (si, s) in seqs.iter().enumerate() {
-                let (kc, vc) = &s.cache.layers[li];
-                for t in 0..len {
-                    let row = si * len + t;
-                    let q = &qkv[row * 3 * h..row * 3 * h + h];
-                    // Causal: this position and those before it.
-                    let upto = s.cache.len + t + 1;
-                    attend(
-                        q,
-                        kc,
-                        vc,
-                        upto,
-                        None,
-                        heads,
-                        scale,
-                        &mut scores,
-                        &mut att[row * h..(row + 1) * h],
-                    );
-                }
-            }
+            // Every (row, head) attends independently: spread them over the threads.
+            let sources: Vec<Source<'_>> = seqs
+                .iter()
+                .enumerate()
+                .flat_map(|(si, s)| {
+                    let (kc, vc) = &s.cache.layers[li];
+                    (0..len).map(move |t| Source {
+                        q: si * len + t,
+                        keys: kc,
+                        values: vc,
+                        // Causal: this position and those before it.
+                        len: s.cache.len + t + 1,
+                        bias: None,
+                    })
+                })
+                .collect();
+            let att = attention(&qkv, 3 * h, &sources, heads, hd, scale);
             let o = layer.self_out.apply(&att, rows)?;
             add_into(&mut x, &o);
             // Cross-attention, for the rows of sequences that have conditioning.
@@ -464,24 +495,24 @@ impl Decoder {
                     .collect();
                 let n = layer.cross_norm.apply(&xs, cond.len());
                 let q = layer.cross_q.apply(&n, cond.len())?;
-                let mut att = vec![0f32; cond.len() * h];
-                for (i, &r) in cond.iter().enumerate() {
-                    let c = seqs[r / len]
-                        .cross
-                        .expect("rows are of conditioned sequences");
-                    let (ck, cv) = &c.kv[li];
-                    attend(
-                        &q[i * h..(i + 1) * h],
-                        ck,
-                        cv,
-                        c.len,
-                        Some(&c.bias),
-                        heads,
-                        scale,
-                        &mut scores,
-                        &mut att[i * h..(i + 1) * h],
-                    );
-                }
+                let sources: Vec<Source<'_>> = cond
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &r)| {
+                        let c = seqs[r / len]
+                            .cross
+                            .expect("rows are of conditioned sequences");
+                        let (ck, cv) = &c.kv[li];
+                        Source {
+                            q: i,
+                            keys: ck,
+                            values: cv,
+                            len: c.len,
+                            bias: Some(&c.bias),
+                        }
+                    })
+                    .collect();
+                let att = attention(&q, h, &sources, heads, hd, scale);
                 let o = layer.cross_out.apply(&att, cond.len())?;
                 for (i, &r) in cond.iter().enumerate() {
                     add_into(&mut x[r * h..(r + 1) * h], &o[i * h..(i + 1) * h]);
@@ -490,7 +521,8 @@ impl Decoder {
             // Feed-forward.
             let n = layer.ff_norm.apply(&x, rows);
             let mut f = layer.fc1.apply(&n, rows)?;
-            kernels::gelu(&mut f);
+            // erf per value: worth both threads.
+            pool::for_each_piece(&mut f, 256, &|_, piece| kernels::gelu(piece));
             let o = layer.fc2.apply(&f, rows)?;
             add_into(&mut x, &o);
         }
@@ -514,45 +546,50 @@ impl Decoder {
     }
 }
 
-fn add_into(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
+/// What one query row attends to.
+struct Source<'a> {
+    /// The query's row in the packed queries.
+    q: usize,
+    /// `len × hidden` keys and values (at least `len` rows).
+    keys: &'a HeadRows,
+    values: &'a HeadRows,
+    len: usize,
+    /// Additive score bias per key.
+    bias: Option<&'a [f32]>,
 }
 
-/// Multi-head attention of one query row over the first `len` rows of `keys` and
-/// `values` (`len × hidden`), with an optional additive bias per key.
-#[allow(clippy::too_many_arguments)]
-fn attend(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    len: usize,
-    bias: Option<&[f32]>,
+/// Multi-head attention of each source's query row (the first `hidden` values of
+/// row `q` of `queries`, rows `row_len` apart) → `sources × hidden`. Every (row, head)
+/// pair is independent, so they are split across the step's threads.
+fn attention(
+    queries: &[f32],
+    row_len: usize,
+    sources: &[Source<'_>],
     heads: usize,
+    hd: usize,
     scale: f32,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    let h = q.len();
-    let hd = h / heads;
-    scores.resize(len, 0.0);
-    for head in 0..heads {
-        let qh = &q[head * hd..(head + 1) * hd];
-        for (j, s) in scores.iter_mut().enumerate() {
-            let kh = &keys[j * h + head * hd..j * h + (head + 1) * hd];
-            *s = kernels::dot(qh, kh) * scale;
-            if let Some(b) = bias {
-                *s += b[j];
-            }
+) -> Vec<f32> {
+    let h = heads * hd;
+    let mut out = vec![0f32; sources.len() * h];
+    let longest = sources.iter().map(|s| s.len).max().unwrap_or(0);
+    pool::for_each_piece(&mut out, hd, &|first, piece| {
+        let mut scores = vec![0f32; longest];
+        for (i, oh) in piece.chunks_exact_mut(hd).enumerate() {
+            let (row, head) = ((first + i) / heads, (first + i) % heads);
+            let s = &sources[row];
+            let q = &queries[s.q * row_len + head * hd..][..hd];
+            kernels::attend_head(
+                q,
+                s.keys.head(head, hd, s.len),
+                s.values.head(head, hd, s.len),
+                s.bias,
+                scale,
+                &mut scores,
+                oh,
+            );
         }
-        kernels::softmax(scores);
-        let oh = &mut out[head * hd..(head + 1) * hd];
-        oh.fill(0.0);
-        for (j, &p) in scores.iter().enumerate() {
-            kernels::axpy(p, &values[j * h + head * hd..j * h + (head + 1) * hd], oh);
-        }
-    }
+    });
+    out
 }
 
 /// The decoder's sinusoidal position table: cos in the first half, sin in the second,

@@ -16,6 +16,7 @@ pub mod hub;
 pub mod kernels;
 pub mod model;
 pub mod nn;
+pub mod pool;
 pub mod t5;
 pub mod weights;
 
