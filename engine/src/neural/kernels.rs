@@ -73,51 +73,65 @@ fn gemv_portable(w: &[f32], n: usize, xs: &[&[f32]], ys: &mut [&mut [f32]]) {
     }
 }
 
-/// Weights per scale in [`Q8`] rows.
+/// Weights per integer product in [`Q8`] rows: the kernels' unit.
 pub const Q8_BLOCK: usize = 32;
 
 /// Rows of a [`Q8`] matrix stored together, block by block, so that one load of an
 /// input block serves this many weight rows and their block sums are scaled together.
 pub const Q8_GROUP: usize = 4;
 
-/// A row-major matrix in 8 bits: every block of [`Q8_BLOCK`] weights of a row is
-/// `scale · q` with `q` in −127..=127, a quarter of the bytes of f32 for the
+/// Most blocks sharing one scale: 128 weights, so that four integer products are
+/// summed before a conversion to float (8-bit weights with a scale per 128 lose
+/// little against one per 32, and the step is bound by those conversions).
+const Q8_MAX_SUBS: usize = 4;
+
+/// A row-major matrix in 8 bits: every run of `subs ·` [`Q8_BLOCK`] weights of a row
+/// is `scale · q` with `q` in −127..=127, a quarter of the bytes of f32 for the
 /// matrix-vector products that bound a decoder step.
 ///
 /// Rows are stored in groups of [`Q8_GROUP`] (the last padded with zero rows),
 /// interleaved by block: `q[((g · blocks + b) · GROUP + j) · BLOCK ..]` is block `b`
-/// of row `g · GROUP + j`, and `scales[(g · blocks + b) · GROUP + j]` its scale. A
-/// thread then reads one sequential stream of weights.
+/// of row `g · GROUP + j`, and `scales[(g · runs + s) · GROUP + j]` the scale of its
+/// run `s`. A thread then reads one sequential stream of weights.
 pub struct Q8 {
     pub q: Vec<i8>,
     pub scales: Vec<f32>,
     pub out: usize,
     pub inn: usize,
+    /// Blocks per scale: 4, or fewer where rows do not split into runs of 128.
+    pub subs: usize,
 }
 
 impl Q8 {
     /// Quantises `w` (`out × inn`, `inn` a multiple of [`Q8_BLOCK`]) to the nearest
-    /// level of each block's scale.
+    /// level of each run's scale.
     pub fn quantize(w: &[f32], out: usize, inn: usize) -> Option<Self> {
         if inn % Q8_BLOCK != 0 || w.len() != out * inn {
             return None;
         }
-        let blocks = inn / Q8_BLOCK;
+        let subs = subs_for(inn);
+        let (blocks, run) = (inn / Q8_BLOCK, subs * Q8_BLOCK);
+        let runs = inn / run;
         let groups = out.div_ceil(Q8_GROUP);
-        let mut q = Vec::with_capacity(groups * Q8_GROUP * inn);
-        let mut scales = Vec::with_capacity(groups * Q8_GROUP * blocks);
-        let zero = [0f32; Q8_BLOCK];
-        for g in 0..groups {
-            for b in 0..blocks {
-                for j in 0..Q8_GROUP {
-                    let row = g * Q8_GROUP + j;
-                    let block = if row < out {
-                        &w[row * inn + b * Q8_BLOCK..row * inn + (b + 1) * Q8_BLOCK]
-                    } else {
-                        &zero
-                    };
-                    scales.push(quantize_block(block, &mut q));
+        let mut q = vec![0i8; groups * Q8_GROUP * inn];
+        let mut scales = vec![0f32; groups * Q8_GROUP * runs];
+        let mut levels = Vec::with_capacity(run);
+        for row in 0..out {
+            let (g, j) = (row / Q8_GROUP, row % Q8_GROUP);
+            for (s, seg) in w[row * inn..(row + 1) * inn].chunks_exact(run).enumerate() {
+                levels.clear();
+                scales[(g * runs + s) * Q8_GROUP + j] = quantize_block(seg, &mut levels);
+                for (k, part) in levels.chunks_exact(Q8_BLOCK).enumerate() {
+                    let b = s * subs + k;
+                    q[((g * blocks + b) * Q8_GROUP + j) * Q8_BLOCK..][..Q8_BLOCK]
+                        .copy_from_slice(part);
                 }
+            }
+        }
+        // Padding rows keep q = 0; a scale of 1 keeps them finite.
+        for row in out..groups * Q8_GROUP {
+            for s in 0..runs {
+                scales[((row / Q8_GROUP) * runs + s) * Q8_GROUP + row % Q8_GROUP] = 1.0;
             }
         }
         Some(Self {
@@ -125,14 +139,16 @@ impl Q8 {
             scales,
             out,
             inn,
+            subs,
         })
     }
 
     /// The f32 matrix (`out × inn`, row-major) these weights stand for.
     pub fn dequantize(&self) -> Vec<f32> {
         let blocks = self.inn / Q8_BLOCK;
+        let runs = blocks / self.subs;
         let mut w = vec![0f32; self.out * self.inn];
-        for (i, (block, s)) in self.q.chunks_exact(Q8_BLOCK).zip(&self.scales).enumerate() {
+        for (i, block) in self.q.chunks_exact(Q8_BLOCK).enumerate() {
             let (j, b, g) = (
                 i % Q8_GROUP,
                 (i / Q8_GROUP) % blocks,
@@ -140,6 +156,7 @@ impl Q8 {
             );
             let row = g * Q8_GROUP + j;
             if row < self.out {
+                let s = self.scales[(g * runs + b / self.subs) * Q8_GROUP + j];
                 let dst = &mut w[row * self.inn + b * Q8_BLOCK..][..Q8_BLOCK];
                 for (d, &v) in dst.iter_mut().zip(block) {
                     *d = f32::from(v) * s;
@@ -148,6 +165,16 @@ impl Q8 {
         }
         w
     }
+}
+
+/// Blocks per scale for rows of `inn` weights: the most, up to [`Q8_MAX_SUBS`], that
+/// divides the row.
+fn subs_for(inn: usize) -> usize {
+    let blocks = inn / Q8_BLOCK;
+    (1..=Q8_MAX_SUBS)
+        .rev()
+        .find(|s| blocks % s == 0)
+        .unwrap_or(1)
 }
 
 /// Appends `block` as `q` levels in −127..=127 to `out`, rounded to nearest, and
@@ -163,7 +190,8 @@ fn quantize_block(block: &[f32], out: &mut Vec<i8>) -> f32 {
     scale
 }
 
-/// An input row in 8 bits, a scale per block, as the integer kernels read it.
+/// An input row in 8 bits, a scale per run of `subs` blocks (as the weights it
+/// meets), as the integer kernels read it.
 pub(crate) struct QuantRow {
     q: Vec<i8>,
     /// `|q|`, the unsigned operand of the AVX2 kernel's `maddubs`.
@@ -172,23 +200,23 @@ pub(crate) struct QuantRow {
 }
 
 impl QuantRow {
-    fn new(x: &[f32]) -> Self {
+    fn new(x: &[f32], subs: usize) -> Self {
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                 let mut row = Self {
                     q: vec![0; x.len()],
                     abs: vec![0; x.len()],
-                    scales: vec![0.0; x.len() / Q8_BLOCK],
+                    scales: vec![0.0; x.len() / (Q8_BLOCK * subs)],
                 };
                 // SAFETY: the CPU has the features the function is compiled for.
-                unsafe { x86::quantize_row_avx2(x, &mut row) };
+                unsafe { x86::quantize_row_avx2(x, subs, &mut row) };
                 return row;
             }
         }
         let mut q = Vec::with_capacity(x.len());
         let scales = x
-            .chunks_exact(Q8_BLOCK)
+            .chunks_exact(Q8_BLOCK * subs)
             .map(|b| quantize_block(b, &mut q))
             .collect();
         let abs = q.iter().map(|v| v.abs()).collect();
@@ -201,7 +229,7 @@ impl QuantRow {
 pub fn gemv_q8(w: &Q8, xs: &[&[f32]], ys: &mut [&mut [f32]]) {
     debug_assert!(xs.iter().all(|x| x.len() == w.inn));
     debug_assert!(ys.iter().all(|y| y.len() == w.out));
-    let rows: Vec<QuantRow> = xs.iter().map(|x| QuantRow::new(x)).collect();
+    let rows: Vec<QuantRow> = xs.iter().map(|x| QuantRow::new(x, w.subs)).collect();
     if w.out * w.inn < PARALLEL_MIN * 4 {
         gemv_q8_range(w, 0, &rows, ys);
         return;
@@ -214,10 +242,11 @@ pub fn gemv_q8(w: &Q8, xs: &[&[f32]], ys: &mut [&mut [f32]]) {
 /// Outputs `first..first + ys[0].len()` (`first` a multiple of [`Q8_GROUP`]).
 fn gemv_q8_range(w: &Q8, first: usize, xs: &[QuantRow], ys: &mut [&mut [f32]]) {
     let count = ys.first().map_or(0, |y| y.len());
-    let blocks = w.inn / Q8_BLOCK;
+    let (blocks, subs) = (w.inn / Q8_BLOCK, w.subs);
+    let runs = blocks / subs;
     let (g0, g1) = (first / Q8_GROUP, (first + count).div_ceil(Q8_GROUP));
     let q = &w.q[g0 * blocks * Q8_GROUP * Q8_BLOCK..g1 * blocks * Q8_GROUP * Q8_BLOCK];
-    let scales = &w.scales[g0 * blocks * Q8_GROUP..g1 * blocks * Q8_GROUP];
+    let scales = &w.scales[g0 * runs * Q8_GROUP..g1 * runs * Q8_GROUP];
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -231,12 +260,18 @@ fn gemv_q8_range(w: &Q8, first: usize, xs: &[QuantRow], ys: &mut [&mut [f32]]) {
                         x86::gemv_q8_avx2::<2>(
                             q,
                             scales,
-                            blocks,
+                            (blocks, subs),
                             [&xs[r], &xs[r + 1]],
                             &mut ys[r..r + 2],
                         );
                     } else {
-                        x86::gemv_q8_avx2::<1>(q, scales, blocks, [&xs[r]], &mut ys[r..r + 1]);
+                        x86::gemv_q8_avx2::<1>(
+                            q,
+                            scales,
+                            (blocks, subs),
+                            [&xs[r]],
+                            &mut ys[r..r + 1],
+                        );
                     }
                 }
                 r += 2;
@@ -248,16 +283,19 @@ fn gemv_q8_range(w: &Q8, first: usize, xs: &[QuantRow], ys: &mut [&mut [f32]]) {
         for (o, y) in y.iter_mut().enumerate() {
             let (g, j) = (o / Q8_GROUP, o % Q8_GROUP);
             let mut acc = 0f32;
-            for b in 0..blocks {
-                let i = (g * blocks + b) * Q8_GROUP + j;
-                let wb = &q[i * Q8_BLOCK..(i + 1) * Q8_BLOCK];
-                let xb = &x.q[b * Q8_BLOCK..(b + 1) * Q8_BLOCK];
-                let d: i32 = wb
-                    .iter()
-                    .zip(xb)
-                    .map(|(&a, &b)| i32::from(a) * i32::from(b))
-                    .sum();
-                acc += d as f32 * (scales[i] * x.scales[b]);
+            for s in 0..runs {
+                let mut d = 0i32;
+                for b in s * subs..(s + 1) * subs {
+                    let i = (g * blocks + b) * Q8_GROUP + j;
+                    let wb = &q[i * Q8_BLOCK..(i + 1) * Q8_BLOCK];
+                    let xb = &x.q[b * Q8_BLOCK..(b + 1) * Q8_BLOCK];
+                    d += wb
+                        .iter()
+                        .zip(xb)
+                        .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                        .sum::<i32>();
+                }
+                acc += d as f32 * (scales[(g * runs + s) * Q8_GROUP + j] * x.scales[s]);
             }
             *y = acc;
         }
@@ -453,45 +491,45 @@ mod x86 {
         }
     }
 
-    /// [`super::quantize_block`] for every block of `x`, eight lanes at a time
-    /// (rounding half to even, where the scalar code rounds half away from zero).
+    /// [`super::quantize_block`] for every run of `subs` blocks of `x`, eight lanes
+    /// at a time (rounding half to even, where the scalar code rounds half away from
+    /// zero).
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn quantize_row_avx2(x: &[f32], row: &mut super::QuantRow) {
+    pub unsafe fn quantize_row_avx2(x: &[f32], subs: usize, row: &mut super::QuantRow) {
         use super::Q8_BLOCK as B;
         // SAFETY: callers guarantee the CPU features; `row` holds `x.len()` values
-        // and a scale per block, and `x` whole blocks.
+        // and a scale per run, and `x` whole runs.
         unsafe {
             let sign = _mm256_set1_ps(-0.0);
             let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-            for (b, scale) in row.scales.iter_mut().enumerate() {
-                let p = x.as_ptr().add(b * B);
-                let v = [
-                    _mm256_loadu_ps(p),
-                    _mm256_loadu_ps(p.add(8)),
-                    _mm256_loadu_ps(p.add(16)),
-                    _mm256_loadu_ps(p.add(24)),
-                ];
-                let m = _mm256_max_ps(
-                    _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
-                    _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
-                );
+            for (s, scale) in row.scales.iter_mut().enumerate() {
+                let run = x.as_ptr().add(s * subs * B);
+                let mut m = _mm256_setzero_ps();
+                for i in 0..subs * B / 8 {
+                    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(run.add(i * 8))));
+                }
                 let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
                 let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
                 let max = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
                 *scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-                let s = _mm256_set1_ps(*scale);
-                let i = v.map(|v| _mm256_cvtps_epi32(_mm256_div_ps(v, s)));
-                // The packs interleave 128-bit lanes; the permute restores order.
-                let packed = _mm256_packs_epi16(
-                    _mm256_packs_epi32(i[0], i[1]),
-                    _mm256_packs_epi32(i[2], i[3]),
-                );
-                let q = _mm256_permutevar8x32_epi32(packed, order);
-                _mm256_storeu_si256(row.q.as_mut_ptr().add(b * B) as *mut __m256i, q);
-                _mm256_storeu_si256(
-                    row.abs.as_mut_ptr().add(b * B) as *mut __m256i,
-                    _mm256_abs_epi8(q),
-                );
+                let div = _mm256_set1_ps(*scale);
+                for k in 0..subs {
+                    let p = run.add(k * B);
+                    let i = [0, 8, 16, 24]
+                        .map(|o| _mm256_cvtps_epi32(_mm256_div_ps(_mm256_loadu_ps(p.add(o)), div)));
+                    // The packs interleave 128-bit lanes; the permute restores order.
+                    let packed = _mm256_packs_epi16(
+                        _mm256_packs_epi32(i[0], i[1]),
+                        _mm256_packs_epi32(i[2], i[3]),
+                    );
+                    let q = _mm256_permutevar8x32_epi32(packed, order);
+                    let at = (s * subs + k) * B;
+                    _mm256_storeu_si256(row.q.as_mut_ptr().add(at) as *mut __m256i, q);
+                    _mm256_storeu_si256(
+                        row.abs.as_mut_ptr().add(at) as *mut __m256i,
+                        _mm256_abs_epi8(q),
+                    );
+                }
             }
         }
     }
@@ -499,58 +537,63 @@ mod x86 {
     /// [`super::gemv_q8`] in integers for `R` input rows: each group of
     /// [`super::Q8_GROUP`] weight rows is read block by block; every 32 weights meet
     /// each input block in `maddubs` (|x| · sign-adjusted w, pairs summed to 16 bits,
-    /// then to 32 by `madd`); two rounds of `hadd` gather the four rows' block sums
-    /// into one vector, scaled by the four weight scales times the input's scale in
-    /// one multiply-add. Every input load serves four weight rows, every weight load
-    /// `R` inputs.
+    /// then to 32 by `madd`), summed in integers over a run of `subs` blocks; two
+    /// rounds of `hadd` then gather the four rows' run sums into one vector, scaled by
+    /// the four weight scales times the input's scale in one multiply-add. Every input
+    /// load serves four weight rows, every weight load `R` inputs.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn gemv_q8_avx2<const R: usize>(
         q: &[i8],
         scales: &[f32],
-        blocks: usize,
+        (blocks, subs): (usize, usize),
         xs: [&super::QuantRow; R],
         ys: &mut [&mut [f32]],
     ) {
         use super::{Q8_BLOCK as B, Q8_GROUP as G};
         // SAFETY: callers guarantee the CPU features; `q` and `scales` hold whole
-        // groups of `blocks` blocks, the input rows `blocks` blocks, and outputs
-        // are written only below each row's length.
+        // groups of `blocks` blocks (`blocks / subs` scales per row), the input rows
+        // `blocks` blocks, and outputs are written only below each row's length.
         unsafe {
             let groups = q.len() / (blocks * G * B);
+            let runs = blocks / subs;
             let out = ys[0].len();
             let ones = _mm256_set1_epi16(1);
             for g in 0..groups {
                 let wg = q.as_ptr().add(g * blocks * G * B);
-                let sg = scales.as_ptr().add(g * blocks * G);
+                let sg = scales.as_ptr().add(g * runs * G);
                 let mut acc = [_mm256_setzero_ps(); R];
-                for b in 0..blocks {
-                    let wp = wg.add(b * G * B);
-                    // Prefetch addresses may pass the end: the hint never faults.
-                    _mm_prefetch(wp.wrapping_add(AHEAD), _MM_HINT_T0);
-                    _mm_prefetch(wp.wrapping_add(AHEAD + 64), _MM_HINT_T0);
-                    let w0 = _mm256_loadu_si256(wp as *const __m256i);
-                    let w1 = _mm256_loadu_si256(wp.add(B) as *const __m256i);
-                    let w2 = _mm256_loadu_si256(wp.add(2 * B) as *const __m256i);
-                    let w3 = _mm256_loadu_si256(wp.add(3 * B) as *const __m256i);
-                    let ws = _mm256_broadcast_ps(&*(sg.add(b * G) as *const __m128));
-                    for r in 0..R {
-                        let x = xs[r];
-                        let xq = _mm256_loadu_si256(x.q.as_ptr().add(b * B) as *const __m256i);
-                        let xa = _mm256_loadu_si256(x.abs.as_ptr().add(b * B) as *const __m256i);
-                        macro_rules! dot {
-                            ($w:expr) => {
-                                _mm256_madd_epi16(
-                                    _mm256_maddubs_epi16(xa, _mm256_sign_epi8($w, xq)),
+                for s in 0..runs {
+                    let mut sums = [[_mm256_setzero_si256(); G]; R];
+                    for b in s * subs..(s + 1) * subs {
+                        let wp = wg.add(b * G * B);
+                        // Prefetch addresses may pass the end: the hint never faults.
+                        _mm_prefetch(wp.wrapping_add(AHEAD), _MM_HINT_T0);
+                        _mm_prefetch(wp.wrapping_add(AHEAD + 64), _MM_HINT_T0);
+                        let w = [0, 1, 2, 3]
+                            .map(|j| _mm256_loadu_si256(wp.add(j * B) as *const __m256i));
+                        for r in 0..R {
+                            let x = xs[r];
+                            let xq = _mm256_loadu_si256(x.q.as_ptr().add(b * B) as *const __m256i);
+                            let xa =
+                                _mm256_loadu_si256(x.abs.as_ptr().add(b * B) as *const __m256i);
+                            for j in 0..G {
+                                let d = _mm256_madd_epi16(
+                                    _mm256_maddubs_epi16(xa, _mm256_sign_epi8(w[j], xq)),
                                     ones,
-                                )
-                            };
+                                );
+                                sums[r][j] = _mm256_add_epi32(sums[r][j], d);
+                            }
                         }
-                        let sums = _mm256_hadd_epi32(
-                            _mm256_hadd_epi32(dot!(w0), dot!(w1)),
-                            _mm256_hadd_epi32(dot!(w2), dot!(w3)),
+                    }
+                    let ws = _mm256_broadcast_ps(&*(sg.add(s * G) as *const __m128));
+                    for r in 0..R {
+                        let four = _mm256_hadd_epi32(
+                            _mm256_hadd_epi32(sums[r][0], sums[r][1]),
+                            _mm256_hadd_epi32(sums[r][2], sums[r][3]),
                         );
-                        let scale = _mm256_mul_ps(ws, _mm256_set1_ps(*x.scales.as_ptr().add(b)));
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[r]);
+                        let scale =
+                            _mm256_mul_ps(ws, _mm256_set1_ps(*xs[r].scales.as_ptr().add(s)));
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(four), scale, acc[r]);
                     }
                 }
                 let o = g * G;
@@ -676,7 +719,7 @@ mod tests {
         let mut split = vec![0f32; out];
         gemv_q8(&q, &[&x], &mut [&mut split]);
         let mut whole = vec![0f32; out];
-        gemv_q8_range(&q, 0, &[QuantRow::new(&x)], &mut [&mut whole]);
+        gemv_q8_range(&q, 0, &[QuantRow::new(&x, q.subs)], &mut [&mut whole]);
         assert_eq!(split, whole);
     }
 
