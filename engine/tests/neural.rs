@@ -496,3 +496,29 @@ fn eight_bit_weights_stay_close_to_f32() {
         );
     }
 }
+
+#[test]
+fn a_tensor_read_twice_is_the_same_after_its_pages_are_released() {
+    // Reading a tensor hands its pages of the mapping back to the page cache; a second
+    // read must fault the same bytes back in.
+    use vidmusician_engine::neural::weights::Weights;
+    let w = Weights::open_dir(&fixture()).unwrap();
+    let name = "decoder.model.decoder.layers.0.fc1.weight";
+    let shape = w.get(&[64, 48], name).unwrap().dims().to_vec();
+    let a: Vec<f32> = w
+        .get(&shape, name)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f32> = w
+        .get(&shape, name)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(a, b);
+    assert!(a.iter().any(|&v| v != 0.0), "the tensor holds data");
+}

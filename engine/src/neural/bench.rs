@@ -50,14 +50,96 @@ pub struct DecoderBench {
     pub q8_greedy_agreement: f64,
     pub encodec_s_per_10s_audio: f64,
     pub peak_rss_mb: Option<f64>,
+    /// Loading the decoder from a safetensors file of musicgen-small's shape written
+    /// for the purpose: the file's size and the most memory the load held above what
+    /// the process held before it.
+    pub load_file_mb: f64,
+    pub load_peak_mb: Option<f64>,
 }
 
 /// Peak resident memory of this process so far (Linux), MB.
 pub fn peak_rss_mb() -> Option<f64> {
+    status_mb("VmHWM:")
+}
+
+fn status_mb(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// Writes a decoder checkpoint of musicgen-small's shape (random values) to a
+/// temporary folder, then loads it: `(file MB, peak MB above the memory held
+/// before the load)`. The peak is reset first (`/proc/self/clear_refs`), so it is the
+/// load's own; `None` where Linux's counters are missing.
+fn load_peak(cfg: &MusicgenConfig) -> Result<(f64, Option<f64>)> {
+    let dir = tempfile::tempdir().map_err(|e| crate::Error::io(std::env::temp_dir(), e))?;
+    let path = dir.path().join("model.safetensors");
+    {
+        let d = &cfg.decoder;
+        let h = d.hidden_size;
+        let random = |shape: &[usize]| Tensor::randn(0f32, 0.02, shape, &Device::Cpu);
+        let ones = || Tensor::ones(h, DType::F32, &Device::Cpu);
+        let p = "decoder.model.decoder";
+        let mut t = std::collections::HashMap::new();
+        for k in 0..d.num_codebooks {
+            t.insert(
+                format!("{p}.embed_tokens.{k}.weight"),
+                random(&[d.vocab_size + 1, h])?,
+            );
+            t.insert(
+                format!("decoder.lm_heads.{k}.weight"),
+                random(&[d.vocab_size, h])?,
+            );
+        }
+        let norm = |t: &mut std::collections::HashMap<String, Tensor>, n: &str| -> Result<()> {
+            t.insert(format!("{n}.weight"), ones()?);
+            t.insert(format!("{n}.bias"), ones()?);
+            Ok(())
+        };
+        norm(&mut t, &format!("{p}.layer_norm"))?;
+        for i in 0..d.num_hidden_layers {
+            let l = format!("{p}.layers.{i}");
+            for a in ["self_attn", "encoder_attn"] {
+                for m in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+                    t.insert(format!("{l}.{a}.{m}.weight"), random(&[h, h])?);
+                }
+            }
+            for n in [
+                "self_attn_layer_norm",
+                "encoder_attn_layer_norm",
+                "final_layer_norm",
+            ] {
+                norm(&mut t, &format!("{l}.{n}"))?;
+            }
+            t.insert(format!("{l}.fc1.weight"), random(&[d.ffn_dim, h])?);
+            t.insert(format!("{l}.fc2.weight"), random(&[h, d.ffn_dim])?);
+        }
+        candle_core::safetensors::save(&t, &path)?;
+    }
+    let file_mb = std::fs::metadata(&path)
+        .map_err(|e| crate::Error::io(&path, e))?
+        .len() as f64
+        / (1024.0 * 1024.0);
+    // Freed memory that the allocator keeps would be reused by the load unseen.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    // "5" resets the peak resident size to the current one.
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let before = status_mb("VmRSS:");
+    let w = Weights::open(&[path])?;
+    let decoder = Decoder::load(&w.pp("decoder"), &cfg.decoder)?;
+    drop(w);
+    let peak = match (reset, before, peak_rss_mb()) {
+        (true, Some(b), Some(p)) => Some(p - b),
+        _ => None,
+    };
+    drop(decoder);
+    Ok((file_mb, peak))
 }
 
 /// Times `frames` frames of generation (sampling, top-k 250) with guidance 3 and
@@ -137,6 +219,11 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
     let t0 = Instant::now();
     codec.decode(&codes)?;
     let encodec = t0.elapsed().as_secs_f64();
+    let peak = peak_rss_mb();
+    drop(codec);
+    drop(w);
+    progress("loading a decoder of that size from a safetensors file");
+    let (load_file_mb, load_peak_mb) = load_peak(&cfg)?;
     Ok(DecoderBench {
         threads: candle_core::utils::get_num_threads(),
         frames,
@@ -150,7 +237,9 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
         logit_std: std,
         q8_greedy_agreement: agree as f64 / rows as f64,
         encodec_s_per_10s_audio: encodec,
-        peak_rss_mb: peak_rss_mb(),
+        peak_rss_mb: peak,
+        load_file_mb,
+        load_peak_mb,
     })
 }
 

@@ -193,6 +193,7 @@ impl Weights {
         let t = file
             .load(&full, &self.device)
             .map_err(|e| Error::model_file(path, format!("tensor `{full}`: {e}")))?;
+        release_pages(view.data());
         Ok(t.to_dtype(DType::F32)?)
     }
 
@@ -206,6 +207,32 @@ impl Weights {
         }
         self.get(shape, names[0])
     }
+}
+
+/// Drops the pages of `bytes`, a range of a read-only file mapping that has just been
+/// copied out, from this process: the file stays in the page cache (a later read
+/// faults it back in), but resident memory no longer counts the checkpoint on top of
+/// the copies made of it, which would double the peak while a model loads.
+fn release_pages(bytes: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let start = bytes.as_ptr() as usize / page * page;
+        let end = (bytes.as_ptr() as usize + bytes.len()).div_ceil(page) * page;
+        if end > start {
+            // SAFETY: the range lies in a read-only file mapping (whole pages of it,
+            // rounded outwards, still inside the mapping, which is page-aligned and
+            // page-sized); MADV_DONTNEED on such a mapping keeps its contents, which
+            // are read again from the file on the next access. An error only means
+            // the pages stay resident.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = bytes;
 }
 
 fn random_tensor(seed: u64, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
