@@ -522,3 +522,23 @@ fn a_tensor_read_twice_is_the_same_after_its_pages_are_released() {
     assert_eq!(a, b);
     assert!(a.iter().any(|&v| v != 0.0), "the tensor holds data");
 }
+
+#[test]
+fn decoding_in_chunks_gives_the_audio_of_one_pass() {
+    let m = model();
+    let books = m.codec().num_codebooks();
+    let frames = 61;
+    // Pseudo-random codes below the tiny codebook size.
+    let codes: Vec<u32> = (0..books * frames)
+        .map(|i| ((i as u64 * 2_654_435_761) % 64) as u32)
+        .collect();
+    let codes = Tensor::from_vec(codes, (1, books, frames), &Device::Cpu).unwrap();
+    let whole = m.codec().decode_in_chunks(&codes, frames).unwrap();
+    assert_eq!(whole.dims()[2], frames * m.codec().hop_length());
+    for chunk in [1, 4, 16, 60] {
+        let parts = m.codec().decode_in_chunks(&codes, chunk).unwrap();
+        assert_eq!(parts.dims(), whole.dims(), "chunk {chunk}");
+        let d = max_abs_diff(&parts, &whole);
+        assert!(d < 1e-5, "chunk {chunk}: {d}");
+    }
+}
