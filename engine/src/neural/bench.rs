@@ -10,6 +10,7 @@ use super::config::MusicgenConfig;
 use super::decoder::{Decoder, Precision, SeqInput};
 use super::encodec::EncodecDecoder;
 use super::generate::{Sampling, argmax, generate};
+use super::model::MusicGen;
 use super::weights::Weights;
 use crate::Result;
 
@@ -50,8 +51,8 @@ pub struct DecoderBench {
     pub q8_greedy_agreement: f64,
     pub encodec_s_per_10s_audio: f64,
     pub peak_rss_mb: Option<f64>,
-    /// Loading the decoder from a safetensors file of musicgen-small's shape written
-    /// for the purpose: the file's size and the most memory the load held above what
+    /// Loading a whole checkpoint of musicgen-small's layout (T5, decoder, EnCodec)
+    /// written for the purpose: its size and the most memory the load held above what
     /// the process held before it.
     pub load_file_mb: f64,
     pub load_peak_mb: Option<f64>,
@@ -69,59 +70,55 @@ fn status_mb(field: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Writes a decoder checkpoint of musicgen-small's shape (random values) to a
-/// temporary folder, then loads it: `(file MB, peak MB above the memory held
-/// before the load)`. The peak is reset first (`/proc/self/clear_refs`), so it is the
-/// load's own; `None` where Linux's counters are missing.
-fn load_peak(cfg: &MusicgenConfig) -> Result<(f64, Option<f64>)> {
-    let dir = tempfile::tempdir().map_err(|e| crate::Error::io(std::env::temp_dir(), e))?;
-    let path = dir.path().join("model.safetensors");
-    {
-        let d = &cfg.decoder;
-        let h = d.hidden_size;
-        let random = |shape: &[usize]| Tensor::randn(0f32, 0.02, shape, &Device::Cpu);
-        let ones = || Tensor::ones(h, DType::F32, &Device::Cpu);
-        let p = "decoder.model.decoder";
-        let mut t = std::collections::HashMap::new();
-        for k in 0..d.num_codebooks {
-            t.insert(
-                format!("{p}.embed_tokens.{k}.weight"),
-                random(&[d.vocab_size + 1, h])?,
+/// Writes a whole checkpoint of musicgen-small's layout (random values; in shards,
+/// as the Hugging Face layout allows, so that writing it never holds it all) with a
+/// config and a word-level tokenizer to a temporary folder, then loads it as a user's
+/// model is loaded: `(checkpoint MB, peak MB above the memory held before the load)`.
+/// The peak is reset first (`/proc/self/clear_refs`), so it is the load's own; `None`
+/// where Linux's counters are missing.
+fn load_peak() -> Result<(f64, Option<f64>)> {
+    let io = |p: &std::path::Path, e| crate::Error::io(p, e);
+    let dir = tempfile::tempdir().map_err(|e| io(&std::env::temp_dir(), e))?;
+    let layout = MusicGen::checkpoint_layout(&musicgen_small())?;
+    let mut weight_map = serde_json::Map::new();
+    let mut bytes = 0u64;
+    for (i, part) in layout.chunks(layout.len().div_ceil(6)).enumerate() {
+        let name = format!("model-{:05}-of-00006.safetensors", i + 1);
+        let mut shard = std::collections::HashMap::new();
+        for (tensor, shape) in part {
+            shard.insert(
+                tensor.clone(),
+                Tensor::randn(0f32, 0.02, shape.as_slice(), &Device::Cpu)?,
             );
-            t.insert(
-                format!("decoder.lm_heads.{k}.weight"),
-                random(&[d.vocab_size, h])?,
-            );
+            weight_map.insert(tensor.clone(), serde_json::Value::String(name.clone()));
         }
-        let norm = |t: &mut std::collections::HashMap<String, Tensor>, n: &str| -> Result<()> {
-            t.insert(format!("{n}.weight"), ones()?);
-            t.insert(format!("{n}.bias"), ones()?);
-            Ok(())
-        };
-        norm(&mut t, &format!("{p}.layer_norm"))?;
-        for i in 0..d.num_hidden_layers {
-            let l = format!("{p}.layers.{i}");
-            for a in ["self_attn", "encoder_attn"] {
-                for m in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-                    t.insert(format!("{l}.{a}.{m}.weight"), random(&[h, h])?);
-                }
-            }
-            for n in [
-                "self_attn_layer_norm",
-                "encoder_attn_layer_norm",
-                "final_layer_norm",
-            ] {
-                norm(&mut t, &format!("{l}.{n}"))?;
-            }
-            t.insert(format!("{l}.fc1.weight"), random(&[d.ffn_dim, h])?);
-            t.insert(format!("{l}.fc2.weight"), random(&[h, d.ffn_dim])?);
-        }
-        candle_core::safetensors::save(&t, &path)?;
+        let path = dir.path().join(&name);
+        candle_core::safetensors::save(&shard, &path)?;
+        bytes += std::fs::metadata(&path).map_err(|e| io(&path, e))?.len();
     }
-    let file_mb = std::fs::metadata(&path)
-        .map_err(|e| crate::Error::io(&path, e))?
-        .len() as f64
-        / (1024.0 * 1024.0);
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).map_err(|e| io(&path, e))
+    };
+    write(
+        "model.safetensors.index.json",
+        serde_json::json!({ "weight_map": weight_map }).to_string(),
+    )?;
+    write("config.json", MUSICGEN_SMALL.to_string())?;
+    let vocab = [("<pad>", 0), ("</s>", 1), ("<unk>", 2)]
+        .into_iter()
+        .map(|(t, i)| (t.to_string(), i))
+        .collect();
+    let words = tokenizers::models::wordlevel::WordLevel::builder()
+        .vocab(vocab)
+        .unk_token("<unk>".into())
+        .build()
+        .map_err(|e| crate::Error::InvalidSetting(format!("bench tokenizer: {e}")))?;
+    let tokenizer = tokenizers::Tokenizer::new(words);
+    let path = dir.path().join("tokenizer.json");
+    tokenizer
+        .save(&path, false)
+        .map_err(|e| crate::Error::InvalidSetting(format!("bench tokenizer: {e}")))?;
     // Freed memory that the allocator keeps would be reused by the load unseen.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap memory to the system.
@@ -131,15 +128,13 @@ fn load_peak(cfg: &MusicgenConfig) -> Result<(f64, Option<f64>)> {
     // "5" resets the peak resident size to the current one.
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let before = status_mb("VmRSS:");
-    let w = Weights::open(&[path])?;
-    let decoder = Decoder::load(&w.pp("decoder"), &cfg.decoder)?;
-    drop(w);
+    let model = MusicGen::load(dir.path())?;
     let peak = match (reset, before, peak_rss_mb()) {
         (true, Some(b), Some(p)) => Some(p - b),
         _ => None,
     };
-    drop(decoder);
-    Ok((file_mb, peak))
+    drop(model);
+    Ok((bytes as f64 / (1024.0 * 1024.0), peak))
 }
 
 /// Times `frames` frames of generation (sampling, top-k 250) with guidance 3 and
@@ -222,8 +217,8 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
     let peak = peak_rss_mb();
     drop(codec);
     drop(w);
-    progress("loading a decoder of that size from a safetensors file");
-    let (load_file_mb, load_peak_mb) = load_peak(&cfg)?;
+    progress("loading a whole checkpoint of that size from safetensors files");
+    let (load_file_mb, load_peak_mb) = load_peak()?;
     Ok(DecoderBench {
         threads: candle_core::utils::get_num_threads(),
         frames,

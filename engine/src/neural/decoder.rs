@@ -179,18 +179,27 @@ impl HeadRows {
     fn put(&mut self, pos: usize, row: &[f32], heads: usize) {
         let hd = row.len() / heads;
         if pos >= self.cap {
-            let cap = (pos + 1).max(self.cap * 2).max(16);
-            let mut data = vec![0f32; heads * cap * hd];
-            for head in 0..heads {
-                let old = &self.data[head * self.cap * hd..][..self.cap * hd];
-                data[head * cap * hd..][..self.cap * hd].copy_from_slice(old);
-            }
-            self.data = data;
-            self.cap = cap;
+            self.grow((pos + 1).max(self.cap * 2).max(16), heads * hd, heads);
         }
         for (head, part) in row.chunks_exact(hd).enumerate() {
             self.data[(head * self.cap + pos) * hd..][..hd].copy_from_slice(part);
         }
+    }
+
+    /// Room for `cap` positions of `width` values (`heads` heads), keeping what is
+    /// stored.
+    fn grow(&mut self, cap: usize, width: usize, heads: usize) {
+        if cap <= self.cap {
+            return;
+        }
+        let hd = width / heads;
+        let mut data = vec![0f32; heads * cap * hd];
+        for head in 0..heads {
+            let old = &self.data[head * self.cap * hd..][..self.cap * hd];
+            data[head * cap * hd..][..self.cap * hd].copy_from_slice(old);
+        }
+        self.data = data;
+        self.cap = cap;
     }
 
     /// The first `len` positions of `head`.
@@ -327,6 +336,19 @@ impl Decoder {
                 .collect(),
             len: 0,
         }
+    }
+
+    /// A cache with room for `positions` from the start, for a generation whose
+    /// length is known: growing by doubling could hold up to twice that.
+    pub fn cache_for(&self, positions: usize) -> SelfCache {
+        let mut cache = self.new_cache();
+        let (h, heads) = (self.cfg.hidden_size, self.cfg.num_attention_heads);
+        let cap = positions.min(self.cfg.max_position_embeddings);
+        for (k, v) in &mut cache.layers {
+            k.grow(cap, h, heads);
+            v.grow(cap, h, heads);
+        }
+        cache
     }
 
     /// Cross-attention keys/values for each sequence of `states`

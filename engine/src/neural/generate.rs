@@ -107,7 +107,7 @@ pub fn generate(
     // The conditional sequence, and the unconditional one when guiding: both read
     // the same tokens, and one pass over the weights serves both.
     let mut caches: Vec<_> = (0..if guided { 2 } else { 1 })
-        .map(|_| decoder.new_cache())
+        .map(|_| decoder.cache_for(total + k - 1))
         .collect();
     let mut out: Frames = vec![vec![pad; k]; total];
     out[..known].clone_from_slice(prompt);

@@ -55,25 +55,7 @@ impl MusicGen {
         let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| Error::model_file(&tok_path, format!("not a valid tokenizer: {e}")))?;
         let w = Weights::open_dir(dir)?;
-        let text = T5Encoder::load(&w.pp("text_encoder"), &cfg.text_encoder)?;
-        let (th, dh) = (cfg.text_encoder.d_model, cfg.decoder.hidden_size);
-        let enc_to_dec = if th != dh && cfg.decoder.cross_attention_hidden_size.is_none() {
-            Some(Linear::load(&w.pp("enc_to_dec_proj"), th, dh, true)?)
-        } else {
-            None
-        };
-        let decoder = Decoder::load(&w.pp("decoder"), &cfg.decoder)?;
-        let codec = EncodecDecoder::load(&w.pp("audio_encoder"), &cfg.audio_encoder)?;
-        if codec.num_codebooks() < cfg.decoder.num_codebooks {
-            return Err(Error::model_file(
-                dir.join("config.json"),
-                format!(
-                    "the codec has {} codebooks but the decoder writes {}",
-                    codec.num_codebooks(),
-                    cfg.decoder.num_codebooks
-                ),
-            ));
-        }
+        let (text, enc_to_dec, decoder, codec) = load_networks(&w, &cfg, dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             cfg,
@@ -84,6 +66,14 @@ impl MusicGen {
             decoder,
             codec,
         })
+    }
+
+    /// The tensors (names and shapes) a checkpoint of `cfg` holds, found by loading
+    /// the networks from random weights (memory for the whole model, briefly).
+    pub fn checkpoint_layout(cfg: &MusicgenConfig) -> Result<Vec<(String, Vec<usize>)>> {
+        let w = Weights::random(0);
+        load_networks(&w, cfg, Path::new(""))?;
+        Ok(w.asked())
     }
 
     pub fn dir(&self) -> &Path {
@@ -284,4 +274,30 @@ impl MusicGen {
         audio.truncate((seconds * self.sample_rate() as f64).round() as usize);
         Ok(audio)
     }
+}
+
+type Networks = (T5Encoder, Option<Linear>, Decoder, EncodecDecoder);
+
+/// The four networks of a MusicGen checkpoint; `dir` names the model in errors.
+fn load_networks(w: &Weights, cfg: &MusicgenConfig, dir: &Path) -> Result<Networks> {
+    let text = T5Encoder::load(&w.pp("text_encoder"), &cfg.text_encoder)?;
+    let (th, dh) = (cfg.text_encoder.d_model, cfg.decoder.hidden_size);
+    let enc_to_dec = if th != dh && cfg.decoder.cross_attention_hidden_size.is_none() {
+        Some(Linear::load(&w.pp("enc_to_dec_proj"), th, dh, true)?)
+    } else {
+        None
+    };
+    let decoder = Decoder::load(&w.pp("decoder"), &cfg.decoder)?;
+    let codec = EncodecDecoder::load(&w.pp("audio_encoder"), &cfg.audio_encoder)?;
+    if codec.num_codebooks() < cfg.decoder.num_codebooks {
+        return Err(Error::model_file(
+            dir.join("config.json"),
+            format!(
+                "the codec has {} codebooks but the decoder writes {}",
+                codec.num_codebooks(),
+                cfg.decoder.num_codebooks
+            ),
+        ));
+    }
+    Ok((text, enc_to_dec, decoder, codec))
 }

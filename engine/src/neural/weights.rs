@@ -24,6 +24,8 @@ struct Files {
     /// Answer every name with random values of the asked shape (benchmarks of a
     /// model's speed at its real size, where no checkpoint can be downloaded).
     random: Option<u64>,
+    /// The names and shapes asked of a random checkpoint, in order.
+    asked: parking_lot::Mutex<Vec<(String, Vec<usize>)>>,
 }
 
 /// A view of a checkpoint under a name prefix, like candle's `VarBuilder` but with
@@ -79,6 +81,7 @@ impl Weights {
                 index,
                 memory: HashMap::new(),
                 random: None,
+                asked: Default::default(),
             }),
             prefix: String::new(),
             device: Device::Cpu,
@@ -93,6 +96,7 @@ impl Weights {
                 index: HashMap::new(),
                 memory: tensors,
                 random: None,
+                asked: Default::default(),
             }),
             prefix: String::new(),
             device: Device::Cpu,
@@ -108,10 +112,17 @@ impl Weights {
                 index: HashMap::new(),
                 memory: HashMap::new(),
                 random: Some(seed),
+                asked: Default::default(),
             }),
             prefix: String::new(),
             device: Device::Cpu,
         }
+    }
+
+    /// Every tensor (full name and shape) a model loaded from a [`Weights::random`]
+    /// checkpoint asked for: the layout of a real checkpoint of that model.
+    pub fn asked(&self) -> Vec<(String, Vec<usize>)> {
+        self.files.asked.lock().clone()
     }
 
     /// The same checkpoint seen under `prefix.`.
@@ -161,6 +172,7 @@ impl Weights {
     pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
         let full = self.full_name(name);
         if let Some(seed) = self.files.random {
+            self.files.asked.lock().push((full.clone(), shape.to_vec()));
             return random_tensor(seed, &full, shape, &self.device);
         }
         if let Some(t) = self.files.memory.get(&full) {
