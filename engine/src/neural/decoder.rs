@@ -163,17 +163,43 @@ pub struct Decoder {
     heads: Mat,
     cfg: DecoderConfig,
     device: Device,
+    precision: Precision,
 }
 
 /// Keys or values of one layer, head-major (`heads × cap × head_dim`): each head's
-/// rows are one contiguous run, read in order by attention.
+/// rows are one contiguous run, read in order by attention. Held in f32, or in f16
+/// with 8-bit weights: half the bytes that attention reads per step (it reads the
+/// whole cache every step) and half the cache's memory, within the 8-bit mode's own
+/// error.
 #[derive(Default)]
 struct HeadRows {
-    data: Vec<f32>,
+    cells: Cells,
     cap: usize,
 }
 
+enum Cells {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+impl Default for Cells {
+    fn default() -> Self {
+        Self::F32(Vec::new())
+    }
+}
+
 impl HeadRows {
+    fn new(half: bool) -> Self {
+        Self {
+            cells: if half {
+                Cells::F16(Vec::new())
+            } else {
+                Cells::F32(Vec::new())
+            },
+            cap: 0,
+        }
+    }
+
     /// Writes `row` (`heads · hd` values, head after head) as position `pos`, growing
     /// the capacity (by doubling) when needed.
     fn put(&mut self, pos: usize, row: &[f32], heads: usize) {
@@ -182,29 +208,52 @@ impl HeadRows {
             self.grow((pos + 1).max(self.cap * 2).max(16), heads * hd, heads);
         }
         for (head, part) in row.chunks_exact(hd).enumerate() {
-            self.data[(head * self.cap + pos) * hd..][..hd].copy_from_slice(part);
+            let at = (head * self.cap + pos) * hd;
+            match &mut self.cells {
+                Cells::F32(d) => d[at..][..hd].copy_from_slice(part),
+                Cells::F16(d) => {
+                    for (c, &v) in d[at..][..hd].iter_mut().zip(part) {
+                        *c = half::f16::from_f32(v);
+                    }
+                }
+            }
         }
     }
 
     /// Room for `cap` positions of `width` values (`heads` heads), keeping what is
     /// stored.
     fn grow(&mut self, cap: usize, width: usize, heads: usize) {
+        fn regrow<T: Copy + Default>(
+            old: &[T],
+            heads: usize,
+            run: usize,
+            new_run: usize,
+        ) -> Vec<T> {
+            let mut data = vec![T::default(); heads * new_run];
+            for head in 0..heads {
+                data[head * new_run..][..run].copy_from_slice(&old[head * run..][..run]);
+            }
+            data
+        }
         if cap <= self.cap {
             return;
         }
         let hd = width / heads;
-        let mut data = vec![0f32; heads * cap * hd];
-        for head in 0..heads {
-            let old = &self.data[head * self.cap * hd..][..self.cap * hd];
-            data[head * cap * hd..][..self.cap * hd].copy_from_slice(old);
-        }
-        self.data = data;
+        let (run, new_run) = (self.cap * hd, cap * hd);
+        self.cells = match &self.cells {
+            Cells::F32(d) => Cells::F32(regrow(d, heads, run, new_run)),
+            Cells::F16(d) => Cells::F16(regrow(d, heads, run, new_run)),
+        };
         self.cap = cap;
     }
 
     /// The first `len` positions of `head`.
-    fn head(&self, head: usize, hd: usize, len: usize) -> &[f32] {
-        &self.data[head * self.cap * hd..][..len * hd]
+    fn head(&self, head: usize, hd: usize, len: usize) -> kernels::Kv<'_> {
+        let at = head * self.cap * hd;
+        match &self.cells {
+            Cells::F32(d) => kernels::Kv::F32(&d[at..][..len * hd]),
+            Cells::F16(d) => kernels::Kv::F16(&d[at..][..len * hd]),
+        }
     }
 }
 
@@ -296,6 +345,7 @@ impl Decoder {
             heads,
             cfg: cfg.clone(),
             device: w.device().clone(),
+            precision: Precision::F32,
         })
     }
 
@@ -311,8 +361,10 @@ impl Decoder {
         self.layers.len()
     }
 
-    /// Holds the weights of every product in `precision` from now on.
+    /// Holds the weights of every product in `precision` from now on (and the
+    /// self-attention caches made from now on: f16 with 8-bit weights).
     pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
         for l in &mut self.layers {
             for m in [
                 &mut l.qkv,
@@ -330,9 +382,10 @@ impl Decoder {
     }
 
     pub fn new_cache(&self) -> SelfCache {
+        let half = self.precision == Precision::Q8;
         SelfCache {
             layers: (0..self.layers.len())
-                .map(|_| (HeadRows::default(), HeadRows::default()))
+                .map(|_| (HeadRows::new(half), HeadRows::new(half)))
                 .collect(),
             len: 0,
         }

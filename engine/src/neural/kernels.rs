@@ -333,13 +333,29 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// A head's keys or values: `len × hd` values in f32 or f16.
+#[derive(Clone, Copy)]
+pub enum Kv<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+}
+
+impl Kv<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Kv::F32(v) => v.len(),
+            Kv::F16(v) => v.len(),
+        }
+    }
+}
+
 /// Attention of one head's query `q` (`hd` values) over `len` keys and values stored
 /// one after another (`len × hd` each), with an optional additive bias per key:
 /// softmax(q·k · scale + bias) · v into `out`. `scores` is scratch of at least `len`.
 pub fn attend_head(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: Kv<'_>,
+    values: Kv<'_>,
     bias: Option<&[f32]>,
     scale: f32,
     scores: &mut [f32],
@@ -349,24 +365,53 @@ pub fn attend_head(
     let len = keys.len() / hd.max(1);
     assert!(values.len() == keys.len() && out.len() == hd && scores.len() >= len);
     let scores = &mut scores[..len];
-    for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
-        *s = dot(q, k) * scale;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if hd % 8 == 0
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: the CPU has the features; keys and values hold `len` rows of
+            // `hd`, `hd` a multiple of 8.
+            unsafe {
+                match keys {
+                    Kv::F32(k) => {
+                        for (s, k) in scores.iter_mut().zip(k.chunks_exact(hd)) {
+                            *s = x86::dot_avx2(q, k) * scale;
+                        }
+                    }
+                    Kv::F16(k) => {
+                        for (s, k) in scores.iter_mut().zip(k.chunks_exact(hd)) {
+                            *s = x86::dot_f16_avx2(q, k) * scale;
+                        }
+                    }
+                }
+                if let Some(b) = bias {
+                    add_into(scores, b);
+                }
+                softmax(scores);
+                x86::weighted_sum_avx2(scores, values, out);
+            }
+            return;
+        }
+    }
+    let at = |kv: Kv<'_>, i: usize| match kv {
+        Kv::F32(v) => v[i],
+        Kv::F16(v) => v[i].to_f32(),
+    };
+    for (j, s) in scores.iter_mut().enumerate() {
+        *s = (0..hd).map(|i| q[i] * at(keys, j * hd + i)).sum::<f32>() * scale;
     }
     if let Some(b) = bias {
         add_into(scores, b);
     }
     softmax(scores);
-    #[cfg(target_arch = "x86_64")]
-    {
-        if hd % 8 == 0 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features; `values` holds `len` rows of `hd`.
-            unsafe { x86::weighted_sum_avx2(scores, values, out) };
-            return;
-        }
-    }
     out.fill(0.0);
-    for (&p, v) in scores.iter().zip(values.chunks_exact(hd)) {
-        axpy(p, v, out);
+    for (j, &p) in scores.iter().enumerate() {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o += p * at(values, j * hd + i);
+        }
     }
 }
 
@@ -462,15 +507,46 @@ mod x86 {
         }
     }
 
+    /// Eight values from `p` as f32 (f16 widened by F16C).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: super::Kv<'_>, at: usize) -> __m256 {
+        // SAFETY: callers keep `at + 8` within the slice.
+        unsafe {
+            match p {
+                super::Kv::F32(v) => _mm256_loadu_ps(v.as_ptr().add(at)),
+                super::Kv::F16(v) => {
+                    _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(at) as *const __m128i))
+                }
+            }
+        }
+    }
+
+    /// `q · k` for f16 keys.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16_avx2(q: &[f32], k: &[half::f16]) -> f32 {
+        // SAFETY: callers guarantee the CPU features and `q.len() == k.len()`, a
+        // multiple of 8.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            for i in (0..q.len()).step_by(8) {
+                acc = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(q.as_ptr().add(i)),
+                    load8(super::Kv::F16(k), i),
+                    acc,
+                );
+            }
+            hsum(acc)
+        }
+    }
+
     /// `out = Σ_j p[j] · values[j · hd..][..hd]` (`hd = out.len()`), the output held
     /// in registers eight lanes at a time.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn weighted_sum_avx2(p: &[f32], values: &[f32], out: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn weighted_sum_avx2(p: &[f32], values: super::Kv<'_>, out: &mut [f32]) {
         // SAFETY: callers guarantee the CPU features, `out.len()` a multiple of 8
         // and `p.len()` rows of `hd` in `values`.
         unsafe {
             let hd = out.len();
-            let stride = hd;
             let mut o = 0;
             while o < hd {
                 // Up to 64 outputs per pass: eight accumulators.
@@ -478,9 +554,8 @@ mod x86 {
                 let mut acc = [_mm256_setzero_ps(); 8];
                 for (j, &pj) in p.iter().enumerate() {
                     let w = _mm256_set1_ps(pj);
-                    let v = values.as_ptr().add(j * stride + o);
                     for (l, a) in acc.iter_mut().enumerate().take(lanes) {
-                        *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(l * 8)), *a);
+                        *a = _mm256_fmadd_ps(w, load8(values, j * hd + o + l * 8), *a);
                     }
                 }
                 for (l, a) in acc.iter().enumerate().take(lanes) {
@@ -746,7 +821,35 @@ mod tests {
                 .collect();
             let mut scores = vec![0f32; len];
             let mut out = vec![0f32; hd];
-            attend_head(&q, &k, &v, Some(&bias), 0.5, &mut scores, &mut out);
+            attend_head(
+                &q,
+                Kv::F32(&k),
+                Kv::F32(&v),
+                Some(&bias),
+                0.5,
+                &mut scores,
+                &mut out,
+            );
+            // The same in f16, within f16's precision.
+            let half = |x: &[f32]| {
+                x.iter()
+                    .map(|&v| half::f16::from_f32(v))
+                    .collect::<Vec<_>>()
+            };
+            let (k16, v16) = (half(&k), half(&v));
+            let mut out16 = vec![0f32; hd];
+            attend_head(
+                &q,
+                Kv::F16(&k16),
+                Kv::F16(&v16),
+                Some(&bias),
+                0.5,
+                &mut scores,
+                &mut out16,
+            );
+            for (a, b) in out.iter().zip(&out16) {
+                assert!((a - b).abs() < 2e-3, "hd {hd}: f16 {b} vs f32 {a}");
+            }
             let s: Vec<f64> = (0..len)
                 .map(|j| {
                     let d: f64 = (0..hd).map(|i| f64::from(q[i] * k[j * hd + i])).sum();
