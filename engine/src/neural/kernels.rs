@@ -376,22 +376,17 @@ pub fn attend_head(
             // `hd`, `hd` a multiple of 8.
             unsafe {
                 match keys {
-                    Kv::F32(k) => {
-                        for (s, k) in scores.iter_mut().zip(k.chunks_exact(hd)) {
-                            *s = x86::dot_avx2(q, k) * scale;
-                        }
-                    }
-                    Kv::F16(k) => {
-                        for (s, k) in scores.iter_mut().zip(k.chunks_exact(hd)) {
-                            *s = x86::dot_f16_avx2(q, k) * scale;
-                        }
-                    }
+                    Kv::F32(k) => x86::scores_f32(q, k, scale, scores),
+                    Kv::F16(k) => x86::scores_f16(q, k, scale, scores),
                 }
                 if let Some(b) = bias {
                     add_into(scores, b);
                 }
                 softmax(scores);
-                x86::weighted_sum_avx2(scores, values, out);
+                match values {
+                    Kv::F32(v) => x86::weighted_sum_f32(scores, v, out),
+                    Kv::F16(v) => x86::weighted_sum_f16(scores, v, out),
+                }
             }
             return;
         }
@@ -507,64 +502,107 @@ mod x86 {
         }
     }
 
-    /// Eight values from `p` as f32 (f16 widened by F16C).
+    /// Eight f32 values from `p`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load8(p: super::Kv<'_>, at: usize) -> __m256 {
-        // SAFETY: callers keep `at + 8` within the slice.
-        unsafe {
-            match p {
-                super::Kv::F32(v) => _mm256_loadu_ps(v.as_ptr().add(at)),
-                super::Kv::F16(v) => {
-                    _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(at) as *const __m128i))
-                }
-            }
-        }
+    #[inline]
+    unsafe fn load_f32(p: *const f32) -> __m256 {
+        // SAFETY: callers keep eight values readable at `p`.
+        unsafe { _mm256_loadu_ps(p) }
     }
 
-    /// `q · k` for f16 keys.
+    /// Eight f16 values from `p`, widened to f32 by F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f16_avx2(q: &[f32], k: &[half::f16]) -> f32 {
-        // SAFETY: callers guarantee the CPU features and `q.len() == k.len()`, a
-        // multiple of 8.
-        unsafe {
-            let mut acc = _mm256_setzero_ps();
-            for i in (0..q.len()).step_by(8) {
-                acc = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(q.as_ptr().add(i)),
-                    load8(super::Kv::F16(k), i),
-                    acc,
-                );
-            }
-            hsum(acc)
-        }
+    #[inline]
+    unsafe fn load_f16(p: *const half::f16) -> __m256 {
+        // SAFETY: callers keep eight values readable at `p`.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
     }
 
-    /// `out = Σ_j p[j] · values[j · hd..][..hd]` (`hd = out.len()`), the output held
-    /// in registers eight lanes at a time.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn weighted_sum_avx2(p: &[f32], values: super::Kv<'_>, out: &mut [f32]) {
-        // SAFETY: callers guarantee the CPU features, `out.len()` a multiple of 8
-        // and `p.len()` rows of `hd` in `values`.
-        unsafe {
-            let hd = out.len();
-            let mut o = 0;
-            while o < hd {
-                // Up to 64 outputs per pass: eight accumulators.
-                let lanes = ((hd - o) / 8).min(8);
-                let mut acc = [_mm256_setzero_ps(); 8];
-                for (j, &pj) in p.iter().enumerate() {
-                    let w = _mm256_set1_ps(pj);
-                    for (l, a) in acc.iter_mut().enumerate().take(lanes) {
-                        *a = _mm256_fmadd_ps(w, load8(values, j * hd + o + l * 8), *a);
+    /// The attention kernels for one element type of the KV cache.
+    macro_rules! attention_kernels {
+        ($elem:ty, $load:ident, $scores:ident, $weighted:ident) => {
+            /// `scores[j] = q · keys[j · hd..][..hd] · scale` (`hd = q.len()`, a
+            /// multiple of 8): eight keys at a time, each in its own accumulator,
+            /// the eight sums gathered by one `hadd` tree.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $scores(q: &[f32], keys: &[$elem], scale: f32, scores: &mut [f32]) {
+                // SAFETY: callers guarantee the CPU features and `scores.len()`
+                // rows of `hd` in `keys`.
+                unsafe {
+                    let hd = q.len();
+                    let (qp, kp) = (q.as_ptr(), keys.as_ptr());
+                    let len = scores.len();
+                    let s = _mm256_set1_ps(scale);
+                    let mut j = 0;
+                    while j + 8 <= len {
+                        let mut acc = [_mm256_setzero_ps(); 8];
+                        for i in (0..hd).step_by(8) {
+                            let qv = _mm256_loadu_ps(qp.add(i));
+                            for (r, a) in acc.iter_mut().enumerate() {
+                                *a = _mm256_fmadd_ps(qv, $load(kp.add((j + r) * hd + i)), *a);
+                            }
+                        }
+                        let t0 = _mm256_hadd_ps(acc[0], acc[1]);
+                        let t1 = _mm256_hadd_ps(acc[2], acc[3]);
+                        let t2 = _mm256_hadd_ps(acc[4], acc[5]);
+                        let t3 = _mm256_hadd_ps(acc[6], acc[7]);
+                        let u0 = _mm256_hadd_ps(t0, t1);
+                        let u1 = _mm256_hadd_ps(t2, t3);
+                        // u0: keys 0–3 (low and high halves of their sums), u1: 4–7.
+                        let sum = _mm256_add_ps(
+                            _mm256_permute2f128_ps(u0, u1, 0x20),
+                            _mm256_permute2f128_ps(u0, u1, 0x31),
+                        );
+                        _mm256_storeu_ps(scores.as_mut_ptr().add(j), _mm256_mul_ps(sum, s));
+                        j += 8;
+                    }
+                    while j < len {
+                        let mut acc = _mm256_setzero_ps();
+                        for i in (0..hd).step_by(8) {
+                            acc = _mm256_fmadd_ps(
+                                _mm256_loadu_ps(qp.add(i)),
+                                $load(kp.add(j * hd + i)),
+                                acc,
+                            );
+                        }
+                        scores[j] = hsum(acc) * scale;
+                        j += 1;
                     }
                 }
-                for (l, a) in acc.iter().enumerate().take(lanes) {
-                    _mm256_storeu_ps(out.as_mut_ptr().add(o + l * 8), *a);
-                }
-                o += lanes * 8;
             }
-        }
+
+            /// `out = Σ_j p[j] · values[j · hd..][..hd]` (`hd = out.len()`, a
+            /// multiple of 8), the output held in registers eight lanes at a time.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $weighted(p: &[f32], values: &[$elem], out: &mut [f32]) {
+                // SAFETY: callers guarantee the CPU features and `p.len()` rows of
+                // `hd` in `values`.
+                unsafe {
+                    let hd = out.len();
+                    let vp = values.as_ptr();
+                    let mut o = 0;
+                    while o < hd {
+                        // Up to 64 outputs per pass: eight accumulators.
+                        let lanes = ((hd - o) / 8).min(8);
+                        let mut acc = [_mm256_setzero_ps(); 8];
+                        for (j, &pj) in p.iter().enumerate() {
+                            let w = _mm256_set1_ps(pj);
+                            for (l, a) in acc.iter_mut().enumerate().take(lanes) {
+                                *a = _mm256_fmadd_ps(w, $load(vp.add(j * hd + o + l * 8)), *a);
+                            }
+                        }
+                        for (l, a) in acc.iter().enumerate().take(lanes) {
+                            _mm256_storeu_ps(out.as_mut_ptr().add(o + l * 8), *a);
+                        }
+                        o += lanes * 8;
+                    }
+                }
+            }
+        };
     }
+
+    attention_kernels!(f32, load_f32, scores_f32, weighted_sum_f32);
+    attention_kernels!(half::f16, load_f16, scores_f16, weighted_sum_f16);
 
     /// [`super::quantize_block`] for every run of `subs` blocks of `x`, eight lanes
     /// at a time (rounding half to even, where the scalar code rounds half away from
