@@ -504,21 +504,11 @@ fn a_tensor_read_twice_is_the_same_after_its_pages_are_released() {
     use vidmusician_engine::neural::weights::Weights;
     let w = Weights::open_dir(&fixture()).unwrap();
     let name = "decoder.model.decoder.layers.0.fc1.weight";
-    let shape = w.get(&[64, 48], name).unwrap().dims().to_vec();
-    let a: Vec<f32> = w
-        .get(&shape, name)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f32> = w
-        .get(&shape, name)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let read = || -> Vec<f32> {
+        let t = w.get(&[64, 48], name).unwrap();
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    };
+    let (a, b) = (read(), read());
     assert_eq!(a, b);
     assert!(a.iter().any(|&v| v != 0.0), "the tensor holds data");
 }
