@@ -196,7 +196,7 @@ struct ComposeArgs {
     /// Neural engines: sample among the K most likely tokens (default 250).
     #[arg(long, value_name = "K")]
     top_k: Option<usize>,
-    /// Neural engines: decoder weights in f32 (as trained) or 8 bits (about 1.7×
+    /// Neural engines: decoder weights in f32 (as trained) or 8 bits (about 2.6×
     /// faster, logits within a few hundredths).
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
