@@ -279,6 +279,18 @@ fn gemv_q8_range(w: &Q8, first: usize, xs: &[QuantRow], ys: &mut [&mut [f32]]) {
             return;
         }
     }
+    gemv_q8_portable(q, scales, (blocks, subs), xs, ys);
+}
+
+/// [`gemv_q8_range`] without SIMD (other CPUs), the same integer sums per run.
+fn gemv_q8_portable(
+    q: &[i8],
+    scales: &[f32],
+    (blocks, subs): (usize, usize),
+    xs: &[QuantRow],
+    ys: &mut [&mut [f32]],
+) {
+    let runs = blocks / subs;
     for (x, y) in xs.iter().zip(ys.iter_mut()) {
         for (o, y) in y.iter_mut().enumerate() {
             let (g, j) = (o / Q8_GROUP, o % Q8_GROUP);
@@ -834,6 +846,28 @@ mod tests {
         let mut whole = vec![0f32; out];
         gemv_q8_range(&q, 0, &[QuantRow::new(&x, q.subs)], &mut [&mut whole]);
         assert_eq!(split, whole);
+    }
+
+    #[test]
+    fn the_portable_q8_path_agrees_with_the_dispatched_one() {
+        let (out, n) = (37, 384);
+        let w: Vec<f32> = (0..out * n).map(|i| (i as f32 * 0.013).sin()).collect();
+        let q = Q8::quantize(&w, out, n).unwrap();
+        let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.07).cos()).collect();
+        let rows = [QuantRow::new(&x, q.subs)];
+        let mut fast = vec![0f32; out];
+        gemv_q8_range(&q, 0, &rows, &mut [&mut fast]);
+        let mut plain = vec![0f32; out];
+        gemv_q8_portable(
+            &q.q,
+            &q.scales,
+            (n / Q8_BLOCK, q.subs),
+            &rows,
+            &mut [&mut plain],
+        );
+        for (a, b) in fast.iter().zip(&plain) {
+            assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+        }
     }
 
     #[test]
