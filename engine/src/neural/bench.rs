@@ -77,8 +77,31 @@ fn status_mb(field: &str) -> Option<f64> {
 /// The peak is reset first (`/proc/self/clear_refs`), so it is the load's own; `None`
 /// where Linux's counters are missing.
 fn load_peak() -> Result<(f64, Option<f64>)> {
+    let dir = tempfile::tempdir().map_err(|e| crate::Error::io(std::env::temp_dir(), e))?;
+    let bytes = write_random_checkpoint(dir.path())?;
+    // Freed memory that the allocator keeps would be reused by the load unseen.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    // "5" resets the peak resident size to the current one.
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let before = status_mb("VmRSS:");
+    let model = MusicGen::load(dir.path())?;
+    let peak = match (reset, before, peak_rss_mb()) {
+        (true, Some(b), Some(p)) => Some(p - b),
+        _ => None,
+    };
+    drop(model);
+    Ok((bytes as f64 / (1024.0 * 1024.0), peak))
+}
+
+/// Writes a model folder of musicgen-small's layout with random weights (6 shards and
+/// their index, `config.json`, a word-level `tokenizer.json`) into `dir`; returns the
+/// weights' size in bytes.
+pub fn write_random_checkpoint(dir: &std::path::Path) -> Result<u64> {
     let io = |p: &std::path::Path, e| crate::Error::io(p, e);
-    let dir = tempfile::tempdir().map_err(|e| io(&std::env::temp_dir(), e))?;
     let layout = MusicGen::checkpoint_layout(&musicgen_small())?;
     let mut weight_map = serde_json::Map::new();
     let mut bytes = 0u64;
@@ -92,12 +115,12 @@ fn load_peak() -> Result<(f64, Option<f64>)> {
             );
             weight_map.insert(tensor.clone(), serde_json::Value::String(name.clone()));
         }
-        let path = dir.path().join(&name);
+        let path = dir.join(&name);
         candle_core::safetensors::save(&shard, &path)?;
         bytes += std::fs::metadata(&path).map_err(|e| io(&path, e))?.len();
     }
     let write = |name: &str, text: String| {
-        let path = dir.path().join(name);
+        let path = dir.join(name);
         std::fs::write(&path, text).map_err(|e| io(&path, e))
     };
     write(
@@ -115,26 +138,11 @@ fn load_peak() -> Result<(f64, Option<f64>)> {
         .build()
         .map_err(|e| crate::Error::InvalidSetting(format!("bench tokenizer: {e}")))?;
     let tokenizer = tokenizers::Tokenizer::new(words);
-    let path = dir.path().join("tokenizer.json");
+    let path = dir.join("tokenizer.json");
     tokenizer
         .save(&path, false)
         .map_err(|e| crate::Error::InvalidSetting(format!("bench tokenizer: {e}")))?;
-    // Freed memory that the allocator keeps would be reused by the load unseen.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap memory to the system.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    // "5" resets the peak resident size to the current one.
-    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
-    let before = status_mb("VmRSS:");
-    let model = MusicGen::load(dir.path())?;
-    let peak = match (reset, before, peak_rss_mb()) {
-        (true, Some(b), Some(p)) => Some(p - b),
-        _ => None,
-    };
-    drop(model);
-    Ok((bytes as f64 / (1024.0 * 1024.0), peak))
+    Ok(bytes)
 }
 
 /// Times `frames` frames of generation (sampling, top-k 250) with guidance 3 and
