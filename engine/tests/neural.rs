@@ -495,6 +495,10 @@ fn eight_bit_weights_stay_close_to_f32() {
             spread.sqrt()
         );
     }
+    // Loading straight into 8 bits (layer by layer) is the same decoder.
+    let direct = Decoder::load_as(&Weights::random(3).pp("decoder"), &cfg, Precision::Q8).unwrap();
+    assert_eq!(run(&direct), q8_all);
+    assert_eq!(step(&direct), q8_step);
 }
 
 #[test]

@@ -152,6 +152,22 @@ struct Layer {
     fc2: Mat,
 }
 
+impl Layer {
+    fn set_precision(&mut self, precision: Precision) {
+        for m in [
+            &mut self.qkv,
+            &mut self.self_out,
+            &mut self.cross_q,
+            &mut self.cross_kv,
+            &mut self.cross_out,
+            &mut self.fc1,
+            &mut self.fc2,
+        ] {
+            m.set_precision(precision);
+        }
+    }
+}
+
 pub struct Decoder {
     /// Per codebook, `(vocab + 1) × hidden`.
     embed: Vec<Vec<f32>>,
@@ -300,6 +316,13 @@ impl Decoder {
     /// Loads from `w` pointing at `decoder` in a MusicGen checkpoint (which holds
     /// `model.decoder.*` and `lm_heads.*`).
     pub fn load(w: &Weights, cfg: &DecoderConfig) -> Result<Self> {
+        Self::load_as(w, cfg, Precision::F32)
+    }
+
+    /// [`Decoder::load`] straight into `precision`: each layer is converted as soon as
+    /// it is read, so an 8-bit decoder never holds all its weights in f32 at once
+    /// (about a quarter of the f32 decoder's memory at the peak of loading).
+    pub fn load_as(w: &Weights, cfg: &DecoderConfig, precision: Precision) -> Result<Self> {
         let h = cfg.hidden_size;
         let d = w.pp("model.decoder");
         let embed = (0..cfg.num_codebooks)
@@ -315,7 +338,7 @@ impl Decoder {
         for i in 0..cfg.num_hidden_layers {
             let l = d.pp(format!("layers.{i}"));
             let sq = |n: &str| Mat::load(&l, &format!("{n}.weight"), h, h);
-            layers.push(Layer {
+            let mut layer = Layer {
                 self_norm: Norm::load(&l.pp("self_attn_layer_norm"), h)?,
                 qkv: Mat::stack(vec![
                     sq("self_attn.q_proj")?,
@@ -330,13 +353,16 @@ impl Decoder {
                 ff_norm: Norm::load(&l.pp("final_layer_norm"), h)?,
                 fc1: Mat::load(&l, "fc1.weight", cfg.ffn_dim, h)?,
                 fc2: Mat::load(&l, "fc2.weight", h, cfg.ffn_dim)?,
-            });
+            };
+            layer.set_precision(precision);
+            layers.push(layer);
         }
-        let heads = Mat::stack(
+        let mut heads = Mat::stack(
             (0..cfg.num_codebooks)
                 .map(|k| Mat::load(w, &format!("lm_heads.{k}.weight"), cfg.vocab_size, h))
                 .collect::<Result<Vec<_>>>()?,
         );
+        heads.set_precision(precision);
         Ok(Self {
             embed,
             positions: sinusoids(cfg.max_position_embeddings, h),
@@ -345,7 +371,7 @@ impl Decoder {
             heads,
             cfg: cfg.clone(),
             device: w.device().clone(),
-            precision: Precision::F32,
+            precision,
         })
     }
 
@@ -366,17 +392,7 @@ impl Decoder {
     pub fn set_precision(&mut self, precision: Precision) {
         self.precision = precision;
         for l in &mut self.layers {
-            for m in [
-                &mut l.qkv,
-                &mut l.self_out,
-                &mut l.cross_q,
-                &mut l.cross_kv,
-                &mut l.cross_out,
-                &mut l.fc1,
-                &mut l.fc2,
-            ] {
-                m.set_precision(precision);
-            }
+            l.set_precision(precision);
         }
         self.heads.set_precision(precision);
     }

@@ -46,6 +46,13 @@ impl MusicGen {
     /// Loads the checkpoint in `dir` (`config.json`, `model.safetensors` or shards,
     /// `tokenizer.json`, optionally `generation_config.json`).
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_as(dir, Precision::F32)
+    }
+
+    /// [`MusicGen::load`] with the decoder's weights converted to `precision` as they
+    /// are read (see [`Decoder::load_as`]): an 8-bit model never holds its decoder in
+    /// f32 whole.
+    pub fn load_as(dir: &Path, precision: Precision) -> Result<Self> {
         let cfg = MusicgenConfig::load(&dir.join("config.json"))?;
         let generation = GenerationConfig::load_or_default(&dir.join("generation_config.json"))?;
         let tok_path = dir.join("tokenizer.json");
@@ -55,7 +62,7 @@ impl MusicGen {
         let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| Error::model_file(&tok_path, format!("not a valid tokenizer: {e}")))?;
         let w = Weights::open_dir(dir)?;
-        let (text, enc_to_dec, decoder, codec) = load_networks(&w, &cfg, dir)?;
+        let (text, enc_to_dec, decoder, codec) = load_networks(&w, &cfg, dir, precision)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             cfg,
@@ -72,7 +79,7 @@ impl MusicGen {
     /// the networks from random weights (memory for the whole model, briefly).
     pub fn checkpoint_layout(cfg: &MusicgenConfig) -> Result<Vec<(String, Vec<usize>)>> {
         let w = Weights::random(0);
-        load_networks(&w, cfg, Path::new(""))?;
+        load_networks(&w, cfg, Path::new(""), Precision::F32)?;
         Ok(w.asked())
     }
 
@@ -279,7 +286,12 @@ impl MusicGen {
 type Networks = (T5Encoder, Option<Linear>, Decoder, EncodecDecoder);
 
 /// The four networks of a MusicGen checkpoint; `dir` names the model in errors.
-fn load_networks(w: &Weights, cfg: &MusicgenConfig, dir: &Path) -> Result<Networks> {
+fn load_networks(
+    w: &Weights,
+    cfg: &MusicgenConfig,
+    dir: &Path,
+    precision: Precision,
+) -> Result<Networks> {
     let text = T5Encoder::load(&w.pp("text_encoder"), &cfg.text_encoder)?;
     let (th, dh) = (cfg.text_encoder.d_model, cfg.decoder.hidden_size);
     let enc_to_dec = if th != dh && cfg.decoder.cross_attention_hidden_size.is_none() {
@@ -287,7 +299,7 @@ fn load_networks(w: &Weights, cfg: &MusicgenConfig, dir: &Path) -> Result<Networ
     } else {
         None
     };
-    let decoder = Decoder::load(&w.pp("decoder"), &cfg.decoder)?;
+    let decoder = Decoder::load_as(&w.pp("decoder"), &cfg.decoder, precision)?;
     let codec = EncodecDecoder::load(&w.pp("audio_encoder"), &cfg.audio_encoder)?;
     if codec.num_codebooks() < cfg.decoder.num_codebooks {
         return Err(Error::model_file(

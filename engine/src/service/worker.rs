@@ -247,8 +247,7 @@ fn text_music(
         progress(Stage::Analysing, 0.0);
         // Free the old model before loading the next: two may not fit.
         state.text_model = None;
-        let mut model = MusicGen::load(dir)?;
-        model.set_precision(precision);
+        let model = MusicGen::load_as(dir, precision)?;
         state.text_model = Some((dir.to_path_buf(), precision, model));
         progress(Stage::Analysing, 1.0);
     }
