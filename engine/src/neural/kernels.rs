@@ -4,8 +4,6 @@
 //! around it. AVX2/FMA is chosen at run time; other CPUs take a portable path the
 //! compiler vectorises.
 
-use parking_lot::Mutex;
-
 use super::pool::Pool;
 
 /// Below this many weights a product runs on the calling thread: splitting it
@@ -44,13 +42,7 @@ pub(crate) fn split_outputs(
             part.push(chunk);
         }
     }
-    // Each part is taken by exactly one thread: the locks are never contended.
-    let parts: Vec<Mutex<Vec<&mut [f32]>>> = parts.into_iter().map(Mutex::new).collect();
-    pool.run(&|i| {
-        if let Some(part) = parts.get(i) {
-            f(i * block, &mut part.lock());
-        }
-    });
+    pool.run_parts(parts, &|i, part| f(i * block, part));
 }
 
 fn gemv_range(w: &[f32], n: usize, xs: &[&[f32]], ys: &mut [&mut [f32]]) {
@@ -114,7 +106,8 @@ impl Q8 {
         let runs = inn / run;
         let groups = out.div_ceil(Q8_GROUP);
         let mut q = vec![0i8; groups * Q8_GROUP * inn];
-        let mut scales = vec![0f32; groups * Q8_GROUP * runs];
+        // Padding rows keep q = 0 and this scale, which keeps them finite.
+        let mut scales = vec![1f32; groups * Q8_GROUP * runs];
         let mut levels = Vec::with_capacity(run);
         for row in 0..out {
             let (g, j) = (row / Q8_GROUP, row % Q8_GROUP);
@@ -126,12 +119,6 @@ impl Q8 {
                     q[((g * blocks + b) * Q8_GROUP + j) * Q8_BLOCK..][..Q8_BLOCK]
                         .copy_from_slice(part);
                 }
-            }
-        }
-        // Padding rows keep q = 0; a scale of 1 keeps them finite.
-        for row in out..groups * Q8_GROUP {
-            for s in 0..runs {
-                scales[((row / Q8_GROUP) * runs + s) * Q8_GROUP + row % Q8_GROUP] = 1.0;
             }
         }
         Some(Self {
@@ -338,13 +325,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
-/// `y += a · x`.
-pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
-    }
-}
-
 /// A head's keys or values: `len × hd` values in f32 or f16.
 #[derive(Clone, Copy)]
 pub enum Kv<'a> {
@@ -378,46 +358,50 @@ pub fn attend_head(
     assert!(values.len() == keys.len() && out.len() == hd && scores.len() >= len);
     let scores = &mut scores[..len];
     #[cfg(target_arch = "x86_64")]
-    {
-        if hd % 8 == 0
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-        {
-            // SAFETY: the CPU has the features; keys and values hold `len` rows of
-            // `hd`, `hd` a multiple of 8.
-            unsafe {
-                match keys {
-                    Kv::F32(k) => x86::scores_f32(q, k, scale, scores),
-                    Kv::F16(k) => x86::scores_f16(q, k, scale, scores),
-                }
-                if let Some(b) = bias {
-                    add_into(scores, b);
-                }
-                softmax(scores);
-                match values {
-                    Kv::F32(v) => x86::weighted_sum_f32(scores, v, out),
-                    Kv::F16(v) => x86::weighted_sum_f16(scores, v, out),
-                }
-            }
-            return;
-        }
-    }
+    let simd = hd % 8 == 0
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
     let at = |kv: Kv<'_>, i: usize| match kv {
         Kv::F32(v) => v[i],
         Kv::F16(v) => v[i].to_f32(),
     };
-    for (j, s) in scores.iter_mut().enumerate() {
-        *s = (0..hd).map(|i| q[i] * at(keys, j * hd + i)).sum::<f32>() * scale;
+    if simd {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has the features; keys hold `len` rows of `hd`, `hd` a
+        // multiple of 8.
+        unsafe {
+            match keys {
+                Kv::F32(k) => x86::scores_f32(q, k, scale, scores),
+                Kv::F16(k) => x86::scores_f16(q, k, scale, scores),
+            }
+        }
+    } else {
+        for (j, s) in scores.iter_mut().enumerate() {
+            *s = (0..hd).map(|i| q[i] * at(keys, j * hd + i)).sum::<f32>() * scale;
+        }
     }
     if let Some(b) = bias {
         add_into(scores, b);
     }
     softmax(scores);
-    out.fill(0.0);
-    for (j, &p) in scores.iter().enumerate() {
-        for (i, o) in out.iter_mut().enumerate() {
-            *o += p * at(values, j * hd + i);
+    if simd {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for the values.
+        unsafe {
+            match values {
+                Kv::F32(v) => x86::weighted_sum_f32(scores, v, out),
+                Kv::F16(v) => x86::weighted_sum_f16(scores, v, out),
+            }
+        }
+    } else {
+        out.fill(0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o += p * at(values, j * hd + i);
+            }
         }
     }
 }

@@ -132,13 +132,23 @@ pub fn for_each_piece<T: Send>(data: &mut [T], unit: usize, f: &(dyn Fn(usize, &
         return;
     }
     let per = units.div_ceil(pool.threads());
-    // One piece per part: the locks are never contended.
-    let pieces: Vec<Mutex<&mut [T]>> = data.chunks_mut(per * unit.max(1)).map(Mutex::new).collect();
-    pool.run(&|i| {
-        if let Some(piece) = pieces.get(i) {
-            f(i * per, &mut piece.lock());
-        }
-    });
+    let pieces: Vec<&mut [T]> = data.chunks_mut(per * unit.max(1)).collect();
+    pool.run_parts(pieces, &|i, piece| f(i * per, piece));
+}
+
+impl Pool {
+    /// Runs `f(i, &mut parts[i])` for every part on its own thread (at most
+    /// [`Pool::threads`] parts; any beyond that are not run).
+    pub fn run_parts<T: Send>(&self, parts: Vec<T>, f: &(dyn Fn(usize, &mut T) + Sync)) {
+        debug_assert!(parts.len() <= self.threads());
+        // Each part is taken by exactly one thread: the locks are never contended.
+        let parts: Vec<Mutex<T>> = parts.into_iter().map(Mutex::new).collect();
+        self.run(&|i| {
+            if let Some(part) = parts.get(i) {
+                f(i, &mut part.lock());
+            }
+        });
+    }
 }
 
 impl Drop for Pool {
