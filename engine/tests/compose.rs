@@ -6,7 +6,9 @@ use std::sync::atomic::AtomicBool;
 use vidmusician_engine::analysis::{Analysis, StatsEncoder, analyze};
 use vidmusician_engine::audio::measure;
 use vidmusician_engine::metrics::{OnsetConfig, cut_hit_rate, detect_onsets};
-use vidmusician_engine::sketch::{SAMPLE_RATE, SketchSettings, compose};
+use vidmusician_engine::sketch::{
+    Inst, Meter, Plan, SAMPLE_RATE, Score, SketchSettings, arrange, compose,
+};
 use vidmusician_engine::video::synth::{SynthSpec, write_video};
 
 fn analysed(duration: f64, fps: u32, cuts: Vec<f64>, seed: u64) -> (Analysis, Vec<f64>) {
@@ -157,8 +159,14 @@ fn bars_follow_a_given_downbeat() {
     let (a, _) = analysed(8.0, 25, vec![1.1, 3.3, 6.0], 4);
     let bar = 4.0 * 60.0 / 90.0;
     for downbeat in [0.37, -5.0, 100.0] {
-        let score =
-            vidmusician_engine::sketch::arrange(&a, 90.0, Some(downbeat), 1, &Default::default());
+        let score = arrange(
+            &a,
+            &Plan {
+                downbeat: Some(downbeat),
+                seed: 1,
+                ..Plan::new(90.0)
+            },
+        );
         let pads: Vec<f64> = score
             .notes
             .iter()
@@ -183,7 +191,14 @@ fn the_prompt_steers_energy_and_mood() {
     let (a, _) = analysed(16.0, 25, vec![2.1, 4.4, 7.0, 9.3, 12.2, 14.0], 6);
     let score = |prompt: &str| {
         let style = vidmusician_engine::sketch::Style::from_prompt(prompt);
-        vidmusician_engine::sketch::arrange(&a, 100.0, None, 2, &style)
+        arrange(
+            &a,
+            &Plan {
+                seed: 2,
+                style,
+                ..Plan::new(100.0)
+            },
+        )
     };
     let count = |s: &vidmusician_engine::sketch::Score, inst| {
         s.notes.iter().filter(|n| n.inst == inst).count()
@@ -218,7 +233,14 @@ fn rhythm_strength_scales_the_accents_on_cuts() {
             accents: strength,
             ..Style::default()
         };
-        let s = vidmusician_engine::sketch::arrange(&a, 100.0, None, 1, &style);
+        let s = arrange(
+            &a,
+            &Plan {
+                seed: 1,
+                style,
+                ..Plan::new(100.0)
+            },
+        );
         s.notes
             .iter()
             .filter(|n| n.inst == Inst::Impact)
@@ -242,4 +264,164 @@ fn rhythm_strength_scales_the_accents_on_cuts() {
         &mut |_| {},
     );
     assert!(bad.is_err());
+}
+
+#[test]
+fn rhythm_strength_reaches_the_composition() {
+    let (a, _) = analysed(5.0, 25, vec![1.5, 3.2], 9);
+    let impacts = |rhythm_strength: f32| {
+        let c = compose(
+            &a,
+            &SketchSettings {
+                bpm: Some(100.0),
+                rhythm_strength,
+                ..Default::default()
+            },
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap();
+        c.score
+            .notes
+            .iter()
+            .filter(|n| n.inst == Inst::Impact)
+            .map(|n| n.vel)
+            .collect::<Vec<f32>>()
+    };
+    let full = impacts(1.0);
+    assert_eq!(full.len(), 2);
+    for (q, f) in impacts(0.25).iter().zip(&full) {
+        assert!((q - f * 0.25).abs() < 1e-6, "{q} vs {f}");
+    }
+    assert!(impacts(0.0).is_empty());
+}
+
+/// Two analyses of the same cuts whose pictures differ: one dark, cold and
+/// still, one bright, warm and busy.
+fn dark_and_bright() -> (Analysis, Analysis) {
+    let (a, _) = analysed(16.0, 25, vec![2.1, 4.4, 7.0, 9.3, 12.2, 14.0], 6);
+    let mut dark = a.clone();
+    dark.summary.brightness = 0.1;
+    dark.summary.saturation = 0.1;
+    dark.summary.warmth = -0.3;
+    dark.summary.motion = 0.0;
+    dark.summary.cuts_per_minute = 0.0;
+    dark.motion.iter_mut().for_each(|m| *m = 0.0);
+    let mut bright = a;
+    bright.summary.brightness = 0.9;
+    bright.summary.saturation = 0.8;
+    bright.summary.warmth = 0.3;
+    bright.summary.motion = 0.08;
+    bright.summary.cuts_per_minute = 60.0;
+    bright
+        .motion
+        .iter_mut()
+        .for_each(|m| *m = 3.0 * bright.motion_p90);
+    (dark, bright)
+}
+
+fn intensities(s: &Score) -> Vec<u8> {
+    s.sections.iter().map(|x| x.intensity).collect()
+}
+
+#[test]
+fn semantic_strength_sets_how_much_the_pictures_decide() {
+    let (dark, bright) = dark_and_bright();
+    let plan = |semantic: f32| Plan {
+        seed: 4,
+        semantic,
+        ..Plan::new(100.0)
+    };
+    let (d, b) = (arrange(&dark, &plan(1.0)), arrange(&bright, &plan(1.0)));
+    assert!(d.minor && !b.minor);
+    let sum = |s: &Score| intensities(s).iter().map(|&x| u32::from(x)).sum::<u32>();
+    assert!(
+        sum(&b) > sum(&d),
+        "{:?} vs {:?}",
+        intensities(&b),
+        intensities(&d)
+    );
+    // Without the pictures' say, both get the same mood and energy.
+    let (d, b) = (arrange(&dark, &plan(0.0)), arrange(&bright, &plan(0.0)));
+    assert_eq!(d.minor, b.minor);
+    assert!(!d.minor, "no prompt and no picture: major");
+    assert_eq!(intensities(&d), intensities(&b));
+    // The prompt still speaks.
+    let dark_prompt = Plan {
+        style: vidmusician_engine::sketch::Style::from_prompt("dark and tense"),
+        ..plan(0.0)
+    };
+    assert!(arrange(&bright, &dark_prompt).minor);
+    let bad = compose(
+        &dark,
+        &SketchSettings {
+            semantic_strength: -0.1,
+            ..Default::default()
+        },
+        &AtomicBool::new(false),
+        &mut |_| {},
+    );
+    assert!(bad.is_err());
+}
+
+#[test]
+fn bars_follow_the_time_signature() {
+    let (a, _) = analysed(12.0, 25, vec![1.1, 3.3, 6.0, 9.2], 4);
+    for (sig, downbeat) in [("3/4", 0.4), ("6/8", -1.0), ("7/8", 2.0), ("5/4", 0.0)] {
+        let meter = Meter::parse(sig).unwrap();
+        let plan = Plan {
+            downbeat: Some(downbeat),
+            meter,
+            seed: 3,
+            style: vidmusician_engine::sketch::Style::from_prompt("energetic"),
+            ..Plan::new(120.0)
+        };
+        let score = arrange(&a, &plan);
+        let bar = meter.bar(120.0);
+        let pulse = meter.pulse(120.0);
+        let on_grid = |t: f64, step: f64| {
+            let k = (t - downbeat) / step;
+            (k - k.round()).abs() < 1e-9
+        };
+        let pads: Vec<f64> = score
+            .notes
+            .iter()
+            .filter(|n| n.inst == Inst::Pad && n.time > 0.0)
+            .map(|n| n.time)
+            .collect();
+        assert!(pads.len() >= 3, "{sig}");
+        assert!(
+            pads.iter().all(|&t| on_grid(t, bar)),
+            "{sig}: pads off the bars"
+        );
+        // Kicks fall on pulses; the bar's first pulse always has one.
+        let kicks: Vec<f64> = score
+            .notes
+            .iter()
+            .filter(|n| n.inst == Inst::Kick)
+            .map(|n| n.time)
+            .collect();
+        assert!(!kicks.is_empty(), "{sig}");
+        assert!(kicks.iter().all(|&t| on_grid(t, pulse)), "{sig}");
+        for &p in pads.iter().filter(|&&t| t < a.duration - bar) {
+            let bar_kicks = kicks
+                .iter()
+                .filter(|&&k| k >= p - 1e-9 && k < p + bar - 1e-9);
+            let first = bar_kicks.clone().next().copied();
+            if score
+                .sections
+                .iter()
+                .any(|s| s.intensity >= 1 && s.start <= p && p < s.end)
+            {
+                assert!(
+                    first.is_some_and(|k| (k - p).abs() < 1e-9),
+                    "{sig}: no kick on the bar at {p}"
+                );
+            }
+        }
+        // Compound meters are felt in threes: kicks only on group starts.
+        if meter.compound() {
+            assert!(kicks.iter().all(|&t| on_grid(t, 3.0 * pulse)), "{sig}");
+        }
+    }
 }

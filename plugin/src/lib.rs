@@ -17,7 +17,7 @@ use std::ffi::CStr;
 use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use clack_extensions::audio_ports::{
@@ -30,16 +30,18 @@ use clack_extensions::params::{
 };
 use clack_extensions::render::{PluginRender, PluginRenderImpl, RenderMode};
 use clack_extensions::state::{PluginState, PluginStateImpl};
-use clack_plugin::events::event_types::TransportFlags;
+use clack_plugin::events::Pckn;
+use clack_plugin::events::event_types::{ParamValueEvent, TransportFlags};
 use clack_plugin::events::spaces::CoreEventSpace;
 use clack_plugin::prelude::*;
 use clack_plugin::stream::{InputStream, OutputStream};
 use parking_lot::Mutex;
 
 use params::{PARAMS, ParamId, ParamSpec, ParamValues};
-use playback::{MAX_SLOTS, Player, Take};
+use playback::{Grid, MAX_SLOTS, Player, Take};
 use state::{MAX_STATE_BYTES, SavedState};
 use vidmusician_engine::service::{Engine, EngineChoice, EngineConfig, Request};
+use vidmusician_engine::sketch::Meter;
 
 pub const PLUGIN_ID: &str = "com.vidmusician.vidmusician";
 
@@ -88,6 +90,7 @@ impl DefaultPluginFactory for VidMusician {
             offline: AtomicBool::new(false),
             regenerate: AtomicBool::new(false),
             host_tempo: AtomicU64::new(0),
+            host_meter: AtomicU32::new(pack_meter(Meter::COMMON)),
             host_downbeat: AtomicU64::new(0f64.to_bits()),
         })
     }
@@ -123,7 +126,17 @@ pub struct Shared<'a> {
     /// of its bars starts (f64 bits): written by the audio thread once the
     /// tempo has settled, read by the main thread for the next request.
     host_tempo: AtomicU64,
+    /// The host's time signature, packed by [`pack_meter`].
+    host_meter: AtomicU32,
     host_downbeat: AtomicU64,
+}
+
+fn pack_meter(m: Meter) -> u32 {
+    u32::from(m.beats) << 8 | u32::from(m.unit)
+}
+
+fn unpack_meter(v: u32) -> Meter {
+    Meter::new(v >> 8, v & 0xff).unwrap_or(Meter::COMMON)
 }
 
 impl<'a> PluginShared<'a> for Shared<'a> {}
@@ -231,23 +244,31 @@ impl MainThread<'_> {
         req.sample_rate = rate.round() as u32;
         req.seed = self.shared.params.get(ParamId::Seed) as u64;
         req.prompt = inner.prompt.clone();
-        req.rhythm_strength = self.shared.params.get(ParamId::RhythmStrength) as f32;
-        req.engine = match self.shared.params.get(ParamId::Engine) as usize {
+        let params = &self.shared.params;
+        req.rhythm_strength = params.get(ParamId::RhythmStrength) as f32;
+        req.semantic_strength = params.get(ParamId::SemanticStrength) as f32;
+        req.guidance = Some(params.get(ParamId::Guidance));
+        req.engine = match params.get(ParamId::Engine) as usize {
             1 => EngineChoice::Sketch,
+            2 => EngineChoice::Text,
             _ => EngineChoice::Auto,
         };
         let tempo = f64::from_bits(self.shared.host_tempo.load(Ordering::Acquire));
-        let follow = self.shared.params.get(ParamId::FollowTempo) >= 0.5;
-        let bpm = (follow && tempo > 0.0).then_some(tempo);
-        if bpm.is_some() {
-            req.tempo = bpm;
+        let follow = params.get(ParamId::FollowTempo) >= 0.5;
+        let grid = (follow && tempo > 0.0).then(|| Grid {
+            bpm: tempo,
+            meter: unpack_meter(self.shared.host_meter.load(Ordering::Acquire)),
+        });
+        if let Some(g) = grid {
+            req.tempo = Some(g.bpm);
+            req.meter = g.meter;
             req.downbeat = Some(f64::from_bits(
                 self.shared.host_downbeat.load(Ordering::Acquire),
             ));
         }
         req.chunk_frames = chunk_frames;
         // Music made before (a reopened project) plays at once.
-        if self.submit_take(inner, req.clone(), total, bpm, Source::Cache) {
+        if self.submit_take(inner, req.clone(), total, grid, Source::Cache) {
             return;
         }
         // A long video gets a quick preview of its start first, so music
@@ -259,12 +280,12 @@ impl MainThread<'_> {
             preview.preview_until = Some(PREVIEW_S);
             preview.supersede = true;
             let frames = (PREVIEW_S * rate).round() as u64;
-            self.submit_take(inner, preview, frames, bpm, Source::Preview);
+            self.submit_take(inner, preview, frames, grid, Source::Preview);
             req.supersede = false;
         } else {
             req.supersede = true;
         }
-        self.submit_take(inner, req, total, bpm, Source::Engine);
+        self.submit_take(inner, req, total, grid, Source::Engine);
     }
 
     /// Gets `req`'s music from `source` and hands its take (`total` frames)
@@ -274,7 +295,7 @@ impl MainThread<'_> {
         inner: &mut Inner,
         mut req: Request,
         total: u64,
-        bpm: Option<f64>,
+        grid: Option<Grid>,
         source: Source,
     ) -> bool {
         let Some(engine) = inner.engine.as_ref() else {
@@ -299,7 +320,7 @@ impl MainThread<'_> {
             reader,
             chunk_frames,
             total_frames: total,
-            bpm,
+            grid,
             preview: source == Source::Preview,
         });
         self.hand_over(inner, take)
@@ -347,7 +368,12 @@ impl PluginMainThreadParams for MainThread<'_> {
         let Some(p) = PARAMS.get(index as usize) else {
             return;
         };
-        let mut flags = ParamInfoFlags::IS_AUTOMATABLE;
+        // A button is not something to automate.
+        let mut flags = if p.id == ParamId::Regenerate {
+            ParamInfoFlags::empty()
+        } else {
+            ParamInfoFlags::IS_AUTOMATABLE
+        };
         if p.stepped {
             flags |= ParamInfoFlags::IS_STEPPED;
         }
@@ -386,8 +412,8 @@ impl PluginMainThreadParams for MainThread<'_> {
         ParamSpec::by_id(id.get())?.parse(text.to_str().ok()?)
     }
 
-    fn flush(&self, input: &InputEvents, _output: &mut OutputEvents) {
-        if apply_param_events(self.shared, input) {
+    fn flush(&self, input: &InputEvents, output: &mut OutputEvents) {
+        if apply_param_events(self.shared, input, output) {
             self.service_regenerate();
         }
     }
@@ -401,13 +427,35 @@ impl MainThread<'_> {
 }
 
 /// Applies parameter events; true when one that needs new music changed.
-fn apply_param_events(shared: &Shared<'_>, input: &InputEvents) -> bool {
+/// Regenerate moves the seed on and springs back; the host hears of both
+/// through `output`. Allocation-free: the audio thread calls it.
+fn apply_param_events(shared: &Shared<'_>, input: &InputEvents, output: &mut OutputEvents) -> bool {
     let mut regen = false;
     for event in input {
-        if let Some(CoreEventSpace::ParamValue(ev)) = event.as_core_event()
-            && let Some(spec) = ev.param_id().and_then(|id| ParamSpec::by_id(id.get()))
-            && shared.params.set(spec.id, ev.value())
-        {
+        let Some(CoreEventSpace::ParamValue(ev)) = event.as_core_event() else {
+            continue;
+        };
+        let Some(spec) = ev.param_id().and_then(|id| ParamSpec::by_id(id.get())) else {
+            continue;
+        };
+        if spec.id == ParamId::Regenerate {
+            if ev.value() >= 0.5 {
+                let seed = shared.params.next_seed();
+                let time = ev.header().time();
+                for (id, v) in [(ParamId::Seed, seed), (ParamId::Regenerate, 0.0)] {
+                    // A host whose queue is full still gets the new seed
+                    // from the next value query.
+                    let _ = output.try_push(ParamValueEvent::new(
+                        time,
+                        ClapId::new(id as u32),
+                        Pckn::match_all(),
+                        v,
+                    ));
+                }
+                regen = true;
+            }
+            shared.params.set(ParamId::Regenerate, 0.0);
+        } else if shared.params.set(spec.id, ev.value()) {
             regen |= spec.regenerates;
         }
     }
@@ -487,10 +535,10 @@ pub struct Processor<'a> {
 /// Debounces the host's tempo on the audio thread.
 #[derive(Default)]
 struct TempoWatch {
-    candidate: f64,
+    candidate: Option<Grid>,
     settled_frames: u64,
-    /// The tempo last asked for, so it is asked for once.
-    requested: f64,
+    /// The grid last asked for, so it is asked for once.
+    requested: Option<Grid>,
 }
 
 impl<'a> PluginAudioProcessor<'a, Shared<'a>, MainThread<'a>> for Processor<'a> {
@@ -533,7 +581,7 @@ impl<'a> PluginAudioProcessor<'a, Shared<'a>, MainThread<'a>> for Processor<'a> 
         mut audio: Audio,
         events: Events,
     ) -> Result<ProcessStatus, PluginError> {
-        if apply_param_events(self.shared, events.input) {
+        if apply_param_events(self.shared, events.input, events.output) {
             self.shared.regenerate.store(true, Ordering::Release);
             self.shared.host.request_callback();
         }
@@ -606,8 +654,9 @@ impl Processor<'_> {
         }
     }
 
-    /// Watches the host's tempo; once a new one has settled, publishes it
-    /// (with the bar grid) and asks the main thread for music at it.
+    /// Watches the host's tempo and time signature; once a new one has
+    /// settled, publishes it (with where a bar starts) and asks the main
+    /// thread for music on it.
     fn follow_tempo(&mut self, process: &Process, frames: usize) {
         let Some(t) = process.transport else {
             return;
@@ -618,17 +667,32 @@ impl Processor<'_> {
         {
             return;
         }
+        // A signature the composer cannot write (or none) is taken as 4/4.
+        let meter = if t.flags.contains(TransportFlags::HAS_TIME_SIGNATURE) {
+            Meter::new(
+                u32::from(t.time_signature_numerator),
+                u32::from(t.time_signature_denominator),
+            )
+            .unwrap_or(Meter::COMMON)
+        } else {
+            Meter::COMMON
+        };
+        let now = Grid {
+            bpm: t.tempo,
+            meter,
+        };
+        let same = |a: Option<Grid>| {
+            a.is_some_and(|a| (a.bpm - now.bpm).abs() <= 1e-6 && a.meter == now.meter)
+        };
         let w = &mut self.tempo_watch;
-        if (t.tempo - w.candidate).abs() > 1e-6 {
-            w.candidate = t.tempo;
+        if !same(w.candidate) {
+            w.candidate = Some(now);
             w.settled_frames = 0;
         }
         w.settled_frames += frames as u64;
         let settled = w.settled_frames as f64 >= TEMPO_SETTLE_S * self.sample_rate;
-        let have = self.player.newest_bpm();
-        let differs = have.is_none_or(|b| (b - w.candidate).abs() > 1e-6);
-        if settled && differs && (w.requested - w.candidate).abs() > 1e-6 {
-            w.requested = w.candidate;
+        if settled && !same(self.player.newest_grid()) && !same(w.requested) {
+            w.requested = Some(now);
             let offset = self.shared.params.get(ParamId::VideoOffset);
             // A bar start in song seconds, from the transport's bar and beat
             // positions, then in piece time.
@@ -643,6 +707,9 @@ impl Processor<'_> {
             self.shared
                 .host_downbeat
                 .store(downbeat.to_bits(), Ordering::Release);
+            self.shared
+                .host_meter
+                .store(pack_meter(meter), Ordering::Release);
             self.shared
                 .host_tempo
                 .store(t.tempo.to_bits(), Ordering::Release);
@@ -695,8 +762,8 @@ impl Processor<'_> {
 }
 
 impl PluginAudioProcessorParams for Processor<'_> {
-    fn flush(&mut self, input: &InputEvents, _output: &mut OutputEvents) {
-        if apply_param_events(self.shared, input) {
+    fn flush(&mut self, input: &InputEvents, output: &mut OutputEvents) {
+        if apply_param_events(self.shared, input, output) {
             self.shared.regenerate.store(true, Ordering::Release);
             self.shared.host.request_callback();
         }

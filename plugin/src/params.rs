@@ -14,6 +14,9 @@ pub enum ParamId {
     Engine = 3,
     FollowTempo = 4,
     RhythmStrength = 5,
+    Guidance = 6,
+    SemanticStrength = 7,
+    Regenerate = 8,
 }
 
 pub struct ParamSpec {
@@ -29,7 +32,7 @@ pub struct ParamSpec {
     pub regenerates: bool,
 }
 
-pub const PARAMS: [ParamSpec; 6] = [
+pub const PARAMS: [ParamSpec; 9] = [
     ParamSpec {
         id: ParamId::Gain,
         name: "Output gain",
@@ -64,7 +67,7 @@ pub const PARAMS: [ParamSpec; 6] = [
         id: ParamId::Engine,
         name: "Engine",
         min: 0.0,
-        max: 1.0,
+        max: 2.0,
         default: 0.0,
         stepped: true,
         unit: "",
@@ -90,10 +93,44 @@ pub const PARAMS: [ParamSpec; 6] = [
         unit: "",
         regenerates: true,
     },
+    // Classifier-free guidance of the neural engines: how closely the music
+    // follows its conditioning (MusicGen's default is 3).
+    ParamSpec {
+        id: ParamId::Guidance,
+        name: "Guidance",
+        min: 1.0,
+        max: 10.0,
+        default: 3.0,
+        stepped: false,
+        unit: "",
+        regenerates: true,
+    },
+    ParamSpec {
+        id: ParamId::SemanticStrength,
+        name: "Semantic strength",
+        min: 0.0,
+        max: 1.0,
+        default: 1.0,
+        stepped: false,
+        unit: "",
+        regenerates: true,
+    },
+    // A button: setting it makes a new take with the next seed, and it
+    // springs back to 0.
+    ParamSpec {
+        id: ParamId::Regenerate,
+        name: "Regenerate",
+        min: 0.0,
+        max: 1.0,
+        default: 0.0,
+        stepped: true,
+        unit: "",
+        regenerates: false,
+    },
 ];
 
 /// Names of the engine choices, by value.
-pub const ENGINES: [&str; 2] = ["auto", "sketch"];
+pub const ENGINES: [&str; 3] = ["auto", "sketch", "text"];
 
 impl ParamSpec {
     pub fn by_id(id: u32) -> Option<&'static ParamSpec> {
@@ -119,6 +156,7 @@ impl ParamSpec {
                 .to_string(),
             ParamId::Seed => format!("{}", v.round() as i64),
             ParamId::FollowTempo => (if v >= 0.5 { "on" } else { "off" }).to_string(),
+            ParamId::Regenerate => (if v >= 0.5 { "now" } else { "-" }).to_string(),
             _ if self.unit.is_empty() => format!("{v:.2}"),
             _ => format!("{v:.2} {}", self.unit),
         }
@@ -132,10 +170,10 @@ impl ParamSpec {
                 .position(|e| e.eq_ignore_ascii_case(t))
                 .map(|i| i as f64);
         }
-        if self.id == ParamId::FollowTempo {
+        if matches!(self.id, ParamId::FollowTempo | ParamId::Regenerate) {
             return match t.to_ascii_lowercase().as_str() {
-                "on" | "1" => Some(1.0),
-                "off" | "0" => Some(0.0),
+                "on" | "now" | "1" => Some(1.0),
+                "off" | "-" | "0" => Some(0.0),
                 _ => None,
             };
         }
@@ -171,6 +209,16 @@ impl ParamValues {
         self.values[id as usize].swap(v, Ordering::Relaxed) != v
     }
 
+    /// Moves the seed on by one (wrapping within its range) and returns it:
+    /// what the Regenerate button does.
+    pub fn next_seed(&self) -> f64 {
+        let spec = &PARAMS[ParamId::Seed as usize];
+        let next = self.get(ParamId::Seed) + 1.0;
+        let next = if next > spec.max { spec.min } else { next };
+        self.set(ParamId::Seed, next);
+        next
+    }
+
     pub fn reset(&self) {
         for p in &PARAMS {
             self.set(p.id, p.default);
@@ -204,5 +252,16 @@ mod tests {
         assert_eq!(engine.format(1.0), "sketch");
         let gain = ParamSpec::by_id(0).unwrap();
         assert_eq!(gain.parse("-6 dB"), Some(-6.0));
+        assert_eq!(engine.parse("text"), Some(2.0));
+        assert_eq!(engine.parse("neural"), None);
+    }
+
+    #[test]
+    fn the_seed_moves_on_and_wraps() {
+        let v = ParamValues::default();
+        assert_eq!(v.next_seed(), 1.0);
+        v.set(ParamId::Seed, 9999.0);
+        assert_eq!(v.next_seed(), 0.0);
+        assert_eq!(v.get(ParamId::Seed), 0.0);
     }
 }

@@ -12,10 +12,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vidmusician_engine::service::{AudioChunk, ChunkReader};
+use vidmusician_engine::sketch::Meter;
 
 /// Chunk slots preallocated per take. With the plugin's chunk size chosen
 /// as `total / MAX_SLOTS` (at least 4096 frames), any length fits.
 pub const MAX_SLOTS: usize = 8192;
+
+/// The host's bar grid a take was written on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Grid {
+    /// Quarter notes per minute.
+    pub bpm: f64,
+    pub meter: Meter,
+}
 
 /// One generated piece on its way to the audio thread.
 pub struct Take {
@@ -23,8 +32,9 @@ pub struct Take {
     pub chunk_frames: usize,
     /// Length of the piece, frames at the host's rate.
     pub total_frames: u64,
-    /// The tempo it was made for, when it follows the host's.
-    pub bpm: Option<f64>,
+    /// The tempo and time signature it was made for, when it follows the
+    /// host's.
+    pub grid: Option<Grid>,
     /// A quick take of the start only, to be replaced by the full piece.
     pub preview: bool,
 }
@@ -339,12 +349,13 @@ impl Player {
         self.current.is_some()
     }
 
-    /// The tempo of the newest take (waiting or playing).
-    pub fn newest_bpm(&self) -> Option<f64> {
+    /// The tempo and time signature of the newest take (waiting or
+    /// playing).
+    pub fn newest_grid(&self) -> Option<Grid> {
         self.next
             .as_ref()
             .or(self.current.as_ref())
-            .and_then(|l| l.take.bpm)
+            .and_then(|l| l.take.grid)
     }
 
     /// Piece frame where the crossfade to the waiting take starts.

@@ -7,6 +7,8 @@ use assert_no_alloc::AllocDisabler;
 use clack_host::prelude::*;
 use common::*;
 use vidmusician_engine::audio::Audio;
+use vidmusician_engine::service::Request;
+use vidmusician_engine::sketch::Meter;
 use vidmusician_engine::video::synth::{SynthSpec, write_video};
 
 #[global_allocator]
@@ -26,12 +28,13 @@ fn pass(
     d: &mut Driver,
     proc: &mut StartedPluginAudioProcessor<TestHost>,
     frames: usize,
-    tempo: f64,
+    (tempo, signature): (f64, (u16, u16)),
 ) -> [Vec<f32>; 2] {
     let mut out = [vec![0.0; LOOP_START], vec![0.0; LOOP_START]];
     let mut f = LOOP_START;
     while f < frames {
-        let (l, r) = d.block_at(proc, f as f64 / f64::from(RATE), BLOCK, true, tempo);
+        let t = transport_in(f as f64 / f64::from(RATE), true, tempo, signature);
+        let (l, r) = d.block_with(proc, &t, BLOCK);
         out[0].extend_from_slice(l);
         out[1].extend_from_slice(r);
         f += BLOCK;
@@ -53,11 +56,11 @@ fn loop_until(
     d: &mut Driver,
     proc: &mut StartedPluginAudioProcessor<TestHost>,
     frames: usize,
-    tempo: f64,
+    grid: (f64, (u16, u16)),
     mut done: impl FnMut(&[Vec<f32>; 2]) -> bool,
 ) -> [Vec<f32>; 2] {
     for _ in 0..400 {
-        let out = pass(d, proc, frames, tempo);
+        let out = pass(d, proc, frames, grid);
         if inst
             .access_shared_handler(|h| h.callback.swap(false, std::sync::atomic::Ordering::AcqRel))
         {
@@ -96,18 +99,28 @@ fn a_tempo_change_brings_a_new_take_in_on_the_next_bar() {
 
     // The host plays at 120 BPM: soon the whole pass is the 120 BPM take.
     let played = LOOP_START..frames;
-    loop_until(&mut inst, &mut d, &mut proc, frames, 120.0, |out| {
-        same(out, &at120, played.clone())
-    });
+    loop_until(
+        &mut inst,
+        &mut d,
+        &mut proc,
+        frames,
+        (120.0, (4, 4)),
+        |out| same(out, &at120, played.clone()),
+    );
 
     // The tempo changes to 90. In the pass where the new take comes in,
     // the old one plays up to a bar line of the new tempo, the crossfade
     // starts there, and after it the 90 BPM take plays alone.
     let bar90 = (4.0 * 60.0 / 90.0 * f64::from(RATE)).round() as usize;
     let xfade = (0.05 * f64::from(RATE)) as usize;
-    let out = loop_until(&mut inst, &mut d, &mut proc, frames, 90.0, |out| {
-        !same(out, &at120, played.clone())
-    });
+    let out = loop_until(
+        &mut inst,
+        &mut d,
+        &mut proc,
+        frames,
+        (90.0, (4, 4)),
+        |out| !same(out, &at120, played.clone()),
+    );
     let first_diff = played
         .clone()
         .find(|&i| !same(&out, &at120, i..i + 1))
@@ -132,7 +145,66 @@ fn a_tempo_change_brings_a_new_take_in_on_the_next_bar() {
         "after the crossfade the 90 BPM take must play alone"
     );
     // From then on, every pass is the new take.
-    let next = pass(&mut d, &mut proc, frames, 90.0);
+    let next = pass(&mut d, &mut proc, frames, (90.0, (4, 4)));
     assert!(same(&next, &at90, played));
+    inst.deactivate(proc.stop_processing());
+}
+
+#[test]
+fn the_music_takes_the_hosts_time_signature() {
+    let (dir, _) = fixture();
+    let video = dir.path().join("waltz.mp4");
+    write_video(&video, &SynthSpec::new(192, 144, 25, 6.0, vec![1.7, 4.2])).unwrap();
+    let frames = 6 * RATE as usize;
+    let played = LOOP_START..frames;
+    let want = |meter: &str| {
+        let mut r = Request::new(&video);
+        r.tempo = Some(120.0);
+        r.downbeat = Some(0.0);
+        r.meter = Meter::parse(meter).unwrap();
+        expected_for(r, 3, RATE)
+    };
+    let (in_4, in_3, in_6) = (want("4/4"), want("3/4"), want("6/8"));
+    assert!(!same(
+        &[in_3.channels[0].clone(), in_3.channels[1].clone()],
+        &in_4,
+        played.clone()
+    ));
+
+    let mut inst = instance();
+    let state = format!(
+        r#"{{"version":1,"video":{:?},"params":[[1,3],[4,1]]}}"#,
+        video.to_str().unwrap()
+    );
+    load_state(&mut inst, state.as_bytes());
+    let mut proc = start(&mut inst, f64::from(RATE), BLOCK);
+    let mut d = Driver::new(BLOCK);
+    // The host is in 3/4: the music's bars are three beats long.
+    loop_until(
+        &mut inst,
+        &mut d,
+        &mut proc,
+        frames,
+        (120.0, (3, 4)),
+        |out| same(out, &in_3, played.clone()),
+    );
+    // The signature changes to 6/8: a new take, in 6/8.
+    loop_until(
+        &mut inst,
+        &mut d,
+        &mut proc,
+        frames,
+        (120.0, (6, 8)),
+        |out| same(out, &in_6, played.clone()),
+    );
+    // A signature the composer cannot write is taken as 4/4.
+    loop_until(
+        &mut inst,
+        &mut d,
+        &mut proc,
+        frames,
+        (120.0, (4, 3)),
+        |out| same(out, &in_4, played.clone()),
+    );
     inst.deactivate(proc.stop_processing());
 }

@@ -41,7 +41,7 @@ enum EngineArg {
 #[derive(Subcommand)]
 enum Command {
     /// Compose music for VIDEO and write it as a WAV and/or muxed into a copy of the video.
-    Compose(ComposeArgs),
+    Compose(Box<ComposeArgs>),
     /// Analyse VIDEO: cuts, motion, rhythm curve, suggested tempo.
     Analyze {
         video: PathBuf,
@@ -162,6 +162,13 @@ struct ComposeArgs {
     /// impact and a crash on every cut).
     #[arg(long, default_value_t = 1.0, value_name = "0..1")]
     rhythm_strength: f32,
+    /// How much what the pictures show decides the music's mood, energy and
+    /// sections: 0 (the prompt alone) to 1.
+    #[arg(long, default_value_t = 1.0, value_name = "0..1")]
+    semantic_strength: f32,
+    /// Time signature of the music's bars, e.g. 3/4 or 6/8.
+    #[arg(long, default_value = "4/4", value_parser = parse_meter)]
+    meter: sketch::Meter,
     /// Random seed: the same video, settings and seed give the same music;
     /// another seed gives another piece.
     #[arg(long, default_value_t = 0)]
@@ -223,7 +230,7 @@ enum BenchWhat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Compose(args) => compose(args),
+        Command::Compose(args) => compose(*args),
         Command::Analyze { video, json, plot } => analyze(&video, json, plot.as_deref()),
         Command::Eval {
             music,
@@ -322,6 +329,8 @@ fn compose(a: ComposeArgs) -> Result<()> {
     req.seed = a.seed;
     req.prompt = a.prompt.clone();
     req.rhythm_strength = a.rhythm_strength;
+    req.semantic_strength = a.semantic_strength;
+    req.meter = a.meter;
     req.sample_rate = a.sample_rate;
     req.guidance = a.guidance;
     req.temperature = a.temperature;
@@ -735,4 +744,8 @@ fn bench_neural(frames: usize, python: Option<&Path>) -> Result<()> {
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+fn parse_meter(text: &str) -> std::result::Result<sketch::Meter, String> {
+    sketch::Meter::parse(text).map_err(|e| e.to_string())
 }

@@ -12,7 +12,7 @@ use super::Request;
 
 /// Bumped whenever the composer's output for the same inputs changes, so
 /// stale audio is never served.
-const FORMAT: &str = "vidmusician-audio-v3";
+const FORMAT: &str = "vidmusician-audio-v4";
 
 /// What is stored beside the audio.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -135,6 +135,8 @@ pub fn cache_key(request: &Request, engine: &str) -> Result<String> {
     h.update(&request.preview_until.unwrap_or(f64::NAN).to_le_bytes());
     h.update(&request.seed.to_le_bytes());
     h.update(&request.rhythm_strength.to_le_bytes());
+    h.update(&request.semantic_strength.to_le_bytes());
+    h.update(&[request.meter.beats, request.meter.unit]);
     h.update(&(request.prompt.len() as u64).to_le_bytes());
     h.update(request.prompt.as_bytes());
     h.update(&request.sample_rate.to_le_bytes());

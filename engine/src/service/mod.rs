@@ -77,6 +77,11 @@ pub struct Request {
     pub prompt: String,
     /// How strongly the music marks the cuts, 0–1.
     pub rhythm_strength: f32,
+    /// How much the pictures' content decides the music's mood, energy and
+    /// sections, 0–1 (the prompt and moderate defaults decide the rest).
+    pub semantic_strength: f32,
+    /// The time signature the music's bars are written in.
+    pub meter: crate::sketch::Meter,
     /// Analyse and score only the first seconds: a quick preview of a long
     /// video, to be replaced by the full piece.
     pub preview_until: Option<f64>,
@@ -119,6 +124,8 @@ impl Request {
             downbeat: None,
             prompt: prompt.to_string(),
             rhythm_strength: 1.0,
+            semantic_strength: 1.0,
+            meter: crate::sketch::Meter::COMMON,
             preview_until: None,
             engine: EngineChoice::Auto,
             seed: 0,
@@ -491,6 +498,13 @@ fn validate(r: &Request) -> Result<()> {
             r.rhythm_strength
         )));
     }
+    if !(0.0..=1.0).contains(&r.semantic_strength) {
+        return Err(Error::InvalidSetting(format!(
+            "semantic strength {} (expected 0–1)",
+            r.semantic_strength
+        )));
+    }
+    crate::sketch::Meter::new(r.meter.beats.into(), r.meter.unit.into())?;
     if r.prompt.len() > MAX_PROMPT_BYTES {
         return Err(Error::InvalidSetting(format!(
             "prompt of {} bytes (at most {MAX_PROMPT_BYTES})",

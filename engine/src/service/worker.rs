@@ -168,6 +168,8 @@ fn process(
                 downbeat: req.downbeat,
                 style: crate::sketch::Style::from_prompt(&req.prompt),
                 rhythm_strength: req.rhythm_strength,
+                semantic_strength: req.semantic_strength,
+                meter: req.meter,
                 seed: req.seed,
             };
             let comp = compose(&analysis, &settings, &cancel, &mut |f| {

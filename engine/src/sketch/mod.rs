@@ -7,11 +7,13 @@
 //! following the picture, and sections changing at the larger scene
 //! changes. It is deterministic for a seed.
 
+mod meter;
 mod render;
 mod score;
 mod style;
 
-pub use score::{Inst, Note, Score, Section, arrange};
+pub use meter::Meter;
+pub use score::{Inst, Note, Plan, Score, Section, arrange};
 pub use style::Style;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +42,10 @@ pub struct SketchSettings {
     /// How strongly the cuts are marked: 0 writes no accents on them, 1 the
     /// full impact and crash.
     pub rhythm_strength: f32,
+    /// How much the pictures' content decides mood, energy and sections,
+    /// 0–1 (see [`Plan::semantic`]).
+    pub semantic_strength: f32,
+    pub meter: Meter,
 }
 
 impl Default for SketchSettings {
@@ -50,6 +56,8 @@ impl Default for SketchSettings {
             seed: 0,
             style: Style::default(),
             rhythm_strength: 1.0,
+            semantic_strength: 1.0,
+            meter: Meter::COMMON,
         }
     }
 }
@@ -99,12 +107,26 @@ pub fn compose(
             settings.rhythm_strength
         )));
     }
+    if !(0.0..=1.0).contains(&settings.semantic_strength) {
+        return Err(Error::InvalidSetting(format!(
+            "semantic strength {} (expected 0–1)",
+            settings.semantic_strength
+        )));
+    }
+    let style = Style {
+        accents: settings.style.accents * settings.rhythm_strength,
+        ..settings.style
+    };
     let score = arrange(
         analysis,
-        bpm,
-        settings.downbeat,
-        settings.seed,
-        &settings.style,
+        &Plan {
+            bpm,
+            downbeat: settings.downbeat,
+            seed: settings.seed,
+            style,
+            semantic: settings.semantic_strength,
+            meter: settings.meter,
+        },
     );
     let frames = (analysis.duration * f64::from(SAMPLE_RATE)).round() as usize;
     let mut tick = |p: f64| {

@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::Style;
+use super::{Meter, Style};
 use crate::analysis::{Analysis, cosine_distance, global};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -62,6 +62,40 @@ pub struct Score {
     pub duration: f64,
 }
 
+/// What an arrangement is asked to be.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Quarter notes per minute.
+    pub bpm: f64,
+    /// A time (seconds, may be negative or past the end) where a bar starts;
+    /// `None` anchors the bars where they land the most cuts on beats.
+    pub downbeat: Option<f64>,
+    pub seed: u64,
+    pub style: Style,
+    /// How much the pictures' content decides the mood, the energy and where
+    /// sections change: 0 not at all (the prompt and a moderate default
+    /// do), 1 fully. Cut accents are the rhythm's, not this.
+    pub semantic: f32,
+    pub meter: Meter,
+}
+
+impl Plan {
+    pub fn new(bpm: f64) -> Self {
+        Self {
+            bpm,
+            downbeat: None,
+            seed: 0,
+            style: Style::default(),
+            semantic: 1.0,
+            meter: Meter::COMMON,
+        }
+    }
+}
+
+/// The arrangement level (0–3) a section has when the pictures do not set
+/// it.
+const NEUTRAL_LEVEL: f32 = 1.4;
+
 const MAJOR: [i32; 7] = [0, 2, 4, 5, 7, 9, 11];
 const MINOR: [i32; 7] = [0, 2, 3, 5, 7, 8, 10];
 const MAJOR_PROGRESSIONS: [[usize; 4]; 5] = [
@@ -79,9 +113,10 @@ const MINOR_PROGRESSIONS: [[usize; 4]; 5] = [
     [5, 6, 0, 0],
 ];
 
-/// Key and mode from the picture: the mean hue picks the tonic, brightness,
-/// saturation and warmth pick major or minor.
-fn key_and_mode(a: &Analysis) -> (u8, bool) {
+/// Key and mood from the picture: the mean hue picks the tonic; brightness,
+/// saturation and warmth give a value whose sign picks major (above 0) or
+/// minor.
+fn key_and_mode(a: &Analysis) -> (u8, f32) {
     let s = &a.summary;
     let (mut hc, mut hs) = (0.0f32, 0.0f32);
     for g in &a.global {
@@ -93,19 +128,23 @@ fn key_and_mode(a: &Analysis) -> (u8, bool) {
     let step = ((angle / std::f32::consts::TAU) * 12.0).floor() as u8 % 12;
     let key = (step * 7) % 12;
     let bright = s.brightness - 0.45 + 0.5 * (s.saturation - 0.35) + 0.8 * s.warmth;
-    (key, bright < 0.0)
+    (key, bright)
 }
 
 /// Sections split at the biggest scene changes: cuts after which the global
-/// (semantic) picture differs most, at least `min_len` seconds apart.
-fn sections(a: &Analysis, min_len: f64) -> Vec<f64> {
+/// (semantic) picture differs most, at least `min_len` seconds apart. With
+/// less `semantic` weight, the strongest cuts count more than what changes.
+fn sections(a: &Analysis, min_len: f64, semantic: f32) -> Vec<f64> {
     let mut changes: Vec<(f64, f32)> = a
         .cuts
         .iter()
         .filter_map(|c| {
             let before = a.global_at((c.time - 0.5).max(0.0))?;
             let after = a.global_at(c.time + 0.5)?;
-            Some((c.time, cosine_distance(before, after) + 0.1 * c.strength))
+            Some((
+                c.time,
+                semantic * cosine_distance(before, after) + 0.1 * c.strength,
+            ))
         })
         .collect();
     changes.sort_by(|x, y| y.1.total_cmp(&x.1));
@@ -122,13 +161,21 @@ fn sections(a: &Analysis, min_len: f64) -> Vec<f64> {
     bounds
 }
 
-/// Writes the score. `downbeat`, when given, is a time (seconds, may be
-/// negative or past the end) where a bar starts: the plugin passes the host's
-/// bar grid so the music's bars fall on the session's. Without it the grid
-/// is anchored where it lands the most cuts on beats.
-pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64, style: &Style) -> Score {
+/// Writes the score. A `downbeat` in the plan puts the music's bars on a
+/// given grid: the plugin passes the host's, so the bars fall on the
+/// session's.
+pub fn arrange(a: &Analysis, plan: &Plan) -> Score {
+    let Plan {
+        bpm,
+        downbeat,
+        seed,
+        ref style,
+        semantic,
+        meter,
+    } = *plan;
+    let semantic = semantic.clamp(0.0, 1.0);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005e_ed0f_5c0e);
-    let beat = 60.0 / bpm;
+    let beat = meter.pulse(bpm);
     let cut_times: Vec<f64> = a.cuts.iter().map(|c| c.time).collect();
     // Phase: the suggestion's when its tempo is used, else the best anchor
     // on a cut for the given tempo.
@@ -147,11 +194,12 @@ pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64, style: 
             .unwrap_or(0.0)
     };
     let first_beat = phase.rem_euclid(beat);
-    let (key, picture_minor) = key_and_mode(a);
-    let minor = style.minor.unwrap_or(picture_minor);
+    let (key, brightness) = key_and_mode(a);
+    // Without the pictures' say, the mood is the prompt's, else major.
+    let minor = style.minor.unwrap_or(brightness * semantic < 0.0);
     let scale = if minor { MINOR } else { MAJOR };
-    let bar = 4.0 * beat;
-    let bounds = sections(a, (4.0 * bar).max(6.0));
+    let bar = meter.bar(bpm);
+    let bounds = sections(a, (4.0 * bar).max(6.0), semantic);
     let motion_norm = |t0: f64, t1: f64| {
         let n = ((t1 - t0) * 10.0).ceil().max(1.0) as usize;
         (0..n)
@@ -166,9 +214,15 @@ pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64, style: 
     for (i, &s) in bounds.iter().enumerate() {
         let e = bounds.get(i + 1).copied().unwrap_or(a.duration);
         let local = motion_norm(s, e);
-        let level = (busy * 2.0 + local * 1.2 + style.energy * 1.2 + rng.random_range(-0.3..0.3))
-            .round()
-            .clamp(0.0, 3.0) as u8;
+        // What the pictures say of energy, weighed against a moderate
+        // arrangement that does not follow them.
+        let picture = busy * 2.0 + local * 1.2;
+        let level = (picture * semantic
+            + NEUTRAL_LEVEL * (1.0 - semantic)
+            + style.energy * 1.2
+            + rng.random_range(-0.3..0.3))
+        .round()
+        .clamp(0.0, 3.0) as u8;
         let progs: &[[usize; 4]] = if minor {
             &MINOR_PROGRESSIONS
         } else {
@@ -214,7 +268,7 @@ pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64, style: 
             .find(|s| s.start <= mid)
             .unwrap_or(&secs[0]);
         let local = motion_norm(bar_start.max(0.0), (bar_start + bar).min(a.duration));
-        let level = (f32::from(sec.intensity) + (local - 0.6) * 0.8)
+        let level = (f32::from(sec.intensity) + (local - 0.6) * 0.8 * semantic)
             .round()
             .clamp(0.0, 3.0) as u8;
         let degree = sec.progression[bar_index % sec.progression.len()];
@@ -230,10 +284,14 @@ pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64, style: 
                 pan: [-0.6, 0.0, 0.6][k],
             });
         }
-        for b in 0..4 {
-            let t = bar_start + b as f64 * beat;
+        let compound = meter.compound();
+        for b in 0..meter.beats {
+            let (group, pos, group_len) = meter.place(b);
+            let strong = pos == 0;
+            let t = bar_start + f64::from(b) * beat;
             let off = t + beat * (0.5 + swing);
-            // Bass.
+            // Bass: on every pulse of a simple meter, on the strong ones of
+            // a compound one (its pulses are fast), the rest when busy.
             let root = (tonic - 12 + tones[0]) as f32;
             if level == 0 {
                 if b == 0 {
@@ -246,7 +304,7 @@ pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64, style: 
                         pan: 0.0,
                     });
                 }
-            } else {
+            } else if strong || !compound || level >= 2 {
                 notes.push(Note {
                     inst: Inst::Bass,
                     time: t,
@@ -255,8 +313,8 @@ pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64, style: 
                     vel: 0.75,
                     pan: 0.0,
                 });
-                if level >= 2 {
-                    let p = if b % 2 == 1 { root + 12.0 } else { root };
+                if level >= 2 && !compound {
+                    let p = if strong { root } else { root + 12.0 };
                     notes.push(Note {
                         inst: Inst::Bass,
                         time: off,
@@ -267,8 +325,20 @@ pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64, style: 
                     });
                 }
             }
-            // Drums.
-            if level >= 1 && (b % 2 == 0 || level >= 3) {
+            // Drums: the kick on the groups' strong pulses, the snare on the
+            // last pulse of a simple group or the strong pulse of every
+            // other compound group.
+            let snare_here = if compound {
+                strong && group % 2 == 1
+            } else {
+                pos + 1 == group_len && group_len > 1
+            };
+            let kick_here = if compound {
+                strong && (group % 2 == 0 || level >= 3)
+            } else {
+                strong || (level >= 3)
+            };
+            if level >= 1 && kick_here {
                 notes.push(Note {
                     inst: Inst::Kick,
                     time: t,
@@ -278,7 +348,7 @@ pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64, style: 
                     pan: 0.0,
                 });
             }
-            if level >= 2 && b % 2 == 1 {
+            if level >= 2 && snare_here {
                 notes.push(Note {
                     inst: Inst::Snare,
                     time: t,
@@ -289,15 +359,18 @@ pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64, style: 
                 });
             }
             if level >= 1 {
+                // Hats between the pulses of a simple meter, on the pulses
+                // of a compound one.
+                let last = b + 1 == meter.beats;
                 notes.push(Note {
                     inst: Inst::Hat,
-                    time: off,
-                    dur: if hat_open && b == 3 { 0.25 } else { 0.08 },
+                    time: if compound { t } else { off },
+                    dur: if hat_open && last { 0.25 } else { 0.08 },
                     pitch: 0.0,
-                    vel: 0.45,
+                    vel: if compound && !strong { 0.35 } else { 0.45 },
                     pan: 0.3,
                 });
-                if level >= 3 {
+                if level >= 3 && !compound {
                     notes.push(Note {
                         inst: Inst::Hat,
                         time: t,
@@ -308,11 +381,16 @@ pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64, style: 
                     });
                 }
             }
-            // Plucked arpeggio: eighths, sixteenths when driving.
-            let steps = if level >= 3 { 4 } else { 2 };
+            // Plucked arpeggio: two notes a pulse, four when driving (one
+            // and two for the fast pulses of compound meters).
+            let steps = match (compound, level >= 3) {
+                (false, false) | (true, true) => 2,
+                (false, true) => 4,
+                (true, false) => 1,
+            };
             for s in 0..steps {
                 let st = t + beat * s as f64 / steps as f64;
-                let idx = arp_pattern[(b * steps + s) % arp_pattern.len()];
+                let idx = arp_pattern[(usize::from(b) * steps + s) % arp_pattern.len()];
                 let pitch = if idx == 3 { tones[0] + 12 } else { tones[idx] };
                 notes.push(Note {
                     inst: Inst::Pluck,
@@ -324,13 +402,14 @@ pub fn arrange(a: &Analysis, bpm: f64, downbeat: Option<f64>, seed: u64, style: 
                 });
             }
             // Lead: a stepwise line over the chord when the picture is busy.
-            if level >= 2 && (b % 2 == 0 || rng.random_bool(0.3)) {
+            if level >= 2 && (strong || rng.random_bool(0.3)) {
                 melody_degree = (melody_degree + rng.random_range(-2..=2)).clamp(4, 12);
                 let tone = scale[melody_degree as usize % 7] + 12 * (melody_degree / 7);
+                let held = if compound { f64::from(group_len) } else { 1.5 };
                 notes.push(Note {
                     inst: Inst::Lead,
                     time: t,
-                    dur: beat * if b % 2 == 0 { 1.5 } else { 0.9 },
+                    dur: beat * if strong { held } else { 0.9 },
                     pitch: (tonic + 24 + tone) as f32,
                     vel: 0.5,
                     pan: -0.2,

@@ -163,6 +163,11 @@ pub fn expected_with(
     expected_request(r, seed, rate)
 }
 
+/// What the engine makes for `request` (its seed and rate set here).
+pub fn expected_for(r: Request, seed: u64, rate: u32) -> Audio {
+    expected_request(r, seed, rate)
+}
+
 /// The quick preview of the first `until` seconds.
 pub fn expected_preview(video: &Path, seed: u64, rate: u32, until: f64) -> Audio {
     let mut r = Request::new(video);
@@ -188,16 +193,25 @@ pub fn transport(pos: f64, playing: bool) -> TransportEvent {
 
 /// A transport at `pos` seconds of a song in 4/4 at a constant `tempo`.
 pub fn transport_at(pos: f64, playing: bool, tempo: f64) -> TransportEvent {
+    transport_in(pos, playing, tempo, (4, 4))
+}
+
+/// A transport at `pos` seconds of a song in `signature` (numerator,
+/// denominator) at a constant `tempo` in quarter notes, bars from song time 0.
+pub fn transport_in(pos: f64, playing: bool, tempo: f64, signature: (u16, u16)) -> TransportEvent {
     let mut flags = TransportFlags::HAS_SECONDS_TIMELINE
         | TransportFlags::HAS_TEMPO
-        | TransportFlags::HAS_BEATS_TIMELINE;
+        | TransportFlags::HAS_BEATS_TIMELINE
+        | TransportFlags::HAS_TIME_SIGNATURE;
+    let beats = pos * tempo / 60.0;
+    let per_bar = f64::from(signature.0) * 4.0 / f64::from(signature.1);
     if playing {
         flags |= TransportFlags::IS_PLAYING;
     }
     TransportEvent {
         header: Default::default(),
         flags,
-        song_pos_beats: BeatTime::from_float(pos * tempo / 60.0),
+        song_pos_beats: BeatTime::from_float(beats),
         song_pos_seconds: SecondsTime::from_float(pos),
         tempo,
         tempo_inc: 0.0,
@@ -205,10 +219,10 @@ pub fn transport_at(pos: f64, playing: bool, tempo: f64) -> TransportEvent {
         loop_end_beats: BeatTime::default(),
         loop_start_seconds: SecondsTime::default(),
         loop_end_seconds: SecondsTime::default(),
-        bar_start: BeatTime::from_float((pos * tempo / 60.0 / 4.0).floor() * 4.0),
-        bar_number: (pos * tempo / 60.0 / 4.0).floor() as i32,
-        time_signature_numerator: 4,
-        time_signature_denominator: 4,
+        bar_start: BeatTime::from_float((beats / per_bar).floor() * per_bar),
+        bar_number: (beats / per_bar).floor() as i32,
+        time_signature_numerator: signature.0,
+        time_signature_denominator: signature.1,
     }
 }
 
@@ -219,6 +233,10 @@ pub struct Driver {
     outs: [Vec<f32>; 2],
     in_ports: AudioPorts,
     out_ports: AudioPorts,
+    /// Events for the next block (cleared after it).
+    pub input_events: EventBuffer,
+    /// Events the plugin sent in the last block.
+    pub output_events: EventBuffer,
 }
 
 impl Driver {
@@ -228,6 +246,8 @@ impl Driver {
             outs: [vec![0.0; max], vec![0.0; max]],
             in_ports: AudioPorts::with_capacity(2, 1),
             out_ports: AudioPorts::with_capacity(2, 1),
+            input_events: EventBuffer::with_capacity(64),
+            output_events: EventBuffer::with_capacity(64),
         }
     }
 
@@ -249,7 +269,17 @@ impl Driver {
         playing: bool,
         tempo: f64,
     ) -> (&[f32], &[f32]) {
-        let t = transport_at(pos, playing, tempo);
+        self.block_with(proc, &transport_at(pos, playing, tempo), n)
+    }
+
+    /// One block of `n` frames under transport `t`, with the queued
+    /// `input_events`.
+    pub fn block_with(
+        &mut self,
+        proc: &mut StartedPluginAudioProcessor<TestHost>,
+        t: &TransportEvent,
+        n: usize,
+    ) -> (&[f32], &[f32]) {
         let [il, ir] = &mut self.ins;
         let [ol, or] = &mut self.outs;
         let input = self.in_ports.with_input_buffers([AudioPortBuffer {
@@ -268,13 +298,15 @@ impl Driver {
                 [&mut ol[..n], &mut or[..n]].into_iter(),
             ),
         }]);
-        let ins = InputEvents::empty();
-        let mut outs = OutputEvents::void();
+        self.output_events.clear();
+        let ins = InputEvents::from_buffer(&self.input_events);
+        let mut outs = OutputEvents::from_buffer(&mut self.output_events);
         let mut result = None;
         assert_no_alloc(|| {
-            result = Some(proc.process(&input, &mut output, &ins, &mut outs, None, Some(&t)));
+            result = Some(proc.process(&input, &mut output, &ins, &mut outs, None, Some(t)));
         });
         result.unwrap().unwrap();
+        self.input_events.clear();
         (&self.outs[0][..n], &self.outs[1][..n])
     }
 }
