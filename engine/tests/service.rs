@@ -256,3 +256,36 @@ fn the_text_engine_runs_on_the_engine_thread_and_is_cached() {
     assert!(!other.cached);
     assert_ne!(other.audio.channels, first.audio.channels);
 }
+
+#[test]
+fn a_playrate_retimes_the_music_to_the_video_as_played() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = video(dir.path(), "v.mp4", 4.0);
+    let eng = engine(dir.path());
+    let (id, _) = eng.submit(Request::new(&v)).unwrap();
+    let normal = eng.wait(id, |_| {}).unwrap().analysis.unwrap();
+    let cuts: Vec<f64> = normal.cuts.iter().map(|c| c.time).collect();
+    assert_eq!(cuts.len(), 3);
+    // An item trimmed to 0.5–4.0 s of the video, played twice as fast:
+    // 1.75 s of music whose cuts come at (t − 0.5) / 2.
+    let mut r = Request::new(&v);
+    r.playrate = 2.0;
+    r.range = Some((0.5, 4.0));
+    let (id, _) = eng.submit(r.clone()).unwrap();
+    let fast = eng.wait(id, |_| {}).unwrap();
+    assert_eq!(fast.audio.len(), (1.75f64 * 48_000.0).round() as usize);
+    let a = fast.analysis.unwrap();
+    assert!((a.duration - 2.0).abs() < 1e-9, "{}", a.duration);
+    let got: Vec<f64> = a.cuts.iter().map(|c| c.time).collect();
+    for (g, c) in got.iter().zip(&cuts) {
+        assert!((g - c / 2.0).abs() < 1e-9, "{got:?} vs {cuts:?}");
+    }
+    assert_eq!(a.rhythm_50hz.len(), 100);
+    // Slow motion: twice as long.
+    r.playrate = 0.5;
+    r.range = None;
+    let (id, _) = eng.submit(r.clone()).unwrap();
+    assert_eq!(eng.wait(id, |_| {}).unwrap().audio.len(), 8 * 48_000);
+    r.playrate = 0.0;
+    assert!(eng.submit(r).is_err());
+}

@@ -73,6 +73,52 @@ impl Analysis {
         m / self.motion_p90
     }
 
+    /// The analysis of the video played `rate` times as fast (2: twice
+    /// as fast, 0.5: slow motion): every time divided by `rate`, curves
+    /// sampled at the same rates over the new length, the tempo suggested
+    /// again for the moved cuts. What a timeline plays at a playrate.
+    pub fn retimed(&self, rate: f64) -> Analysis {
+        if !(rate.is_finite() && rate > 0.0) || (rate - 1.0).abs() < 1e-12 {
+            return self.clone();
+        }
+        let duration = self.duration / rate;
+        // Each new sample takes the source sample playing at its time; a
+        // cut's spike, one frame long, is kept by the cut list itself.
+        fn pick<T: Clone>(v: &[T], hz: f64, rate: f64, duration: f64) -> Vec<T> {
+            let Some(last) = v.len().checked_sub(1) else {
+                return Vec::new();
+            };
+            let n = (duration * hz).round().max(1.0) as usize;
+            (0..n)
+                .map(|i| v[((i as f64 * rate) as usize).min(last)].clone())
+                .collect()
+        }
+        let cuts: Vec<Cut> = self
+            .cuts
+            .iter()
+            .map(|c| Cut {
+                time: c.time / rate,
+                strength: c.strength,
+            })
+            .collect();
+        let cut_times: Vec<f64> = cuts.iter().map(|c| c.time).collect();
+        let mut summary = self.summary;
+        summary.cuts_per_minute *= rate;
+        Analysis {
+            video: self.video.clone(),
+            encoder: self.encoder.clone(),
+            duration,
+            rhythm_25fps: pick(&self.rhythm_25fps, LOCAL_FPS, rate, duration),
+            rhythm_50hz: pick(&self.rhythm_50hz, CURVE_HZ, rate, duration),
+            motion: pick(&self.motion, LOCAL_FPS, rate, duration),
+            motion_p90: self.motion_p90,
+            global: pick(&self.global, GLOBAL_FPS, rate, duration),
+            summary,
+            tempo: suggest_tempo(&cut_times, self.tempo.bpm, 70.0, 160.0),
+            cuts,
+        }
+    }
+
     /// Global vector of the second containing `t`.
     pub fn global_at(&self, t: f64) -> Option<&[f32]> {
         if self.global.is_empty() {

@@ -185,6 +185,10 @@ struct ComposeArgs {
     /// Score only up to this time of the video, seconds.
     #[arg(long, value_name = "SECONDS")]
     end: Option<f64>,
+    /// The video plays this many times as fast where the music goes (an
+    /// edit's speed change): the music lasts its length divided by this.
+    #[arg(long, default_value_t = 1.0, value_name = "RATE")]
+    playrate: f64,
     /// Do not read or write the audio cache.
     #[arg(long)]
     no_cache: bool,
@@ -289,6 +293,9 @@ fn compose(a: ComposeArgs) -> Result<()> {
     if a.mux.is_some() && a.video.is_none() {
         bail!("--mux needs a video to put the music into");
     }
+    if a.mux.is_some() && a.playrate != 1.0 {
+        bail!("--mux copies the video at its own speed, so it takes no --playrate");
+    }
     if a.video.is_none() && a.duration.is_none() {
         bail!("give a video to score, or --duration SECONDS for music from the prompt alone");
     }
@@ -330,6 +337,7 @@ fn compose(a: ComposeArgs) -> Result<()> {
     req.prompt = a.prompt.clone();
     req.rhythm_strength = a.rhythm_strength;
     req.semantic_strength = a.semantic_strength;
+    req.playrate = a.playrate;
     req.meter = a.meter;
     req.sample_rate = a.sample_rate;
     req.guidance = a.guidance;

@@ -130,6 +130,7 @@ pub fn cache_key(request: &Request, engine: &str) -> Result<String> {
     let range = request.range.unwrap_or((0.0, f64::INFINITY));
     h.update(&range.0.to_le_bytes());
     h.update(&range.1.to_le_bytes());
+    h.update(&request.playrate.to_le_bytes());
     h.update(&request.tempo.unwrap_or(0.0).to_le_bytes());
     h.update(&request.downbeat.unwrap_or(f64::NAN).to_le_bytes());
     h.update(&request.preview_until.unwrap_or(f64::NAN).to_le_bytes());

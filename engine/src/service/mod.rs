@@ -66,8 +66,12 @@ pub struct Request {
     pub video: Option<PathBuf>,
     /// Length of the piece, seconds, when there is no video to take it from.
     pub duration: Option<f64>,
-    /// Part of the video to score, seconds; `None` is all of it.
+    /// Part of the video to score, seconds of the video; `None` is all of it.
     pub range: Option<(f64, f64)>,
+    /// How fast the video plays where the music goes (a timeline item's
+    /// playrate): 2 plays it in half the time, so the music is half as long
+    /// and its accents fall at the video's times divided by 2.
+    pub playrate: f64,
     /// Tempo in BPM; `None` lets the engine choose one that fits the cuts.
     pub tempo: Option<f64>,
     /// A time of the piece (seconds) where a bar starts, to put the music's
@@ -82,8 +86,8 @@ pub struct Request {
     pub semantic_strength: f32,
     /// The time signature the music's bars are written in.
     pub meter: crate::sketch::Meter,
-    /// Analyse and score only the first seconds: a quick preview of a long
-    /// video, to be replaced by the full piece.
+    /// Analyse and score only up to this time of the video (seconds): a
+    /// quick preview of a long video, to be replaced by the full piece.
     pub preview_until: Option<f64>,
     pub engine: EngineChoice,
     pub seed: u64,
@@ -120,6 +124,7 @@ impl Request {
             video: None,
             duration: Some(seconds),
             range: None,
+            playrate: 1.0,
             tempo: None,
             downbeat: None,
             prompt: prompt.to_string(),
@@ -520,6 +525,12 @@ fn validate(r: &Request) -> Result<()> {
         && !(a.is_finite() && b.is_finite() && a >= 0.0 && b > a)
     {
         return Err(Error::InvalidSetting(format!("time range {a}–{b} s")));
+    }
+    if !(r.playrate.is_finite() && (0.05..=20.0).contains(&r.playrate)) {
+        return Err(Error::InvalidSetting(format!(
+            "playrate {} (expected 0.05–20)",
+            r.playrate
+        )));
     }
     match (r.video.is_some(), r.duration) {
         (false, None) => {

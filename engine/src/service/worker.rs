@@ -163,6 +163,11 @@ fn process(
                     a
                 }
             };
+            let analysis = if req.playrate == 1.0 {
+                analysis
+            } else {
+                Arc::new(analysis.retimed(req.playrate))
+            };
             let settings = SketchSettings {
                 bpm: req.tempo,
                 downbeat: req.downbeat,
@@ -178,7 +183,7 @@ fn process(
             progress(Stage::Finishing, 0.0);
             let mut audio = resample(&comp.audio, req.sample_rate)?;
             if let Some((a, b)) = req.range {
-                audio = slice(&audio, a, b);
+                audio = slice(&audio, a / req.playrate, b / req.playrate);
             }
             (audio, Some(comp.score.bpm), Some(analysis), comp.loudness)
         }
@@ -207,21 +212,22 @@ fn process(
 }
 
 /// How long the text engine's piece is: the asked range, else the video's length,
-/// else the asked duration; a preview is cut short.
+/// else the asked duration, at the asked playrate; a preview is cut short.
 fn text_duration(req: &Request) -> Result<f64> {
-    let full = match (req.range, &req.video, req.duration) {
-        (Some((a, b)), Some(v), _) => b.min(crate::video::probe(v)?.duration) - a,
-        (Some((a, b)), None, _) => b - a,
-        (None, Some(v), _) => crate::video::probe(v)?.duration,
-        (None, None, Some(d)) => d,
+    let (start, end) = match (req.range, &req.video, req.duration) {
+        (Some((a, b)), Some(v), _) => (a, b.min(crate::video::probe(v)?.duration)),
+        (Some((a, b)), None, _) => (a, b),
+        (None, Some(v), _) => (0.0, crate::video::probe(v)?.duration),
+        (None, None, Some(d)) => (0.0, d),
         (None, None, None) => {
             return Err(Error::InvalidSetting("no video and no duration".into()));
         }
     };
-    let d = match req.preview_until {
-        Some(p) => full.min(p),
-        None => full,
+    let end = match req.preview_until {
+        Some(p) => end.min(p),
+        None => end,
     };
+    let d = (end - start) / req.playrate;
     if !(d.is_finite() && d > 0.0) {
         return Err(Error::InvalidSetting(format!(
             "nothing to compose: the piece would last {d:.2} s"
