@@ -11,6 +11,7 @@
 
 pub mod params;
 pub mod playback;
+pub mod reaper;
 pub mod state;
 
 use std::ffi::CStr;
@@ -30,6 +31,7 @@ use clack_extensions::params::{
 };
 use clack_extensions::render::{PluginRender, PluginRenderImpl, RenderMode};
 use clack_extensions::state::{PluginState, PluginStateImpl};
+use clack_extensions::timer::{HostTimer, PluginTimer, PluginTimerImpl, TimerId};
 use clack_plugin::events::Pckn;
 use clack_plugin::events::event_types::{ParamValueEvent, TransportFlags};
 use clack_plugin::events::spaces::CoreEventSpace;
@@ -39,6 +41,7 @@ use parking_lot::Mutex;
 
 use params::{PARAMS, ParamId, ParamSpec, ParamValues};
 use playback::{Grid, MAX_SLOTS, Player, Take};
+use reaper::{Reaper, VideoItem};
 use state::{MAX_STATE_BYTES, SavedState};
 use vidmusician_engine::service::{Engine, EngineChoice, EngineConfig, Request};
 use vidmusician_engine::sketch::Meter;
@@ -69,7 +72,8 @@ impl Plugin for VidMusician {
             .register::<PluginAudioPorts>()
             .register::<PluginParams>()
             .register::<PluginState>()
-            .register::<PluginRender>();
+            .register::<PluginRender>()
+            .register::<PluginTimer>();
     }
 }
 
@@ -92,15 +96,18 @@ impl DefaultPluginFactory for VidMusician {
             host_tempo: AtomicU64::new(0),
             host_meter: AtomicU32::new(pack_meter(Meter::COMMON)),
             host_downbeat: AtomicU64::new(0f64.to_bits()),
+            timeline_offset: AtomicU64::new(0f64.to_bits()),
         })
     }
 
     fn new_main_thread<'a>(
-        _host: HostMainThreadHandle<'a>,
+        host: HostMainThreadHandle<'a>,
         shared: &'a Shared<'a>,
     ) -> Result<MainThread<'a>, PluginError> {
+        let reaper = Reaper::new(&host);
         Ok(MainThread {
             shared,
+            host,
             inner: Mutex::new(Inner {
                 engine: None,
                 video: std::env::var_os("VIDMUSICIAN_VIDEO").map(PathBuf::from),
@@ -109,6 +116,10 @@ impl DefaultPluginFactory for VidMusician {
                 link: None,
                 sample_rate: None,
                 has_music: false,
+                reaper,
+                item: None,
+                reaper_changes: None,
+                timer: None,
             }),
         })
     }
@@ -129,6 +140,18 @@ pub struct Shared<'a> {
     /// The host's time signature, packed by [`pack_meter`].
     host_meter: AtomicU32,
     host_downbeat: AtomicU64,
+    /// Song time (f64 bits) where the video item starts on the host's
+    /// timeline, when the host says (REAPER); 0 otherwise. The Video offset
+    /// parameter is added to it.
+    timeline_offset: AtomicU64,
+}
+
+impl Shared<'_> {
+    /// Song time at which the music's first frame plays.
+    fn offset(&self) -> f64 {
+        f64::from_bits(self.timeline_offset.load(Ordering::Acquire))
+            + self.params.get(ParamId::VideoOffset)
+    }
 }
 
 fn pack_meter(m: Meter) -> u32 {
@@ -145,6 +168,7 @@ impl<'a> PluginShared<'a> for Shared<'a> {}
 /// calls `activate` and `deactivate` there too), never by the audio thread.
 pub struct MainThread<'a> {
     shared: &'a Shared<'a>,
+    host: HostMainThreadHandle<'a>,
     inner: Mutex<Inner>,
 }
 
@@ -161,6 +185,14 @@ struct Inner {
     /// old music playing until the new take is whole, rather than going
     /// through a preview that could run out mid-song.
     has_music: bool,
+    /// REAPER's API, when the host is REAPER.
+    reaper: Option<Reaper>,
+    /// The video item last found on REAPER's timeline.
+    item: Option<VideoItem>,
+    /// REAPER's project change count when the timeline was last read.
+    reaper_changes: Option<i32>,
+    /// The host timer that re-reads REAPER's timeline.
+    timer: Option<TimerId>,
 }
 
 /// Where a take's music comes from.
@@ -219,6 +251,7 @@ impl MainThread<'_> {
     /// take to the audio processor. Needs an active processor (the host's
     /// sample rate) and a video.
     fn request(&self, inner: &mut Inner) {
+        self.follow_timeline(inner);
         let (Some(rate), Some(video)) = (inner.sample_rate, inner.video.clone()) else {
             return;
         };
@@ -229,6 +262,23 @@ impl MainThread<'_> {
                 return;
             }
         };
+        // The part of the video the timeline plays, and how fast.
+        let (range, playrate) = match &inner.item {
+            Some(item) if item.path == video => {
+                let (a, b) = item.range();
+                (Some((a, b.min(info.duration))), item.playrate)
+            }
+            _ => (None, 1.0),
+        };
+        let (start, end) = range.unwrap_or((0.0, info.duration));
+        let seconds = (end - start) / playrate;
+        if !(seconds.is_finite() && seconds > 0.0) {
+            eprintln!(
+                "VidMusician: the video item starts at {start:.2} s of a {:.2} s video: nothing to score",
+                info.duration
+            );
+            return;
+        }
         if inner.engine.is_none() {
             match Engine::start(EngineConfig::default()) {
                 Ok(e) => inner.engine = Some(e),
@@ -238,9 +288,11 @@ impl MainThread<'_> {
                 }
             }
         }
-        let total = (info.duration * rate).round().max(1.0) as u64;
+        let total = (seconds * rate).round().max(1.0) as u64;
         let chunk_frames = (total as usize).div_ceil(MAX_SLOTS).max(4096);
         let mut req = Request::new(&video);
+        req.range = range;
+        req.playrate = playrate;
         req.sample_rate = rate.round() as u32;
         req.seed = self.shared.params.get(ParamId::Seed) as u64;
         req.prompt = inner.prompt.clone();
@@ -275,9 +327,9 @@ impl MainThread<'_> {
         // plays within a second; the full piece replaces it at a bar line.
         // A bounce needs the full piece only.
         let offline = self.shared.offline.load(Ordering::Acquire);
-        if !offline && !inner.has_music && info.duration > PREVIEW_S * 1.5 {
+        if !offline && !inner.has_music && seconds > PREVIEW_S * 1.5 {
             let mut preview = req.clone();
-            preview.preview_until = Some(PREVIEW_S);
+            preview.preview_until = Some(start + PREVIEW_S * playrate);
             preview.supersede = true;
             let frames = (PREVIEW_S * rate).round() as u64;
             self.submit_take(inner, preview, frames, grid, Source::Preview);
@@ -336,6 +388,83 @@ impl MainThread<'_> {
         }
         inner.has_music = true;
         true
+    }
+}
+
+/// How often REAPER's timeline is looked at for changes.
+const TIMELINE_CHECK_MS: u32 = 500;
+
+impl MainThread<'_> {
+    /// Reads the video item off REAPER's timeline (nothing in other hosts):
+    /// the video and where it starts. True when what changed needs new music
+    /// (another file, trim or playrate), not just a move along the timeline.
+    fn follow_timeline(&self, inner: &mut Inner) -> bool {
+        let Some(reaper) = inner.reaper.as_ref() else {
+            return false;
+        };
+        if inner.timer.is_none()
+            && let Some(timer) = self.host.get_extension::<HostTimer>()
+        {
+            inner.timer = timer.register_timer(&self.host, TIMELINE_CHECK_MS).ok();
+        }
+        inner.reaper_changes = reaper.change_count();
+        let (found, others) = reaper::choose(&reaper.items());
+        let Some(item) = found else {
+            // Deleted or not yet placed: the music stays where it was, and
+            // a saved video still plays.
+            return false;
+        };
+        if inner.item.as_ref() == Some(&item) && inner.video.as_ref() == Some(&item.path) {
+            return false;
+        }
+        if others > 0 {
+            eprintln!(
+                "VidMusician: {} video items on the timeline; scoring the first, {} at {:.2} s",
+                others + 1,
+                item.path.display(),
+                item.position
+            );
+        }
+        let new_music = inner
+            .item
+            .as_ref()
+            .is_none_or(|old| old.needs_new_music(&item))
+            || inner.video.as_ref() != Some(&item.path);
+        self.shared
+            .timeline_offset
+            .store(item.position.to_bits(), Ordering::Release);
+        inner.video = Some(item.path.clone());
+        inner.item = Some(item);
+        new_music
+    }
+}
+
+impl PluginTimerImpl for MainThread<'_> {
+    fn on_timer(&self, timer_id: TimerId) {
+        let mut inner = self.inner.lock();
+        if inner.timer != Some(timer_id) {
+            return;
+        }
+        // The count moves on every edit; unchanged, there is nothing to read.
+        if let Some(r) = inner.reaper.as_ref()
+            && let Some(now) = r.change_count()
+            && inner.reaper_changes == Some(now)
+        {
+            return;
+        }
+        if self.follow_timeline(&mut inner) {
+            self.request(&mut inner);
+        }
+    }
+}
+
+impl Drop for MainThread<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.inner.get_mut().timer.take()
+            && let Some(timer) = self.host.get_extension::<HostTimer>()
+        {
+            let _ = timer.unregister_timer(&self.host, id);
+        }
     }
 }
 
@@ -693,7 +822,7 @@ impl Processor<'_> {
         let settled = w.settled_frames as f64 >= TEMPO_SETTLE_S * self.sample_rate;
         if settled && !same(self.player.newest_grid()) && !same(w.requested) {
             w.requested = Some(now);
-            let offset = self.shared.params.get(ParamId::VideoOffset);
+            let offset = self.shared.offset();
             // A bar start in song seconds, from the transport's bar and beat
             // positions, then in piece time.
             let beat_s = 60.0 / t.tempo;
@@ -746,7 +875,7 @@ impl Processor<'_> {
     /// Whether the music sounds, and the frame of the piece at the block's
     /// first sample: the song position minus the video's offset.
     fn position(&self, process: &Process) -> (bool, i64) {
-        let offset = self.shared.params.get(ParamId::VideoOffset);
+        let offset = self.shared.offset();
         match process.transport {
             Some(t) if t.flags.contains(TransportFlags::HAS_SECONDS_TIMELINE) => {
                 let playing = t.flags.contains(TransportFlags::IS_PLAYING);

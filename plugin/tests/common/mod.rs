@@ -10,17 +10,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use assert_no_alloc::assert_no_alloc;
 use clack_extensions::render::{PluginRender, RenderMode};
 use clack_extensions::state::PluginState;
+use clack_extensions::timer::{HostTimer, HostTimerImpl, PluginTimer, TimerId};
 use clack_host::events::event_types::{TransportEvent, TransportFlags};
 use clack_host::prelude::*;
 use clack_host::utils::{BeatTime, SecondsTime};
 use clack_plugin::entry::SinglePluginEntry;
+use std::cell::RefCell;
 use vidmusician_engine::audio::Audio;
 use vidmusician_engine::service::{Engine, EngineConfig, Request};
 use vidmusician_engine::video::synth::{SynthSpec, write_video};
 use vidmusician_plugin::{PLUGIN_ID, VidMusician};
 
+pub mod reaper;
+
 pub struct HostShared {
     pub callback: AtomicBool,
+    /// Offer REAPER's API (the fake one in [`reaper`]).
+    pub reaper: bool,
 }
 
 impl SharedHandler<'_> for HostShared {
@@ -35,8 +41,53 @@ pub struct TestHost;
 
 impl HostHandlers for TestHost {
     type Shared<'a> = HostShared;
-    type MainThread<'a> = ();
+    type MainThread<'a> = HostMain;
     type AudioProcessor<'a> = ();
+
+    fn declare_extensions(builder: &mut HostExtensions<Self>, shared: &Self::Shared<'_>) {
+        builder.register::<HostTimer>();
+        if shared.reaper {
+            builder.register::<vidmusician_plugin::reaper::ReaperExtension>();
+        }
+    }
+}
+
+/// The host's main thread: timers the plugin registered.
+#[derive(Default)]
+pub struct HostMain {
+    pub timers: RefCell<Vec<(TimerId, u32)>>,
+}
+
+impl MainThreadHandler<'_> for HostMain {}
+
+impl HostTimerImpl for HostMain {
+    fn register_timer(&self, period_ms: u32) -> Result<TimerId, HostError> {
+        let mut t = self.timers.borrow_mut();
+        let id = TimerId(t.len() as u32 + 7);
+        t.push((id, period_ms));
+        Ok(id)
+    }
+
+    fn unregister_timer(&self, timer_id: TimerId) -> Result<(), HostError> {
+        let mut t = self.timers.borrow_mut();
+        let before = t.len();
+        t.retain(|(id, _)| *id != timer_id);
+        if t.len() == before {
+            return Err(HostError::Message("no such timer"));
+        }
+        Ok(())
+    }
+}
+
+/// Fires every timer the plugin has registered, as the host's clock would.
+pub fn fire_timers(inst: &mut PluginInstance<TestHost>) -> usize {
+    let ids: Vec<TimerId> =
+        inst.access_handler(|h| h.timers.borrow().iter().map(|t| t.0).collect());
+    let timer = inst.plugin_handle().get_extension::<PluginTimer>().unwrap();
+    for &id in &ids {
+        timer.on_timer(&inst.plugin_handle(), id);
+    }
+    ids.len()
 }
 
 /// One cache folder and one video for the whole test binary: the plugin
@@ -80,13 +131,23 @@ pub fn instance() -> PluginInstance<TestHost> {
 }
 
 pub fn instance_of(entry: &PluginEntry) -> PluginInstance<TestHost> {
+    host_instance(entry, false)
+}
+
+/// An instance in a host that offers REAPER's API.
+pub fn instance_in_reaper() -> PluginInstance<TestHost> {
+    host_instance(&in_process_entry(), true)
+}
+
+fn host_instance(entry: &PluginEntry, reaper: bool) -> PluginInstance<TestHost> {
     let info = HostInfo::new("test host", "VidMusician", "https://example.invalid", "1.0").unwrap();
     let id = CString::new(PLUGIN_ID).unwrap();
     PluginInstance::<TestHost>::new(
         |_| HostShared {
             callback: AtomicBool::new(false),
+            reaper,
         },
-        |_| (),
+        |_| HostMain::default(),
         entry,
         &id,
         &info,
