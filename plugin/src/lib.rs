@@ -11,6 +11,7 @@
 
 pub mod params;
 pub mod playback;
+pub mod presets;
 pub mod reaper;
 pub mod state;
 
@@ -25,13 +26,18 @@ use clack_extensions::audio_ports::{
     AudioPortFlags, AudioPortInfo, AudioPortInfoWriter, AudioPortType, PluginAudioPorts,
     PluginAudioPortsImpl,
 };
+use clack_extensions::params::{HostParams, ParamRescanFlags};
 use clack_extensions::params::{
     ParamDisplayWriter, ParamInfo, ParamInfoFlags, ParamInfoWriter, PluginAudioProcessorParams,
     PluginMainThreadParams, PluginParams,
 };
+use clack_extensions::preset_discovery::prelude::{
+    HostPresetLoad, Location, PluginPresetLoad, PluginPresetLoadImpl, PresetDiscoveryFactoryWrapper,
+};
 use clack_extensions::render::{PluginRender, PluginRenderImpl, RenderMode};
 use clack_extensions::state::{PluginState, PluginStateImpl};
 use clack_extensions::timer::{HostTimer, PluginTimer, PluginTimerImpl, TimerId};
+use clack_plugin::entry::prelude::{EntryFactories, EntryLoadError};
 use clack_plugin::events::Pckn;
 use clack_plugin::events::event_types::{ParamValueEvent, TransportFlags};
 use clack_plugin::events::spaces::CoreEventSpace;
@@ -73,7 +79,8 @@ impl Plugin for VidMusician {
             .register::<PluginParams>()
             .register::<PluginState>()
             .register::<PluginRender>()
-            .register::<PluginTimer>();
+            .register::<PluginTimer>()
+            .register::<PluginPresetLoad>();
     }
 }
 
@@ -637,6 +644,47 @@ impl PluginStateImpl for MainThread<'_> {
     }
 }
 
+impl PluginPresetLoadImpl for MainThread<'_> {
+    fn load_from_location(
+        &self,
+        location: Location,
+        load_key: Option<&CStr>,
+    ) -> Result<(), PluginError> {
+        let found = match location {
+            Location::Plugin => load_key
+                .and_then(|k| k.to_str().ok())
+                .and_then(presets::FactoryPreset::by_key),
+            Location::File { .. } => None,
+        };
+        let state = found.map(|p| p.state());
+        let host_load = self.host.get_extension::<HostPresetLoad>();
+        let Some(Ok(state)) = state else {
+            let why = match state {
+                Some(Err(_)) => c"this factory preset is damaged",
+                _ => c"no such VidMusician preset",
+            };
+            if let Some(h) = host_load {
+                h.on_error(&self.host, location, load_key, 0, Some(why));
+            }
+            return Err(PluginError::Message("no such preset"));
+        };
+        {
+            let mut inner = self.inner.lock();
+            state.apply_as_preset(&self.shared.params);
+            inner.prompt = state.prompt;
+            inner.cache_key = None;
+            self.request(&mut inner);
+        }
+        if let Some(p) = self.host.get_extension::<HostParams>() {
+            p.rescan(&self.host, ParamRescanFlags::VALUES);
+        }
+        if let Some(h) = host_load {
+            h.loaded(&self.host, location, load_key);
+        }
+        Ok(())
+    }
+}
+
 impl PluginRenderImpl for MainThread<'_> {
     fn has_hard_realtime_requirement(&self) -> bool {
         false
@@ -903,7 +951,28 @@ fn db_to_gain(db: f64) -> f32 {
     10f64.powf(db / 20.0) as f32
 }
 
-clack_export_entry!(SinglePluginEntry<VidMusician>);
+/// The library's entry: the plugin, and the factory presets for hosts'
+/// preset browsers.
+pub struct VidMusicianEntry {
+    plugin: SinglePluginEntry<VidMusician>,
+    presets: PresetDiscoveryFactoryWrapper<presets::PresetFactory>,
+}
+
+impl Entry for VidMusicianEntry {
+    fn new(plugin_path: Option<&CStr>) -> Result<Self, EntryLoadError> {
+        Ok(Self {
+            plugin: SinglePluginEntry::new(plugin_path)?,
+            presets: PresetDiscoveryFactoryWrapper::new(presets::PresetFactory::default()),
+        })
+    }
+
+    fn declare_factories<'a>(&'a self, builder: &mut EntryFactories<'a>) {
+        self.plugin.declare_factories(builder);
+        builder.register_factory(&self.presets);
+    }
+}
+
+clack_export_entry!(VidMusicianEntry);
 
 // The VST3 entry points (GetPluginFactory and friends), wrapping the CLAP
 // entry above.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::params::{PARAMS, ParamValues};
+use crate::params::{PARAMS, ParamId, ParamValues};
 
 pub const STATE_VERSION: u32 = 1;
 /// Larger states are not ours: refuse them before parsing.
@@ -90,10 +90,20 @@ impl SavedState {
     }
 }
 
+impl SavedState {
+    /// Applies a preset's parameters: a sound, so every parameter but the
+    /// video offset (the project's timing) takes the preset's value or its
+    /// default.
+    pub fn apply_as_preset(&self, values: &ParamValues) {
+        let offset = values.get(ParamId::VideoOffset);
+        self.apply(values);
+        values.set(ParamId::VideoOffset, offset);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::ParamId;
 
     #[test]
     fn round_trips() {

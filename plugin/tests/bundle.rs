@@ -37,6 +37,12 @@ fn the_clap_file_loads_plays_and_keeps_state() {
     let mut again = instance_of(&entry);
     load_state(&mut again, &saved);
     assert_eq!(save_state(&mut again), saved);
+
+    // The file carries its factory presets for hosts' preset browsers.
+    let presets = entry
+        .get_factory::<clack_extensions::preset_discovery::prelude::PresetDiscoveryFactory>()
+        .unwrap();
+    assert_eq!(presets.provider_count(), 1);
 }
 
 #[test]

@@ -2,24 +2,26 @@
 //! block driver, expected music from the engine.
 #![allow(dead_code)]
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use assert_no_alloc::assert_no_alloc;
+use clack_extensions::preset_discovery::HostPresetLoadImpl;
+use clack_extensions::preset_discovery::prelude::{HostPresetLoad, Location};
 use clack_extensions::render::{PluginRender, RenderMode};
 use clack_extensions::state::PluginState;
 use clack_extensions::timer::{HostTimer, HostTimerImpl, PluginTimer, TimerId};
 use clack_host::events::event_types::{TransportEvent, TransportFlags};
 use clack_host::prelude::*;
 use clack_host::utils::{BeatTime, SecondsTime};
-use clack_plugin::entry::SinglePluginEntry;
+
 use std::cell::RefCell;
 use vidmusician_engine::audio::Audio;
 use vidmusician_engine::service::{Engine, EngineConfig, Request};
 use vidmusician_engine::video::synth::{SynthSpec, write_video};
-use vidmusician_plugin::{PLUGIN_ID, VidMusician};
+use vidmusician_plugin::{PLUGIN_ID, VidMusicianEntry};
 
 pub mod reaper;
 
@@ -45,17 +47,37 @@ impl HostHandlers for TestHost {
     type AudioProcessor<'a> = ();
 
     fn declare_extensions(builder: &mut HostExtensions<Self>, shared: &Self::Shared<'_>) {
-        builder.register::<HostTimer>();
+        builder.register::<HostTimer>().register::<HostPresetLoad>();
         if shared.reaper {
             builder.register::<vidmusician_plugin::reaper::ReaperExtension>();
         }
     }
 }
 
-/// The host's main thread: timers the plugin registered.
+/// The host's main thread: timers the plugin registered, presets it said
+/// it loaded (load key, or the error).
 #[derive(Default)]
 pub struct HostMain {
     pub timers: RefCell<Vec<(TimerId, u32)>>,
+    pub presets: RefCell<Vec<Result<String, String>>>,
+}
+
+impl HostPresetLoadImpl for HostMain {
+    fn on_error(&self, _: Location, key: Option<&CStr>, _: i32, message: Option<&CStr>) {
+        let text = |c: Option<&CStr>| {
+            c.map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        self.presets
+            .borrow_mut()
+            .push(Err(format!("{}: {}", text(key), text(message))));
+    }
+
+    fn loaded(&self, _: Location, key: Option<&CStr>) {
+        self.presets.borrow_mut().push(Ok(key
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default()));
+    }
 }
 
 impl MainThreadHandler<'_> for HostMain {}
@@ -122,8 +144,7 @@ pub fn built_library() -> PathBuf {
 
 /// The plugin compiled into this test binary.
 pub fn in_process_entry() -> PluginEntry {
-    PluginEntry::load_from_clack::<SinglePluginEntry<VidMusician>>(c"/tmp/VidMusician.clap")
-        .unwrap()
+    PluginEntry::load_from_clack::<VidMusicianEntry>(c"/tmp/VidMusician.clap").unwrap()
 }
 
 pub fn instance() -> PluginInstance<TestHost> {
