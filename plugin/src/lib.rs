@@ -15,7 +15,7 @@ pub mod presets;
 pub mod reaper;
 pub mod state;
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -26,6 +26,7 @@ use clack_extensions::audio_ports::{
     AudioPortFlags, AudioPortInfo, AudioPortInfoWriter, AudioPortType, PluginAudioPorts,
     PluginAudioPortsImpl,
 };
+use clack_extensions::log::{HostLog, LogSeverity};
 use clack_extensions::params::{HostParams, ParamRescanFlags};
 use clack_extensions::params::{
     ParamDisplayWriter, ParamInfo, ParamInfoFlags, ParamInfoWriter, PluginAudioProcessorParams,
@@ -154,6 +155,19 @@ pub struct Shared<'a> {
 }
 
 impl Shared<'_> {
+    /// Tells the user: through the host's log (CLAP log extension) when it
+    /// has one, else on stderr. Never from the audio thread (it allocates).
+    fn report(&self, severity: LogSeverity, message: &str) {
+        let text = format!("VidMusician: {message}");
+        match (
+            self.host.get_extension::<HostLog>(),
+            CString::new(text.replace('\0', " ")),
+        ) {
+            (Some(log), Ok(c)) => log.log(&self.host, severity, &c),
+            _ => eprintln!("{text}"),
+        }
+    }
+
     /// Song time at which the music's first frame plays.
     fn offset(&self) -> f64 {
         f64::from_bits(self.timeline_offset.load(Ordering::Acquire))
@@ -240,7 +254,7 @@ impl MainThread<'_> {
                         key = Some(result.cache_key.clone());
                     }
                     vidmusician_engine::service::Event::Failed { error, .. } => {
-                        eprintln!("VidMusician: {error}");
+                        self.shared.report(LogSeverity::Error, &error.to_string());
                     }
                     _ => {}
                 }
@@ -265,7 +279,7 @@ impl MainThread<'_> {
         let info = match vidmusician_engine::video::probe(&video) {
             Ok(i) => i,
             Err(e) => {
-                eprintln!("VidMusician: {e}");
+                self.shared.report(LogSeverity::Error, &e.to_string());
                 return;
             }
         };
@@ -280,9 +294,12 @@ impl MainThread<'_> {
         let (start, end) = range.unwrap_or((0.0, info.duration));
         let seconds = (end - start) / playrate;
         if !(seconds.is_finite() && seconds > 0.0) {
-            eprintln!(
-                "VidMusician: the video item starts at {start:.2} s of a {:.2} s video: nothing to score",
-                info.duration
+            self.shared.report(
+                LogSeverity::Error,
+                &format!(
+                    "the video item starts at {start:.2} s of a {:.2} s video: nothing to score",
+                    info.duration
+                ),
             );
             return;
         }
@@ -290,7 +307,7 @@ impl MainThread<'_> {
             match Engine::start(EngineConfig::default()) {
                 Ok(e) => inner.engine = Some(e),
                 Err(e) => {
-                    eprintln!("VidMusician: {e}");
+                    self.shared.report(LogSeverity::Error, &e.to_string());
                     return;
                 }
             }
@@ -367,7 +384,7 @@ impl MainThread<'_> {
             Source::Preview | Source::Engine => match engine.submit(req) {
                 Ok((id, reader)) => reader.map(|r| (id, r)),
                 Err(e) => {
-                    eprintln!("VidMusician: {e}");
+                    self.shared.report(LogSeverity::Error, &e.to_string());
                     None
                 }
             },
@@ -390,7 +407,10 @@ impl MainThread<'_> {
             return false;
         };
         if link.takes.push(take).is_err() {
-            eprintln!("VidMusician: the audio thread is not taking new music; try again");
+            self.shared.report(
+                LogSeverity::Warning,
+                "the audio thread is not taking new music; try again",
+            );
             return false;
         }
         inner.has_music = true;
@@ -425,11 +445,14 @@ impl MainThread<'_> {
             return false;
         }
         if others > 0 {
-            eprintln!(
-                "VidMusician: {} video items on the timeline; scoring the first, {} at {:.2} s",
-                others + 1,
-                item.path.display(),
-                item.position
+            self.shared.report(
+                LogSeverity::Warning,
+                &format!(
+                    "{} video items on the timeline; scoring the first, {} at {:.2} s",
+                    others + 1,
+                    item.path.display(),
+                    item.position
+                ),
             );
         }
         let new_music = inner
@@ -633,7 +656,10 @@ impl PluginStateImpl for MainThread<'_> {
             }
             Err(e) => {
                 // Defaults, and the project still opens.
-                eprintln!("VidMusician: ignoring saved state ({e}); using defaults");
+                self.shared.report(
+                    LogSeverity::Error,
+                    &format!("ignoring saved state ({e}); using defaults"),
+                );
                 self.shared.params.reset();
                 inner.prompt.clear();
                 inner.cache_key = None;

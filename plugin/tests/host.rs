@@ -73,6 +73,13 @@ fn state_round_trips_and_hostile_state_loads_defaults() {
         let mut c = instance();
         load_state(&mut c, &saved);
         load_state(&mut c, hostile);
+        let logged = c.access_shared_handler(|h| h.log.lock().unwrap().clone());
+        assert!(
+            logged
+                .iter()
+                .any(|m| m.starts_with("Error") && m.contains("ignoring saved state")),
+            "no error in the host's log: {logged:?}"
+        );
         let after: serde_json::Value = serde_json::from_slice(&save_state(&mut c)).unwrap();
         let d: serde_json::Value = serde_json::from_slice(&defaults).unwrap();
         assert_eq!(

@@ -158,6 +158,11 @@ fn the_video_on_reapers_timeline_is_scored_and_followed() {
     // music stays, no crash.
     set_project(vec![item(path, 0.0, 2.0, 30.0, 1.0)]);
     fire_timers(&mut inst);
+    let logged = inst.access_shared_handler(|h| h.log.lock().unwrap().clone());
+    assert!(
+        logged.iter().any(|m| m.contains("nothing to score")),
+        "{logged:?}"
+    );
     inst.deactivate(proc.stop_processing());
 }
 

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use assert_no_alloc::assert_no_alloc;
+use clack_extensions::log::{HostLog, HostLogImpl, LogSeverity};
 use clack_extensions::preset_discovery::HostPresetLoadImpl;
 use clack_extensions::preset_discovery::prelude::{HostPresetLoad, Location};
 use clack_extensions::render::{PluginRender, RenderMode};
@@ -29,6 +30,17 @@ pub struct HostShared {
     pub callback: AtomicBool,
     /// Offer REAPER's API (the fake one in [`reaper`]).
     pub reaper: bool,
+    /// What the plugin logged.
+    pub log: std::sync::Mutex<Vec<String>>,
+}
+
+impl HostLogImpl for HostShared {
+    fn log(&self, severity: LogSeverity, message: &str) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{severity:?}: {message}"));
+    }
 }
 
 impl SharedHandler<'_> for HostShared {
@@ -47,7 +59,10 @@ impl HostHandlers for TestHost {
     type AudioProcessor<'a> = ();
 
     fn declare_extensions(builder: &mut HostExtensions<Self>, shared: &Self::Shared<'_>) {
-        builder.register::<HostTimer>().register::<HostPresetLoad>();
+        builder
+            .register::<HostTimer>()
+            .register::<HostLog>()
+            .register::<HostPresetLoad>();
         if shared.reaper {
             builder.register::<vidmusician_plugin::reaper::ReaperExtension>();
         }
@@ -167,6 +182,7 @@ fn host_instance(entry: &PluginEntry, reaper: bool) -> PluginInstance<TestHost> 
         |_| HostShared {
             callback: AtomicBool::new(false),
             reaper,
+            log: Default::default(),
         },
         |_| HostMain::default(),
         entry,
