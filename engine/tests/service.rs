@@ -255,6 +255,22 @@ fn the_text_engine_runs_on_the_engine_thread_and_is_cached() {
     let other = engine.wait(id, |_| {}).unwrap();
     assert!(!other.cached);
     assert_ne!(other.audio.channels, first.audio.channels);
+
+    // The decoder's worker threads are the engine's: they end with it.
+    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if parallel > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        assert!(step_threads() >= 1, "the decoder ran on no pool of its own");
+    }
+    drop(engine);
+    assert_eq!(step_threads(), 0, "decoder threads outlived the engine");
+}
+
+fn step_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim().starts_with("vidmusician-ste"))
+        .count()
 }
 
 #[test]

@@ -34,15 +34,17 @@ pub(crate) fn split_outputs(
     ys: &mut [&mut [f32]],
     f: &(dyn Fn(usize, &mut [&mut [f32]]) + Sync),
 ) {
-    let pool = Pool::global();
-    let block = out.div_ceil(pool.threads()).div_ceil(8).max(1) * 8;
-    let mut parts: Vec<Vec<&mut [f32]>> = (0..out.div_ceil(block)).map(|_| Vec::new()).collect();
-    for y in ys.iter_mut() {
-        for (part, chunk) in parts.iter_mut().zip(y.chunks_mut(block)) {
-            part.push(chunk);
+    Pool::with_current(|pool| {
+        let block = out.div_ceil(pool.threads()).div_ceil(8).max(1) * 8;
+        let mut parts: Vec<Vec<&mut [f32]>> =
+            (0..out.div_ceil(block)).map(|_| Vec::new()).collect();
+        for y in ys.iter_mut() {
+            for (part, chunk) in parts.iter_mut().zip(y.chunks_mut(block)) {
+                part.push(chunk);
+            }
         }
-    }
-    pool.run_parts(parts, &|i, part| f(i * block, part));
+        pool.run_parts(parts, &|i, part| f(i * block, part));
+    });
 }
 
 fn gemv_range(w: &[f32], n: usize, xs: &[&[f32]], ys: &mut [&mut [f32]]) {

@@ -38,6 +38,10 @@ unsafe impl Sync for Shared {}
 // SAFETY: as above; the raw job pointer is only dereferenced during `run`.
 unsafe impl Send for Shared {}
 
+thread_local! {
+    static SCOPED: std::cell::Cell<Option<Arc<Pool>>> = const { std::cell::Cell::new(None) };
+}
+
 pub struct Pool {
     shared: Arc<Shared>,
     busy: Mutex<()>,
@@ -71,11 +75,43 @@ impl Pool {
         }
     }
 
-    /// The pool the decoder uses, with as many threads as rayon's (which honours
-    /// `RAYON_NUM_THREADS`).
+    /// The pool the decoder uses where no other is [scoped](Pool::scoped), with as
+    /// many threads as rayon's (which honours `RAYON_NUM_THREADS`). Its workers
+    /// live as long as the process.
     pub fn global() -> &'static Pool {
         static POOL: OnceLock<Pool> = OnceLock::new();
         POOL.get_or_init(|| Pool::new(rayon::current_num_threads()))
+    }
+
+    /// A pool sized like [`Pool::global`], to be owned (and so joined) by its user.
+    pub fn sized_like_global() -> Self {
+        Pool::new(rayon::current_num_threads())
+    }
+
+    /// Runs `f` with `pool` as the pool of this thread's neural work, instead of
+    /// the global one: an engine thread owns its pool, so a plugin that is
+    /// destroyed joins every thread it started.
+    pub fn scoped<R>(pool: &Arc<Pool>, f: impl FnOnce() -> R) -> R {
+        struct Restore(Option<Arc<Pool>>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                SCOPED.set(self.0.take());
+            }
+        }
+        let _restore = Restore(SCOPED.replace(Some(Arc::clone(pool))));
+        f()
+    }
+
+    /// Runs `f` on this thread's pool: the scoped one, else the global one.
+    pub(crate) fn with_current<R>(f: impl FnOnce(&Pool) -> R) -> R {
+        match SCOPED.with(|s| {
+            let p = s.take();
+            s.set(p.clone());
+            p
+        }) {
+            Some(p) => f(&p),
+            None => f(Pool::global()),
+        }
     }
 
     /// How many parts [`Pool::run`] splits a job into.
@@ -122,11 +158,19 @@ impl Pool {
     }
 }
 
-/// Splits `data` into one contiguous piece per thread of the global pool, cut at
+/// Splits `data` into one contiguous piece per thread of this thread's pool, cut at
 /// multiples of `unit` (the last piece may end in a partial unit), and runs
 /// `f(first_unit, piece)` on each piece in parallel.
 pub fn for_each_piece<T: Send>(data: &mut [T], unit: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
-    let pool = Pool::global();
+    Pool::with_current(|pool| pieces_on(pool, data, unit, f));
+}
+
+fn pieces_on<T: Send>(
+    pool: &Pool,
+    data: &mut [T],
+    unit: usize,
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
     let units = data.len().div_ceil(unit.max(1));
     if units == 0 {
         return;

@@ -15,6 +15,7 @@ use super::{
 use crate::analysis::{Analysis, StatsEncoder, analyze_until};
 use crate::audio::{Audio, LoudnessReport, normalize, resample};
 use crate::error::{Error, Result};
+use crate::neural::pool::Pool;
 use crate::neural::{MusicGen, Precision};
 use crate::sketch::{CEILING_DBTP, SketchSettings, TARGET_LUFS, compose};
 
@@ -26,6 +27,9 @@ struct State {
     last_analysis: Option<(String, Arc<Analysis>)>,
     /// The loaded text model: loading takes seconds, so it stays.
     text_model: Option<(PathBuf, Precision, MusicGen)>,
+    /// The neural engines' thread pool, started on first use; dropped (its
+    /// threads joined) with the engine thread.
+    pool: Option<Arc<Pool>>,
 }
 
 /// How often retired chunks are collected while idle.
@@ -273,12 +277,17 @@ fn text_music(
     if let Some(k) = req.top_k {
         sampling.top_k = k;
     }
-    let samples = model.generate(&req.prompt, seconds, &sampling, &mut |p| {
-        progress(
-            Stage::Composing,
-            p.frames_done as f64 / p.frames_total.max(1) as f64,
-        );
-        !cancel.load(Ordering::Relaxed)
+    let pool = state
+        .pool
+        .get_or_insert_with(|| Arc::new(Pool::sized_like_global()));
+    let samples = Pool::scoped(pool, || {
+        model.generate(&req.prompt, seconds, &sampling, &mut |p| {
+            progress(
+                Stage::Composing,
+                p.frames_done as f64 / p.frames_total.max(1) as f64,
+            );
+            !cancel.load(Ordering::Relaxed)
+        })
     })?;
     progress(Stage::Finishing, 0.0);
     let mono = Audio {
