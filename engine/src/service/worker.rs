@@ -27,9 +27,61 @@ struct State {
     last_analysis: Option<(String, Arc<Analysis>)>,
     /// The loaded text model: loading takes seconds, so it stays.
     text_model: Option<(PathBuf, Precision, MusicGen)>,
-    /// The neural engines' thread pool, started on first use; dropped (its
-    /// threads joined) with the engine thread.
-    pool: Option<Arc<Pool>>,
+    /// The neural engines' threads, started on first use; joined when the
+    /// engine thread ends.
+    pools: Option<Pools>,
+}
+
+/// The threads neural work runs on, owned by the engine thread rather than
+/// global: candle's rayon work and the decoder's step pool. A plugin that is
+/// destroyed so leaves no thread of its own running.
+struct Pools {
+    step: Arc<Pool>,
+    rayon: Option<rayon::ThreadPool>,
+    threads: usize,
+    exited: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Pools {
+    fn new() -> Self {
+        let exited = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = exited.clone();
+        let rayon = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("vidmusician-par-{i}"))
+            .exit_handler(move |_| {
+                count.fetch_add(1, Ordering::AcqRel);
+            })
+            .build()
+            .ok();
+        Self {
+            step: Arc::new(Pool::sized_like_global()),
+            threads: rayon.as_ref().map_or(0, |r| r.current_num_threads()),
+            rayon,
+            exited,
+        }
+    }
+
+    /// Runs `f` with both pools as this work's.
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.rayon {
+            Some(r) => r.install(|| Pool::scoped(&self.step, f)),
+            None => Pool::scoped(&self.step, f),
+        }
+    }
+}
+
+impl Drop for Pools {
+    fn drop(&mut self) {
+        // rayon ends its threads without waiting for them: wait here (bounded,
+        // so a stuck thread cannot hang a host's unload).
+        drop(self.rayon.take());
+        let t0 = std::time::Instant::now();
+        while self.exited.load(Ordering::Acquire) < self.threads
+            && t0.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 /// How often retired chunks are collected while idle.
@@ -142,8 +194,11 @@ fn process(
     };
     let (audio, bpm, analysis, loudness) = match (engine, &resolved.model) {
         (EngineChoice::Text, Some(dir)) => {
-            let (audio, loudness) =
-                text_music(&req, dir, config.precision, state, &cancel, &progress)?;
+            let pools = state.pools.take().unwrap_or_else(Pools::new);
+            let made =
+                pools.run(|| text_music(&req, dir, config.precision, state, &cancel, &progress));
+            state.pools = Some(pools);
+            let (audio, loudness) = made?;
             (audio, None, None, loudness)
         }
         _ => {
@@ -248,7 +303,7 @@ fn text_music(
     precision: Precision,
     state: &mut State,
     cancel: &AtomicBool,
-    progress: &dyn Fn(Stage, f64),
+    progress: &(dyn Fn(Stage, f64) + Sync),
 ) -> Result<(Audio, LoudnessReport)> {
     let seconds = text_duration(req)?;
     if state
@@ -277,17 +332,12 @@ fn text_music(
     if let Some(k) = req.top_k {
         sampling.top_k = k;
     }
-    let pool = state
-        .pool
-        .get_or_insert_with(|| Arc::new(Pool::sized_like_global()));
-    let samples = Pool::scoped(pool, || {
-        model.generate(&req.prompt, seconds, &sampling, &mut |p| {
-            progress(
-                Stage::Composing,
-                p.frames_done as f64 / p.frames_total.max(1) as f64,
-            );
-            !cancel.load(Ordering::Relaxed)
-        })
+    let samples = model.generate(&req.prompt, seconds, &sampling, &mut |p| {
+        progress(
+            Stage::Composing,
+            p.frames_done as f64 / p.frames_total.max(1) as f64,
+        );
+        !cancel.load(Ordering::Relaxed)
     })?;
     progress(Stage::Finishing, 0.0);
     let mono = Audio {
