@@ -141,7 +141,7 @@ pub struct Shared<'a> {
     /// Set by the audio thread when a parameter that needs new music
     /// changed; cleared by the main thread when it submits the request.
     regenerate: AtomicBool,
-    /// The host's tempo (f64 bits, 0 = not known) and a piece time where one
+    /// The host's tempo (f64 bits, 0 = not known) and a song time where one
     /// of its bars starts (f64 bits): written by the audio thread once the
     /// tempo has settled, read by the main thread for the next request.
     host_tempo: AtomicU64,
@@ -166,6 +166,19 @@ impl Shared<'_> {
             (Some(log), Ok(c)) => log.log(&self.host, severity, &c),
             _ => eprintln!("{text}"),
         }
+    }
+
+    /// Whether moving the music by `shift` seconds takes its bars off the
+    /// host's bar grid (it follows the host's tempo, and the shift is not a
+    /// whole number of bars): then it has to be made again.
+    fn off_grid(&self, shift: f64) -> bool {
+        let tempo = f64::from_bits(self.host_tempo.load(Ordering::Acquire));
+        if self.params.get(ParamId::FollowTempo) < 0.5 || tempo <= 0.0 {
+            return false;
+        }
+        let bar = unpack_meter(self.host_meter.load(Ordering::Acquire)).bar(tempo);
+        let r = shift.rem_euclid(bar);
+        r > 1e-6 && bar - r > 1e-6
     }
 
     /// Song time at which the music's first frame plays.
@@ -345,9 +358,10 @@ impl MainThread<'_> {
         if let Some(g) = grid {
             req.tempo = Some(g.bpm);
             req.meter = g.meter;
-            req.downbeat = Some(f64::from_bits(
-                self.shared.host_downbeat.load(Ordering::Acquire),
-            ));
+            // The host's bar grid in piece time, with the offset as it is
+            // now (the video may have moved since the tempo was read).
+            let bar_song = f64::from_bits(self.shared.host_downbeat.load(Ordering::Acquire));
+            req.downbeat = Some(bar_song - self.shared.offset());
         }
         req.chunk_frames = chunk_frames;
         // Music made before (a reopened project) plays at once.
@@ -462,11 +476,9 @@ impl MainThread<'_> {
                 ),
             );
         }
-        let new_music = inner
-            .item
-            .as_ref()
-            .is_none_or(|old| old.needs_new_music(&item))
-            || inner.video.as_ref() != Some(&item.path);
+        let new_music = inner.item.as_ref().is_none_or(|old| {
+            old.needs_new_music(&item) || self.shared.off_grid(item.position - old.position)
+        }) || inner.video.as_ref() != Some(&item.path);
         self.shared
             .timeline_offset
             .store(item.position.to_bits(), Ordering::Release);
@@ -621,8 +633,13 @@ fn apply_param_events(shared: &Shared<'_>, input: &InputEvents, output: &mut Out
                 regen = true;
             }
             shared.params.set(ParamId::Regenerate, 0.0);
-        } else if shared.params.set(spec.id, ev.value()) {
-            regen |= spec.regenerates;
+        } else {
+            let old = shared.params.get(spec.id);
+            if shared.params.set(spec.id, ev.value()) {
+                let moved = spec.id == ParamId::VideoOffset
+                    && shared.off_grid(shared.params.get(spec.id) - old);
+                regen |= spec.regenerates || moved;
+            }
         }
     }
     regen
@@ -903,20 +920,18 @@ impl Processor<'_> {
         let settled = w.settled_frames as f64 >= TEMPO_SETTLE_S * self.sample_rate;
         if settled && !same(self.player.newest_grid()) && !same(w.requested) {
             w.requested = Some(now);
-            let offset = self.shared.offset();
             // A bar start in song seconds, from the transport's bar and beat
-            // positions, then in piece time.
+            // positions (without them, song time 0).
             let beat_s = 60.0 / t.tempo;
-            let bar_song = t.song_pos_seconds.to_float()
-                - (t.song_pos_beats.to_float() - t.bar_start.to_float()) * beat_s;
-            let downbeat = if t.flags.contains(TransportFlags::HAS_BEATS_TIMELINE) {
-                bar_song - offset
+            let bar_song = if t.flags.contains(TransportFlags::HAS_BEATS_TIMELINE) {
+                t.song_pos_seconds.to_float()
+                    - (t.song_pos_beats.to_float() - t.bar_start.to_float()) * beat_s
             } else {
-                -offset
+                0.0
             };
             self.shared
                 .host_downbeat
-                .store(downbeat.to_bits(), Ordering::Release);
+                .store(bar_song.to_bits(), Ordering::Release);
             self.shared
                 .host_meter
                 .store(pack_meter(meter), Ordering::Release);
