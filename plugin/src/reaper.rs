@@ -276,7 +276,8 @@ impl Reaper {
         // SAFETY: the buffer is as long as we say; REAPER writes a
         // NUL-terminated string into it.
         unsafe { f(source, buf.as_mut_ptr().cast(), PATH_BYTES as c_int) };
-        *buf.last_mut().unwrap_or(&mut 0) = 0;
+        // A host that fills the buffer without a terminator still ends here.
+        buf[PATH_BYTES - 1] = 0;
         CStr::from_bytes_until_nul(&buf)
             .ok()
             .and_then(|c| c.to_str().ok())

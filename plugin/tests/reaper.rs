@@ -24,15 +24,7 @@ const SONG: usize = 6 * RATE as usize;
 
 /// The song from 0 to `SONG`, as the host plays it; output by song frame.
 fn pass(d: &mut Driver, proc: &mut StartedPluginAudioProcessor<TestHost>) -> [Vec<f32>; 2] {
-    let mut out = [Vec::new(), Vec::new()];
-    let mut f = 0;
-    while f < SONG {
-        let (l, r) = d.block(proc, f as f64 / f64::from(RATE), BLOCK, true);
-        out[0].extend_from_slice(l);
-        out[1].extend_from_slice(r);
-        f += BLOCK;
-    }
-    out
+    play_from_start(d, proc, SONG, BLOCK, RATE)
 }
 
 /// Whether the song is `want` from `at` seconds on, silent before and after.

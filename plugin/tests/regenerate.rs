@@ -18,24 +18,6 @@ static ALLOCATOR: AllocDisabler = AllocDisabler;
 const RATE: u32 = 48_000;
 const BLOCK: usize = 512;
 
-/// Plays the whole video from its start, as a host looping it; output by
-/// piece frame.
-fn pass(
-    d: &mut Driver,
-    proc: &mut StartedPluginAudioProcessor<TestHost>,
-    frames: usize,
-) -> [Vec<f32>; 2] {
-    let mut out = [Vec::new(), Vec::new()];
-    let mut f = 0;
-    while f < frames {
-        let (l, r) = d.block(proc, f as f64 / f64::from(RATE), BLOCK, true);
-        out[0].extend_from_slice(l);
-        out[1].extend_from_slice(r);
-        f += BLOCK;
-    }
-    out
-}
-
 fn plays(out: &[Vec<f32>; 2], want: &vidmusician_engine::audio::Audio, frames: usize) -> bool {
     (0..frames.min(want.len()))
         .all(|i| out[0][i] == want.channels[0][i] && out[1][i] == want.channels[1][i])
@@ -59,7 +41,7 @@ fn regenerate_makes_a_take_with_the_next_seed() {
     let mut d = Driver::new(BLOCK);
     let until = |inst: &mut PluginInstance<TestHost>, d: &mut Driver, proc: &mut _, want| {
         for _ in 0..400 {
-            let out = pass(d, proc, frames);
+            let out = play_from_start(d, proc, frames, BLOCK, RATE);
             if inst.access_shared_handler(|h| h.callback.swap(false, Ordering::AcqRel)) {
                 inst.call_on_main_thread_callback();
             }

@@ -74,6 +74,26 @@ fn loop_until(
     panic!("the plugin never got there");
 }
 
+/// An instance playing `video` with `seed` and following the host's tempo,
+/// active at `RATE`, and a driver for it.
+fn following(
+    video: &std::path::Path,
+    seed: u32,
+) -> (
+    PluginInstance<TestHost>,
+    StartedPluginAudioProcessor<TestHost>,
+    Driver,
+) {
+    let mut inst = instance();
+    let state = format!(
+        r#"{{"version":1,"video":{:?},"params":[[1,{seed}],[4,1]]}}"#,
+        video.to_str().unwrap()
+    );
+    load_state(&mut inst, state.as_bytes());
+    let proc = start(&mut inst, f64::from(RATE), BLOCK);
+    (inst, proc, Driver::new(BLOCK))
+}
+
 #[test]
 fn a_tempo_change_brings_a_new_take_in_on_the_next_bar() {
     let (dir, _) = fixture();
@@ -88,14 +108,7 @@ fn a_tempo_change_brings_a_new_take_in_on_the_next_bar() {
     let at120 = expected_with(&video, 2, RATE, Some(120.0), Some(0.0));
     let at90 = expected_with(&video, 2, RATE, Some(90.0), Some(0.0));
 
-    let mut inst = instance();
-    let state = format!(
-        r#"{{"version":1,"video":{:?},"params":[[1,2],[4,1]]}}"#,
-        video.to_str().unwrap()
-    );
-    load_state(&mut inst, state.as_bytes());
-    let mut proc = start(&mut inst, f64::from(RATE), BLOCK);
-    let mut d = Driver::new(BLOCK);
+    let (mut inst, mut proc, mut d) = following(&video, 2);
 
     // The host plays at 120 BPM: soon the whole pass is the 120 BPM take.
     let played = LOOP_START..frames;
@@ -177,14 +190,7 @@ fn the_music_takes_the_hosts_time_signature() {
         played.clone()
     ));
 
-    let mut inst = instance();
-    let state = format!(
-        r#"{{"version":1,"video":{:?},"params":[[1,3],[4,1]]}}"#,
-        video.to_str().unwrap()
-    );
-    load_state(&mut inst, state.as_bytes());
-    let mut proc = start(&mut inst, f64::from(RATE), BLOCK);
-    let mut d = Driver::new(BLOCK);
+    let (mut inst, mut proc, mut d) = following(&video, 3);
     // The host is in 3/4: the music's bars are three beats long.
     loop_until(
         &mut inst,
@@ -244,14 +250,7 @@ fn moving_the_video_off_the_bar_grid_brings_music_on_it() {
     };
     let played = LOOP_START..frames;
 
-    let mut inst = instance();
-    let state = format!(
-        r#"{{"version":1,"video":{:?},"params":[[1,4],[4,1]]}}"#,
-        video.to_str().unwrap()
-    );
-    load_state(&mut inst, state.as_bytes());
-    let mut proc = start(&mut inst, f64::from(RATE), BLOCK);
-    let mut d = Driver::new(BLOCK);
+    let (mut inst, mut proc, mut d) = following(&video, 4);
     loop_until(
         &mut inst,
         &mut d,

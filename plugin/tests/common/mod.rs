@@ -409,6 +409,26 @@ impl Driver {
     }
 }
 
+/// Plays song frames `0..frames` at `rate` in blocks of `block`, as a host
+/// playing from the start; the output by song frame (whole blocks).
+pub fn play_from_start(
+    d: &mut Driver,
+    proc: &mut StartedPluginAudioProcessor<TestHost>,
+    frames: usize,
+    block: usize,
+    rate: u32,
+) -> [Vec<f32>; 2] {
+    let mut out = [Vec::new(), Vec::new()];
+    let mut f = 0;
+    while f < frames {
+        let (l, r) = d.block(proc, f as f64 / f64::from(rate), block, true);
+        out[0].extend_from_slice(l);
+        out[1].extend_from_slice(r);
+        f += block;
+    }
+    out
+}
+
 /// Asserts the block is the expected music; returns how many of its frames
 /// carry sound, so callers can tell they compared music, not silence.
 pub fn assert_plays(got: (&[f32], &[f32]), want: &Audio, start: i64, ctx: &str) -> usize {
