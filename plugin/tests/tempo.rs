@@ -191,33 +191,19 @@ fn the_music_takes_the_hosts_time_signature() {
     ));
 
     let (mut inst, mut proc, mut d) = following(&video, 3);
-    // The host is in 3/4: the music's bars are three beats long.
-    loop_until(
-        &mut inst,
-        &mut d,
-        &mut proc,
-        frames,
-        (120.0, (3, 4)),
-        |out| same(out, &in_3, played.clone()),
-    );
-    // The signature changes to 6/8: a new take, in 6/8.
-    loop_until(
-        &mut inst,
-        &mut d,
-        &mut proc,
-        frames,
-        (120.0, (6, 8)),
-        |out| same(out, &in_6, played.clone()),
-    );
-    // A signature the composer cannot write is taken as 4/4.
-    loop_until(
-        &mut inst,
-        &mut d,
-        &mut proc,
-        frames,
-        (120.0, (4, 3)),
-        |out| same(out, &in_4, played.clone()),
-    );
+    // The host is in 3/4: the music's bars are three beats long. Then the
+    // signature changes to 6/8: a new take, in 6/8. Then to one the composer
+    // cannot write: taken as 4/4.
+    for (signature, want) in [((3, 4), &in_3), ((6, 8), &in_6), ((4, 3), &in_4)] {
+        loop_until(
+            &mut inst,
+            &mut d,
+            &mut proc,
+            frames,
+            (120.0, signature),
+            |out| same(out, want, played.clone()),
+        );
+    }
     inst.deactivate(proc.stop_processing());
 }
 
