@@ -536,3 +536,102 @@ fn decoding_in_chunks_gives_the_audio_of_one_pass() {
         assert!(d < 1e-5, "chunk {chunk}: {d}");
     }
 }
+
+#[test]
+fn audio_of_a_piece_still_being_generated_is_final_once_settled() {
+    let m = model();
+    let books = m.codec().num_codebooks();
+    let frames = 61;
+    let codes: Vec<u32> = (0..books * frames)
+        .map(|i| ((i as u64 * 2_654_435_761) % 64) as u32)
+        .collect();
+    let codes = Tensor::from_vec(codes, (1, books, frames), &Device::Cpu).unwrap();
+    let whole: Vec<f32> = m
+        .codec()
+        .decode(&codes)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let hop = m.codec().hop_length();
+    // Frames arrive 7 at a time; after each arrival the settled audio is
+    // decoded from what is known so far.
+    let mut sent = 0;
+    let mut streamed = Vec::new();
+    for known in (7..=frames).step_by(7).chain([frames]) {
+        let settled = m.codec().settled(known, known == frames);
+        assert!(settled <= known);
+        if settled > sent {
+            let prefix = codes.narrow(2, 0, known).unwrap();
+            let part = m.codec().decode_span(&prefix, sent, settled).unwrap();
+            streamed.extend(part.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            sent = settled;
+        }
+    }
+    assert_eq!(streamed.len(), whole.len());
+    let d = streamed
+        .iter()
+        .zip(&whole)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(d < 1e-5, "streamed audio differs by {d}");
+    // Without the settling margin the last frames' audio would still change:
+    // decoding right up to the known end differs from the whole piece.
+    let prefix = codes.narrow(2, 0, 30).unwrap();
+    let early: Vec<f32> = m
+        .codec()
+        .decode_span(&prefix, 0, 30)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let tail = (28 * hop..30 * hop)
+        .map(|i| (early[i] - whole[i]).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        tail > 1e-4,
+        "the end of a prefix should not be final yet ({tail})"
+    );
+    assert!(m.codec().decode_span(&prefix, 5, 5).is_err());
+    assert!(m.codec().decode_span(&prefix, 0, 31).is_err());
+}
+
+#[test]
+fn streamed_generation_hands_over_the_piece_window_by_window() {
+    let m = model();
+    // Long enough for several of the tiny model's windows.
+    let seconds = 12.3;
+    let sampling = Sampling {
+        seed: 9,
+        ..m.default_sampling()
+    };
+    let mut pieces = Vec::new();
+    m.generate_streaming("calm piano", seconds, &sampling, &mut |_| true, &mut |a| {
+        pieces.push(a.to_vec());
+        Ok(())
+    })
+    .unwrap();
+    assert!(pieces.len() >= 3, "{} pieces", pieces.len());
+    let streamed: Vec<f32> = pieces.concat();
+    // The same as generating every frame first and decoding them at once.
+    let frames = (seconds * m.frame_rate() as f64).ceil() as usize;
+    let codes = m
+        .generate_frames("calm piano", frames, &sampling, &mut |_| true)
+        .unwrap();
+    let mut whole = m.decode(&codes).unwrap();
+    whole.truncate((seconds * f64::from(m.sample_rate())).round() as usize);
+    assert_eq!(streamed.len(), whole.len());
+    let d = streamed
+        .iter()
+        .zip(&whole)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(d < 1e-5, "{d}");
+    assert_eq!(
+        m.generate("calm piano", seconds, &sampling, &mut |_| true)
+            .unwrap(),
+        streamed
+    );
+}

@@ -118,24 +118,9 @@ pub fn normalize(audio: &mut Audio, target_lufs: f64, ceiling_dbtp: f64) -> Resu
     let mut limit_db = ceiling_dbtp - 1.0;
     let mut g = target_lufs - lufs0;
     let mut tp = f64::INFINITY;
-    let mut l = lufs0;
+    let mut l;
     for _ in 0..4 {
-        let mut prev: Option<(f64, f64)> = None;
-        for _ in 0..8 {
-            render_gain(&original, audio, g, limit_db);
-            l = integrated(audio)?;
-            let err = target_lufs - l;
-            if err.abs() < 0.1 {
-                break;
-            }
-            // Secant step; a slope of 1 (no limiting) until two points exist.
-            let slope = match prev {
-                Some((pg, pl)) if (g - pg).abs() > 1e-6 => ((l - pl) / (g - pg)).clamp(0.05, 1.0),
-                _ => 1.0,
-            };
-            prev = Some((g, l));
-            g += (err / slope).clamp(-12.0, 12.0);
-        }
+        (g, l) = fit_gain(&original, audio, target_lufs, g, limit_db)?;
         tp = true_peak_db(audio)?;
         if tp <= ceiling_dbtp {
             return Ok(LoudnessReport {
@@ -148,6 +133,36 @@ pub fn normalize(audio: &mut Audio, target_lufs: f64, ceiling_dbtp: f64) -> Resu
     // Material the limiter cannot tame: give up loudness, never the ceiling.
     apply_gain(audio, db_to_gain(ceiling_dbtp - tp - 0.05));
     measure(audio)
+}
+
+/// The gain (dB, from `g` on) that brings `original`, limited to sample peaks
+/// of `limit_db`, to `target_lufs` within 0.1 LU (at most 8 tries), and the
+/// loudness reached; the last try is left in `out`.
+fn fit_gain(
+    original: &Audio,
+    out: &mut Audio,
+    target_lufs: f64,
+    mut g: f64,
+    limit_db: f64,
+) -> Result<(f64, f64)> {
+    let mut prev: Option<(f64, f64)> = None;
+    let mut l = f64::NEG_INFINITY;
+    for _ in 0..8 {
+        render_gain(original, out, g, limit_db);
+        l = integrated(out)?;
+        let err = target_lufs - l;
+        if err.abs() < 0.1 {
+            break;
+        }
+        // Secant step; a slope of 1 (no limiting) until two points exist.
+        let slope = match prev {
+            Some((pg, pl)) if (g - pg).abs() > 1e-6 => ((l - pl) / (g - pg)).clamp(0.05, 1.0),
+            _ => 1.0,
+        };
+        prev = Some((g, l));
+        g += (err / slope).clamp(-12.0, 12.0);
+    }
+    Ok((g, l))
 }
 
 /// `out` = `src` × gain `g_db`, limited to sample peaks of `limit_db`.
@@ -226,9 +241,259 @@ fn limit(audio: &mut Audio, ceiling: f32, lookahead_s: f64, release_s: f64) {
     }
 }
 
+/// Mastering for audio made in pieces (a neural engine's windows): a fixed gain
+/// set from the first stretch, then the same look-ahead limiter as
+/// [`normalize`]'s, run as a stream. Each piece's samples come out once the
+/// limiter has seen far enough ahead of them (3 ms); [`StreamMaster::finish`]
+/// gives the rest. Fed any way, the output is what one pass over the whole
+/// would give.
+pub struct StreamMaster {
+    target_lufs: f64,
+    limit_db: f64,
+    /// Gain applied, once known.
+    gain: Option<f32>,
+    /// Audio held until there is enough to measure for the gain.
+    held: Audio,
+    limiter: StreamLimiter,
+}
+
+/// How much audio the gain is measured on before any is let through, seconds
+/// (less if the piece ends first).
+const GAIN_WINDOW_S: f64 = 3.0;
+
+impl StreamMaster {
+    pub fn new(sample_rate: u32, channels: usize, target_lufs: f64, ceiling_dbtp: f64) -> Self {
+        // Sample peaks 1 dB under the true-peak ceiling, as `normalize` starts.
+        let limit_db = ceiling_dbtp - 1.0;
+        let ceiling = db_to_gain(limit_db) as f32;
+        Self {
+            target_lufs,
+            limit_db,
+            gain: None,
+            held: Audio::silence(sample_rate, channels, 0),
+            limiter: StreamLimiter::new(sample_rate, channels, ceiling, 0.003, 0.06),
+        }
+    }
+
+    /// Takes the next piece; returns the mastered samples now final.
+    pub fn push(&mut self, piece: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        for (h, p) in self.held.channels.iter_mut().zip(piece) {
+            h.extend_from_slice(p);
+        }
+        if self.gain.is_none() && self.held.duration() < GAIN_WINDOW_S {
+            return Ok(vec![Vec::new(); self.held.channels.len()]);
+        }
+        self.release()
+    }
+
+    /// Ends the stream; returns the rest of the mastered samples.
+    pub fn finish(&mut self) -> Result<Vec<Vec<f32>>> {
+        let mut out = self.release()?;
+        for (o, rest) in out.iter_mut().zip(self.limiter.finish()) {
+            o.extend(rest);
+        }
+        Ok(out)
+    }
+
+    /// The gain, in dB, once set.
+    pub fn gain_db(&self) -> Option<f64> {
+        self.gain.map(|g| 20.0 * f64::from(g).log10())
+    }
+
+    fn release(&mut self) -> Result<Vec<Vec<f32>>> {
+        let g = match self.gain {
+            Some(g) => g,
+            None => {
+                // The gain that brings the start, limited, to the target.
+                let lufs = integrated(&self.held)?;
+                let db = if lufs.is_finite() {
+                    let mut scratch = self.held.clone();
+                    let first = self.target_lufs - lufs;
+                    fit_gain(
+                        &self.held,
+                        &mut scratch,
+                        self.target_lufs,
+                        first,
+                        self.limit_db,
+                    )?
+                    .0
+                } else {
+                    0.0
+                };
+                let g = db_to_gain(db) as f32;
+                self.gain = Some(g);
+                g
+            }
+        };
+        let mut piece = std::mem::take(&mut self.held.channels);
+        self.held.channels = vec![Vec::new(); piece.len()];
+        for c in &mut piece {
+            c.iter_mut().for_each(|x| *x *= g);
+        }
+        Ok(self.limiter.push(&piece))
+    }
+}
+
+/// [`limit`] as a stream: the same gains, computed as the look-ahead fills.
+struct StreamLimiter {
+    ceiling: f32,
+    la: usize,
+    release: f32,
+    /// Input samples not yet let out, per channel.
+    pending: Vec<VecDeque<f32>>,
+    /// Samples taken in so far.
+    taken: usize,
+    /// Gains needed by the samples in the look-ahead, as (index, gain), the
+    /// minimum at the front.
+    mins: VecDeque<(usize, f32)>,
+    /// Envelope values computed so far.
+    envs: usize,
+    env: f32,
+    first_env: f32,
+    /// The last `la` envelope values and their sum, for the smoothing.
+    recent: VecDeque<f32>,
+    sum: f64,
+}
+
+impl StreamLimiter {
+    fn new(rate: u32, channels: usize, ceiling: f32, lookahead_s: f64, release_s: f64) -> Self {
+        Self {
+            ceiling,
+            la: ((lookahead_s * f64::from(rate)) as usize).max(1),
+            release: (1.0 - (-1.0 / (release_s * f64::from(rate))).exp()) as f32,
+            pending: vec![VecDeque::new(); channels],
+            taken: 0,
+            mins: VecDeque::new(),
+            envs: 0,
+            env: 1.0,
+            first_env: 1.0,
+            recent: VecDeque::new(),
+            sum: 0.0,
+        }
+    }
+
+    fn push(&mut self, piece: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        let mut out = vec![Vec::new(); self.pending.len()];
+        let n = piece.first().map_or(0, Vec::len);
+        for i in 0..n {
+            let peak = piece.iter().fold(0.0f32, |m, c| m.max(c[i].abs()));
+            let need = if peak > self.ceiling {
+                self.ceiling / peak
+            } else {
+                1.0
+            };
+            for (p, c) in self.pending.iter_mut().zip(piece) {
+                p.push_back(c[i]);
+            }
+            let k = self.taken;
+            self.taken += 1;
+            while self.mins.back().is_some_and(|&(_, v)| v >= need) {
+                self.mins.pop_back();
+            }
+            self.mins.push_back((k, need));
+            if k >= self.la {
+                self.step(&mut out);
+            }
+        }
+        out
+    }
+
+    fn finish(&mut self) -> Vec<Vec<f32>> {
+        let mut out = vec![Vec::new(); self.pending.len()];
+        while self.envs < self.taken {
+            self.step(&mut out);
+        }
+        out
+    }
+
+    /// Computes the next envelope value from the look-ahead and lets its sample out.
+    fn step(&mut self, out: &mut [Vec<f32>]) {
+        let j = self.envs;
+        while self.mins.front().is_some_and(|&(i, _)| i < j) {
+            self.mins.pop_front();
+        }
+        let ahead = self.mins.front().map_or(1.0, |&(_, v)| v);
+        self.env = (self.env + self.release * (1.0 - self.env)).min(ahead);
+        if j == 0 {
+            self.first_env = self.env;
+        }
+        self.envs += 1;
+        self.sum += f64::from(self.env);
+        self.recent.push_back(self.env);
+        if self.recent.len() > self.la {
+            let old = self.recent.pop_front().unwrap_or(0.0);
+            self.sum -= f64::from(old);
+        }
+        let count = (j + 1).min(self.la);
+        let smooth = ((self.sum + (self.la - count) as f64 * f64::from(self.first_env))
+            / self.la as f64) as f32;
+        for (o, p) in out.iter_mut().zip(self.pending.iter_mut()) {
+            o.push(p.pop_front().unwrap_or(0.0) * smooth);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_streamed_limiter_is_the_offline_one() {
+        let mut a = noise_bursts(48_000, 2.0);
+        for c in &mut a.channels {
+            c.iter_mut().for_each(|x| *x *= 1.7);
+        }
+        let ceiling = 0.5f32;
+        let mut whole = a.clone();
+        limit(&mut whole, ceiling, 0.003, 0.06);
+        for piece in [1usize, 100, 144, 4096, 1 << 20] {
+            let mut s = StreamLimiter::new(48_000, 2, ceiling, 0.003, 0.06);
+            let mut got = vec![Vec::new(), Vec::new()];
+            for start in (0..a.len()).step_by(piece) {
+                let end = (start + piece).min(a.len());
+                let part: Vec<Vec<f32>> =
+                    a.channels.iter().map(|c| c[start..end].to_vec()).collect();
+                for (g, o) in got.iter_mut().zip(s.push(&part)) {
+                    g.extend(o);
+                }
+            }
+            for (g, o) in got.iter_mut().zip(s.finish()) {
+                g.extend(o);
+            }
+            assert_eq!(got, whole.channels, "pieces of {piece}");
+        }
+        assert!(whole.peak() <= ceiling * 1.0001);
+    }
+
+    #[test]
+    fn streamed_mastering_sets_the_level_from_the_start() {
+        let a = noise_bursts(48_000, 8.0);
+        let mut m = StreamMaster::new(48_000, 2, -14.0, -1.0);
+        let mut got = vec![Vec::new(), Vec::new()];
+        for start in (0..a.len()).step_by(10_000) {
+            let end = (start + 10_000).min(a.len());
+            let part: Vec<Vec<f32>> = a.channels.iter().map(|c| c[start..end].to_vec()).collect();
+            let out = m.push(&part).unwrap();
+            if m.gain_db().is_none() {
+                assert!(out[0].is_empty(), "nothing before the level is known");
+            }
+            for (g, o) in got.iter_mut().zip(out) {
+                g.extend(o);
+            }
+        }
+        for (g, o) in got.iter_mut().zip(m.finish().unwrap()) {
+            g.extend(o);
+        }
+        let out = Audio {
+            sample_rate: 48_000,
+            channels: got,
+        };
+        assert_eq!(out.len(), a.len());
+        let r = measure(&out).unwrap();
+        // Noise bursts are level over time, so the first seconds set it right.
+        assert!((r.integrated_lufs + 14.0).abs() < 0.5, "{r:?}");
+        assert!(r.true_peak_dbtp <= -0.9, "{r:?}");
+    }
 
     #[test]
     fn split_metering_equals_one_meter() {

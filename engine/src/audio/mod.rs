@@ -4,8 +4,8 @@ mod loudness;
 mod resample;
 mod wav;
 
-pub use loudness::{LoudnessReport, integrated, measure, normalize, true_peak_db};
-pub use resample::resample;
+pub use loudness::{LoudnessReport, StreamMaster, integrated, measure, normalize, true_peak_db};
+pub use resample::{StreamResampler, resample};
 pub use wav::{read_wav, write_wav};
 
 use std::path::{Path, PathBuf};

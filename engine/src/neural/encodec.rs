@@ -352,7 +352,47 @@ impl EncodecDecoder {
     /// holds a chunk's activations (64 channels at the audio rate) instead of the
     /// whole piece's — about 1.5 GB for 3 minutes.
     pub fn decode_in_chunks(&self, codes: &Tensor, chunk: usize) -> Result<Tensor> {
-        let (_, k, frames) = codes.dims3()?;
+        let frames = codes.dim(2)?;
+        let x = self.frame_stages(codes)?;
+        let chunk = chunk.max(1);
+        if frames <= chunk {
+            return Ok(self.run(&self.stages[self.local_from()..], x)?);
+        }
+        let mut parts = Vec::with_capacity(frames.div_ceil(chunk));
+        for a in (0..frames).step_by(chunk) {
+            parts.push(self.audio_stages(&x, a, (a + chunk).min(frames))?);
+        }
+        Ok(Tensor::cat(&parts, 2)?)
+    }
+
+    /// The audio of frames `from..to` of the piece whose first `codes.dim(2)` frames
+    /// are `codes`, as [`EncodecDecoder::decode`] of the whole piece gives it — so
+    /// long as `to` is at most [`EncodecDecoder::settled`] frames: audio can be
+    /// decoded and played while the rest of the piece is still being generated.
+    pub fn decode_span(&self, codes: &Tensor, from: usize, to: usize) -> Result<Tensor> {
+        let frames = codes.dim(2)?;
+        if from >= to || to > frames {
+            return Err(crate::Error::InvalidSetting(format!(
+                "frames {from}–{to} of {frames}"
+            )));
+        }
+        let x = self.frame_stages(codes)?;
+        self.audio_stages(&x, from, to)
+    }
+
+    /// Of a piece known up to frame `known`, the frames whose audio can no longer
+    /// change when more frames follow: those the convolutions around the LSTM
+    /// cannot see past the end from. All of them when `complete`.
+    pub fn settled(&self, known: usize, complete: bool) -> usize {
+        if complete {
+            return known;
+        }
+        known.saturating_sub(self.lookahead() + self.margin())
+    }
+
+    /// The frame-rate stages, embeddings to LSTM, over the whole piece.
+    fn frame_stages(&self, codes: &Tensor) -> Result<Tensor> {
+        let (_, k, _) = codes.dims3()?;
         if k > self.codebooks.len() {
             return Err(crate::Error::InvalidSetting(format!(
                 "{k} codebooks given to a codec of {}",
@@ -364,28 +404,28 @@ impl EncodecDecoder {
             x = (x + embedding(book, &codes.narrow(1, i, 1)?.squeeze(1)?)?)?;
         }
         let x = x.transpose(1, 2)?.contiguous()?;
-        let split = self.local_from();
-        let x = self.run(&self.stages[..split], x)?;
-        let (chunk, margin, hop) = (chunk.max(1), self.margin(), self.hop_length());
-        if frames <= chunk {
-            return Ok(self.run(&self.stages[split..], x)?);
+        Ok(self.run(&self.stages[..self.local_from()], x)?)
+    }
+
+    /// The audio-rate stages for frames `a..b` of the frame-rate activations `x`:
+    /// run with [`EncodecDecoder::margin`] frames of real context on both sides,
+    /// only the span's own samples kept.
+    fn audio_stages(&self, x: &Tensor, a: usize, b: usize) -> Result<Tensor> {
+        let (frames, margin, hop) = (x.dim(2)?, self.margin(), self.hop_length());
+        let (from, to) = (a.saturating_sub(margin), (b + margin).min(frames));
+        let y = self.run(
+            &self.stages[self.local_from()..],
+            x.narrow(2, from, to - from)?,
+        )?;
+        if y.dim(2)? != (to - from) * hop {
+            return Err(crate::Error::InvalidSetting(format!(
+                "the codec made {} samples of {} frames, not {} per frame",
+                y.dim(2)?,
+                to - from,
+                hop
+            )));
         }
-        let mut parts = Vec::with_capacity(frames.div_ceil(chunk));
-        for a in (0..frames).step_by(chunk) {
-            let b = (a + chunk).min(frames);
-            let (from, to) = (a.saturating_sub(margin), (b + margin).min(frames));
-            let y = self.run(&self.stages[split..], x.narrow(2, from, to - from)?)?;
-            if y.dim(2)? != (to - from) * hop {
-                return Err(crate::Error::InvalidSetting(format!(
-                    "the codec made {} samples of {} frames, not {} per frame",
-                    y.dim(2)?,
-                    to - from,
-                    hop
-                )));
-            }
-            parts.push(y.narrow(2, (a - from) * hop, (b - a) * hop)?);
-        }
-        Ok(Tensor::cat(&parts, 2)?)
+        Ok(y.narrow(2, (a - from) * hop, (b - a) * hop)?)
     }
 
     fn run(&self, stages: &[Stage], mut x: Tensor) -> candle_core::Result<Tensor> {
@@ -412,6 +452,24 @@ impl EncodecDecoder {
             .iter()
             .rposition(|s| matches!(s, Stage::Lstm(_)))
             .map_or(0, |i| i + 1)
+    }
+
+    /// Frames past the end that the stages up to the LSTM reach: the last ones'
+    /// activations change when more frames follow (the LSTM carries that on).
+    fn lookahead(&self) -> usize {
+        let conv = |c: &Conv1d| ((c.kernel - 1) * c.dilation).div_ceil(2);
+        self.stages[..self.local_from()]
+            .iter()
+            .map(|stage| match stage {
+                Stage::Conv(c) => conv(c),
+                Stage::Res(r) => conv(&r.conv1) + conv(&r.conv2),
+                // Nothing up-samples before the LSTM in EnCodec; count a stride's
+                // worth should one.
+                Stage::Up(u) => u.kernel.div_ceil(u.stride),
+                Stage::Elu | Stage::Lstm(_) => 0,
+            })
+            .sum::<usize>()
+            + 1
     }
 
     /// Frames of context a chunk needs on each side so that its own samples come out

@@ -196,6 +196,19 @@ impl MusicGen {
         sampling: &Sampling,
         on_progress: &mut dyn FnMut(GenerationProgress) -> bool,
     ) -> Result<Frames> {
+        self.generate_windows(prompt, frames, sampling, on_progress, &mut |_| Ok(()))
+    }
+
+    /// [`MusicGen::generate_frames`], calling `on_window` with all the frames so far
+    /// after each window.
+    fn generate_windows(
+        &self,
+        prompt: &str,
+        frames: usize,
+        sampling: &Sampling,
+        on_progress: &mut dyn FnMut(GenerationProgress) -> bool,
+        on_window: &mut dyn FnMut(&Frames) -> Result<()>,
+    ) -> Result<Frames> {
         let cond = self.condition(prompt)?;
         let rate = self.frame_rate() as f64;
         let k = self.decoder.config().num_codebooks;
@@ -243,6 +256,7 @@ impl MusicGen {
             )?;
             out.extend(fresh);
             window += 1;
+            on_window(&out)?;
         }
         Ok(out)
     }
@@ -252,14 +266,19 @@ impl MusicGen {
         if frames.is_empty() {
             return Ok(Vec::new());
         }
-        let k = frames[0].len();
-        let t = frames.len();
-        let mut ids = Vec::with_capacity(k * t);
-        for c in 0..k {
-            ids.extend(frames.iter().map(|f| f[c]));
-        }
-        let codes = Tensor::from_vec(ids, (1, k, t), &Device::Cpu)?;
+        let codes = codes_tensor(frames)?;
         Ok(self.codec.decode(&codes)?.flatten_all()?.to_vec1()?)
+    }
+
+    /// The audio of frames `from..to` of a piece known as far as `frames` goes
+    /// (see [`EncodecDecoder::decode_span`]).
+    fn decode_span(&self, frames: &Frames, from: usize, to: usize) -> Result<Vec<f32>> {
+        let codes = codes_tensor(frames)?;
+        Ok(self
+            .codec
+            .decode_span(&codes, from, to)?
+            .flatten_all()?
+            .to_vec1()?)
     }
 
     /// Text to music: `seconds` of audio at [`Self::sample_rate`].
@@ -275,12 +294,62 @@ impl MusicGen {
                 "duration must be above 0 and at most an hour".into(),
             ));
         }
-        let frames = (seconds * self.frame_rate() as f64).ceil() as usize;
-        let codes = self.generate_frames(prompt, frames, sampling, on_progress)?;
-        let mut audio = self.decode(&codes)?;
-        audio.truncate((seconds * self.sample_rate() as f64).round() as usize);
+        let mut audio = Vec::new();
+        self.generate_streaming(prompt, seconds, sampling, on_progress, &mut |a| {
+            audio.extend_from_slice(a);
+            Ok(())
+        })?;
         Ok(audio)
     }
+
+    /// [`MusicGen::generate`], handing the audio over as it is made: after each
+    /// window of code frames, `on_audio` gets the samples that follow the ones it
+    /// already has and can no longer change. The pieces, in order, are the piece.
+    pub fn generate_streaming(
+        &self,
+        prompt: &str,
+        seconds: f64,
+        sampling: &Sampling,
+        on_progress: &mut dyn FnMut(GenerationProgress) -> bool,
+        on_audio: &mut dyn FnMut(&[f32]) -> Result<()>,
+    ) -> Result<()> {
+        if !seconds.is_finite() || seconds <= 0.0 || seconds > 3600.0 {
+            return Err(Error::InvalidSetting(
+                "duration must be above 0 and at most an hour".into(),
+            ));
+        }
+        let frames = (seconds * self.frame_rate() as f64).ceil() as usize;
+        let samples = (seconds * self.sample_rate() as f64).round() as usize;
+        let hop = self.codec.hop_length();
+        let mut sent = 0usize; // frames whose audio has been handed over
+        let mut sent_samples = 0usize;
+        self.generate_windows(prompt, frames, sampling, on_progress, &mut |out| {
+            let settled = self.codec.settled(out.len(), out.len() >= frames);
+            if settled <= sent {
+                return Ok(());
+            }
+            let audio = self.decode_span(out, sent, settled)?;
+            // The codec's frames may run past the asked length: cut there.
+            let keep = audio.len().min(samples.saturating_sub(sent_samples));
+            on_audio(&audio[..keep])?;
+            debug_assert_eq!(audio.len(), (settled - sent) * hop);
+            sent = settled;
+            sent_samples += keep;
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
+
+/// Frames (one code per codebook each) as the codec's `(1, codebooks, frames)`.
+fn codes_tensor(frames: &Frames) -> Result<Tensor> {
+    let k = frames.first().map_or(0, Vec::len);
+    let t = frames.len();
+    let mut ids = Vec::with_capacity(k * t);
+    for c in 0..k {
+        ids.extend(frames.iter().map(|f| f[c]));
+    }
+    Ok(Tensor::from_vec(ids, (1, k, t), &Device::Cpu)?)
 }
 
 type Networks = (T5Encoder, Option<Linear>, Decoder, EncodecDecoder);
