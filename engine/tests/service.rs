@@ -256,6 +256,28 @@ fn the_text_engine_runs_on_the_engine_thread_and_is_cached() {
     assert!(!other.cached);
     assert_ne!(other.audio.channels, first.audio.channels);
 
+    // A piece of several windows comes through the chunk ring as it is made;
+    // the chunks are the finished piece, mastered like the composer's music.
+    let mut long = Request::text("calm piano", 12.0);
+    long.sample_rate = 48_000;
+    long.chunk_frames = 4800;
+    long.max_chunks = 200;
+    let (id, reader) = engine.submit(long).unwrap();
+    let mut reader = reader.unwrap();
+    let done = engine.wait(id, |_| {}).unwrap();
+    assert_eq!(done.audio.len(), 12 * 48_000);
+    let mut got = [Vec::new(), Vec::new()];
+    while let Some(c) = reader.pop() {
+        assert_eq!(c.start as usize, got[0].len(), "chunks in order");
+        got[0].extend_from_slice(&c.left);
+        got[1].extend_from_slice(&c.right);
+    }
+    assert_eq!(got[0], done.audio.channels[0]);
+    assert_eq!(got[1], done.audio.channels[1]);
+    let l = done.loudness.unwrap();
+    assert!((l.integrated_lufs + 14.0).abs() < 1.0, "{l:?}");
+    assert!(l.true_peak_dbtp <= -0.5, "{l:?}");
+
     // The neural engine's worker threads (candle's and the decoder's) are the
     // engine's: they end with it.
     let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -370,9 +370,11 @@ impl MainThread<'_> {
         }
         // A long video gets a quick preview of its start first, so music
         // plays within a second; the full piece replaces it at a bar line.
-        // A bounce needs the full piece only.
+        // A bounce needs the full piece only, and the text engine sends its
+        // piece window by window anyway.
         let offline = self.shared.offline.load(Ordering::Acquire);
-        if !offline && !inner.has_music && seconds > PREVIEW_S * 1.5 {
+        let streams = req.engine == EngineChoice::Text;
+        if !offline && !streams && !inner.has_music && seconds > PREVIEW_S * 1.5 {
             let mut preview = req.clone();
             preview.preview_until = Some(start + PREVIEW_S * playrate);
             preview.supersede = true;

@@ -13,7 +13,7 @@ use super::{
     Request, Stage, cache_key, resolve,
 };
 use crate::analysis::{Analysis, StatsEncoder, analyze_until};
-use crate::audio::{Audio, LoudnessReport, normalize, resample};
+use crate::audio::{Audio, LoudnessReport, StreamMaster, StreamResampler, measure, resample};
 use crate::error::{Error, Result};
 use crate::neural::pool::Pool;
 use crate::neural::{MusicGen, Precision};
@@ -192,13 +192,32 @@ fn process(
             fraction,
         });
     };
+    // Engines that make music in windows send it as it comes.
+    let mut streamed = false;
     let (audio, bpm, analysis, loudness) = match (engine, &resolved.model) {
         (EngineChoice::Text, Some(dir)) => {
             let pools = state.pools.take().unwrap_or_else(Pools::new);
-            let made =
-                pools.run(|| text_music(&req, dir, config.precision, state, &cancel, &progress));
+            let mut sent = 0usize;
+            let made = {
+                let (job, rings) = (&mut *job, &mut *retired_rings);
+                let mut sink = |audio: &Audio, complete: bool| {
+                    publish_from(job, audio, &mut sent, complete, &cancel, rings)
+                };
+                pools.run(|| {
+                    text_music(
+                        &req,
+                        dir,
+                        config.precision,
+                        state,
+                        &cancel,
+                        &progress,
+                        &mut sink,
+                    )
+                })
+            };
             state.pools = Some(pools);
             let (audio, loudness) = made?;
+            streamed = true;
             (audio, None, None, loudness)
         }
         _ => {
@@ -257,7 +276,9 @@ fn process(
         };
         let _ = c.put(&key, &audio, &meta);
     }
-    publish(job, &audio, &cancel, retired_rings)?;
+    if !streamed {
+        publish(job, &audio, &cancel, retired_rings)?;
+    }
     progress(Stage::Finishing, 1.0);
     Ok(Finished {
         audio,
@@ -304,6 +325,7 @@ fn text_music(
     state: &mut State,
     cancel: &AtomicBool,
     progress: &(dyn Fn(Stage, f64) + Sync),
+    sink: &mut (dyn FnMut(&Audio, bool) -> Result<()> + Send),
 ) -> Result<(Audio, LoudnessReport)> {
     let seconds = text_duration(req)?;
     if state
@@ -332,20 +354,39 @@ fn text_music(
     if let Some(k) = req.top_k {
         sampling.top_k = k;
     }
-    let samples = model.generate(&req.prompt, seconds, &sampling, &mut |p| {
-        progress(
-            Stage::Composing,
-            p.frames_done as f64 / p.frames_total.max(1) as f64,
-        );
-        !cancel.load(Ordering::Relaxed)
-    })?;
-    progress(Stage::Finishing, 0.0);
-    let mono = Audio {
-        sample_rate: model.sample_rate(),
-        channels: vec![samples.clone(), samples],
+    // Resampled and mastered as it comes, so each window can be heard while
+    // the next is generated; the level is set from the start of the piece.
+    let mut resampler = StreamResampler::new(model.sample_rate(), req.sample_rate, 2)?;
+    let mut master = StreamMaster::new(req.sample_rate, 2, TARGET_LUFS, CEILING_DBTP);
+    let mut audio = Audio::silence(req.sample_rate, 2, 0);
+    let append = |audio: &mut Audio, piece: Vec<Vec<f32>>| {
+        for (c, p) in audio.channels.iter_mut().zip(piece) {
+            c.extend(p);
+        }
     };
-    let mut audio = resample(&mono, req.sample_rate)?;
-    let loudness = normalize(&mut audio, TARGET_LUFS, CEILING_DBTP)?;
+    model.generate_streaming(
+        &req.prompt,
+        seconds,
+        &sampling,
+        &mut |p| {
+            progress(
+                Stage::Composing,
+                p.frames_done as f64 / p.frames_total.max(1) as f64,
+            );
+            !cancel.load(Ordering::Relaxed)
+        },
+        &mut |mono| {
+            let piece = resampler.push(&[mono.to_vec(), mono.to_vec()])?;
+            append(&mut audio, master.push(&piece)?);
+            sink(&audio, false)
+        },
+    )?;
+    progress(Stage::Finishing, 0.0);
+    let rest = resampler.finish()?;
+    append(&mut audio, master.push(&rest)?);
+    append(&mut audio, master.finish()?);
+    sink(&audio, true)?;
+    let loudness = measure(&audio)?;
     Ok((audio, loudness))
 }
 
@@ -367,14 +408,27 @@ fn publish(
     cancel: &AtomicBool,
     retired_rings: &mut Vec<rtrb::Consumer<Arc<AudioChunk>>>,
 ) -> Result<()> {
+    publish_from(job, audio, &mut 0, true, cancel, retired_rings)
+}
+
+/// Sends the chunks of `audio` from frame `*start` on: every whole chunk, and
+/// the last partial one too once the piece is `complete`; moves `*start` on.
+/// Music still being made is so sent as it grows.
+fn publish_from(
+    job: &mut Job,
+    audio: &Audio,
+    start: &mut usize,
+    complete: bool,
+    cancel: &AtomicBool,
+    retired_rings: &mut Vec<rtrb::Consumer<Arc<AudioChunk>>>,
+) -> Result<()> {
     let Some(tx) = job.chunks.as_mut() else {
         return Ok(());
     };
     let n = job.request.chunk_frames;
-    let mut start = 0usize;
-    while start < audio.len() {
-        let end = (start + n).min(audio.len());
-        let mut chunk = AudioChunk::cut(job.id, audio, start, n);
+    while *start + n <= audio.len() || (complete && *start < audio.len()) {
+        let end = (*start + n).min(audio.len());
+        let mut chunk = AudioChunk::cut(job.id, audio, *start, n);
         loop {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
@@ -395,7 +449,7 @@ fn publish(
                 }
             }
         }
-        start = end;
+        *start = end;
     }
     Ok(())
 }
