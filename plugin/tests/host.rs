@@ -11,16 +11,16 @@ static ALLOCATOR: AllocDisabler = AllocDisabler;
 #[test]
 fn plays_the_music_at_every_block_size_and_rate_and_after_seeks() {
     let (_, video) = fixture();
-    for rate in [44_100u32, 48_000, 96_000] {
+    for rate in [22_050u32, 44_100, 48_000, 96_000, 192_000] {
         let want = expected(video, 3, rate);
         let mut inst = instance();
         load_state(&mut inst, &state_json(video, 3));
         set_offline(&mut inst);
-        let mut proc = start(&mut inst, f64::from(rate), 4096);
-        let mut d = Driver::new(4096);
+        let mut proc = start(&mut inst, f64::from(rate), 8192);
+        let mut d = Driver::new(8192);
         assert_no_alloc::reset_violation_count();
         let mut sounding = 0;
-        for block in [1usize, 64, 511, 4096] {
+        for block in [1usize, 64, 511, 4096, 8192] {
             // Straight playback over 0.25 s starting just before the video.
             let span = (rate / 4) as usize;
             let mut frame: i64 = -(block as i64) / 2 - 3;
@@ -141,4 +141,34 @@ fn a_reopened_project_plays_at_once_from_the_cache() {
         "silent after reopening"
     );
     again.deactivate(proc.stop_processing());
+}
+
+#[test]
+fn a_rate_the_engine_cannot_make_is_reported_and_passes_the_input() {
+    let (_, video) = fixture();
+    let mut inst = instance();
+    load_state(&mut inst, &state_json(video, 3));
+    set_offline(&mut inst);
+    let mut proc = start(&mut inst, 4_000.0, 256);
+    let mut d = Driver::new(256);
+    for k in 0..20 {
+        let got = d.block(&mut proc, k as f64 * 256.0 / 4_000.0, 256, true);
+        assert!(got.0.iter().chain(got.1).all(|&x| x == 0.0));
+    }
+    inst.deactivate(proc.stop_processing());
+    let logged = inst.access_shared_handler(|h| h.log.lock().unwrap().clone());
+    assert!(
+        logged
+            .iter()
+            .any(|m| m.starts_with("Error") && m.contains("sample rate")),
+        "{logged:?}"
+    );
+    // A rate no host runs at is refused at activation.
+    let mut other = instance();
+    let config = clack_host::prelude::PluginAudioConfiguration {
+        sample_rate: 10.0,
+        min_frames_count: 1,
+        max_frames_count: 256,
+    };
+    assert!(other.activate(|_, _| (), config).is_err());
 }
