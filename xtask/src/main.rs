@@ -212,22 +212,18 @@ fn test(args: &[String]) -> Result<()> {
 
 /// Bundle name of a package, from bundler.toml (`[package] name = "…"`).
 fn bundle_name(package: &str) -> Result<String> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        name: String,
+    }
     let text =
         std::fs::read_to_string(root().join("bundler.toml")).context("reading bundler.toml")?;
-    let mut in_section = false;
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_section = line == format!("[{package}]");
-        } else if in_section && let Some(v) = line.strip_prefix("name") {
-            let v = v
-                .trim_start()
-                .trim_start_matches('=')
-                .trim()
-                .trim_matches('"');
-            return Ok(v.to_string());
-        }
+    let mut entries: std::collections::HashMap<String, Entry> =
+        toml::from_str(&text).context("parsing bundler.toml")?;
+    match entries.remove(package) {
+        Some(e) => Ok(e.name),
+        None => bail!("bundler.toml has no name for {package}"),
     }
-    bail!("bundler.toml has no name for {package}")
 }
 
 /// Builds the plugin and lays out its CLAP and VST3 bundles; returns their
