@@ -517,16 +517,20 @@ fn a_tensor_read_twice_is_the_same_after_its_pages_are_released() {
     assert!(a.iter().any(|&v| v != 0.0), "the tensor holds data");
 }
 
-#[test]
-fn decoding_in_chunks_gives_the_audio_of_one_pass() {
-    let m = model();
+/// Pseudo-random codes below the tiny codebook size, `(1, books, frames)`.
+fn pseudo_codes(m: &MusicGen, frames: usize) -> Tensor {
     let books = m.codec().num_codebooks();
-    let frames = 61;
-    // Pseudo-random codes below the tiny codebook size.
     let codes: Vec<u32> = (0..books * frames)
         .map(|i| ((i as u64 * 2_654_435_761) % 64) as u32)
         .collect();
-    let codes = Tensor::from_vec(codes, (1, books, frames), &Device::Cpu).unwrap();
+    Tensor::from_vec(codes, (1, books, frames), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn decoding_in_chunks_gives_the_audio_of_one_pass() {
+    let m = model();
+    let frames = 61;
+    let codes = pseudo_codes(&m, frames);
     let whole = m.codec().decode_in_chunks(&codes, frames).unwrap();
     assert_eq!(whole.dims()[2], frames * m.codec().hop_length());
     for chunk in [1, 4, 16, 60] {
@@ -540,12 +544,8 @@ fn decoding_in_chunks_gives_the_audio_of_one_pass() {
 #[test]
 fn audio_of_a_piece_still_being_generated_is_final_once_settled() {
     let m = model();
-    let books = m.codec().num_codebooks();
     let frames = 61;
-    let codes: Vec<u32> = (0..books * frames)
-        .map(|i| ((i as u64 * 2_654_435_761) % 64) as u32)
-        .collect();
-    let codes = Tensor::from_vec(codes, (1, books, frames), &Device::Cpu).unwrap();
+    let codes = pseudo_codes(&m, frames);
     let whole: Vec<f32> = m
         .codec()
         .decode(&codes)
