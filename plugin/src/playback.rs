@@ -55,10 +55,18 @@ impl Loaded {
         self.drain_up_to(DRAIN_PER_POLL);
     }
 
-    fn drain_up_to(&mut self, max: usize) {
-        for _ in 0..max {
+    /// Takes in chunks until the block `[start, start + len)` has its music,
+    /// or nothing more has arrived: no more than the block needs, since a
+    /// long piece's hundreds of chunks would make one block slow.
+    fn drain_until_ready(&mut self, start: i64, len: usize) {
+        while !self.ready(start, len) && self.drain_up_to(DRAIN_PER_POLL) > 0 {}
+    }
+
+    /// Takes in at most `max` chunks; returns how many it took.
+    fn drain_up_to(&mut self, max: usize) -> usize {
+        for taken in 0..max {
             let Some(chunk) = self.take.reader.pop() else {
-                break;
+                return taken;
             };
             let idx = (chunk.start / self.take.chunk_frames as u64) as usize;
             match self.slots.get_mut(idx) {
@@ -70,6 +78,7 @@ impl Loaded {
                 None => retire(&mut self.take.reader, chunk),
             }
         }
+        max
     }
 
     /// Empties the table (chunks back to the engine); returns the take and
@@ -264,10 +273,8 @@ impl Player {
     /// otherwise miss music that has already arrived (a take served whole
     /// from the cache, played far from its start).
     pub fn catch_up(&mut self, start: i64, len: usize) {
-        if let Some(c) = self.current.as_mut()
-            && !c.ready(start, len)
-        {
-            c.drain_up_to(usize::MAX);
+        if let Some(c) = self.current.as_mut() {
+            c.drain_until_ready(start, len);
         }
     }
 
