@@ -193,7 +193,7 @@ fn pack_meter(m: Meter) -> u32 {
 }
 
 fn unpack_meter(v: u32) -> Meter {
-    Meter::new(v >> 8, v & 0xff).unwrap_or(Meter::COMMON)
+    Meter::checked(v >> 8, v & 0xff).unwrap_or(Meter::COMMON)
 }
 
 impl<'a> PluginShared<'a> for Shared<'a> {}
@@ -898,7 +898,7 @@ impl Processor<'_> {
         }
         // A signature the composer cannot write (or none) is taken as 4/4.
         let meter = if t.flags.contains(TransportFlags::HAS_TIME_SIGNATURE) {
-            Meter::new(
+            Meter::checked(
                 u32::from(t.time_signature_numerator),
                 u32::from(t.time_signature_denominator),
             )

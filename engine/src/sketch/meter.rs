@@ -25,12 +25,17 @@ impl Meter {
     /// A meter the composer can write: 1–16 pulses of a whole, half,
     /// quarter, eighth or sixteenth note.
     pub fn new(beats: u32, unit: u32) -> Result<Self> {
-        if !(1..=16).contains(&beats) || ![1, 2, 4, 8, 16].contains(&unit) {
-            return Err(Error::InvalidSetting(format!(
+        Self::checked(beats, unit).ok_or_else(|| {
+            Error::InvalidSetting(format!(
                 "time signature {beats}/{unit} (expected 1–16 beats of 1, 2, 4, 8 or 16)"
-            )));
-        }
-        Ok(Self {
+            ))
+        })
+    }
+
+    /// [`Meter::new`] without the error message: it never allocates, so a
+    /// real-time thread can check a host's signature with it.
+    pub fn checked(beats: u32, unit: u32) -> Option<Self> {
+        ((1..=16).contains(&beats) && [1, 2, 4, 8, 16].contains(&unit)).then_some(Self {
             beats: beats as u8,
             unit: unit as u8,
         })

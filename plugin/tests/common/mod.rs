@@ -400,9 +400,15 @@ impl Driver {
         let ins = InputEvents::from_buffer(&self.input_events);
         let mut outs = OutputEvents::from_buffer(&mut self.output_events);
         let mut result = None;
+        let violations = assert_no_alloc::violation_count();
         assert_no_alloc(|| {
             result = Some(proc.process(&input, &mut output, &ins, &mut outs, None, Some(t)));
         });
+        assert_eq!(
+            assert_no_alloc::violation_count(),
+            violations,
+            "process allocated or freed"
+        );
         result.unwrap().unwrap();
         self.input_events.clear();
         (&self.outs[0][..n], &self.outs[1][..n])
