@@ -88,17 +88,14 @@ impl Meter {
         }
     }
 
-    /// For pulse `b` of a bar: (index of its group, position within it,
+    /// For each pulse of a bar: (index of its group, position within it,
     /// length of the group).
-    pub fn place(&self, b: u8) -> (usize, u8, u8) {
-        let mut start = 0u8;
-        for (i, &len) in self.groups().iter().enumerate() {
-            if b < start + len {
-                return (i, b - start, len);
-            }
-            start += len;
-        }
-        (0, 0, 1)
+    pub fn places(&self) -> Vec<(usize, u8, u8)> {
+        self.groups()
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, len)| (0..len).map(move |pos| (i, pos, len)))
+            .collect()
     }
 }
 
@@ -120,9 +117,13 @@ mod tests {
                 let g = m.groups();
                 assert_eq!(g.iter().map(|&x| u32::from(x)).sum::<u32>(), beats, "{m}");
                 assert!(g.iter().all(|&x| (1..=3).contains(&x)), "{m}: {g:?}");
-                for b in 0..beats as u8 {
-                    let (i, p, len) = m.place(b);
+                let places = m.places();
+                assert_eq!(places.len(), beats as usize, "{m}");
+                for (b, &(i, p, len)) in places.iter().enumerate() {
                     assert!(i < g.len() && p < len && g[i] == len);
+                    // Pulses run through the groups in order.
+                    let before: u8 = g[..i].iter().sum();
+                    assert_eq!(usize::from(before + p), b, "{m}");
                 }
             }
         }

@@ -199,6 +199,7 @@ pub fn arrange(a: &Analysis, plan: &Plan) -> Score {
     let minor = style.minor.unwrap_or(brightness * semantic < 0.0);
     let scale = if minor { MINOR } else { MAJOR };
     let bar = meter.bar(bpm);
+    let (compound, places) = (meter.compound(), meter.places());
     let bounds = sections(a, (4.0 * bar).max(6.0), semantic);
     let motion_norm = |t0: f64, t1: f64| {
         let n = ((t1 - t0) * 10.0).ceil().max(1.0) as usize;
@@ -284,9 +285,7 @@ pub fn arrange(a: &Analysis, plan: &Plan) -> Score {
                 pan: [-0.6, 0.0, 0.6][k],
             });
         }
-        let compound = meter.compound();
-        for b in 0..meter.beats {
-            let (group, pos, group_len) = meter.place(b);
+        for (b, &(group, pos, group_len)) in (0u8..).zip(&places) {
             let strong = pos == 0;
             let t = bar_start + f64::from(b) * beat;
             let off = t + beat * (0.5 + swing);
