@@ -40,8 +40,14 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
     let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    max_diff(&a, &b)
+}
+
+/// The largest difference between two equally long signals.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
     a.iter()
-        .zip(&b)
+        .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
@@ -482,11 +488,7 @@ fn eight_bit_weights_stay_close_to_f32() {
     d.set_precision(Precision::Q8);
     let (q8_all, q8_step) = (run(&d), step(&d));
     for (a, b) in [(&f32_all, &q8_all), (&f32_step, &q8_step)] {
-        let max = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max);
+        let max = max_diff(a, b);
         let spread = a.iter().map(|v| v * v).sum::<f32>() / a.len() as f32;
         assert!(max > 0.0, "the weights were quantised");
         assert!(
@@ -569,12 +571,7 @@ fn audio_of_a_piece_still_being_generated_is_final_once_settled() {
             sent = settled;
         }
     }
-    assert_eq!(streamed.len(), whole.len());
-    let d = streamed
-        .iter()
-        .zip(&whole)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let d = max_diff(&streamed, &whole);
     assert!(d < 1e-5, "streamed audio differs by {d}");
     // Without the settling margin the last frames' audio would still change:
     // decoding right up to the known end differs from the whole piece.
@@ -587,9 +584,7 @@ fn audio_of_a_piece_still_being_generated_is_final_once_settled() {
         .unwrap()
         .to_vec1()
         .unwrap();
-    let tail = (28 * hop..30 * hop)
-        .map(|i| (early[i] - whole[i]).abs())
-        .fold(0.0f32, f32::max);
+    let tail = max_diff(&early[28 * hop..30 * hop], &whole[28 * hop..30 * hop]);
     assert!(
         tail > 1e-4,
         "the end of a prefix should not be final yet ({tail})"
@@ -622,12 +617,7 @@ fn streamed_generation_hands_over_the_piece_window_by_window() {
         .unwrap();
     let mut whole = m.decode(&codes).unwrap();
     whole.truncate((seconds * f64::from(m.sample_rate())).round() as usize);
-    assert_eq!(streamed.len(), whole.len());
-    let d = streamed
-        .iter()
-        .zip(&whole)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let d = max_diff(&streamed, &whole);
     assert!(d < 1e-5, "{d}");
     assert_eq!(
         m.generate("calm piano", seconds, &sampling, &mut |_| true)
