@@ -2,19 +2,26 @@
 reference outputs from `transformers` next to it.
 
 The Rust implementation in `engine/src/neural` is tested against these files
-(`engine/tests/neural_parity.rs`). Run by hand when the fixture must change:
+(`engine/tests/neural.rs`). Run by hand when a fixture must change:
 
     python3 -m venv .venv-fixtures
-    .venv-fixtures/bin/pip install torch transformers safetensors
+    .venv-fixtures/bin/pip install torch transformers safetensors tokenizers
     .venv-fixtures/bin/python tools/make_musicgen_fixture.py engine/tests/fixtures/musicgen-tiny
+    .venv-fixtures/bin/python tools/make_musicgen_fixture.py engine/tests/fixtures/musicgen-tiny-cb32 \
+        --codebook-size 32 --bandwidth 1.0
+
+The defaults write `musicgen-tiny` (64 codes, 2.2 kbps). The second one has a codec
+whose quantizer count only the current formula of `transformers` gets right
+(`1000 * target_bandwidths[-1] // (frame_rate * ceil(log2(codebook_size)))` = 4; the
+older `... // (frame_rate * 10)` gives 2, fewer than the decoder's 4 codebooks).
 
 Weights are drawn with a larger spread than the library's own init (std 0.02), and
 the EnCodec codebooks are filled: with the default init, guided and unguided greedy
 codes come out identical and the codebooks stay zero, and the tests would prove little.
 """
 
+import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -88,7 +95,7 @@ def randomize(model: torch.nn.Module, gen: torch.Generator) -> None:
                 b.copy_(torch.randn(b.shape, generator=gen))
 
 
-def main(out: Path) -> None:
+def main(out: Path, codebook_size: int, bandwidth: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1234)
@@ -111,9 +118,9 @@ def main(out: Path) -> None:
         audio_channels=1,
         num_filters=4,
         hidden_size=8,
-        codebook_size=64,
+        codebook_size=codebook_size,
         upsampling_ratios=[8, 5, 4, 4],
-        target_bandwidths=[2.2],
+        target_bandwidths=[bandwidth],
         num_lstm_layers=2,
         norm_type="weight_norm",
         pad_mode="reflect",
@@ -128,7 +135,7 @@ def main(out: Path) -> None:
         use_conv_shortcut=False,
     )
     decoder = MusicgenDecoderConfig(
-        vocab_size=64,
+        vocab_size=codebook_size,
         max_position_embeddings=256,
         num_hidden_layers=4,
         ffn_dim=64,
@@ -138,17 +145,22 @@ def main(out: Path) -> None:
         attention_dropout=0.0,
         activation_dropout=0.0,
         num_codebooks=4,
-        pad_token_id=64,
-        bos_token_id=64,
-        decoder_start_token_id=64,
+        pad_token_id=codebook_size,
+        bos_token_id=codebook_size,
+        decoder_start_token_id=codebook_size,
     )
+    if audio.num_quantizers < decoder.num_codebooks:
+        sys.exit(
+            f"the codec has {audio.num_quantizers} quantizers, "
+            f"fewer than the decoder's {decoder.num_codebooks} codebooks"
+        )
     config = MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
     model = MusicgenForConditionalGeneration(config).eval()
     randomize(model, gen)
     gc = model.generation_config
-    gc.pad_token_id = 64
-    gc.decoder_start_token_id = 64
-    gc.bos_token_id = 64
+    gc.pad_token_id = codebook_size
+    gc.decoder_start_token_id = codebook_size
+    gc.bos_token_id = codebook_size
     gc.do_sample = True
     gc.guidance_scale = 3.0
     gc.top_k = 250
@@ -165,8 +177,8 @@ def main(out: Path) -> None:
         ref["t5.last_hidden_state"] = states
 
         seq = 10
-        codes = torch.randint(0, 64, (len(PROMPTS) * 4, seq), generator=gen)
-        codes[:, 0] = 64
+        codes = torch.randint(0, codebook_size, (len(PROMPTS) * 4, seq), generator=gen)
+        codes[:, 0] = codebook_size
         ref["decoder.input_ids"] = codes
         logits = model(
             input_ids=ids, attention_mask=mask, decoder_input_ids=codes
@@ -177,7 +189,7 @@ def main(out: Path) -> None:
         ref.update(greedy_runs(model, one, MAX_NEW_TOKENS))
 
         frames = 50
-        codec_codes = torch.randint(0, 64, (1, 4, frames), generator=gen)
+        codec_codes = torch.randint(0, codebook_size, (1, 4, frames), generator=gen)
         ref["encodec.codes"] = codec_codes
         ref["encodec.audio"] = model.audio_encoder.decode(codec_codes[None], [None]).audio_values
 
@@ -213,4 +225,13 @@ def greedy_runs(model, inputs, max_new_tokens):
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "engine/tests/fixtures/musicgen-tiny"))
+    args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    args.add_argument(
+        "out", nargs="?", type=Path, default=Path("engine/tests/fixtures/musicgen-tiny")
+    )
+    args.add_argument("--codebook-size", type=int, default=64, help="EnCodec codes per codebook")
+    args.add_argument(
+        "--bandwidth", type=float, default=2.2, help="EnCodec's (last) target bandwidth, kbps"
+    )
+    a = args.parse_args()
+    main(a.out, a.codebook_size, a.bandwidth)

@@ -13,16 +13,30 @@ use vidmusician_engine::neural::{MusicGen, Sampling};
 const TOL: f32 = 1e-4;
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny")
+    fixture_named("musicgen-tiny")
+}
+
+fn fixture_named(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn reference() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture().join("reference.safetensors"), &Device::Cpu)
+    reference_in(&fixture())
+}
+
+fn reference_in(dir: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
         .expect("reference outputs")
 }
 
 fn prompts() -> Vec<String> {
-    let text = std::fs::read_to_string(fixture().join("reference.json")).unwrap();
+    prompts_in(&fixture())
+}
+
+fn prompts_in(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["prompts"]
         .as_array()
@@ -179,9 +193,12 @@ fn frames_as_tensor(frames: &[Vec<u32>]) -> Tensor {
 
 #[test]
 fn greedy_generation_matches_the_reference_with_and_without_guidance() {
-    let m = model();
-    let r = reference();
-    let prompt = &prompts()[0];
+    assert_greedy_generation_matches(&model(), &reference(), &prompts()[0]);
+}
+
+/// Greedy codes equal to the reference's and their audio within [`TOL`], guided and
+/// not, and guidance changing the codes.
+fn assert_greedy_generation_matches(m: &MusicGen, r: &HashMap<String, Tensor>, prompt: &str) {
     for (name, guidance) in [("generate.guided", 3.0), ("generate.unguided", 1.0)] {
         let want = &r[&format!("{name}.codes")];
         let frames = want.dim(2).unwrap();
@@ -205,9 +222,12 @@ fn greedy_generation_matches_the_reference_with_and_without_guidance() {
 
 #[test]
 fn encodec_decoding_matches_the_reference_and_trims_exactly() {
-    let m = model();
-    let r = reference();
-    let codes = u32s(&r, "encodec.codes");
+    assert_encodec_decoding_matches(&model(), &reference());
+}
+
+/// The recorded 50 frames of codes decode to the reference's second of audio.
+fn assert_encodec_decoding_matches(m: &MusicGen, r: &HashMap<String, Tensor>) {
+    let codes = u32s(r, "encodec.codes");
     let audio = m.codec().decode(&codes).unwrap();
     assert_eq!(
         audio.dims(),
@@ -624,4 +644,27 @@ fn streamed_generation_hands_over_the_piece_window_by_window() {
             .unwrap(),
         streamed
     );
+}
+
+#[test]
+fn a_codec_whose_quantizers_only_the_current_formula_counts_loads_and_matches() {
+    // 32 codes a codebook at 1.0 kbps: transformers 5.x builds 1000 × 1.0 // (50 × 5)
+    // = 4 quantizers; the older formula, 1000 × 1.0 // (50 × 10) = 2, fewer than the 4
+    // codebooks the decoder writes, refused this checkpoint.
+    let dir = fixture_named("musicgen-tiny-cb32");
+    let m = MusicGen::load(&dir).expect("the 32-code checkpoint loads");
+    let r = reference_in(&dir);
+    assert_eq!(m.codec().num_codebooks(), 4);
+    assert_eq!(m.decoder().config().vocab_size, 32);
+    let p = prompts_in(&dir);
+    let refs: Vec<&str> = p.iter().map(String::as_str).collect();
+    let (got_ids, got_mask) = m.tokenize(&refs).unwrap();
+    assert_eq!(ids(&got_ids), ids(&r["text.input_ids"]));
+    assert_eq!(ids(&got_mask), ids(&r["text.attention_mask"]));
+    assert_greedy_generation_matches(&m, &r, &p[0]);
+    assert!(
+        ids(&r["generate.guided.codes"]).iter().all(|&c| c < 32),
+        "codes of a 32-code codebook"
+    );
+    assert_encodec_decoding_matches(&m, &r);
 }

@@ -88,7 +88,8 @@ impl MusicgenConfig {
         }
         if !(1..=64).contains(&a.num_quantizers()) {
             return Err(format!(
-                "audio_encoder.target_bandwidths give {} quantizers (expected 1–64)",
+                "audio_encoder.target_bandwidths and codebook_size give {} quantizers \
+                 (expected 1–64)",
                 a.num_quantizers()
             ));
         }
@@ -238,10 +239,56 @@ impl EncodecConfig {
         (self.sampling_rate as usize).div_ceil(self.hop_length())
     }
 
-    /// Number of residual quantizers, as `transformers` derives it.
+    /// Bits of one code: `ceil(log2(codebook_size))`, 0 for a codebook of one code.
+    pub fn codebook_nbits(&self) -> usize {
+        self.codebook_size.next_power_of_two().trailing_zeros() as usize
+    }
+
+    /// Number of residual quantizers, as `transformers` (5.x) derives it in
+    /// `EncodecConfig.num_quantizers`:
+    ///
+    /// ```text
+    /// int(1000 * target_bandwidths[-1] // (frame_rate * ceil(log2(codebook_size))))
+    /// ```
+    ///
+    /// with `frame_rate = ceil(sampling_rate / prod(upsampling_ratios))`: the *last*
+    /// bandwidth (not the largest) and Python's float floor division. Older versions
+    /// divided by `frame_rate * 10`: the same for 1024-code codebooks, and by luck of
+    /// the rounding for facebook/musicgen-* (2048 codes at 2.2 kbps: 4 either way), but
+    /// not in general (32 codes at 1.0 kbps: 4 quantizers, where the old formula said 2).
+    /// A config Python would fail on (no bandwidth, a one-code codebook, a zero
+    /// sampling rate) gives 0, which [`MusicgenConfig`]'s validation refuses.
     pub fn num_quantizers(&self) -> usize {
-        let max_bw = self.target_bandwidths.iter().cloned().fold(0.0, f64::max);
-        ((1000.0 * max_bw) / (self.frame_rate() as f64 * 10.0)).floor() as usize
+        let Some(&bandwidth) = self.target_bandwidths.last() else {
+            return 0;
+        };
+        let per_quantizer = self.frame_rate() * self.codebook_nbits();
+        if per_quantizer == 0 {
+            return 0;
+        }
+        // `as` saturates: negative and NaN give 0, infinity more than any bound.
+        py_floor_div(1000.0 * bandwidth, per_quantizer as f64) as usize
+    }
+}
+
+/// Python's `a // b` on floats, step by step as CPython's `float_floor_div` does it
+/// (`fmod`, then snapping the quotient to an integer); not always `(a / b).floor()`:
+/// `1.0 // 0.1` is 9.
+fn py_floor_div(a: f64, b: f64) -> f64 {
+    let rem = a % b;
+    let mut div = (a - rem) / b;
+    if rem != 0.0 && ((b < 0.0) != (rem < 0.0)) {
+        div -= 1.0;
+    }
+    if div != 0.0 {
+        let floor = div.floor();
+        if div - floor > 0.5 {
+            floor + 1.0
+        } else {
+            floor
+        }
+    } else {
+        0.0f64.copysign(a / b)
     }
 }
 
@@ -331,5 +378,101 @@ impl GenerationConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(Error::io(path, e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codec(rate: u32, ratios: &[usize], bandwidths: &[f64], codebook: usize) -> EncodecConfig {
+        serde_json::from_value(serde_json::json!({
+            "sampling_rate": rate,
+            "num_filters": 4,
+            "hidden_size": 8,
+            "codebook_size": codebook,
+            "upsampling_ratios": ratios,
+            "target_bandwidths": bandwidths,
+        }))
+        .unwrap()
+    }
+
+    /// The count this crate used before: the formula of `transformers` before 5.x
+    /// (`frame_rate * 10`), with the largest bandwidth; kept to show where the two part.
+    fn old_formula(c: &EncodecConfig) -> usize {
+        let max_bw = c.target_bandwidths.iter().cloned().fold(0.0, f64::max);
+        ((1000.0 * max_bw) / (c.frame_rate() as f64 * 10.0)).floor() as usize
+    }
+
+    #[test]
+    fn musicgen_small_has_four_quantizers() {
+        let c = codec(32_000, &[8, 5, 4, 4], &[2.2], 2048);
+        assert_eq!(c.frame_rate(), 50);
+        assert_eq!(c.codebook_nbits(), 11);
+        assert_eq!(c.num_quantizers(), 4);
+        assert_eq!(old_formula(&c), 4, "the two formulas agree here");
+    }
+
+    #[test]
+    fn quantizers_follow_the_codebook_size_as_transformers_5_counts_them() {
+        // Each config's count in transformers 5.24 (as `EncodecConfig(...).num_quantizers`
+        // printed it) and by the old count.
+        let check = |c: EncodecConfig, new: usize, old: usize| {
+            let what = format!(
+                "{} Hz {:?} {} codes",
+                c.sampling_rate, c.target_bandwidths, c.codebook_size
+            );
+            assert_eq!(c.num_quantizers(), new, "{what}");
+            assert_eq!(old_formula(&c), old, "{what}");
+        };
+        // the tiny fixtures: 64 codes at 2.2 kbps, 32 codes at 1.0 kbps
+        check(codec(32_000, &[8, 5, 4, 4], &[2.2], 64), 7, 4);
+        check(codec(32_000, &[8, 5, 4, 4], &[1.0], 32), 4, 2);
+        check(codec(32_000, &[8, 5, 4, 4], &[0.9], 8), 6, 1);
+        // EnCodec 24 kHz: the last bandwidth is the largest
+        let all = [1.5, 3.0, 6.0, 12.0, 24.0];
+        check(codec(24_000, &[8, 5, 4, 2], &all, 1024), 32, 32);
+        // the last bandwidth counts, not the largest
+        check(codec(24_000, &[8, 5, 4, 2], &[24.0, 1.5], 1024), 2, 32);
+        // a frame rate rounded up (22050 / 640 = 34.45 → 35), a codebook that is not a
+        // power of two (1000 codes need 10 bits)
+        check(codec(22_050, &[8, 5, 4, 4], &[1.0], 1000), 2, 2);
+        assert_eq!(codec(22_050, &[8, 5, 4, 4], &[1.0], 1000).frame_rate(), 35);
+    }
+
+    #[test]
+    fn configs_python_would_fail_on_give_no_quantizers() {
+        assert_eq!(codec(32_000, &[640], &[2.2], 1).num_quantizers(), 0);
+        assert_eq!(codec(32_000, &[640], &[], 2048).num_quantizers(), 0);
+        assert_eq!(codec(0, &[640], &[2.2], 2048).num_quantizers(), 0);
+        assert_eq!(codec(32_000, &[640], &[-2.2], 2048).num_quantizers(), 0);
+    }
+
+    #[test]
+    fn floor_division_is_pythons() {
+        // Values printed by CPython 3.11.
+        for (a, b, want) in [
+            (1.0, 0.1, 9.0),
+            (2200.0, 550.0, 4.0),
+            (1000.0, 250.0, 4.0),
+            (-7.0, 2.0, -4.0),
+            (7.0, -2.0, -4.0),
+            (1199.9999999999998, 300.0, 3.0),
+            (0.0, 5.0, 0.0),
+        ] {
+            assert_eq!(py_floor_div(a, b), want, "{a} // {b}");
+        }
+        assert!(py_floor_div(-0.0, 5.0).is_sign_negative());
+    }
+
+    #[test]
+    fn validation_refuses_a_codec_without_quantizers() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny/config.json");
+        let mut cfg = MusicgenConfig::load(&path).unwrap();
+        cfg.audio_encoder.codebook_size = 1;
+        cfg.decoder.vocab_size = 1;
+        let err = cfg.validate().unwrap_err();
+        assert!(err.contains("0 quantizers"), "{err}");
     }
 }
