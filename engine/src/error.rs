@@ -53,10 +53,58 @@ pub enum Error {
         codec: String,
         reason: String,
     },
+    #[error(
+        "{}: cannot decode the video's sound ({codec}): {reason}; `--audio replace` leaves it out",
+        path.display()
+    )]
+    SoundDecode {
+        path: PathBuf,
+        codec: String,
+        reason: String,
+    },
+    #[error(
+        "{}: the file is damaged: {undecodable} of its {frames} frames ({:.0}%) could not be decoded; at least {min_percent}% must decode to score the video",
+        path.display(),
+        *undecodable as f64 * 100.0 / (*frames).max(1) as f64
+    )]
+    Damaged {
+        path: PathBuf,
+        undecodable: usize,
+        frames: usize,
+        min_percent: u32,
+    },
     #[error("{}: cannot write: {reason}", path.display())]
     Output { path: PathBuf, reason: String },
+    #[error(
+        "{}: not a WAV file{}; VidMusician reads music as WAV (convert it first, e.g. `ffmpeg -i {} music.wav`)",
+        path.display(),
+        looks_like.map(|k| format!(" (it looks like {k})")).unwrap_or_default(),
+        path.display()
+    )]
+    NotWav {
+        path: PathBuf,
+        /// What the file looks like instead, when its first bytes say so.
+        looks_like: Option<&'static str>,
+    },
+    #[error("{}: the WAV file is damaged: {reason}", path.display())]
+    BadWav { path: PathBuf, reason: String },
     #[error("invalid setting: {0}")]
     InvalidSetting(String),
+    /// The network, not the request, failed: the user should check the
+    /// connection (or `$HF_ENDPOINT`) and try again.
+    #[error("network failure: cannot reach {endpoint} to download {what}: {reason}")]
+    Network {
+        endpoint: String,
+        what: String,
+        reason: String,
+    },
+    /// The server answered, but not with what was asked for.
+    #[error("the download of {what} from {endpoint} failed: {reason}")]
+    Download {
+        endpoint: String,
+        what: String,
+        reason: String,
+    },
     #[error("cancelled")]
     Cancelled,
     #[error("the engine thread has stopped")]

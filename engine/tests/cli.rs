@@ -7,7 +7,19 @@ use vidmusician_engine::audio::{Audio, read_wav, write_wav};
 use vidmusician_engine::video::synth::{SynthSpec, write_video};
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vidmusician"));
+    test_env(Command::new(env!("CARGO_BIN_EXE_vidmusician")))
+}
+
+/// `vidmusician` run by a shell that first sets `umask`.
+#[cfg(unix)]
+fn bin_under_umask(umask: &str) -> Command {
+    let mut c = Command::new("sh");
+    c.args(["-c", "umask \"$0\" && exec \"$@\"", umask])
+        .arg(env!("CARGO_BIN_EXE_vidmusician"));
+    test_env(c)
+}
+
+fn test_env(mut c: Command) -> Command {
     // Keep the user's cache out of tests.
     c.env(
         "VIDMUSICIAN_CACHE",
@@ -427,4 +439,694 @@ fn models_list_shows_installed_models() {
         text.contains("models pull facebook/musicgen-small"),
         "{text}"
     );
+}
+
+/// The error line of a failed run (asserting there is exactly one).
+fn error_line(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "stderr: {err}");
+    lines[0].to_string()
+}
+
+/// No part of an error line (between ": ") is said twice.
+fn assert_no_repeats(line: &str) {
+    let parts: Vec<&str> = line.split(": ").map(str::trim).collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(!parts[i + 1..].contains(p), "{p:?} is repeated in {line:?}");
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_success(out: &Output) {
+    assert!(out.status.success(), "{}", stderr(out));
+}
+
+#[test]
+fn an_output_that_is_an_input_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let v = make_video(d, "clip.mp4", &SynthSpec::new(160, 120, 25, 2.0, vec![1.0]));
+    let original = std::fs::read(&v).unwrap();
+    let unchanged = || {
+        assert_eq!(
+            std::fs::read(&v).unwrap(),
+            original,
+            "the input was damaged"
+        )
+    };
+
+    // The very same name, for the WAV and for the muxed copy.
+    let out = run(&["compose", s(&v), "-o", s(&v), "--no-cache"]);
+    assert_clean_failure(&out, &["clip.mp4", "same file", "input video"]);
+    unchanged();
+    let out = run(&["compose", s(&v), "--mux", s(&v), "--no-cache"]);
+    assert_clean_failure(&out, &["clip.mp4", "same file", "input video"]);
+    unchanged();
+    // Through another spelling of the path.
+    let dotted = d.join(".").join("clip.mp4");
+    let out = run(&["compose", s(&v), "--mux", s(&dotted), "--no-cache"]);
+    assert_clean_failure(&out, &["same file"]);
+    unchanged();
+    // Through a symbolic link and a hard link, under names that pass the
+    // format checks.
+    let sym = d.join("music.wav");
+    std::os::unix::fs::symlink(&v, &sym).unwrap();
+    let out = run(&["compose", s(&v), "-o", s(&sym), "--no-cache"]);
+    assert_clean_failure(&out, &["music.wav", "same file", "clip.mp4"]);
+    let hard = d.join("scored.mp4");
+    std::fs::hard_link(&v, &hard).unwrap();
+    let out = run(&["compose", s(&v), "--mux", s(&hard), "--no-cache"]);
+    assert_clean_failure(&out, &["scored.mp4", "same file", "clip.mp4"]);
+    unchanged();
+    assert!(
+        std::fs::symlink_metadata(&sym)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    // -o and --mux naming one file (a link from one to the other).
+    let wav = d.join("out.wav");
+    std::fs::write(&wav, b"old").unwrap();
+    let mux_link = d.join("out.mp4");
+    std::os::unix::fs::symlink(&wav, &mux_link).unwrap();
+    let out = run(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&wav),
+        "--mux",
+        s(&mux_link),
+        "--no-cache",
+    ]);
+    assert_clean_failure(&out, &["out.mp4", "same file", "-o output"]);
+    assert_eq!(std::fs::read(&wav).unwrap(), b"old");
+
+    // The plot of `analyze`.
+    let png = d.join("plot.png");
+    std::os::unix::fs::symlink(&v, &png).unwrap();
+    let out = run(&["analyze", s(&v), "--plot", s(&png)]);
+    assert_clean_failure(&out, &["plot.png", "same file"]);
+    unchanged();
+    // No analysis ran: the refusals print nothing else.
+    for args in [
+        vec!["compose", s(&v), "-o", s(&v)],
+        vec!["analyze", s(&v), "--plot", s(&png)],
+    ] {
+        let out = run(&args);
+        assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    }
+}
+
+/// Amplitude of the sine at `hz` in `x` (Goertzel over the whole signal).
+fn tone_amplitude(x: &[f32], rate: u32, hz: f64) -> f64 {
+    let w = std::f64::consts::TAU * hz / f64::from(rate);
+    let (mut re, mut im) = (0.0, 0.0);
+    for (n, &v) in x.iter().enumerate() {
+        re += f64::from(v) * (w * n as f64).cos();
+        im -= f64::from(v) * (w * n as f64).sin();
+    }
+    2.0 * (re * re + im * im).sqrt() / x.len().max(1) as f64
+}
+
+/// Least-squares weight of `part` in `mix`: 1 when `mix` holds `part` as it
+/// is, 0 when it does not hold it at all.
+fn weight_of(mix: &[f32], part: &[f32]) -> f64 {
+    let n = mix.len().min(part.len());
+    let dot: f64 = (0..n).map(|i| f64::from(mix[i]) * f64::from(part[i])).sum();
+    let pp: f64 = (0..n).map(|i| f64::from(part[i]).powi(2)).sum();
+    dot / pp.max(1e-12)
+}
+
+fn sound_of(path: &Path, nth: usize) -> Option<Vec<f32>> {
+    vidmusician_engine::video::read_sound(path, Some(nth), 48_000)
+        .unwrap()
+        .map(|a| a.mono())
+}
+
+#[test]
+fn mux_keeps_the_videos_sound_beneath_the_music() {
+    const HZ: f64 = 1234.5;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut spec = SynthSpec::new(160, 120, 25, 4.0, vec![1.0, 2.5]);
+    spec.tone = Some(HZ as f32);
+    let v = make_video(d, "dialogue.mp4", &spec);
+    let original = sound_of(&v, 0).unwrap();
+    assert!(tone_amplitude(&original, 48_000, HZ) > 0.2);
+
+    let wav = d.join("music.wav");
+    let mix = d.join("mix.mp4");
+    let out = run(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&wav),
+        "--mux",
+        s(&mix),
+        "--seed",
+        "3",
+        "--no-cache",
+    ]);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains("video's own sound") && stderr(&out).contains("-12.0 dB"),
+        "{}",
+        stderr(&out)
+    );
+    let music = read_wav(&wav).unwrap().mono();
+    let m = sound_of(&mix, 0).unwrap();
+    assert!(sound_of(&mix, 1).is_none(), "a mix is one audio stream");
+    // The original sine is still there at its level, and the music is mixed
+    // in at −12 dB (a weight of 0.25).
+    let tone = tone_amplitude(&m, 48_000, HZ);
+    assert!((0.2..0.3).contains(&tone), "tone amplitude {tone}");
+    let w = weight_of(&m, &music);
+    assert!((0.18..0.32).contains(&w), "music weight {w}");
+    assert_eq!(
+        packets(&v).video,
+        packets(&mix).video,
+        "video not copied as is"
+    );
+
+    // A quieter mix with --music-gain.
+    let quiet = d.join("quiet.mp4");
+    let out = run(&[
+        "compose",
+        s(&v),
+        "--mux",
+        s(&quiet),
+        "--seed",
+        "3",
+        "--no-cache",
+        "--music-gain",
+        "-24",
+    ]);
+    assert_success(&out);
+    let w = weight_of(&sound_of(&quiet, 0).unwrap(), &music);
+    assert!((0.04..0.09).contains(&w), "music weight at -24 dB: {w}");
+
+    // replace: the music alone.
+    let rep = d.join("replace.mp4");
+    let out = run(&[
+        "compose",
+        s(&v),
+        "--mux",
+        s(&rep),
+        "--audio",
+        "replace",
+        "--seed",
+        "3",
+        "--no-cache",
+    ]);
+    assert_success(&out);
+    let r = sound_of(&rep, 0).unwrap();
+    assert!(
+        tone_amplitude(&r, 48_000, HZ) < 0.05,
+        "the original sound is still there"
+    );
+    let w = weight_of(&r, &music);
+    assert!((0.85..1.15).contains(&w), "music weight {w}");
+
+    // tracks: the original first, then the music.
+    let tr = d.join("tracks.mp4");
+    let out = run(&[
+        "compose",
+        s(&v),
+        "--mux",
+        s(&tr),
+        "--audio",
+        "tracks",
+        "--seed",
+        "3",
+        "--no-cache",
+    ]);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains("two audio streams"),
+        "{}",
+        stderr(&out)
+    );
+    let first = sound_of(&tr, 0).unwrap();
+    let second = sound_of(&tr, 1).unwrap();
+    assert!(sound_of(&tr, 2).is_none());
+    assert!(tone_amplitude(&first, 48_000, HZ) > 0.2);
+    assert!(weight_of(&first, &music).abs() < 0.1);
+    assert!(tone_amplitude(&second, 48_000, HZ) < 0.05);
+    assert!((0.85..1.15).contains(&weight_of(&second, &music)));
+
+    // A video without sound gets the music alone, and is told so.
+    let silent = make_video(
+        d,
+        "silent.mp4",
+        &SynthSpec::new(160, 120, 25, 4.0, vec![1.0, 2.5]),
+    );
+    let only = d.join("only.mp4");
+    let out = run(&[
+        "compose",
+        s(&silent),
+        "--mux",
+        s(&only),
+        "--seed",
+        "3",
+        "--no-cache",
+    ]);
+    assert_success(&out);
+    assert!(stderr(&out).contains("has none"), "{}", stderr(&out));
+    assert!(sound_of(&only, 1).is_none());
+
+    // Settings for the sound without --mux, or that do not apply, are refused.
+    let out = run(&["compose", s(&v), "-o", s(&wav), "--audio", "tracks"]);
+    assert_clean_failure(&out, &["--mux"]);
+    let out = run(&[
+        "compose",
+        s(&v),
+        "--mux",
+        s(&rep),
+        "--audio",
+        "replace",
+        "--music-gain",
+        "-6",
+    ]);
+    assert_clean_failure(&out, &["--music-gain"]);
+}
+
+#[test]
+fn a_loud_mix_is_limited_not_clipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut spec = SynthSpec::new(160, 120, 25, 3.0, vec![1.0, 2.0]);
+    spec.tone = Some(440.0);
+    let v = make_video(d, "loud.mp4", &spec);
+    let mix = d.join("mix.mp4");
+    // Music at full level over a −12 dBFS sine sums past full scale.
+    let out = run(&[
+        "compose",
+        s(&v),
+        "--mux",
+        s(&mix),
+        "--music-gain",
+        "+6",
+        "--no-cache",
+    ]);
+    assert_success(&out);
+    assert!(stderr(&out).contains("limited"), "{}", stderr(&out));
+    let a = vidmusician_engine::video::read_sound(&mix, None, 48_000)
+        .unwrap()
+        .unwrap();
+    // −1 dBFS, and what the AAC coding adds on top.
+    assert!(a.peak() < 1.0, "peak {}", a.peak());
+}
+
+#[cfg(unix)]
+#[test]
+fn outputs_get_the_mode_of_a_new_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let v = make_video(d, "in.mp4", &SynthSpec::new(160, 120, 25, 2.0, vec![1.0]));
+    for (umask, mode) in [("022", 0o644), ("002", 0o664), ("077", 0o600)] {
+        let wav = d.join(format!("m{umask}.wav"));
+        let mux = d.join(format!("m{umask}.mp4"));
+        let png = d.join(format!("p{umask}.png"));
+        let synth = d.join(format!("s{umask}.mp4"));
+        let under_umask = |args: &[&str]| {
+            assert_success(&bin_under_umask(umask).args(args).output().unwrap());
+        };
+        under_umask(&[
+            "compose",
+            s(&v),
+            "-o",
+            s(&wav),
+            "--mux",
+            s(&mux),
+            "--no-cache",
+        ]);
+        under_umask(&["analyze", s(&v), "--plot", s(&png)]);
+        under_umask(&[
+            "synth-video",
+            s(&synth),
+            "--duration",
+            "1",
+            "--width",
+            "64",
+            "--height",
+            "64",
+        ]);
+        for p in [&wav, &mux, &png, &synth] {
+            let got = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(got, mode, "{} under umask {umask}: {got:o}", p.display());
+        }
+    }
+}
+
+#[test]
+fn a_range_reports_scores_and_places_only_its_own_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let v = make_video(
+        d,
+        "in.mp4",
+        &SynthSpec::new(320, 240, 25, 8.0, vec![1.0, 2.0, 3.0, 5.2]),
+    );
+    // 4–7 s holds one cut (5.2 s), 6–8 s none.
+    let wav = d.join("range.wav");
+    let mux = d.join("range.mp4");
+    let out = run(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&wav),
+        "--mux",
+        s(&mux),
+        "--audio",
+        "replace",
+        "--start",
+        "4",
+        "--end",
+        "7",
+        "--no-cache",
+    ]);
+    assert_success(&out);
+    assert!(stderr(&out).contains(", 1 cut,"), "{}", stderr(&out));
+    let out = run(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&d.join("none.wav")),
+        "--start",
+        "6",
+        "--end",
+        "8",
+        "--no-cache",
+    ]);
+    assert_success(&out);
+    assert!(stderr(&out).contains(", no cuts,"), "{}", stderr(&out));
+
+    // eval of the range's music against the range's cuts, on the music's
+    // clock: the cut at 5.2 s is at 1.2 s of the music, and it is hit.
+    let out = run(&[
+        "eval",
+        s(&wav),
+        "--video",
+        s(&v),
+        "--start",
+        "4",
+        "--end",
+        "7",
+    ]);
+    assert_success(&out);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["cuts"].as_u64(), Some(1), "{j}");
+    assert!(j["cut_hit_rate"].as_f64().unwrap() >= 0.99, "{j}");
+    // Without the range, eval counts the other cuts too.
+    let out = run(&["eval", s(&wav), "--video", s(&v)]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["cuts"].as_u64(), Some(4), "{j}");
+    // A range with no cuts has no hit rate (not 100%).
+    let out = run(&["eval", s(&wav), "--video", s(&v), "--start", "6"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["cuts"].as_u64(), Some(0), "{j}");
+    assert!(j["cut_hit_rate"].is_null(), "{j}");
+    assert_clean_failure(&run(&["eval", s(&wav), "--start", "4"]), &["--video"]);
+
+    // The muxed copy has the music where the range is: silent before 4 s.
+    let a = vidmusician_engine::video::read_sound(&mux, None, 48_000)
+        .unwrap()
+        .unwrap();
+    let before = a.channels[0][..48_000 * 39 / 10]
+        .iter()
+        .fold(0f32, |m, x| m.max(x.abs()));
+    let during = a.channels[0][48_000 * 4..48_000 * 7]
+        .iter()
+        .fold(0f32, |m, x| m.max(x.abs()));
+    assert!(
+        before < 0.01 && during > 0.1,
+        "before {before}, during {during}"
+    );
+}
+
+#[test]
+fn outputs_of_the_wrong_kind_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The input does not exist: a refusal that names the format shows the
+    // check came first.
+    let missing = d.join("missing.mp4");
+    let out = run(&["compose", s(&missing), "-o", s(&d.join("x.txt"))]);
+    assert_clean_failure(&out, &["x.txt", ".wav"]);
+    let out = run(&["compose", s(&missing), "--mux", s(&d.join("x.wav"))]);
+    assert_clean_failure(&out, &["x.wav", "holds no video", ".mp4", ".mkv"]);
+    let out = run(&["compose", s(&missing), "--mux", s(&d.join("x.webm"))]);
+    assert_clean_failure(&out, &["x.webm", "AAC", ".mp4"]);
+    let out = run(&["compose", s(&missing), "--mux", s(&d.join("noext"))]);
+    assert_clean_failure(&out, &["noext", "extension"]);
+    let out = run(&["analyze", s(&missing), "--plot", s(&d.join("x.mp4"))]);
+    assert_clean_failure(&out, &["x.mp4", ".png"]);
+    assert_eq!(std::fs::read_dir(d).unwrap().count(), 0, "nothing written");
+}
+
+#[test]
+fn music_that_is_not_a_wav_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mp3 = d.join("song.mp3");
+    let mut bytes = b"ID3\x04\x00\x00\x00\x00\x00\x00".to_vec();
+    bytes.extend([0xFF, 0xFB, 0x90, 0x64].repeat(100));
+    std::fs::write(&mp3, bytes).unwrap();
+    let out = run(&["eval", s(&mp3)]);
+    assert_clean_failure(&out, &["song.mp3", "not a WAV file", "MP3"]);
+    assert!(!error_line(&out).contains("enough bytes"));
+
+    let tiny = d.join("x.mp3");
+    std::fs::write(&tiny, b"x\n").unwrap();
+    let out = run(&["eval", s(&tiny)]);
+    assert_clean_failure(&out, &["x.mp3", "not a WAV file"]);
+    assert_no_repeats(&error_line(&out));
+
+    // A WAV cut short is called truncated.
+    let good = d.join("good.wav");
+    write_wav(&good, &Audio::silence(48_000, 2, 48_000)).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let cut = d.join("cut.wav");
+    std::fs::write(&cut, &bytes[..30]).unwrap();
+    let out = run(&["eval", s(&cut)]);
+    assert_clean_failure(&out, &["cut.wav", "truncated"]);
+    assert_no_repeats(&error_line(&out));
+
+    // An error quoting its cause is said once (it used to print the cause a
+    // second time from the error chain).
+    let out = run(&["eval", s(d)]);
+    assert_clean_failure(&out, &["directory"]);
+    let line = error_line(&out);
+    assert_no_repeats(&line);
+    assert_eq!(line.matches("directory").count(), 1, "{line}");
+}
+
+#[test]
+fn models_pull_reports_network_failures_and_the_licence() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 9 of the loopback: the connection is refused.
+    let out = bin()
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .args(["models", "pull", "facebook/musicgen-small", "--cache-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, &["network failure", "127.0.0.1:9", "connection"]);
+    let line = error_line(&out);
+    assert!(!line.contains("invalid setting"), "{line}");
+    assert_no_repeats(&line);
+    // The licence is said before the download starts.
+    let err = stderr(&out);
+    let licence = err.find("CC-BY-NC 4.0").expect("licence not stated");
+    assert!(err[licence..].contains("not for commercial use"), "{err}");
+    assert!(licence < err.find("error:").unwrap());
+
+    // `models list` says it for an installed MusicGen.
+    let snap = dir
+        .path()
+        .join("models--facebook--musicgen-small/snapshots/abc");
+    std::fs::create_dir_all(&snap).unwrap();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::os::unix::fs::symlink(tiny_model().join(f), snap.join(f)).unwrap();
+    }
+    let out = bin()
+        .env("HF_HUB_CACHE", dir.path())
+        .args(["models", "list"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("facebook/musicgen-small")
+            && text.contains("CC-BY-NC 4.0: not for commercial use"),
+        "{text}"
+    );
+}
+
+/// `good` with `share` of its media data overwritten by zeros, mid-file.
+fn zero_stretch(good: &Path, out: &Path, share: f64) {
+    let mut b = std::fs::read(good).unwrap();
+    let mdat = b.windows(4).position(|w| w == b"mdat").unwrap() + 4;
+    let moov = b.windows(4).position(|w| w == b"moov").unwrap();
+    assert!(moov > mdat, "media data before the index");
+    let len = ((moov - mdat) as f64 * share) as usize;
+    let start = mdat + (moov - mdat - len) / 2;
+    b[start..start + len].fill(0);
+    std::fs::write(out, b).unwrap();
+}
+
+#[test]
+fn damaged_videos_are_reported_and_refused_when_mostly_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = make_video(
+        d,
+        "good.mp4",
+        &SynthSpec::new(320, 240, 25, 6.0, vec![2.0, 4.0]),
+    );
+    let wav = d.join("out.wav");
+
+    let some = d.join("some.mp4");
+    zero_stretch(&good, &some, 0.15);
+    let out = run(&["compose", s(&some), "-o", s(&wav), "--no-cache"]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: ")
+            && err.contains("could not be decoded")
+            && err.contains("of 150 frames"),
+        "{err}"
+    );
+    let out = run(&["analyze", s(&some)]);
+    assert!(
+        stderr(&out).contains("could not be decoded"),
+        "{}",
+        stderr(&out)
+    );
+
+    let most = d.join("most.mp4");
+    zero_stretch(&good, &most, 0.7);
+    let out = run(&[
+        "compose",
+        s(&most),
+        "-o",
+        s(&d.join("no.wav")),
+        "--no-cache",
+    ]);
+    assert_clean_failure(
+        &out,
+        &[
+            "most.mp4",
+            "damaged",
+            "could not be decoded",
+            "at least 50%",
+        ],
+    );
+    assert!(!d.join("no.wav").exists());
+
+    // The intact file says nothing of the kind.
+    let out = run(&["compose", s(&good), "-o", s(&wav), "--no-cache"]);
+    assert_success(&out);
+    assert!(!stderr(&out).contains("could not be decoded"));
+}
+
+#[test]
+fn music_too_short_to_score_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let one = make_video(d, "one.mp4", &SynthSpec::new(64, 64, 25, 0.04, vec![]));
+    let wav = d.join("out.wav");
+    let out = run(&["compose", s(&one), "-o", s(&wav), "--no-cache"]);
+    assert_clean_failure(&out, &["one.mp4", "too short", "0.04 s", "at least 1 s"]);
+    let v = make_video(d, "in.mp4", &SynthSpec::new(64, 64, 25, 3.0, vec![]));
+    let out = run(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&wav),
+        "--start",
+        "1",
+        "--end",
+        "1.5",
+        "--no-cache",
+    ]);
+    assert_clean_failure(&out, &["1.00–1.50 s", "too short", "at least 1 s"]);
+    let out = run(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&wav),
+        "--start",
+        "5",
+        "--no-cache",
+    ]);
+    assert_clean_failure(&out, &["--start", "past the end"]);
+    let out = run(&[
+        "compose",
+        "--engine",
+        "text",
+        "--duration",
+        "0.5",
+        "-o",
+        s(&wav),
+    ]);
+    assert_clean_failure(&out, &["too short", "at least 1 s"]);
+    assert!(!wav.exists());
+}
+
+#[test]
+fn no_cuts_and_one_cut_are_said_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let none = make_video(d, "none.mp4", &SynthSpec::new(160, 120, 25, 3.0, vec![]));
+    let out = run(&["analyze", s(&none)]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cuts: none"), "{text}");
+    assert!(
+        text.contains("no cuts to fit") && !text.contains('%'),
+        "{text}"
+    );
+    let out = run(&["compose", s(&none), "-o", s(&d.join("a.wav")), "--no-cache"]);
+    assert!(stderr(&out).contains(", no cuts,"), "{}", stderr(&out));
+
+    let one = make_video(d, "one.mp4", &SynthSpec::new(160, 120, 25, 3.0, vec![1.5]));
+    let out = run(&["compose", s(&one), "-o", s(&d.join("b.wav")), "--no-cache"]);
+    assert!(stderr(&out).contains(", 1 cut,"), "{}", stderr(&out));
+    let out = run(&["analyze", s(&one)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("1 cuts") && !text.contains("100%"), "{text}");
+}
+
+#[test]
+fn tiny_pictures_give_no_false_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A 16×16 shot whose shapes step a whole pixel at 4.32 s: that step used
+    // to be taken for a cut.
+    let mut still = SynthSpec::new(16, 16, 25, 6.0, vec![]);
+    still.seed = 2;
+    let j = analyze_json(&make_video(d, "still.mp4", &still));
+    assert_eq!(j["cuts"].as_array().unwrap().len(), 0, "{}", j["cuts"]);
+    // Real cuts at that size are still found.
+    for seed in [1, 6] {
+        let mut cut = SynthSpec::new(16, 16, 25, 12.0, vec![2.0, 4.5, 7.0, 9.5]);
+        cut.seed = seed;
+        let j = analyze_json(&make_video(d, &format!("cuts{seed}.mp4"), &cut));
+        let times: Vec<f64> = j["cuts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["time"].as_f64().unwrap())
+            .collect();
+        assert_eq!(times.len(), 4, "seed {seed}: {times:?}");
+        for (t, want) in times.iter().zip([2.0, 4.5, 7.0, 9.5]) {
+            assert!((t - want).abs() <= 0.04 + 1e-9, "seed {seed}: {times:?}");
+        }
+    }
 }

@@ -33,6 +33,29 @@ impl Default for CutConfig {
     }
 }
 
+impl CutConfig {
+    /// Side (pixels) below which [`CutConfig::for_frame`] raises the jump.
+    const SMALL_SIDE: f32 = 32.0;
+
+    /// The defaults for pictures `width × height` pixels. On a small picture
+    /// a patch of the 7×7 grid is a few source pixels (2.3 at 16 px), so a
+    /// shape moving by one pixel changes a large share of a patch: inside a
+    /// shot the curve sits at exactly 0 while nothing crosses a pixel, then
+    /// jumps by up to ~0.04 when something does. Against a baseline of 0 the
+    /// ratio test passes anything, and such a step passed the default jump as
+    /// a cut. That step shrinks as 1/side, so below 32 px the jump a cut needs
+    /// grows as 1/side too (0.08 at 16 px); cuts, which change every patch,
+    /// measure 0.1 and more at every size.
+    pub fn for_frame(width: u32, height: u32) -> Self {
+        let side = width.min(height).max(1) as f32;
+        let d = Self::default();
+        Self {
+            min_jump: d.min_jump * (Self::SMALL_SIDE / side).max(1.0),
+            ..d
+        }
+    }
+}
+
 fn median(v: &mut [f32]) -> f32 {
     if v.is_empty() {
         return 0.0;
@@ -114,6 +137,35 @@ pub fn motion_energy(d: &[f32], cuts: &[Cut], rate: f64, smooth_s: f64) -> Vec<f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_pixel_steps_on_tiny_pictures_are_not_cuts() {
+        // A 16×16 shot: still between pixel crossings, then a one-pixel step
+        // of a shape's edge (measured: up to 0.042), and a real cut (≥ 0.1).
+        let mut d = vec![0.0f32; 150];
+        d[0] = 1.0;
+        d[40] = 0.011;
+        d[60] = 0.042;
+        d[100] = 0.104;
+        let times = |cfg: &CutConfig| -> Vec<f64> {
+            detect_cuts(&d, 25.0, cfg).iter().map(|c| c.time).collect()
+        };
+        assert_eq!(
+            times(&CutConfig::default()),
+            vec![2.4, 4.0],
+            "the old false cut"
+        );
+        assert_eq!(times(&CutConfig::for_frame(16, 16)), vec![4.0]);
+        // From 32 px on, the defaults.
+        assert_eq!(
+            CutConfig::for_frame(1920, 1080).min_jump,
+            CutConfig::default().min_jump
+        );
+        assert_eq!(
+            CutConfig::for_frame(64, 32).min_jump,
+            CutConfig::default().min_jump
+        );
+    }
 
     #[test]
     fn spikes_are_cuts_and_motion_is_not() {

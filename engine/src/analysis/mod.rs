@@ -187,7 +187,8 @@ pub fn from_curve(info: VideoInfo, encoder: &str, d: Vec<f32>, global: Vec<Vec<f
     } else {
         d.len() as f64 / LOCAL_FPS
     };
-    let cuts = detect_cuts(&d, LOCAL_FPS, &CutConfig::default());
+    let (w, h) = info.display_size();
+    let cuts = detect_cuts(&d, LOCAL_FPS, &CutConfig::for_frame(w, h));
     let motion = motion_energy(&d, &cuts, LOCAL_FPS, 0.5);
     let motion_p90 = {
         let mut v = motion.clone();

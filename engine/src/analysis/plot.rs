@@ -25,12 +25,16 @@ fn draw(a: &Analysis, path: &Path) -> std::result::Result<(), Box<dyn std::error
         .min(2.0)
         * 1.1;
     let title = format!(
-        "{} — {} cuts, {:.0} BPM suggested",
+        "{} — {}, {:.0} BPM suggested",
         a.video
             .path
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        a.cuts.len(),
+        match a.cuts.len() {
+            0 => "no cuts".to_string(),
+            1 => "1 cut".to_string(),
+            n => format!("{n} cuts"),
+        },
         a.tempo.bpm
     );
     let mut chart = ChartBuilder::on(&root)

@@ -190,6 +190,20 @@ fn apply_gain(audio: &mut Audio, g: f64) {
     }
 }
 
+/// Keeps `audio`'s sample peaks at or below `ceiling_db` dBFS with the
+/// mastering's look-ahead limiter (3 ms look-ahead, 60 ms release), leaving
+/// every stretch that stays below it untouched. Returns the most gain
+/// reduction applied, dB (0 when nothing was over).
+pub fn limit_peaks(audio: &mut Audio, ceiling_db: f32) -> f32 {
+    let ceiling = db_to_gain(f64::from(ceiling_db)) as f32;
+    let peak = audio.peak();
+    if peak <= ceiling {
+        return 0.0;
+    }
+    limit(audio, ceiling, 0.003, 0.06);
+    20.0 * (peak / ceiling).log10()
+}
+
 /// Offline look-ahead limiter: the gain reaches its target before each peak
 /// (no overshoot) and recovers exponentially with `release_s`.
 fn limit(audio: &mut Audio, ceiling: f32, lookahead_s: f64, release_s: f64) {

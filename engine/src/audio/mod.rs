@@ -4,7 +4,9 @@ mod loudness;
 mod resample;
 mod wav;
 
-pub use loudness::{LoudnessReport, StreamMaster, integrated, measure, normalize, true_peak_db};
+pub use loudness::{
+    LoudnessReport, StreamMaster, integrated, limit_peaks, measure, normalize, true_peak_db,
+};
 pub use resample::{StreamResampler, resample};
 pub use wav::{read_wav, write_wav};
 
@@ -94,9 +96,17 @@ pub fn atomic_output(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Re
         .extension()
         .map(|e| format!(".{}", e.to_string_lossy()))
         .unwrap_or_default();
-    let tmp = tempfile::Builder::new()
-        .prefix(".vidmusician-")
-        .suffix(&ext)
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".vidmusician-").suffix(&ext);
+    // A temporary file is created 0600, and the rename keeps that mode; an
+    // output must get what any new file gets: 0666 less the umask (which
+    // the kernel applies to the mode asked for at creation).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let tmp = builder
         .tempfile_in(&dir)
         .map_err(|e| Error::output(path, e))?;
     let tmp_path = tmp.path().to_path_buf();

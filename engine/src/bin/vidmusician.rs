@@ -66,16 +66,24 @@ enum Command {
         /// Bin width for Beat Coverage / Beat Hit, seconds (LORIS uses 1).
         #[arg(long, default_value_t = 1.0)]
         bin: f64,
+        /// The music was made for the video from this time (compose's
+        /// --start): only the cuts from here on count, and the music's time
+        /// 0 is this time of the video.
+        #[arg(long, value_name = "SECONDS")]
+        start: Option<f64>,
+        /// The music was made for the video up to this time (compose's --end).
+        #[arg(long, value_name = "SECONDS")]
+        end: Option<f64>,
     },
     /// Write a synthetic test video with cuts at known times.
     SynthVideo {
         output: PathBuf,
         #[arg(long, default_value_t = 20.0)]
         duration: f64,
-        /// Cut times in seconds, comma separated; by default irregular cuts
-        /// every 1–3 s.
-        #[arg(long, value_delimiter = ',')]
-        cuts: Option<Vec<f64>>,
+        /// Cut times in seconds, comma separated (`--cuts ''` for one shot
+        /// with no cut); by default irregular cuts every 1–3 s.
+        #[arg(long, value_name = "T1,T2,…", value_parser = parse_cuts)]
+        cuts: Option<CutList>,
         #[arg(long, default_value_t = 1280)]
         width: u32,
         #[arg(long, default_value_t = 720)]
@@ -84,6 +92,9 @@ enum Command {
         fps: u32,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Give the video a sound track: a sine of this frequency (AAC).
+        #[arg(long, value_name = "HZ")]
+        tone: Option<f32>,
     },
     /// Models: what is installed, and downloading more.
     Models {
@@ -149,6 +160,17 @@ struct ComposeArgs {
     /// (video stream copied, not re-encoded; container from the extension).
     #[arg(long, value_name = "OUT.mp4")]
     mux: Option<PathBuf>,
+    /// With --mux, what becomes of the video's own sound: `mix` keeps it and
+    /// puts the music beneath it; `replace` leaves the music alone; `tracks`
+    /// writes two audio streams, the original sound and the music. A video
+    /// without sound gets the music alone.
+    #[arg(long, value_enum, value_name = "MODE")]
+    audio: Option<AudioArg>,
+    /// With --mux (mix): the music's level under the video's sound, dB. The
+    /// music is mastered to −14 LUFS; the default −12 dB puts it near −26
+    /// LUFS, beneath speech. The mix is limited to −1 dBFS peaks.
+    #[arg(long, value_name = "DB", allow_hyphen_values = true)]
+    music_gain: Option<f32>,
     /// Tempo in beats per minute; by default the tempo that lands the
     /// most cuts on beats.
     #[arg(long, value_name = "N")]
@@ -214,6 +236,21 @@ struct ComposeArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum AudioArg {
+    /// The video's sound with the music beneath it (the default).
+    Mix,
+    /// The music alone.
+    Replace,
+    /// The original sound and the music as two audio streams.
+    Tracks,
+}
+
+/// The shortest music worth making, seconds: below it there is no room for a
+/// bar of music at any tempo the composer writes, and the loudness meter
+/// (400 ms blocks) has too little to measure.
+const MIN_MUSIC_SECONDS: f64 = 1.0;
+
+#[derive(Clone, Copy, ValueEnum)]
 enum PrecisionArg {
     F32,
     Q8,
@@ -241,7 +278,15 @@ fn main() -> ExitCode {
             video,
             reference,
             bin,
-        } => eval(&music, video.as_deref(), reference.as_deref(), bin),
+            start,
+            end,
+        } => eval(
+            &music,
+            video.as_deref(),
+            reference.as_deref(),
+            bin,
+            (start, end),
+        ),
         Command::SynthVideo {
             output,
             duration,
@@ -250,7 +295,15 @@ fn main() -> ExitCode {
             height,
             fps,
             seed,
-        } => synth_video(&output, duration, cuts, width, height, fps, seed),
+            tone,
+        } => synth_video(
+            &output,
+            duration,
+            cuts.map(|c| c.0),
+            (width, height, fps),
+            seed,
+            tone,
+        ),
         Command::Models { command } => models(command),
         Command::Bench {
             what: BenchWhat::Neural,
@@ -269,10 +322,30 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once: many errors
+/// already quote their source in their own message (thiserror's
+/// `{source}`), and printing the chain after it would repeat it.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || line.contains(text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text);
+    }
+    // One line, whatever a cause's text holds.
+    line.lines().map(str::trim).collect::<Vec<_>>().join(" ")
 }
 
 fn bar(len: u64, msg: &str) -> ProgressBar {
@@ -302,22 +375,117 @@ fn compose(a: ComposeArgs) -> Result<()> {
     if a.video.is_none() && matches!(a.engine, EngineArg::Sketch) {
         bail!("the sketch engine scores a video: give one, or use --engine text");
     }
-    // Fail on an unwritable output before minutes of work, not after.
+    if (a.start.is_some() || a.end.is_some()) && a.video.is_none() {
+        bail!("--start/--end choose a part of a video: give the video");
+    }
+    if a.mux.is_none() && (a.audio.is_some() || a.music_gain.is_some()) {
+        bail!(
+            "--audio and --music-gain set the sound of the copy --mux writes: give --mux OUT.mp4"
+        );
+    }
+    let sound = match a.audio.unwrap_or(AudioArg::Mix) {
+        AudioArg::Mix => video::SoundMode::Mix,
+        AudioArg::Replace => video::SoundMode::Replace,
+        AudioArg::Tracks => video::SoundMode::Tracks,
+    };
+    if let Some(g) = a.music_gain {
+        if sound != video::SoundMode::Mix {
+            bail!(
+                "--music-gain sets the music's level in a mix; it does not apply to --audio replace or tracks"
+            );
+        }
+        if !(g.is_finite() && (-60.0..=12.0).contains(&g)) {
+            bail!("--music-gain must be between -60 and +12 dB (got {g})");
+        }
+    }
+    // Everything that can be known wrong about the outputs is refused before
+    // minutes of work: an output that is an input (first: that one destroys
+    // data), the format, a folder that cannot be written.
+    let inputs: Vec<(&str, &Path)> = a
+        .video
+        .iter()
+        .map(|v| ("input video", v.as_path()))
+        .collect();
+    for p in a.output.iter().chain(a.mux.iter()) {
+        refuse_same_file(p, &inputs)?;
+    }
+    if let (Some(o), Some(m)) = (&a.output, &a.mux) {
+        refuse_same_file(m, &[("-o output", o.as_path())])?;
+    }
+    if let Some(o) = &a.output {
+        check_extension(
+            o,
+            "wav",
+            "-o writes the music as a WAV file",
+            Some("--mux OUT.mp4 writes a copy of the video with the music"),
+        )?;
+    }
+    if let Some(m) = a.mux.as_deref().filter(|m| !m.is_dir()) {
+        video::check_mux_output(m, None)?;
+    }
     for p in a.output.iter().chain(a.mux.iter()) {
         check_writable(p)?;
     }
+    let mut range_in_music = None;
     let mut req = match &a.video {
         Some(v) => {
             let info = video::probe(v)?;
+            if let Some(m) = &a.mux {
+                video::check_mux_output(m, Some(&info))?;
+            }
+            // A duration of 0 is one the container does not state: the
+            // decode finds the end, and the checks on it have nothing to go on.
+            let known = info.duration > 0.0;
+            let ranged = a.start.is_some() || a.end.is_some();
+            if ranged && !known && a.end.is_none() {
+                bail!("{} does not state its length: give --end", v.display());
+            }
+            let (start, end) = (a.start.unwrap_or(0.0), a.end.unwrap_or(info.duration));
+            if !(start.is_finite() && end.is_finite() && start >= 0.0) {
+                bail!("--start and --end must be times in seconds, from 0");
+            }
+            if known && start >= info.duration {
+                bail!(
+                    "--start {start} s is past the end of {} ({:.2} s)",
+                    v.display(),
+                    info.duration
+                );
+            }
+            if ranged && end <= start {
+                bail!("--end ({end} s) must come after --start ({start} s)");
+            }
+            let end = if known { end.min(info.duration) } else { end };
+            let seconds = (end - start) / a.playrate;
+            if known && seconds < MIN_MUSIC_SECONDS {
+                let what = if ranged {
+                    format!("the range {start:.2}–{end:.2} s of {}", v.display())
+                } else {
+                    v.display().to_string()
+                };
+                bail!(
+                    "{what}: too short to score: the music would last {seconds:.2} s; at least {MIN_MUSIC_SECONDS} s is needed"
+                );
+            }
             let mut req = Request::new(v);
             req.range = match (a.start, a.end) {
                 (None, None) => None,
-                (s, e) => Some((s.unwrap_or(0.0), e.unwrap_or(info.duration))),
+                _ => {
+                    range_in_music = Some((start / a.playrate, end / a.playrate));
+                    Some((start, end))
+                }
             };
             req.duration = a.duration;
             req
         }
-        None => Request::text(&a.prompt, a.duration.unwrap_or(0.0)),
+        None => {
+            let d = a.duration.unwrap_or(0.0);
+            if !(d.is_finite() && d >= MIN_MUSIC_SECONDS) {
+                bail!(
+                    "--duration {d}: too short to score; at least {MIN_MUSIC_SECONDS} s is needed"
+                );
+            }
+            Request::text(&a.prompt, d)
+        }
     };
     let mut config = EngineConfig {
         model_dir: a.model_dir.clone(),
@@ -371,6 +539,9 @@ fn compose(a: ComposeArgs) -> Result<()> {
     });
     pb.finish_and_clear();
     let done = done?;
+    if let Some(an) = &done.analysis {
+        warn_damage(&an.video);
+    }
     if matches!(a.engine, EngineArg::Auto) {
         let why = match done.engine {
             EngineChoice::Text => "music from the prompt alone",
@@ -383,8 +554,14 @@ fn compose(a: ComposeArgs) -> Result<()> {
         eprintln!("wrote {}", out.display());
     }
     if let (Some(out), Some(v)) = (&a.mux, &a.video) {
-        video::mux_audio(v, &done.audio, out)?;
+        let opts = video::MuxOptions {
+            sound,
+            music_gain_db: a.music_gain.unwrap_or(video::DEFAULT_MUSIC_GAIN_DB),
+            music_start: a.start.unwrap_or(0.0),
+        };
+        let report = video::mux_audio(v, &done.audio, out, &opts)?;
         eprintln!("wrote {}", out.display());
+        eprintln!("{}", sound_line(&report, &opts));
     }
     let mut line = format!("{:.2} s of music", done.audio.duration());
     if let Some(bpm) = done.bpm {
@@ -392,7 +569,13 @@ fn compose(a: ComposeArgs) -> Result<()> {
     }
     line += &format!(" in {:.2} s", t0.elapsed().as_secs_f64());
     if let Some(an) = &done.analysis {
-        line += &format!(", {} cuts", an.cuts.len());
+        // Only the cuts the music was made for: those inside the range.
+        let n = an
+            .cuts
+            .iter()
+            .filter(|c| range_in_music.is_none_or(|(s, e)| c.time >= s && c.time < e))
+            .count();
+        line += &format!(", {}", count(n, "cut", "cuts"));
     }
     if let Some(l) = done.loudness {
         line += &format!(
@@ -405,6 +588,106 @@ fn compose(a: ComposeArgs) -> Result<()> {
     }
     eprintln!("{line}");
     Ok(())
+}
+
+/// "no cuts", "1 cut", "3 cuts".
+fn count(n: usize, one: &str, many: &str) -> String {
+    match n {
+        0 => format!("no {many}"),
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    }
+}
+
+/// Refuses a name whose extension is not `ext`: what `flag` writes cannot
+/// take another form, and finding out after the analysis wastes minutes.
+fn check_extension(path: &Path, ext: &str, what: &str, other: Option<&str>) -> Result<()> {
+    // A folder is no file at all: `check_writable` says so.
+    let ok = path.is_dir()
+        || path
+            .extension()
+            .is_some_and(|e| e.to_string_lossy().eq_ignore_ascii_case(ext));
+    if !ok {
+        bail!(
+            "{}: {what}: give a name ending in .{ext}{}",
+            path.display(),
+            other.map(|o| format!(" ({o})")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses to write `output` when it is the same file as one of `others`
+/// (what, path): the same name, or another name for the same file through a
+/// symbolic or hard link. Writing there would destroy it.
+fn refuse_same_file(output: &Path, others: &[(&str, &Path)]) -> Result<()> {
+    for (what, other) in others {
+        let same = match same_file::is_same_file(output, other) {
+            Ok(same) => same,
+            // One of them does not exist yet: then only the same name in the
+            // same folder (followed through links) is the same file.
+            Err(_) => resolved(output).is_some_and(|o| Some(o) == resolved(other)),
+        };
+        if same {
+            let alias = if output == *other {
+                String::new()
+            } else {
+                format!(" {} (another name for it)", other.display())
+            };
+            bail!(
+                "{}: this output is the same file as the {what}{alias}: writing it would destroy that file; choose another name",
+                output.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `path` with its folder resolved through links, for comparing names of
+/// files that may not exist yet.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Some(std::fs::canonicalize(dir).ok()?.join(path.file_name()?))
+}
+
+/// What `--mux` did with the video's sound, in one line.
+fn sound_line(r: &video::MuxReport, opts: &video::MuxOptions) -> String {
+    if !r.had_sound {
+        return "sound: the video has none, so the music is its only audio track".to_string();
+    }
+    match r.sound {
+        video::SoundMode::Replace => {
+            "sound: the music replaces the video's own sound (--audio replace)".to_string()
+        }
+        video::SoundMode::Tracks => format!(
+            "sound: two audio streams, the video's own sound ({}) first, then the music",
+            if r.original_copied {
+                "copied as it was"
+            } else {
+                "re-encoded to AAC for this container"
+            }
+        ),
+        video::SoundMode::Mix => {
+            let lufs = |l: Option<f64>| l.map_or("silence".to_string(), |l| format!("{l:.1} LUFS"));
+            let mut line = format!(
+                "sound: the video's own sound ({}) with the music beneath it at {:+.1} dB ({}; --music-gain sets it)",
+                lufs(r.original_lufs),
+                opts.music_gain_db,
+                lufs(r.music_lufs),
+            );
+            if r.limited_db > 0.05 {
+                line += &format!(
+                    "; peaks of the mix limited by up to {:.1} dB to stay under {} dBFS",
+                    r.limited_db,
+                    video::MIX_CEILING_DB
+                );
+            }
+            line
+        }
+    }
 }
 
 fn models(command: ModelsCommand) -> Result<()> {
@@ -436,8 +719,11 @@ fn models(command: ModelsCommand) -> Result<()> {
                 } else {
                     format!("{:.1} MB", m.bytes as f64 / 1e6)
                 };
+                let licence = hub::weights_licence(&m.repo, Some(&m.dir))
+                    .map(|l| format!("\tweights licence: {l}"))
+                    .unwrap_or_default();
                 println!(
-                    "{}\t{size}\t{}\t{} ({})",
+                    "{}\t{size}\t{}\t{} ({}){licence}",
                     m.repo,
                     state,
                     m.dir.display(),
@@ -450,7 +736,16 @@ fn models(command: ModelsCommand) -> Result<()> {
             let cache = cache_dir
                 .or_else(hub::hf_cache_dir)
                 .context("no home folder to put the Hugging Face cache in: give --cache-dir")?;
+            hub::check_repo_id(&model)?;
             let endpoint = hub::endpoint_from_env();
+            // Said before the download, so nobody builds on weights they may
+            // not use.
+            if let Some(l) = hub::weights_licence(&model, None) {
+                eprintln!(
+                    "licence: the weights of {model} are {l} (see {}/{model})",
+                    endpoint.trim_end_matches('/')
+                );
+            }
             eprintln!(
                 "downloading {model} from {endpoint} into {}",
                 cache.display()
@@ -495,6 +790,20 @@ impl vidmusician_engine::neural::hub::PullProgress for PullBar {
     }
 }
 
+/// Says how much of a video could not be decoded, if any (more than half
+/// is refused by the analysis itself).
+fn warn_damage(info: &video::VideoInfo) {
+    if info.undecodable_frames > 0 {
+        eprintln!(
+            "warning: {}: {} of {} frames ({:.1}%) could not be decoded (the file is damaged there); the analysis holds the last good picture over them",
+            info.path.display(),
+            info.undecodable_frames,
+            info.video_packets,
+            info.undecodable_frames as f64 * 100.0 / info.video_packets.max(1) as f64
+        );
+    }
+}
+
 fn run_analysis(video_path: &Path) -> Result<Analysis> {
     let pb = bar(1000, "analysing");
     let a = analysis::analyze(
@@ -504,11 +813,15 @@ fn run_analysis(video_path: &Path) -> Result<Analysis> {
         &mut |f| pb.set_position((f * 1000.0) as u64),
     );
     pb.finish_and_clear();
-    Ok(a?)
+    let a = a?;
+    warn_damage(&a.video);
+    Ok(a)
 }
 
 fn analyze(video_path: &Path, as_json: bool, plot: Option<&Path>) -> Result<()> {
     if let Some(p) = plot {
+        refuse_same_file(p, &[("input video", video_path)])?;
+        check_extension(p, "png", "--plot draws a PNG image", None)?;
         check_writable(p)?;
     }
     let a = run_analysis(video_path)?;
@@ -533,19 +846,30 @@ fn analyze(video_path: &Path, as_json: bool, plot: Option<&Path>) -> Result<()> 
             String::new()
         }
     );
-    println!(
-        "cuts: {} ({:.1} per minute)",
-        a.cuts.len(),
-        a.summary.cuts_per_minute
-    );
+    if a.cuts.is_empty() {
+        println!("cuts: none");
+    } else {
+        println!(
+            "cuts: {} ({:.1} per minute)",
+            a.cuts.len(),
+            a.summary.cuts_per_minute
+        );
+    }
     for c in &a.cuts {
         println!("  {:>8.3} s  strength {:.3}", c.time, c.strength);
     }
+    // A share of no cuts means nothing: say where the tempo came from instead.
+    let fit = match a.cuts.len() {
+        0 => "from the motion alone (no cuts to fit)".to_string(),
+        1 => format!(
+            "the cut {} a beat",
+            if a.tempo.cut_fit > 0.5 { "on" } else { "off" }
+        ),
+        n => format!("{:.0}% of the {n} cuts on beats", a.tempo.cut_fit * 100.0),
+    };
     println!(
-        "suggested tempo: {:.1} BPM (beat at {:.3} s), {:.0}% of cuts on beats",
-        a.tempo.bpm,
-        a.tempo.phase,
-        a.tempo.cut_fit * 100.0
+        "suggested tempo: {:.1} BPM (beat at {:.3} s), {fit}",
+        a.tempo.bpm, a.tempo.phase,
     );
     let s = &a.summary;
     println!(
@@ -555,9 +879,23 @@ fn analyze(video_path: &Path, as_json: bool, plot: Option<&Path>) -> Result<()> 
     Ok(())
 }
 
-fn eval(music: &Path, video_path: Option<&Path>, reference: Option<&Path>, bin: f64) -> Result<()> {
+fn eval(
+    music: &Path,
+    video_path: Option<&Path>,
+    reference: Option<&Path>,
+    bin: f64,
+    range: (Option<f64>, Option<f64>),
+) -> Result<()> {
     if !(bin.is_finite() && bin > 0.0) {
         bail!("--bin must be a positive number of seconds");
+    }
+    let ranged = range.0.is_some() || range.1.is_some();
+    if ranged && video_path.is_none() {
+        bail!("--start/--end say which part of a video the music was made for: give --video");
+    }
+    let (start, end) = (range.0.unwrap_or(0.0), range.1.unwrap_or(f64::INFINITY));
+    if !(start.is_finite() && start >= 0.0 && end > start) {
+        bail!("--start and --end must be times in seconds, from 0, with --end after --start");
     }
     let m = audio::read_wav(music)?;
     let cfg = metrics::OnsetConfig::default();
@@ -570,9 +908,31 @@ fn eval(music: &Path, video_path: Option<&Path>, reference: Option<&Path>, bin: 
     });
     if let Some(v) = video_path {
         let a = run_analysis(v)?;
-        let cuts: Vec<f64> = a.cuts.iter().map(|c| c.time).collect();
+        if start >= a.duration {
+            bail!(
+                "--start {start} s is past the end of {} ({:.2} s)",
+                v.display(),
+                a.duration
+            );
+        }
+        // The music starts at the range's start: the cuts inside the range,
+        // on the music's clock.
+        let cuts: Vec<f64> = a
+            .cuts
+            .iter()
+            .filter(|c| c.time >= start && c.time < end)
+            .map(|c| c.time - start)
+            .collect();
         out["cuts"] = json!(cuts.len());
-        out["cut_hit_rate"] = json!(metrics::cut_hit_rate(&onsets, &cuts, 0.05));
+        // With no cuts there is nothing to hit: no rate, rather than 100%.
+        out["cut_hit_rate"] = if cuts.is_empty() {
+            serde_json::Value::Null
+        } else {
+            json!(metrics::cut_hit_rate(&onsets, &cuts, 0.05))
+        };
+        if ranged {
+            out["range"] = json!([start, end.min(a.duration)]);
+        }
     }
     if let Some(r) = reference {
         let ra = audio::read_wav(r)?;
@@ -606,11 +966,13 @@ fn synth_video(
     output: &Path,
     duration: f64,
     cuts: Option<Vec<f64>>,
-    width: u32,
-    height: u32,
-    fps: u32,
+    (width, height, fps): (u32, u32, u32),
     seed: u64,
+    tone: Option<f32>,
 ) -> Result<()> {
+    if tone.is_some_and(|hz| !(hz.is_finite() && hz > 0.0 && hz < 20_000.0)) {
+        bail!("--tone must be a frequency between 0 and 20000 Hz");
+    }
     if !(duration.is_finite() && duration > 0.0 && duration <= 3600.0) {
         bail!("--duration must be between 0 and 3600 seconds");
     }
@@ -620,7 +982,9 @@ fn synth_video(
     let cuts = cuts.unwrap_or_else(|| default_cuts(duration, seed));
     let mut spec = synth::SynthSpec::new(width, height, fps, duration, cuts);
     spec.seed = seed;
-    synth::write_video(output, &spec).with_context(|| format!("writing {}", output.display()))?;
+    spec.tone = tone;
+    // The engine's errors name the file already.
+    synth::write_video(output, &spec)?;
     let times: Vec<String> = spec
         .cut_frame_times()
         .iter()
@@ -630,11 +994,16 @@ fn synth_video(
         "{}",
         json!({ "video": output, "cuts": spec.cut_frame_times() })
     );
-    eprintln!(
-        "wrote {} with cuts at {}",
-        output.display(),
-        times.join(", ")
-    );
+    if times.is_empty() {
+        eprintln!("wrote {}, one shot with no cuts", output.display());
+    } else {
+        eprintln!(
+            "wrote {} with {} at {}",
+            output.display(),
+            count(times.len(), "cut", "cuts"),
+            times.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -752,6 +1121,25 @@ fn bench_neural(frames: usize, python: Option<&Path>) -> Result<()> {
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// The times given to `synth-video --cuts`; a type of its own so that clap
+/// takes the whole list as one value (an empty one included).
+#[derive(Clone)]
+struct CutList(Vec<f64>);
+
+fn parse_cuts(text: &str) -> std::result::Result<CutList, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| format!("`{t}` is not a time in seconds"))
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map(CutList)
 }
 
 fn parse_meter(text: &str) -> std::result::Result<sketch::Meter, String> {

@@ -42,6 +42,39 @@ pub struct Installed {
     pub missing: Vec<String>,
 }
 
+/// The licence of a model's weights, in words a user can act on: what the
+/// model card's front matter (`license:` in README.md, when the folder has
+/// one) says, else what we know of the repository. MusicGen's weights are
+/// CC-BY-NC 4.0 (the code is MIT, the weights are not): not for commercial
+/// use, which a user must know before relying on music made with them.
+pub fn weights_licence(repo: &str, dir: Option<&Path>) -> Option<String> {
+    let card = dir
+        .and_then(|d| std::fs::read_to_string(d.join("README.md")).ok())
+        .and_then(|text| card_licence(&text));
+    let id = card.or_else(|| {
+        let r = repo.to_ascii_lowercase();
+        r.starts_with("facebook/musicgen")
+            .then(|| "cc-by-nc-4.0".to_string())
+    })?;
+    Some(match id.as_str() {
+        "cc-by-nc-4.0" => "CC-BY-NC 4.0: not for commercial use".to_string(),
+        other => other.to_string(),
+    })
+}
+
+/// `license:` from a model card's YAML front matter.
+fn card_licence(text: &str) -> Option<String> {
+    let mut lines = text.lines();
+    if lines.next()?.trim() != "---" {
+        return None;
+    }
+    lines
+        .take_while(|l| l.trim() != "---")
+        .find_map(|l| l.strip_prefix("license:"))
+        .map(|v| v.trim().trim_matches(['"', '\'']).to_ascii_lowercase())
+        .filter(|v| !v.is_empty())
+}
+
 /// The Hugging Face hub cache folder.
 pub fn hf_cache_dir() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
@@ -286,9 +319,11 @@ pub fn pull(
         pull_inner(repo, cache_dir, endpoint, progress)
     }))
     .unwrap_or_else(|_| {
-        Err(Error::InvalidSetting(format!(
-            "the download from {endpoint} failed on an unexpected answer from the server"
-        )))
+        Err(Error::Download {
+            endpoint: endpoint.to_string(),
+            what: repo.to_string(),
+            reason: "the server gave an answer the downloader could not read".to_string(),
+        })
     })
 }
 
@@ -298,9 +333,7 @@ fn pull_inner(
     endpoint: &str,
     progress: &mut dyn PullProgress,
 ) -> Result<PathBuf> {
-    let net = |e: hf_hub::api::sync::ApiError| {
-        Error::InvalidSetting(format!("download of {repo} from {endpoint} failed: {e}"))
-    };
+    let net = |e: hf_hub::api::sync::ApiError| download_error(repo, endpoint, cache_dir, e);
     let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(cache_dir.into()))
         .with_endpoint(endpoint.to_string())
         .with_progress(false)
@@ -333,15 +366,22 @@ fn pull_inner(
     let config = fetch("config.json", false)?.expect("required file");
     fetch("generation_config.json", true)?;
     if fetch("tokenizer.json", true)?.is_none() {
-        return Err(Error::InvalidSetting(format!(
-            "{repo} has no tokenizer.json; VidMusician needs a checkpoint with a fast tokenizer"
-        )));
+        return Err(Error::Download {
+            endpoint: endpoint.to_string(),
+            what: repo.to_string(),
+            reason: "the model has no tokenizer.json; VidMusician needs a checkpoint with a fast \
+                     tokenizer"
+                .to_string(),
+        });
     }
     if fetch("model.safetensors", true)?.is_none() {
         let Some(index) = fetch("model.safetensors.index.json", true)? else {
-            return Err(Error::InvalidSetting(format!(
-                "{repo} has neither model.safetensors nor model.safetensors.index.json"
-            )));
+            return Err(Error::Download {
+                endpoint: endpoint.to_string(),
+                what: repo.to_string(),
+                reason: "the model has neither model.safetensors nor model.safetensors.index.json"
+                    .to_string(),
+            });
         };
         for shard in super::weights::shard_paths(&index)? {
             let name = shard.file_name().map(|n| n.to_string_lossy().to_string());
@@ -359,6 +399,80 @@ fn pull_inner(
         ));
     }
     Ok(dir)
+}
+
+/// What went wrong in a download, in the user's terms: the network (no
+/// connection, a name that does not resolve, a timeout: check the connection
+/// and pull again), the hub's answer (an unknown model, a refusal), or the
+/// local cache (a disk that cannot be written).
+fn download_error(
+    repo: &str,
+    endpoint: &str,
+    cache_dir: &Path,
+    e: hf_hub::api::sync::ApiError,
+) -> Error {
+    use hf_hub::api::sync::ApiError;
+    let download = |reason: String| Error::Download {
+        endpoint: endpoint.to_string(),
+        what: repo.to_string(),
+        reason,
+    };
+    match e {
+        ApiError::TooManyRetries(inner) => download_error(repo, endpoint, cache_dir, *inner),
+        ApiError::RequestError(e) => match *e {
+            ureq::Error::Status(404, _) => download(format!(
+                "the hub has no model {repo} (404 not found); check the id, e.g. {DEFAULT_MODEL}"
+            )),
+            ureq::Error::Status(code @ (401 | 403), _) => download(format!(
+                "the hub refused access ({code}); a gated model needs an account and a token"
+            )),
+            ureq::Error::Status(code, r) => {
+                download(format!("the server answered {code} {}", r.status_text()))
+            }
+            ureq::Error::Transport(t) => Error::Network {
+                endpoint: endpoint.to_string(),
+                what: repo.to_string(),
+                reason: format!(
+                    "{} (check the connection, or $HF_ENDPOINT, and pull again: the download resumes)",
+                    transport_reason(&t)
+                ),
+            },
+        },
+        ApiError::IoError(io) => Error::io(cache_dir, io),
+        ApiError::LockAcquisition(p) => Error::io(
+            p,
+            std::io::Error::other("another download of this file is running"),
+        ),
+        ApiError::InvalidResume => download(
+            "the partial download in the cache is damaged; delete it and pull again".to_string(),
+        ),
+        other => download(other.to_string()),
+    }
+}
+
+/// A transport failure in plain words, with the system's own detail.
+fn transport_reason(t: &ureq::Transport) -> String {
+    use ureq::ErrorKind as K;
+    let what = match t.kind() {
+        K::Dns => "the server's name does not resolve".to_string(),
+        K::ConnectionFailed | K::ProxyConnect => "no connection to the server".to_string(),
+        K::Io => "the connection failed".to_string(),
+        K::TooManyRedirects => "too many redirects".to_string(),
+        other => other.to_string(),
+    };
+    // ureq's message ("Connect error") and the system's reason ("Connection
+    // refused"), each when there is one.
+    let mut line = what;
+    let source = std::error::Error::source(t).map(|s| s.to_string());
+    for d in [t.message().map(str::to_string), source]
+        .into_iter()
+        .flatten()
+    {
+        if !d.is_empty() && !line.contains(&d) {
+            line += &format!(": {d}");
+        }
+    }
+    line
 }
 
 /// Checks a downloaded file against its blob name in the cache, which is the hash

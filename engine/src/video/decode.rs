@@ -14,6 +14,10 @@ use ffmpeg_next as ff;
 use super::probe::{VideoInfo, info_from, open_input};
 use crate::error::{Error, Result};
 
+/// Share of a video's frames that must decode for it to be analysed: below
+/// half, most of what the music would follow is a frozen picture.
+pub const MIN_DECODED_SHARE: f64 = 0.5;
+
 /// How a frame is made square.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Fit {
@@ -130,9 +134,11 @@ pub fn sample_frames(
             rgb: vec![0; (opts.size * opts.size * 3) as usize],
         },
         first_pts: None,
+        damaged: 0,
     };
     let mut bad_packets = 0usize;
     let mut good_frames = 0usize;
+    let mut packets = 0usize;
     for (s, packet) in ictx.packets() {
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
@@ -140,6 +146,7 @@ pub fn sample_frames(
         if s.index() != info.stream_index {
             continue;
         }
+        packets += 1;
         if decoder.send_packet(&packet).is_err() {
             bad_packets += 1;
             continue;
@@ -151,6 +158,8 @@ pub fn sample_frames(
             // Every sample before `until` is out.
             let mut info = info.clone();
             info.duration = info.duration.min(u);
+            info.video_packets = packets;
+            info.undecodable_frames = (bad_packets + state.damaged).min(packets);
             return Ok((info, state.next_index));
         }
     }
@@ -161,6 +170,18 @@ pub fn sample_frames(
             decode_err(format!("none of {bad_packets} packets could be decoded"))
         } else {
             Error::EmptyVideo(path.to_path_buf())
+        });
+    }
+    // Damaged data (a zeroed or overwritten stretch) fails to decode or comes
+    // out concealed; the analysis holds the last good picture over it. A
+    // little is reported; when most is lost there is nothing to score.
+    let undecodable = bad_packets + state.damaged;
+    if packets > 0 && undecodable as f64 > packets as f64 * (1.0 - MIN_DECODED_SHARE) {
+        return Err(Error::Damaged {
+            path: path.to_path_buf(),
+            undecodable: undecodable.min(packets),
+            frames: packets,
+            min_percent: (MIN_DECODED_SHARE * 100.0).round() as u32,
         });
     }
     let last_time = state.held_time.unwrap_or(0.0);
@@ -175,6 +196,8 @@ pub fn sample_frames(
         });
     }
     let mut info = info.clone();
+    info.video_packets = packets;
+    info.undecodable_frames = undecodable.min(packets);
     let mut end = info.duration.max(last_time + frame_period);
     if let Some(u) = opts.until {
         end = end.min(u);
@@ -196,6 +219,8 @@ struct Sampler<'a> {
     scaled: ff::frame::Video,
     out: Frame,
     first_pts: Option<i64>,
+    /// Decoded frames the decoder flagged as damaged (concealed errors).
+    damaged: usize,
 }
 
 impl Sampler<'_> {
@@ -223,6 +248,14 @@ impl Sampler<'_> {
             // later frame simply replaces the one on screen.
             let t = self.held_time.map_or(t, |h| t.max(h));
             self.flush_until(t, on_frame)?;
+            // SAFETY: reading plain integer fields of the decoded frame.
+            let (errs, flags) = unsafe {
+                let f = self.incoming.as_ptr();
+                ((*f).decode_error_flags, (*f).flags)
+            };
+            if errs != 0 || i64::from(flags) & i64::from(ff::ffi::AV_FRAME_FLAG_CORRUPT) != 0 {
+                self.damaged += 1;
+            }
             std::mem::swap(&mut self.held, &mut self.incoming);
             self.held_time = Some(t);
             n += 1;

@@ -7,8 +7,11 @@ mod mux;
 mod probe;
 pub mod synth;
 
-pub use decode::{Fit, Frame, SampleOptions, sample_frames};
-pub use mux::mux_audio;
+pub use decode::{Fit, Frame, MIN_DECODED_SHARE, SampleOptions, sample_frames};
+pub use mux::{
+    DEFAULT_MUSIC_GAIN_DB, MIX_CEILING_DB, MuxOptions, MuxReport, SoundMode, check_mux_output,
+    mux_audio, read_sound,
+};
 pub use probe::{VideoInfo, probe};
 
 use std::sync::Once;

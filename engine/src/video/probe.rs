@@ -13,6 +13,8 @@ pub struct VideoInfo {
     pub path: PathBuf,
     pub container: String,
     pub codec: String,
+    #[serde(skip)]
+    pub(crate) codec_id: ff::codec::Id,
     /// Coded size, before rotation.
     pub width: u32,
     pub height: u32,
@@ -23,6 +25,10 @@ pub struct VideoInfo {
     /// Duration in seconds.
     pub duration: f64,
     pub has_audio: bool,
+    /// Frames (video packets) read by a full decode; 0 from a probe alone.
+    pub video_packets: usize,
+    /// Of those, frames that could not be decoded or came out damaged.
+    pub undecodable_frames: usize,
     #[serde(skip)]
     pub(crate) stream_index: usize,
 }
@@ -124,12 +130,15 @@ pub(crate) fn info_from(path: &Path, ictx: &ff::format::context::Input) -> Resul
         path: path.to_path_buf(),
         container,
         codec,
+        codec_id,
         width,
         height,
         rotation: rotation_of(&stream),
         frame_rate,
         duration,
         has_audio,
+        video_packets: 0,
+        undecodable_frames: 0,
         stream_index: stream.index(),
     })
 }

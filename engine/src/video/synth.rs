@@ -30,7 +30,15 @@ pub struct SynthSpec {
     /// Variable frame rate: frame durations alternate between 0.5× and 1.5×
     /// the nominal period (same average rate), as phones record.
     pub vfr: bool,
+    /// A sound track: a sine of this frequency (Hz) at [`TONE_AMPLITUDE`],
+    /// stereo AAC at 48 kHz, as long as the video. `None`: no sound.
+    pub tone: Option<f32>,
 }
+
+/// Peak of the synthetic sound's sine (−12 dBFS).
+pub const TONE_AMPLITUDE: f32 = 0.25;
+/// Sample rate of the synthetic sound.
+pub const TONE_RATE: u32 = 48_000;
 
 impl SynthSpec {
     pub fn new(width: u32, height: u32, fps: u32, duration: f64, cuts: Vec<f64>) -> Self {
@@ -44,6 +52,7 @@ impl SynthSpec {
             codec: None,
             rotation: 0,
             vfr: false,
+            tone: None,
         }
     }
 
@@ -125,11 +134,16 @@ fn make_shot(rng: &mut ChaCha8Rng, w: f32, h: f32) -> Shot {
 }
 
 /// Writes the synthetic video described by `spec` to `path` (container from
-/// the extension).
+/// the extension), atomically, as every output.
 pub fn write_video(path: &Path, spec: &SynthSpec) -> Result<()> {
+    crate::audio::atomic_output(path, |tmp| write_to(tmp, path, spec))
+}
+
+/// Writes to `tmp`; errors name `path`.
+fn write_to(tmp: &Path, path: &Path, spec: &SynthSpec) -> Result<()> {
     super::init();
     let err = |e: ff::Error| Error::output(path, e);
-    let mut octx = ff::format::output(&path).map_err(err)?;
+    let mut octx = ff::format::output(&tmp).map_err(err)?;
     let codec = match &spec.codec {
         Some(name) => ff::encoder::find_by_name(name),
         None => ff::encoder::find_by_name("libx264").or_else(|| ff::encoder::find_by_name("mpeg4")),
@@ -183,8 +197,13 @@ pub fn write_video(path: &Path, spec: &SynthSpec) -> Result<()> {
             }
         }
     }
+    let mut sound = match spec.tone {
+        Some(hz) => Some(Tone::add(&mut octx, hz).map_err(err)?),
+        None => None,
+    };
     octx.write_header().map_err(err)?;
     let ost_tb = octx.stream(0).map(|s| s.time_base()).unwrap_or(tb);
+    let sound_end = (spec.duration * f64::from(TONE_RATE)).round() as usize;
 
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let (w, h) = (spec.width as f32, spec.height as f32);
@@ -215,9 +234,18 @@ pub fn write_video(path: &Path, spec: &SynthSpec) -> Result<()> {
         durations.push_back(next - tick);
         enc.send_frame(&frame).map_err(err)?;
         write_packets(&mut enc, &mut octx, &mut packet, tb, ost_tb, &mut durations).map_err(err)?;
+        if let Some(t) = sound.as_mut() {
+            // Sound up to this frame's time keeps the streams interleaved.
+            let upto = ((time * f64::from(TONE_RATE)) as usize).min(sound_end);
+            t.write_until(&mut octx, upto, false).map_err(err)?;
+        }
     }
     enc.send_eof().map_err(err)?;
     write_packets(&mut enc, &mut octx, &mut packet, tb, ost_tb, &mut durations).map_err(err)?;
+    if let Some(t) = sound.as_mut() {
+        t.write_until(&mut octx, sound_end, true).map_err(err)?;
+        t.finish(&mut octx).map_err(err)?;
+    }
     octx.write_trailer().map_err(err)?;
     Ok(())
 }
@@ -297,4 +325,108 @@ fn bounce(p: f32, span: f32) -> f32 {
     let period = 2.0 * span;
     let m = p.rem_euclid(period);
     if m > span { period - m } else { m }
+}
+
+/// The synthetic sound: a sine, encoded to AAC as the video is written.
+struct Tone {
+    enc: ff::encoder::Audio,
+    index: usize,
+    hz: f32,
+    /// Samples sent to the encoder so far.
+    pos: usize,
+}
+
+impl Tone {
+    fn add(
+        octx: &mut ff::format::context::Output,
+        hz: f32,
+    ) -> std::result::Result<Self, ff::Error> {
+        let codec = ff::encoder::find(ff::codec::Id::AAC).ok_or(ff::Error::EncoderNotFound)?;
+        let global_header = octx
+            .format()
+            .flags()
+            .contains(ff::format::Flags::GLOBAL_HEADER);
+        let mut enc = ff::codec::context::Context::new_with_codec(codec)
+            .encoder()
+            .audio()?;
+        let rate = TONE_RATE as i32;
+        enc.set_rate(rate);
+        enc.set_channel_layout(ff::ChannelLayout::STEREO);
+        enc.set_format(ff::format::Sample::F32(ff::format::sample::Type::Planar));
+        enc.set_bit_rate(128_000);
+        enc.set_time_base(ff::Rational(1, rate));
+        if global_header {
+            enc.set_flags(ff::codec::Flags::GLOBAL_HEADER);
+        }
+        let enc = enc.open_as(codec)?;
+        let mut ost = octx.add_stream(codec)?;
+        ost.set_parameters(&enc);
+        ost.set_time_base(ff::Rational(1, rate));
+        Ok(Self {
+            enc,
+            index: ost.index(),
+            hz,
+            pos: 0,
+        })
+    }
+
+    /// Encodes the sine up to sample `upto` in whole encoder frames; at the
+    /// `last` call, the short frame that ends it too (the encoder takes a
+    /// short frame only as its last).
+    fn write_until(
+        &mut self,
+        octx: &mut ff::format::context::Output,
+        upto: usize,
+        last: bool,
+    ) -> std::result::Result<(), ff::Error> {
+        let size = (self.enc.frame_size() as usize).max(1);
+        while self.pos < upto {
+            let n = size.min(upto - self.pos);
+            if n < size && !last {
+                break;
+            }
+            let mut frame = ff::frame::Audio::new(
+                ff::format::Sample::F32(ff::format::sample::Type::Planar),
+                n,
+                ff::ChannelLayout::STEREO,
+            );
+            frame.set_rate(TONE_RATE);
+            let w = std::f64::consts::TAU * f64::from(self.hz) / f64::from(TONE_RATE);
+            for ch in 0..2 {
+                for (i, x) in frame.plane_mut::<f32>(ch)[..n].iter_mut().enumerate() {
+                    *x = TONE_AMPLITUDE * ((self.pos + i) as f64 * w).sin() as f32;
+                }
+            }
+            frame.set_pts(Some(self.pos as i64));
+            self.enc.send_frame(&frame)?;
+            self.drain(octx)?;
+            self.pos += n;
+        }
+        Ok(())
+    }
+
+    fn finish(
+        &mut self,
+        octx: &mut ff::format::context::Output,
+    ) -> std::result::Result<(), ff::Error> {
+        self.enc.send_eof()?;
+        self.drain(octx)
+    }
+
+    fn drain(
+        &mut self,
+        octx: &mut ff::format::context::Output,
+    ) -> std::result::Result<(), ff::Error> {
+        let tb = octx
+            .stream(self.index)
+            .map(|s| s.time_base())
+            .unwrap_or(ff::Rational(1, TONE_RATE as i32));
+        let mut packet = ff::Packet::empty();
+        while self.enc.receive_packet(&mut packet).is_ok() {
+            packet.set_stream(self.index);
+            packet.rescale_ts(ff::Rational(1, TONE_RATE as i32), tb);
+            packet.write_interleaved(octx)?;
+        }
+        Ok(())
+    }
 }
