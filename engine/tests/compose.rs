@@ -187,6 +187,56 @@ fn bars_follow_a_given_downbeat() {
 }
 
 #[test]
+fn a_downbeat_a_few_samples_off_a_bar_line_gives_the_music_of_the_bar_line() {
+    // Hosts' beat and seconds positions can disagree by a few samples: a
+    // downbeat that close to a bar line must not start a pickup bar and
+    // shift the whole arrangement.
+    let (a, _) = analysed(8.0, 25, vec![1.1, 3.3, 6.0], 4);
+    let bar = 4.0 * 60.0 / 90.0;
+    let score = |downbeat: f64| {
+        arrange(
+            &a,
+            &Plan {
+                downbeat: Some(downbeat),
+                seed: 1,
+                ..Plan::new(90.0)
+            },
+        )
+    };
+    let on = score(2.0 * bar);
+    let times = |s: &vidmusician_engine::sketch::Score| -> Vec<f64> {
+        s.notes.iter().map(|n| n.time).collect()
+    };
+    for (bars, off) in [
+        (2.0, 0.000125),
+        (2.0, -0.000167),
+        (2.0, 0.0015),
+        (2.0, -0.0015),
+        (0.0, 0.0),
+        (3.0, 0.0),
+        (4.0, -0.000167),
+        (-7.0, 0.0),
+    ] {
+        let near = score(bars * bar + off);
+        assert_eq!(near.notes.len(), on.notes.len(), "{bars} bars {off}");
+        for (x, y) in times(&near).iter().zip(times(&on)) {
+            assert!(
+                (x - y).abs() < 1e-9,
+                "{bars} bars {off}: note at {x} against {y}"
+            );
+        }
+    }
+    // Further off, the bars move with the downbeat.
+    let moved = score(2.0 * bar + 0.01);
+    assert!(
+        times(&moved)
+            .iter()
+            .zip(times(&on))
+            .any(|(x, y)| (x - y).abs() > 0.005)
+    );
+}
+
+#[test]
 fn the_prompt_steers_energy_and_mood() {
     let (a, _) = analysed(16.0, 25, vec![2.1, 4.4, 7.0, 9.3, 12.2, 14.0], 6);
     let score = |prompt: &str| {

@@ -161,6 +161,39 @@ fn sections(a: &Analysis, min_len: f64, semantic: f32) -> Vec<f64> {
     bounds
 }
 
+/// A bar grid whose phase is within this of a bar line at the piece's start
+/// is taken as on it. A host's beat and seconds positions can disagree by a
+/// few samples (Ardour's do, by about 0.1 ms); without this, a downbeat a
+/// hair after 0 would begin the piece with a whole pickup bar and shift the
+/// arrangement by a bar, and the same session would get other music.
+const ON_THE_BAR_S: f64 = 0.002;
+
+/// `phase` moved onto the nearest whole number of bars from 0 when it is
+/// within [`ON_THE_BAR_S`] of one.
+fn on_the_bar(phase: f64, bar: f64) -> f64 {
+    let off = phase.rem_euclid(bar);
+    if off < ON_THE_BAR_S {
+        phase - off
+    } else if bar - off < ON_THE_BAR_S {
+        phase + (bar - off)
+    } else {
+        phase
+    }
+}
+
+/// Where in `period` the grid through `phase` starts: `phase` modulo
+/// `period`, with a grid that is on 0 up to rounding (1 ns) taken as on it,
+/// so that equal grids written as different multiples of the period (a
+/// downbeat at bar 0 or bar 4) give the same music.
+fn offset_in(phase: f64, period: f64) -> f64 {
+    let off = phase.rem_euclid(period);
+    if off < 1e-9 || period - off < 1e-9 {
+        0.0
+    } else {
+        off
+    }
+}
+
 /// Writes the score. A `downbeat` in the plan puts the music's bars on a
 /// given grid: the plugin passes the host's, so the bars fall on the
 /// session's.
@@ -193,7 +226,8 @@ pub fn arrange(a: &Analysis, plan: &Plan) -> Score {
             })
             .unwrap_or(0.0)
     };
-    let first_beat = phase.rem_euclid(beat);
+    let phase = on_the_bar(phase, meter.bar(bpm));
+    let first_beat = offset_in(phase, beat);
     let (key, brightness) = key_and_mode(a);
     // Without the pictures' say, the mood is the prompt's, else major.
     let minor = style.minor.unwrap_or(brightness * semantic < 0.0);
@@ -258,7 +292,7 @@ pub fn arrange(a: &Analysis, plan: &Plan) -> Score {
     // Bars from the first downbeat at or before 0 (a pickup bar if needed).
     // Bars start at `phase` + k · bar; the first at or before 0 may be a
     // pickup.
-    let first_downbeat = phase.rem_euclid(bar);
+    let first_downbeat = offset_in(phase, bar);
     let mut bar_start = first_downbeat - (first_downbeat / bar).ceil() * bar;
     let mut bar_index = 0usize;
     while bar_start < a.duration {
