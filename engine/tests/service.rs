@@ -139,6 +139,57 @@ fn a_superseding_request_cancels_the_running_one() {
 }
 
 #[test]
+fn a_reader_says_when_no_more_music_will_come() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = video(dir.path(), "long.mp4", 20.0);
+    let short = video(dir.path(), "short.mp4", 2.0);
+    let eng = engine(dir.path());
+    let chunked = |v: &Path, supersede: bool| {
+        let mut r = Request::new(v);
+        r.chunk_frames = 48_000;
+        r.max_chunks = 64;
+        r.supersede = supersede;
+        r
+    };
+    // A request cancelled while it is made: its reader finishes short.
+    let (a, reader) = eng.submit(chunked(&long, false)).unwrap();
+    let mut cancelled = reader.unwrap();
+    assert!(!cancelled.is_finished(), "finished before it began");
+    let (b, reader) = eng.submit(chunked(&short, true)).unwrap();
+    let mut done = reader.unwrap();
+    eng.wait(b, |ev| {
+        if let Event::Done { id, .. } = ev {
+            assert_ne!(*id, a, "the long piece was not cancelled");
+        }
+    })
+    .unwrap();
+    let mut popped = 0;
+    let t0 = std::time::Instant::now();
+    while !cancelled.is_finished() {
+        popped += usize::from(cancelled.pop().is_some());
+        assert!(
+            t0.elapsed().as_secs() < 30,
+            "a cancelled reader never finished"
+        );
+    }
+    assert!(popped < 20, "{popped} chunks of a cancelled 20 s piece");
+    // A finished request: finished once every chunk is taken, not before.
+    assert!(!done.is_finished());
+    let mut n = 0;
+    while done.pop().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 2);
+    assert!(done.is_finished());
+    // Served whole from the cache: the same.
+    let (_, cached) = eng.submit_cached(&chunked(&short, false)).unwrap();
+    let mut cached = cached;
+    assert!(!cached.is_finished());
+    while cached.pop().is_some() {}
+    assert!(cached.is_finished());
+}
+
+#[test]
 fn errors_come_back_as_events_and_the_engine_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let eng = engine(dir.path());

@@ -14,13 +14,16 @@ pub mod playback;
 pub mod presets;
 pub mod reaper;
 pub mod state;
+mod steward;
 
+use std::cell::Cell;
 use std::ffi::{CStr, CString};
 use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clack_extensions::audio_ports::{
     AudioPortFlags, AudioPortInfo, AudioPortInfoWriter, AudioPortType, PluginAudioPorts,
@@ -49,7 +52,8 @@ use parking_lot::Mutex;
 use params::{PARAMS, ParamId, ParamSpec, ParamValues};
 use playback::{Grid, MAX_SLOTS, Player, Take};
 use reaper::{Reaper, VideoItem};
-use state::{MAX_STATE_BYTES, SavedState};
+use state::{HostGrid, MAX_STATE_BYTES, SavedState};
+use steward::Steward;
 use vidmusician_engine::service::{Engine, EngineChoice, EngineConfig, Request};
 use vidmusician_engine::sketch::Meter;
 
@@ -100,7 +104,10 @@ impl DefaultPluginFactory for VidMusician {
             host,
             params: ParamValues::default(),
             offline: AtomicBool::new(false),
+            bouncing: AtomicBool::new(false),
             regenerate: AtomicBool::new(false),
+            asked: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
             host_tempo: AtomicU64::new(0),
             host_meter: AtomicU32::new(pack_meter(Meter::COMMON)),
             host_downbeat: AtomicU64::new(0f64.to_bits()),
@@ -113,22 +120,26 @@ impl DefaultPluginFactory for VidMusician {
         shared: &'a Shared<'a>,
     ) -> Result<MainThread<'a>, PluginError> {
         let reaper = Reaper::new(&host);
+        let inner = Arc::new(Mutex::new(Inner {
+            engine: None,
+            video: std::env::var_os("VIDMUSICIAN_VIDEO").map(PathBuf::from),
+            prompt: String::new(),
+            cache_key: None,
+            link: None,
+            sample_rate: None,
+            has_music: false,
+            item: None,
+            reaper_changes: None,
+        }));
+        let steward = Steward::start(shared, Arc::clone(&inner))
+            .map_err(|_| PluginError::Message("cannot start a thread"))?;
         Ok(MainThread {
             shared,
             host,
-            inner: Mutex::new(Inner {
-                engine: None,
-                video: std::env::var_os("VIDMUSICIAN_VIDEO").map(PathBuf::from),
-                prompt: String::new(),
-                cache_key: None,
-                link: None,
-                sample_rate: None,
-                has_music: false,
-                reaper,
-                item: None,
-                reaper_changes: None,
-                timer: None,
-            }),
+            reaper,
+            timer: Cell::new(None),
+            inner,
+            steward: Some(steward),
         })
     }
 }
@@ -138,9 +149,21 @@ pub struct Shared<'a> {
     pub params: ParamValues,
     /// Set by the main thread (render extension), read by the audio thread.
     offline: AtomicBool,
-    /// Set by the audio thread when a parameter that needs new music
-    /// changed; cleared by the main thread when it submits the request.
+    /// Set by the audio thread while the host renders faster than real time
+    /// without saying so (Ardour's export): read when a request is built, so
+    /// a bounce gets no preview.
+    bouncing: AtomicBool,
+    /// Set (after `asked` moves on) by whoever needs new music: the audio
+    /// thread on a parameter or tempo change, the main thread on a flush;
+    /// cleared by whichever of the host's main thread and the [`Steward`]
+    /// submits the request.
     regenerate: AtomicBool,
+    /// How many times new music was asked for, and the count the last
+    /// handled request answered: a bounce waits until the take answering
+    /// its ask is in. Written with `regenerate` as above; read by the audio
+    /// thread.
+    asked: AtomicU64,
+    answered: AtomicU64,
     /// The host's tempo (f64 bits, 0 = not known) and a song time where one
     /// of its bars starts (f64 bits): written by the audio thread once the
     /// tempo has settled, read by the main thread for the next request.
@@ -155,6 +178,21 @@ pub struct Shared<'a> {
 }
 
 impl Shared<'_> {
+    /// Asks for new music with the settings as they are now. Allocation-
+    /// and lock-free: the audio thread calls it. The host's main thread
+    /// answers when the host gives it a turn, else the [`Steward`] does.
+    fn ask_for_music(&self) {
+        self.asked.fetch_add(1, Ordering::AcqRel);
+        self.regenerate.store(true, Ordering::Release);
+        self.host.request_callback();
+    }
+
+    /// Whether the host is bouncing: offline render announced, or audio
+    /// processed faster than real time.
+    fn bouncing(&self) -> bool {
+        self.offline.load(Ordering::Acquire) || self.bouncing.load(Ordering::Acquire)
+    }
+
     /// Tells the user: through the host's log (CLAP log extension) when it
     /// has one, else on stderr. Never from the audio thread (it allocates).
     fn report(&self, severity: LogSeverity, message: &str) {
@@ -181,6 +219,27 @@ impl Shared<'_> {
         r > 1e-6 && bar - r > 1e-6
     }
 
+    /// The host's tempo grid as last heard (or restored), if any.
+    fn host_grid(&self) -> Option<HostGrid> {
+        let bpm = f64::from_bits(self.host_tempo.load(Ordering::Acquire));
+        let meter = unpack_meter(self.host_meter.load(Ordering::Acquire));
+        (bpm > 0.0).then(|| HostGrid {
+            bpm,
+            beats: u32::from(meter.beats),
+            unit: u32::from(meter.unit),
+            downbeat: f64::from_bits(self.host_downbeat.load(Ordering::Acquire)),
+        })
+    }
+
+    /// Restores a saved grid until the host's transport says otherwise.
+    fn set_host_grid(&self, g: HostGrid) {
+        let meter = Meter::checked(g.beats, g.unit).unwrap_or(Meter::COMMON);
+        self.host_downbeat
+            .store(g.downbeat.to_bits(), Ordering::Release);
+        self.host_meter.store(pack_meter(meter), Ordering::Release);
+        self.host_tempo.store(g.bpm.to_bits(), Ordering::Release);
+    }
+
     /// Song time at which the music's first frame plays.
     fn offset(&self) -> f64 {
         f64::from_bits(self.timeline_offset.load(Ordering::Acquire))
@@ -198,14 +257,25 @@ fn unpack_meter(v: u32) -> Meter {
 
 impl<'a> PluginShared<'a> for Shared<'a> {}
 
-/// Main-thread state. The lock is only ever taken on the main thread (CLAP
-/// calls `activate` and `deactivate` there too), never by the audio thread.
+/// Main-thread state: what only the host's main thread touches (the host
+/// handle, REAPER's API, the timer), and the request state it shares with
+/// the [`Steward`].
 pub struct MainThread<'a> {
     shared: &'a Shared<'a>,
     host: HostMainThreadHandle<'a>,
-    inner: Mutex<Inner>,
+    /// REAPER's API, when the host is REAPER. Main thread only.
+    reaper: Option<Reaper>,
+    /// The host timer that re-reads REAPER's timeline.
+    timer: Cell<Option<TimerId>>,
+    /// Taken by the host's main thread and by the steward, never by the
+    /// audio thread.
+    inner: Arc<Mutex<Inner>>,
+    /// Joined (before `inner` and the engine in it drop) on destroy.
+    steward: Option<Steward>,
 }
 
+/// What a request is made from, and what it leads to. Moves between the
+/// host's main thread and the steward under `MainThread::inner`.
 struct Inner {
     /// Started on the first request; joined when the plugin is destroyed.
     engine: Option<Engine>,
@@ -219,14 +289,10 @@ struct Inner {
     /// old music playing until the new take is whole, rather than going
     /// through a preview that could run out mid-song.
     has_music: bool,
-    /// REAPER's API, when the host is REAPER.
-    reaper: Option<Reaper>,
     /// The video item last found on REAPER's timeline.
     item: Option<VideoItem>,
     /// REAPER's project change count when the timeline was last read.
     reaper_changes: Option<i32>,
-    /// The host timer that re-reads REAPER's timeline.
-    timer: Option<TimerId>,
 }
 
 /// Where a take's music comes from.
@@ -252,193 +318,232 @@ impl<'a> PluginMainThread<'a, Shared<'a>> for MainThread<'a> {
 }
 
 impl MainThread<'_> {
-    /// Everything the main thread does when the host gives it a turn:
-    /// drop returned takes, pick up engine events, regenerate if asked.
+    /// Everything the main thread does when the host gives it a turn: the
+    /// steward's round, with REAPER's timeline read first.
     fn service(&self) {
         let mut inner = self.inner.lock();
-        if let Some(link) = inner.link.as_mut() {
-            while link.returned.pop().is_ok() {}
-        }
-        let mut key = None;
-        if let Some(engine) = inner.engine.as_ref() {
-            while let Ok(ev) = engine.events().try_recv() {
-                match ev {
-                    vidmusician_engine::service::Event::Done { result, .. } => {
-                        key = Some(result.cache_key.clone());
-                    }
-                    vidmusician_engine::service::Event::Failed { error, .. } => {
-                        self.shared.report(LogSeverity::Error, &error.to_string());
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if key.is_some() {
-            inner.cache_key = key;
-        }
-        if self.shared.regenerate.swap(false, Ordering::AcqRel) {
-            self.request(&mut inner);
+        tidy(self.shared, &mut inner);
+        if self.shared.regenerate.load(Ordering::Acquire) {
+            self.follow_timeline(&mut inner);
+            answer(self.shared, &mut inner);
         }
     }
 
-    /// Submits a request for the current video and settings and hands its
-    /// take to the audio processor. Needs an active processor (the host's
-    /// sample rate) and a video.
+    /// [`request`] with REAPER's timeline read first.
     fn request(&self, inner: &mut Inner) {
         self.follow_timeline(inner);
-        let (Some(rate), Some(video)) = (inner.sample_rate, inner.video.clone()) else {
+        request(self.shared, inner);
+    }
+}
+
+/// Drops the takes the audio thread let go of and picks up the engine's
+/// events. Any thread but the audio thread.
+fn tidy(shared: &Shared<'_>, inner: &mut Inner) {
+    if let Some(link) = inner.link.as_mut() {
+        while link.returned.pop().is_ok() {}
+    }
+    let mut key = None;
+    if let Some(engine) = inner.engine.as_ref() {
+        while let Ok(ev) = engine.events().try_recv() {
+            match ev {
+                vidmusician_engine::service::Event::Done { result, .. } => {
+                    key = Some(result.cache_key.clone());
+                }
+                vidmusician_engine::service::Event::Failed { error, .. } => {
+                    shared.report(LogSeverity::Error, &error.to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+    if key.is_some() {
+        inner.cache_key = key;
+    }
+}
+
+/// Makes the music asked for with [`Shared::ask_for_music`], if it still
+/// is, and records the ask as answered (with a take or without one).
+fn answer(shared: &Shared<'_>, inner: &mut Inner) {
+    if shared.regenerate.swap(false, Ordering::AcqRel) {
+        // Read after the flag: an ask counted before it is answered by this
+        // request, one counted after sets the flag again.
+        let ask = shared.asked.load(Ordering::Acquire);
+        request(shared, inner);
+        shared.answered.fetch_max(ask, Ordering::AcqRel);
+    }
+}
+
+/// Submits a request for the current video and settings and hands its take
+/// to the audio processor. Needs an active processor (the host's sample
+/// rate) and a video. Any thread but the audio thread.
+fn request(shared: &Shared<'_>, inner: &mut Inner) {
+    let ask = shared.asked.load(Ordering::Acquire);
+    let (Some(rate), Some(video)) = (inner.sample_rate, inner.video.clone()) else {
+        return;
+    };
+    let info = match vidmusician_engine::video::probe(&video) {
+        Ok(i) => i,
+        Err(e) => {
+            shared.report(LogSeverity::Error, &e.to_string());
             return;
+        }
+    };
+    // The part of the video the timeline plays, and how fast.
+    let (range, playrate) = match &inner.item {
+        Some(item) if item.path == video => {
+            let (a, b) = item.range();
+            (Some((a, b.min(info.duration))), item.playrate)
+        }
+        _ => (None, 1.0),
+    };
+    let (start, end) = range.unwrap_or((0.0, info.duration));
+    let seconds = (end - start) / playrate;
+    if !(seconds.is_finite() && seconds > 0.0) {
+        shared.report(
+            LogSeverity::Error,
+            &format!(
+                "the video item starts at {start:.2} s of a {:.2} s video: nothing to score",
+                info.duration
+            ),
+        );
+        return;
+    }
+    if inner.engine.is_none() {
+        // In a session speed matters more than matching the reference
+        // bit for bit: neural engines run with 8-bit weights (2.6× faster,
+        // half the memory; see the README's benchmarks).
+        let config = EngineConfig {
+            precision: vidmusician_engine::neural::Precision::Q8,
+            ..EngineConfig::default()
         };
-        let info = match vidmusician_engine::video::probe(&video) {
-            Ok(i) => i,
+        match Engine::start(config) {
+            Ok(e) => inner.engine = Some(e),
             Err(e) => {
-                self.shared.report(LogSeverity::Error, &e.to_string());
+                shared.report(LogSeverity::Error, &e.to_string());
                 return;
             }
-        };
-        // The part of the video the timeline plays, and how fast.
-        let (range, playrate) = match &inner.item {
-            Some(item) if item.path == video => {
-                let (a, b) = item.range();
-                (Some((a, b.min(info.duration))), item.playrate)
-            }
-            _ => (None, 1.0),
-        };
-        let (start, end) = range.unwrap_or((0.0, info.duration));
-        let seconds = (end - start) / playrate;
-        if !(seconds.is_finite() && seconds > 0.0) {
-            self.shared.report(
-                LogSeverity::Error,
-                &format!(
-                    "the video item starts at {start:.2} s of a {:.2} s video: nothing to score",
-                    info.duration
-                ),
-            );
-            return;
         }
-        if inner.engine.is_none() {
-            // In a session speed matters more than matching the reference
-            // bit for bit: neural engines run with 8-bit weights (2.6× faster,
-            // half the memory; see the README's benchmarks).
-            let config = EngineConfig {
-                precision: vidmusician_engine::neural::Precision::Q8,
-                ..EngineConfig::default()
-            };
-            match Engine::start(config) {
-                Ok(e) => inner.engine = Some(e),
-                Err(e) => {
-                    self.shared.report(LogSeverity::Error, &e.to_string());
-                    return;
-                }
-            }
-        }
-        let total = (seconds * rate).round().max(1.0) as u64;
-        let chunk_frames = (total as usize).div_ceil(MAX_SLOTS).max(4096);
-        let mut req = Request::new(&video);
-        req.range = range;
-        req.playrate = playrate;
-        req.sample_rate = rate.round() as u32;
-        req.seed = self.shared.params.get(ParamId::Seed) as u64;
-        req.prompt = inner.prompt.clone();
-        let params = &self.shared.params;
-        req.rhythm_strength = params.get(ParamId::RhythmStrength) as f32;
-        req.semantic_strength = params.get(ParamId::SemanticStrength) as f32;
-        req.guidance = Some(params.get(ParamId::Guidance));
-        req.engine = match params.get(ParamId::Engine) as usize {
-            1 => EngineChoice::Sketch,
-            2 => EngineChoice::Text,
-            _ => EngineChoice::Auto,
-        };
-        let tempo = f64::from_bits(self.shared.host_tempo.load(Ordering::Acquire));
-        let follow = params.get(ParamId::FollowTempo) >= 0.5;
-        let grid = (follow && tempo > 0.0).then(|| Grid {
-            bpm: tempo,
-            meter: unpack_meter(self.shared.host_meter.load(Ordering::Acquire)),
-        });
-        if let Some(g) = grid {
-            req.tempo = Some(g.bpm);
-            req.meter = g.meter;
-            // The host's bar grid in piece time, with the offset as it is
-            // now (the video may have moved since the tempo was read).
-            let bar_song = f64::from_bits(self.shared.host_downbeat.load(Ordering::Acquire));
-            req.downbeat = Some(bar_song - self.shared.offset());
-        }
-        req.chunk_frames = chunk_frames;
-        // Music made before (a reopened project) plays at once.
-        if self.submit_take(inner, req.clone(), total, grid, Source::Cache) {
-            return;
-        }
-        // A long video gets a quick preview of its start first, so music
-        // plays within a second; the full piece replaces it at a bar line.
-        // A bounce needs the full piece only, and the text engine sends its
-        // piece window by window anyway.
-        let offline = self.shared.offline.load(Ordering::Acquire);
-        let streams = req.engine == EngineChoice::Text;
-        if !offline && !streams && !inner.has_music && seconds > PREVIEW_S * 1.5 {
-            let mut preview = req.clone();
-            preview.preview_until = Some(start + PREVIEW_S * playrate);
-            preview.supersede = true;
-            let frames = (PREVIEW_S * rate).round() as u64;
-            self.submit_take(inner, preview, frames, grid, Source::Preview);
-            req.supersede = false;
-        } else {
-            req.supersede = true;
-        }
-        self.submit_take(inner, req, total, grid, Source::Engine);
     }
+    let total = (seconds * rate).round().max(1.0) as u64;
+    let chunk_frames = (total as usize).div_ceil(MAX_SLOTS).max(4096);
+    let mut req = Request::new(&video);
+    req.range = range;
+    req.playrate = playrate;
+    req.sample_rate = rate.round() as u32;
+    req.seed = shared.params.get(ParamId::Seed) as u64;
+    req.prompt = inner.prompt.clone();
+    let params = &shared.params;
+    req.rhythm_strength = params.get(ParamId::RhythmStrength) as f32;
+    req.semantic_strength = params.get(ParamId::SemanticStrength) as f32;
+    req.guidance = Some(params.get(ParamId::Guidance));
+    req.engine = match params.get(ParamId::Engine) as usize {
+        1 => EngineChoice::Sketch,
+        2 => EngineChoice::Text,
+        _ => EngineChoice::Auto,
+    };
+    let tempo = f64::from_bits(shared.host_tempo.load(Ordering::Acquire));
+    let follow = params.get(ParamId::FollowTempo) >= 0.5;
+    let grid = (follow && tempo > 0.0).then(|| Grid {
+        bpm: tempo,
+        meter: unpack_meter(shared.host_meter.load(Ordering::Acquire)),
+    });
+    if let Some(g) = grid {
+        req.tempo = Some(g.bpm);
+        req.meter = g.meter;
+        // The host's bar grid in piece time, with the offset as it is
+        // now (the video may have moved since the tempo was read).
+        let bar_song = f64::from_bits(shared.host_downbeat.load(Ordering::Acquire));
+        req.downbeat = Some(bar_song - shared.offset());
+    }
+    req.chunk_frames = chunk_frames;
+    let take = TakeSpec { total, grid, ask };
+    // Music made before (a reopened project) plays at once.
+    if submit_take(shared, inner, req.clone(), take, Source::Cache) {
+        return;
+    }
+    // A long video gets a quick preview of its start first, so music
+    // plays within a second; the full piece replaces it at a bar line.
+    // A bounce needs the full piece only, and the text engine sends its
+    // piece window by window anyway.
+    let streams = req.engine == EngineChoice::Text;
+    if !shared.bouncing() && !streams && !inner.has_music && seconds > PREVIEW_S * 1.5 {
+        let mut preview = req.clone();
+        preview.preview_until = Some(start + PREVIEW_S * playrate);
+        preview.supersede = true;
+        let frames = (PREVIEW_S * rate).round() as u64;
+        let spec = TakeSpec {
+            total: frames,
+            ..take
+        };
+        submit_take(shared, inner, preview, spec, Source::Preview);
+        req.supersede = false;
+    } else {
+        req.supersede = true;
+    }
+    submit_take(shared, inner, req, take, Source::Engine);
+}
 
-    /// Gets `req`'s music from `source` and hands its take (`total` frames)
-    /// to the audio thread; true when a take was handed over.
-    fn submit_take(
-        &self,
-        inner: &mut Inner,
-        mut req: Request,
-        total: u64,
-        grid: Option<Grid>,
-        source: Source,
-    ) -> bool {
-        let Some(engine) = inner.engine.as_ref() else {
-            return false;
-        };
-        req.max_chunks = (total as usize).div_ceil(req.chunk_frames) + 1;
-        let chunk_frames = req.chunk_frames;
-        let got = match source {
-            Source::Cache => engine.submit_cached(&req),
-            Source::Preview | Source::Engine => match engine.submit(req) {
-                Ok((id, reader)) => reader.map(|r| (id, r)),
-                Err(e) => {
-                    self.shared.report(LogSeverity::Error, &e.to_string());
-                    None
-                }
-            },
-        };
-        let Some((_, reader)) = got else {
-            return false;
-        };
-        let take = Box::new(Take {
-            reader,
-            chunk_frames,
-            total_frames: total,
-            grid,
-            preview: source == Source::Preview,
-        });
-        self.hand_over(inner, take)
-    }
+/// What the audio thread is told of a take besides its music.
+#[derive(Clone, Copy)]
+struct TakeSpec {
+    /// Its length, frames.
+    total: u64,
+    grid: Option<Grid>,
+    /// The ask it answers (`Shared::asked` when it was requested).
+    ask: u64,
+}
 
-    fn hand_over(&self, inner: &mut Inner, take: Box<Take>) -> bool {
-        let Some(link) = inner.link.as_mut() else {
-            return false;
-        };
-        if link.takes.push(take).is_err() {
-            self.shared.report(
-                LogSeverity::Warning,
-                "the audio thread is not taking new music; try again",
-            );
-            return false;
-        }
-        inner.has_music = true;
-        true
+/// Gets `req`'s music from `source` and hands its take to the audio thread;
+/// true when a take was handed over.
+fn submit_take(
+    shared: &Shared<'_>,
+    inner: &mut Inner,
+    mut req: Request,
+    spec: TakeSpec,
+    source: Source,
+) -> bool {
+    let Some(engine) = inner.engine.as_ref() else {
+        return false;
+    };
+    req.max_chunks = (spec.total as usize).div_ceil(req.chunk_frames) + 1;
+    let chunk_frames = req.chunk_frames;
+    let got = match source {
+        Source::Cache => engine.submit_cached(&req),
+        Source::Preview | Source::Engine => match engine.submit(req) {
+            Ok((id, reader)) => reader.map(|r| (id, r)),
+            Err(e) => {
+                shared.report(LogSeverity::Error, &e.to_string());
+                None
+            }
+        },
+    };
+    let Some((_, reader)) = got else {
+        return false;
+    };
+    let take = Box::new(Take {
+        reader,
+        chunk_frames,
+        total_frames: spec.total,
+        grid: spec.grid,
+        preview: source == Source::Preview,
+        answers: spec.ask,
+    });
+    hand_over(shared, inner, take)
+}
+
+fn hand_over(shared: &Shared<'_>, inner: &mut Inner, take: Box<Take>) -> bool {
+    let Some(link) = inner.link.as_mut() else {
+        return false;
+    };
+    if link.takes.push(take).is_err() {
+        shared.report(
+            LogSeverity::Warning,
+            "the audio thread is not taking new music; try again",
+        );
+        return false;
     }
+    inner.has_music = true;
+    true
 }
 
 /// How often REAPER's timeline is looked at for changes.
@@ -449,13 +554,14 @@ impl MainThread<'_> {
     /// the video and where it starts. True when what changed needs new music
     /// (another file, trim or playrate), not just a move along the timeline.
     fn follow_timeline(&self, inner: &mut Inner) -> bool {
-        let Some(reaper) = inner.reaper.as_ref() else {
+        let Some(reaper) = self.reaper.as_ref() else {
             return false;
         };
-        if inner.timer.is_none()
+        if self.timer.get().is_none()
             && let Some(timer) = self.host.get_extension::<HostTimer>()
         {
-            inner.timer = timer.register_timer(&self.host, TIMELINE_CHECK_MS).ok();
+            self.timer
+                .set(timer.register_timer(&self.host, TIMELINE_CHECK_MS).ok());
         }
         inner.reaper_changes = reaper.change_count();
         let (found, others) = reaper::choose(&reaper.items());
@@ -492,26 +598,28 @@ impl MainThread<'_> {
 
 impl PluginTimerImpl for MainThread<'_> {
     fn on_timer(&self, timer_id: TimerId) {
-        let mut inner = self.inner.lock();
-        if inner.timer != Some(timer_id) {
+        if self.timer.get() != Some(timer_id) {
             return;
         }
+        let mut inner = self.inner.lock();
         // The count moves on every edit; unchanged, there is nothing to read.
-        if let Some(r) = inner.reaper.as_ref()
+        if let Some(r) = self.reaper.as_ref()
             && let Some(now) = r.change_count()
             && inner.reaper_changes == Some(now)
         {
             return;
         }
         if self.follow_timeline(&mut inner) {
-            self.request(&mut inner);
+            request(self.shared, &mut inner);
         }
     }
 }
 
 impl Drop for MainThread<'_> {
     fn drop(&mut self) {
-        if let Some(id) = self.inner.get_mut().timer.take()
+        // The steward first: it borrows `shared` and holds `inner`.
+        drop(self.steward.take());
+        if let Some(id) = self.timer.take()
             && let Some(timer) = self.host.get_extension::<HostTimer>()
         {
             let _ = timer.unregister_timer(&self.host, id);
@@ -594,15 +702,9 @@ impl PluginMainThreadParams for MainThread<'_> {
 
     fn flush(&self, input: &InputEvents, output: &mut OutputEvents) {
         if apply_param_events(self.shared, input, output) {
-            self.service_regenerate();
+            self.shared.ask_for_music();
+            self.service();
         }
-    }
-}
-
-impl MainThread<'_> {
-    fn service_regenerate(&self) {
-        self.shared.regenerate.store(true, Ordering::Release);
-        self.service();
     }
 }
 
@@ -655,6 +757,7 @@ impl PluginStateImpl for MainThread<'_> {
             inner.video.clone(),
             inner.prompt.clone(),
             inner.cache_key.clone(),
+            self.shared.host_grid(),
         );
         std::io::Write::write_all(output, &s.to_bytes())
             .map_err(|_| PluginError::Message("cannot write state"))
@@ -670,28 +773,36 @@ impl PluginStateImpl for MainThread<'_> {
             Ok(_) => SavedState::from_bytes(&bytes),
             Err(e) => Err(format!("cannot read state: {e}")),
         };
-        let mut inner = self.inner.lock();
-        match parsed {
-            Ok(s) => {
-                s.apply(&self.shared.params);
-                inner.video = s
-                    .video
-                    .or_else(|| std::env::var_os("VIDMUSICIAN_VIDEO").map(PathBuf::from));
-                inner.prompt = s.prompt;
-                inner.cache_key = s.cache_key;
-            }
+        // A state that cannot be read changes nothing: the host hears that
+        // the load failed, and the instance keeps its settings, video and
+        // prompt rather than silently falling back to defaults.
+        let s = match parsed {
+            Ok(s) => s,
             Err(e) => {
-                // Defaults, and the project still opens.
                 self.shared.report(
                     LogSeverity::Error,
-                    &format!("ignoring saved state ({e}); using defaults"),
+                    &format!("cannot load the saved state ({e}); the settings are unchanged"),
                 );
-                self.shared.params.reset();
-                inner.prompt.clear();
-                inner.cache_key = None;
+                return Err(PluginError::Message("unreadable VidMusician state"));
             }
+        };
+        {
+            let mut inner = self.inner.lock();
+            s.apply(&self.shared.params);
+            inner.video = s
+                .video
+                .or_else(|| std::env::var_os("VIDMUSICIAN_VIDEO").map(PathBuf::from));
+            inner.prompt = s.prompt;
+            inner.cache_key = s.cache_key;
+            if let Some(g) = s.host_grid {
+                self.shared.set_host_grid(g);
+            }
+            self.request(&mut inner);
         }
-        self.request(&mut inner);
+        // The values the host shows and automates from are now stale.
+        if let Some(p) = self.host.get_extension::<HostParams>() {
+            p.rescan(&self.host, ParamRescanFlags::VALUES);
+        }
         Ok(())
     }
 }
@@ -759,6 +870,51 @@ pub struct Processor<'a> {
     /// Position for hosts without a transport: frames since activation.
     free_running: i64,
     tempo_watch: TempoWatch,
+    pace: Pace,
+    /// The last ask for music a bounce waited for (`Shared::asked`).
+    waited_for: u64,
+}
+
+/// Tells a host that renders faster than real time without announcing
+/// offline mode (Ardour's export) from one playing in real time, by the
+/// host's own time between our blocks: in real time it adds up to the
+/// audio's duration (less our processing), in a render to a small part of
+/// it. Over whole windows of audio, so that hosts that process a few
+/// hundred milliseconds ahead (REAPER's anticipative processing) still
+/// count as real time. Our own waits do not count: they are inside blocks.
+#[derive(Default)]
+struct Pace {
+    last_end: Option<Instant>,
+    /// Audio and host time in the window so far, seconds.
+    audio: f64,
+    host: f64,
+    fast: bool,
+}
+
+/// Seconds of audio over which the pace is judged, and the share of it in
+/// host time below which the host is rendering.
+const PACE_WINDOW_S: f64 = 1.0;
+const PACE_RENDER_SHARE: f64 = 0.2;
+
+impl Pace {
+    /// A block of `frames` starts at `now`; true while the host renders
+    /// faster than real time.
+    fn block_starts(&mut self, now: Instant, frames: usize, rate: f64) -> bool {
+        if let Some(end) = self.last_end {
+            self.host += now.saturating_duration_since(end).as_secs_f64();
+        }
+        self.audio += frames as f64 / rate;
+        if self.audio >= PACE_WINDOW_S {
+            self.fast = self.host < PACE_RENDER_SHARE * self.audio;
+            self.audio = 0.0;
+            self.host = 0.0;
+        }
+        self.fast
+    }
+
+    fn block_ends(&mut self, now: Instant) {
+        self.last_end = Some(now);
+    }
 }
 
 /// Debounces the host's tempo on the audio thread.
@@ -801,6 +957,8 @@ impl<'a> PluginAudioProcessor<'a, Shared<'a>, MainThread<'a>> for Processor<'a> 
             gain: db_to_gain(shared.params.get(ParamId::Gain)),
             free_running: 0,
             tempo_watch: TempoWatch::default(),
+            pace: Pace::default(),
+            waited_for: shared.asked.load(Ordering::Acquire),
         })
     }
 
@@ -811,20 +969,28 @@ impl<'a> PluginAudioProcessor<'a, Shared<'a>, MainThread<'a>> for Processor<'a> 
         events: Events,
     ) -> Result<ProcessStatus, PluginError> {
         if apply_param_events(self.shared, events.input, events.output) {
-            self.shared.regenerate.store(true, Ordering::Release);
-            self.shared.host.request_callback();
+            self.shared.ask_for_music();
         }
         self.player.poll();
         let frames = audio.frames_count() as usize;
+        let fast = self
+            .pace
+            .block_starts(Instant::now(), frames, self.sample_rate);
+        self.shared.bouncing.store(fast, Ordering::Release);
         let (playing, start) = self.position(&process);
         self.player.catch_up(start, frames);
         self.follow_tempo(&process, frames);
-        if let Some(bar) = self.next_bar(&process, start) {
+        let bar = self.next_bar(&process, start);
+        let bounce = playing && self.shared.bouncing();
+        if bounce {
+            self.wait_for_asked_music(bar.unwrap_or(start));
+        }
+        if let Some(bar) = bar {
             self.player.schedule(bar);
         }
-        if playing && self.shared.offline.load(Ordering::Acquire) && self.player.has_take() {
-            // Offline: the bounce must be complete, so wait (bounded) for
-            // the full piece's music this block needs.
+        if bounce && self.player.has_take() {
+            // A bounce must be complete, so wait (bounded) for the full
+            // piece's music this block needs.
             self.player.wait_ready_offline(start, frames, OFFLINE_WAIT);
         }
         let target = db_to_gain(self.shared.params.get(ParamId::Gain));
@@ -856,6 +1022,7 @@ impl<'a> PluginAudioProcessor<'a, Shared<'a>, MainThread<'a>> for Processor<'a> 
         }
         self.gain = target;
         self.free_running += frames as i64;
+        self.pace.block_ends(Instant::now());
         Ok(ProcessStatus::Continue)
     }
 
@@ -870,6 +1037,22 @@ impl<'a> PluginAudioProcessor<'a, Shared<'a>, MainThread<'a>> for Processor<'a> 
 }
 
 impl Processor<'_> {
+    /// Bounces only: when new music was asked for (a tempo or parameter
+    /// change) and not yet waited for, waits (bounded) until its take is in
+    /// and comes in at `bar`, so the bounce has the new music from that bar
+    /// on, however long the engine takes.
+    fn wait_for_asked_music(&mut self, bar: i64) {
+        let ask = self.shared.asked.load(Ordering::Acquire);
+        if ask <= self.waited_for {
+            return;
+        }
+        self.waited_for = ask;
+        let answered = &self.shared.answered;
+        self.player.wait_for_take(ask, bar, OFFLINE_WAIT, || {
+            answered.load(Ordering::Acquire) >= ask
+        });
+    }
+
     /// Adds the music from piece frame `start` into the block, the gain
     /// ramping from the last block's to `target` in steps of 32 frames.
     fn play(&mut self, start: i64, target: f32, l: &mut [f32], r: &mut [f32]) {
@@ -940,8 +1123,7 @@ impl Processor<'_> {
             self.shared
                 .host_tempo
                 .store(t.tempo.to_bits(), Ordering::Release);
-            self.shared.regenerate.store(true, Ordering::Release);
-            self.shared.host.request_callback();
+            self.shared.ask_for_music();
         }
     }
 
@@ -991,8 +1173,7 @@ impl Processor<'_> {
 impl PluginAudioProcessorParams for Processor<'_> {
     fn flush(&mut self, input: &InputEvents, output: &mut OutputEvents) {
         if apply_param_events(self.shared, input, output) {
-            self.shared.regenerate.store(true, Ordering::Release);
-            self.shared.host.request_callback();
+            self.shared.ask_for_music();
         }
     }
 }

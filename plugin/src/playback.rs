@@ -37,6 +37,9 @@ pub struct Take {
     pub grid: Option<Grid>,
     /// A quick take of the start only, to be replaced by the full piece.
     pub preview: bool,
+    /// The count of asks for new music this take answers (see
+    /// `Shared::asked`): a bounce waits for the take that answers its ask.
+    pub answers: u64,
 }
 
 type Slots = Vec<Option<Arc<AudioChunk>>>;
@@ -90,6 +93,13 @@ impl Loaded {
             }
         }
         (self.take, self.slots)
+    }
+
+    /// True when `[start, start + len)` is missing music that will never
+    /// come: the request ended (finished or cancelled) and every chunk it
+    /// sent has been taken in.
+    fn cannot_fill(&self, start: i64, len: usize) -> bool {
+        self.take.reader.is_finished() && !self.ready(start, len)
     }
 
     fn ready(&self, start: i64, len: usize) -> bool {
@@ -313,6 +323,67 @@ impl Player {
             }
             if !on_preview && self.ready(start, len) {
                 return true;
+            }
+            if self
+                .current
+                .as_ref()
+                .is_some_and(|c| c.cannot_fill(start, len))
+            {
+                // Superseded while it was being made (a newer request
+                // cancelled it): its music will never come, so the newer
+                // take, if there is one, plays from here.
+                if self.next.is_some() {
+                    self.promote();
+                    continue;
+                }
+                return false;
+            }
+            if self.stalled || t0.elapsed() >= limit {
+                self.stalled = true;
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Bounces only: waits, at most `limit`, for a take answering ask
+    /// `ask` and for its music at `bar` (the next bar line, where it comes
+    /// in), then schedules it there; a bounce then has the new music from
+    /// the first bar it can, whatever the speed of the engine. Returns early
+    /// when `answered()` says the ask was handled without a take (no video,
+    /// an engine error). True when the take is in place.
+    pub fn wait_for_take(
+        &mut self,
+        ask: u64,
+        bar: i64,
+        limit: Duration,
+        answered: impl Fn() -> bool,
+    ) -> bool {
+        let t0 = Instant::now();
+        loop {
+            // Every take the ring holds, not one a call: the answer may be
+            // behind a take that it overtakes.
+            let done = answered();
+            while !self.incoming.is_empty() && self.parked.iter().any(Option::is_none) {
+                self.poll();
+            }
+            self.poll();
+            let newest = self.next.as_ref().or(self.current.as_ref());
+            if newest.is_some_and(|l| l.take.answers >= ask) {
+                match self.next.as_ref() {
+                    // Nothing to switch from: it plays as the current take.
+                    None => return true,
+                    Some(n) if bar >= n.take.total_frames as i64 => return true,
+                    Some(n) if n.ready(bar, self.xfade as usize) => {
+                        self.schedule(bar);
+                        return true;
+                    }
+                    // Cancelled before its music at the bar was made.
+                    Some(n) if n.cannot_fill(bar, self.xfade as usize) => return false,
+                    Some(_) => {}
+                }
+            } else if done && self.incoming.is_empty() {
+                return false;
             }
             if self.stalled || t0.elapsed() >= limit {
                 self.stalled = true;

@@ -26,6 +26,30 @@ pub struct SavedState {
     /// plays without regenerating.
     #[serde(default)]
     pub cache_key: Option<String>,
+    /// The host's tempo and bar grid the music last followed: a reopened
+    /// project asks for that music on activation, before the host's tempo
+    /// has been heard, and so plays it from the first block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_grid: Option<HostGrid>,
+}
+
+/// A host tempo, time signature and a song time where a bar starts.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct HostGrid {
+    pub bpm: f64,
+    pub beats: u32,
+    pub unit: u32,
+    pub downbeat: f64,
+}
+
+impl HostGrid {
+    /// A grid the plugin could have followed (hostile states hold others).
+    pub fn is_valid(&self) -> bool {
+        (20.0..=400.0).contains(&self.bpm)
+            && vidmusician_engine::sketch::Meter::checked(self.beats, self.unit).is_some()
+            && self.downbeat.is_finite()
+            && self.downbeat.abs() < 1e9
+    }
 }
 
 impl SavedState {
@@ -34,6 +58,7 @@ impl SavedState {
         video: Option<PathBuf>,
         prompt: String,
         cache_key: Option<String>,
+        host_grid: Option<HostGrid>,
     ) -> Self {
         Self {
             version: STATE_VERSION,
@@ -44,6 +69,7 @@ impl SavedState {
                 .map(|p| (p.id as u32, values.get(p.id)))
                 .collect(),
             cache_key,
+            host_grid: host_grid.filter(HostGrid::is_valid),
         }
     }
 
@@ -69,6 +95,7 @@ impl SavedState {
             ));
         }
         let mut s = s;
+        s.host_grid = s.host_grid.filter(HostGrid::is_valid);
         if s.prompt.len() > MAX_PROMPT_BYTES {
             let mut cut = MAX_PROMPT_BYTES;
             while !s.prompt.is_char_boundary(cut) {
@@ -110,7 +137,19 @@ mod tests {
         let v = ParamValues::default();
         v.set(ParamId::Seed, 42.0);
         v.set(ParamId::VideoOffset, 1.5);
-        let s = SavedState::capture(&v, Some("/v.mp4".into()), "calm".into(), Some("abc".into()));
+        let grid = HostGrid {
+            bpm: 96.5,
+            beats: 6,
+            unit: 8,
+            downbeat: 1.25,
+        };
+        let s = SavedState::capture(
+            &v,
+            Some("/v.mp4".into()),
+            "calm".into(),
+            Some("abc".into()),
+            Some(grid),
+        );
         let back = SavedState::from_bytes(&s.to_bytes()).unwrap();
         assert_eq!(back, s);
         let w = ParamValues::default();
@@ -121,8 +160,8 @@ mod tests {
 
     #[test]
     fn hostile_states_are_refused() {
-        let good =
-            SavedState::capture(&ParamValues::default(), None, String::new(), None).to_bytes();
+        let good = SavedState::capture(&ParamValues::default(), None, String::new(), None, None)
+            .to_bytes();
         assert!(SavedState::from_bytes(&good[..good.len() / 2]).is_err());
         assert!(SavedState::from_bytes(b"").is_err());
         assert!(SavedState::from_bytes(&[0xff; 64]).is_err());
@@ -145,5 +184,17 @@ mod tests {
         s.apply(&v);
         assert_eq!(v.get(ParamId::Gain), 12.0);
         assert_eq!(v.get(ParamId::Seed), 0.0);
+        // A grid no host could have had is dropped, not followed.
+        for grid in [
+            r#"{"bpm":1e9,"beats":4,"unit":4,"downbeat":0}"#,
+            r#"{"bpm":120,"beats":4,"unit":3,"downbeat":0}"#,
+            r#"{"bpm":120,"beats":4,"unit":4,"downbeat":1e300}"#,
+        ] {
+            let text = format!(r#"{{"version":1,"video":null,"host_grid":{grid}}}"#);
+            assert_eq!(
+                SavedState::from_bytes(text.as_bytes()).unwrap().host_grid,
+                None
+            );
+        }
     }
 }

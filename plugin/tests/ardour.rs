@@ -2,7 +2,10 @@
 //! plugin on a track (`ardour7-lua`) and renders it headless
 //! (`ardour7-export`); the rendered file is the plugin's music. Ardour's
 //! export does not switch plugins to offline mode, so this also shows that
-//! music made before (the disk cache) plays from the first block.
+//! music made before (the disk cache) plays from the first block. The
+//! session's tempo changes mid-way, and the VST3 build gets no main-thread
+//! callbacks here: the render has new music in the new tempo after the
+//! change all the same.
 
 mod common;
 
@@ -10,11 +13,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::built_library;
+use vidmusician_engine::audio::Audio;
 use vidmusician_engine::service::{Engine, EngineConfig, Request};
 use vidmusician_engine::video::synth::{SynthSpec, write_video};
 
 const RATE: u32 = 48_000;
-const SECONDS: u32 = 4;
+const SECONDS: u32 = 16;
+/// The session's tempo, and where (seconds, a bar line: bar 5) it changes
+/// to the second one.
+const TEMPO: f64 = 120.0;
+const CHANGE_S: f64 = 8.0;
+const NEW_TEMPO: f64 = 90.0;
 
 /// Ardour's VST3 scanner (not on PATH; Debian keeps it with the libraries).
 fn scanner() -> Option<PathBuf> {
@@ -52,8 +61,34 @@ fn correlation(a: &[f32], b: &[f32]) -> f64 {
     ab / (aa * bb).sqrt().max(1e-30)
 }
 
+/// Correlation of `got` and `want` over seconds `a..b` of both channels,
+/// the render `lag` frames late.
+fn correlation_over(got: &Audio, want: &Audio, a: f64, b: f64, lag: usize) -> f64 {
+    let (a, b) = (
+        (a * f64::from(RATE)) as usize,
+        (b * f64::from(RATE)) as usize,
+    );
+    let b = b.min(got.len() - lag).min(want.len());
+    (0..2)
+        .map(|c| correlation(&got.channels[c][a + lag..b + lag], &want.channels[c][a..b]))
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// The best correlation within `MAX_LAG` frames of the render running
+/// late, and that lag. Ardour's transport gives beat and seconds positions
+/// that disagree by a few samples, and the plugin puts its bars where the
+/// beats say.
+fn best_correlation(got: &Audio, want: &Audio, a: f64, b: f64) -> (f64, usize) {
+    (0..=MAX_LAG)
+        .map(|lag| (correlation_over(got, want, a, b, lag), lag))
+        .fold((f64::NEG_INFINITY, 0), |x, y| if y.0 > x.0 { y } else { x })
+}
+
+/// 1 ms.
+const MAX_LAG: usize = 48;
+
 #[test]
-fn ardour_renders_the_vst3_on_a_track() {
+fn ardour_renders_the_vst3_on_a_track_through_a_tempo_change() {
     let scanner =
         scanner().expect("Ardour's VST3 scanner not found (cargo xtask setup installs Ardour)");
     let dir = tempfile::tempdir().unwrap();
@@ -75,21 +110,37 @@ fn ardour_renders_the_vst3_on_a_track() {
     let video = dir.path().join("clip.mp4");
     write_video(
         &video,
-        &SynthSpec::new(192, 144, 25, f64::from(SECONDS), vec![0.9, 2.1, 3.2]),
+        &SynthSpec::new(
+            192,
+            144,
+            25,
+            f64::from(SECONDS),
+            vec![0.9, 2.1, 3.2, 5.3, 7.1, 9.4, 11.2, 13.9],
+        ),
     )
     .unwrap();
 
-    // The music, made once by the engine into the cache the plugin reads.
-    let engine = Engine::start(EngineConfig {
-        cache_dir: Some(cache.join("audio")),
-        ..EngineConfig::default()
-    })
-    .unwrap();
-    let mut req = Request::new(&video);
-    req.sample_rate = RATE;
-    let (id, _) = engine.submit(req).unwrap();
-    let want = engine.wait(id, |_| {}).unwrap().audio;
-    drop(engine);
+    // The music the plugin asks for when activated (no host tempo known
+    // yet), made once by the engine into the cache the plugin reads; and
+    // what it makes on the session's tempo and, after the change, on the
+    // new one, bars from the change.
+    let make = |tempo: Option<f64>, downbeat: Option<f64>, cache_dir: Option<PathBuf>| {
+        let engine = Engine::start(EngineConfig {
+            cache_dir,
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let mut req = Request::new(&video);
+        req.sample_rate = RATE;
+        req.tempo = tempo;
+        req.downbeat = downbeat;
+        let (id, _) = engine.submit(req).unwrap();
+        engine.wait(id, |_| {}).unwrap().audio
+    };
+    let cached = make(None, None, Some(cache.join("audio")));
+    // Not cached: the plugin makes these while Ardour renders.
+    let on_tempo = make(Some(TEMPO), Some(0.0), None);
+    let on_new_tempo = make(Some(NEW_TEMPO), Some(CHANGE_S), None);
 
     let ardour = |cmd: &str| {
         let mut c = Command::new(cmd);
@@ -132,10 +183,54 @@ fn ardour_renders_the_vst3_on_a_track() {
         "{} frames rendered",
         got.len()
     );
-    let n = got.len().min(want.len());
-    for c in 0..2 {
-        let r = correlation(&got.channels[c][..n], &want.channels[c][..n]);
-        assert!(r >= 0.99, "channel {c}: correlation {r} at zero lag");
+    // The three pieces differ, so each check below tells them apart.
+    for (x, y) in [(&cached, &on_tempo), (&on_tempo, &on_new_tempo)] {
+        assert!(best_correlation(x, y, 0.0, f64::from(SECONDS)).0 < 0.9);
+    }
+    let bar = |tempo: f64| 4.0 * 60.0 / tempo;
+    // Before the render starts, Ardour runs the session for a moment: the
+    // plugin hears the session's tempo and asks for music on it, which may
+    // or may not be made before the first block is rendered. So the first
+    // bars are the cached music or already the music on the session's
+    // tempo; from the third bar (the render is seen to run faster than real
+    // time within two seconds of audio, and then waits for the music asked
+    // for) the session's tempo;
+    // from the first bar after the change has settled (0.3 s), the new
+    // tempo. Each switch has a 50 ms crossfade.
+    for (a, b) in [
+        (0.0, bar(TEMPO) - 0.01),
+        (bar(TEMPO) + 0.06, 2.0 * bar(TEMPO) - 0.01),
+    ] {
+        let (c, t) = (
+            best_correlation(&got, &cached, a, b),
+            best_correlation(&got, &on_tempo, a, b),
+        );
+        assert!(
+            c.0.max(t.0) >= 0.99,
+            "neither the cached music nor the session's tempo from {a:.2} s to {b:.2} s: \
+             correlations {c:?} and {t:?}"
+        );
+    }
+    let spans = [
+        (
+            "the session's tempo",
+            &on_tempo,
+            2.0 * bar(TEMPO) + 0.06,
+            CHANGE_S - 0.01,
+        ),
+        (
+            "the new tempo",
+            &on_new_tempo,
+            CHANGE_S + bar(NEW_TEMPO) + 0.06,
+            f64::from(SECONDS),
+        ),
+    ];
+    for (what, want, a, b) in spans {
+        let (r, lag) = best_correlation(&got, want, a, b);
+        assert!(
+            r >= 0.99,
+            "{what} from {a:.2} s to {b:.2} s: correlation {r} (at {lag} frames)"
+        );
     }
 }
 
@@ -144,6 +239,10 @@ fn lua_script(session: &Path) -> String {
         r#"AudioEngine:set_backend("None (Dummy)", "", "")
 local s = create_session("{dir}", "session", {RATE})
 assert(s, "cannot create the session")
+-- The tempo changes at bar 5 ({change} s).
+local tm = Temporal.TempoMap.write_copy()
+tm:set_tempo(Temporal.Tempo({new}, {new}, 4), Temporal.timepos_t({change_samples}))
+Temporal.TempoMap.update(tm)
 local tracks = s:new_audio_track(2, 2, nil, 1, "Music", ARDOUR.PresentationInfo.max_order, ARDOUR.TrackMode.Normal, true)
 local plugin = ARDOUR.LuaAPI.new_plugin(s, "VidMusician", ARDOUR.PluginType.VST3, "")
 assert(not plugin:isnil(), "VidMusician not found among Ardour's VST3 plugins")
@@ -152,7 +251,10 @@ print("inserted VidMusician")
 s:save_state("", false, false, false, false, false)
 close_session()
 "#,
-        dir = session.display()
+        dir = session.display(),
+        change = CHANGE_S,
+        new = NEW_TEMPO,
+        change_samples = (CHANGE_S * f64::from(RATE)) as i64,
     )
 }
 

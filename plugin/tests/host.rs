@@ -51,7 +51,7 @@ fn plays_the_music_at_every_block_size_and_rate_and_after_seeks() {
 }
 
 #[test]
-fn state_round_trips_and_hostile_state_loads_defaults() {
+fn state_round_trips() {
     let (_, video) = fixture();
     let mut a = instance();
     load_state(&mut a, &state_json(video, 42));
@@ -61,32 +61,7 @@ fn state_round_trips_and_hostile_state_loads_defaults() {
     let mut b = instance();
     load_state(&mut b, &saved);
     assert_eq!(save_state(&mut b), saved);
-
-    let defaults = save_state(&mut instance());
-    for hostile in [
-        &b""[..],
-        b"{",
-        &[0xffu8; 100][..],
-        br#"{"version":7}"#,
-        &saved[..saved.len() / 2],
-    ] {
-        let mut c = instance();
-        load_state(&mut c, &saved);
-        load_state(&mut c, hostile);
-        let logged = c.access_shared_handler(|h| h.log.lock().unwrap().clone());
-        assert!(
-            logged
-                .iter()
-                .any(|m| m.starts_with("Error") && m.contains("ignoring saved state")),
-            "no error in the host's log: {logged:?}"
-        );
-        let after: serde_json::Value = serde_json::from_slice(&save_state(&mut c)).unwrap();
-        let d: serde_json::Value = serde_json::from_slice(&defaults).unwrap();
-        assert_eq!(
-            after["params"], d["params"],
-            "hostile state did not reset the parameters"
-        );
-    }
+    // States that cannot be read: tests/state.rs.
 }
 
 #[test]

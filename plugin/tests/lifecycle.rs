@@ -1,4 +1,4 @@
-//! Destroying the plugin joins its engine thread. A test binary of its own,
+//! Destroying the plugin joins its engine thread and its steward. A test binary of its own,
 //! so no other test's engine threads are counted.
 
 mod common;
@@ -7,13 +7,22 @@ use clack_host::prelude::*;
 use common::*;
 use vidmusician_engine::video::synth::{SynthSpec, write_video};
 
-fn engine_threads() -> usize {
+fn threads_named(name: &str) -> usize {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
         // Thread names are cut to 15 bytes.
-        .filter(|c| c.trim() == "vidmusician-eng")
+        .filter(|c| c.trim() == name)
         .count()
+}
+
+fn engine_threads() -> usize {
+    threads_named("vidmusician-eng")
+}
+
+/// The thread that stands in for the host's main thread.
+fn steward_threads() -> usize {
+    threads_named("vidmusician-stw")
 }
 
 #[test]
@@ -22,8 +31,15 @@ fn destroying_the_plugin_joins_its_engine_thread() {
     let video = dir.path().join("long.mp4");
     write_video(&video, &SynthSpec::new(192, 144, 25, 20.0, vec![5.0, 11.0])).unwrap();
     assert_eq!(engine_threads(), 0);
+    assert_eq!(steward_threads(), 0);
     {
         let mut inst = instance();
+        // The thread names itself once it runs.
+        let t0 = std::time::Instant::now();
+        while steward_threads() == 0 && t0.elapsed().as_secs() < 10 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(steward_threads(), 1);
         load_state(&mut inst, &state_json(&video, 1));
         let config = PluginAudioConfiguration {
             sample_rate: 48_000.0,
@@ -44,4 +60,5 @@ fn destroying_the_plugin_joins_its_engine_thread() {
         // made: the engine must cancel and be joined.
     }
     assert_eq!(engine_threads(), 0, "engine thread outlived the plugin");
+    assert_eq!(steward_threads(), 0, "steward thread outlived the plugin");
 }

@@ -36,13 +36,16 @@ fn the_preview_plays_first_and_the_full_piece_replaces_it() {
     load_state(&mut inst, &state_json(&video, 4));
     let mut proc = start(&mut inst, f64::from(RATE), BLOCK);
     let mut d = Driver::new(BLOCK);
-    // Looping the first second: the first music heard is the preview's.
+    // Looping the first second in real time (a host running faster than
+    // real time is rendering, and a render waits for the full piece): the
+    // first music heard is the preview's.
+    let period = std::time::Duration::from_secs_f64(BLOCK as f64 / f64::from(RATE));
     let first = loop {
         let (l, r) = d.block(&mut proc, 0.5, BLOCK, true);
         if l.iter().any(|&x| x != 0.0) {
             break (l.to_vec(), r.to_vec());
         }
-        std::thread::sleep(std::time::Duration::from_millis(1));
+        std::thread::sleep(period);
     };
     assert!(assert_plays((&first.0, &first.1), &preview, (RATE / 2) as i64, "preview") > 0);
     // Playing on, the full piece comes in at a bar line and then plays

@@ -104,3 +104,58 @@ fn regenerate_makes_a_take_with_the_next_seed() {
     assert_eq!(d.output_events.len(), 0);
     inst.deactivate(proc.stop_processing());
 }
+
+/// Hosts that give the plugin no main-thread turns (VST3 through
+/// clap-wrapper on Linux without the editor, a host busy rendering): the
+/// plugin's own thread makes the new take, in real time and in a render.
+#[test]
+fn the_new_take_comes_without_main_thread_turns() {
+    let (_, video) = fixture();
+    for realtime in [true, false] {
+        let first = expected(video, 11, RATE);
+        let second = expected(video, 12, RATE);
+        let mut inst = instance();
+        load_state(&mut inst, &state_json(video, 11));
+        let mut proc = start(&mut inst, f64::from(RATE), BLOCK);
+        let mut d = Driver::new(BLOCK);
+        let period = std::time::Duration::from_secs_f64(BLOCK as f64 / f64::from(RATE));
+        // A host looping its first 20 blocks (longer than the crossfade), in
+        // real time or faster, until a whole pass is `want`.
+        let heard =
+            |d: &mut Driver, proc: &mut _, want: &vidmusician_engine::audio::Audio, press: bool| {
+                if press {
+                    d.input_events.push(&ParamValueEvent::new(
+                        0,
+                        ClapId::new(ParamId::Regenerate as u32),
+                        Pckn::match_all(),
+                        1.0,
+                    ));
+                }
+                for _ in 0..200 {
+                    let mut all = true;
+                    for k in 0..20 {
+                        let f = k * BLOCK;
+                        let out = d.block(proc, f as f64 / f64::from(RATE), BLOCK, true);
+                        all &= (0..BLOCK).all(|i| {
+                            out.0[i] == want.channels[0][f + i]
+                                && out.1[i] == want.channels[1][f + i]
+                        });
+                        if realtime {
+                            std::thread::sleep(period);
+                        }
+                    }
+                    if all {
+                        return true;
+                    }
+                }
+                false
+            };
+        assert!(heard(&mut d, &mut proc, &first, false), "no first take");
+        assert!(
+            heard(&mut d, &mut proc, &second, true),
+            "no new take without main-thread turns (real time: {realtime})"
+        );
+        // The host never called on_main_thread.
+        inst.deactivate(proc.stop_processing());
+    }
+}

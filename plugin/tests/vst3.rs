@@ -1,7 +1,7 @@
 //! The VST3 build hosted through the `vst3` crate's bindings, as a VST3 host
 //! does it: module entry, factory, component with a real
-//! `IHostApplication`, audio processor, offline processing, state through
-//! an `IBStream`.
+//! `IHostApplication`, a component handler on its edit controller, audio
+//! processor, offline processing, state through an `IBStream`.
 
 // The bindings keep the VST3 SDK's names (kIBSeekSet, getState, …).
 #![allow(non_snake_case, non_upper_case_globals)]
@@ -14,9 +14,10 @@ use std::ffi::c_void;
 use common::*;
 use vst3::Steinberg::Vst::{
     AudioBusBuffers, AudioBusBuffers__type0, BusDirections_, IAudioProcessor, IAudioProcessorTrait,
-    IComponent, IComponentTrait, IHostApplication, IHostApplicationTrait, MediaTypes_,
-    ProcessContext, ProcessContext_, ProcessData, ProcessModes_, ProcessSetup, String128,
-    SymbolicSampleSizes_,
+    IComponent, IComponentHandler, IComponentHandlerTrait, IComponentTrait, IEditController,
+    IEditControllerTrait, IHostApplication, IHostApplicationTrait, MediaTypes_, ParamID,
+    ParamValue, ProcessContext, ProcessContext_, ProcessData, ProcessModes_, ProcessSetup,
+    RestartFlags_, String128, SymbolicSampleSizes_,
 };
 use vst3::Steinberg::{
     FUnknown, IBStream, IBStream_, IBStreamTrait, IPluginBaseTrait, IPluginFactory,
@@ -51,6 +52,36 @@ impl IHostApplicationTrait for Host {
         // SAFETY: the caller passes a valid out pointer.
         unsafe { *obj = std::ptr::null_mut() };
         kNotImplemented
+    }
+}
+
+/// The host's side of parameter changes: it records the restarts the
+/// plugin asks for.
+#[derive(Default)]
+struct Handler {
+    restarts: RefCell<Vec<i32>>,
+}
+
+impl Class for Handler {
+    type Interfaces = (IComponentHandler,);
+}
+
+impl IComponentHandlerTrait for Handler {
+    unsafe fn beginEdit(&self, _id: ParamID) -> tresult {
+        kResultOk
+    }
+
+    unsafe fn performEdit(&self, _id: ParamID, _value: ParamValue) -> tresult {
+        kResultOk
+    }
+
+    unsafe fn endEdit(&self, _id: ParamID) -> tresult {
+        kResultOk
+    }
+
+    unsafe fn restartComponent(&self, flags: int32) -> tresult {
+        self.restarts.borrow_mut().push(flags);
+        kResultOk
     }
 }
 
@@ -135,6 +166,7 @@ fn stream(data: Vec<u8>) -> ComWrapper<Stream> {
 struct Plugin {
     component: ComPtr<IComponent>,
     processor: ComPtr<IAudioProcessor>,
+    handler: ComWrapper<Handler>,
 }
 
 /// Creates and initialises the audio module class of `factory`.
@@ -162,9 +194,18 @@ unsafe fn create(factory: &ComPtr<IPluginFactory>, host: &ComWrapper<Host>) -> P
         let processor = component
             .cast::<IAudioProcessor>()
             .expect("no IAudioProcessor");
+        // One object is component and controller (the wrapper's single
+        // component effect); hosts give it their handler before any state.
+        let controller = component
+            .cast::<IEditController>()
+            .expect("no IEditController");
+        let handler = ComWrapper::new(Handler::default());
+        let h = handler.as_com_ref::<IComponentHandler>().unwrap().as_ptr();
+        assert_eq!(controller.setComponentHandler(h), kResultOk);
         Plugin {
             component,
             processor,
+            handler,
         }
     }
 }
@@ -187,7 +228,12 @@ fn set_state(p: &Plugin, bytes: Vec<u8>) {
 #[test]
 fn the_vst3_build_plays_and_keeps_state_in_a_vst3_host() {
     let (dir, video) = fixture();
+    // The music asked for on activation, before the host's tempo is known;
+    // and, once the host's 120 BPM has held for 0.3 s, the music on it (no
+    // bar positions from this host: bars from song time 0). Offline, the
+    // plugin waits for that take and brings it in at once.
     let want = expected(video, 0, 48_000);
+    let on_tempo = expected_with(video, 0, 48_000, Some(120.0), Some(0.0));
     let copy = dir.path().join("VidMusician.so");
     std::fs::copy(built_library(), &copy).unwrap();
     // SAFETY: set before the plugin reads it at instantiation; every test
@@ -256,6 +302,10 @@ fn the_vst3_build_plays_and_keeps_state_in_a_vst3_host() {
         context.state = (ProcessContext_::StatesAndFlags_::kPlaying
             | ProcessContext_::StatesAndFlags_::kTempoValid) as _;
         let mut sounding = 0;
+        // The block in which 0.3 s of the tempo has been heard, and the
+        // crossfade after it.
+        let switch = (14_400usize.div_ceil(n) - 1) * n;
+        let xfade = 2_400;
         for k in 0..100usize {
             let start = k * n;
             context.projectTimeSamples = start as _;
@@ -278,7 +328,11 @@ fn the_vst3_build_plays_and_keeps_state_in_a_vst3_host() {
                 std::slice::from_raw_parts(out_ptrs[0], n),
                 std::slice::from_raw_parts(out_ptrs[1], n),
             );
-            sounding += assert_plays(got, &want, start as i64, "vst3");
+            if start + n <= switch {
+                sounding += assert_plays(got, &want, start as i64, "vst3");
+            } else if start >= switch + xfade {
+                sounding += assert_plays(got, &on_tempo, start as i64, "vst3, on the tempo");
+            }
         }
         assert!(sounding > 20_000, "only {sounding} frames of music");
         assert_eq!(plugin.processor.setProcessing(0), kResultOk);
@@ -289,6 +343,17 @@ fn the_vst3_build_plays_and_keeps_state_in_a_vst3_host() {
         assert!(!saved.is_empty());
         let other = create(&factory, &host);
         set_state(&other, saved.clone());
+        // The host is told to read the parameter values again.
+        assert!(
+            other
+                .handler
+                .restarts
+                .borrow()
+                .iter()
+                .any(|f| f & RestartFlags_::kParamValuesChanged != 0),
+            "no parameter values restart after setState: {:?}",
+            other.handler.restarts.borrow()
+        );
         assert_eq!(get_state(&other), saved);
         assert_eq!(other.component.terminate(), kResultOk);
         assert_eq!(plugin.component.terminate(), kResultOk);

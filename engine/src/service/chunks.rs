@@ -72,4 +72,13 @@ impl ChunkReader {
     pub fn ready(&self) -> usize {
         self.chunks.slots()
     }
+
+    /// True when no chunk will come any more: the request has ended
+    /// (finished, failed or cancelled) and every chunk it sent was popped.
+    /// Allocation- and lock-free.
+    pub fn is_finished(&self) -> bool {
+        // Abandoned first: once it is, nothing more is pushed, so an empty
+        // ring stays empty.
+        self.chunks.is_abandoned() && self.chunks.is_empty()
+    }
 }
