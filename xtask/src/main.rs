@@ -15,6 +15,8 @@ const PACKAGES: &[&str] = &[
     "clang",
     // The VST3 wrapper is C++.
     "g++",
+    // `strip`, for release bundles.
+    "binutils",
     "libclang-dev",
     // FFmpeg: decoding, encoding, muxing, scaling.
     "libavcodec-dev",
@@ -65,7 +67,7 @@ fn main() -> Result<()> {
                  test [ARGS]    run every test (ARGS go to cargo test)\n  \
                  bench          release build, then the analysis and composer benchmarks\n  \
                  bundle vidmusician [--release]\n                 \
-                 build the plugin, write target/bundled/VidMusician.clap and .vst3\n  \
+                 build the plugin, write target/bundled/debug/ (or release/) VidMusician.clap and .vst3\n  \
                  setup          install the system packages the build needs (Debian/Ubuntu)"
             );
             if task == "help" || task == "--help" || task == "-h" {
@@ -157,15 +159,22 @@ fn install(packages: &[&str]) -> Result<()> {
 fn demo(args: &[String]) -> Result<()> {
     let out = root().join("target").join("demo");
     std::fs::create_dir_all(&out)?;
-    eprintln!("xtask: building vidmusician");
-    run(cargo().args([
-        "build",
-        "-q",
-        "-p",
-        "vidmusician-engine",
-        "--bin",
-        "vidmusician",
-    ]))?;
+    // Outputs of an earlier run would sit beside this run's as if they
+    // were its own (the demo video when scoring the user's, a plot of
+    // another video).
+    for old in ["input.mp4", "demo.wav", "demo.mp4", "analysis.png"] {
+        match std::fs::remove_file(out.join(old)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing the old {old}"));
+            }
+            _ => {}
+        }
+    }
+    eprintln!(
+        "xtask: building vidmusician (the first build takes 15–20 minutes on 2 cores; \
+         cargo shows its progress)"
+    );
+    run(cargo().args(["build", "-p", "vidmusician-engine", "--bin", "vidmusician"]))?;
     let exe = root().join("target").join("debug").join("vidmusician");
     let video = match args.first() {
         Some(v) => PathBuf::from(v),
@@ -207,7 +216,11 @@ fn demo(args: &[String]) -> Result<()> {
 }
 
 fn test(args: &[String]) -> Result<()> {
-    run(cargo().args(["test", "--workspace"]).args(args))
+    run(cargo().args(["test", "--workspace"]).args(args))?;
+    // Benchmarks are not run by tests, so compile them here (in the bench
+    // profile, as `cargo bench` does) or one could rot unnoticed.
+    eprintln!("xtask: compiling the benchmarks");
+    run(cargo().args(["bench", "--workspace", "--no-run"]))
 }
 
 /// Bundle name of a package, from bundler.toml (`[package] name = "…"`).
@@ -239,7 +252,7 @@ fn bundle(args: &[String]) -> Result<(PathBuf, PathBuf)> {
     let release = args.iter().any(|a| a == "--release");
     let package = "vidmusician-plugin";
     let mut build = cargo();
-    build.args(["build", "-q", "-p", package]);
+    build.args(["build", "-p", package]);
     if release {
         build.arg("--release");
     }
@@ -250,17 +263,24 @@ fn bundle(args: &[String]) -> Result<(PathBuf, PathBuf)> {
         .join(profile)
         .join("libvidmusician_plugin.so");
     let name = bundle_name(package)?;
-    let out = root().join("target").join("bundled");
+    // Debug and release bundles in folders of their own, so one never
+    // replaces the other.
+    let out = root().join("target").join("bundled").join(profile);
     std::fs::create_dir_all(&out)?;
     // A CLAP bundle on Linux is the library itself.
     let clap = out.join(format!("{name}.clap"));
     std::fs::copy(&lib, &clap).with_context(|| format!("copying {}", lib.display()))?;
+    if release {
+        // Shipped without symbols (the release profile keeps line tables
+        // for profiling builds, which users do not need).
+        run(Command::new("strip").arg("--strip-unneeded").arg(&clap))?;
+    }
     // A VST3 bundle is a folder with the library per architecture.
     let vst3 = out.join(format!("{name}.vst3"));
     let arch = format!("{}-linux", std::env::consts::ARCH);
     let so_dir = vst3.join("Contents").join(arch);
     std::fs::create_dir_all(&so_dir)?;
-    std::fs::copy(&lib, so_dir.join(format!("{name}.so")))?;
+    std::fs::copy(&clap, so_dir.join(format!("{name}.so")))?;
     println!("{}\n{}", clap.display(), vst3.display());
     Ok((clap, vst3))
 }
