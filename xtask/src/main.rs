@@ -159,17 +159,7 @@ fn install(packages: &[&str]) -> Result<()> {
 fn demo(args: &[String]) -> Result<()> {
     let out = root().join("target").join("demo");
     std::fs::create_dir_all(&out)?;
-    // Outputs of an earlier run would sit beside this run's as if they
-    // were its own (the demo video when scoring the user's, a plot of
-    // another video).
-    for old in ["input.mp4", "demo.wav", "demo.mp4", "analysis.png"] {
-        match std::fs::remove_file(out.join(old)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("removing the old {old}"));
-            }
-            _ => {}
-        }
-    }
+    clear_demo_outputs(&out)?;
     eprintln!(
         "xtask: building vidmusician (the first build takes 15–20 minutes on 2 cores; \
          cargo shows its progress)"
@@ -213,6 +203,30 @@ fn demo(args: &[String]) -> Result<()> {
     println!("CLAP plugin:    {}  (copy to ~/.clap/)", clap.display());
     println!("VST3 plugin:    {}  (copy to ~/.vst3/)", vst3.display());
     Ok(())
+}
+
+/// What the demo writes into its folder.
+const DEMO_OUTPUTS: &[&str] = &["input.mp4", "demo.wav", "demo.mp4", "analysis.png"];
+
+/// Removes an earlier demo run's files: they would sit beside this run's as
+/// if they were its own (the demo video when scoring the user's, a plot of
+/// another video). Nothing else in the folder is touched.
+fn clear_demo_outputs(out: &Path) -> Result<()> {
+    for old in DEMO_OUTPUTS {
+        match std::fs::remove_file(out.join(old)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing the old {old}"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Where bundles of a build profile go: debug and release apart, so
+/// neither replaces the other.
+fn bundle_dir(profile: &str) -> PathBuf {
+    root().join("target").join("bundled").join(profile)
 }
 
 fn test(args: &[String]) -> Result<()> {
@@ -263,9 +277,7 @@ fn bundle(args: &[String]) -> Result<(PathBuf, PathBuf)> {
         .join(profile)
         .join("libvidmusician_plugin.so");
     let name = bundle_name(package)?;
-    // Debug and release bundles in folders of their own, so one never
-    // replaces the other.
-    let out = root().join("target").join("bundled").join(profile);
+    let out = bundle_dir(profile);
     std::fs::create_dir_all(&out)?;
     // A CLAP bundle on Linux is the library itself.
     let clap = out.join(format!("{name}.clap"));
@@ -299,4 +311,32 @@ fn bench(args: &[String]) -> Result<()> {
         run(Command::new(&exe).args(["bench", what]).args(args))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_earlier_demo_runs_files_are_cleared_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("xtask-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in DEMO_OUTPUTS.iter().chain(&["notes.txt"]) {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        clear_demo_outputs(&dir).unwrap();
+        for f in DEMO_OUTPUTS {
+            assert!(!dir.join(f).exists(), "{f} left behind");
+        }
+        assert!(dir.join("notes.txt").exists());
+        // Again, with nothing to clear.
+        clear_demo_outputs(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn debug_and_release_bundles_go_to_folders_of_their_own() {
+        assert_ne!(bundle_dir("debug"), bundle_dir("release"));
+        assert!(bundle_dir("release").ends_with("target/bundled/release"));
+    }
 }

@@ -12,7 +12,7 @@ use super::Request;
 
 /// Bumped whenever the composer's output for the same inputs changes, so
 /// stale audio is never served.
-const FORMAT: &str = "vidmusician-audio-v4";
+const FORMAT: &str = "vidmusician-audio-v5";
 
 /// What is stored beside the audio.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
