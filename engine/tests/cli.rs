@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use vidmusician_engine::audio::{Audio, read_wav, write_wav};
-use vidmusician_engine::video::synth::{SynthSpec, write_video};
+use vidmusician_engine::video::synth::{SynthSpec, ToneCodec, write_video};
 
 fn bin() -> Command {
     test_env(Command::new(env!("CARGO_BIN_EXE_vidmusician")))
@@ -697,7 +697,11 @@ fn mux_keeps_the_videos_sound_beneath_the_music() {
     ]);
     assert_success(&out);
     assert!(stderr(&out).contains("has none"), "{}", stderr(&out));
+    // One sound stream, and it is the music as it is.
+    let o = sound_of(&only, 0).expect("the copy has no sound stream");
     assert!(sound_of(&only, 1).is_none());
+    let w = weight_of(&o, &music);
+    assert!((0.85..1.15).contains(&w), "music weight {w}");
 
     // Settings for the sound without --mux, or that do not apply, are refused.
     let out = run(&["compose", s(&v), "-o", s(&wav), "--audio", "tracks"]);
@@ -883,6 +887,15 @@ fn outputs_of_the_wrong_kind_are_refused_before_any_work() {
     assert_clean_failure(&out, &["x.wav", "holds no video", ".mp4", ".mkv"]);
     let out = run(&["compose", s(&missing), "--mux", s(&d.join("x.webm"))]);
     assert_clean_failure(&out, &["x.webm", "AAC", ".mp4"]);
+    // Audio files whose muxers name PNG as their video codec (cover art).
+    for ext in ["mp3", "flac"] {
+        let name = format!("x.{ext}");
+        let out = run(&["compose", s(&missing), "--mux", s(&d.join(&name))]);
+        assert_clean_failure(&out, &[&name, "holds no video", ".mp4"]);
+    }
+    // Ogg holds video (Theora) but cannot say whether it takes AAC: it does not.
+    let out = run(&["compose", s(&missing), "--mux", s(&d.join("x.ogg"))]);
+    assert_clean_failure(&out, &["x.ogg", "AAC", ".mp4"]);
     let out = run(&["compose", s(&missing), "--mux", s(&d.join("noext"))]);
     assert_clean_failure(&out, &["noext", "extension"]);
     let out = run(&["analyze", s(&missing), "--plot", s(&d.join("x.mp4"))]);
@@ -1129,4 +1142,433 @@ fn tiny_pictures_give_no_false_cuts() {
             assert!((t - want).abs() <= 0.04 + 1e-9, "seed {seed}: {times:?}");
         }
     }
+}
+
+#[test]
+fn an_original_the_container_cannot_take_is_re_encoded_as_a_track() {
+    const HZ: f64 = 987.0;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 16-bit PCM, which MP4 cannot hold: tracks mode re-encodes it to AAC.
+    let mut spec = SynthSpec::new(160, 120, 25, 3.0, vec![1.5]);
+    spec.tone = Some(HZ as f32);
+    spec.tone_codec = ToneCodec::Pcm16;
+    let v = make_video(d, "pcm.mkv", &spec);
+    let wav = d.join("music.wav");
+    let tr = d.join("tracks.mp4");
+    let out = run(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&wav),
+        "--mux",
+        s(&tr),
+        "--audio",
+        "tracks",
+        "--seed",
+        "3",
+        "--no-cache",
+    ]);
+    assert_success(&out);
+    assert!(stderr(&out).contains("re-encoded"), "{}", stderr(&out));
+    let music = read_wav(&wav).unwrap().mono();
+    let first = sound_of(&tr, 0).unwrap();
+    let second = sound_of(&tr, 1).unwrap();
+    assert!(sound_of(&tr, 2).is_none());
+    let tone = tone_amplitude(&first, 48_000, HZ);
+    assert!((0.2..0.3).contains(&tone), "original's tone {tone}");
+    assert!(weight_of(&first, &music).abs() < 0.1);
+    assert!(tone_amplitude(&second, 48_000, HZ) < 0.05);
+    assert!((0.85..1.15).contains(&weight_of(&second, &music)));
+    assert_eq!(packets(&tr).audio_codec.as_deref(), Some("aac"));
+    assert_eq!(
+        packets(&v).video,
+        packets(&tr).video,
+        "video not copied as is"
+    );
+}
+
+/// The samples of `x` (48 kHz) from `from` to `to` seconds.
+fn window(x: &[f32], from: f64, to: f64) -> &[f32] {
+    let (a, b) = ((from * 48_000.0) as usize, (to * 48_000.0) as usize);
+    assert!(
+        b <= x.len(),
+        "the sound ends at {:.3} s",
+        x.len() as f64 / 48_000.0
+    );
+    &x[a..b]
+}
+
+#[test]
+fn a_sound_at_another_rate_keeps_its_end_in_the_mix() {
+    const HZ: f64 = 1234.5;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for rate in [44_100, 16_000] {
+        let mut spec = SynthSpec::new(160, 120, 25, 3.0, vec![1.5]);
+        spec.tone = Some(HZ as f32);
+        spec.tone_rate = rate;
+        let v = make_video(d, &format!("in{rate}.mp4"), &spec);
+        let mix = d.join(format!("mix{rate}.mp4"));
+        // The music far beneath, so the tone is measured alone.
+        let out = run(&[
+            "compose",
+            s(&v),
+            "--mux",
+            s(&mix),
+            "--music-gain",
+            "-60",
+            "--no-cache",
+        ]);
+        assert_success(&out);
+        let m = sound_of(&mix, 0).unwrap();
+        assert!(
+            (m.len() as f64 / 48_000.0 - 3.0).abs() < 0.05,
+            "{rate} Hz: {} samples",
+            m.len()
+        );
+        // Resampled to 48 kHz up to its end: the last tenths of a second
+        // used to be lost in the resampler.
+        for (from, to) in [(0.5, 1.0), (2.6, 2.8), (2.8, 2.95)] {
+            let tone = tone_amplitude(window(&m, from, to), 48_000, HZ);
+            assert!(
+                (0.2..0.3).contains(&tone),
+                "{rate} Hz: tone {tone} at {from}–{to} s"
+            );
+        }
+    }
+}
+
+/// Copies `src` to `dst` packet for packet, leaving out the packets `keep`
+/// refuses (given whether it is sound, and its time in seconds), and letting
+/// `edit` change each output stream's parameters (given whether it is sound).
+fn remux(
+    src: &Path,
+    dst: &Path,
+    keep: impl Fn(bool, f64) -> bool,
+    edit: impl Fn(bool, *mut ffmpeg_next::ffi::AVCodecParameters),
+) {
+    use ffmpeg_next as ff;
+    ff::init().unwrap();
+    let mut ictx = ff::format::input(&src).unwrap();
+    let mut octx = ff::format::output(&dst).unwrap();
+    let mut kinds = Vec::new();
+    for ist in ictx.streams() {
+        let sound = ist.parameters().medium() == ff::media::Type::Audio;
+        let mut ost = octx
+            .add_stream(ff::encoder::find(ff::codec::Id::None))
+            .unwrap();
+        ost.set_parameters(ist.parameters());
+        // SAFETY: the output stream's own parameters, before the header.
+        unsafe {
+            let p = ost.parameters().as_mut_ptr();
+            (*p).codec_tag = 0;
+            edit(sound, p);
+        }
+        kinds.push((sound, ist.time_base()));
+    }
+    octx.write_header().unwrap();
+    for (st, mut p) in ictx.packets() {
+        let (sound, itb) = kinds[st.index()];
+        let t = p.pts().or(p.dts()).unwrap_or(0) as f64 * f64::from(itb);
+        if !keep(sound, t) {
+            continue;
+        }
+        let otb = octx.stream(st.index()).unwrap().time_base();
+        p.rescale_ts(itb, otb);
+        p.set_position(-1);
+        p.write_interleaved(&mut octx).unwrap();
+    }
+    octx.write_trailer().unwrap();
+}
+
+#[test]
+fn sound_after_lost_packets_stays_in_its_place() {
+    const HZ: f64 = 1234.5;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut spec = SynthSpec::new(160, 120, 25, 3.0, vec![1.5]);
+    spec.tone = Some(HZ as f32);
+    let v = make_video(d, "in.mp4", &spec);
+    // Matroska keeps each packet's time (to the millisecond).
+    let whole = d.join("whole.mkv");
+    remux(&v, &whole, |_, _| true, |_, _| {});
+    let gap = d.join("gap.mkv");
+    remux(
+        &v,
+        &gap,
+        |sound, t| !(sound && (1.0..1.5).contains(&t)),
+        |_, _| {},
+    );
+    let full = sound_of(&whole, 0).unwrap();
+    let holed = sound_of(&gap, 0).unwrap();
+    let peak = |x: &[f32]| x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(
+        peak(window(&holed, 1.1, 1.4)) < 0.01,
+        "the gap is not silent"
+    );
+    // What follows the gap plays when it did: it used to come 0.5 s early,
+    // and the sound end 0.5 s before the picture.
+    let w = weight_of(window(&holed, 1.8, 2.9), window(&full, 1.8, 2.9));
+    assert!((0.95..1.05).contains(&w), "after the gap: weight {w}");
+    let w = weight_of(window(&holed, 0.2, 0.9), window(&full, 0.2, 0.9));
+    assert!((0.95..1.05).contains(&w), "before the gap: weight {w}");
+    assert_eq!(holed.len(), full.len());
+
+    // The mix puts it there too.
+    let mix = d.join("mix.mp4");
+    let out = run(&[
+        "compose",
+        s(&gap),
+        "--mux",
+        s(&mix),
+        "--music-gain",
+        "-60",
+        "--no-cache",
+    ]);
+    assert_success(&out);
+    let m = sound_of(&mix, 0).unwrap();
+    assert!(tone_amplitude(window(&m, 1.1, 1.4), 48_000, HZ) < 0.02);
+    let w = weight_of(window(&m, 1.8, 2.9), window(&full, 1.8, 2.9));
+    assert!((0.9..1.1).contains(&w), "mix after the gap: weight {w}");
+}
+
+#[test]
+fn a_video_that_states_no_length_gets_its_music() {
+    const HZ: f64 = 1234.5;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut spec = SynthSpec::new(160, 120, 25, 3.0, vec![1.0, 2.0]);
+    spec.tone = Some(HZ as f32);
+    spec.unstated_length = true;
+    let v = make_video(d, "live.mkv", &spec);
+    assert_eq!(
+        vidmusician_engine::video::probe(&v).unwrap().duration,
+        0.0,
+        "the container states a length: the test tests nothing"
+    );
+    let wav = d.join("music.wav");
+    for mode in ["mix", "replace"] {
+        let mux = d.join(format!("{mode}.mp4"));
+        let out = run(&[
+            "compose",
+            s(&v),
+            "-o",
+            s(&wav),
+            "--mux",
+            s(&mux),
+            "--audio",
+            mode,
+            "--seed",
+            "3",
+            "--no-cache",
+        ]);
+        assert_success(&out);
+        let music = read_wav(&wav).unwrap();
+        assert!(
+            (music.duration() - 3.0).abs() < 0.05,
+            "{}",
+            music.duration()
+        );
+        let p = packets(&mux);
+        assert!(
+            (p.audio_seconds - 3.0).abs() < 0.1,
+            "{mode}: {} s of sound",
+            p.audio_seconds
+        );
+        let m = sound_of(&mux, 0).unwrap();
+        let want = if mode == "mix" { 0.25 } else { 1.0 };
+        let w = weight_of(&m, &music.mono());
+        assert!(
+            (want * 0.75..want * 1.25).contains(&w),
+            "{mode}: music weight {w}"
+        );
+    }
+}
+
+#[test]
+fn a_sound_that_cannot_be_decoded_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut spec = SynthSpec::new(160, 120, 25, 3.0, vec![1.5]);
+    spec.tone = Some(440.0);
+    let v = make_video(d, "in.mp4", &spec);
+    // AAC whose decoder configuration names an object type no decoder has.
+    let broken = d.join("broken.mkv");
+    remux(
+        &v,
+        &broken,
+        |_, _| true,
+        |sound, p| {
+            if !sound {
+                return;
+            }
+            use ffmpeg_next::ffi;
+            let bad = [0xF8u8, 0x00, 0x00, 0x00];
+            // SAFETY: the stream's own parameters; the new buffer is
+            // FFmpeg's, with the padding it reads past the end.
+            unsafe {
+                ffi::av_freep(std::ptr::addr_of_mut!((*p).extradata).cast());
+                let buf = ffi::av_mallocz(bad.len() + ffi::AV_INPUT_BUFFER_PADDING_SIZE as usize)
+                    .cast::<u8>();
+                std::ptr::copy_nonoverlapping(bad.as_ptr(), buf, bad.len());
+                (*p).extradata = buf;
+                (*p).extradata_size = bad.len() as i32;
+            }
+        },
+    );
+    let wav = d.join("music.wav");
+    for mode in ["mix", "tracks"] {
+        let mux = d.join(format!("{mode}.mp4"));
+        let out = run(&[
+            "compose",
+            s(&broken),
+            "-o",
+            s(&wav),
+            "--mux",
+            s(&mux),
+            "--audio",
+            mode,
+            "--no-cache",
+        ]);
+        if mode == "tracks" {
+            // MP4 takes the AAC as it is: nothing to decode.
+            assert_success(&out);
+            assert!(
+                stderr(&out).contains("copied as it was"),
+                "{}",
+                stderr(&out)
+            );
+            continue;
+        }
+        assert_clean_failure(
+            &out,
+            &[
+                "broken.mkv",
+                "cannot decode the video's sound",
+                "--audio replace",
+            ],
+        );
+        // Refused before the music was made: not even -o was written.
+        assert!(!wav.exists() && !mux.exists());
+        assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    }
+    let rep = d.join("replace.mp4");
+    let out = run(&[
+        "compose",
+        s(&broken),
+        "--mux",
+        s(&rep),
+        "--audio",
+        "replace",
+        "--no-cache",
+    ]);
+    assert_success(&out);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_replaced_output_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let v = make_video(d, "in.mp4", &SynthSpec::new(160, 120, 25, 2.0, vec![1.0]));
+    let wav = d.join("m.wav");
+    let mux = d.join("m.mp4");
+    let png = d.join("p.png");
+    for (p, mode) in [(&wav, 0o600), (&mux, 0o640), (&png, 0o604)] {
+        std::fs::write(p, b"old").unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let ok = |args: &[&str]| assert_success(&bin_under_umask("022").args(args).output().unwrap());
+    ok(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&wav),
+        "--mux",
+        s(&mux),
+        "--no-cache",
+    ]);
+    ok(&["analyze", s(&v), "--plot", s(&png)]);
+    for (p, mode) in [(&wav, 0o600), (&mux, 0o640), (&png, 0o604)] {
+        assert_ne!(
+            std::fs::read(p).unwrap(),
+            b"old",
+            "{} not replaced",
+            p.display()
+        );
+        let got = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(got, mode, "{}: {got:o}", p.display());
+    }
+}
+
+/// A hub that answers each file's size, then breaks off every download after
+/// 100 bytes.
+fn serve_breaking_hub() -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut range = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':')
+                        && k.eq_ignore_ascii_case("range")
+                    {
+                        range = v.trim().to_string();
+                    }
+                }
+                const SIZE: usize = 1000;
+                let from: usize = range
+                    .strip_prefix("bytes=")
+                    .and_then(|r| r.split('-').next())
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(0);
+                let len = if range == "bytes=0-0" {
+                    1
+                } else {
+                    SIZE - from.min(SIZE)
+                };
+                let head = format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {len}\r\n\
+                     Content-Range: bytes {from}-{}/{SIZE}\r\nETag: \"{}\"\r\n\
+                     X-Repo-Commit: {}\r\nConnection: close\r\n\r\n",
+                    from + len - 1,
+                    "0".repeat(40),
+                    "1".repeat(40),
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&vec![b'x'; len.min(100)]);
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_download_broken_off_is_a_network_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = serve_breaking_hub();
+    let out = bin()
+        .env("HF_ENDPOINT", &endpoint)
+        .args(["models", "pull", "facebook/musicgen-small", "--cache-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_clean_failure(
+        &out,
+        &["network failure", &endpoint, "broke off", "pull again"],
+    );
+    let line = error_line(&out);
+    assert!(!line.contains("cannot read"), "{line}");
+    assert_no_repeats(&line);
 }

@@ -7,6 +7,7 @@ use plotters::prelude::*;
 use super::{Analysis, CURVE_HZ, LOCAL_FPS};
 use crate::audio::atomic_output;
 use crate::error::{Error, Result};
+use crate::video::count;
 
 pub fn plot_analysis(analysis: &Analysis, path: &Path) -> Result<()> {
     atomic_output(path, |tmp| {
@@ -30,11 +31,7 @@ fn draw(a: &Analysis, path: &Path) -> std::result::Result<(), Box<dyn std::error
             .path
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        match a.cuts.len() {
-            0 => "no cuts".to_string(),
-            1 => "1 cut".to_string(),
-            n => format!("{n} cuts"),
-        },
+        count(a.cuts.len(), "cut", "cuts"),
         a.tempo.bpm
     );
     let mut chart = ChartBuilder::on(&root)

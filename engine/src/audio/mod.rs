@@ -88,7 +88,8 @@ fn parent_dir(path: &Path) -> PathBuf {
 
 /// Runs `write` on a temporary file beside `path` (same extension, so
 /// FFmpeg and hound see the right format) and renames it over `path` only
-/// when it succeeded: an existing file is never left half-overwritten.
+/// when it succeeded: an existing file is never left half-overwritten. A new
+/// file gets the mode any new file gets; a replaced one keeps its own.
 pub fn atomic_output(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     check_writable(path)?;
     let dir = parent_dir(path);
@@ -111,6 +112,14 @@ pub fn atomic_output(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Re
         .map_err(|e| Error::output(path, e))?;
     let tmp_path = tmp.path().to_path_buf();
     write(&tmp_path)?;
+    // Replacing a file keeps its mode: a private output stays private.
+    #[cfg(unix)]
+    if let Ok(old) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = old.permissions().mode() & 0o777;
+        std::fs::set_permissions(&tmp_path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::output(path, e))?;
+    }
     tmp.persist(path)
         .map_err(|e| Error::output(path, e.error))?;
     Ok(())

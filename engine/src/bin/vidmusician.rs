@@ -15,7 +15,7 @@ use vidmusician_engine::audio::{self, check_writable};
 use vidmusician_engine::metrics;
 use vidmusician_engine::service::{Engine, EngineChoice, EngineConfig, Event, Request, Stage};
 use vidmusician_engine::sketch::{self, SketchSettings};
-use vidmusician_engine::video::{self, synth};
+use vidmusician_engine::video::{self, count, synth};
 
 #[derive(Parser)]
 #[command(
@@ -432,6 +432,9 @@ fn compose(a: ComposeArgs) -> Result<()> {
             let info = video::probe(v)?;
             if let Some(m) = &a.mux {
                 video::check_mux_output(m, Some(&info))?;
+                // A sound to mix that FFmpeg cannot decode fails now, not
+                // after the music is made and -o written.
+                video::check_mux_sound(v, m, sound, a.sample_rate)?;
             }
             // A duration of 0 is one the container does not state: the
             // decode finds the end, and the checks on it have nothing to go on.
@@ -588,15 +591,6 @@ fn compose(a: ComposeArgs) -> Result<()> {
     }
     eprintln!("{line}");
     Ok(())
-}
-
-/// "no cuts", "1 cut", "3 cuts".
-fn count(n: usize, one: &str, many: &str) -> String {
-    match n {
-        0 => format!("no {many}"),
-        1 => format!("1 {one}"),
-        n => format!("{n} {many}"),
-    }
 }
 
 /// Refuses a name whose extension is not `ext`: what `flag` writes cannot

@@ -438,6 +438,16 @@ fn download_error(
                 ),
             },
         },
+        // hf-hub reads the body with io::copy: a connection that breaks off
+        // mid-file is an io error too, and is the network's, not the disk's.
+        ApiError::IoError(io) if is_connection_error(io.kind()) => Error::Network {
+            endpoint: endpoint.to_string(),
+            what: repo.to_string(),
+            reason: format!(
+                "the connection broke off during the download: {io} (check the connection, or \
+                 $HF_ENDPOINT, and pull again: the download resumes)"
+            ),
+        },
         ApiError::IoError(io) => Error::io(cache_dir, io),
         ApiError::LockAcquisition(p) => Error::io(
             p,
@@ -448,6 +458,22 @@ fn download_error(
         ),
         other => download(other.to_string()),
     }
+}
+
+/// Whether an io error of this kind comes from the connection (the server
+/// went away, the network dropped) rather than from the local disk.
+fn is_connection_error(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        kind,
+        K::ConnectionReset
+            | K::ConnectionAborted
+            | K::ConnectionRefused
+            | K::NotConnected
+            | K::BrokenPipe
+            | K::TimedOut
+            | K::UnexpectedEof
+    )
 }
 
 /// A transport failure in plain words, with the system's own detail.
@@ -531,4 +557,40 @@ fn read_chunks(path: &Path, update: &mut dyn FnMut(&[u8])) -> Result<()> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hf_hub::api::sync::ApiError;
+    use std::io::{Error as IoError, ErrorKind};
+
+    fn mapped(e: ApiError) -> Error {
+        download_error("org/model", "http://hub", Path::new("/cache"), e)
+    }
+
+    #[test]
+    fn a_connection_broken_mid_download_is_a_network_failure() {
+        for kind in [
+            ErrorKind::ConnectionReset,
+            ErrorKind::ConnectionAborted,
+            ErrorKind::ConnectionRefused,
+            ErrorKind::NotConnected,
+            ErrorKind::BrokenPipe,
+            ErrorKind::TimedOut,
+            ErrorKind::UnexpectedEof,
+        ] {
+            let io = || ApiError::IoError(IoError::new(kind, "gone"));
+            for e in [io(), ApiError::TooManyRetries(Box::new(io()))] {
+                let e = mapped(e);
+                assert!(matches!(e, Error::Network { .. }), "{kind:?}: {e}");
+                assert!(e.to_string().contains("broke off"), "{e}");
+            }
+        }
+        // The disk's own failures stay the cache's.
+        for kind in [ErrorKind::PermissionDenied, ErrorKind::Other] {
+            let e = mapped(ApiError::IoError(IoError::new(kind, "disk")));
+            assert!(matches!(e, Error::Io { .. }), "{kind:?}: {e}");
+        }
+    }
 }

@@ -159,6 +159,8 @@ pub fn sample_frames(
             let mut info = info.clone();
             info.duration = info.duration.min(u);
             info.video_packets = packets;
+            // Frames still in the decoder's threads are not lost: only what
+            // it said it could not decode counts.
             info.undecodable_frames = (bad_packets + state.damaged).min(packets);
             return Ok((info, state.next_index));
         }
@@ -175,7 +177,7 @@ pub fn sample_frames(
     // Damaged data (a zeroed or overwritten stretch) fails to decode or comes
     // out concealed; the analysis holds the last good picture over it. A
     // little is reported; when most is lost there is nothing to score.
-    let undecodable = bad_packets + state.damaged;
+    let undecodable = undecodable_frames(bad_packets, state.damaged, packets, good_frames);
     if packets > 0 && undecodable as f64 > packets as f64 * (1.0 - MIN_DECODED_SHARE) {
         return Err(Error::Damaged {
             path: path.to_path_buf(),
@@ -205,6 +207,18 @@ pub fn sample_frames(
     }
     state.flush_until(end, &mut on_frame)?;
     Ok((info, state.next_index))
+}
+
+/// Frames lost to damage, once the decoder is drained: those it refused or
+/// flagged as damaged, or — when more — those that never came out. A
+/// frame-threaded decoder drops a frame it fails on without a word.
+fn undecodable_frames(
+    bad_packets: usize,
+    damaged: usize,
+    packets: usize,
+    good_frames: usize,
+) -> usize {
+    (bad_packets + damaged).max(packets.saturating_sub(good_frames))
 }
 
 struct Sampler<'a> {
@@ -353,5 +367,20 @@ fn crop_rotate(src: &ff::frame::Video, rot: u32, side: u32, dst: &mut [u8]) {
             let di = (y * s + x) * 3;
             dst[di..di + 3].copy_from_slice(&data[si..si + 3]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn frames_dropped_without_a_word_count_as_undecodable() {
+        use super::undecodable_frames as u;
+        // Refused and flagged.
+        assert_eq!(u(3, 2, 100, 97), 5);
+        // 10 frames never came out, none refused or flagged.
+        assert_eq!(u(0, 0, 100, 90), 10);
+        // Some flagged, more missing.
+        assert_eq!(u(1, 2, 100, 92), 8);
+        assert_eq!(u(0, 0, 100, 100), 0);
     }
 }

@@ -10,7 +10,7 @@ pub mod synth;
 pub use decode::{Fit, Frame, MIN_DECODED_SHARE, SampleOptions, sample_frames};
 pub use mux::{
     DEFAULT_MUSIC_GAIN_DB, MIX_CEILING_DB, MuxOptions, MuxReport, SoundMode, check_mux_output,
-    mux_audio, read_sound,
+    check_mux_sound, mux_audio, read_sound,
 };
 pub use probe::{VideoInfo, probe};
 
@@ -35,4 +35,24 @@ pub(crate) fn init() {
         let _ = ffmpeg_next::init();
         ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Fatal);
     });
+}
+
+/// A count in words, as the summaries and the plot say it: "no cuts",
+/// "1 cut", "3 cuts".
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    match n {
+        0 => format!("no {many}"),
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_are_said_in_words() {
+        assert_eq!(super::count(0, "cut", "cuts"), "no cuts");
+        assert_eq!(super::count(1, "cut", "cuts"), "1 cut");
+        assert_eq!(super::count(3, "cut", "cuts"), "3 cuts");
+    }
 }

@@ -98,24 +98,28 @@ pub fn check_mux_output(out: &Path, video: Option<&VideoInfo>) -> Result<()> {
             format!("FFmpeg knows no container for {ext}")
         }));
     };
+    let name = muxer_name(fmt);
     // SAFETY: `fmt` is one of FFmpeg's static muxer descriptions.
-    let (name, vcodec, acodec) = unsafe {
-        (
-            std::ffi::CStr::from_ptr((*fmt).name)
-                .to_string_lossy()
-                .into_owned(),
-            (*fmt).video_codec,
-            (*fmt).audio_codec,
-        )
-    };
-    if vcodec == ff::ffi::AVCodecID::AV_CODEC_ID_NONE || is_image_muxer(&name) {
+    let (vcodec, acodec) = unsafe { ((*fmt).video_codec, (*fmt).audio_codec) };
+    // MP3 and FLAC name PNG as their video codec: a cover picture, not video.
+    if vcodec == ff::ffi::AVCodecID::AV_CODEC_ID_NONE
+        || vcodec == ff::ffi::AVCodecID::AV_CODEC_ID_PNG
+        || is_image_muxer(&name)
+    {
         return Err(refuse(format!("{ext} ({name}) holds no video")));
     }
-    if acodec == ff::ffi::AVCodecID::AV_CODEC_ID_NONE
-        || query_codec(fmt, ff::codec::Id::AAC) == Some(false)
-    {
+    // Only a muxer that says it takes AAC is trusted with it: one that cannot
+    // tell (Ogg, MXF, MPEG-PS) would fail when the header is written, after
+    // all the work. MPEG-TS cannot tell either, and carries AAC.
+    let takes_aac = match query_codec(fmt, ff::codec::Id::AAC) {
+        Some(ok) => ok,
+        None => AAC_WITHOUT_SAYING.contains(&name.as_str()),
+    };
+    if acodec == ff::ffi::AVCodecID::AV_CODEC_ID_NONE || !takes_aac {
         return Err(refuse(format!("{ext} ({name}) cannot hold AAC sound")));
     }
+    // The video codec only where the muxer can tell: the stream is copied,
+    // and a muxer that does not list codecs (MPEG-TS) takes most.
     if let Some(v) = video
         && query_codec(fmt, v.codec_id) == Some(false)
     {
@@ -126,6 +130,9 @@ pub fn check_mux_output(out: &Path, video: Option<&VideoInfo>) -> Result<()> {
     }
     Ok(())
 }
+
+/// Muxers that carry AAC though `avformat_query_codec` cannot tell.
+const AAC_WITHOUT_SAYING: &[&str] = &["mpegts"];
 
 fn is_image_muxer(name: &str) -> bool {
     name == "image2" || name.ends_with("_pipe") || name == "apng" || name == "gif"
@@ -143,6 +150,15 @@ fn guess_format(path: &Path) -> Option<*const ff::ffi::AVOutputFormat> {
     (!fmt.is_null()).then_some(fmt)
 }
 
+/// The short name of a muxer (`mp4`, `matroska`).
+fn muxer_name(fmt: *const ff::ffi::AVOutputFormat) -> String {
+    // SAFETY: `fmt` comes from `guess_format`: a static muxer description,
+    // whose name is a static NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr((*fmt).name) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Whether the muxer can store `codec`: `None` when it cannot tell.
 fn query_codec(fmt: *const ff::ffi::AVOutputFormat, codec: ff::codec::Id) -> Option<bool> {
     // SAFETY: `fmt` is a static muxer description; the call only reads it.
@@ -154,10 +170,93 @@ fn query_codec(fmt: *const ff::ffi::AVOutputFormat, codec: ff::codec::Id) -> Opt
     }
 }
 
+/// Whether `out`'s container takes a sound stream of `codec` as it is (else
+/// tracks mode re-encodes the original sound).
+fn takes_as_is(out: &Path, codec: ff::codec::Id) -> bool {
+    guess_format(out).is_some_and(|f| query_codec(f, codec) == Some(true))
+}
+
+/// Checks, before any work, that the sound `mode` needs decoded can be: in a
+/// mix, and in tracks mode when `out`'s container does not take the original
+/// as it is. The decoder is opened and the first packets decoded and
+/// converted to `rate`, so that a sound FFmpeg cannot read fails now, not
+/// after the music is made. A video without sound passes.
+pub fn check_mux_sound(video: &Path, out: &Path, mode: SoundMode, rate: u32) -> Result<()> {
+    let mut ictx = open_input(video)?;
+    let Some(codec) = ictx
+        .streams()
+        .best(ff::media::Type::Audio)
+        .map(|s| s.parameters().id())
+    else {
+        return Ok(());
+    };
+    let needs_decoding = match mode {
+        SoundMode::Replace => false,
+        SoundMode::Mix => true,
+        SoundMode::Tracks => !takes_as_is(out, codec),
+    };
+    if !needs_decoding {
+        return Ok(());
+    }
+    let Some(mut sound) = SoundInput::open(&ictx, video, None)? else {
+        return Ok(());
+    };
+    let mut frame = ff::frame::Audio::empty();
+    let mut tried = 0usize;
+    let mut failed = 0usize;
+    let mut decoded = false;
+    for (s, packet) in ictx.packets() {
+        if s.index() != sound.index {
+            continue;
+        }
+        tried += 1;
+        if sound.decoder.send_packet(&packet).is_err() {
+            failed += 1;
+        } else if sound.decoder.receive_frame(&mut frame).is_ok() && frame.samples() > 0 {
+            decoded = true;
+            break;
+        }
+        if tried == CHECK_PACKETS {
+            break;
+        }
+    }
+    let whole_stream = tried < CHECK_PACKETS;
+    if !decoded && whole_stream {
+        // All of it was sent: what the decoder still holds.
+        let _ = sound.decoder.send_eof();
+        decoded = sound.decoder.receive_frame(&mut frame).is_ok() && frame.samples() > 0;
+    }
+    if !decoded {
+        if failed == 0 && whole_stream {
+            // Nothing to decode (a track without samples): nothing to mix.
+            return Ok(());
+        }
+        let first = if whole_stream { "" } else { "first " };
+        return Err(sound.error(format!(
+            "none of its {first}{tried} packets could be decoded"
+        )));
+    }
+    // And it converts (a rate of 0 is refused with the other settings).
+    if rate > 0 {
+        fix_layout(&mut frame);
+        let mut conv = Converter::new(&frame, rate).map_err(|e| sound.error(e.to_string()))?;
+        conv.push(Some(&frame), &mut [Vec::new(), Vec::new()])
+            .map_err(|e| sound.error(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Sound packets [`check_mux_sound`] decodes at most to find one frame.
+const CHECK_PACKETS: usize = 64;
+
 /// Writes `out`: `video`'s picture, copied packet for packet, with `music`
 /// (starting at `opts.music_start` of the video) in its sound as
-/// `opts.sound` says. Everything is cut to the video's length. `out` is
-/// replaced atomically, so a failure never leaves a half-written file.
+/// `opts.sound` says. The music, and the original sound wherever it is
+/// decoded (mixed, or re-encoded as a track), are cut to the video's length;
+/// an original sound copied packet for packet (tracks mode, in a container
+/// that takes its codec) keeps every packet, so it ends where it ended in
+/// the source. `out` is replaced atomically, so a failure never leaves a
+/// half-written file.
 pub fn mux_audio(video: &Path, music: &Audio, out: &Path, opts: &MuxOptions) -> Result<MuxReport> {
     let mut ictx = open_input(video)?;
     let info = info_from(video, &ictx)?;
@@ -176,28 +275,32 @@ pub fn mux_audio(video: &Path, music: &Audio, out: &Path, opts: &MuxOptions) -> 
         },
         ..MuxReport::default()
     };
-    let frames = (info.duration * f64::from(rate)).round() as usize;
+    let seconds = timeline_seconds(
+        info.duration,
+        || stream_length(video, &info),
+        opts.music_start + music.duration(),
+    )?;
+    let frames = (seconds * f64::from(rate)).round() as usize;
     // The music on the video's time line, silent before its start.
     let placed = place(music, opts.music_start, frames, rate);
     let copy_original = match (report.sound, sound_index) {
-        (SoundMode::Tracks, Some(i)) => {
-            let codec = ictx
-                .stream(i)
-                .map(|s| s.parameters().id())
-                .unwrap_or(ff::codec::Id::None);
-            guess_format(out).is_some_and(|f| query_codec(f, codec) == Some(true))
-        }
+        (SoundMode::Tracks, Some(i)) => ictx
+            .stream(i)
+            .is_some_and(|s| takes_as_is(out, s.parameters().id())),
         _ => false,
     };
     report.original_copied = copy_original;
+    // The original sound on the same time line.
+    let original = || {
+        read_sound_within(video, None, rate, Some(frames))?
+            .ok_or_else(|| Error::NoVideoStream(video.to_path_buf()))
+    };
     // Sound tracks to encode, in order.
     let mut tracks: Vec<Audio> = Vec::new();
     match report.sound {
         SoundMode::Replace => tracks.push(placed),
         SoundMode::Mix => {
-            let original = read_sound(video, None, rate)?
-                .ok_or_else(|| Error::NoVideoStream(video.to_path_buf()))?;
-            let original = fit_length(original, frames);
+            let original = original()?;
             report.original_lufs = finite(audio::integrated(&original)?);
             let gain = 10f32.powf(opts.music_gain_db / 20.0);
             let mut mix = original;
@@ -216,9 +319,7 @@ pub fn mux_audio(video: &Path, music: &Audio, out: &Path, opts: &MuxOptions) -> 
         }
         SoundMode::Tracks => {
             if !copy_original {
-                let original = read_sound(video, None, rate)?
-                    .ok_or_else(|| Error::NoVideoStream(video.to_path_buf()))?;
-                tracks.push(fit_length(original, frames));
+                tracks.push(original()?);
             }
             tracks.push(placed);
         }
@@ -235,6 +336,61 @@ pub fn mux_audio(video: &Path, music: &Audio, out: &Path, opts: &MuxOptions) -> 
         )
     })?;
     Ok(report)
+}
+
+/// Length of the time line the sound is made on, seconds: the length the
+/// container states; else (a live recording, MediaRecorder's WebM) the
+/// length of its video packets, from `measured`; else the music's end.
+fn timeline_seconds(
+    stated: f64,
+    measured: impl FnOnce() -> Result<f64>,
+    music_end: f64,
+) -> Result<f64> {
+    if stated > 0.0 {
+        return Ok(stated);
+    }
+    let measured = measured()?;
+    Ok(if measured > 0.0 {
+        measured
+    } else {
+        music_end.max(0.0)
+    })
+}
+
+/// Seconds from the first video packet's time to the end of the last one,
+/// read off the packets (nothing is decoded).
+fn stream_length(video: &Path, info: &VideoInfo) -> Result<f64> {
+    let mut ictx = open_input(video)?;
+    let Some(stream) = ictx.stream(info.stream_index) else {
+        return Ok(0.0);
+    };
+    let tb = f64::from(stream.time_base());
+    let declared_start = stream.start_time();
+    let period = 1.0 / info.frame_rate.max(1.0);
+    let mut first: Option<f64> = None;
+    let mut end = f64::NEG_INFINITY;
+    for (s, p) in ictx.packets() {
+        if s.index() != info.stream_index {
+            continue;
+        }
+        let Some(t) = p.pts().or(p.dts()) else {
+            continue;
+        };
+        let t = t as f64 * tb;
+        first = Some(first.map_or(t, |f: f64| f.min(t)));
+        let d = if p.duration() > 0 {
+            p.duration() as f64 * tb
+        } else {
+            period
+        };
+        end = end.max(t + d);
+    }
+    let start = if declared_start != ff::ffi::AV_NOPTS_VALUE {
+        declared_start as f64 * tb
+    } else {
+        first.unwrap_or(0.0)
+    };
+    Ok(first.map_or(0.0, |_| (end - start).max(0.0)))
 }
 
 fn finite(x: f64) -> Option<f64> {
@@ -257,137 +413,339 @@ fn place(music: &Audio, start: f64, frames: usize, rate: u32) -> Audio {
     out
 }
 
-fn fit_length(mut a: Audio, frames: usize) -> Audio {
-    for c in &mut a.channels {
-        c.resize(frames, 0.0);
-    }
-    a
-}
-
 /// Decodes a file's sound — the best audio stream, or the `nth` (from 0) —
 /// as stereo f32 at `rate`, on the video's time line: sample 0 is the
-/// moment the video starts. `None` when the file has no such stream.
+/// moment the video starts, and every decoded frame is placed at its own
+/// time, so a stretch of lost packets stays a silence instead of pulling
+/// what follows early. The time line is as long as the file (the length it
+/// states, or its video's end). `None` when the file has no such stream.
 pub fn read_sound(path: &Path, nth: Option<usize>, rate: u32) -> Result<Option<Audio>> {
+    read_sound_within(path, nth, rate, None)
+}
+
+/// A gap or overlap between a sound frame's time and the end of the frames
+/// before it up to which they are taken as one run: containers round times
+/// (Matroska to 1 ms) and recorders' clocks drift a little, while a lost
+/// frame of the usual codecs at the usual rates lasts longer (AAC at 48 kHz
+/// 21 ms, MP3 24 ms, Opus 20 ms).
+const JUMP_TOLERANCE_S: f64 = 0.015;
+
+/// [`read_sound`] on a time line of `frames` samples (`None`: the file's own
+/// length). Sound placed outside it is left out, so a stray time stamp cannot
+/// make it huge.
+fn read_sound_within(
+    path: &Path,
+    nth: Option<usize>,
+    rate: u32,
+    frames: Option<usize>,
+) -> Result<Option<Audio>> {
     let mut ictx = open_input(path)?;
-    let stream = match nth {
-        None => ictx.streams().best(ff::media::Type::Audio),
-        Some(n) => ictx
-            .streams()
-            .filter(|s| s.parameters().medium() == ff::media::Type::Audio)
-            .nth(n),
-    };
-    let Some(stream) = stream else {
+    let Some(mut sound) = SoundInput::open(&ictx, path, nth)? else {
         return Ok(None);
     };
-    let index = stream.index();
-    let tb = f64::from(stream.time_base());
-    let codec = stream.parameters().id().name().to_string();
-    // The video's first moment, on which sample 0 is placed.
-    let origin = ictx
+    let video = ictx
         .streams()
         .best(ff::media::Type::Video)
-        .filter(|v| v.start_time() != ff::ffi::AV_NOPTS_VALUE)
-        .map_or(0.0, |v| v.start_time() as f64 * f64::from(v.time_base()));
-    let bad = |reason: String| Error::SoundDecode {
-        path: path.to_path_buf(),
-        codec: codec.clone(),
-        reason,
+        .map(|v| (v.index(), f64::from(v.time_base()), v.start_time()));
+    // The video's first moment, on which sample 0 is placed.
+    let origin = video
+        .filter(|&(_, _, start)| start != ff::ffi::AV_NOPTS_VALUE)
+        .map_or(0.0, |(_, tb, start)| start as f64 * tb);
+    let stated = if ictx.duration() > 0 {
+        ictx.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE)
+    } else {
+        0.0
     };
-    let mut decoder = ff::codec::context::Context::from_parameters(stream.parameters())
-        .and_then(|c| c.decoder().audio())
-        .map_err(|e| bad(e.to_string()))?;
-    let mut out = Audio::silence(rate, 2, 0);
-    let mut first: Option<f64> = None;
-    let mut resampler: Option<ff::software::resampling::Context> = None;
+    let mut video_end = 0.0f64;
+    let mut line = Timeline::new(rate);
     let mut frame = ff::frame::Audio::empty();
     let mut bad_packets = 0usize;
     let mut packets = 0usize;
-    let mut take = |decoder: &mut ff::decoder::Audio,
-                    resampler: &mut Option<ff::software::resampling::Context>,
-                    first: &mut Option<f64>,
-                    out: &mut Audio|
-     -> Result<()> {
+    let tb = sound.tb;
+    let mut take = |decoder: &mut ff::decoder::Audio, line: &mut Timeline| {
         while decoder.receive_frame(&mut frame).is_ok() {
             if frame.samples() == 0 {
                 continue;
             }
-            if frame.channel_layout().is_empty() {
-                frame.set_channel_layout(ff::ChannelLayout::default(i32::from(frame.channels())));
-            }
-            if first.is_none() {
-                let pts = frame.timestamp().or(frame.pts());
-                *first = Some(pts.map_or(0.0, |p| p as f64 * tb));
-            }
-            let r = match resampler {
-                Some(r) => r,
-                None => resampler.insert(
-                    ff::software::resampling::Context::get(
-                        frame.format(),
-                        frame.channel_layout(),
-                        frame.rate(),
-                        ff::format::Sample::F32(ff::format::sample::Type::Planar),
-                        ff::ChannelLayout::STEREO,
-                        rate,
-                    )
-                    .map_err(|e| bad(e.to_string()))?,
-                ),
-            };
-            let mut converted = ff::frame::Audio::empty();
-            r.run(&frame, &mut converted)
-                .map_err(|e| bad(e.to_string()))?;
-            append(out, &converted);
+            fix_layout(&mut frame);
+            let t = frame
+                .timestamp()
+                .or(frame.pts())
+                .map(|p| p as f64 * tb - origin);
+            line.take(&frame, t)?;
         }
-        Ok(())
+        Ok::<(), ff::Error>(())
     };
     for (s, packet) in ictx.packets() {
-        if s.index() != index {
+        if let Some((vi, vtb, _)) = video
+            && s.index() == vi
+            && let Some(t) = packet.pts().or(packet.dts())
+        {
+            video_end = video_end.max((t + packet.duration().max(0)) as f64 * vtb - origin);
+        }
+        if s.index() != sound.index {
             continue;
         }
         packets += 1;
-        if decoder.send_packet(&packet).is_err() {
+        if sound.decoder.send_packet(&packet).is_err() {
             bad_packets += 1;
             continue;
         }
-        take(&mut decoder, &mut resampler, &mut first, &mut out)?;
+        take(&mut sound.decoder, &mut line).map_err(|e| sound.error(e.to_string()))?;
     }
-    let _ = decoder.send_eof();
-    take(&mut decoder, &mut resampler, &mut first, &mut out)?;
-    if let Some(r) = resampler.as_mut() {
-        loop {
-            let mut rest = ff::frame::Audio::empty();
-            if r.flush(&mut rest).is_err() || rest.samples() == 0 {
-                break;
-            }
-            append(&mut out, &rest);
-        }
+    let _ = sound.decoder.send_eof();
+    take(&mut sound.decoder, &mut line).map_err(|e| sound.error(e.to_string()))?;
+    line.end_run().map_err(|e| sound.error(e.to_string()))?;
+    if line.decoded == 0 && bad_packets > 0 {
+        return Err(sound.error(format!("none of its {packets} packets could be decoded")));
     }
-    if out.is_empty() && bad_packets > 0 {
-        return Err(bad(format!(
-            "none of its {packets} packets could be decoded"
-        )));
-    }
-    // Align with the video: drop what plays before it, pad what starts after.
-    let shift = ((first.unwrap_or(origin) - origin) * f64::from(rate)).round() as i64;
-    if shift > 0 {
-        for c in &mut out.channels {
-            c.splice(0..0, std::iter::repeat_n(0.0, shift as usize));
-        }
-    } else if shift < 0 {
-        let cut = (-shift) as usize;
-        for c in &mut out.channels {
-            c.drain(..cut.min(c.len()));
-        }
-    }
-    Ok(Some(out))
+    let length = frames.unwrap_or_else(|| {
+        let file = (stated.max(video_end) * f64::from(rate)).round() as usize;
+        // Nothing tells the file's length: as much as was decoded.
+        if file > 0 { file } else { line.decoded }
+    });
+    Ok(Some(line.into_audio(length)))
 }
 
-fn append(out: &mut Audio, frame: &ff::frame::Audio) {
-    let n = frame.samples();
-    if n == 0 {
-        return;
+/// An audio stream of an input, with its decoder open.
+struct SoundInput {
+    index: usize,
+    /// Seconds per tick of its time stamps.
+    tb: f64,
+    path: std::path::PathBuf,
+    codec: String,
+    decoder: ff::decoder::Audio,
+}
+
+impl SoundInput {
+    /// The best audio stream, or the `nth` (from 0); `None` when there is
+    /// no such stream.
+    fn open(
+        ictx: &ff::format::context::Input,
+        path: &Path,
+        nth: Option<usize>,
+    ) -> Result<Option<Self>> {
+        let stream = match nth {
+            None => ictx.streams().best(ff::media::Type::Audio),
+            Some(n) => ictx
+                .streams()
+                .filter(|s| s.parameters().medium() == ff::media::Type::Audio)
+                .nth(n),
+        };
+        let Some(stream) = stream else {
+            return Ok(None);
+        };
+        let codec = stream.parameters().id().name().to_string();
+        let error = |e: ff::Error| Error::SoundDecode {
+            path: path.to_path_buf(),
+            codec: codec.clone(),
+            reason: e.to_string(),
+        };
+        let mut decoder = ff::codec::context::Context::from_parameters(stream.parameters())
+            .map_err(error)?
+            .decoder();
+        // Frames' times (and the samples a decoder skips at the start) in
+        // the stream's own ticks.
+        decoder.set_packet_time_base(stream.time_base());
+        let decoder = decoder.audio().map_err(error)?;
+        Ok(Some(Self {
+            index: stream.index(),
+            tb: f64::from(stream.time_base()),
+            path: path.to_path_buf(),
+            codec,
+            decoder,
+        }))
     }
-    for (ch, c) in out.channels.iter_mut().enumerate() {
-        c.extend_from_slice(&frame.plane::<f32>(ch)[..n]);
+
+    fn error(&self, reason: String) -> Error {
+        Error::SoundDecode {
+            path: self.path.clone(),
+            codec: self.codec.clone(),
+            reason,
+        }
+    }
+}
+
+/// Decoders leave the layout unset where the file does not say it: the
+/// usual one for the channel count.
+fn fix_layout(frame: &mut ff::frame::Audio) {
+    if frame.channel_layout().is_empty() {
+        frame.set_channel_layout(ff::ChannelLayout::default(i32::from(frame.channels())));
+    }
+}
+
+/// Decoded frames converted to stereo planar f32 at one rate.
+struct Converter {
+    swr: ff::software::resampling::Context,
+}
+
+impl Converter {
+    const FORMAT: ff::format::Sample = ff::format::Sample::F32(ff::format::sample::Type::Planar);
+
+    /// A converter from `frame`'s format, layout and rate to `rate`.
+    fn new(frame: &ff::frame::Audio, rate: u32) -> std::result::Result<Self, ff::Error> {
+        Ok(Self {
+            swr: ff::software::resampling::Context::get(
+                frame.format(),
+                frame.channel_layout(),
+                frame.rate(),
+                Self::FORMAT,
+                ff::ChannelLayout::STEREO,
+                rate,
+            )?,
+        })
+    }
+
+    /// Whether `frame` has the format, layout and rate this converts from.
+    fn accepts(&self, frame: &ff::frame::Audio) -> bool {
+        let i = self.swr.input();
+        i.format == frame.format()
+            && i.channel_layout == frame.channel_layout()
+            && i.rate == frame.rate()
+    }
+
+    /// Converts `frame` (`None`: the samples the resampler still holds) and
+    /// appends the result to `out`; returns how many samples it appended.
+    ///
+    /// The output frame is sized for the rate change plus what the resampler
+    /// holds back: `run` would size it like the input, and an upsampling
+    /// resampler then keeps the rest to itself.
+    fn push(
+        &mut self,
+        frame: Option<&ff::frame::Audio>,
+        out: &mut [Vec<f32>; 2],
+    ) -> std::result::Result<usize, ff::Error> {
+        let (in_rate, out_rate) = (
+            u64::from(self.swr.input().rate.max(1)),
+            u64::from(self.swr.output().rate),
+        );
+        let held = ff::software::resampling::Delay::from(&self.swr)
+            .output
+            .max(0) as u64;
+        let coming = frame.map_or(0, |f| (f.samples() as u64 * out_rate).div_ceil(in_rate));
+        let mut converted = ff::frame::Audio::new(
+            Self::FORMAT,
+            (held + coming + 3) as usize,
+            ff::ChannelLayout::STEREO,
+        );
+        converted.set_rate(out_rate as u32);
+        match frame {
+            Some(f) => self.swr.run(f, &mut converted)?,
+            None => self.swr.flush(&mut converted)?,
+        };
+        let n = converted.samples();
+        for (ch, c) in out.iter_mut().enumerate() {
+            c.extend_from_slice(&converted.plane::<f32>(ch)[..n]);
+        }
+        Ok(n)
+    }
+
+    /// Appends everything the resampler still holds to `out`.
+    fn finish(&mut self, out: &mut [Vec<f32>; 2]) -> std::result::Result<(), ff::Error> {
+        while self.push(None, out)? > 0 {}
+        Ok(())
+    }
+}
+
+/// Decoded sound placed on a time line: runs of frames that follow each other
+/// without a gap, each at the time of its first frame.
+struct Timeline {
+    rate: u32,
+    /// Finished runs: the sample of the time line each starts at, and its
+    /// samples.
+    runs: Vec<(i64, [Vec<f32>; 2])>,
+    run: Option<Run>,
+    /// Samples decoded in all.
+    decoded: usize,
+}
+
+/// The run being decoded.
+struct Run {
+    at: i64,
+    /// Time of its first sample, seconds on the video's time line.
+    t0: f64,
+    /// Input samples it has taken, at `in_rate`.
+    taken: u64,
+    in_rate: u32,
+    conv: Converter,
+    samples: [Vec<f32>; 2],
+}
+
+impl Timeline {
+    fn new(rate: u32) -> Self {
+        Self {
+            rate,
+            runs: Vec::new(),
+            run: None,
+            decoded: 0,
+        }
+    }
+
+    /// Takes a decoded frame whose first sample plays at `t` seconds
+    /// (`None`: right after the frame before it). A frame that does not
+    /// follow the one before it (a gap: lost packets, a jump in the times;
+    /// or an overlap), or that changes format, starts a new run.
+    fn take(
+        &mut self,
+        frame: &ff::frame::Audio,
+        t: Option<f64>,
+    ) -> std::result::Result<(), ff::Error> {
+        let expected = self
+            .run
+            .as_ref()
+            .map(|r| r.t0 + r.taken as f64 / f64::from(r.in_rate.max(1)));
+        let follows = match (t, expected) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(t), Some(e)) => (t - e).abs() <= JUMP_TOLERANCE_S,
+        };
+        let same_kind = self.run.as_ref().is_some_and(|r| r.conv.accepts(frame));
+        if !(follows && same_kind) {
+            self.end_run()?;
+            let t0 = t.or(expected).unwrap_or(0.0);
+            self.run = Some(Run {
+                at: (t0 * f64::from(self.rate)).round() as i64,
+                t0,
+                taken: 0,
+                in_rate: frame.rate(),
+                conv: Converter::new(frame, self.rate)?,
+                samples: [Vec::new(), Vec::new()],
+            });
+        }
+        let run = self.run.as_mut().expect("PANIC: a run was started above");
+        self.decoded += run.conv.push(Some(frame), &mut run.samples)?;
+        run.taken += frame.samples() as u64;
+        Ok(())
+    }
+
+    /// Ends the run being decoded, with what its resampler still holds.
+    fn end_run(&mut self) -> std::result::Result<(), ff::Error> {
+        if let Some(mut run) = self.run.take() {
+            let before = run.samples[0].len();
+            run.conv.finish(&mut run.samples)?;
+            self.decoded += run.samples[0].len() - before;
+            self.runs.push((run.at, run.samples));
+        }
+        Ok(())
+    }
+
+    /// The time line's first `length` samples: each run at its place (a later
+    /// run over an earlier one where they overlap), silence between them.
+    fn into_audio(self, length: usize) -> Audio {
+        let mut out = Audio::silence(self.rate, 2, length);
+        for (at, samples) in self.runs {
+            if at >= length as i64 {
+                continue;
+            }
+            let len = samples[0].len();
+            let skip = usize::try_from(at.min(0).unsigned_abs()).map_or(len, |s| s.min(len));
+            let from = at.max(0) as usize;
+            let n = (len - skip).min(length - from);
+            for (o, s) in out.channels.iter_mut().zip(&samples) {
+                o[from..from + n].copy_from_slice(&s[skip..skip + n]);
+            }
+        }
+        out
     }
 }
 
@@ -402,12 +760,7 @@ fn write_mux(
 ) -> Result<()> {
     let err = |e: ff::Error| Error::output(out, e);
     let format_name = guess_format(out)
-        // SAFETY: a static muxer description.
-        .map(|f| {
-            unsafe { std::ffi::CStr::from_ptr((*f).name) }
-                .to_string_lossy()
-                .into_owned()
-        })
+        .map(muxer_name)
         .ok_or_else(|| Error::output(out, "unknown container for this extension"))?;
     let mut octx = ff::format::output_as(&tmp, &format_name).map_err(err)?;
     let vindex = info.stream_index;
@@ -433,7 +786,11 @@ fn write_mux(
     let mut encoders = Vec::new();
     for (k, _) in tracks.iter().enumerate() {
         let music_track = k + 1 == tracks.len() && (tracks.len() > 1 || copied_sound.is_some());
-        encoders.push(AacTrack::add(&mut octx, rate, music_track).map_err(err)?);
+        // A second sound track says what it is in players' track menus.
+        let title = music_track.then_some("Music (VidMusician)");
+        encoders.push(
+            SoundEncoder::add(&mut octx, ff::codec::Id::AAC, rate, 192_000, title).map_err(err)?,
+        );
     }
     octx.write_header().map_err(err)?;
     let start = ictx
@@ -445,7 +802,7 @@ fn write_mux(
         });
     // Audio first: the muxer interleaves by timestamp.
     for (enc, audio) in encoders.iter_mut().zip(tracks) {
-        enc.write(&mut octx, audio, start).map_err(err)?;
+        enc.write_all(&mut octx, audio, start).map_err(err)?;
     }
     let out_tbs: Vec<ff::Rational> = copied
         .iter()
@@ -465,102 +822,189 @@ fn write_mux(
     Ok(())
 }
 
-/// One AAC sound stream being written.
-struct AacTrack {
+/// One stereo sound stream of a file being written, with its encoder: AAC
+/// for the music and the mix, and for the synthetic videos' sound, which
+/// can also be 16-bit PCM.
+pub(super) struct SoundEncoder {
     enc: ff::encoder::Audio,
     index: usize,
-    rate: i32,
+    rate: u32,
+    format: ff::format::Sample,
 }
 
-impl AacTrack {
-    /// Adds the stream (before the header is written).
-    fn add(
+impl SoundEncoder {
+    /// Adds the stream (before the header is written): `codec` at `rate`,
+    /// `bit_rate` where the codec has one, with `title` in its metadata.
+    pub(super) fn add(
         octx: &mut ff::format::context::Output,
+        codec: ff::codec::Id,
         rate: u32,
-        is_music: bool,
+        bit_rate: usize,
+        title: Option<&str>,
     ) -> std::result::Result<Self, ff::Error> {
-        let codec = ff::encoder::find(ff::codec::Id::AAC).ok_or(ff::Error::EncoderNotFound)?;
+        let encoder = ff::encoder::find(codec).ok_or(ff::Error::EncoderNotFound)?;
+        let format = if codec == ff::codec::Id::AAC {
+            ff::format::Sample::F32(ff::format::sample::Type::Planar)
+        } else {
+            ff::format::Sample::I16(ff::format::sample::Type::Packed)
+        };
         let global_header = octx
             .format()
             .flags()
             .contains(ff::format::Flags::GLOBAL_HEADER);
-        let mut enc = ff::codec::context::Context::new_with_codec(codec)
+        let mut enc = ff::codec::context::Context::new_with_codec(encoder)
             .encoder()
             .audio()?;
-        let rate = rate as i32;
-        enc.set_rate(rate);
+        let tb = ff::Rational(1, rate as i32);
+        enc.set_rate(rate as i32);
         enc.set_channel_layout(ff::ChannelLayout::STEREO);
-        enc.set_format(ff::format::Sample::F32(ff::format::sample::Type::Planar));
-        enc.set_bit_rate(192_000);
-        enc.set_time_base(ff::Rational(1, rate));
+        enc.set_format(format);
+        enc.set_bit_rate(bit_rate);
+        enc.set_time_base(tb);
         if global_header {
             enc.set_flags(ff::codec::Flags::GLOBAL_HEADER);
         }
-        let enc = enc.open_as(codec)?;
-        let mut ost = octx.add_stream(codec)?;
+        let enc = enc.open_as(encoder)?;
+        let mut ost = octx.add_stream(encoder)?;
         ost.set_parameters(&enc);
-        ost.set_time_base(ff::Rational(1, rate));
-        if is_music {
-            // A second sound track says what it is in players' track menus.
+        ost.set_time_base(tb);
+        if let Some(title) = title {
             let mut meta = ff::Dictionary::new();
-            meta.set("title", "Music (VidMusician)");
-            meta.set("handler_name", "Music (VidMusician)");
+            meta.set("title", title);
+            meta.set("handler_name", title);
             ost.set_metadata(meta);
         }
         Ok(Self {
             enc,
             index: ost.index(),
             rate,
+            format,
         })
     }
 
-    /// Encodes `audio` (stereo) from sample time `start` and writes it.
-    fn write(
+    /// Samples per channel of each frame the encoder takes (only the last
+    /// may be shorter).
+    pub(super) fn frame_size(&self) -> usize {
+        match self.enc.frame_size() {
+            // PCM takes frames of any size.
+            0 => 1024,
+            n => n as usize,
+        }
+    }
+
+    /// Encodes `n` samples per channel from sample time `pts` and writes
+    /// what comes out; `fill(ch, buf)` puts channel `ch`'s samples in `buf`.
+    pub(super) fn send(
+        &mut self,
+        octx: &mut ff::format::context::Output,
+        pts: i64,
+        n: usize,
+        mut fill: impl FnMut(usize, &mut [f32]),
+    ) -> std::result::Result<(), ff::Error> {
+        let mut frame = ff::frame::Audio::new(self.format, n, ff::ChannelLayout::STEREO);
+        frame.set_rate(self.rate);
+        if self.format.is_planar() {
+            for ch in 0..2 {
+                fill(ch, &mut frame.plane_mut::<f32>(ch)[..n]);
+            }
+        } else {
+            // 16-bit, the channels interleaved.
+            let mut buf = vec![0.0f32; n];
+            for ch in 0..2 {
+                fill(ch, &mut buf);
+                let data = frame.data_mut(0);
+                for (i, x) in buf.iter().enumerate() {
+                    let v = (x.clamp(-1.0, 1.0) * 32767.0).round() as i16;
+                    let o = (2 * i + ch) * 2;
+                    data[o..o + 2].copy_from_slice(&v.to_ne_bytes());
+                }
+            }
+        }
+        frame.set_pts(Some(pts));
+        self.enc.send_frame(&frame)?;
+        self.drain(octx)
+    }
+
+    /// Encodes `audio` (stereo) from sample time `start`, and ends the
+    /// stream.
+    fn write_all(
         &mut self,
         octx: &mut ff::format::context::Output,
         audio: &Audio,
         start: i64,
     ) -> std::result::Result<(), ff::Error> {
-        let ost_tb = octx
-            .stream(self.index)
-            .map(|s| s.time_base())
-            .unwrap_or(ff::Rational(1, self.rate));
-        let total = audio.len();
-        let frame_size = (self.enc.frame_size() as usize).max(1);
-        let mut packet = ff::Packet::empty();
+        let size = self.frame_size();
+        let last = audio.channels.len().saturating_sub(1);
         let mut pos = 0;
-        while pos < total {
-            let n = frame_size.min(total - pos);
-            let mut frame = ff::frame::Audio::new(
-                ff::format::Sample::F32(ff::format::sample::Type::Planar),
-                n,
-                ff::ChannelLayout::STEREO,
-            );
-            frame.set_rate(self.rate as u32);
-            for ch in 0..2 {
-                let src = &audio.channels[ch.min(audio.channels.len() - 1)][pos..pos + n];
-                frame.plane_mut::<f32>(ch)[..n].copy_from_slice(src);
-            }
-            frame.set_pts(Some(start + pos as i64));
-            self.enc.send_frame(&frame)?;
-            self.drain(octx, &mut packet, ost_tb)?;
+        while pos < audio.len() {
+            let n = size.min(audio.len() - pos);
+            self.send(octx, start + pos as i64, n, |ch, buf| {
+                buf.copy_from_slice(&audio.channels[ch.min(last)][pos..pos + n]);
+            })?;
             pos += n;
         }
+        self.finish(octx)
+    }
+
+    /// Ends the stream: writes what the encoder still holds.
+    pub(super) fn finish(
+        &mut self,
+        octx: &mut ff::format::context::Output,
+    ) -> std::result::Result<(), ff::Error> {
         self.enc.send_eof()?;
-        self.drain(octx, &mut packet, ost_tb)
+        self.drain(octx)
     }
 
     fn drain(
         &mut self,
         octx: &mut ff::format::context::Output,
-        packet: &mut ff::Packet,
-        ost_tb: ff::Rational,
     ) -> std::result::Result<(), ff::Error> {
-        while self.enc.receive_packet(packet).is_ok() {
+        let tb = ff::Rational(1, self.rate as i32);
+        let ost_tb = octx.stream(self.index).map_or(tb, |s| s.time_base());
+        let mut packet = ff::Packet::empty();
+        while self.enc.receive_packet(&mut packet).is_ok() {
             packet.set_stream(self.index);
-            packet.rescale_ts(ff::Rational(1, self.rate), ost_tb);
+            packet.rescale_ts(tb, ost_tb);
             packet.write_interleaved(octx)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_length_the_container_does_not_state_is_measured() {
+        let never = || -> Result<f64> { panic!("measured although stated") };
+        assert_eq!(timeline_seconds(4.0, never, 9.0).unwrap(), 4.0);
+        assert_eq!(timeline_seconds(0.0, || Ok(3.5), 2.0).unwrap(), 3.5);
+        // Nothing measured either: as long as the music.
+        assert_eq!(timeline_seconds(0.0, || Ok(0.0), 2.0).unwrap(), 2.0);
+    }
+
+    fn run(at: i64, n: usize, v: f32) -> (i64, [Vec<f32>; 2]) {
+        (at, [vec![v; n], vec![v; n]])
+    }
+
+    #[test]
+    fn runs_are_placed_at_their_times_and_cut_to_the_time_line() {
+        let mut line = Timeline::new(100);
+        line.runs = vec![
+            run(-5, 10, 1.0),
+            // A gap of 5 samples, then an overlap of 2.
+            run(10, 5, 2.0),
+            run(13, 4, 3.0),
+            // Far past the end (a stray time stamp): left out.
+            run(i64::MAX / 2, 8, 4.0),
+            run(i64::MIN / 2, 8, 5.0),
+        ];
+        let a = line.into_audio(20);
+        let want = [
+            1., 1., 1., 1., 1., 0., 0., 0., 0., 0., 2., 2., 2., 3., 3., 3., 3., 0., 0., 0.,
+        ];
+        assert_eq!(a.channels[0], want);
+        assert_eq!(a.channels[1], want);
     }
 }

@@ -123,7 +123,10 @@ pub(crate) fn info_from(path: &Path, ictx: &ff::format::context::Input) -> Resul
     if !frame_rate.is_finite() || frame_rate <= 0.0 {
         frame_rate = 25.0;
     }
-    if stream.frames() == 0 && duration <= 0.0 {
+    // Neither a frame count nor a length: an empty track, or a live
+    // recording (MediaRecorder's WebM), which states neither. Its packets
+    // tell which.
+    if stream.frames() == 0 && duration <= 0.0 && !has_packets(path, stream.index())? {
         return Err(Error::EmptyVideo(path.to_path_buf()));
     }
     Ok(VideoInfo {
@@ -141,6 +144,12 @@ pub(crate) fn info_from(path: &Path, ictx: &ff::format::context::Input) -> Resul
         undecodable_frames: 0,
         stream_index: stream.index(),
     })
+}
+
+/// Whether stream `index` of `path` has a packet at all.
+fn has_packets(path: &Path, index: usize) -> Result<bool> {
+    let mut ictx = open_input(path)?;
+    Ok(ictx.packets().any(|(s, _)| s.index() == index))
 }
 
 fn is_still_image_container(name: &str) -> bool {

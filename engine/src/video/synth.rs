@@ -10,6 +10,7 @@ use ffmpeg_next as ff;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::mux::SoundEncoder;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -31,13 +32,30 @@ pub struct SynthSpec {
     /// the nominal period (same average rate), as phones record.
     pub vfr: bool,
     /// A sound track: a sine of this frequency (Hz) at [`TONE_AMPLITUDE`],
-    /// stereo AAC at 48 kHz, as long as the video. `None`: no sound.
+    /// stereo, as long as the video. `None`: no sound.
     pub tone: Option<f32>,
+    /// Sample rate of the sound, Hz ([`TONE_RATE`] unless set).
+    pub tone_rate: u32,
+    /// Codec of the sound.
+    pub tone_codec: ToneCodec,
+    /// Written as a live recording is (MediaRecorder's WebM): the container
+    /// states no length. Matroska and WebM only; other containers ignore it.
+    pub unstated_length: bool,
+}
+
+/// The codec of a synthetic video's sound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ToneCodec {
+    #[default]
+    Aac,
+    /// 16-bit PCM, which MP4 cannot hold.
+    Pcm16,
 }
 
 /// Peak of the synthetic sound's sine (−12 dBFS).
 pub const TONE_AMPLITUDE: f32 = 0.25;
-/// Sample rate of the synthetic sound.
+/// Sample rate of the synthetic sound, unless [`SynthSpec::tone_rate`] says
+/// otherwise.
 pub const TONE_RATE: u32 = 48_000;
 
 impl SynthSpec {
@@ -53,6 +71,9 @@ impl SynthSpec {
             rotation: 0,
             vfr: false,
             tone: None,
+            tone_rate: TONE_RATE,
+            tone_codec: ToneCodec::Aac,
+            unstated_length: false,
         }
     }
 
@@ -198,12 +219,17 @@ fn write_to(tmp: &Path, path: &Path, spec: &SynthSpec) -> Result<()> {
         }
     }
     let mut sound = match spec.tone {
-        Some(hz) => Some(Tone::add(&mut octx, hz).map_err(err)?),
+        Some(hz) => Some(Tone::add(&mut octx, hz, spec.tone_rate, spec.tone_codec).map_err(err)?),
         None => None,
     };
-    octx.write_header().map_err(err)?;
+    let mut muxer_opts = ff::Dictionary::new();
+    if spec.unstated_length {
+        // Matroska's: no length, no index, as a stream being recorded.
+        muxer_opts.set("live", "1");
+    }
+    octx.write_header_with(muxer_opts).map_err(err)?;
     let ost_tb = octx.stream(0).map(|s| s.time_base()).unwrap_or(tb);
-    let sound_end = (spec.duration * f64::from(TONE_RATE)).round() as usize;
+    let sound_end = (spec.duration * f64::from(spec.tone_rate)).round() as usize;
 
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let (w, h) = (spec.width as f32, spec.height as f32);
@@ -236,7 +262,7 @@ fn write_to(tmp: &Path, path: &Path, spec: &SynthSpec) -> Result<()> {
         write_packets(&mut enc, &mut octx, &mut packet, tb, ost_tb, &mut durations).map_err(err)?;
         if let Some(t) = sound.as_mut() {
             // Sound up to this frame's time keeps the streams interleaved.
-            let upto = ((time * f64::from(TONE_RATE)) as usize).min(sound_end);
+            let upto = ((time * f64::from(spec.tone_rate)) as usize).min(sound_end);
             t.write_until(&mut octx, upto, false).map_err(err)?;
         }
     }
@@ -327,11 +353,11 @@ fn bounce(p: f32, span: f32) -> f32 {
     if m > span { period - m } else { m }
 }
 
-/// The synthetic sound: a sine, encoded to AAC as the video is written.
+/// The synthetic sound: a sine, encoded as the video is written.
 struct Tone {
-    enc: ff::encoder::Audio,
-    index: usize,
+    enc: SoundEncoder,
     hz: f32,
+    rate: u32,
     /// Samples sent to the encoder so far.
     pos: usize,
 }
@@ -340,32 +366,17 @@ impl Tone {
     fn add(
         octx: &mut ff::format::context::Output,
         hz: f32,
+        rate: u32,
+        codec: ToneCodec,
     ) -> std::result::Result<Self, ff::Error> {
-        let codec = ff::encoder::find(ff::codec::Id::AAC).ok_or(ff::Error::EncoderNotFound)?;
-        let global_header = octx
-            .format()
-            .flags()
-            .contains(ff::format::Flags::GLOBAL_HEADER);
-        let mut enc = ff::codec::context::Context::new_with_codec(codec)
-            .encoder()
-            .audio()?;
-        let rate = TONE_RATE as i32;
-        enc.set_rate(rate);
-        enc.set_channel_layout(ff::ChannelLayout::STEREO);
-        enc.set_format(ff::format::Sample::F32(ff::format::sample::Type::Planar));
-        enc.set_bit_rate(128_000);
-        enc.set_time_base(ff::Rational(1, rate));
-        if global_header {
-            enc.set_flags(ff::codec::Flags::GLOBAL_HEADER);
-        }
-        let enc = enc.open_as(codec)?;
-        let mut ost = octx.add_stream(codec)?;
-        ost.set_parameters(&enc);
-        ost.set_time_base(ff::Rational(1, rate));
+        let codec = match codec {
+            ToneCodec::Aac => ff::codec::Id::AAC,
+            ToneCodec::Pcm16 => ff::codec::Id::PCM_S16LE,
+        };
         Ok(Self {
-            enc,
-            index: ost.index(),
+            enc: SoundEncoder::add(octx, codec, rate, 128_000, None)?,
             hz,
+            rate,
             pos: 0,
         })
     }
@@ -379,27 +390,19 @@ impl Tone {
         upto: usize,
         last: bool,
     ) -> std::result::Result<(), ff::Error> {
-        let size = (self.enc.frame_size() as usize).max(1);
+        let size = self.enc.frame_size();
+        let w = std::f64::consts::TAU * f64::from(self.hz) / f64::from(self.rate);
         while self.pos < upto {
             let n = size.min(upto - self.pos);
             if n < size && !last {
                 break;
             }
-            let mut frame = ff::frame::Audio::new(
-                ff::format::Sample::F32(ff::format::sample::Type::Planar),
-                n,
-                ff::ChannelLayout::STEREO,
-            );
-            frame.set_rate(TONE_RATE);
-            let w = std::f64::consts::TAU * f64::from(self.hz) / f64::from(TONE_RATE);
-            for ch in 0..2 {
-                for (i, x) in frame.plane_mut::<f32>(ch)[..n].iter_mut().enumerate() {
-                    *x = TONE_AMPLITUDE * ((self.pos + i) as f64 * w).sin() as f32;
+            let pos = self.pos;
+            self.enc.send(octx, pos as i64, n, |_, buf| {
+                for (i, x) in buf.iter_mut().enumerate() {
+                    *x = TONE_AMPLITUDE * ((pos + i) as f64 * w).sin() as f32;
                 }
-            }
-            frame.set_pts(Some(self.pos as i64));
-            self.enc.send_frame(&frame)?;
-            self.drain(octx)?;
+            })?;
             self.pos += n;
         }
         Ok(())
@@ -409,24 +412,6 @@ impl Tone {
         &mut self,
         octx: &mut ff::format::context::Output,
     ) -> std::result::Result<(), ff::Error> {
-        self.enc.send_eof()?;
-        self.drain(octx)
-    }
-
-    fn drain(
-        &mut self,
-        octx: &mut ff::format::context::Output,
-    ) -> std::result::Result<(), ff::Error> {
-        let tb = octx
-            .stream(self.index)
-            .map(|s| s.time_base())
-            .unwrap_or(ff::Rational(1, TONE_RATE as i32));
-        let mut packet = ff::Packet::empty();
-        while self.enc.receive_packet(&mut packet).is_ok() {
-            packet.set_stream(self.index);
-            packet.rescale_ts(ff::Rational(1, TONE_RATE as i32), tb);
-            packet.write_interleaved(octx)?;
-        }
-        Ok(())
+        self.enc.finish(octx)
     }
 }
