@@ -46,6 +46,17 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `compose VIDEO [-o WAV] --mux OUT --audio MODE --no-cache EXTRA…`.
+fn compose_mux(video: &Path, wav: Option<&Path>, out: &Path, mode: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["compose", s(video)];
+    if let Some(w) = wav {
+        args.extend(["-o", s(w)]);
+    }
+    args.extend(["--mux", s(out), "--audio", mode, "--no-cache"]);
+    args.extend(extra);
+    run(&args)
+}
+
 fn make_video(dir: &Path, name: &str, spec: &SynthSpec) -> PathBuf {
     let p = dir.join(name);
     write_video(&p, spec).unwrap();
@@ -632,17 +643,7 @@ fn mux_keeps_the_videos_sound_beneath_the_music() {
 
     // replace: the music alone.
     let rep = d.join("replace.mp4");
-    let out = run(&[
-        "compose",
-        s(&v),
-        "--mux",
-        s(&rep),
-        "--audio",
-        "replace",
-        "--seed",
-        "3",
-        "--no-cache",
-    ]);
+    let out = compose_mux(&v, None, &rep, "replace", &["--seed", "3"]);
     assert_success(&out);
     let r = sound_of(&rep, 0).unwrap();
     assert!(
@@ -654,17 +655,7 @@ fn mux_keeps_the_videos_sound_beneath_the_music() {
 
     // tracks: the original first, then the music.
     let tr = d.join("tracks.mp4");
-    let out = run(&[
-        "compose",
-        s(&v),
-        "--mux",
-        s(&tr),
-        "--audio",
-        "tracks",
-        "--seed",
-        "3",
-        "--no-cache",
-    ]);
+    let out = compose_mux(&v, None, &tr, "tracks", &["--seed", "3"]);
     assert_success(&out);
     assert!(
         stderr(&out).contains("two audio streams"),
@@ -800,21 +791,13 @@ fn a_range_reports_scores_and_places_only_its_own_cuts() {
     // 4–7 s holds one cut (5.2 s), 6–8 s none.
     let wav = d.join("range.wav");
     let mux = d.join("range.mp4");
-    let out = run(&[
-        "compose",
-        s(&v),
-        "-o",
-        s(&wav),
-        "--mux",
-        s(&mux),
-        "--audio",
+    let out = compose_mux(
+        &v,
+        Some(&wav),
+        &mux,
         "replace",
-        "--start",
-        "4",
-        "--end",
-        "7",
-        "--no-cache",
-    ]);
+        &["--start", "4", "--end", "7"],
+    );
     assert_success(&out);
     assert!(stderr(&out).contains(", 1 cut,"), "{}", stderr(&out));
     let out = run(&[
@@ -1156,19 +1139,7 @@ fn an_original_the_container_cannot_take_is_re_encoded_as_a_track() {
     let v = make_video(d, "pcm.mkv", &spec);
     let wav = d.join("music.wav");
     let tr = d.join("tracks.mp4");
-    let out = run(&[
-        "compose",
-        s(&v),
-        "-o",
-        s(&wav),
-        "--mux",
-        s(&tr),
-        "--audio",
-        "tracks",
-        "--seed",
-        "3",
-        "--no-cache",
-    ]);
+    let out = compose_mux(&v, Some(&wav), &tr, "tracks", &["--seed", "3"]);
     assert_success(&out);
     assert!(stderr(&out).contains("re-encoded"), "{}", stderr(&out));
     let music = read_wav(&wav).unwrap().mono();
@@ -1350,19 +1321,7 @@ fn a_video_that_states_no_length_gets_its_music() {
     let wav = d.join("music.wav");
     for mode in ["mix", "replace"] {
         let mux = d.join(format!("{mode}.mp4"));
-        let out = run(&[
-            "compose",
-            s(&v),
-            "-o",
-            s(&wav),
-            "--mux",
-            s(&mux),
-            "--audio",
-            mode,
-            "--seed",
-            "3",
-            "--no-cache",
-        ]);
+        let out = compose_mux(&v, Some(&wav), &mux, mode, &["--seed", "3"]);
         assert_success(&out);
         let music = read_wav(&wav).unwrap();
         assert!(
@@ -1420,17 +1379,7 @@ fn a_sound_that_cannot_be_decoded_is_refused_before_any_work() {
     let wav = d.join("music.wav");
     for mode in ["mix", "tracks"] {
         let mux = d.join(format!("{mode}.mp4"));
-        let out = run(&[
-            "compose",
-            s(&broken),
-            "-o",
-            s(&wav),
-            "--mux",
-            s(&mux),
-            "--audio",
-            mode,
-            "--no-cache",
-        ]);
+        let out = compose_mux(&broken, Some(&wav), &mux, mode, &[]);
         if mode == "tracks" {
             // MP4 takes the AAC as it is: nothing to decode.
             assert_success(&out);
@@ -1454,15 +1403,7 @@ fn a_sound_that_cannot_be_decoded_is_refused_before_any_work() {
         assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     }
     let rep = d.join("replace.mp4");
-    let out = run(&[
-        "compose",
-        s(&broken),
-        "--mux",
-        s(&rep),
-        "--audio",
-        "replace",
-        "--no-cache",
-    ]);
+    let out = compose_mux(&broken, None, &rep, "replace", &[]);
     assert_success(&out);
 }
 
