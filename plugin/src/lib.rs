@@ -166,7 +166,8 @@ pub struct Shared<'a> {
     answered: AtomicU64,
     /// The host's tempo (f64 bits, 0 = not known) and a song time where one
     /// of its bars starts (f64 bits): written by the audio thread once the
-    /// tempo has settled, read by the main thread for the next request.
+    /// tempo has settled (and on the main thread from a saved state), read
+    /// where a request is built (the main thread or the steward).
     host_tempo: AtomicU64,
     /// The host's time signature, packed by [`pack_meter`].
     host_meter: AtomicU32,
