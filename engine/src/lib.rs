@@ -11,6 +11,7 @@
 
 pub mod analysis;
 pub mod audio;
+pub mod edit;
 pub mod error;
 pub mod metrics;
 pub mod neural;
