@@ -361,13 +361,16 @@ impl Player {
     ) -> bool {
         let t0 = Instant::now();
         loop {
-            // Every take the ring holds, not one a call: the answer may be
-            // behind a take that it overtakes.
+            // Every take the ring holds, not one a call (the answer may be
+            // behind a take that it overtakes), and at least one poll for
+            // the chunks.
             let done = answered();
-            while !self.incoming.is_empty() && self.parked.iter().any(Option::is_none) {
+            loop {
                 self.poll();
+                if self.incoming.is_empty() || self.parked.iter().all(Option::is_some) {
+                    break;
+                }
             }
-            self.poll();
             let newest = self.next.as_ref().or(self.current.as_ref());
             if newest.is_some_and(|l| l.take.answers >= ask) {
                 match self.next.as_ref() {
