@@ -128,6 +128,22 @@ pub enum Error {
     },
     #[error("neural engine: {0}")]
     Tensor(#[from] candle_core::Error),
+    /// A cut list with a cut after the video ends belongs to another video
+    /// (or another version of this one).
+    #[error(
+        "{list}: a cut at {time:.3} s is past the end of the video ({end:.3} s); is it the cut list of {}?",
+        video.display()
+    )]
+    CutPastEnd {
+        list: String,
+        time: f64,
+        end: f64,
+        video: PathBuf,
+    },
+    /// The user's cut list could not be read; the message names the file
+    /// and the place in it.
+    #[error(transparent)]
+    Edit(#[from] crate::edit::EditError),
 }
 
 impl Error {

@@ -1513,3 +1513,121 @@ fn a_download_broken_off_is_a_network_failure() {
     assert!(!line.contains("cannot read"), "{line}");
     assert_no_repeats(&line);
 }
+
+/// Onsets of a WAV, and the share of `cuts` with one within 50 ms.
+fn hit_rate(wav: &Path, cuts: &[f64]) -> f64 {
+    let a = read_wav(wav).unwrap();
+    let onsets = vidmusician_engine::metrics::detect_onsets(
+        &a.mono(),
+        a.sample_rate,
+        &vidmusician_engine::metrics::OnsetConfig::default(),
+    );
+    vidmusician_engine::metrics::cut_hit_rate(&onsets, cuts, 0.05)
+}
+
+#[test]
+fn the_cuts_of_the_users_edit_replace_or_join_the_detected_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let detected = [1.0, 2.4, 3.3];
+    let v = make_video(
+        d,
+        "in.mp4",
+        &SynthSpec::new(320, 240, 25, 5.0, detected.to_vec()),
+    );
+    // Cuts of the edit that the pictures do not show, off any common grid.
+    let mine = [0.77, 1.73, 2.91, 4.13];
+    let list = d.join("cuts.txt");
+    std::fs::write(
+        &list,
+        mine.iter().map(|t| format!("{t}\n")).collect::<String>(),
+    )
+    .unwrap();
+
+    let plain = d.join("plain.wav");
+    assert_success(&run(&["compose", s(&v), "-o", s(&plain), "--no-cache"]));
+    let replaced = d.join("replaced.wav");
+    let out = run(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&replaced),
+        "--cuts",
+        s(&list),
+        "--no-cache",
+    ]);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains("4 cuts (from cuts.txt)"),
+        "{}",
+        stderr(&out)
+    );
+    let merged = d.join("merged.wav");
+    let out = run(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&merged),
+        "--cuts",
+        s(&list),
+        "--cuts-merge",
+        "--no-cache",
+    ]);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains("7 cuts (from cuts.txt and the pictures)"),
+        "{}",
+        stderr(&out)
+    );
+
+    assert!(
+        hit_rate(&plain, &mine) < 1.0,
+        "the plain piece already hits every cut of the list: the test proves nothing"
+    );
+    assert_eq!(hit_rate(&replaced, &mine), 1.0);
+    assert_eq!(hit_rate(&merged, &mine), 1.0);
+    assert_eq!(hit_rate(&merged, &detected), 1.0);
+    assert_eq!(hit_rate(&plain, &detected), 1.0);
+}
+
+#[test]
+fn a_cut_list_that_cannot_be_this_videos_is_refused_and_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let v = make_video(d, "in.mp4", &SynthSpec::new(160, 120, 25, 3.0, vec![1.0]));
+    let wav = d.join("out.wav");
+    let mux = d.join("out.mp4");
+
+    let late = d.join("late.csv");
+    std::fs::write(&late, "1.0\n2.0\n7.5\n").unwrap();
+    let out = compose_mux(&v, Some(&wav), &mux, "mix", &["--cuts", s(&late)]);
+    assert_clean_failure(&out, &["late.csv", "7.500 s", "past the end of the video"]);
+    assert!(!wav.exists() && !mux.exists());
+
+    let broken = d.join("broken.txt");
+    std::fs::write(&broken, "1.0\nsoon\n").unwrap();
+    let out = compose_mux(&v, Some(&wav), &mux, "mix", &["--cuts", s(&broken)]);
+    assert_clean_failure(&out, &["broken.txt", "line 2"]);
+    assert!(!wav.exists() && !mux.exists());
+
+    let out = run(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&wav),
+        "--cuts",
+        s(&d.join("none.edl")),
+    ]);
+    assert_clean_failure(&out, &["none.edl"]);
+    let out = run(&[
+        "compose",
+        "-o",
+        s(&wav),
+        "--duration",
+        "4",
+        "--cuts",
+        s(&late),
+    ]);
+    assert_clean_failure(&out, &["--cuts", "video"]);
+    assert!(!wav.exists());
+}

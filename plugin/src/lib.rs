@@ -437,11 +437,7 @@ fn request(shared: &Shared<'_>, inner: &mut Inner) {
     req.rhythm_strength = params.get(ParamId::RhythmStrength) as f32;
     req.semantic_strength = params.get(ParamId::SemanticStrength) as f32;
     req.guidance = Some(params.get(ParamId::Guidance));
-    req.engine = match params.get(ParamId::Engine) as usize {
-        1 => EngineChoice::Sketch,
-        2 => EngineChoice::Text,
-        _ => EngineChoice::Auto,
-    };
+    req.engine = EngineChoice::from_index(params.get(ParamId::Engine) as usize).unwrap_or_default();
     let tempo = f64::from_bits(shared.host_tempo.load(Ordering::Acquire));
     let follow = params.get(ParamId::FollowTempo) >= 0.5;
     let grid = (follow && tempo > 0.0).then(|| Grid {

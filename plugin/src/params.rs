@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use vidmusician_engine::service::EngineChoice;
+
 /// Stable parameter ids: saved by hosts in projects and automation, so an
 /// id is never reused or renumbered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +69,7 @@ pub const PARAMS: [ParamSpec; 9] = [
         id: ParamId::Engine,
         name: "Engine",
         min: 0.0,
-        max: 2.0,
+        max: (EngineChoice::ALL.len() - 1) as f64,
         default: 0.0,
         stepped: true,
         unit: "",
@@ -129,9 +131,6 @@ pub const PARAMS: [ParamSpec; 9] = [
     },
 ];
 
-/// Names of the engine choices, by value.
-pub const ENGINES: [&str; 3] = ["auto", "sketch", "text"];
-
 impl ParamSpec {
     pub fn by_id(id: u32) -> Option<&'static ParamSpec> {
         PARAMS.iter().find(|p| p.id as u32 == id)
@@ -149,10 +148,8 @@ impl ParamSpec {
 
     pub fn format(&self, v: f64) -> String {
         match self.id {
-            ParamId::Engine => ENGINES
-                .get(v.round() as usize)
-                .copied()
-                .unwrap_or("?")
+            ParamId::Engine => EngineChoice::from_index(v.round() as usize)
+                .map_or("?", EngineChoice::as_str)
                 .to_string(),
             ParamId::Seed => format!("{}", v.round() as i64),
             ParamId::FollowTempo => (if v >= 0.5 { "on" } else { "off" }).to_string(),
@@ -165,10 +162,7 @@ impl ParamSpec {
     pub fn parse(&self, text: &str) -> Option<f64> {
         let t = text.trim();
         if self.id == ParamId::Engine {
-            return ENGINES
-                .iter()
-                .position(|e| e.eq_ignore_ascii_case(t))
-                .map(|i| i as f64);
+            return t.parse::<EngineChoice>().ok().map(|e| e.index() as f64);
         }
         if matches!(self.id, ParamId::FollowTempo | ParamId::Regenerate) {
             return match t.to_ascii_lowercase().as_str() {

@@ -119,6 +119,48 @@ impl Analysis {
         }
     }
 
+    /// The analysis with the user's cuts (from their edit, or a host's
+    /// markers; seconds of the video): in place of the detected cuts, or
+    /// joined with them when `merge` (a detected cut within two frames of
+    /// a user's gives way to it). Motion, the summary and the suggested
+    /// tempo follow the new cuts. A user's cut is as strong as the rhythm
+    /// curve is at its frame: a cut the pictures show is marked harder than
+    /// a marker where nothing changes.
+    pub fn with_cuts(&self, times: &[f64], merge: bool) -> Analysis {
+        let last = self.rhythm_25fps.len().saturating_sub(1);
+        let user: Vec<Cut> = times
+            .iter()
+            .filter(|t| t.is_finite() && **t > 0.0 && **t <= self.duration)
+            .map(|&time| {
+                let i = ((time * LOCAL_FPS).round() as usize).min(last);
+                let near = self
+                    .rhythm_25fps
+                    .get(i.saturating_sub(1)..=i)
+                    .unwrap_or(&[]);
+                let strength = near.iter().copied().fold(0.0f32, f32::max);
+                Cut { time, strength }
+            })
+            .collect();
+        let mut cuts = user.clone();
+        if merge {
+            let near = 2.0 / LOCAL_FPS;
+            cuts.extend(
+                self.cuts
+                    .iter()
+                    .filter(|c| user.iter().all(|u| (u.time - c.time).abs() > near)),
+            );
+        }
+        cuts.sort_by(|a, b| a.time.total_cmp(&b.time));
+        with_cut_list(
+            self.video.clone(),
+            &self.encoder,
+            self.duration,
+            self.rhythm_25fps.clone(),
+            self.global.clone(),
+            cuts,
+        )
+    }
+
     /// Global vector of the second containing `t`.
     pub fn global_at(&self, t: f64) -> Option<&[f32]> {
         if self.global.is_empty() {
@@ -189,6 +231,18 @@ pub fn from_curve(info: VideoInfo, encoder: &str, d: Vec<f32>, global: Vec<Vec<f
     };
     let (w, h) = info.display_size();
     let cuts = detect_cuts(&d, LOCAL_FPS, &CutConfig::for_frame(w, h));
+    with_cut_list(info, encoder, duration, d, global, cuts)
+}
+
+/// Everything derived from the sampled features once the cuts are known.
+fn with_cut_list(
+    info: VideoInfo,
+    encoder: &str,
+    duration: f64,
+    d: Vec<f32>,
+    global: Vec<Vec<f32>>,
+    cuts: Vec<Cut>,
+) -> Analysis {
     let motion = motion_energy(&d, &cuts, LOCAL_FPS, 0.5);
     let motion_p90 = {
         let mut v = motion.clone();

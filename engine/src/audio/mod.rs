@@ -50,6 +50,24 @@ impl Audio {
             .collect()
     }
 
+    /// The part from `start` to `end` seconds, clipped to the audio.
+    pub fn slice_seconds(&self, start: f64, end: f64) -> Audio {
+        let r = f64::from(self.sample_rate);
+        let a = ((start * r).round().max(0.0) as usize).min(self.len());
+        let b = ((end * r).round().max(0.0) as usize).clamp(a, self.len());
+        Audio {
+            sample_rate: self.sample_rate,
+            channels: self.channels.iter().map(|c| c[a..b].to_vec()).collect(),
+        }
+    }
+
+    /// Cuts the audio to `frames`, or pads it with silence up to them.
+    pub fn fit_to(&mut self, frames: usize) {
+        for c in &mut self.channels {
+            c.resize(frames, 0.0);
+        }
+    }
+
     pub fn peak(&self) -> f32 {
         self.channels
             .iter()

@@ -13,7 +13,9 @@ use serde_json::json;
 use vidmusician_engine::analysis::{self, Analysis, StatsEncoder};
 use vidmusician_engine::audio::{self, check_writable};
 use vidmusician_engine::metrics;
-use vidmusician_engine::service::{Engine, EngineChoice, EngineConfig, Event, Request, Stage};
+use vidmusician_engine::service::{
+    CutSource, CutsRequest, Engine, EngineChoice, EngineConfig, Event, Request, Stage,
+};
 use vidmusician_engine::sketch::{self, SketchSettings};
 use vidmusician_engine::video::{self, count, synth};
 
@@ -28,14 +30,14 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum EngineArg {
-    /// The best engine installed (says which it picked).
-    Auto,
-    /// The embedded composer: no model weights needed.
-    Sketch,
-    /// MusicGen from the prompt alone (needs a model: see `vidmusician models`).
-    Text,
+/// `--engine`: every engine the service knows, by name, with what it does.
+fn engine_parser() -> impl clap::builder::TypedValueParser<Value = EngineChoice> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(
+        EngineChoice::ALL.map(|e| PossibleValue::new(e.as_str()).help(e.describe())),
+    )
+    // Only the names above get this far, and each reads back.
+    .map(|s| s.parse::<EngineChoice>().unwrap_or_default())
 }
 
 #[derive(Subcommand)]
@@ -196,8 +198,17 @@ struct ComposeArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Which engine writes the music.
-    #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
-    engine: EngineArg,
+    #[arg(long, default_value = "auto", value_parser = engine_parser())]
+    engine: EngineChoice,
+    /// The cuts of your edit, used instead of the detected ones: a CMX3600
+    /// EDL, an OpenTimelineIO .otio, a Final Cut Pro .fcpxml, or a .csv/.txt
+    /// list of times (seconds or timecodes, one per line). Times are of the
+    /// video, from its start.
+    #[arg(long, value_name = "FILE")]
+    cuts: Option<PathBuf>,
+    /// Use the cuts of --cuts together with the detected ones.
+    #[arg(long, requires = "cuts")]
+    cuts_merge: bool,
     /// Sample rate of the output, Hz.
     #[arg(long, default_value_t = 48_000, value_name = "HZ")]
     sample_rate: u32,
@@ -372,7 +383,10 @@ fn compose(a: ComposeArgs) -> Result<()> {
     if a.video.is_none() && a.duration.is_none() {
         bail!("give a video to score, or --duration SECONDS for music from the prompt alone");
     }
-    if a.video.is_none() && matches!(a.engine, EngineArg::Sketch) {
+    if a.video.is_none() && a.cuts.is_some() {
+        bail!("--cuts gives the cuts of a video: give the video");
+    }
+    if a.video.is_none() && a.engine == EngineChoice::Sketch {
         bail!("the sketch engine scores a video: give one, or use --engine text");
     }
     if (a.start.is_some() || a.end.is_some()) && a.video.is_none() {
@@ -514,11 +528,11 @@ fn compose(a: ComposeArgs) -> Result<()> {
     req.guidance = a.guidance;
     req.temperature = a.temperature;
     req.top_k = a.top_k;
-    req.engine = match a.engine {
-        EngineArg::Auto => EngineChoice::Auto,
-        EngineArg::Sketch => EngineChoice::Sketch,
-        EngineArg::Text => EngineChoice::Text,
-    };
+    req.engine = a.engine;
+    req.cuts = a.cuts.as_ref().map(|f| CutsRequest {
+        source: CutSource::File(f.clone()),
+        merge: a.cuts_merge,
+    });
     let t0 = Instant::now();
     let (id, _) = engine.submit(req)?;
     let pb = bar(1000, "starting");
@@ -545,7 +559,7 @@ fn compose(a: ComposeArgs) -> Result<()> {
     if let Some(an) = &done.analysis {
         warn_damage(&an.video);
     }
-    if matches!(a.engine, EngineArg::Auto) {
+    if a.engine == EngineChoice::Auto {
         let why = match done.engine {
             EngineChoice::Text => "music from the prompt alone",
             _ => "the neural engines that read pictures are not installed",
@@ -579,6 +593,14 @@ fn compose(a: ComposeArgs) -> Result<()> {
             .filter(|c| range_in_music.is_none_or(|(s, e)| c.time >= s && c.time < e))
             .count();
         line += &format!(", {}", count(n, "cut", "cuts"));
+        if let Some(f) = &a.cuts {
+            let name = f.file_name().unwrap_or(f.as_os_str()).to_string_lossy();
+            line += &if a.cuts_merge {
+                format!(" (from {name} and the pictures)")
+            } else {
+                format!(" (from {name})")
+            };
+        }
     }
     if let Some(l) = done.loudness {
         line += &format!(

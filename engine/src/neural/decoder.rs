@@ -26,7 +26,9 @@ const LN_EPS: f32 = 1e-5;
 const GEMV_MAX_ROWS: usize = 4;
 
 /// How the decoder's weights are held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum Precision {
     /// As the checkpoint has them.
     #[default]
@@ -389,6 +391,11 @@ impl Decoder {
 
     /// Holds the weights of every product in `precision` from now on (and the
     /// self-attention caches made from now on: f16 with 8-bit weights).
+    /// How the weights are held.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     pub fn set_precision(&mut self, precision: Precision) {
         self.precision = precision;
         for l in &mut self.layers {

@@ -95,6 +95,11 @@ impl MusicGen {
         &self.decoder
     }
 
+    /// How the decoder holds its weights.
+    pub fn precision(&self) -> Precision {
+        self.decoder.precision()
+    }
+
     /// Holds the decoder's weights in `precision` from now on.
     pub fn set_precision(&mut self, precision: Precision) {
         self.decoder.set_precision(precision);

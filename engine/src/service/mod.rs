@@ -13,10 +13,17 @@
 
 mod cache;
 mod chunks;
+mod engines;
+mod spec;
 mod worker;
 
-pub use cache::{AudioCache, CacheMeta, cache_key};
+pub use cache::{AudioCache, CacheMeta};
 pub use chunks::{AudioChunk, ChunkReader};
+pub use engines::musicgen_loads;
+pub use spec::{
+    CutSource, CutsRequest, EngineId, MusicSpec, Resolved, Sampling, Span, UserCuts, VideoId,
+    resolve, video_identity,
+};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +32,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::analysis::Analysis;
 use crate::audio::{Audio, LoudnessReport};
@@ -38,7 +45,7 @@ pub const MAX_PROMPT_BYTES: usize = 4096;
 pub const MAX_DURATION: f64 = 3600.0;
 
 /// Which engine writes the music.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum EngineChoice {
     /// The best engine installed.
@@ -51,12 +58,62 @@ pub enum EngineChoice {
 }
 
 impl EngineChoice {
+    /// Every choice, in the order the plugin's Engine parameter numbers
+    /// them (saved projects store that number: only ever append).
+    pub const ALL: [EngineChoice; 3] =
+        [EngineChoice::Auto, EngineChoice::Sketch, EngineChoice::Text];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EngineChoice::Auto => "auto",
             EngineChoice::Sketch => "sketch",
             EngineChoice::Text => "text",
         }
+    }
+
+    /// What the engine does, in a few words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            EngineChoice::Auto => "the best engine installed",
+            EngineChoice::Sketch => "the embedded composer, driven by the pictures (no weights)",
+            EngineChoice::Text => "MusicGen from the prompt alone (the pictures are not read)",
+        }
+    }
+
+    /// The choice numbered `index` in [`Self::ALL`].
+    pub fn from_index(index: usize) -> Option<Self> {
+        Self::ALL.get(index).copied()
+    }
+
+    /// This choice's number in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|e| *e == self).unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for EngineChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EngineChoice {
+    type Err = Error;
+
+    /// Reads an engine's name, in any case.
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim();
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|e| e.as_str().eq_ignore_ascii_case(t))
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|e| e.as_str()).collect();
+                Error::InvalidSetting(format!(
+                    "engine {t:?} (expected one of: {})",
+                    names.join(", ")
+                ))
+            })
     }
 }
 
@@ -100,6 +157,9 @@ pub struct Request {
     pub top_k: Option<usize>,
     /// Output sample rate.
     pub sample_rate: u32,
+    /// The user's cuts (their edit's cut list, a host's markers), used
+    /// instead of or with the detected ones.
+    pub cuts: Option<CutsRequest>,
     /// Frames per chunk handed to the [`ChunkReader`].
     pub chunk_frames: usize,
     /// Capacity of the chunk ring; `0` sends no chunks (the whole piece
@@ -138,6 +198,7 @@ impl Request {
             temperature: None,
             top_k: None,
             sample_rate: crate::sketch::SAMPLE_RATE,
+            cuts: None,
             chunk_frames: 4096,
             max_chunks: 0,
             supersede: false,
@@ -222,80 +283,6 @@ impl Default for EngineConfig {
     }
 }
 
-/// An engine choice made concrete for one request.
-#[derive(Debug, Clone)]
-pub(crate) struct Resolved {
-    pub engine: EngineChoice,
-    /// The model folder, for neural engines.
-    pub model: Option<PathBuf>,
-    /// What the cache key records of the engine: its name, and for neural
-    /// engines which checkpoint it ran.
-    pub key_engine: String,
-}
-
-/// Picks the engine for `request`: `auto` scores a video with the embedded
-/// composer (the neural engines that read pictures are not installed yet) and
-/// turns text alone into music with MusicGen.
-pub(crate) fn resolve(config: &EngineConfig, request: &Request) -> Result<Resolved> {
-    let engine = match (request.engine, &request.video) {
-        (EngineChoice::Auto, Some(_)) => EngineChoice::Sketch,
-        (EngineChoice::Auto, None) => EngineChoice::Text,
-        (e, _) => e,
-    };
-    match engine {
-        EngineChoice::Text => {
-            let dir =
-                crate::neural::hub::find_model(&config.text_model, config.model_dir.as_deref())?;
-            let key_engine = format!("text:{}:{:?}", model_fingerprint(&dir), config.precision);
-            Ok(Resolved {
-                engine,
-                model: Some(dir),
-                key_engine,
-            })
-        }
-        _ => {
-            if request.video.is_none() {
-                return Err(Error::InvalidSetting(
-                    "the sketch engine scores a video: give one, or use the text engine".into(),
-                ));
-            }
-            Ok(Resolved {
-                engine: EngineChoice::Sketch,
-                model: None,
-                key_engine: EngineChoice::Sketch.as_str().to_string(),
-            })
-        }
-    }
-}
-
-/// Identifies a checkpoint cheaply: its folder, its config and the size and time of
-/// its weight files, so replaced weights never serve stale audio.
-fn model_fingerprint(dir: &std::path::Path) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(dir.to_string_lossy().as_bytes());
-    if let Ok(c) = std::fs::read(dir.join("config.json")) {
-        h.update(&c);
-    }
-    let mut names: Vec<_> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    names.sort();
-    for p in names {
-        if p.extension().is_some_and(|e| e == "safetensors")
-            && let Ok(m) = std::fs::metadata(&p)
-        {
-            h.update(p.to_string_lossy().as_bytes());
-            h.update(&m.len().to_le_bytes());
-            if let Ok(t) = m.modified()
-                && let Ok(d) = t.duration_since(std::time::UNIX_EPOCH)
-            {
-                h.update(&d.as_nanos().to_le_bytes());
-            }
-        }
-    }
-    h.finalize().to_hex()[..16].to_string()
-}
-
 /// Return rings of takes served from the cache on a client's thread,
 /// handed to the engine thread to drain: it frees what readers retire.
 pub(crate) type Adopted = Arc<Mutex<Vec<rtrb::Consumer<Arc<AudioChunk>>>>>;
@@ -353,11 +340,9 @@ impl Engine {
     /// so a reopened project (or a host that bounces without saying so)
     /// plays at once. `None` when it is not cached; then [`Self::submit`].
     pub fn submit_cached(&self, request: &Request) -> Option<(u64, ChunkReader)> {
-        validate(request).ok()?;
         let cache = self.cache.as_ref()?;
         let resolved = resolve(&self.config, request).ok()?;
-        let key = cache_key(request, &resolved.key_engine).ok()?;
-        let (audio, _) = cache.get(&key)?;
+        let (audio, _) = cache.get(&resolved.spec.key())?;
         if audio.sample_rate != request.sample_rate || audio.is_empty() {
             return None;
         }
@@ -377,7 +362,7 @@ impl Engine {
     /// Queues a request. Returns its id and, when `max_chunks > 0`, the
     /// reader its audio chunks arrive on.
     pub fn submit(&self, request: Request) -> Result<(u64, Option<ChunkReader>)> {
-        validate(&request)?;
+        spec::validate(&request)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = Arc::new(AtomicBool::new(false));
         {
@@ -472,92 +457,26 @@ impl Drop for Engine {
     }
 }
 
-fn validate(r: &Request) -> Result<()> {
-    if !(8_000..=384_000).contains(&r.sample_rate) {
-        return Err(Error::InvalidSetting(format!(
-            "sample rate {} Hz (expected 8000–384000)",
-            r.sample_rate
-        )));
-    }
-    if r.chunk_frames == 0 || r.chunk_frames > 1 << 20 {
-        return Err(Error::InvalidSetting(format!(
-            "chunk size {} frames",
-            r.chunk_frames
-        )));
-    }
-    if let Some(t) = r.tempo
-        && !(t.is_finite() && (20.0..=400.0).contains(&t))
-    {
-        return Err(Error::InvalidSetting(format!(
-            "tempo {t} BPM (expected 20–400)"
-        )));
-    }
-    if let Some(u) = r.preview_until
-        && !(u.is_finite() && u > 0.0)
-    {
-        return Err(Error::InvalidSetting(format!("preview of {u} s")));
-    }
-    if !(0.0..=1.0).contains(&r.rhythm_strength) {
-        return Err(Error::InvalidSetting(format!(
-            "rhythm strength {} (expected 0–1)",
-            r.rhythm_strength
-        )));
-    }
-    if !(0.0..=1.0).contains(&r.semantic_strength) {
-        return Err(Error::InvalidSetting(format!(
-            "semantic strength {} (expected 0–1)",
-            r.semantic_strength
-        )));
-    }
-    crate::sketch::Meter::new(r.meter.beats.into(), r.meter.unit.into())?;
-    if r.prompt.len() > MAX_PROMPT_BYTES {
-        return Err(Error::InvalidSetting(format!(
-            "prompt of {} bytes (at most {MAX_PROMPT_BYTES})",
-            r.prompt.len()
-        )));
-    }
-    if let Some(d) = r.downbeat
-        && !d.is_finite()
-    {
-        return Err(Error::InvalidSetting(format!("downbeat at {d} s")));
-    }
-    if let Some((a, b)) = r.range
-        && !(a.is_finite() && b.is_finite() && a >= 0.0 && b > a)
-    {
-        return Err(Error::InvalidSetting(format!("time range {a}–{b} s")));
-    }
-    if !(r.playrate.is_finite() && (0.05..=20.0).contains(&r.playrate)) {
-        return Err(Error::InvalidSetting(format!(
-            "playrate {} (expected 0.05–20)",
-            r.playrate
-        )));
-    }
-    match (r.video.is_some(), r.duration) {
-        (false, None) => {
-            return Err(Error::InvalidSetting(
-                "no video and no duration: say how long the music should be".into(),
-            ));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_engine_reads_back_from_its_name_and_its_number() {
+        for (i, e) in EngineChoice::ALL.iter().enumerate() {
+            assert_eq!(e.as_str().parse::<EngineChoice>().unwrap(), *e);
+            assert_eq!(
+                e.as_str().to_uppercase().parse::<EngineChoice>().unwrap(),
+                *e
+            );
+            assert_eq!(EngineChoice::from_index(i), Some(*e));
+            assert_eq!(e.index(), i);
+            let json = serde_json::to_string(e).unwrap();
+            assert_eq!(json, format!("\"{}\"", e.as_str()));
+            assert_eq!(serde_json::from_str::<EngineChoice>(&json).unwrap(), *e);
         }
-        (_, Some(d)) if !(d.is_finite() && d > 0.0 && d <= MAX_DURATION) => {
-            return Err(Error::InvalidSetting(format!(
-                "duration {d} s (expected above 0 and at most {MAX_DURATION} s)"
-            )));
-        }
-        _ => {}
+        assert_eq!(EngineChoice::from_index(EngineChoice::ALL.len()), None);
+        let e = "neural".parse::<EngineChoice>().unwrap_err().to_string();
+        assert!(e.contains("auto, sketch, text"), "{e}");
     }
-    if let Some(g) = r.guidance
-        && !(g.is_finite() && (0.0..=100.0).contains(&g))
-    {
-        return Err(Error::InvalidSetting(format!(
-            "guidance {g} (expected 0–100)"
-        )));
-    }
-    if let Some(t) = r.temperature
-        && !(t.is_finite() && t > 0.0 && t <= 100.0)
-    {
-        return Err(Error::InvalidSetting(format!(
-            "temperature {t} (expected above 0 and at most 100)"
-        )));
-    }
-    Ok(())
 }

@@ -1,13 +1,13 @@
 //! Time signatures: how many pulses a bar has, how long a pulse is, and
 //! which pulses carry the weight.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 /// A time signature, `beats`/`unit` (3/4, 6/8, 7/8…). Tempos are in quarter
 /// notes per minute, as hosts give them, so a pulse lasts `4 / unit` quarters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Meter {
     pub beats: u8,
     pub unit: u8,

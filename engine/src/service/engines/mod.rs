@@ -1,0 +1,108 @@
+//! One pipeline per engine, behind one small trait: the worker resolves a
+//! request, looks in the cache, and otherwise asks the chosen engine to make
+//! the spec's music, then publishes and stores what it made.
+
+mod loaded;
+mod pools;
+mod sketch;
+mod text;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+pub use loaded::musicgen_loads;
+pub(crate) use pools::Pools;
+
+use super::{EngineChoice, EngineConfig, MusicSpec, Resolved, Stage};
+use crate::analysis::Analysis;
+use crate::audio::{Audio, LoudnessReport};
+use crate::error::Result;
+use crate::video::VideoInfo;
+
+/// What an engine is given to make one piece.
+pub(crate) struct Work<'a> {
+    pub spec: &'a MusicSpec,
+    /// The video's file and its probe, when the spec has a video.
+    pub video: Option<(&'a Path, &'a VideoInfo)>,
+    /// The model folder of a neural engine.
+    pub model: Option<&'a Path>,
+    pub config: &'a EngineConfig,
+    pub cancel: &'a AtomicBool,
+    pub progress: &'a (dyn Fn(Stage, f64) + Sync),
+    /// Takes the piece as it grows (`complete` once it is whole), for
+    /// engines that make music window by window; others never call it.
+    pub sink: &'a mut (dyn FnMut(&Audio, bool) -> Result<()> + Send),
+    /// The threads neural work runs on; `None` for engines that say they
+    /// need none.
+    pub pools: Option<Arc<Pools>>,
+}
+
+impl<'a> Work<'a> {
+    pub fn new(
+        resolved: &'a Resolved,
+        config: &'a EngineConfig,
+        cancel: &'a AtomicBool,
+        progress: &'a (dyn Fn(Stage, f64) + Sync),
+        sink: &'a mut (dyn FnMut(&Audio, bool) -> Result<()> + Send),
+    ) -> Self {
+        Self {
+            spec: &resolved.spec,
+            video: resolved.video.as_ref().map(|(p, i)| (p.as_path(), i)),
+            model: resolved.model.as_deref(),
+            config,
+            cancel,
+            progress,
+            sink,
+            pools: None,
+        }
+    }
+}
+
+/// What an engine made.
+pub(crate) struct Made {
+    /// The music of the spec's span, at its sample rate.
+    pub audio: Audio,
+    /// The tempo it is written in, when the engine chose or followed one.
+    pub bpm: Option<f64>,
+    pub analysis: Option<Arc<Analysis>>,
+    pub loudness: LoudnessReport,
+}
+
+/// An engine: makes the music of a spec. It may keep what it loaded or
+/// computed between requests (models, the last analysis).
+pub(crate) trait Pipeline {
+    /// Whether it runs on the neural thread pools.
+    fn uses_pools(&self) -> bool {
+        false
+    }
+
+    fn make(&mut self, work: Work<'_>) -> Result<Made>;
+}
+
+/// Every engine of one engine thread, each started on first use.
+#[derive(Default)]
+pub(crate) struct Engines {
+    sketch: sketch::Sketch,
+    text: text::Text,
+    pools: Option<Arc<Pools>>,
+}
+
+impl Engines {
+    /// Makes `work`'s music with the engine its spec names.
+    pub fn make(&mut self, mut work: Work<'_>) -> Result<Made> {
+        let engine: &mut dyn Pipeline = match work.spec.engine.choice {
+            EngineChoice::Text => &mut self.text,
+            // `resolve` never leaves `auto`; the composer is the safe answer.
+            EngineChoice::Sketch | EngineChoice::Auto => &mut self.sketch,
+        };
+        if engine.uses_pools() {
+            work.pools = Some(
+                self.pools
+                    .get_or_insert_with(|| Arc::new(Pools::new()))
+                    .clone(),
+            );
+        }
+        engine.make(work)
+    }
+}

@@ -1,0 +1,86 @@
+//! The embedded composer: analyses the pictures, writes a score for them and
+//! synthesises it. No weights.
+
+use std::sync::Arc;
+
+use super::{Made, Pipeline, Work};
+use crate::analysis::{Analysis, StatsEncoder, analyze_until};
+use crate::audio::resample;
+use crate::error::{Error, Result};
+use crate::service::{MusicSpec, Stage, VideoId};
+use crate::sketch::{SketchSettings, Style, compose};
+
+/// The sketch engine, keeping the last analysis: analysis is most of its
+/// work, and a tempo change or a new seed asks for the same video again.
+#[derive(Default)]
+pub(crate) struct Sketch {
+    last: Option<(VideoId, Option<f64>, Arc<Analysis>)>,
+}
+
+impl From<&MusicSpec> for SketchSettings {
+    fn from(spec: &MusicSpec) -> Self {
+        SketchSettings {
+            bpm: spec.tempo,
+            downbeat: spec.downbeat,
+            style: Style::from_prompt(&spec.prompt),
+            rhythm_strength: spec.rhythm_strength,
+            semantic_strength: spec.semantic_strength,
+            meter: spec.meter,
+            seed: spec.seed,
+        }
+    }
+}
+
+impl Pipeline for Sketch {
+    fn make(&mut self, work: Work<'_>) -> Result<Made> {
+        let spec = work.spec;
+        let (Some((path, _)), Some(id)) = (work.video, spec.video.as_ref()) else {
+            return Err(Error::InvalidSetting(
+                "the sketch engine scores a video: give one".into(),
+            ));
+        };
+        let analysis = match &self.last {
+            Some((v, p, a)) if v == id && *p == spec.preview_until => a.clone(),
+            _ => {
+                let a = Arc::new(analyze_until(
+                    path,
+                    &mut StatsEncoder::default(),
+                    spec.preview_until,
+                    work.cancel,
+                    &mut |f| (work.progress)(Stage::Analysing, f),
+                )?);
+                self.last = Some((id.clone(), spec.preview_until, a.clone()));
+                a
+            }
+        };
+        let analysis = match &spec.cuts {
+            Some(c) => Arc::new(analysis.with_cuts(&c.times, c.merge)),
+            None => analysis,
+        };
+        let analysis = if spec.playrate == 1.0 {
+            analysis
+        } else {
+            Arc::new(analysis.retimed(spec.playrate))
+        };
+        // The whole video is composed and the span cut from it, so a range
+        // plays the same bars as the full piece does at that time.
+        let comp = compose(
+            &analysis,
+            &SketchSettings::from(spec),
+            work.cancel,
+            &mut |f| (work.progress)(Stage::Composing, f),
+        )?;
+        (work.progress)(Stage::Finishing, 0.0);
+        let audio = resample(&comp.audio, spec.sample_rate)?;
+        let audio = audio.slice_seconds(
+            spec.span.start / spec.playrate,
+            spec.span.end / spec.playrate,
+        );
+        Ok(Made {
+            audio,
+            bpm: Some(comp.score.bpm),
+            analysis: Some(analysis),
+            loudness: comp.loudness,
+        })
+    }
+}
