@@ -128,6 +128,16 @@ pub enum Error {
     },
     #[error("neural engine: {0}")]
     Tensor(#[from] candle_core::Error),
+    /// A vocabulary file the zero-shot engine cannot use.
+    #[error(
+        "{origin}{}: {reason}",
+        if *line > 0 { format!(" line {line}") } else { String::new() }
+    )]
+    Vocabulary {
+        origin: String,
+        line: usize,
+        reason: String,
+    },
     /// A cut list with a cut after the video ends belongs to another video
     /// (or another version of this one).
     #[error(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use vidmusician_engine::Error;
 use vidmusician_engine::neural::decoder::{CrossKv, SelfCache, SeqInput};
-use vidmusician_engine::neural::{MusicGen, Sampling};
+use vidmusician_engine::neural::{MusicGen, PromptSchedule, Sampling};
 
 const TOL: f32 = 1e-4;
 
@@ -667,4 +667,70 @@ fn a_codec_whose_quantizers_only_the_current_formula_counts_loads_and_matches() 
         "codes of a 32-code codebook"
     );
     assert_encodec_decoding_matches(&m, &r);
+}
+
+/// The audio of `prompts` over `seconds`, through the streaming path.
+fn stream(m: &MusicGen, prompts: &PromptSchedule, seconds: f64) -> Vec<f32> {
+    let mut audio = Vec::new();
+    let sampling = Sampling {
+        seed: 3,
+        ..m.default_sampling()
+    };
+    m.generate_streaming_scheduled(prompts, seconds, &sampling, &mut |_| true, &mut |a| {
+        audio.extend_from_slice(a);
+        Ok(())
+    })
+    .unwrap();
+    audio
+}
+
+#[test]
+fn a_window_takes_the_prompt_of_the_stretch_it_covers() {
+    let m = model();
+    let rate = m.sample_rate() as usize;
+    let calm = stream(&m, &PromptSchedule::one("calm piano"), 12.0);
+    let changing = stream(
+        &m,
+        &PromptSchedule::new(vec![
+            (6.0, "loud drums".to_string()),
+            (0.0, "calm piano".to_string()),
+        ]),
+        12.0,
+    );
+    assert_eq!(calm.len(), 12 * rate);
+    assert_eq!(changing.len(), calm.len());
+    // The first window (about 5 s of this checkpoint) is under the first
+    // prompt in both; what follows 6 s is under the second.
+    assert_eq!(calm[..4 * rate], changing[..4 * rate]);
+    assert_ne!(calm[8 * rate..], changing[8 * rate..]);
+    // One prompt given as a schedule is the plain path.
+    let mut plain = Vec::new();
+    let sampling = Sampling {
+        seed: 3,
+        ..m.default_sampling()
+    };
+    m.generate_streaming("calm piano", 12.0, &sampling, &mut |_| true, &mut |a| {
+        plain.extend_from_slice(a);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(plain, calm);
+}
+
+#[test]
+fn a_prompt_schedule_picks_the_prompt_covering_most_of_a_span() {
+    let s = PromptSchedule::new(vec![
+        (10.0, "b".to_string()),
+        (0.0, "a".to_string()),
+        (f64::NAN, "x".to_string()),
+        (25.0, "c".to_string()),
+    ]);
+    assert_eq!(s.entries().len(), 3);
+    assert_eq!(s.for_span(0.0, 15.0), "a");
+    // 10 s of "a", 15 s of "b", 5 s of "c".
+    assert_eq!(s.for_span(0.0, 30.0), "b");
+    assert_eq!(s.for_span(8.0, 30.0), "b");
+    assert_eq!(s.for_span(20.0, 40.0), "c");
+    assert_eq!(s.for_span(-5.0, 1.0), "a");
+    assert_eq!(PromptSchedule::new(Vec::new()).for_span(0.0, 1.0), "");
 }

@@ -6,6 +6,7 @@ mod cuts;
 mod encoder;
 mod plot;
 mod rhythm;
+pub mod tags;
 mod tempo;
 
 pub use cuts::{Cut, CutConfig, detect_cuts, motion_energy};
@@ -159,6 +160,37 @@ impl Analysis {
             self.global.clone(),
             cuts,
         )
+    }
+
+    /// Starts of sections (the first is 0), split at the biggest scene changes: cuts after which the global
+    /// (semantic) picture differs most, at least `min_len` seconds apart. With
+    /// less `semantic` weight, the strongest cuts count more than what changes.
+    pub fn sections(&self, min_len: f64, semantic: f32) -> Vec<f64> {
+        let a = self;
+        let mut changes: Vec<(f64, f32)> = a
+            .cuts
+            .iter()
+            .filter_map(|c| {
+                let before = a.global_at((c.time - 0.5).max(0.0))?;
+                let after = a.global_at(c.time + 0.5)?;
+                Some((
+                    c.time,
+                    semantic * cosine_distance(before, after) + 0.1 * c.strength,
+                ))
+            })
+            .collect();
+        changes.sort_by(|x, y| y.1.total_cmp(&x.1));
+        let mut bounds = vec![0.0];
+        for (t, _) in changes {
+            if t > min_len * 0.5
+                && a.duration - t > min_len * 0.5
+                && bounds.iter().all(|&b: &f64| (b - t).abs() >= min_len)
+            {
+                bounds.push(t);
+            }
+        }
+        bounds.sort_by(f64::total_cmp);
+        bounds
     }
 
     /// Global vector of the second containing `t`.

@@ -22,4 +22,4 @@ pub mod weights;
 
 pub use decoder::Precision;
 pub use generate::{Frames, Progress, Sampling};
-pub use model::{GenerationProgress, MusicGen};
+pub use model::{GenerationProgress, MusicGen, PromptSchedule};

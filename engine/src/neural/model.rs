@@ -201,20 +201,22 @@ impl MusicGen {
         sampling: &Sampling,
         on_progress: &mut dyn FnMut(GenerationProgress) -> bool,
     ) -> Result<Frames> {
-        self.generate_windows(prompt, frames, sampling, on_progress, &mut |_| Ok(()))
+        let prompts = PromptSchedule::one(prompt);
+        self.generate_windows(&prompts, frames, sampling, on_progress, &mut |_| Ok(()))
     }
 
     /// [`MusicGen::generate_frames`], calling `on_window` with all the frames so far
     /// after each window.
     fn generate_windows(
         &self,
-        prompt: &str,
+        prompts: &PromptSchedule,
         frames: usize,
         sampling: &Sampling,
         on_progress: &mut dyn FnMut(GenerationProgress) -> bool,
         on_window: &mut dyn FnMut(&Frames) -> Result<()>,
     ) -> Result<Frames> {
-        let cond = self.condition(prompt)?;
+        // Each distinct prompt is encoded once, however many windows use it.
+        let mut conditions: Vec<(String, CrossKv)> = Vec::new();
         let rate = self.frame_rate() as f64;
         let k = self.decoder.config().num_codebooks;
         let max_window = ((WINDOW_SECONDS * rate) as usize)
@@ -236,6 +238,17 @@ impl MusicGen {
             };
             let new = (frames - out.len()).min(max_window - prompt_frames.len());
             let done_before = out.len();
+            // The window's new music takes the prompt of the stretch it covers
+            // most; the context it continues from keeps the music joined.
+            let prompt =
+                prompts.for_span(done_before as f64 / rate, (done_before + new) as f64 / rate);
+            if !conditions.iter().any(|(p, _)| p == prompt) {
+                let c = self.condition(prompt)?;
+                conditions.push((prompt.to_string(), c));
+            }
+            let Some((_, cond)) = conditions.iter().find(|(p, _)| p == prompt) else {
+                return Err(Error::InvalidSetting("no conditioning states".into()));
+            };
             // Each window draws from its own stream, so a window's tokens do not
             // depend on how many draws the ones before it made.
             let s = Sampling {
@@ -247,7 +260,7 @@ impl MusicGen {
             let steps_new = new;
             let fresh = generate(
                 &self.decoder,
-                Some(&cond),
+                Some(cond),
                 prompt_frames,
                 new,
                 &s,
@@ -318,6 +331,21 @@ impl MusicGen {
         on_progress: &mut dyn FnMut(GenerationProgress) -> bool,
         on_audio: &mut dyn FnMut(&[f32]) -> Result<()>,
     ) -> Result<()> {
+        let prompts = PromptSchedule::one(prompt);
+        self.generate_streaming_scheduled(&prompts, seconds, sampling, on_progress, on_audio)
+    }
+
+    /// [`MusicGen::generate_streaming`] with a prompt that changes over the
+    /// piece: each 30 s window is made under the prompt of the stretch it
+    /// covers most, continuing the music before it.
+    pub fn generate_streaming_scheduled(
+        &self,
+        prompts: &PromptSchedule,
+        seconds: f64,
+        sampling: &Sampling,
+        on_progress: &mut dyn FnMut(GenerationProgress) -> bool,
+        on_audio: &mut dyn FnMut(&[f32]) -> Result<()>,
+    ) -> Result<()> {
         if !seconds.is_finite() || seconds <= 0.0 || seconds > 3600.0 {
             return Err(Error::InvalidSetting(
                 "duration must be above 0 and at most an hour".into(),
@@ -328,7 +356,7 @@ impl MusicGen {
         let hop = self.codec.hop_length();
         let mut sent = 0usize; // frames whose audio has been handed over
         let mut sent_samples = 0usize;
-        self.generate_windows(prompt, frames, sampling, on_progress, &mut |out| {
+        self.generate_windows(prompts, frames, sampling, on_progress, &mut |out| {
             let settled = self.codec.settled(out.len(), out.len() >= frames);
             if settled <= sent {
                 return Ok(());
@@ -343,6 +371,51 @@ impl MusicGen {
             Ok(())
         })?;
         Ok(())
+    }
+}
+
+/// Prompts over a piece: each holds from its start time (seconds) on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptSchedule {
+    entries: Vec<(f64, String)>,
+}
+
+impl PromptSchedule {
+    /// One prompt for the whole piece.
+    pub fn one(prompt: &str) -> Self {
+        Self {
+            entries: vec![(0.0, prompt.to_string())],
+        }
+    }
+
+    /// Prompts from their start times on; the earliest also covers the time
+    /// before it. Empty: the empty prompt throughout.
+    pub fn new(mut entries: Vec<(f64, String)>) -> Self {
+        entries.retain(|(t, _)| t.is_finite());
+        entries.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if entries.is_empty() {
+            entries.push((0.0, String::new()));
+        }
+        Self { entries }
+    }
+
+    pub fn entries(&self) -> &[(f64, String)] {
+        &self.entries
+    }
+
+    /// The prompt that covers the most of `start..end` (the earlier one on
+    /// a tie).
+    pub fn for_span(&self, start: f64, end: f64) -> &str {
+        let mut best = (f64::NEG_INFINITY, self.entries[0].1.as_str());
+        for (k, (t, p)) in self.entries.iter().enumerate() {
+            let from = if k == 0 { f64::NEG_INFINITY } else { *t };
+            let to = self.entries.get(k + 1).map_or(f64::INFINITY, |e| e.0);
+            let cover = end.min(to) - start.max(from);
+            if cover > best.0 {
+                best = (cover, p.as_str());
+            }
+        }
+        best.1
     }
 }
 

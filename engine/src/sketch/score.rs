@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::{Meter, Style};
-use crate::analysis::{Analysis, cosine_distance, global};
+use crate::analysis::{Analysis, global};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Inst {
@@ -131,36 +131,6 @@ fn key_and_mode(a: &Analysis) -> (u8, f32) {
     (key, bright)
 }
 
-/// Sections split at the biggest scene changes: cuts after which the global
-/// (semantic) picture differs most, at least `min_len` seconds apart. With
-/// less `semantic` weight, the strongest cuts count more than what changes.
-fn sections(a: &Analysis, min_len: f64, semantic: f32) -> Vec<f64> {
-    let mut changes: Vec<(f64, f32)> = a
-        .cuts
-        .iter()
-        .filter_map(|c| {
-            let before = a.global_at((c.time - 0.5).max(0.0))?;
-            let after = a.global_at(c.time + 0.5)?;
-            Some((
-                c.time,
-                semantic * cosine_distance(before, after) + 0.1 * c.strength,
-            ))
-        })
-        .collect();
-    changes.sort_by(|x, y| y.1.total_cmp(&x.1));
-    let mut bounds = vec![0.0];
-    for (t, _) in changes {
-        if t > min_len * 0.5
-            && a.duration - t > min_len * 0.5
-            && bounds.iter().all(|&b: &f64| (b - t).abs() >= min_len)
-        {
-            bounds.push(t);
-        }
-    }
-    bounds.sort_by(f64::total_cmp);
-    bounds
-}
-
 /// A bar grid whose phase is within this of a bar line at the piece's start
 /// is taken as on it. A host's beat and seconds positions can disagree by a
 /// few samples (Ardour's do, by about 0.1 ms); without this, a downbeat a
@@ -234,7 +204,7 @@ pub fn arrange(a: &Analysis, plan: &Plan) -> Score {
     let scale = if minor { MINOR } else { MAJOR };
     let bar = meter.bar(bpm);
     let (compound, places) = (meter.compound(), meter.places());
-    let bounds = sections(a, (4.0 * bar).max(6.0), semantic);
+    let bounds = a.sections((4.0 * bar).max(6.0), semantic);
     let motion_norm = |t0: f64, t1: f64| {
         let n = ((t1 - t0) * 10.0).ceil().max(1.0) as usize;
         (0..n)
