@@ -18,8 +18,9 @@ const TEMPO_RANGE: f64 = 0.10;
 /// Ellis' tightness: how hard the tracker holds to the period.
 const TIGHTNESS: f64 = 100.0;
 /// Below this periodicity (the envelope's normalised autocorrelation at
-/// the beat period) the pulse is not trusted: white noise gives ≈ 0.05 on
-/// 10 s, a click track ≈ 0.9, a drum loop under a pad 0.3–0.6.
+/// the beat period) the pulse is not trusted. Measured: white noise 0.03
+/// (10 s, 32 kHz), a click track 1.0, the tests' drum loop over a chord 0.99;
+/// real generated music has not been measured yet.
 const MIN_CONFIDENCE: f64 = 0.15;
 /// Tempo limits the engine accepts.
 const BPM_RANGE: (f64, f64) = (20.0, 400.0);
