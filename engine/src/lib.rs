@@ -6,9 +6,12 @@
 //! - [`sketch`]: the embedded composer, driven by the analysis, no weights.
 //! - [`audio`]: WAV, resampling, loudness.
 //! - [`metrics`]: onsets, Beat Coverage / Beat Hit, cut hit rate.
+//! - [`align`]: generated music's beats moved onto the tempo grid and the
+//!   cuts by a pitch-keeping time warp.
 //! - [`neural`]: MusicGen on candle, loading Hugging Face checkpoints.
 //! - [`service`]: the engine thread that the CLI and the plugin both drive.
 
+pub mod align;
 pub mod analysis;
 pub mod audio;
 pub mod edit;
