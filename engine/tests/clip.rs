@@ -352,3 +352,47 @@ fn the_model_search_finds_and_lists_clip_checkpoints() {
         .expect("the MusicGen fixture is listed");
     assert_eq!(musicgen.kind, ModelKind::MusicGen);
 }
+
+#[test]
+fn models_list_shows_the_kind_of_each_model() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vidmusician"))
+        .args(["models", "list", "--model-dir"])
+        .arg(fixtures_dir())
+        .env_remove("VIDMUSICIAN_MODELS")
+        .env("HF_HUB_CACHE", tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |repo: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{repo}\t")))
+            .unwrap_or_else(|| panic!("{repo} not listed: {text}"))
+            .to_string()
+    };
+    assert!(line("clip-tiny").contains("\tCLIP\t"), "{text}");
+    assert!(line("clip-tiny-gelu").contains("\tCLIP\t"), "{text}");
+    assert!(line("musicgen-tiny").contains("\tMusicGen\t"), "{text}");
+}
+
+/// Speed of the vision tower at openai/clip-vit-base-patch32's size on random
+/// weights: `cargo test --release --test clip -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn vision_speed_at_base_patch32_size() {
+    use vidmusician_engine::neural::models::clip::{ClipConfig, ClipVision};
+    use vidmusician_engine::neural::weights::Weights;
+    let cfg = ClipConfig::parse(r#"{"model_type": "clip"}"#).unwrap();
+    let vision = ClipVision::load(&Weights::random(0), &cfg).unwrap();
+    for batch in [1, 8, 25] {
+        let pixels = Tensor::randn(0f32, 1.0, (batch, 3, 224, 224), &Device::Cpu).unwrap();
+        vision.forward(&pixels).unwrap();
+        let t = std::time::Instant::now();
+        let runs = 3;
+        for _ in 0..runs {
+            vision.forward(&pixels).unwrap();
+        }
+        let per = t.elapsed().as_secs_f64() / (runs * batch) as f64;
+        println!("batch {batch}: {:.1} ms per frame", per * 1e3);
+    }
+}

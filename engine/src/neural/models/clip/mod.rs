@@ -9,6 +9,13 @@
 //! - [`text`]: the tokenizer and the causal text transformer.
 //!
 //! [`Clip`] holds a whole checkpoint and scores frames against words.
+//!
+//! On CPU the work is in the matmuls: frames go through the towers as one batch (a
+//! batch of `n` frames makes matmuls of `n × (patches + 1)` rows), every linear layer
+//! multiplies against its weight stored transposed and contiguous, and the three
+//! attention projections are one matmul. candle runs them on the rayon pool that is
+//! current: a caller that wants CLIP on its own threads runs it inside
+//! `ThreadPool::install`.
 
 pub mod config;
 pub mod preprocess;
