@@ -25,9 +25,9 @@ pub enum Activation {
 }
 
 impl Activation {
-    pub(super) fn apply(self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+    pub fn apply(self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
         match self {
-            Activation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+            Activation::QuickGelu => super::quick_gelu(x),
             Activation::Gelu => x.gelu_erf(),
             Activation::GeluTanh => x.gelu(),
             Activation::Relu => x.relu(),

@@ -35,6 +35,49 @@ use crate::neural::nn::{Linear, attention, merge_heads, split_heads};
 use crate::neural::weights::Weights;
 use crate::{Error, Result};
 
+/// transformers' `quick_gelu`, `x · σ(1.702 x)`. On CPU it is one pass over the
+/// tensor on the current rayon pool: written as candle ops it takes three passes and
+/// three tensors of the MLP's width, about a tenth of a vision layer's time.
+fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        x.contiguous()?.apply_op1_no_bwd(&QuickGelu)
+    } else {
+        x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
+    }
+}
+
+struct QuickGelu;
+
+impl candle_core::CustomOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "quick-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (candle_core::CpuStorage::F32(v), Some((start, end))) =
+            (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("quick-gelu takes a contiguous f32 tensor");
+        };
+        let src = &v[start..end];
+        let mut out = vec![0f32; src.len()];
+        // Chunks large enough that a task outweighs rayon's hand-over.
+        out.par_chunks_mut(1 << 14)
+            .zip(src.par_chunks(1 << 14))
+            .for_each(|(o, s)| {
+                for (o, &x) in o.iter_mut().zip(s) {
+                    *o = x / (1.0 + (-1.702 * x).exp());
+                }
+            });
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
 /// PyTorch's LayerNorm (biased variance), with weight and bias.
 struct LayerNorm {
     weight: Tensor,
