@@ -108,14 +108,22 @@ fn serve(files: HashMap<String, File>) -> (String, Arc<Mutex<Log>>) {
 }
 
 fn checkpoint_files() -> HashMap<String, File> {
+    files_of(
+        &fixture(),
+        &[
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "model.safetensors",
+        ],
+    )
+}
+
+/// `names` from the folder `dir`, as the hub would serve them.
+fn files_of(dir: &Path, names: &[&str]) -> HashMap<String, File> {
     let mut files = HashMap::new();
-    for name in [
-        "config.json",
-        "generation_config.json",
-        "tokenizer.json",
-        "model.safetensors",
-    ] {
-        let body = std::fs::read(fixture().join(name)).unwrap();
+    for &name in names {
+        let body = std::fs::read(dir.join(name)).unwrap();
         let lfs = name.ends_with(".safetensors");
         let etag = if lfs {
             hex(&sha2::Sha256::digest(&body))
@@ -282,4 +290,72 @@ fn a_model_folder_given_directly_or_by_name_is_found() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("lacks tokenizer.json"), "{msg}");
+}
+
+#[test]
+fn pull_fetches_a_clip_checkpoint_with_its_preprocessor_config() {
+    use vidmusician_engine::neural::hub::ModelKind;
+    use vidmusician_engine::neural::models::clip::Clip;
+    let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-tiny");
+    let (endpoint, log) = serve(files_of(
+        &clip,
+        &[
+            "config.json",
+            "preprocessor_config.json",
+            "tokenizer.json",
+            "model.safetensors",
+        ],
+    ));
+    let cache = tempfile::tempdir().unwrap();
+    let dir = hub::pull(REPO, cache.path(), &endpoint, &mut Count::default()).unwrap();
+    assert!(dir.join("preprocessor_config.json").is_file());
+    Clip::load(&dir).unwrap();
+    // MusicGen's optional file is not asked of a CLIP checkpoint.
+    let asked = |name: &str| {
+        log.lock()
+            .unwrap()
+            .requests
+            .iter()
+            .any(|(p, _)| p.ends_with(name))
+    };
+    assert!(!asked("generation_config.json"));
+    let listed = hub::list_installed(Some(cache.path()));
+    let entry = listed.iter().find(|m| m.repo == REPO).expect("listed");
+    assert_eq!(entry.kind, ModelKind::Clip);
+    let before = log.lock().unwrap().requests.len();
+    hub::pull(REPO, cache.path(), &endpoint, &mut Count::default()).unwrap();
+    assert_eq!(log.lock().unwrap().requests.len(), before);
+}
+
+#[test]
+fn pull_refuses_a_model_of_another_kind_before_fetching_its_weights() {
+    let mut files = checkpoint_files();
+    let body = br#"{"model_type": "bert", "hidden_size": 8}"#.to_vec();
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {}\0", body.len()).as_bytes());
+    h.update(&body);
+    let etag = hex(&h.finalize());
+    files.insert(
+        "config.json".to_string(),
+        File {
+            body,
+            etag,
+            lfs: false,
+        },
+    );
+    let (endpoint, log) = serve(files);
+    let cache = tempfile::tempdir().unwrap();
+    let err = hub::pull(REPO, cache.path(), &endpoint, &mut Count::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("neither a MusicGen nor a CLIP model"),
+        "{err}"
+    );
+    let fetched_weights = log
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .any(|(p, _)| p.ends_with("model.safetensors"));
+    assert!(!fetched_weights);
 }

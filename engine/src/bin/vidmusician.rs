@@ -128,8 +128,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ModelsCommand {
-    /// List the MusicGen models found (--model-dir, $VIDMUSICIAN_MODELS, the
-    /// Hugging Face cache).
+    /// List the MusicGen and CLIP models found (--model-dir, $VIDMUSICIAN_MODELS,
+    /// the Hugging Face cache), each with its kind.
     List {
         #[arg(long, value_name = "DIR")]
         model_dir: Option<PathBuf>,
@@ -137,7 +137,7 @@ enum ModelsCommand {
     /// Download a model from the Hugging Face hub ($HF_ENDPOINT) into the Hugging
     /// Face cache. Resumes an interrupted download.
     Pull {
-        /// Hub id, e.g. facebook/musicgen-small.
+        /// Hub id, e.g. facebook/musicgen-small or openai/clip-vit-base-patch32.
         #[arg(default_value = vidmusician_engine::neural::hub::DEFAULT_MODEL)]
         model: String,
         /// Hugging Face cache folder (default: $HF_HUB_CACHE, $HF_HOME/hub or
@@ -717,10 +717,11 @@ fn models(command: ModelsCommand) -> Result<()> {
                     .map(|(_, p)| p.display().to_string())
                     .collect::<Vec<_>>()
                     .join(", ");
-                println!("no MusicGen model found (looked in: {roots})");
+                println!("no MusicGen or CLIP model found (looked in: {roots})");
                 println!(
-                    "get one with: vidmusician models pull {}",
-                    hub::DEFAULT_MODEL
+                    "get one with: vidmusician models pull {} (CLIP: vidmusician models pull {})",
+                    hub::DEFAULT_MODEL,
+                    hub::DEFAULT_CLIP
                 );
                 return Ok(());
             }
@@ -739,8 +740,9 @@ fn models(command: ModelsCommand) -> Result<()> {
                     .map(|l| format!("\tweights licence: {l}"))
                     .unwrap_or_default();
                 println!(
-                    "{}\t{size}\t{}\t{} ({}){licence}",
+                    "{}\t{}\t{size}\t{}\t{} ({}){licence}",
                     m.repo,
+                    m.kind.as_str(),
                     state,
                     m.dir.display(),
                     m.origin.as_str()

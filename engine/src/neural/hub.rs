@@ -12,6 +12,42 @@ use crate::{Error, Result};
 /// The model the text engine uses unless told otherwise.
 pub const DEFAULT_MODEL: &str = "facebook/musicgen-small";
 
+/// The CLIP checkpoint the visual analysis uses unless told otherwise
+/// (`openai/clip-vit-base-patch16` and `-large-patch14` load as well).
+pub const DEFAULT_CLIP: &str = "openai/clip-vit-base-patch32";
+
+/// What a model folder holds, from its `config.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    MusicGen,
+    Clip,
+}
+
+impl ModelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::MusicGen => "MusicGen",
+            ModelKind::Clip => "CLIP",
+        }
+    }
+
+    /// The kind of the model in `dir`, if it is one VidMusician loads.
+    pub fn of_dir(dir: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let has = |k: &str| v.get(k).is_some_and(|x| x.is_object());
+        if has("audio_encoder") && has("text_encoder") {
+            Some(ModelKind::MusicGen)
+        } else if v.get("model_type").and_then(|t| t.as_str()) == Some("clip")
+            || (has("text_config") && has("vision_config"))
+        {
+            Some(ModelKind::Clip)
+        } else {
+            None
+        }
+    }
+}
+
 /// Where a model was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -34,6 +70,7 @@ impl Origin {
 #[derive(Debug, Clone)]
 pub struct Installed {
     pub repo: String,
+    pub kind: ModelKind,
     pub dir: PathBuf,
     pub origin: Origin,
     /// Total size of its files, bytes.
@@ -202,19 +239,14 @@ fn dir_size(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn is_musicgen(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("config.json"))
-        .map(|t| t.contains("\"audio_encoder\"") && t.contains("\"text_encoder\""))
-        .unwrap_or(false)
-}
-
-/// Every MusicGen model found under the search roots.
+/// Every MusicGen and CLIP model found under the search roots.
 pub fn list_installed(model_dir: Option<&Path>) -> Vec<Installed> {
     let mut found = Vec::new();
     let mut push = |repo: String, dir: PathBuf, origin: Origin| {
-        if is_musicgen(&dir) {
+        if let Some(kind) = ModelKind::of_dir(&dir) {
             found.push(Installed {
                 repo,
+                kind,
                 bytes: dir_size(&dir),
                 missing: missing_files(&dir),
                 dir,
@@ -301,8 +333,9 @@ pub fn endpoint_from_env() -> String {
 }
 
 /// Downloads `repo` (at `main`) from `endpoint` into the Hugging Face cache under
-/// `cache_dir`: the config, the tokenizer and the weights (one file or the shards of
-/// an index). Files already in the cache and intact are kept; an interrupted
+/// `cache_dir`: the config, the tokenizer, the weights (one file or the shards of an
+/// index) and, where the model has them, `generation_config.json` (MusicGen) and
+/// `preprocessor_config.json` (CLIP). Files already in the cache and intact are kept; an interrupted
 /// download resumes where it stopped; each file is checked against the hash the hub
 /// gave for it. Returns the snapshot folder.
 pub fn pull(
@@ -364,7 +397,22 @@ fn pull_inner(
         }
     };
     let config = fetch("config.json", false)?.expect("required file");
-    fetch("generation_config.json", true)?;
+    let dir = config
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| cache_dir.to_path_buf());
+    // Known before the weights are fetched, so nobody downloads gigabytes of a model
+    // that cannot be used; the kind says which optional files belong to it.
+    let Some(kind) = ModelKind::of_dir(&dir) else {
+        return Err(Error::model_file(
+            dir.join("config.json"),
+            format!("{repo} is neither a MusicGen nor a CLIP model"),
+        ));
+    };
+    match kind {
+        ModelKind::MusicGen => fetch("generation_config.json", true)?,
+        ModelKind::Clip => fetch("preprocessor_config.json", true)?,
+    };
     if fetch("tokenizer.json", true)?.is_none() {
         return Err(Error::Download {
             endpoint: endpoint.to_string(),
@@ -387,16 +435,6 @@ fn pull_inner(
             let name = shard.file_name().map(|n| n.to_string_lossy().to_string());
             fetch(&name.unwrap_or_default(), false)?;
         }
-    }
-    let dir = config
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| cache_dir.to_path_buf());
-    if !is_musicgen(&dir) {
-        return Err(Error::model_file(
-            dir.join("config.json"),
-            format!("{repo} is not a MusicGen model"),
-        ));
     }
     Ok(dir)
 }

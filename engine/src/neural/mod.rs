@@ -6,6 +6,7 @@
 //! - [`t5`], [`decoder`], [`encodec`]: the three networks.
 //! - [`generate`]: the delay pattern, guidance and sampling.
 //! - [`model`]: a whole checkpoint, text in, audio out.
+//! - [`models`]: other pretrained networks (CLIP).
 
 pub mod bench;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod generate;
 pub mod hub;
 pub mod kernels;
 pub mod model;
+pub mod models;
 pub mod nn;
 pub mod pool;
 pub mod t5;

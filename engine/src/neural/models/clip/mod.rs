@@ -1,0 +1,283 @@
+//! CLIP (Radford et al. 2021, "Learning Transferable Visual Models From Natural
+//! Language Supervision"), both towers, loading the Hugging Face layout of
+//! `openai/clip-vit-base-patch32`, `-base-patch16` and `-large-patch14` as
+//! transformers' `CLIPModel` (`models/clip/modeling_clip.py`) writes and reads it.
+//!
+//! - [`config`]: `config.json` and `preprocessor_config.json`.
+//! - [`preprocess`]: frames to pixels, equal to `CLIPImageProcessor`'s PIL path.
+//! - [`vision`]: the ViT: pooled class token, projection, patch tokens.
+//! - [`text`]: the tokenizer and the causal text transformer.
+//!
+//! [`Clip`] holds a whole checkpoint and scores frames against words.
+//!
+//! On CPU the work is in the matmuls: frames go through the towers as one batch (a
+//! batch of `n` frames makes matmuls of `n × (patches + 1)` rows), every linear layer
+//! multiplies against its weight stored transposed and contiguous, and the three
+//! attention projections are one matmul. candle runs them on the rayon pool that is
+//! current: a caller that wants CLIP on its own threads runs it inside
+//! `ThreadPool::install`.
+
+pub mod config;
+pub mod preprocess;
+pub mod text;
+pub mod vision;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{D, Device, Tensor};
+
+pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig, PreprocessConfig};
+pub use preprocess::RgbImage;
+pub use text::{ClipText, ClipTokenizer, TextOutput};
+pub use vision::{ClipVision, VisionOutput};
+
+use crate::neural::nn::{Linear, attention, merge_heads, split_heads};
+use crate::neural::weights::Weights;
+use crate::{Error, Result};
+
+/// transformers' `quick_gelu`, `x · σ(1.702 x)`. On CPU it is one pass over the
+/// tensor on the current rayon pool: written as candle ops it takes three passes and
+/// three tensors of the MLP's width, about a tenth of a vision layer's time.
+fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        x.contiguous()?.apply_op1_no_bwd(&QuickGelu)
+    } else {
+        x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
+    }
+}
+
+struct QuickGelu;
+
+impl candle_core::CustomOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "quick-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (candle_core::CpuStorage::F32(v), Some((start, end))) =
+            (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("quick-gelu takes a contiguous f32 tensor");
+        };
+        let src = &v[start..end];
+        let mut out = vec![0f32; src.len()];
+        // Chunks large enough that a task outweighs rayon's hand-over.
+        out.par_chunks_mut(1 << 14)
+            .zip(src.par_chunks(1 << 14))
+            .for_each(|(o, s)| {
+                for (o, &x) in o.iter_mut().zip(s) {
+                    *o = x / (1.0 + (-1.702 * x).exp());
+                }
+            });
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// PyTorch's LayerNorm (biased variance), with weight and bias.
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: w.get(&[dim], "weight")?,
+            bias: w.get(&[dim], "bias")?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // The fused kernel; inference only (autograd stops at it).
+        candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
+    }
+}
+
+/// One `CLIPEncoderLayer`: pre-LayerNorm attention and MLP, each with a residual.
+struct Layer {
+    norm1: LayerNorm,
+    /// `q_proj`, `k_proj` and `v_proj` stacked into one `(hidden, 3·hidden)` matmul.
+    qkv: Linear,
+    out: Linear,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// `CLIPEncoder`, shared by both towers.
+struct Encoder {
+    layers: Vec<Layer>,
+    heads: usize,
+    act: Activation,
+    /// `head_dim^-0.5`, applied to the scores as the reference does.
+    scale: f64,
+}
+
+impl Encoder {
+    fn load(
+        w: &Weights,
+        layers: usize,
+        hidden: usize,
+        intermediate: usize,
+        heads: usize,
+        act: Activation,
+        eps: f64,
+    ) -> Result<Self> {
+        let mut out = Vec::with_capacity(layers);
+        for i in 0..layers {
+            let l = w.pp(format!("layers.{i}"));
+            let a = l.pp("self_attn");
+            let mut weights = Vec::with_capacity(3);
+            let mut biases = Vec::with_capacity(3);
+            for name in ["q_proj", "k_proj", "v_proj"] {
+                weights.push(a.pp(name).get(&[hidden, hidden], "weight")?);
+                biases.push(a.pp(name).get(&[hidden], "bias")?);
+            }
+            let qkv =
+                Linear::from_weight(&Tensor::cat(&weights, 0)?, Some(Tensor::cat(&biases, 0)?))?;
+            out.push(Layer {
+                norm1: LayerNorm::load(&l.pp("layer_norm1"), hidden, eps)?,
+                qkv,
+                out: Linear::load(&a.pp("out_proj"), hidden, hidden, true)?,
+                norm2: LayerNorm::load(&l.pp("layer_norm2"), hidden, eps)?,
+                fc1: Linear::load(&l.pp("mlp.fc1"), hidden, intermediate, true)?,
+                fc2: Linear::load(&l.pp("mlp.fc2"), intermediate, hidden, true)?,
+            });
+        }
+        Ok(Self {
+            layers: out,
+            heads,
+            act,
+            scale: ((hidden / heads) as f64).powf(-0.5),
+        })
+    }
+
+    /// `(batch, seq, hidden)` through every layer; `bias` is added to the attention
+    /// scores (the text tower's causal mask).
+    fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let hidden = x.dim(D::Minus1)?;
+        let mut x = x.clone();
+        for l in &self.layers {
+            let h = l.norm1.forward(&x)?;
+            let qkv = l.qkv.forward(&h)?;
+            let q = split_heads(&qkv.narrow(D::Minus1, 0, hidden)?, self.heads)?;
+            let k = split_heads(&qkv.narrow(D::Minus1, hidden, hidden)?, self.heads)?;
+            let v = split_heads(&qkv.narrow(D::Minus1, 2 * hidden, hidden)?, self.heads)?;
+            let y = attention(&q, &k, &v, Some(self.scale), bias)?;
+            x = (x + l.out.forward(&merge_heads(&y)?)?)?;
+            let h = l.norm2.forward(&x)?;
+            let h = self.act.apply(&l.fc1.forward(&h)?)?;
+            x = (x + l.fc2.forward(&h)?)?;
+        }
+        Ok(x)
+    }
+}
+
+/// A whole CLIP checkpoint: both towers, the tokenizer, the image preprocessing and
+/// the learned temperature.
+pub struct Clip {
+    pub vision: ClipVision,
+    pub text: ClipText,
+    pub tokenizer: ClipTokenizer,
+    pub preprocess: PreprocessConfig,
+    /// `logit_scale` as stored (the log of the temperature's inverse).
+    logit_scale: f32,
+    cfg: ClipConfig,
+    dir: PathBuf,
+}
+
+impl Clip {
+    /// Loads the CLIP checkpoint in `dir`: `config.json`, `tokenizer.json`, the
+    /// weights, and `preprocessor_config.json` if present (CLIP's defaults if not).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cfg = ClipConfig::load(&dir.join("config.json"))?;
+        let tokenizer = ClipTokenizer::load(&dir.join("tokenizer.json"), &cfg.text_config)?;
+        let preprocess = PreprocessConfig::load_or_default(
+            &dir.join("preprocessor_config.json"),
+            cfg.vision_config.image_size,
+        )?;
+        let w = Weights::open_dir(dir)?;
+        Self::from_parts(&w, cfg, tokenizer, preprocess, dir)
+    }
+
+    /// Builds the model from weights already opened.
+    pub fn from_parts(
+        w: &Weights,
+        cfg: ClipConfig,
+        tokenizer: ClipTokenizer,
+        preprocess: PreprocessConfig,
+        dir: &Path,
+    ) -> Result<Self> {
+        let logit_scale = w.get(&[], "logit_scale")?.to_scalar::<f32>()?;
+        Ok(Self {
+            vision: ClipVision::load(w, &cfg)?,
+            text: ClipText::load(w, &cfg)?,
+            tokenizer,
+            preprocess,
+            logit_scale,
+            cfg,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn config(&self) -> &ClipConfig {
+        &self.cfg
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `exp(logit_scale)`, the factor on cosine similarities.
+    pub fn logit_scale(&self) -> f32 {
+        self.logit_scale.exp()
+    }
+
+    /// Preprocesses and encodes frames in one batch.
+    pub fn encode_images(&self, images: &[RgbImage]) -> Result<VisionOutput> {
+        if images.is_empty() {
+            return Err(Error::InvalidSetting("no images to encode".to_string()));
+        }
+        let pixels = preprocess::preprocess(&self.preprocess, images, &Device::Cpu)?;
+        self.vision.forward(&pixels)
+    }
+
+    /// Tokenises and encodes prompts in one batch.
+    pub fn encode_texts(&self, prompts: &[&str]) -> Result<TextOutput> {
+        if prompts.is_empty() {
+            return Err(Error::InvalidSetting("no prompts to encode".to_string()));
+        }
+        let ids = self.tokenizer.encode_batch(prompts, &Device::Cpu)?;
+        self.text.forward(&ids)
+    }
+
+    /// transformers' `logits_per_image`: `(images, texts)` cosine similarities of
+    /// the projected embeddings, times [`Clip::logit_scale`].
+    pub fn similarity(&self, image_embeds: &Tensor, text_embeds: &Tensor) -> Result<Tensor> {
+        similarity(image_embeds, text_embeds, self.logit_scale())
+    }
+}
+
+/// `scale · normalise(image_embeds) · normalise(text_embeds)ᵀ`, `(images, texts)`,
+/// each row L2-normalised as transformers does it (`x / ‖x‖`).
+pub fn similarity(image_embeds: &Tensor, text_embeds: &Tensor, scale: f32) -> Result<Tensor> {
+    let (_, di) = image_embeds.dims2()?;
+    let (_, dt) = text_embeds.dims2()?;
+    if di != dt {
+        return Err(Error::InvalidSetting(format!(
+            "image embeddings are {di} wide and text embeddings {dt}: not the same model"
+        )));
+    }
+    let unit = |x: &Tensor| -> candle_core::Result<Tensor> {
+        x.broadcast_div(&x.sqr()?.sum_keepdim(1)?.sqrt()?)
+    };
+    let sims = unit(image_embeds)?.matmul(&unit(text_embeds)?.t()?)?;
+    Ok((sims * f64::from(scale))?)
+}

@@ -1,0 +1,132 @@
+//! CLIP's vision tower (`CLIPVisionModel` plus `visual_projection`): a ViT over
+//! non-overlapping patches with a class token, pre- and post-LayerNorm.
+
+use candle_core::Tensor;
+
+use super::config::ClipConfig;
+use super::{Encoder, LayerNorm};
+use crate::Result;
+use crate::neural::nn::Linear;
+use crate::neural::weights::Weights;
+
+/// What the vision tower gives for a batch of frames.
+#[derive(Debug, Clone)]
+pub struct VisionOutput {
+    /// The class token after `post_layernorm` (transformers' `pooler_output`),
+    /// `(batch, hidden)`.
+    pub pooled: Tensor,
+    /// `pooled` through `visual_projection` (`image_embeds`), `(batch, projection_dim)`.
+    pub projected: Tensor,
+    /// The last encoder layer's output at the patches, without `post_layernorm`
+    /// (`last_hidden_state[:, 1:, :]`), `(batch, patches, hidden)`, row-major over the
+    /// patch grid.
+    pub patch_tokens: Tensor,
+}
+
+pub struct ClipVision {
+    /// The patch convolution as a matrix, `(channels·patch·patch, hidden)`: a strided
+    /// convolution whose kernel equals its stride is one matmul over unfolded patches.
+    patch_wt: Tensor,
+    class_embedding: Tensor,
+    position_embedding: Tensor,
+    pre_norm: LayerNorm,
+    encoder: Encoder,
+    post_norm: LayerNorm,
+    projection: Linear,
+    image_size: usize,
+    patch: usize,
+    channels: usize,
+}
+
+impl ClipVision {
+    /// Loads the tower from `w`, which points at the checkpoint's root (it reads
+    /// `vision_model.*` and `visual_projection.weight`).
+    pub fn load(w: &Weights, cfg: &ClipConfig) -> Result<Self> {
+        let v = &cfg.vision_config;
+        let d = v.hidden_size;
+        let m = w.pp("vision_model");
+        let e = m.pp("embeddings");
+        let conv = e.get(
+            &[d, v.num_channels, v.patch_size, v.patch_size],
+            "patch_embedding.weight",
+        )?;
+        let patch_wt = conv
+            .reshape((d, v.num_channels * v.patch_size * v.patch_size))?
+            .t()?
+            .contiguous()?;
+        let projection = Linear::from_weight(
+            &w.get(&[cfg.projection_dim, d], "visual_projection.weight")?,
+            None,
+        )?;
+        Ok(Self {
+            patch_wt,
+            class_embedding: e.get(&[d], "class_embedding")?,
+            position_embedding: e.get(&[v.num_patches() + 1, d], "position_embedding.weight")?,
+            // `pre_layrnorm` is the checkpoint's spelling.
+            pre_norm: LayerNorm::load(&m.pp("pre_layrnorm"), d, v.layer_norm_eps)?,
+            encoder: Encoder::load(
+                &m.pp("encoder"),
+                v.num_hidden_layers,
+                d,
+                v.intermediate_size,
+                v.num_attention_heads,
+                v.hidden_act,
+                v.layer_norm_eps,
+            )?,
+            post_norm: LayerNorm::load(&m.pp("post_layernorm"), d, v.layer_norm_eps)?,
+            projection,
+            image_size: v.image_size,
+            patch: v.patch_size,
+            channels: v.num_channels,
+        })
+    }
+
+    /// Side of the square input, pixels.
+    pub fn image_size(&self) -> usize {
+        self.image_size
+    }
+
+    /// Encodes `pixels`, `(batch, channels, image_size, image_size)` f32 as
+    /// [`super::preprocess`] makes them. All frames go through each layer together, so
+    /// the matmuls have `batch × (patches + 1)` rows.
+    pub fn forward(&self, pixels: &Tensor) -> Result<VisionOutput> {
+        let (b, c, h, w) = pixels.dims4()?;
+        if (c, h, w) != (self.channels, self.image_size, self.image_size) {
+            return Err(crate::Error::InvalidSetting(format!(
+                "the vision tower takes {}×{}×{} pixels per frame, got {c}×{h}×{w}",
+                self.channels, self.image_size, self.image_size
+            )));
+        }
+        let p = self.patch;
+        let g = self.image_size / p;
+        // Patches that fill the grid; a remainder is left out, as the strided
+        // convolution of the reference leaves it.
+        let pixels = pixels.narrow(2, 0, g * p)?.narrow(3, 0, g * p)?;
+        // (b, c, gy, py, gx, px) → (b, gy, gx, c, py, px): each row is one patch
+        // laid out as the convolution kernel is.
+        let patches = pixels
+            .reshape((b, c, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b * g * g, c * p * p))?;
+        let d = self.patch_wt.dim(1)?;
+        let patch_embeds = patches.matmul(&self.patch_wt)?.reshape((b, g * g, d))?;
+        let class = self
+            .class_embedding
+            .reshape((1, 1, d))?
+            .broadcast_as((b, 1, d))?;
+        let x = Tensor::cat(&[&class, &patch_embeds], 1)?
+            .broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
+        let x = self.pre_norm.forward(&x)?;
+        let last = self.encoder.forward(&x, None)?;
+        let cls = last.narrow(1, 0, 1)?.squeeze(1)?;
+        let pooled = self.post_norm.forward(&cls)?;
+        let projected = self.projection.forward(&pooled)?;
+        let patch_tokens = last.narrow(1, 1, g * g)?.contiguous()?;
+        Ok(VisionOutput {
+            pooled,
+            projected,
+            patch_tokens,
+        })
+    }
+}

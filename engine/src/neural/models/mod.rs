@@ -1,0 +1,3 @@
+//! Pretrained networks, one folder or file per model, each mirroring its checkpoint.
+
+pub mod clip;
