@@ -83,6 +83,48 @@ fn preprocessing_equals_pil_pixel_for_pixel() {
     }
 }
 
+/// The fixture script's `test_image`, drawn the same way (integer arithmetic).
+fn test_image(width: usize, height: usize) -> Vec<u8> {
+    let mut rgb = Vec::with_capacity(width * height * 3);
+    for y in 0..height {
+        for x in 0..width {
+            let r = (x * 255 / (width - 1).max(1)) ^ (y * 7 % 256);
+            let g = ((x / 5 + y / 3) % 2) * 200 + y * 50 / height.max(1);
+            let b = (x * y * 13 + 40) % 256;
+            rgb.extend([r as u8, g as u8, b as u8]);
+        }
+    }
+    rgb
+}
+
+#[test]
+fn bicubic_resizes_equal_pils_byte_for_byte() {
+    let dir = fixture("clip-tiny");
+    let r = reference(&dir);
+    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = v["resize_cases"].as_array().unwrap();
+    assert!(cases.len() >= 4);
+    for (i, c) in cases.iter().enumerate() {
+        let [w, h, shortest] = [0, 1, 2].map(|k| c[k].as_u64().unwrap() as usize);
+        let src = test_image(w, h);
+        let img = RgbImage::new(w, h, &src).unwrap();
+        let (ow, oh) = preprocess::resized_size(w, h, shortest);
+        let got = preprocess::resize_bicubic(&img, ow, oh).unwrap();
+        let want = &r[&format!("resize.{i}")];
+        assert_eq!(want.dims(), &[oh, ow, 3], "case {i}: {w}×{h} → {shortest}");
+        let want = want.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+        let wrong = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            wrong, 0,
+            "case {i}: {w}×{h} → {ow}×{oh}: {wrong} bytes differ from PIL's"
+        );
+    }
+    // The frames of the embedding tests are drawn the same way.
+    let (w, h, bytes) = &images(&r)[0];
+    assert_eq!(&test_image(*w, *h), bytes);
+}
+
 #[test]
 fn vision_tower_matches_transformers() {
     for name in FIXTURES {
