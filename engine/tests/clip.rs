@@ -250,14 +250,12 @@ fn copy_fixture(edit: impl FnOnce(&Path)) -> tempfile::TempDir {
     tmp
 }
 
-/// Rewrites `dir/model.safetensors` with `change` applied to its tensors, using the
-/// safetensors crate directly so that nothing of ours touches the file.
-fn rewrite_weights(dir: &Path, change: impl FnOnce(&mut Vec<(String, Tensor)>)) {
-    let path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
+/// The f32 tensors of a safetensors file, read with the safetensors crate directly so
+/// that nothing of ours touches the file.
+fn read_tensors(path: &Path) -> Vec<(String, Tensor)> {
+    let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Tensor)> = st
-        .tensors()
+    st.tensors()
         .into_iter()
         .map(|(n, v)| {
             let data: Vec<f32> = v
@@ -267,8 +265,10 @@ fn rewrite_weights(dir: &Path, change: impl FnOnce(&mut Vec<(String, Tensor)>)) 
                 .collect();
             (n, Tensor::from_vec(data, v.shape(), &Device::Cpu).unwrap())
         })
-        .collect();
-    change(&mut tensors);
+        .collect()
+}
+
+fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) {
     let raw: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(n, t)| {
@@ -285,7 +285,50 @@ fn rewrite_weights(dir: &Path, change: impl FnOnce(&mut Vec<(String, Tensor)>)) 
             (n.clone(), view)
         })
         .collect();
-    safetensors::serialize_to_file(views, None, &path).unwrap();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// Rewrites `dir/model.safetensors` with `change` applied to its tensors.
+fn rewrite_weights(dir: &Path, change: impl FnOnce(&mut Vec<(String, Tensor)>)) {
+    let path = dir.join("model.safetensors");
+    let mut tensors = read_tensors(&path);
+    change(&mut tensors);
+    write_tensors(&path, &tensors);
+}
+
+#[test]
+fn sharded_weights_load_like_one_file() {
+    let tmp = copy_fixture(|d| {
+        let single = d.join("model.safetensors");
+        let (vision, rest): (Vec<_>, Vec<_>) = read_tensors(&single)
+            .into_iter()
+            .partition(|(n, _)| n.starts_with("vision_model."));
+        let mut map = serde_json::Map::new();
+        for (file, part) in [
+            ("model-00001-of-00002.safetensors", &vision),
+            ("model-00002-of-00002.safetensors", &rest),
+        ] {
+            write_tensors(&d.join(file), part);
+            for (n, _) in part {
+                map.insert(n.clone(), file.into());
+            }
+        }
+        let index = serde_json::json!({"metadata": {}, "weight_map": map});
+        std::fs::write(
+            d.join("model.safetensors.index.json"),
+            serde_json::to_string(&index).unwrap(),
+        )
+        .unwrap();
+        std::fs::remove_file(single).unwrap();
+    });
+    let r = reference(tmp.path());
+    let model = Clip::load(tmp.path()).unwrap();
+    let out = model.vision.forward(&r["vision.pixel_values"]).unwrap();
+    assert!(max_abs_diff(&out.projected, &r["vision.image_embeds"]) < TOL);
+    let prompts = prompts(tmp.path());
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let out = model.encode_texts(&refs).unwrap();
+    assert!(max_abs_diff(&out.projected, &r["text.text_embeds"]) < TOL);
 }
 
 #[test]
