@@ -8,7 +8,7 @@ files (`engine/tests/clip.rs`). Run by hand when a fixture must change:
     .venv-fixtures/bin/pip install torch transformers safetensors tokenizers pillow
     .venv-fixtures/bin/python tools/make_clip_fixture.py engine/tests/fixtures/clip-tiny
     .venv-fixtures/bin/python tools/make_clip_fixture.py engine/tests/fixtures/clip-tiny-gelu \
-        --hidden-act gelu --legacy-eos
+        --hidden-act gelu --legacy-eos --no-resize-cases
 
 The second one uses the exact (erf) GELU and a config whose `eos_token_id` is 2, as
 checkpoints written before transformers PR #24773 have it: the text tower then pools
@@ -59,6 +59,10 @@ PROMPTS = [
 # a square downscale, and an upscale.
 IMAGE_SIZES = [(57, 43), (40, 64), (100, 100), (30, 22)]
 
+# (width, height, shortest edge) of PIL bicubic resizes checked byte for byte: large
+# downscales (wide antialiasing supports), an upscale, a tall image.
+RESIZE_CASES = [(640, 360, 40), (960, 540, 60), (37, 23, 64), (50, 500, 33)]
+
 IMAGE_SIZE = 40
 MEAN = [0.48145466, 0.4578275, 0.40821073]
 STD = [0.26862954, 0.26130258, 0.27577711]
@@ -106,7 +110,8 @@ def randomize(model: torch.nn.Module, gen: torch.Generator) -> None:
 
 
 def test_image(width: int, height: int) -> np.ndarray:
-    """A deterministic RGB image with edges and gradients, so resampling matters."""
+    """A deterministic RGB image with edges and gradients, so resampling matters.
+    Integer arithmetic only, so the Rust tests can draw the same image."""
     y, x = np.mgrid[0:height, 0:width]
     r = (x * 255 // max(width - 1, 1)) ^ (y * 7 % 256)
     g = ((x // 5 + y // 3) % 2) * 200 + (y * 50 // max(height, 1))
@@ -114,12 +119,16 @@ def test_image(width: int, height: int) -> np.ndarray:
     return np.stack([r, g, b], axis=-1).astype(np.uint8)
 
 
-def preprocess(img: np.ndarray, shortest: int, crop: int) -> np.ndarray:
+def resize_shortest(img: np.ndarray, shortest: int) -> np.ndarray:
     h, w = img.shape[:2]
     short, long = (w, h) if w <= h else (h, w)
     new_long = int(shortest * long / short)
     size = (shortest, new_long) if w <= h else (new_long, shortest)  # PIL: (w, h)
-    resized = np.asarray(Image.fromarray(img).resize(size, resample=Image.BICUBIC))
+    return np.asarray(Image.fromarray(img).resize(size, resample=Image.BICUBIC))
+
+
+def preprocess(img: np.ndarray, shortest: int, crop: int) -> np.ndarray:
+    resized = resize_shortest(img, shortest)
     rh, rw = resized.shape[:2]
     top, left = (rh - crop) // 2, (rw - crop) // 2
     cropped = resized[top : top + crop, left : left + crop]
@@ -128,7 +137,7 @@ def preprocess(img: np.ndarray, shortest: int, crop: int) -> np.ndarray:
     return x.transpose(2, 0, 1).copy()
 
 
-def main(out: Path, hidden_act: str, legacy_eos: bool) -> None:
+def main(out: Path, hidden_act: str, legacy_eos: bool, resize_cases: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(4321)
@@ -190,6 +199,9 @@ def main(out: Path, hidden_act: str, legacy_eos: bool) -> None:
         ref[f"image.{i}"] = torch.from_numpy(img)
     pixels = torch.from_numpy(np.stack([preprocess(img, IMAGE_SIZE, IMAGE_SIZE) for img in images]))
     ref["vision.pixel_values"] = pixels
+    cases = RESIZE_CASES if resize_cases else []
+    for i, (w, h, shortest) in enumerate(cases):
+        ref[f"resize.{i}"] = torch.from_numpy(resize_shortest(test_image(w, h), shortest).copy())
     with torch.no_grad():
         v = model.vision_model(pixel_values=pixels)
         ref["vision.pooler_output"] = v.pooler_output
@@ -217,7 +229,10 @@ def main(out: Path, hidden_act: str, legacy_eos: bool) -> None:
 
     save_file({k: v.contiguous() for k, v in ref.items()}, str(out / "reference.safetensors"))
     (out / "reference.json").write_text(
-        json.dumps({"prompts": PROMPTS, "image_sizes": IMAGE_SIZES}, indent=2) + "\n"
+        json.dumps(
+            {"prompts": PROMPTS, "image_sizes": IMAGE_SIZES, "resize_cases": cases}, indent=2
+        )
+        + "\n"
     )
     print("wrote", out, {k: tuple(v.shape) for k, v in ref.items()})
 
@@ -229,5 +244,8 @@ if __name__ == "__main__":
     args.add_argument(
         "--legacy-eos", action="store_true", help="eos_token_id 2 in the config (argmax pooling)"
     )
+    args.add_argument(
+        "--no-resize-cases", action="store_true", help="leave out the PIL resize references"
+    )
     a = args.parse_args()
-    main(a.out, a.hidden_act, a.legacy_eos)
+    main(a.out, a.hidden_act, a.legacy_eos, not a.no_resize_cases)

@@ -83,6 +83,48 @@ fn preprocessing_equals_pil_pixel_for_pixel() {
     }
 }
 
+/// The fixture script's `test_image`, drawn the same way (integer arithmetic).
+fn test_image(width: usize, height: usize) -> Vec<u8> {
+    let mut rgb = Vec::with_capacity(width * height * 3);
+    for y in 0..height {
+        for x in 0..width {
+            let r = (x * 255 / (width - 1).max(1)) ^ (y * 7 % 256);
+            let g = ((x / 5 + y / 3) % 2) * 200 + y * 50 / height.max(1);
+            let b = (x * y * 13 + 40) % 256;
+            rgb.extend([r as u8, g as u8, b as u8]);
+        }
+    }
+    rgb
+}
+
+#[test]
+fn bicubic_resizes_equal_pils_byte_for_byte() {
+    let dir = fixture("clip-tiny");
+    let r = reference(&dir);
+    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = v["resize_cases"].as_array().unwrap();
+    assert!(cases.len() >= 4);
+    for (i, c) in cases.iter().enumerate() {
+        let [w, h, shortest] = [0, 1, 2].map(|k| c[k].as_u64().unwrap() as usize);
+        let src = test_image(w, h);
+        let img = RgbImage::new(w, h, &src).unwrap();
+        let (ow, oh) = preprocess::resized_size(w, h, shortest);
+        let got = preprocess::resize_bicubic(&img, ow, oh).unwrap();
+        let want = &r[&format!("resize.{i}")];
+        assert_eq!(want.dims(), &[oh, ow, 3], "case {i}: {w}×{h} → {shortest}");
+        let want = want.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+        let wrong = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            wrong, 0,
+            "case {i}: {w}×{h} → {ow}×{oh}: {wrong} bytes differ from PIL's"
+        );
+    }
+    // The frames of the embedding tests are drawn the same way.
+    let (w, h, bytes) = &images(&r)[0];
+    assert_eq!(&test_image(*w, *h), bytes);
+}
+
 #[test]
 fn vision_tower_matches_transformers() {
     for name in FIXTURES {
@@ -208,14 +250,12 @@ fn copy_fixture(edit: impl FnOnce(&Path)) -> tempfile::TempDir {
     tmp
 }
 
-/// Rewrites `dir/model.safetensors` with `change` applied to its tensors, using the
-/// safetensors crate directly so that nothing of ours touches the file.
-fn rewrite_weights(dir: &Path, change: impl FnOnce(&mut Vec<(String, Tensor)>)) {
-    let path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
+/// The f32 tensors of a safetensors file, read with the safetensors crate directly so
+/// that nothing of ours touches the file.
+fn read_tensors(path: &Path) -> Vec<(String, Tensor)> {
+    let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Tensor)> = st
-        .tensors()
+    st.tensors()
         .into_iter()
         .map(|(n, v)| {
             let data: Vec<f32> = v
@@ -225,8 +265,10 @@ fn rewrite_weights(dir: &Path, change: impl FnOnce(&mut Vec<(String, Tensor)>)) 
                 .collect();
             (n, Tensor::from_vec(data, v.shape(), &Device::Cpu).unwrap())
         })
-        .collect();
-    change(&mut tensors);
+        .collect()
+}
+
+fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) {
     let raw: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(n, t)| {
@@ -243,7 +285,50 @@ fn rewrite_weights(dir: &Path, change: impl FnOnce(&mut Vec<(String, Tensor)>)) 
             (n.clone(), view)
         })
         .collect();
-    safetensors::serialize_to_file(views, None, &path).unwrap();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// Rewrites `dir/model.safetensors` with `change` applied to its tensors.
+fn rewrite_weights(dir: &Path, change: impl FnOnce(&mut Vec<(String, Tensor)>)) {
+    let path = dir.join("model.safetensors");
+    let mut tensors = read_tensors(&path);
+    change(&mut tensors);
+    write_tensors(&path, &tensors);
+}
+
+#[test]
+fn sharded_weights_load_like_one_file() {
+    let tmp = copy_fixture(|d| {
+        let single = d.join("model.safetensors");
+        let (vision, rest): (Vec<_>, Vec<_>) = read_tensors(&single)
+            .into_iter()
+            .partition(|(n, _)| n.starts_with("vision_model."));
+        let mut map = serde_json::Map::new();
+        for (file, part) in [
+            ("model-00001-of-00002.safetensors", &vision),
+            ("model-00002-of-00002.safetensors", &rest),
+        ] {
+            write_tensors(&d.join(file), part);
+            for (n, _) in part {
+                map.insert(n.clone(), file.into());
+            }
+        }
+        let index = serde_json::json!({"metadata": {}, "weight_map": map});
+        std::fs::write(
+            d.join("model.safetensors.index.json"),
+            serde_json::to_string(&index).unwrap(),
+        )
+        .unwrap();
+        std::fs::remove_file(single).unwrap();
+    });
+    let r = reference(tmp.path());
+    let model = Clip::load(tmp.path()).unwrap();
+    let out = model.vision.forward(&r["vision.pixel_values"]).unwrap();
+    assert!(max_abs_diff(&out.projected, &r["vision.image_embeds"]) < TOL);
+    let prompts = prompts(tmp.path());
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let out = model.encode_texts(&refs).unwrap();
+    assert!(max_abs_diff(&out.projected, &r["text.text_embeds"]) < TOL);
 }
 
 #[test]

@@ -129,55 +129,80 @@ fn clip8(acc: i64) -> u8 {
 }
 
 /// Resizes an RGB image to `out_w × out_h` as PIL's `Image.resize(…, BICUBIC)` does.
-pub fn resize_bicubic(img: &RgbImage, out_w: usize, out_h: usize) -> Vec<u8> {
+///
+/// Each pass rounds to bytes, so the order of the two passes shows in the result.
+/// Pillow (13, what the fixtures were made with) runs the horizontal pass first
+/// unless the height shrinks by more than twice as many pixels as the width
+/// (`ImagingResampleInner`); older Pillow releases always ran it first. The two agree
+/// on landscape frames and on portrait 9:16 frames resized to CLIP's sizes.
+pub fn resize_bicubic(img: &RgbImage, out_w: usize, out_h: usize) -> Result<Vec<u8>> {
+    img.check()?;
+    if out_w == 0 || out_h == 0 {
+        return Err(Error::InvalidSetting(format!(
+            "cannot resize an image to {out_w}×{out_h} pixels"
+        )));
+    }
     let (w, h) = (img.width, img.height);
     if (w, h) == (out_w, out_h) {
-        return img.rgb.to_vec();
+        return Ok(img.rgb.to_vec());
     }
+    let shrink_h = h as i64 - out_h as i64;
+    let shrink_w = w as i64 - out_w as i64;
+    Ok(if shrink_h > 0 && shrink_h > shrink_w * 2 {
+        // The height changes here, so the vertical pass always runs.
+        let mid = vertical(img.rgb, w, h, out_h);
+        if out_w == w {
+            mid
+        } else {
+            horizontal(&mid, w, out_h, out_w)
+        }
+    } else {
+        let mid = (out_w != w).then(|| horizontal(img.rgb, w, h, out_w));
+        match (mid, out_h == h) {
+            (Some(mid), true) => mid,
+            (Some(mid), false) => vertical(&mid, out_w, h, out_h),
+            (None, _) => vertical(img.rgb, w, h, out_h),
+        }
+    })
+}
+
+/// PIL's horizontal pass: `w × h` → `out_w × h`.
+fn horizontal(src: &[u8], w: usize, h: usize, out_w: usize) -> Vec<u8> {
     let round = 1i64 << (PRECISION_BITS - 1);
-    // Horizontal pass first, into a u8 image of the new width and the old height,
-    // skipped (as in PIL) when the width does not change.
-    let mid: std::borrow::Cow<[u8]> = if out_w != w {
-        let taps = Taps::new(w, out_w);
-        let mut mid = vec![0u8; out_w * h * 3];
-        for (src, dst) in img
-            .rgb
-            .chunks_exact(w * 3)
-            .zip(mid.chunks_exact_mut(out_w * 3))
-        {
-            for (xx, px) in dst.chunks_exact_mut(3).enumerate() {
-                let k = &taps.weights[xx * taps.width..(xx + 1) * taps.width];
-                let start = taps.first[xx] * 3;
-                let mut acc = [round; 3];
-                for (kx, s) in k.iter().zip(src[start..].chunks_exact(3)) {
-                    for c in 0..3 {
-                        acc[c] += i64::from(s[c]) * i64::from(*kx);
-                    }
-                }
+    let taps = Taps::new(w, out_w);
+    let mut out = vec![0u8; out_w * h * 3];
+    for (line, dst) in src.chunks_exact(w * 3).zip(out.chunks_exact_mut(out_w * 3)) {
+        for (xx, px) in dst.chunks_exact_mut(3).enumerate() {
+            let k = &taps.weights[xx * taps.width..(xx + 1) * taps.width];
+            let mut acc = [round; 3];
+            for (kx, s) in k.iter().zip(line[taps.first[xx] * 3..].chunks_exact(3)) {
                 for c in 0..3 {
-                    px[c] = clip8(acc[c]);
+                    acc[c] += i64::from(s[c]) * i64::from(*kx);
                 }
             }
+            for c in 0..3 {
+                px[c] = clip8(acc[c]);
+            }
         }
-        mid.into()
-    } else {
-        img.rgb.into()
-    };
-    if out_h == h {
-        return mid.into_owned();
     }
+    out
+}
+
+/// PIL's vertical pass: `w × h` → `w × out_h`.
+fn vertical(src: &[u8], w: usize, h: usize, out_h: usize) -> Vec<u8> {
+    let round = 1i64 << (PRECISION_BITS - 1);
     let taps = Taps::new(h, out_h);
-    let row = out_w * 3;
+    let row = w * 3;
     let mut out = vec![0u8; row * out_h];
     let mut acc = vec![0i64; row];
     for (yy, dst) in out.chunks_exact_mut(row).enumerate() {
         let k = &taps.weights[yy * taps.width..(yy + 1) * taps.width];
         acc.fill(round);
-        for (ky, src) in k.iter().zip(mid[taps.first[yy] * row..].chunks_exact(row)) {
+        for (ky, line) in k.iter().zip(src[taps.first[yy] * row..].chunks_exact(row)) {
             if *ky == 0 {
                 continue;
             }
-            for (a, s) in acc.iter_mut().zip(src) {
+            for (a, s) in acc.iter_mut().zip(line) {
                 *a += i64::from(*s) * i64::from(*ky);
             }
         }
@@ -218,14 +243,8 @@ pub fn preprocess(cfg: &PreprocessConfig, images: &[RgbImage], device: &Device) 
         } else {
             (img.width, img.height)
         };
-        if w == 0 || h == 0 {
-            return Err(Error::InvalidSetting(format!(
-                "an image of {}×{} pixels is too narrow to resize to a shortest edge of {}",
-                img.width, img.height, cfg.shortest_edge
-            )));
-        }
         let resized = if cfg.do_resize {
-            resize_bicubic(img, w, h)
+            resize_bicubic(img, w, h)?
         } else {
             img.rgb.to_vec()
         };
@@ -295,7 +314,7 @@ mod tests {
         let rgb: Vec<u8> = [10u8, 128, 250].repeat(13 * 9);
         let img = RgbImage::new(13, 9, &rgb).unwrap();
         for (w, h) in [(5, 3), (40, 27), (13, 20)] {
-            let out = resize_bicubic(&img, w, h);
+            let out = resize_bicubic(&img, w, h).unwrap();
             assert_eq!(out, [10u8, 128, 250].repeat(w * h), "{w}×{h}");
         }
     }
@@ -312,5 +331,14 @@ mod tests {
     fn a_short_buffer_is_an_error() {
         assert!(RgbImage::new(4, 4, &[0; 47]).is_err());
         assert!(RgbImage::new(0, 4, &[]).is_err());
+        // Fields are public: a hand-made view is checked again where it is used.
+        let bad = RgbImage {
+            width: 4,
+            height: 4,
+            rgb: &[0; 12],
+        };
+        assert!(resize_bicubic(&bad, 2, 2).is_err());
+        let ok = RgbImage::new(2, 2, &[0; 12]).unwrap();
+        assert!(resize_bicubic(&ok, 0, 3).is_err());
     }
 }
