@@ -200,14 +200,23 @@ pub fn render(
             stop: &stop,
         };
         std::thread::scope(|scope| {
-            for part in parts {
-                let job = &job;
-                scope.spawn(move || job.run(part, &mut |_| true));
-            }
+            let handles: Vec<_> = parts
+                .into_iter()
+                .map(|part| {
+                    let job = &job;
+                    scope.spawn(move || job.run(part, &mut |_| true))
+                })
+                .collect();
             // The calling thread takes the first segment and reports
             // progress from it.
             if let Some(part) = first {
                 job.run(part, tick);
+            }
+            // Joined by hand: the scope's own wait ends when the closures
+            // return, before the threads are gone, and a plugin destroyed
+            // right after must leave no thread behind.
+            for h in handles {
+                let _ = h.join();
             }
         });
     }

@@ -1,0 +1,315 @@
+//! The method's hierarchical features from CLIP: global vectors of frames at
+//! 1 fps (the pooled embedding, and its projection for scoring against
+//! words), and the rhythm curve from the last layer's patch tokens at 25 fps
+//! (d_t = 1 − cos over the flattened patches, d_0 = 1).
+//!
+//! Both are cached on disk under a key made of the video's content, the
+//! model and the rates, so the plugin and the CLI compute them once per
+//! video. The 25 fps pass runs CLIP 25 times a second of video, which is
+//! slow on a CPU; engines use the weight-free curve unless told otherwise.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use candle_core::{Device, Tensor};
+
+use super::rhythm::RhythmCurve;
+use super::tags::{self, SectionTags, Vocabulary};
+use super::{GLOBAL_FPS, LOCAL_FPS, Progress};
+use crate::error::{Error, Result};
+use crate::neural::models::clip::{Clip, RgbImage};
+use crate::video::{Fit, SampleOptions, sample_frames};
+
+/// Frames encoded in one batch: large enough for the matrix products to run
+/// at speed, small enough to keep memory modest at ViT-L size.
+const BATCH: usize = 16;
+
+/// How many frames CLIP has encoded in this process (tests check that a
+/// cached video is not encoded again).
+static FRAMES_ENCODED: AtomicUsize = AtomicUsize::new(0);
+
+/// Frames CLIP has encoded in this process so far.
+pub fn frames_encoded() -> usize {
+    FRAMES_ENCODED.load(Ordering::Relaxed)
+}
+
+/// Global features at [`GLOBAL_FPS`]: one row per frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlobalFeatures {
+    /// The pooled class token (`pooler_output`), what the adapter reads.
+    pub pooled: Vec<Vec<f32>>,
+    /// The pooled token projected into the space shared with text
+    /// (`image_embeds`), what words are scored against.
+    pub projected: Vec<Vec<f32>>,
+}
+
+/// Runs `f` over the video's frames at `rate`, in batches of [`BATCH`],
+/// sized and centre-cropped as CLIP takes them.
+fn batched(
+    path: &Path,
+    clip: &Clip,
+    rate: f64,
+    until: Option<f64>,
+    cancel: &AtomicBool,
+    progress: Progress<'_>,
+    mut f: impl FnMut(&[RgbImage]) -> Result<()>,
+) -> Result<()> {
+    // Frames come at the size CLIP resizes to, centre-cropped square by the
+    // sampler (the resize then has nothing to do; a smaller crop still runs).
+    let size = clip.preprocess.shortest_edge.max(1);
+    let opts = SampleOptions {
+        rate,
+        size: size as u32,
+        fit: Fit::CenterCrop,
+        until,
+    };
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
+    let mut flush = |batch: &mut Vec<Vec<u8>>| -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let images = batch
+            .iter()
+            .map(|rgb| RgbImage::new(size, size, rgb))
+            .collect::<Result<Vec<_>>>()?;
+        f(&images)?;
+        FRAMES_ENCODED.fetch_add(images.len(), Ordering::Relaxed);
+        batch.clear();
+        Ok(())
+    };
+    sample_frames(path, &opts, cancel, |frame| {
+        batch.push(frame.rgb.clone());
+        if batch.len() == BATCH {
+            flush(&mut batch)?;
+        }
+        let span = until.map_or(frame.duration, |u| u.min(frame.duration));
+        if span > 0.0 {
+            progress((frame.time / span).min(1.0));
+        }
+        Ok(())
+    })?;
+    flush(&mut batch)?;
+    progress(1.0);
+    Ok(())
+}
+
+fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(t.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
+}
+
+/// CLIP's global features of the video's frames at 1 fps.
+pub fn global_features(
+    path: &Path,
+    clip: &Clip,
+    until: Option<f64>,
+    cancel: &AtomicBool,
+    progress: Progress<'_>,
+) -> Result<GlobalFeatures> {
+    let mut out = GlobalFeatures {
+        pooled: Vec::new(),
+        projected: Vec::new(),
+    };
+    batched(path, clip, GLOBAL_FPS, until, cancel, progress, |images| {
+        let v = clip.encode_images(images)?;
+        out.pooled.extend(rows(&v.pooled)?);
+        out.projected.extend(rows(&v.projected)?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The rhythm curve at 25 fps from CLIP's last-layer patch tokens.
+pub fn patch_curve(
+    path: &Path,
+    clip: &Clip,
+    until: Option<f64>,
+    cancel: &AtomicBool,
+    progress: Progress<'_>,
+) -> Result<Vec<f32>> {
+    let mut curve = RhythmCurve::default();
+    batched(path, clip, LOCAL_FPS, until, cancel, progress, |images| {
+        let v = clip.encode_images(images)?;
+        let tokens = v.patch_tokens.flatten_from(1)?;
+        for row in rows(&tokens)? {
+            curve.push(&row);
+        }
+        Ok(())
+    })?;
+    Ok(curve.values)
+}
+
+/// The rhythm curve of a sequence of frames' patch tokens,
+/// `(frames, patches, hidden)`: what [`patch_curve`] computes per batch.
+pub fn curve_of_tokens(tokens: &Tensor) -> Result<Vec<f32>> {
+    let mut curve = RhythmCurve::default();
+    for row in rows(&tokens.flatten_from(1)?)? {
+        curve.push(&row);
+    }
+    Ok(curve.values)
+}
+
+/// Features on disk, one safetensors file per key.
+#[derive(Debug, Clone)]
+pub struct FeatureCache {
+    dir: PathBuf,
+}
+
+/// What a cached entry is of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureKey {
+    /// The video's content (a hash of its sampled bytes and its size).
+    pub content: String,
+    /// The model's fingerprint.
+    pub model: String,
+    /// `global` or `local`.
+    pub kind: &'static str,
+    pub fps: f64,
+    pub until: Option<f64>,
+}
+
+impl FeatureKey {
+    fn file_name(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(b"vidmusician-features-v1\0");
+        for part in [&self.content, &self.model, self.kind] {
+            h.update(part.as_bytes());
+            h.update(&[0]);
+        }
+        h.update(&self.fps.to_le_bytes());
+        h.update(&self.until.unwrap_or(f64::NAN).to_le_bytes());
+        format!("{}.safetensors", &h.finalize().to_hex()[..32])
+    }
+}
+
+impl FeatureCache {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The tensors stored under `key`, if present and readable; a damaged
+    /// entry is removed and treated as missing.
+    fn get(&self, key: &FeatureKey) -> Option<std::collections::HashMap<String, Tensor>> {
+        let p = self.dir.join(key.file_name());
+        if !p.is_file() {
+            return None;
+        }
+        match candle_core::safetensors::load(&p, &Device::Cpu) {
+            Ok(t) => Some(t),
+            Err(_) => {
+                let _ = std::fs::remove_file(&p);
+                None
+            }
+        }
+    }
+
+    /// Stores `tensors` under `key`, written to a temporary file and renamed,
+    /// so a reader never sees half an entry.
+    fn put(&self, key: &FeatureKey, tensors: &[(&str, Tensor)]) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::output(&self.dir, e))?;
+        let p = self.dir.join(key.file_name());
+        crate::audio::atomic_output(&p, |tmp| {
+            let map: std::collections::HashMap<String, Tensor> = tensors
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.clone()))
+                .collect();
+            candle_core::safetensors::save(&map, tmp).map_err(|e| Error::output(tmp, e))
+        })
+    }
+
+    /// The global features of `key`'s video, computed by `compute` when not
+    /// cached (and stored; a cache that cannot be written only costs time).
+    pub fn global(
+        &self,
+        key: &FeatureKey,
+        compute: impl FnOnce() -> Result<GlobalFeatures>,
+    ) -> Result<GlobalFeatures> {
+        if let Some(t) = self.get(key)
+            && let (Some(p), Some(q)) = (t.get("pooled"), t.get("projected"))
+            && let (Ok(pooled), Ok(projected)) = (rows(p), rows(q))
+        {
+            return Ok(GlobalFeatures { pooled, projected });
+        }
+        let f = compute()?;
+        let as_tensor = |r: &[Vec<f32>]| -> Result<Tensor> {
+            let w = r.first().map_or(0, Vec::len);
+            let flat: Vec<f32> = r.iter().flatten().copied().collect();
+            Ok(Tensor::from_vec(flat, (r.len(), w), &Device::Cpu)?)
+        };
+        if !f.pooled.is_empty() {
+            let _ = self.put(
+                key,
+                &[
+                    ("pooled", as_tensor(&f.pooled)?),
+                    ("projected", as_tensor(&f.projected)?),
+                ],
+            );
+        }
+        Ok(f)
+    }
+
+    /// The CLIP rhythm curve of `key`'s video, computed by `compute` when not
+    /// cached.
+    pub fn curve(
+        &self,
+        key: &FeatureKey,
+        compute: impl FnOnce() -> Result<Vec<f32>>,
+    ) -> Result<Vec<f32>> {
+        if let Some(t) = self.get(key)
+            && let Some(c) = t.get("curve")
+            && let Ok(v) = c.to_vec1::<f32>()
+        {
+            return Ok(v);
+        }
+        let v = compute()?;
+        if !v.is_empty() {
+            let n = v.len();
+            let _ = self.put(
+                key,
+                &[("curve", Tensor::from_vec(v.clone(), n, &Device::Cpu)?)],
+            );
+        }
+        Ok(v)
+    }
+}
+
+/// One embedding per tag: the mean of its picture descriptions' unit-length
+/// text embeddings, `(tags, projection)`.
+pub fn tag_embeddings(clip: &Clip, vocab: &Vocabulary) -> Result<Tensor> {
+    let mut rows = Vec::with_capacity(vocab.len());
+    for (_, tag) in vocab.tags() {
+        let texts: Vec<&str> = tag.pictures.iter().map(String::as_str).collect();
+        let e = clip.encode_texts(&texts)?.projected;
+        let unit = e.broadcast_div(&e.sqr()?.sum_keepdim(1)?.sqrt()?)?;
+        rows.push(unit.mean(0)?);
+    }
+    if rows.is_empty() {
+        return Err(Error::Vocabulary {
+            origin: "the vocabulary".into(),
+            line: 0,
+            reason: "no tags: the vocabulary is empty".into(),
+        });
+    }
+    Ok(Tensor::stack(&rows, 0)?)
+}
+
+/// The tags each section of the video takes: every 1 fps frame's projected
+/// embedding scored against every tag (CLIP's scaled cosine similarity),
+/// then [`tags::choose`]. `bounds` are the sections' starts.
+pub fn tag_sections(
+    clip: &Clip,
+    vocab: &Vocabulary,
+    global: &GlobalFeatures,
+    bounds: &[f64],
+    duration: f64,
+) -> Result<Vec<SectionTags>> {
+    let tags = tag_embeddings(clip, vocab)?;
+    let logits: Vec<Vec<f32>> = if global.projected.is_empty() {
+        Vec::new()
+    } else {
+        let w = global.projected[0].len();
+        let flat: Vec<f32> = global.projected.iter().flatten().copied().collect();
+        let frames = Tensor::from_vec(flat, (global.projected.len(), w), &Device::Cpu)?;
+        clip.similarity(&frames, &tags)?.to_vec2::<f32>()?
+    };
+    Ok(tags::choose(vocab, &logits, GLOBAL_FPS, bounds, duration))
+}

@@ -1,0 +1,354 @@
+//! The zero-shot video engine: MusicGen and CLIP from public weights alone.
+//!
+//! The pictures choose the words (CLIP scores each 1 fps frame against a
+//! vocabulary; the tags are smoothed and chosen per section, and each 30 s
+//! window of MusicGen is made under its section's prompt), the cuts and the
+//! motion choose the tempo (the analysis' suggestion, unless the user or the
+//! host gives one), and the music's accents are moved onto the cuts: the
+//! generated audio is beat-tracked and time-warped so that its beats land
+//! on the tempo's grid and on the cuts ([`crate::align`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::{Made, Pipeline, Work, loaded};
+use crate::align::{Target, align};
+use crate::analysis::clip_features::{
+    FeatureCache, FeatureKey, global_features, patch_curve, tag_sections,
+};
+use crate::analysis::{Analysis, GLOBAL_FPS, LOCAL_FPS, StatsEncoder, analyze_until, from_curve};
+use crate::audio::{Audio, StreamMaster, StreamResampler, measure};
+use crate::error::{Error, Result};
+use crate::neural::models::clip::Clip;
+use crate::neural::{MusicGen, PromptSchedule};
+use crate::service::{MusicSpec, Stage, VideoId};
+use crate::sketch::{CEILING_DBTP, TARGET_LUFS};
+
+use super::text::{TextSettings, stream};
+
+/// Sections shorter than this do not get a prompt of their own: a window of
+/// MusicGen is 30 s, and a prompt that changes every few seconds would only
+/// make the windows disagree.
+const MIN_SECTION_S: f64 = 10.0;
+
+/// The zero-shot engine, keeping its models, the last analysis and the
+/// vocabulary's text embeddings between requests.
+#[derive(Default)]
+pub(crate) struct ZeroShot {
+    musicgen: Option<Arc<MusicGen>>,
+    clip: Option<Arc<Clip>>,
+    analysis: Option<(VideoId, Option<f64>, bool, Arc<Analysis>)>,
+}
+
+/// What the zero-shot engine reads of a spec beyond the text engine's.
+pub(crate) struct ZeroShotSettings {
+    pub text: TextSettings,
+    pub rhythm_strength: f32,
+    /// How many of the vocabulary's categories the prompt takes, in order:
+    /// all at semantic strength 1, none at 0.
+    pub semantic_strength: f32,
+    pub tempo: Option<f64>,
+    pub downbeat: Option<f64>,
+    pub beats_per_bar: u32,
+}
+
+impl From<&MusicSpec> for ZeroShotSettings {
+    fn from(spec: &MusicSpec) -> Self {
+        Self {
+            text: TextSettings::from(spec),
+            rhythm_strength: spec.rhythm_strength,
+            semantic_strength: spec.semantic_strength,
+            tempo: spec.tempo,
+            downbeat: spec.downbeat,
+            beats_per_bar: u32::from(spec.meter.beats),
+        }
+    }
+}
+
+impl Pipeline for ZeroShot {
+    fn uses_pools(&self) -> bool {
+        true
+    }
+
+    fn make(&mut self, work: Work<'_>) -> Result<Made> {
+        let spec = work.spec;
+        let (Some((path, _)), Some(id)) = (work.video, spec.video.as_ref()) else {
+            return Err(Error::InvalidSetting(
+                "the zero-shot engine scores a video: give one".into(),
+            ));
+        };
+        let (Some(mg_dir), Some(clip_dir), Some(vocab), Some(pools)) = (
+            work.model,
+            work.clip,
+            work.vocabulary,
+            work.pools.as_deref(),
+        ) else {
+            return Err(Error::EngineGone);
+        };
+        let (cancel, progress, sink) = (work.cancel, work.progress, work.sink);
+        let settings = ZeroShotSettings::from(spec);
+        let precision = work.config.precision;
+        // Features are kept beside the audio cache, and only when it is on.
+        let cache = work
+            .config
+            .cache_dir
+            .as_ref()
+            .map(|d| FeatureCache::new(d.join("features")));
+        pools.run(|| -> Result<Made> {
+            progress(Stage::Analysing, 0.0);
+            if self
+                .musicgen
+                .as_ref()
+                .is_none_or(|m| m.dir() != mg_dir || m.precision() != precision)
+            {
+                self.musicgen = None;
+                self.musicgen = Some(loaded::musicgen(mg_dir, precision)?);
+            }
+            if self.clip.as_ref().is_none_or(|c| c.dir() != clip_dir) {
+                self.clip = None;
+                self.clip = Some(loaded::clip(clip_dir)?);
+            }
+            let (Some(musicgen), Some(clip)) = (self.musicgen.clone(), self.clip.clone()) else {
+                return Err(Error::EngineGone);
+            };
+            let clip_model = spec.engine.clip.clone().unwrap_or_default();
+            let content = format!("{}:{}", id.sample_hash, id.size);
+
+            // The analysis: cuts, sections and a tempo, from the weight-free
+            // curve or from CLIP's patch tokens.
+            let analysis = match &self.analysis {
+                Some((v, p, c, a))
+                    if v == id && *p == spec.preview_until && *c == spec.clip_rhythm =>
+                {
+                    a.clone()
+                }
+                _ => {
+                    let stats = analyze_until(
+                        path,
+                        &mut StatsEncoder::default(),
+                        spec.preview_until,
+                        cancel,
+                        &mut |f| progress(Stage::Analysing, 0.3 * f),
+                    )?;
+                    let a = if spec.clip_rhythm {
+                        let key = FeatureKey {
+                            content: content.clone(),
+                            model: clip_model.clone(),
+                            kind: "local",
+                            fps: LOCAL_FPS,
+                            until: spec.preview_until,
+                        };
+                        let compute = || {
+                            patch_curve(path, &clip, spec.preview_until, cancel, &mut |f| {
+                                progress(Stage::Analysing, 0.3 + 0.4 * f)
+                            })
+                        };
+                        let d = match &cache {
+                            Some(c) => c.curve(&key, compute)?,
+                            None => compute()?,
+                        };
+                        from_curve(stats.video.clone(), "clip-patches", d, stats.global.clone())
+                    } else {
+                        stats
+                    };
+                    let a = Arc::new(a);
+                    self.analysis =
+                        Some((id.clone(), spec.preview_until, spec.clip_rhythm, a.clone()));
+                    a
+                }
+            };
+            let analysis = match &spec.cuts {
+                Some(c) => Arc::new(analysis.with_cuts(&c.times, c.merge)),
+                None => analysis,
+            };
+
+            // What the pictures show, in the vocabulary's words.
+            let key = FeatureKey {
+                content,
+                model: clip_model,
+                kind: "global",
+                fps: GLOBAL_FPS,
+                until: spec.preview_until,
+            };
+            let compute = || {
+                global_features(path, &clip, spec.preview_until, cancel, &mut |f| {
+                    progress(Stage::Analysing, 0.7 + 0.3 * f)
+                })
+            };
+            let global = match &cache {
+                Some(c) => c.global(&key, compute)?,
+                None => compute()?,
+            };
+            check(cancel)?;
+            let bounds = analysis.sections(MIN_SECTION_S, 1.0);
+            let mut sections = tag_sections(&clip, vocab, &global, &bounds, analysis.duration)?;
+            let keep = (settings.semantic_strength * vocab.categories.len() as f32).ceil() as usize;
+            let kept: Vec<&str> = vocab
+                .categories
+                .iter()
+                .take(keep)
+                .map(|c| c.name.as_str())
+                .collect();
+            for s in &mut sections {
+                s.tags.retain(|t| kept.contains(&t.category.as_str()));
+            }
+            progress(Stage::Analysing, 1.0);
+
+            // The tempo and the bar grid, on the music's clock.
+            let rate = spec.playrate;
+            let played = if rate == 1.0 {
+                analysis.clone()
+            } else {
+                Arc::new(analysis.retimed(rate))
+            };
+            let start = spec.span.start / rate;
+            let bpm = settings.tempo.unwrap_or(played.tempo.bpm);
+            let downbeat = settings
+                .downbeat
+                .map_or(played.tempo.phase - start, |d| d - start);
+            let cuts: Vec<f64> = played
+                .cuts
+                .iter()
+                .map(|c| c.time - start)
+                .filter(|t| *t > 0.0 && *t < settings.text.seconds)
+                .collect();
+            let schedule = PromptSchedule::new(
+                sections
+                    .iter()
+                    .map(|s| {
+                        (
+                            (s.start / rate - start).max(0.0),
+                            s.prompt(&settings.text.prompt, Some(bpm)),
+                        )
+                    })
+                    .collect(),
+            );
+
+            // The music, then its accents on the cuts.
+            let decoding = settings.text.decoding(musicgen.default_sampling());
+            let seconds = settings.text.seconds;
+            if settings.rhythm_strength == 0.0 {
+                // Nothing to move: the music is heard as it is made, exactly
+                // as the text engine would make it for these prompts.
+                let (audio, loudness) = stream(
+                    &musicgen,
+                    &schedule,
+                    seconds,
+                    &decoding,
+                    spec.sample_rate,
+                    cancel,
+                    progress,
+                    sink,
+                )?;
+                return Ok(Made {
+                    audio,
+                    bpm: Some(bpm),
+                    analysis: Some(played),
+                    loudness,
+                    tags: Some(sections),
+                });
+            }
+            let mut raw = Vec::new();
+            musicgen.generate_streaming_scheduled(
+                &schedule,
+                seconds,
+                &decoding,
+                &mut |p| {
+                    progress(
+                        Stage::Composing,
+                        p.frames_done as f64 / p.frames_total.max(1) as f64,
+                    );
+                    !cancel.load(Ordering::Relaxed)
+                },
+                &mut |mono| {
+                    raw.extend_from_slice(mono);
+                    Ok(())
+                },
+            )?;
+            progress(Stage::Finishing, 0.0);
+            let generated = Audio {
+                sample_rate: musicgen.sample_rate(),
+                channels: vec![raw],
+            };
+            let mut target = Target::new(bpm, cuts, settings.rhythm_strength);
+            target.downbeat = downbeat;
+            target.beats_per_bar = settings.beats_per_bar;
+            let aligned = align(&generated, &target);
+            check(cancel)?;
+
+            // At the asked rate, in stereo, mastered like every engine's music.
+            let mono = aligned.channels.into_iter().next().unwrap_or_default();
+            let mut resampler = StreamResampler::new(aligned.sample_rate, spec.sample_rate, 2)?;
+            let mut master = StreamMaster::new(spec.sample_rate, 2, TARGET_LUFS, CEILING_DBTP);
+            let mut audio = Audio::silence(spec.sample_rate, 2, 0);
+            let mut append = |piece: Vec<Vec<f32>>| {
+                for (c, p) in audio.channels.iter_mut().zip(piece) {
+                    c.extend(p);
+                }
+            };
+            let piece = resampler.push(&[mono.clone(), mono])?;
+            append(master.push(&piece)?);
+            let rest = resampler.finish()?;
+            append(master.push(&rest)?);
+            append(master.finish()?);
+            let loudness = measure(&audio)?;
+            Ok(Made {
+                audio,
+                bpm: Some(bpm),
+                analysis: Some(played),
+                loudness,
+                tags: Some(sections),
+            })
+        })
+    }
+}
+
+fn check(cancel: &AtomicBool) -> Result<()> {
+    if cancel.load(Ordering::Relaxed) {
+        Err(Error::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+/// The tags the zero-shot engine would choose for `video` (whose `analysis`
+/// is given), per section, with the CLIP of `config` and `vocabulary` (the
+/// built-in one when `None`): what `vidmusician analyze --tags` prints.
+pub fn video_tags(
+    config: &crate::service::EngineConfig,
+    video: &std::path::Path,
+    vocabulary: Option<&std::path::Path>,
+    analysis: &Analysis,
+    cancel: &AtomicBool,
+    progress: crate::analysis::Progress<'_>,
+) -> Result<Vec<crate::analysis::tags::SectionTags>> {
+    use crate::neural::hub::{ModelKind, find_model_of};
+    let vocab = match vocabulary {
+        Some(p) => crate::analysis::tags::Vocabulary::load(p)?,
+        None => crate::analysis::tags::Vocabulary::parse(
+            crate::analysis::tags::BUILTIN,
+            "the built-in vocabulary",
+        )?,
+    };
+    let dir = find_model_of(
+        &config.clip_model,
+        Some(ModelKind::Clip),
+        config.model_dir.as_deref(),
+    )?;
+    let clip = loaded::clip(&dir)?;
+    let id = crate::service::video_identity(video)?;
+    let key = FeatureKey {
+        content: format!("{}:{}", id.sample_hash, id.size),
+        model: crate::service::spec::model_fingerprint(&dir),
+        kind: "global",
+        fps: GLOBAL_FPS,
+        until: None,
+    };
+    let mut compute = || global_features(video, &clip, None, cancel, progress);
+    let global = match &config.cache_dir {
+        Some(d) => FeatureCache::new(d.join("features")).global(&key, compute)?,
+        None => compute()?,
+    };
+    let bounds = analysis.sections(MIN_SECTION_S, 1.0);
+    tag_sections(&clip, &vocab, &global, &bounds, analysis.duration)
+}
