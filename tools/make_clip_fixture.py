@@ -77,8 +77,19 @@ def build_tokenizer(out: Path) -> PreTrainedTokenizerFast:
         [normalizers.NFC(), normalizers.Replace(r"\s+", " "), normalizers.Lowercase()]
     )
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=90, end_of_word_suffix="</w>", special_tokens=[])
-    tok.train_from_iterator(CORPUS, trainer)
+    # Every lowercase letter, digit and common punctuation mark is in the
+    # alphabet, so any English phrase (the zero-shot engine's vocabulary)
+    # tokenises without an unknown token, as with CLIP's byte-level one.
+    trainer = trainers.BpeTrainer(
+        vocab_size=160,
+        end_of_word_suffix="</w>",
+        special_tokens=[],
+        initial_alphabet=list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"-()&/"),
+    )
+    # Each character also once as a word of its own, so it has its word-final
+    # form (`x</w>`) too.
+    singles = " ".join("abcdefghijklmnopqrstuvwxyz0123456789")
+    tok.train_from_iterator(CORPUS + [singles], trainer)
     tok.add_special_tokens(["<|startoftext|>", "<|endoftext|>"])
     bos, eos = tok.token_to_id("<|startoftext|>"), tok.token_to_id("<|endoftext|>")
     tok.post_processor = processors.TemplateProcessing(
