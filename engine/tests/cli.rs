@@ -1516,13 +1516,18 @@ fn a_download_broken_off_is_a_network_failure() {
 
 /// Onsets of a WAV, and the share of `cuts` with one within 50 ms.
 fn hit_rate(wav: &Path, cuts: &[f64]) -> f64 {
+    hit_rate_within(wav, cuts, 0.05)
+}
+
+/// The share of `cuts` with an onset of the WAV within `tolerance` seconds.
+fn hit_rate_within(wav: &Path, cuts: &[f64], tolerance: f64) -> f64 {
     let a = read_wav(wav).unwrap();
     let onsets = vidmusician_engine::metrics::detect_onsets(
         &a.mono(),
         a.sample_rate,
         &vidmusician_engine::metrics::OnsetConfig::default(),
     );
-    vidmusician_engine::metrics::cut_hit_rate(&onsets, cuts, 0.05)
+    vidmusician_engine::metrics::cut_hit_rate(&onsets, cuts, tolerance)
 }
 
 #[test]
@@ -1630,4 +1635,278 @@ fn a_cut_list_that_cannot_be_this_videos_is_refused_and_nothing_written() {
     ]);
     assert_clean_failure(&out, &["--cuts", "video"]);
     assert!(!wav.exists());
+}
+
+/// A model folder holding the tiny MusicGen and CLIP under the names the
+/// engines look for by default.
+fn tiny_models(dir: &Path) -> PathBuf {
+    let root = dir.join("models");
+    std::fs::create_dir_all(&root).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    std::os::unix::fs::symlink(fixtures.join("musicgen-tiny"), root.join("musicgen-small"))
+        .unwrap();
+    std::os::unix::fs::symlink(
+        fixtures.join("clip-tiny"),
+        root.join("clip-vit-base-patch32"),
+    )
+    .unwrap();
+    root
+}
+
+#[test]
+fn the_zero_shot_engine_scores_a_video_with_its_accents_on_the_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let models = tiny_models(d);
+    let cuts = [1.2, 2.6, 3.7, 5.9, 7.1, 8.3];
+    let v = make_video(
+        d,
+        "in.mp4",
+        &SynthSpec::new(160, 120, 25, 9.0, cuts.to_vec()),
+    );
+    let compose = |name: &str, extra: &[&str]| {
+        let wav = d.join(name);
+        let mut args = vec![
+            "compose",
+            s(&v),
+            "-o",
+            s(&wav),
+            "--model-dir",
+            s(&models),
+            "--prompt",
+            "calm",
+            "--no-cache",
+        ];
+        args.extend(extra);
+        let out = run(&args);
+        assert_success(&out);
+        (wav, stderr(&out))
+    };
+    let (wav, err) = compose("zs.wav", &[]);
+    // `auto` takes zero-shot when both models are there, and says why.
+    assert!(err.contains("engine: zero-shot"), "{err}");
+    // The tags chosen per section are shown.
+    assert!(err.contains("0.00–"), "{err}");
+    let a = read_wav(&wav).unwrap();
+    assert!((a.duration() - 9.0).abs() <= 0.01, "{} s", a.duration());
+    assert!(a.peak() > 0.01, "silent");
+    let rate = hit_rate(&wav, &cuts);
+    assert!(rate >= 0.9, "cut hit rate {rate}");
+    // (The tiny model's audio is dense with onsets, so ±50 ms is hit often
+    // by chance too; engine/tests/align.rs proves the alignment itself on
+    // clicks and drum loops whose cuts are missed before it.)
+}
+
+#[test]
+fn without_rhythm_strength_the_zero_shot_music_is_the_generation_unmoved() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let models = tiny_models(d);
+    let v = make_video(
+        d,
+        "in.mp4",
+        &SynthSpec::new(160, 120, 25, 4.0, vec![1.3, 2.9]),
+    );
+    let zs = d.join("zs.wav");
+    let out = run(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&zs),
+        "--model-dir",
+        s(&models),
+        "--engine",
+        "zero-shot",
+        "--prompt",
+        "calm",
+        "--rhythm-strength",
+        "0",
+        "--semantic-strength",
+        "0",
+        "--no-cache",
+    ]);
+    assert_success(&out);
+    // With no tags, the prompt is the user's words and the tempo.
+    let err = stderr(&out);
+    let bpm: f64 = err
+        .split(" at ")
+        .nth(1)
+        .and_then(|r| r.split(" BPM").next())
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("no tempo in {err}"));
+    let text = d.join("text.wav");
+    let prompt = format!("calm, {} bpm", bpm.round());
+    let out = run(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&text),
+        "--model-dir",
+        s(&models),
+        "--engine",
+        "text",
+        "--prompt",
+        &prompt,
+        "--no-cache",
+    ]);
+    assert_success(&out);
+    let (a, b) = (read_wav(&zs).unwrap(), read_wav(&text).unwrap());
+    assert_eq!(a.channels, b.channels, "rhythm strength 0 moved the music");
+
+    // With rhythm strength, the same generation is moved: another signal
+    // of the same length.
+    let moved = d.join("moved.wav");
+    let out = run(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&moved),
+        "--model-dir",
+        s(&models),
+        "--engine",
+        "zero-shot",
+        "--prompt",
+        "calm",
+        "--rhythm-strength",
+        "0.3",
+        "--semantic-strength",
+        "0",
+        "--no-cache",
+    ]);
+    assert_success(&out);
+    let m = read_wav(&moved).unwrap();
+    assert_eq!(m.len(), a.len());
+    assert_ne!(m.channels, a.channels);
+}
+
+#[test]
+fn the_zero_shot_engine_refuses_what_cannot_work_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let models = tiny_models(d);
+    let v = make_video(d, "in.mp4", &SynthSpec::new(160, 120, 25, 3.0, vec![1.0]));
+    let wav = d.join("out.wav");
+    let empty = d.join("empty.txt");
+    std::fs::write(&empty, "# nothing here\n").unwrap();
+    let out = run(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&wav),
+        "--model-dir",
+        s(&models),
+        "--engine",
+        "zero-shot",
+        "--vocabulary",
+        s(&empty),
+        "--no-cache",
+    ]);
+    assert_clean_failure(&out, &["empty.txt", "empty"]);
+    assert!(!wav.exists());
+
+    // Without CLIP, zero-shot says what is missing; auto falls back and
+    // says how to get it.
+    let only_musicgen = d.join("mg");
+    std::fs::create_dir_all(&only_musicgen).unwrap();
+    std::os::unix::fs::symlink(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny"),
+        only_musicgen.join("musicgen-small"),
+    )
+    .unwrap();
+    let out = run(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&wav),
+        "--model-dir",
+        s(&only_musicgen),
+        "--engine",
+        "zero-shot",
+        "--no-cache",
+    ]);
+    assert_clean_failure(&out, &["openai/clip-vit-base-patch32", "models pull"]);
+    assert!(!wav.exists());
+    let out = run(&[
+        "compose",
+        s(&v),
+        "-o",
+        s(&wav),
+        "--model-dir",
+        s(&only_musicgen),
+        "--no-cache",
+    ]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("engine: sketch")
+            && err.contains("vidmusician models pull openai/clip-vit-base-patch32"),
+        "{err}"
+    );
+}
+
+#[test]
+fn analyze_tags_each_section_with_the_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let models = tiny_models(d);
+    let v = make_video(d, "in.mp4", &SynthSpec::new(160, 120, 25, 4.0, vec![1.5]));
+    let out = run(&["analyze", s(&v), "--tags", "--model-dir", s(&models)]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tags 0.00–4.00 s:"), "{text}");
+    for category in ["mood", "genre", "instruments", "setting", "energy"] {
+        assert!(text.contains(category), "{category} missing: {text}");
+    }
+    let out = run(&[
+        "analyze",
+        s(&v),
+        "--tags",
+        "--json",
+        "--model-dir",
+        s(&models),
+    ]);
+    assert_success(&out);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tags = j["tags"][0]["tags"].as_array().unwrap();
+    // One tag of each category, two instruments.
+    assert_eq!(tags.len(), 6, "{j}");
+    assert!(tags.iter().all(|t| t["score"].as_f64().unwrap() > 0.0));
+
+    // A vocabulary of the user's own: its categories and tags.
+    let vocab = d.join("mine.txt");
+    std::fs::write(
+        &vocab,
+        "[light]\nday | a bright day | bright\nnight | a dark night | nocturnal\n",
+    )
+    .unwrap();
+    let out = run(&[
+        "analyze",
+        s(&v),
+        "--tags",
+        "--json",
+        "--model-dir",
+        s(&models),
+        "--vocabulary",
+        s(&vocab),
+    ]);
+    assert_success(&out);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &j["tags"][0]["tags"][0];
+    assert_eq!(t["category"], "light");
+    assert!(t["tag"] == "day" || t["tag"] == "night", "{t}");
+
+    // Without CLIP: what to install.
+    let out = run(&["analyze", s(&v), "--tags", "--model-dir", s(d)]);
+    assert_clean_failure(&out, &["openai/clip-vit-base-patch32", "models pull"]);
+    std::fs::write(&vocab, "").unwrap();
+    let out = run(&[
+        "analyze",
+        s(&v),
+        "--tags",
+        "--model-dir",
+        s(&models),
+        "--vocabulary",
+        s(&vocab),
+    ]);
+    assert_clean_failure(&out, &["mine.txt", "empty"]);
 }

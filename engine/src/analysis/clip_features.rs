@@ -52,11 +52,25 @@ fn batched(
     until: Option<f64>,
     cancel: &AtomicBool,
     progress: Progress<'_>,
-    mut f: impl FnMut(&[RgbImage]) -> Result<()>,
+    f: impl FnMut(&[RgbImage]) -> Result<()>,
 ) -> Result<()> {
     // Frames come at the size CLIP resizes to, centre-cropped square by the
     // sampler (the resize then has nothing to do; a smaller crop still runs).
     let size = clip.preprocess.shortest_edge.max(1);
+    sample_batches(path, size, rate, until, cancel, progress, f)
+}
+
+/// The video's frames at `rate`, `size`×`size` (shortest side scaled, the
+/// centre cropped), handed to `f` in batches of up to 16.
+pub fn sample_batches(
+    path: &Path,
+    size: usize,
+    rate: f64,
+    until: Option<f64>,
+    cancel: &AtomicBool,
+    progress: Progress<'_>,
+    mut f: impl FnMut(&[RgbImage]) -> Result<()>,
+) -> Result<()> {
     let opts = SampleOptions {
         rate,
         size: size as u32,

@@ -2,6 +2,7 @@
 //! (rhythmic) vectors at 25 fps, the rhythm curve at 50 Hz, and what the
 //! composer reads off them: cuts, motion energy, scene changes, a tempo.
 
+pub mod clip_features;
 mod cuts;
 mod encoder;
 mod plot;

@@ -53,6 +53,19 @@ enum Command {
         /// Write a PNG plot of the rhythm curve with the cuts marked.
         #[arg(long, value_name = "PNG")]
         plot: Option<PathBuf>,
+        /// Also tag each section with the zero-shot engine's vocabulary
+        /// (needs a CLIP model: see `vidmusician models`).
+        #[arg(long)]
+        tags: bool,
+        /// With --tags: the vocabulary file (the built-in one if unset).
+        #[arg(long, value_name = "FILE", requires = "tags")]
+        vocabulary: Option<PathBuf>,
+        /// With --tags: look here first for the CLIP model.
+        #[arg(long, value_name = "DIR", requires = "tags")]
+        model_dir: Option<PathBuf>,
+        /// With --tags: the CLIP checkpoint.
+        #[arg(long, default_value = vidmusician_engine::neural::hub::DEFAULT_CLIP)]
+        clip_model: String,
     },
     /// Rhythm scores of a piece of music against a video's cuts and,
     /// optionally, reference music (Beat Coverage / Beat Hit).
@@ -228,9 +241,20 @@ struct ComposeArgs {
     /// Look here first for models (a model folder, or a folder of them).
     #[arg(long, value_name = "DIR")]
     model_dir: Option<PathBuf>,
-    /// The MusicGen checkpoint of the text engine.
+    /// The MusicGen checkpoint of the neural engines.
     #[arg(long, default_value = vidmusician_engine::neural::hub::DEFAULT_MODEL)]
     model: String,
+    /// The CLIP checkpoint the zero-shot engine reads the pictures with.
+    #[arg(long, default_value = vidmusician_engine::neural::hub::DEFAULT_CLIP)]
+    clip_model: String,
+    /// Zero-shot engine: the words the pictures are scored against (a file
+    /// in the format of engine/data/vocabulary.txt; the built-in one if unset).
+    #[arg(long, value_name = "FILE")]
+    vocabulary: Option<PathBuf>,
+    /// Zero-shot engine: the rhythm curve (cuts, motion) from CLIP's patch
+    /// tokens at 25 fps instead of the weight-free encoder; much slower on a CPU.
+    #[arg(long)]
+    clip_rhythm: bool,
     /// Neural engines: classifier-free guidance (the model's default, 3, if unset).
     #[arg(long, value_name = "SCALE")]
     guidance: Option<f64>,
@@ -277,13 +301,32 @@ enum BenchWhat {
     /// second with and without guidance, EnCodec speed, peak memory; and the same
     /// through Hugging Face transformers when --python names an env that has it.
     Neural,
+    /// CLIP's vision tower at clip-vit-base-patch32's size (random weights) on the
+    /// frames of a synthetic video: global features at 1 fps and the 25 fps pass of
+    /// the rhythm curve, as multiples of real time (--seconds of video).
+    Clip,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Compose(args) => compose(*args),
-        Command::Analyze { video, json, plot } => analyze(&video, json, plot.as_deref()),
+        Command::Analyze {
+            video,
+            json,
+            plot,
+            tags,
+            vocabulary,
+            model_dir,
+            clip_model,
+        } => {
+            let tags = tags.then_some(TagArgs {
+                vocabulary,
+                model_dir,
+                clip_model,
+            });
+            analyze(&video, json, plot.as_deref(), tags.as_ref())
+        }
         Command::Eval {
             music,
             video,
@@ -322,6 +365,11 @@ fn main() -> ExitCode {
             python,
             ..
         } => bench_neural(frames.max(1), python.as_deref()),
+        Command::Bench {
+            what: BenchWhat::Clip,
+            seconds,
+            ..
+        } => bench_clip(seconds),
         Command::Bench {
             what,
             video,
@@ -507,6 +555,7 @@ fn compose(a: ComposeArgs) -> Result<()> {
     let mut config = EngineConfig {
         model_dir: a.model_dir.clone(),
         text_model: a.model.clone(),
+        clip_model: a.clip_model.clone(),
         precision: match a.precision {
             PrecisionArg::F32 => vidmusician_engine::neural::Precision::F32,
             PrecisionArg::Q8 => vidmusician_engine::neural::Precision::Q8,
@@ -529,6 +578,8 @@ fn compose(a: ComposeArgs) -> Result<()> {
     req.temperature = a.temperature;
     req.top_k = a.top_k;
     req.engine = a.engine;
+    req.vocabulary = a.vocabulary.clone();
+    req.clip_rhythm = a.clip_rhythm;
     req.cuts = a.cuts.as_ref().map(|f| CutsRequest {
         source: CutSource::File(f.clone()),
         merge: a.cuts_merge,
@@ -559,12 +610,15 @@ fn compose(a: ComposeArgs) -> Result<()> {
     if let Some(an) = &done.analysis {
         warn_damage(&an.video);
     }
-    if a.engine == EngineChoice::Auto {
-        let why = match done.engine {
-            EngineChoice::Text => "music from the prompt alone",
-            _ => "the neural engines that read pictures are not installed",
-        };
-        eprintln!("engine: {} ({why})", done.engine.as_str());
+    match &done.why {
+        Some(why) if a.engine == EngineChoice::Auto => {
+            eprintln!("engine: {} ({why})", done.engine.as_str());
+        }
+        _ => {}
+    }
+    for s in done.tags.iter().flatten() {
+        let tags: Vec<&str> = s.tags.iter().map(|t| t.tag.as_str()).collect();
+        eprintln!("  {:>7.2}–{:.2} s: {}", s.start, s.end, tags.join(", "));
     }
     if let Some(out) = &a.output {
         audio::write_wav(out, &done.audio)?;
@@ -836,19 +890,61 @@ fn run_analysis(video_path: &Path) -> Result<Analysis> {
     Ok(a)
 }
 
-fn analyze(video_path: &Path, as_json: bool, plot: Option<&Path>) -> Result<()> {
+/// What `analyze --tags` needs.
+struct TagArgs {
+    vocabulary: Option<PathBuf>,
+    model_dir: Option<PathBuf>,
+    clip_model: String,
+}
+
+fn analyze(
+    video_path: &Path,
+    as_json: bool,
+    plot: Option<&Path>,
+    tag_args: Option<&TagArgs>,
+) -> Result<()> {
     if let Some(p) = plot {
         refuse_same_file(p, &[("input video", video_path)])?;
         check_extension(p, "png", "--plot draws a PNG image", None)?;
         check_writable(p)?;
+    }
+    // A vocabulary that cannot be read is refused before the analysis.
+    if let Some(v) = tag_args.and_then(|t| t.vocabulary.as_deref()) {
+        vidmusician_engine::analysis::tags::Vocabulary::load(v)?;
     }
     let a = run_analysis(video_path)?;
     if let Some(p) = plot {
         analysis::plot_analysis(&a, p)?;
         eprintln!("wrote {}", p.display());
     }
+    let tags = match tag_args {
+        Some(t) => {
+            let config = EngineConfig {
+                model_dir: t.model_dir.clone(),
+                clip_model: t.clip_model.clone(),
+                ..EngineConfig::default()
+            };
+            let cancel = std::sync::atomic::AtomicBool::new(false);
+            let pb = bar(1000, "reading the pictures");
+            let tags = vidmusician_engine::service::video_tags(
+                &config,
+                video_path,
+                t.vocabulary.as_deref(),
+                &a,
+                &cancel,
+                &mut |f| pb.set_position((f * 1000.0) as u64),
+            );
+            pb.finish_and_clear();
+            Some(tags?)
+        }
+        None => None,
+    };
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&a)?);
+        let mut j = serde_json::to_value(&a)?;
+        if let Some(t) = &tags {
+            j["tags"] = serde_json::to_value(t)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(());
     }
     let (w, h) = a.video.display_size();
@@ -894,6 +990,12 @@ fn analyze(video_path: &Path, as_json: bool, plot: Option<&Path>) -> Result<()> 
         "picture: brightness {:.2}, contrast {:.2}, saturation {:.2}, colourfulness {:.2}, warmth {:+.2}, motion {:.4}",
         s.brightness, s.contrast, s.saturation, s.colourfulness, s.warmth, s.motion
     );
+    for section in tags.iter().flatten() {
+        println!("tags {:.2}–{:.2} s:", section.start, section.end);
+        for t in &section.tags {
+            println!("  {:<12} {:<16} {:.2}", t.category, t.tag, t.score);
+        }
+    }
     Ok(())
 }
 
@@ -1102,7 +1204,18 @@ fn bench(what: BenchWhat, video_path: Option<&Path>, seconds: f64, runs: usize) 
             })
         }
         BenchWhat::Neural => bench_neural(250, None),
+        BenchWhat::Clip => bench_clip(seconds),
     }
+}
+
+fn bench_clip(seconds: f64) -> Result<()> {
+    if !(seconds.is_finite() && (1.0..=600.0).contains(&seconds)) {
+        bail!("--seconds must be between 1 and 600 (got {seconds})");
+    }
+    let r =
+        vidmusician_engine::neural::models::clip::bench::run(seconds, &mut |m| eprintln!("{m}…"))?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(())
 }
 
 fn bench_neural(frames: usize, python: Option<&Path>) -> Result<()> {

@@ -181,8 +181,13 @@ fn snapshot(repo_dir: &Path) -> Option<PathBuf> {
 }
 
 /// Where `repo` would be under `root`, if it is there.
-fn candidate(root: &Path, origin: Origin, repo: &str) -> Option<PathBuf> {
-    if origin == Origin::ModelDir && root.join("config.json").is_file() {
+fn candidate(root: &Path, origin: Origin, repo: &str, kind: Option<ModelKind>) -> Option<PathBuf> {
+    // A model folder given directly is the model, unless it is one of
+    // another kind (a MusicGen folder when CLIP is sought).
+    if origin == Origin::ModelDir
+        && root.join("config.json").is_file()
+        && kind.is_none_or(|k| ModelKind::of_dir(root) == Some(k))
+    {
         return Some(root.to_path_buf());
     }
     let name = repo.rsplit('/').next().unwrap_or(repo);
@@ -196,10 +201,20 @@ fn candidate(root: &Path, origin: Origin, repo: &str) -> Option<PathBuf> {
 
 /// The folder of `repo`, from the first root that has a complete copy.
 pub fn find_model(repo: &str, model_dir: Option<&Path>) -> Result<PathBuf> {
+    find_model_of(repo, None, model_dir)
+}
+
+/// [`find_model`] for a model of `kind`: a model folder of another kind given
+/// as `model_dir` is passed over rather than taken for `repo`.
+pub fn find_model_of(
+    repo: &str,
+    kind: Option<ModelKind>,
+    model_dir: Option<&Path>,
+) -> Result<PathBuf> {
     let roots = search_roots(model_dir);
     let mut incomplete = Vec::new();
     for (origin, root) in &roots {
-        if let Some(dir) = candidate(root, *origin, repo) {
+        if let Some(dir) = candidate(root, *origin, repo, kind) {
             let missing = missing_files(&dir);
             if missing.is_empty() {
                 return Ok(dir);

@@ -14,12 +14,12 @@
 mod cache;
 mod chunks;
 mod engines;
-mod spec;
+pub(crate) mod spec;
 mod worker;
 
 pub use cache::{AudioCache, CacheMeta};
 pub use chunks::{AudioChunk, ChunkReader};
-pub use engines::musicgen_loads;
+pub use engines::{clip_loads, musicgen_loads, video_tags};
 pub use spec::{
     CutSource, CutsRequest, EngineId, MusicSpec, Resolved, Sampling, Span, UserCuts, VideoId,
     resolve, video_identity,
@@ -55,19 +55,27 @@ pub enum EngineChoice {
     Sketch,
     /// MusicGen from the text prompt alone (the pictures are not read).
     Text,
+    /// MusicGen prompted with what CLIP sees in the pictures, its accents
+    /// moved onto the cuts.
+    ZeroShot,
 }
 
 impl EngineChoice {
     /// Every choice, in the order the plugin's Engine parameter numbers
     /// them (saved projects store that number: only ever append).
-    pub const ALL: [EngineChoice; 3] =
-        [EngineChoice::Auto, EngineChoice::Sketch, EngineChoice::Text];
+    pub const ALL: [EngineChoice; 4] = [
+        EngineChoice::Auto,
+        EngineChoice::Sketch,
+        EngineChoice::Text,
+        EngineChoice::ZeroShot,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EngineChoice::Auto => "auto",
             EngineChoice::Sketch => "sketch",
             EngineChoice::Text => "text",
+            EngineChoice::ZeroShot => "zero-shot",
         }
     }
 
@@ -77,6 +85,9 @@ impl EngineChoice {
             EngineChoice::Auto => "the best engine installed",
             EngineChoice::Sketch => "the embedded composer, driven by the pictures (no weights)",
             EngineChoice::Text => "MusicGen from the prompt alone (the pictures are not read)",
+            EngineChoice::ZeroShot => {
+                "MusicGen prompted with what CLIP sees in the pictures, its accents moved onto the cuts"
+            }
         }
     }
 
@@ -160,6 +171,11 @@ pub struct Request {
     /// The user's cuts (their edit's cut list, a host's markers), used
     /// instead of or with the detected ones.
     pub cuts: Option<CutsRequest>,
+    /// The zero-shot engine's vocabulary file; `None` is the built-in one.
+    pub vocabulary: Option<PathBuf>,
+    /// The zero-shot engine's rhythm curve from CLIP's patch tokens at 25 fps
+    /// rather than the weight-free encoder (much slower on a CPU).
+    pub clip_rhythm: bool,
     /// Frames per chunk handed to the [`ChunkReader`].
     pub chunk_frames: usize,
     /// Capacity of the chunk ring; `0` sends no chunks (the whole piece
@@ -199,6 +215,8 @@ impl Request {
             top_k: None,
             sample_rate: crate::sketch::SAMPLE_RATE,
             cuts: None,
+            vocabulary: None,
+            clip_rhythm: false,
             chunk_frames: 4096,
             max_chunks: 0,
             supersede: false,
@@ -223,6 +241,10 @@ pub struct Finished {
     pub bpm: Option<f64>,
     pub analysis: Option<Arc<Analysis>>,
     pub loudness: Option<LoudnessReport>,
+    /// The tags the pictures chose, per section (the zero-shot engine).
+    pub tags: Option<Vec<crate::analysis::tags::SectionTags>>,
+    /// Why `auto` chose this engine, and what a better one needs.
+    pub why: Option<String>,
     /// True when the audio came from the disk cache.
     pub cached: bool,
     pub cache_key: String,
@@ -266,8 +288,10 @@ pub struct EngineConfig {
     /// Looked in first for models (then `$VIDMUSICIAN_MODELS`, then the Hugging
     /// Face cache).
     pub model_dir: Option<PathBuf>,
-    /// The MusicGen checkpoint of the text engine, as a hub id.
+    /// The MusicGen checkpoint of the neural engines, as a hub id.
     pub text_model: String,
+    /// The CLIP checkpoint of the engines that read the pictures, as a hub id.
+    pub clip_model: String,
     /// How the neural decoder holds its weights.
     pub precision: crate::neural::Precision,
 }
@@ -278,6 +302,7 @@ impl Default for EngineConfig {
             cache_dir: AudioCache::default_dir(),
             model_dir: None,
             text_model: crate::neural::hub::DEFAULT_MODEL.to_string(),
+            clip_model: crate::neural::hub::DEFAULT_CLIP.to_string(),
             precision: crate::neural::Precision::default(),
         }
     }
@@ -477,6 +502,6 @@ mod tests {
         }
         assert_eq!(EngineChoice::from_index(EngineChoice::ALL.len()), None);
         let e = "neural".parse::<EngineChoice>().unwrap_err().to_string();
-        assert!(e.contains("auto, sketch, text"), "{e}");
+        assert!(e.contains("auto, sketch, text, zero-shot"), "{e}");
     }
 }

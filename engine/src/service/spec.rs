@@ -53,6 +53,12 @@ pub struct MusicSpec {
     /// The user's cuts, when given: they replace the detected ones, or join
     /// them.
     pub cuts: Option<UserCuts>,
+    /// A hash of the vocabulary the pictures are tagged with (the zero-shot
+    /// engine; `None` for the others).
+    pub vocabulary: Option<String>,
+    /// The rhythm curve from CLIP's patch tokens rather than the weight-free
+    /// encoder (the zero-shot engine).
+    pub clip_rhythm: bool,
 }
 
 /// What identifies a video file cheaply but safely: its canonical path,
@@ -88,9 +94,12 @@ impl Span {
 #[serde(deny_unknown_fields)]
 pub struct EngineId {
     pub choice: EngineChoice,
-    /// `None` for engines without weights.
+    /// The MusicGen checkpoint's fingerprint; `None` for engines without one.
     pub model: Option<String>,
     pub precision: Option<crate::neural::Precision>,
+    /// The CLIP checkpoint's fingerprint, for engines that read the pictures
+    /// with it.
+    pub clip: Option<String>,
 }
 
 /// The neural engines' sampling settings; `None` is the model's default.
@@ -135,8 +144,14 @@ pub struct Resolved {
     pub spec: MusicSpec,
     /// The video's file and what a probe found, read once per request.
     pub video: Option<(PathBuf, VideoInfo)>,
-    /// The model folder, for neural engines.
+    /// The MusicGen folder, for neural engines.
     pub model: Option<PathBuf>,
+    /// The CLIP folder, for engines that read the pictures with it.
+    pub clip: Option<PathBuf>,
+    /// The zero-shot engine's vocabulary, read and checked.
+    pub vocabulary: Option<std::sync::Arc<crate::analysis::tags::Vocabulary>>,
+    /// Why `auto` chose the engine it chose, and what a better one needs.
+    pub why: Option<String>,
 }
 
 impl MusicSpec {
@@ -169,11 +184,33 @@ pub fn resolve(config: &EngineConfig, request: &Request) -> Result<Resolved> {
         Some(p) => Some(video_identity(p)?),
         None => None,
     };
-    let (choice, model) = pick_engine(config, request)?;
+    let picked = pick_engine(config, request)?;
+    let choice = picked.choice;
     let engine = EngineId {
         choice,
-        model: model.as_deref().map(model_fingerprint),
-        precision: model.is_some().then_some(config.precision),
+        model: picked.model.as_deref().map(model_fingerprint),
+        precision: picked.model.is_some().then_some(config.precision),
+        clip: picked.clip.as_deref().map(model_fingerprint),
+    };
+    // The vocabulary is read and checked now, before any work.
+    let (vocabulary, vocabulary_hash) = if choice == EngineChoice::ZeroShot {
+        let (text, origin) = match &request.vocabulary {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|e| Error::opening(p, e))?,
+                p.display().to_string(),
+            ),
+            None => (
+                crate::analysis::tags::BUILTIN.to_string(),
+                "the built-in vocabulary".to_string(),
+            ),
+        };
+        let v = crate::analysis::tags::Vocabulary::parse(&text, &origin)?;
+        (
+            Some(std::sync::Arc::new(v)),
+            Some(blake3::hash(text.as_bytes()).to_hex()[..16].to_string()),
+        )
+    } else {
+        (None, None)
     };
     let known_length = video
         .as_ref()
@@ -204,36 +241,102 @@ pub fn resolve(config: &EngineConfig, request: &Request) -> Result<Resolved> {
         },
         sample_rate: request.sample_rate,
         cuts,
+        vocabulary: vocabulary_hash,
+        clip_rhythm: choice == EngineChoice::ZeroShot && request.clip_rhythm,
     };
-    Ok(Resolved { spec, video, model })
+    Ok(Resolved {
+        spec,
+        video,
+        model: picked.model,
+        clip: picked.clip,
+        vocabulary,
+        why: picked.why,
+    })
 }
 
-/// The engine for `request`: `auto` scores a video with the embedded
-/// composer (the neural engines that read pictures are not installed yet) and
-/// turns text alone into music with MusicGen. Returns the model folder of a
-/// neural engine.
-fn pick_engine(
-    config: &EngineConfig,
-    request: &Request,
-) -> Result<(EngineChoice, Option<PathBuf>)> {
-    let engine = match (request.engine, &request.video) {
-        (EngineChoice::Auto, Some(_)) => EngineChoice::Sketch,
-        (EngineChoice::Auto, None) => EngineChoice::Text,
-        (e, _) => e,
+/// An engine picked for a request, with the model folders it runs.
+struct Picked {
+    choice: EngineChoice,
+    model: Option<PathBuf>,
+    clip: Option<PathBuf>,
+    why: Option<String>,
+}
+
+/// The engine for `request`. `auto` scores a video with the best engine
+/// installed (zero-shot when MusicGen and CLIP are there, else the embedded
+/// composer, saying what a better one needs) and turns text alone into music
+/// with MusicGen.
+fn pick_engine(config: &EngineConfig, request: &Request) -> Result<Picked> {
+    use crate::neural::hub::{ModelKind, find_model_of};
+    let dir = config.model_dir.as_deref();
+    let musicgen = || find_model_of(&config.text_model, Some(ModelKind::MusicGen), dir);
+    let clip = || find_model_of(&config.clip_model, Some(ModelKind::Clip), dir);
+    let has_video = request.video.is_some();
+    let picked = |choice, model, clip, why| Picked {
+        choice,
+        model,
+        clip,
+        why,
     };
-    match engine {
-        EngineChoice::Text => {
-            let dir =
-                crate::neural::hub::find_model(&config.text_model, config.model_dir.as_deref())?;
-            Ok((engine, Some(dir)))
+    match request.engine {
+        EngineChoice::Auto if has_video => match (musicgen(), clip()) {
+            (Ok(m), Ok(c)) => Ok(picked(
+                EngineChoice::ZeroShot,
+                Some(m),
+                Some(c),
+                Some(format!(
+                    "{} and {} are installed",
+                    config.text_model, config.clip_model
+                )),
+            )),
+            (m, c) => {
+                let missing: Vec<&str> = [
+                    m.is_err().then_some(config.text_model.as_str()),
+                    c.is_err().then_some(config.clip_model.as_str()),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                let pulls: Vec<String> = missing
+                    .iter()
+                    .map(|r| format!("vidmusician models pull {r}"))
+                    .collect();
+                Ok(picked(
+                    EngineChoice::Sketch,
+                    None,
+                    None,
+                    Some(format!(
+                        "the zero-shot engine needs {} (get {}: {})",
+                        missing.join(" and "),
+                        if missing.len() == 1 { "it" } else { "them" },
+                        pulls.join(" and ")
+                    )),
+                ))
+            }
+        },
+        EngineChoice::Auto | EngineChoice::Text => {
+            let m = musicgen()?;
+            let why = (request.engine == EngineChoice::Auto)
+                .then(|| "music from the prompt alone: there is no video".to_string());
+            Ok(picked(EngineChoice::Text, Some(m), None, why))
         }
-        EngineChoice::Sketch | EngineChoice::Auto => {
-            if request.video.is_none() {
+        EngineChoice::ZeroShot => {
+            if !has_video {
+                return Err(Error::InvalidSetting(
+                    "the zero-shot engine scores a video: give one, or use the text engine".into(),
+                ));
+            }
+            let m = musicgen()?;
+            let c = clip()?;
+            Ok(picked(EngineChoice::ZeroShot, Some(m), Some(c), None))
+        }
+        EngineChoice::Sketch => {
+            if !has_video {
                 return Err(Error::InvalidSetting(
                     "the sketch engine scores a video: give one, or use the text engine".into(),
                 ));
             }
-            Ok((EngineChoice::Sketch, None))
+            Ok(picked(EngineChoice::Sketch, None, None, None))
         }
     }
 }
@@ -352,7 +455,7 @@ pub fn video_identity(path: &Path) -> Result<VideoId> {
 
 /// Identifies a checkpoint cheaply: its folder, its config and the size and time of
 /// its weight files, so replaced weights never serve stale audio.
-fn model_fingerprint(dir: &Path) -> String {
+pub(crate) fn model_fingerprint(dir: &Path) -> String {
     let mut h = blake3::Hasher::new();
     h.update(dir.to_string_lossy().as_bytes());
     if let Ok(c) = std::fs::read(dir.join("config.json")) {
@@ -506,6 +609,7 @@ mod tests {
                 choice: EngineChoice::Text,
                 model: Some("0123abcd".into()),
                 precision: Some(crate::neural::Precision::Q8),
+                clip: Some("4567cdef".into()),
             },
             seed: 7,
             sampling: Sampling {
@@ -518,6 +622,8 @@ mod tests {
                 times: vec![1.5, 3.0],
                 merge: false,
             }),
+            vocabulary: Some("89ab".into()),
+            clip_rhythm: false,
         }
     }
 

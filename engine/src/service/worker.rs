@@ -108,6 +108,8 @@ fn process(
             bpm: meta.bpm,
             analysis: None,
             loudness: None,
+            tags: None,
+            why: resolved.why.clone(),
             cached: true,
             cache_key: key,
         });
@@ -158,6 +160,8 @@ fn process(
         bpm: made.bpm,
         analysis: made.analysis,
         loudness: Some(made.loudness),
+        tags: made.tags,
+        why: resolved.why.clone(),
         cached: false,
         cache_key: key,
     })

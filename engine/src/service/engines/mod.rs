@@ -6,16 +6,19 @@ mod loaded;
 mod pools;
 mod sketch;
 mod text;
+mod zeroshot;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-pub use loaded::musicgen_loads;
+pub use loaded::{clip_loads, musicgen_loads};
 pub(crate) use pools::Pools;
+pub use zeroshot::video_tags;
 
 use super::{EngineChoice, EngineConfig, MusicSpec, Resolved, Stage};
 use crate::analysis::Analysis;
+use crate::analysis::tags::{SectionTags, Vocabulary};
 use crate::audio::{Audio, LoudnessReport};
 use crate::error::Result;
 use crate::video::VideoInfo;
@@ -25,8 +28,12 @@ pub(crate) struct Work<'a> {
     pub spec: &'a MusicSpec,
     /// The video's file and its probe, when the spec has a video.
     pub video: Option<(&'a Path, &'a VideoInfo)>,
-    /// The model folder of a neural engine.
+    /// The MusicGen folder of a neural engine.
     pub model: Option<&'a Path>,
+    /// The CLIP folder of an engine that reads the pictures with it.
+    pub clip: Option<&'a Path>,
+    /// The vocabulary the zero-shot engine tags the pictures with.
+    pub vocabulary: Option<&'a Vocabulary>,
     pub config: &'a EngineConfig,
     pub cancel: &'a AtomicBool,
     pub progress: &'a (dyn Fn(Stage, f64) + Sync),
@@ -50,6 +57,8 @@ impl<'a> Work<'a> {
             spec: &resolved.spec,
             video: resolved.video.as_ref().map(|(p, i)| (p.as_path(), i)),
             model: resolved.model.as_deref(),
+            clip: resolved.clip.as_deref(),
+            vocabulary: resolved.vocabulary.as_deref(),
             config,
             cancel,
             progress,
@@ -67,6 +76,8 @@ pub(crate) struct Made {
     pub bpm: Option<f64>,
     pub analysis: Option<Arc<Analysis>>,
     pub loudness: LoudnessReport,
+    /// The tags the pictures chose, per section (the zero-shot engine).
+    pub tags: Option<Vec<SectionTags>>,
 }
 
 /// An engine: makes the music of a spec. It may keep what it loaded or
@@ -85,6 +96,7 @@ pub(crate) trait Pipeline {
 pub(crate) struct Engines {
     sketch: sketch::Sketch,
     text: text::Text,
+    zero_shot: zeroshot::ZeroShot,
     pools: Option<Arc<Pools>>,
 }
 
@@ -93,6 +105,7 @@ impl Engines {
     pub fn make(&mut self, mut work: Work<'_>) -> Result<Made> {
         let engine: &mut dyn Pipeline = match work.spec.engine.choice {
             EngineChoice::Text => &mut self.text,
+            EngineChoice::ZeroShot => &mut self.zero_shot,
             // `resolve` never leaves `auto`; the composer is the safe answer.
             EngineChoice::Sketch | EngineChoice::Auto => &mut self.sketch,
         };

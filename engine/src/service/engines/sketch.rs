@@ -81,6 +81,7 @@ impl Pipeline for Sketch {
             bpm: Some(comp.score.bpm),
             analysis: Some(analysis),
             loudness: comp.loudness,
+            tags: None,
         })
     }
 }

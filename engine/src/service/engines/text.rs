@@ -2,13 +2,13 @@
 //! any) only sets the length.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Made, Pipeline, Work, loaded};
-use crate::audio::{Audio, StreamMaster, StreamResampler, measure};
+use crate::audio::{Audio, LoudnessReport, StreamMaster, StreamResampler, measure};
 use crate::error::{Error, Result};
-use crate::neural::MusicGen;
 use crate::neural::generate::Sampling as Decoding;
+use crate::neural::{MusicGen, PromptSchedule};
 use crate::service::{MusicSpec, Sampling, Stage};
 use crate::sketch::{CEILING_DBTP, TARGET_LUFS};
 
@@ -81,49 +81,76 @@ impl Pipeline for Text {
             return Err(Error::EngineGone);
         };
         let settings = TextSettings::from(work.spec);
+        let decoding = settings.decoding(model.default_sampling());
+        let prompts = PromptSchedule::one(&settings.prompt);
         let rate = work.spec.sample_rate;
         let (cancel, progress, sink) = (work.cancel, work.progress, work.sink);
-        let (audio, loudness) = pools.run(|| -> Result<_> {
-            let decoding = settings.decoding(model.default_sampling());
-            // Resampled and mastered as it comes, so each window can be heard
-            // while the next is generated; the level is set from the start.
-            let mut resampler = StreamResampler::new(model.sample_rate(), rate, 2)?;
-            let mut master = StreamMaster::new(rate, 2, TARGET_LUFS, CEILING_DBTP);
-            let mut audio = Audio::silence(rate, 2, 0);
-            let append = |audio: &mut Audio, piece: Vec<Vec<f32>>| {
-                for (c, p) in audio.channels.iter_mut().zip(piece) {
-                    c.extend(p);
-                }
-            };
-            model.generate_streaming(
-                &settings.prompt,
+        let (audio, loudness) = pools.run(|| {
+            stream(
+                &model,
+                &prompts,
                 settings.seconds,
                 &decoding,
-                &mut |p| {
-                    progress(
-                        Stage::Composing,
-                        p.frames_done as f64 / p.frames_total.max(1) as f64,
-                    );
-                    !cancel.load(Ordering::Relaxed)
-                },
-                &mut |mono| {
-                    let piece = resampler.push(&[mono.to_vec(), mono.to_vec()])?;
-                    append(&mut audio, master.push(&piece)?);
-                    sink(&audio, false)
-                },
-            )?;
-            progress(Stage::Finishing, 0.0);
-            let rest = resampler.finish()?;
-            append(&mut audio, master.push(&rest)?);
-            append(&mut audio, master.finish()?);
-            let loudness = measure(&audio)?;
-            Ok((audio, loudness))
+                rate,
+                cancel,
+                progress,
+                sink,
+            )
         })?;
         Ok(Made {
             audio,
             bpm: None,
             analysis: None,
             loudness,
+            tags: None,
         })
     }
+}
+
+/// MusicGen's music for `prompts`, resampled to `rate` and mastered as it
+/// comes, so each window can be heard while the next is generated (the
+/// level is set from the start of the piece); `sink` takes the piece as it
+/// grows. Mastered to the same loudness as the embedded composer's music.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn stream(
+    model: &MusicGen,
+    prompts: &PromptSchedule,
+    seconds: f64,
+    decoding: &Decoding,
+    rate: u32,
+    cancel: &AtomicBool,
+    progress: &(dyn Fn(Stage, f64) + Sync),
+    sink: &mut (dyn FnMut(&Audio, bool) -> Result<()> + Send),
+) -> Result<(Audio, LoudnessReport)> {
+    let mut resampler = StreamResampler::new(model.sample_rate(), rate, 2)?;
+    let mut master = StreamMaster::new(rate, 2, TARGET_LUFS, CEILING_DBTP);
+    let mut audio = Audio::silence(rate, 2, 0);
+    let append = |audio: &mut Audio, piece: Vec<Vec<f32>>| {
+        for (c, p) in audio.channels.iter_mut().zip(piece) {
+            c.extend(p);
+        }
+    };
+    model.generate_streaming_scheduled(
+        prompts,
+        seconds,
+        decoding,
+        &mut |p| {
+            progress(
+                Stage::Composing,
+                p.frames_done as f64 / p.frames_total.max(1) as f64,
+            );
+            !cancel.load(Ordering::Relaxed)
+        },
+        &mut |mono| {
+            let piece = resampler.push(&[mono.to_vec(), mono.to_vec()])?;
+            append(&mut audio, master.push(&piece)?);
+            sink(&audio, false)
+        },
+    )?;
+    progress(Stage::Finishing, 0.0);
+    let rest = resampler.finish()?;
+    append(&mut audio, master.push(&rest)?);
+    append(&mut audio, master.finish()?);
+    let loudness = measure(&audio)?;
+    Ok((audio, loudness))
 }

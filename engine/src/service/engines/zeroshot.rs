@@ -31,6 +31,9 @@ use super::text::{TextSettings, stream};
 /// make the windows disagree.
 const MIN_SECTION_S: f64 = 10.0;
 
+/// The generated music's peak before accents are added (−12 dBFS).
+const ACCENT_HEADROOM_PEAK: f32 = 0.25;
+
 /// The zero-shot engine, keeping its models, the last analysis and the
 /// vocabulary's text embeddings between requests.
 #[derive(Default)]
@@ -266,6 +269,14 @@ impl Pipeline for ZeroShot {
                 },
             )?;
             progress(Stage::Finishing, 0.0);
+            // Headroom for the accents: the level is set by the master after,
+            // and an accent may not push a peak past the ceiling, so music
+            // generated near full scale would get none.
+            let peak = raw.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            if peak > ACCENT_HEADROOM_PEAK {
+                let g = ACCENT_HEADROOM_PEAK / peak;
+                raw.iter_mut().for_each(|x| *x *= g);
+            }
             let generated = Audio {
                 sample_rate: musicgen.sample_rate(),
                 channels: vec![raw],

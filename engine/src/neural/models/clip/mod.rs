@@ -17,6 +17,7 @@
 //! current: a caller that wants CLIP on its own threads runs it inside
 //! `ThreadPool::install`.
 
+pub mod bench;
 pub mod config;
 pub mod preprocess;
 pub mod text;

@@ -1,0 +1,95 @@
+//! CLIP's speed on this machine: the vision tower at clip-vit-base-patch32's
+//! shape with random weights (no checkpoint can be assumed), fed the frames
+//! of a synthetic video, as the engines feed it: at 1 fps for the global
+//! features, at 25 fps for the rhythm curve. Reported as multiples of real
+//! time (seconds of video per second of work).
+
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use candle_core::Device;
+use serde::Serialize;
+
+use super::{ClipConfig, ClipVision, PreprocessConfig, RgbImage, preprocess::preprocess};
+use crate::analysis::clip_features::sample_batches;
+use crate::error::Result;
+use crate::neural::weights::Weights;
+
+/// openai/clip-vit-base-patch32's `config.json`, as far as the vision tower
+/// reads it.
+const BASE_PATCH32: &str = r#"{
+  "model_type": "clip", "projection_dim": 512, "logit_scale_init_value": 2.6592,
+  "text_config": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
+    "num_attention_heads": 8, "max_position_embeddings": 77, "vocab_size": 49408,
+    "hidden_act": "quick_gelu", "eos_token_id": 49407},
+  "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+    "num_attention_heads": 12, "image_size": 224, "patch_size": 32, "hidden_act": "quick_gelu"}
+}"#;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClipBench {
+    pub model: &'static str,
+    pub threads: usize,
+    pub video_seconds: f64,
+    /// Frames encoded at 1 fps, and seconds of video per second of work.
+    pub global_frames: usize,
+    pub global_x_real_time: f64,
+    /// Frames encoded at 25 fps, and seconds of video per second of work.
+    pub local_frames: usize,
+    pub local_x_real_time: f64,
+    /// The vision tower alone, milliseconds per frame in batches of 16.
+    pub ms_per_frame: f64,
+}
+
+/// Times CLIP's passes over `seconds` of a synthetic 640×360 video.
+pub fn run(seconds: f64, progress: &mut dyn FnMut(&str)) -> Result<ClipBench> {
+    let cfg = ClipConfig::parse(BASE_PATCH32).map_err(crate::Error::InvalidSetting)?;
+    let vision = ClipVision::load(&Weights::random(11), &cfg)?;
+    let pre = PreprocessConfig::for_image_size(cfg.vision_config.image_size);
+    let dir = tempfile::tempdir().map_err(|e| crate::Error::io(std::env::temp_dir(), e))?;
+    let video = dir.path().join("bench.mp4");
+    progress("writing a synthetic video");
+    crate::video::synth::write_video(
+        &video,
+        &crate::video::synth::SynthSpec::new(640, 360, 25, seconds, vec![seconds / 3.0]),
+    )?;
+    let cancel = AtomicBool::new(false);
+    let pass = |rate: f64| -> Result<(usize, f64, f64)> {
+        let mut frames = 0usize;
+        let mut model_s = 0.0;
+        let t0 = Instant::now();
+        sample_batches(
+            &video,
+            pre.shortest_edge,
+            rate,
+            None,
+            &cancel,
+            &mut |_| {},
+            |imgs: &[RgbImage]| {
+                let t = Instant::now();
+                let pixels = preprocess(&pre, imgs, &Device::Cpu)?;
+                let out = vision.forward(&pixels)?;
+                // Read back as the engines do, so nothing stays lazily unevaluated.
+                let _ = out.patch_tokens.flatten_all()?.to_vec1::<f32>()?;
+                model_s += t.elapsed().as_secs_f64();
+                frames += imgs.len();
+                Ok(())
+            },
+        )?;
+        Ok((frames, t0.elapsed().as_secs_f64(), model_s))
+    };
+    progress("global features at 1 fps");
+    let (gf, gs, gm) = pass(crate::analysis::GLOBAL_FPS)?;
+    progress("patch tokens at 25 fps");
+    let (lf, ls, lm) = pass(crate::analysis::LOCAL_FPS)?;
+    Ok(ClipBench {
+        model: "clip-vit-base-patch32 shape, random weights",
+        threads: rayon::current_num_threads(),
+        video_seconds: seconds,
+        global_frames: gf,
+        global_x_real_time: seconds / gs,
+        local_frames: lf,
+        local_x_real_time: seconds / ls,
+        ms_per_frame: 1000.0 * (gm + lm) / (gf + lf).max(1) as f64,
+    })
+}

@@ -1,0 +1,187 @@
+//! CLIP's features of a video: the rhythm curve from patch tokens, the
+//! global features and the tags, and the cache that keeps them. (Its own
+//! test binary: the count of encoded frames is per process.)
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{Device, Tensor};
+use vidmusician_engine::analysis::clip_features::{
+    FeatureCache, FeatureKey, curve_of_tokens, frames_encoded, global_features, patch_curve,
+};
+use vidmusician_engine::neural::models::clip::Clip;
+use vidmusician_engine::video::synth::{SynthSpec, write_video};
+
+/// Tests that count encoded frames run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn clip() -> Clip {
+    Clip::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-tiny")).unwrap()
+}
+
+fn video(dir: &Path, seconds: f64, cuts: Vec<f64>) -> PathBuf {
+    let p = dir.join("v.mp4");
+    write_video(&p, &SynthSpec::new(96, 64, 25, seconds, cuts)).unwrap();
+    p
+}
+
+#[test]
+fn the_curve_of_patch_tokens_is_one_minus_the_cosine_of_neighbours() {
+    // Three frames of two patches of two values, flattened per frame:
+    // f0 = (1,0,0,1), f1 = (1,0,0,1) (the same), f2 = (0,1,1,0) (orthogonal
+    // to f1), so d = [1 (the start), 0, 1].
+    let t = Tensor::from_vec(
+        vec![1f32, 0., 0., 1., 1., 0., 0., 1., 0., 1., 1., 0.],
+        (3, 2, 2),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let d = curve_of_tokens(&t).unwrap();
+    assert_eq!(d.len(), 3);
+    for (got, want) in d.iter().zip([1.0, 0.0, 1.0]) {
+        assert!((got - want).abs() < 1e-6, "{d:?}");
+    }
+    // f1 at 60 degrees from f0: cos = 0.5 over the flattened patches.
+    let t = Tensor::from_vec(
+        vec![1f32, 0., 0., 0., 0.5, 0.75f32.sqrt(), 0., 0.],
+        (2, 2, 2),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let d = curve_of_tokens(&t).unwrap();
+    assert!((d[1] - 0.5).abs() < 1e-6, "{d:?}");
+}
+
+#[test]
+fn features_are_computed_once_per_video_and_model() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let v = video(dir.path(), 3.0, vec![1.4]);
+    let clip = clip();
+    let cancel = AtomicBool::new(false);
+    let cache = FeatureCache::new(dir.path().join("features"));
+    let key = |kind: &'static str, fps: f64| FeatureKey {
+        content: "v".into(),
+        model: "tiny".into(),
+        kind,
+        fps,
+        until: None,
+    };
+
+    let before = frames_encoded();
+    let first = cache
+        .global(&key("global", 1.0), || {
+            global_features(&v, &clip, None, &cancel, &mut |_| {})
+        })
+        .unwrap();
+    assert_eq!(frames_encoded() - before, 3, "one frame a second");
+    assert_eq!(first.pooled.len(), 3);
+    assert_eq!(first.projected[0].len(), clip.config().projection_dim);
+
+    // Again: from the cache, no frame encoded, the same numbers.
+    let before = frames_encoded();
+    let again = cache
+        .global(&key("global", 1.0), || panic!("computed twice"))
+        .unwrap();
+    assert_eq!(frames_encoded(), before);
+    assert_eq!(again, first);
+
+    // The 25 fps curve: a cut shows as a peak at its frame.
+    let before = frames_encoded();
+    let curve = cache
+        .curve(&key("local", 25.0), || {
+            patch_curve(&v, &clip, None, &cancel, &mut |_| {})
+        })
+        .unwrap();
+    assert_eq!(frames_encoded() - before, 75);
+    assert_eq!(curve.len(), 75);
+    assert_eq!(curve[0], 1.0);
+    let peak = (1..curve.len())
+        .max_by(|&a, &b| curve[a].total_cmp(&curve[b]))
+        .unwrap();
+    assert_eq!(peak, 35, "{curve:?}");
+    let cached = cache
+        .curve(&key("local", 25.0), || panic!("computed twice"))
+        .unwrap();
+    assert_eq!(cached, curve);
+
+    // Another model is another entry.
+    let mut other = key("global", 1.0);
+    other.model = "other".into();
+    let mut called = false;
+    cache
+        .global(&other, || {
+            called = true;
+            Ok(first.clone())
+        })
+        .unwrap();
+    assert!(called);
+
+    // A damaged entry is recomputed, not an error.
+    for e in std::fs::read_dir(dir.path().join("features")).unwrap() {
+        std::fs::write(e.unwrap().path(), b"not a safetensors file").unwrap();
+    }
+    let mut called = false;
+    cache
+        .global(&key("global", 1.0), || {
+            called = true;
+            Ok(first.clone())
+        })
+        .unwrap();
+    assert!(called);
+}
+
+/// A folder holding the tiny MusicGen and CLIP under their default names.
+fn tiny_models(dir: &Path) -> PathBuf {
+    let root = dir.join("models");
+    std::fs::create_dir_all(&root).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    std::os::unix::fs::symlink(fixtures.join("musicgen-tiny"), root.join("musicgen-small"))
+        .unwrap();
+    std::os::unix::fs::symlink(
+        fixtures.join("clip-tiny"),
+        root.join("clip-vit-base-patch32"),
+    )
+    .unwrap();
+    root
+}
+
+#[test]
+fn two_zero_shot_engines_share_models_and_features() {
+    use vidmusician_engine::service::{
+        Engine, EngineChoice, EngineConfig, Request, clip_loads, musicgen_loads,
+    };
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let v = video(dir.path(), 3.0, vec![1.4]);
+    let config = EngineConfig {
+        cache_dir: Some(dir.path().join("cache")),
+        model_dir: Some(tiny_models(dir.path())),
+        ..EngineConfig::default()
+    };
+    let (mg0, clip0) = (musicgen_loads().0, clip_loads().0);
+    let a = Engine::start(config.clone()).unwrap();
+    let b = Engine::start(config).unwrap();
+    let mut req = Request::new(&v);
+    req.engine = EngineChoice::ZeroShot;
+    req.sample_rate = 32_000;
+    let (ia, _) = a.submit(req.clone()).unwrap();
+    let ra = a.wait(ia, |_| {}).unwrap();
+    let encoded = frames_encoded();
+    req.seed = 1;
+    let (ib, _) = b.submit(req).unwrap();
+    let rb = b.wait(ib, |_| {}).unwrap();
+    assert_eq!(ra.engine, EngineChoice::ZeroShot);
+    assert_eq!(rb.audio.len(), 3 * 32_000);
+    assert!(ra.tags.as_ref().is_some_and(|t| !t.is_empty()));
+    assert_ne!(ra.audio.channels, rb.audio.channels);
+    // The second engine read the pictures from the cache and the weights
+    // from the first.
+    assert_eq!(frames_encoded(), encoded, "features computed twice");
+    assert_eq!(musicgen_loads(), (mg0 + 1, 1));
+    assert_eq!(clip_loads(), (clip0 + 1, 1));
+    drop(a);
+    drop(b);
+    assert_eq!(musicgen_loads().1, 0);
+    assert_eq!(clip_loads().1, 0);
+}
