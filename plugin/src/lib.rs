@@ -54,7 +54,9 @@ use playback::{Grid, MAX_SLOTS, Player, Take};
 use reaper::{Reaper, VideoItem};
 use state::{HostGrid, MAX_STATE_BYTES, SavedState};
 use steward::Steward;
-use vidmusician_engine::service::{Engine, EngineChoice, EngineConfig, Request};
+use vidmusician_engine::service::{
+    CutSource, CutsRequest, Engine, EngineChoice, EngineConfig, Request,
+};
 use vidmusician_engine::sketch::Meter;
 
 pub const PLUGIN_ID: &str = "com.vidmusician.vidmusician";
@@ -130,6 +132,7 @@ impl DefaultPluginFactory for VidMusician {
             has_music: false,
             item: None,
             reaper_changes: None,
+            marker_cuts: Vec::new(),
         }));
         let steward = Steward::start(shared, Arc::clone(&inner))
             .map_err(|_| PluginError::Message("cannot start a thread"))?;
@@ -294,6 +297,10 @@ struct Inner {
     item: Option<VideoItem>,
     /// REAPER's project change count when the timeline was last read.
     reaper_changes: Option<i32>,
+    /// The project's markers and region bounds inside the video item, as
+    /// times of the video: cuts of the user's edit, marked with the
+    /// detected ones.
+    marker_cuts: Vec<f64>,
 }
 
 /// Where a take's music comes from.
@@ -453,6 +460,12 @@ fn request(shared: &Shared<'_>, inner: &mut Inner) {
         req.downbeat = Some(bar_song - shared.offset());
     }
     req.chunk_frames = chunk_frames;
+    if !inner.marker_cuts.is_empty() && inner.item.as_ref().is_some_and(|i| i.path == video) {
+        req.cuts = Some(CutsRequest {
+            source: CutSource::Times(inner.marker_cuts.clone()),
+            merge: true,
+        });
+    }
     let take = TakeSpec { total, grid, ask };
     // Music made before (a reopened project) plays at once.
     if submit_take(shared, inner, req.clone(), take, Source::Cache) {
@@ -567,8 +580,11 @@ impl MainThread<'_> {
             // a saved video still plays.
             return false;
         };
+        let cuts = reaper::cuts_in_video(&item, &reaper.marker_times());
+        let new_cuts = cuts != inner.marker_cuts;
+        inner.marker_cuts = cuts;
         if inner.item.as_ref() == Some(&item) && inner.video.as_ref() == Some(&item.path) {
-            return false;
+            return new_cuts;
         }
         if others > 0 {
             self.shared.report(
@@ -581,9 +597,11 @@ impl MainThread<'_> {
                 ),
             );
         }
-        let new_music = inner.item.as_ref().is_none_or(|old| {
-            old.needs_new_music(&item) || self.shared.off_grid(item.position - old.position)
-        }) || inner.video.as_ref() != Some(&item.path);
+        let new_music = new_cuts
+            || inner.item.as_ref().is_none_or(|old| {
+                old.needs_new_music(&item) || self.shared.off_grid(item.position - old.position)
+            })
+            || inner.video.as_ref() != Some(&item.path);
         self.shared
             .timeline_offset
             .store(item.position.to_bits(), Ordering::Release);

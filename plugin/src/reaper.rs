@@ -77,6 +77,21 @@ impl VideoItem {
     }
 }
 
+/// Timeline times (markers, region bounds) that fall inside `item`, as
+/// times of its video, sorted: the cuts of the user's edit that the music
+/// should mark. Times at the item's very ends are its edges, not cuts.
+pub fn cuts_in_video(item: &VideoItem, timeline: &[f64]) -> Vec<f64> {
+    let (from, to) = item.range();
+    let mut cuts: Vec<f64> = timeline
+        .iter()
+        .map(|&t| item.start_offset + (t - item.position) * item.playrate)
+        .filter(|v| v.is_finite() && *v > from + 1e-3 && *v < to - 1e-3)
+        .collect();
+    cuts.sort_by(f64::total_cmp);
+    cuts.dedup_by(|a, b| (*a - *b).abs() < 1e-3);
+    cuts
+}
+
 /// One media item as REAPER describes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -152,7 +167,25 @@ pub struct Reaper {
     item_value: ValueFn,
     take_value: ValueFn,
     change_count: Option<CountFn>,
+    markers: Option<MarkersFn>,
 }
+
+/// `EnumProjectMarkers3(project, index, &is_region, &position, &region_end,
+/// &name, &number, &colour)`: the next index, 0 after the last.
+type MarkersFn = unsafe extern "C" fn(
+    *mut c_void,
+    c_int,
+    *mut bool,
+    *mut f64,
+    *mut f64,
+    *mut *const c_char,
+    *mut c_int,
+    *mut c_int,
+) -> c_int;
+
+/// The most markers read from a project (a guard against a host that never
+/// says the list has ended).
+const MAX_MARKERS: usize = 10_000;
 
 impl Reaper {
     /// REAPER's API, when the host is REAPER and has every function needed.
@@ -195,6 +228,8 @@ impl Reaper {
                 )?),
                 change_count: func(c"GetProjectStateChangeCount")
                     .map(|p| std::mem::transmute::<*mut c_void, CountFn>(p)),
+                markers: func(c"EnumProjectMarkers3")
+                    .map(|p| std::mem::transmute::<*mut c_void, MarkersFn>(p)),
             })
         }
     }
@@ -267,6 +302,44 @@ impl Reaper {
         }
     }
 
+    /// The project's markers and the starts and ends of its regions,
+    /// seconds of the project's timeline.
+    pub fn marker_times(&self) -> Vec<f64> {
+        let (Some(project), Some(f)) = (self.project(), self.markers) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut index = 0;
+        for _ in 0..MAX_MARKERS {
+            let (mut region, mut pos, mut end) = (false, f64::NAN, f64::NAN);
+            let (mut name, mut number, mut colour) = (std::ptr::null(), 0, 0);
+            // SAFETY: REAPER's function on its own project pointer, on the
+            // main thread; every out-pointer is to a local of its type.
+            let next = unsafe {
+                f(
+                    project,
+                    index,
+                    &mut region,
+                    &mut pos,
+                    &mut end,
+                    &mut name,
+                    &mut number,
+                    &mut colour,
+                )
+            };
+            if next <= index {
+                break;
+            }
+            index = next;
+            out.push(pos);
+            if region {
+                out.push(end);
+            }
+        }
+        out.retain(|t| t.is_finite());
+        out
+    }
+
     /// A string REAPER writes into a buffer.
     ///
     /// # Safety
@@ -300,6 +373,24 @@ mod tests {
             playrate: 1.0,
             muted: false,
         }
+    }
+
+    #[test]
+    fn markers_inside_the_item_become_cuts_of_its_video() {
+        // 4 s of the video from its 1 s mark, played at 2×, at 10 s on the
+        // timeline: timeline 10–12 s is video 1–5 s.
+        let item = VideoItem {
+            path: PathBuf::from("v.mp4"),
+            position: 10.0,
+            length: 2.0,
+            start_offset: 1.0,
+            playrate: 2.0,
+        };
+        let cuts = cuts_in_video(
+            &item,
+            &[11.5, 3.0, 10.25, 10.0, 12.0, 13.0, f64::NAN, 10.25],
+        );
+        assert_eq!(cuts, vec![1.5, 4.0]);
     }
 
     #[test]

@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 
 use assert_no_alloc::AllocDisabler;
 use clack_host::prelude::*;
-use common::reaper::{FakeItem, set_project};
+use common::reaper::{FakeItem, set_markers, set_project};
 use common::*;
 use vidmusician_engine::audio::Audio;
-use vidmusician_engine::service::Request;
+use vidmusician_engine::service::{CutSource, CutsRequest, Request};
 use vidmusician_engine::video::synth::{SynthSpec, write_video};
 
 #[global_allocator]
@@ -138,13 +138,41 @@ fn the_video_on_reapers_timeline_is_scored_and_followed() {
     until(&mut inst, &mut d, &mut proc, &music((0.5, 3.5), 2.0), 1.0);
 
     // The item is deleted: the music stays as it was.
-    set_project(vec![audio]);
+    set_project(vec![audio.clone()]);
     fire_timers(&mut inst);
     assert!(plays_at(
         &pass(&mut d, &mut proc),
         &music((0.5, 3.5), 2.0),
         1.0
     ));
+
+    // Markers and a region on the timeline: inside the item they are cuts of
+    // the edit, marked with the detected ones; outside it they are not.
+    set_project(vec![audio.clone(), item(path, 1.0, 3.0, 0.5, 1.0)]);
+    set_markers(vec![
+        (0.5, None),
+        (2.2, None),
+        (2.6, Some(3.4)),
+        (9.0, None),
+    ]);
+    fire_timers(&mut inst);
+    let in_video = |t: f64| 0.5 + (t - 1.0);
+    let mut r = Request::new(&video);
+    r.range = Some((0.5, 3.5));
+    r.cuts = Some(CutsRequest {
+        source: CutSource::Times(vec![in_video(2.2), in_video(2.6), in_video(3.4)]),
+        merge: true,
+    });
+    let marked = expected_for(r, 0, RATE);
+    assert_ne!(
+        marked.channels, trimmed.channels,
+        "the markers changed nothing"
+    );
+    until(&mut inst, &mut d, &mut proc, &marked, 1.0);
+    // A marker removed: the detected cuts alone again.
+    set_markers(Vec::new());
+    fire_timers(&mut inst);
+    until(&mut inst, &mut d, &mut proc, &trimmed, 1.0);
 
     // An item that starts past the video's end: nothing to score, the last
     // music stays, no crash.

@@ -126,7 +126,8 @@ pub enum CutSource {
     /// A cut list file (EDL, OTIO, FCPXML, CSV/TXT), read when the request
     /// is resolved, with the video's frame rate for timecodes.
     File(PathBuf),
-    /// Times already known (a host's markers), seconds of the video.
+    /// Times already known (a host's markers), seconds of the video; those
+    /// past the video's end are dropped.
     Times(Vec<f64>),
 }
 
@@ -401,6 +402,12 @@ fn read_user_cuts(
         return Err(Error::InvalidSetting(format!(
             "{origin}: a cut at {bad} s; cut times must be 0 or more"
         )));
+    }
+    // A host's markers may run past a video shorter than its item: those
+    // are simply not in the video. A file's cut past the end means the
+    // file is another video's.
+    if let (Some(d), CutSource::Times(_)) = (length, &request.source) {
+        times.retain(|t| *t <= d);
     }
     if let Some(d) = length
         && let Some(last) = times.iter().copied().filter(|t| *t > d).reduce(f64::max)

@@ -24,6 +24,8 @@ pub struct FakeItem {
 }
 
 static PROJECT: Mutex<Vec<FakeItem>> = Mutex::new(Vec::new());
+/// Markers `(position, None)` and regions `(start, Some(end))`.
+static MARKERS: Mutex<Vec<(f64, Option<f64>)>> = Mutex::new(Vec::new());
 static CHANGES: AtomicI32 = AtomicI32::new(0);
 const PROJECT_PTR: usize = 0x5000;
 
@@ -32,6 +34,37 @@ const PROJECT_PTR: usize = 0x5000;
 pub fn set_project(items: Vec<FakeItem>) {
     *PROJECT.lock().unwrap() = items;
     CHANGES.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Replaces the project's markers and regions, as an edit in REAPER would.
+pub fn set_markers(markers: Vec<(f64, Option<f64>)>) {
+    *MARKERS.lock().unwrap() = markers;
+    CHANGES.fetch_add(1, Ordering::AcqRel);
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn enum_markers(
+    project: *mut c_void,
+    index: c_int,
+    region: *mut bool,
+    position: *mut f64,
+    end: *mut f64,
+    _name: *mut *const c_char,
+    _number: *mut c_int,
+    _colour: *mut c_int,
+) -> c_int {
+    assert_eq!(project as usize, PROJECT_PTR);
+    let markers = MARKERS.lock().unwrap();
+    let Some(&(pos, rgn)) = usize::try_from(index).ok().and_then(|i| markers.get(i)) else {
+        return 0;
+    };
+    // SAFETY: the plugin passes pointers to its own locals.
+    unsafe {
+        *region = rgn.is_some();
+        *position = pos;
+        *end = rgn.unwrap_or(0.0);
+    }
+    index + 1
 }
 
 fn encode(index: usize, tag: usize) -> *mut c_void {
@@ -146,6 +179,7 @@ unsafe extern "C" fn get_func(name: *const c_char) -> *mut c_void {
         "GetMediaItemInfo_Value" => item_value as *const (),
         "GetMediaItemTakeInfo_Value" => take_value as *const (),
         "GetProjectStateChangeCount" => change_count as *const (),
+        "EnumProjectMarkers3" => enum_markers as *const (),
         _ => std::ptr::null(),
     };
     f as *mut c_void
