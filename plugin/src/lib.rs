@@ -473,9 +473,10 @@ fn request(shared: &Shared<'_>, inner: &mut Inner) {
     }
     // A long video gets a quick preview of its start first, so music
     // plays within a second; the full piece replaces it at a bar line.
-    // A bounce needs the full piece only, and the text engine sends its
-    // piece window by window anyway.
-    let streams = req.engine == EngineChoice::Text;
+    // A bounce needs the full piece only; the text engine sends its piece
+    // window by window anyway, and a neural engine's preview would cost a
+    // generation of its own.
+    let streams = matches!(req.engine, EngineChoice::Text | EngineChoice::ZeroShot);
     if !shared.bouncing() && !streams && !inner.has_music && seconds > PREVIEW_S * 1.5 {
         let mut preview = req.clone();
         preview.preview_until = Some(start + PREVIEW_S * playrate);
