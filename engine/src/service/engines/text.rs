@@ -107,10 +107,58 @@ impl Pipeline for Text {
     }
 }
 
-/// MusicGen's music for `prompts`, resampled to `rate` and mastered as it
-/// comes, so each window can be heard while the next is generated (the
-/// level is set from the start of the piece); `sink` takes the piece as it
-/// grows. Mastered to the same loudness as the embedded composer's music.
+/// Mono music at the codec's rate made into the piece: stereo at the asked
+/// rate, mastered to the same loudness as the embedded composer's music, as
+/// it comes (the level is set from the start of the piece).
+pub(super) struct Finisher {
+    resampler: StreamResampler,
+    master: StreamMaster,
+    audio: Audio,
+}
+
+impl Finisher {
+    pub fn new(from: u32, rate: u32) -> Result<Self> {
+        Ok(Self {
+            resampler: StreamResampler::new(from, rate, 2)?,
+            master: StreamMaster::new(rate, 2, TARGET_LUFS, CEILING_DBTP),
+            audio: Audio::silence(rate, 2, 0),
+        })
+    }
+
+    fn append(&mut self, piece: Vec<Vec<f32>>) {
+        for (c, p) in self.audio.channels.iter_mut().zip(piece) {
+            c.extend(p);
+        }
+    }
+
+    /// Takes the next stretch of music.
+    pub fn push(&mut self, mono: &[f32]) -> Result<()> {
+        let piece = self.resampler.push(&[mono.to_vec(), mono.to_vec()])?;
+        let mastered = self.master.push(&piece)?;
+        self.append(mastered);
+        Ok(())
+    }
+
+    /// The piece so far.
+    pub fn audio(&self) -> &Audio {
+        &self.audio
+    }
+
+    /// The whole piece and its loudness.
+    pub fn finish(mut self) -> Result<(Audio, LoudnessReport)> {
+        let rest = self.resampler.finish()?;
+        let mastered = self.master.push(&rest)?;
+        self.append(mastered);
+        let tail = self.master.finish()?;
+        self.append(tail);
+        let loudness = measure(&self.audio)?;
+        Ok((self.audio, loudness))
+    }
+}
+
+/// MusicGen's music for `prompts`, made into the piece as it comes, so each
+/// window can be heard while the next is generated; `sink` takes the piece
+/// as it grows.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn stream(
     model: &MusicGen,
@@ -122,14 +170,7 @@ pub(super) fn stream(
     progress: &(dyn Fn(Stage, f64) + Sync),
     sink: &mut (dyn FnMut(&Audio, bool) -> Result<()> + Send),
 ) -> Result<(Audio, LoudnessReport)> {
-    let mut resampler = StreamResampler::new(model.sample_rate(), rate, 2)?;
-    let mut master = StreamMaster::new(rate, 2, TARGET_LUFS, CEILING_DBTP);
-    let mut audio = Audio::silence(rate, 2, 0);
-    let append = |audio: &mut Audio, piece: Vec<Vec<f32>>| {
-        for (c, p) in audio.channels.iter_mut().zip(piece) {
-            c.extend(p);
-        }
-    };
+    let mut finisher = Finisher::new(model.sample_rate(), rate)?;
     model.generate_streaming_scheduled(
         prompts,
         seconds,
@@ -142,15 +183,10 @@ pub(super) fn stream(
             !cancel.load(Ordering::Relaxed)
         },
         &mut |mono| {
-            let piece = resampler.push(&[mono.to_vec(), mono.to_vec()])?;
-            append(&mut audio, master.push(&piece)?);
-            sink(&audio, false)
+            finisher.push(mono)?;
+            sink(finisher.audio(), false)
         },
     )?;
     progress(Stage::Finishing, 0.0);
-    let rest = resampler.finish()?;
-    append(&mut audio, master.push(&rest)?);
-    append(&mut audio, master.finish()?);
-    let loudness = measure(&audio)?;
-    Ok((audio, loudness))
+    finisher.finish()
 }

@@ -17,14 +17,13 @@ use crate::analysis::clip_features::{
     FeatureCache, FeatureKey, global_features, patch_curve, tag_sections,
 };
 use crate::analysis::{Analysis, GLOBAL_FPS, LOCAL_FPS, StatsEncoder, analyze_until, from_curve};
-use crate::audio::{Audio, StreamMaster, StreamResampler, measure};
+use crate::audio::Audio;
 use crate::error::{Error, Result};
 use crate::neural::models::clip::Clip;
 use crate::neural::{MusicGen, PromptSchedule};
 use crate::service::{MusicSpec, Stage, VideoId};
-use crate::sketch::{CEILING_DBTP, TARGET_LUFS};
 
-use super::text::{TextSettings, stream};
+use super::text::{Finisher, TextSettings, stream};
 
 /// Sections shorter than this do not get a prompt of their own: a window of
 /// MusicGen is 30 s, and a prompt that changes every few seconds would only
@@ -289,20 +288,9 @@ impl Pipeline for ZeroShot {
 
             // At the asked rate, in stereo, mastered like every engine's music.
             let mono = aligned.channels.into_iter().next().unwrap_or_default();
-            let mut resampler = StreamResampler::new(aligned.sample_rate, spec.sample_rate, 2)?;
-            let mut master = StreamMaster::new(spec.sample_rate, 2, TARGET_LUFS, CEILING_DBTP);
-            let mut audio = Audio::silence(spec.sample_rate, 2, 0);
-            let mut append = |piece: Vec<Vec<f32>>| {
-                for (c, p) in audio.channels.iter_mut().zip(piece) {
-                    c.extend(p);
-                }
-            };
-            let piece = resampler.push(&[mono.clone(), mono])?;
-            append(master.push(&piece)?);
-            let rest = resampler.finish()?;
-            append(master.push(&rest)?);
-            append(master.finish()?);
-            let loudness = measure(&audio)?;
+            let mut finisher = Finisher::new(aligned.sample_rate, spec.sample_rate)?;
+            finisher.push(&mono)?;
+            let (audio, loudness) = finisher.finish()?;
             Ok(Made {
                 audio,
                 bpm: Some(bpm),
