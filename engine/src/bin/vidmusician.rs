@@ -305,6 +305,10 @@ enum BenchWhat {
     /// frames of a synthetic video: global features at 1 fps and the 25 fps pass of
     /// the rhythm curve, as multiples of real time (--seconds of video).
     Clip,
+    /// The zero-shot engine end to end at musicgen-small's and clip-vit-base-patch32's
+    /// sizes (random weights written to a temporary folder), 8-bit decoder weights,
+    /// on --seconds of a synthetic video: seconds of work per second of music, by stage.
+    ZeroShot,
 }
 
 fn main() -> ExitCode {
@@ -370,6 +374,11 @@ fn main() -> ExitCode {
             seconds,
             ..
         } => bench_clip(seconds),
+        Command::Bench {
+            what: BenchWhat::ZeroShot,
+            seconds,
+            ..
+        } => bench_zero_shot(seconds),
         Command::Bench {
             what,
             video,
@@ -1205,7 +1214,65 @@ fn bench(what: BenchWhat, video_path: Option<&Path>, seconds: f64, runs: usize) 
         }
         BenchWhat::Neural => bench_neural(250, None),
         BenchWhat::Clip => bench_clip(seconds),
+        BenchWhat::ZeroShot => bench_zero_shot(seconds),
     }
+}
+
+fn bench_zero_shot(seconds: f64) -> Result<()> {
+    if !(seconds.is_finite() && (1.0..=300.0).contains(&seconds)) {
+        bail!("--seconds must be between 1 and 300 (got {seconds})");
+    }
+    let dir = tempfile::tempdir()?;
+    let models = dir.path().join("models");
+    let (mg, clip) = (
+        models.join("musicgen-small"),
+        models.join("clip-vit-base-patch32"),
+    );
+    std::fs::create_dir_all(&mg)?;
+    std::fs::create_dir_all(&clip)?;
+    eprintln!("writing random checkpoints…");
+    vidmusician_engine::neural::bench::write_random_checkpoint(&mg)?;
+    vidmusician_engine::neural::models::clip::bench::write_random_checkpoint(&clip)?;
+    let video = dir.path().join("bench.mp4");
+    let cuts = default_cuts(seconds, 3);
+    synth::write_video(&video, &synth::SynthSpec::new(640, 360, 25, seconds, cuts))?;
+    let engine = Engine::start(EngineConfig {
+        cache_dir: None,
+        model_dir: Some(models),
+        precision: vidmusician_engine::neural::Precision::Q8,
+        ..EngineConfig::default()
+    })?;
+    let mut req = Request::new(&video);
+    req.engine = EngineChoice::ZeroShot;
+    req.sample_rate = 48_000;
+    eprintln!("the zero-shot engine on {seconds:.0} s of video…");
+    let t0 = Instant::now();
+    let (id, _) = engine.submit(req)?;
+    let mut entered: Vec<(Stage, f64)> = Vec::new();
+    let done = engine.wait(id, |ev| {
+        if let Event::Progress { stage, .. } = ev
+            && entered.last().is_none_or(|(s, _)| s != stage)
+        {
+            entered.push((*stage, t0.elapsed().as_secs_f64()));
+        }
+    })?;
+    let total = t0.elapsed().as_secs_f64();
+    let music = done.audio.duration();
+    let mut stages = serde_json::Map::new();
+    for (k, (stage, at)) in entered.iter().enumerate() {
+        let end = entered.get(k + 1).map_or(total, |e| e.1);
+        stages.insert(format!("{stage:?}").to_lowercase(), json!(end - at));
+    }
+    let report = json!({
+        "bench": "zero-shot engine, musicgen-small + clip-vit-base-patch32 shapes, random weights, 8-bit decoder",
+        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "music_seconds": music,
+        "wall_seconds": total,
+        "seconds_per_second_of_music": total / music.max(1e-9),
+        "stage_seconds": stages,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
 }
 
 fn bench_clip(seconds: f64) -> Result<()> {

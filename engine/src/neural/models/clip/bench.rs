@@ -93,3 +93,59 @@ pub fn run(seconds: f64, progress: &mut dyn FnMut(&str)) -> Result<ClipBench> {
         ms_per_frame: 1000.0 * (gm + lm) / (gf + lf).max(1) as f64,
     })
 }
+
+/// Writes a CLIP folder of clip-vit-base-patch32's layout with random weights
+/// (`model.safetensors`, `config.json`, a word-level `tokenizer.json` that
+/// brackets every prompt with the start and end tokens), for benchmarks of
+/// the engines at their real size.
+pub fn write_random_checkpoint(dir: &std::path::Path) -> Result<u64> {
+    use tokenizers::processors::template::TemplateProcessing;
+    let io = |p: &std::path::Path, e| crate::Error::io(p, e);
+    let text = BASE_PATCH32.replace(
+        "\"eos_token_id\": 49407",
+        "\"eos_token_id\": 1, \"bos_token_id\": 0, \"pad_token_id\": 1",
+    );
+    let cfg = ClipConfig::parse(&text).map_err(crate::Error::InvalidSetting)?;
+    let w = Weights::random(0);
+    ClipVision::load(&w, &cfg)?;
+    super::ClipText::load(&w, &cfg)?;
+    let _ = w.get(&[], "logit_scale")?;
+    let mut tensors = std::collections::HashMap::new();
+    for (name, shape) in w.asked() {
+        let t = if shape.is_empty() {
+            candle_core::Tensor::new(2.6592f32, &Device::Cpu)?
+        } else {
+            candle_core::Tensor::randn(0f32, 0.02, shape.as_slice(), &Device::Cpu)?
+        };
+        tensors.insert(name, t);
+    }
+    let path = dir.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &path)?;
+    let bytes = std::fs::metadata(&path).map_err(|e| io(&path, e))?.len();
+    let config = dir.join("config.json");
+    std::fs::write(&config, text).map_err(|e| io(&config, e))?;
+    let bad = |e: tokenizers::Error| crate::Error::InvalidSetting(format!("bench tokenizer: {e}"));
+    let vocab = [("<|startoftext|>", 0), ("<|endoftext|>", 1), ("<unk>", 2)]
+        .into_iter()
+        .map(|(t, i)| (t.to_string(), i))
+        .collect();
+    let words = tokenizers::models::wordlevel::WordLevel::builder()
+        .vocab(vocab)
+        .unk_token("<unk>".into())
+        .build()
+        .map_err(bad)?;
+    let mut tokenizer = tokenizers::Tokenizer::new(words);
+    tokenizer.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+    tokenizer.with_post_processor(Some(
+        TemplateProcessing::builder()
+            .try_single("<|startoftext|> $A <|endoftext|>")
+            .map_err(|e| crate::Error::InvalidSetting(format!("bench tokenizer: {e}")))?
+            .special_tokens(vec![("<|startoftext|>", 0), ("<|endoftext|>", 1)])
+            .build()
+            .map_err(|e| crate::Error::InvalidSetting(format!("bench tokenizer: {e}")))?,
+    ));
+    tokenizer
+        .save(dir.join("tokenizer.json"), false)
+        .map_err(bad)?;
+    Ok(bytes)
+}
