@@ -307,23 +307,24 @@ pub fn tag_embeddings(clip: &Clip, vocab: &Vocabulary) -> Result<Tensor> {
 }
 
 /// The tags each section of the video takes: every 1 fps frame's projected
-/// embedding scored against every tag (CLIP's scaled cosine similarity),
-/// then [`tags::choose`]. `bounds` are the sections' starts.
+/// embedding scored against every tag (`tags`, from [`tag_embeddings`];
+/// CLIP's scaled cosine similarity), then [`tags::choose`]. `bounds` are the
+/// sections' starts.
 pub fn tag_sections(
     clip: &Clip,
     vocab: &Vocabulary,
+    tags: &Tensor,
     global: &GlobalFeatures,
     bounds: &[f64],
     duration: f64,
 ) -> Result<Vec<SectionTags>> {
-    let tags = tag_embeddings(clip, vocab)?;
     let logits: Vec<Vec<f32>> = if global.projected.is_empty() {
         Vec::new()
     } else {
         let w = global.projected[0].len();
         let flat: Vec<f32> = global.projected.iter().flatten().copied().collect();
         let frames = Tensor::from_vec(flat, (global.projected.len(), w), &Device::Cpu)?;
-        clip.similarity(&frames, &tags)?.to_vec2::<f32>()?
+        clip.similarity(&frames, tags)?.to_vec2::<f32>()?
     };
     Ok(tags::choose(vocab, &logits, GLOBAL_FPS, bounds, duration))
 }

@@ -128,21 +128,25 @@ pub fn write_random_checkpoint(dir: &std::path::Path) -> Result<u64> {
         serde_json::json!({ "weight_map": weight_map }).to_string(),
     )?;
     write("config.json", MUSICGEN_SMALL.to_string())?;
-    let vocab = [("<pad>", 0), ("</s>", 1), ("<unk>", 2)]
-        .into_iter()
-        .map(|(t, i)| (t.to_string(), i))
-        .collect();
-    let words = tokenizers::models::wordlevel::WordLevel::builder()
-        .vocab(vocab)
-        .unk_token("<unk>".into())
-        .build()
-        .map_err(|e| crate::Error::InvalidSetting(format!("bench tokenizer: {e}")))?;
-    let tokenizer = tokenizers::Tokenizer::new(words);
+    let tokenizer = word_tokenizer(&[("<pad>", 0), ("</s>", 1), ("<unk>", 2)])?;
     let path = dir.join("tokenizer.json");
     tokenizer
         .save(&path, false)
         .map_err(|e| crate::Error::InvalidSetting(format!("bench tokenizer: {e}")))?;
     Ok(bytes)
+}
+
+/// A word-level tokenizer knowing only `words` (one must be `<unk>`, which
+/// every other word becomes): enough for benchmarks, where what the text says
+/// does not change the work.
+pub(crate) fn word_tokenizer(words: &[(&str, u32)]) -> Result<tokenizers::Tokenizer> {
+    let vocab = words.iter().map(|(t, i)| (t.to_string(), *i)).collect();
+    let model = tokenizers::models::wordlevel::WordLevel::builder()
+        .vocab(vocab)
+        .unk_token("<unk>".into())
+        .build()
+        .map_err(|e| crate::Error::InvalidSetting(format!("bench tokenizer: {e}")))?;
+    Ok(tokenizers::Tokenizer::new(model))
 }
 
 /// Times `frames` frames of generation (sampling, top-k 250) with guidance 3 and

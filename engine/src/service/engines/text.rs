@@ -171,6 +171,32 @@ pub(super) fn stream(
     sink: &mut (dyn FnMut(&Audio, bool) -> Result<()> + Send),
 ) -> Result<(Audio, LoudnessReport)> {
     let mut finisher = Finisher::new(model.sample_rate(), rate)?;
+    generate(
+        model,
+        prompts,
+        seconds,
+        decoding,
+        cancel,
+        progress,
+        &mut |mono| {
+            finisher.push(mono)?;
+            sink(finisher.audio(), false)
+        },
+    )?;
+    finisher.finish()
+}
+
+/// MusicGen's music for `prompts`, handed to `on_audio` as it settles, with
+/// progress per decoder step and a cancel check at each.
+pub(super) fn generate(
+    model: &MusicGen,
+    prompts: &PromptSchedule,
+    seconds: f64,
+    decoding: &Decoding,
+    cancel: &AtomicBool,
+    progress: &(dyn Fn(Stage, f64) + Sync),
+    on_audio: &mut dyn FnMut(&[f32]) -> Result<()>,
+) -> Result<()> {
     model.generate_streaming_scheduled(
         prompts,
         seconds,
@@ -182,11 +208,8 @@ pub(super) fn stream(
             );
             !cancel.load(Ordering::Relaxed)
         },
-        &mut |mono| {
-            finisher.push(mono)?;
-            sink(finisher.audio(), false)
-        },
+        on_audio,
     )?;
     progress(Stage::Finishing, 0.0);
-    finisher.finish()
+    Ok(())
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::{Made, Pipeline, Work, loaded};
 use crate::align::{Target, align};
 use crate::analysis::clip_features::{
-    FeatureCache, FeatureKey, global_features, patch_curve, tag_sections,
+    FeatureCache, FeatureKey, global_features, patch_curve, tag_embeddings, tag_sections,
 };
 use crate::analysis::{Analysis, GLOBAL_FPS, LOCAL_FPS, StatsEncoder, analyze_until, from_curve};
 use crate::audio::Audio;
@@ -23,7 +23,7 @@ use crate::neural::models::clip::Clip;
 use crate::neural::{MusicGen, PromptSchedule};
 use crate::service::{MusicSpec, Stage, VideoId};
 
-use super::text::{Finisher, TextSettings, stream};
+use super::text::{Finisher, TextSettings, generate, stream};
 
 /// Sections shorter than this do not get a prompt of their own: a window of
 /// MusicGen is 30 s, and a prompt that changes every few seconds would only
@@ -40,6 +40,8 @@ pub(crate) struct ZeroShot {
     musicgen: Option<Arc<MusicGen>>,
     clip: Option<Arc<Clip>>,
     analysis: Option<(VideoId, Option<f64>, bool, Arc<Analysis>)>,
+    /// The tags' text embeddings, for a vocabulary (its hash) and a CLIP.
+    tags: Option<((String, std::path::PathBuf), candle_core::Tensor)>,
 }
 
 /// What the zero-shot engine reads of a spec beyond the text engine's.
@@ -182,8 +184,26 @@ impl Pipeline for ZeroShot {
                 None => compute()?,
             };
             check(cancel)?;
+            // The vocabulary's embeddings are kept while it and the model stay.
+            let vocab_key = (
+                spec.vocabulary.clone().unwrap_or_default(),
+                clip_dir.to_path_buf(),
+            );
+            if self.tags.as_ref().is_none_or(|(k, _)| *k != vocab_key) {
+                self.tags = Some((vocab_key, tag_embeddings(&clip, vocab)?));
+            }
+            let Some((_, tag_embeds)) = &self.tags else {
+                return Err(Error::EngineGone);
+            };
             let bounds = analysis.sections(MIN_SECTION_S, 1.0);
-            let mut sections = tag_sections(&clip, vocab, &global, &bounds, analysis.duration)?;
+            let mut sections = tag_sections(
+                &clip,
+                vocab,
+                tag_embeds,
+                &global,
+                &bounds,
+                analysis.duration,
+            )?;
             let keep = (settings.semantic_strength * vocab.categories.len() as f32).ceil() as usize;
             let kept: Vec<&str> = vocab
                 .categories
@@ -251,23 +271,18 @@ impl Pipeline for ZeroShot {
                 });
             }
             let mut raw = Vec::new();
-            musicgen.generate_streaming_scheduled(
+            generate(
+                &musicgen,
                 &schedule,
                 seconds,
                 &decoding,
-                &mut |p| {
-                    progress(
-                        Stage::Composing,
-                        p.frames_done as f64 / p.frames_total.max(1) as f64,
-                    );
-                    !cancel.load(Ordering::Relaxed)
-                },
+                cancel,
+                progress,
                 &mut |mono| {
                     raw.extend_from_slice(mono);
                     Ok(())
                 },
             )?;
-            progress(Stage::Finishing, 0.0);
             // Headroom for the accents: the level is set by the master after,
             // and an accent may not push a peak past the ceiling, so music
             // generated near full scale would get none.
@@ -349,5 +364,6 @@ pub fn video_tags(
         None => compute()?,
     };
     let bounds = analysis.sections(MIN_SECTION_S, 1.0);
-    tag_sections(&clip, &vocab, &global, &bounds, analysis.duration)
+    let embeds = tag_embeddings(&clip, &vocab)?;
+    tag_sections(&clip, &vocab, &embeds, &global, &bounds, analysis.duration)
 }

@@ -125,16 +125,11 @@ pub fn write_random_checkpoint(dir: &std::path::Path) -> Result<u64> {
     let config = dir.join("config.json");
     std::fs::write(&config, text).map_err(|e| io(&config, e))?;
     let bad = |e: tokenizers::Error| crate::Error::InvalidSetting(format!("bench tokenizer: {e}"));
-    let vocab = [("<|startoftext|>", 0), ("<|endoftext|>", 1), ("<unk>", 2)]
-        .into_iter()
-        .map(|(t, i)| (t.to_string(), i))
-        .collect();
-    let words = tokenizers::models::wordlevel::WordLevel::builder()
-        .vocab(vocab)
-        .unk_token("<unk>".into())
-        .build()
-        .map_err(bad)?;
-    let mut tokenizer = tokenizers::Tokenizer::new(words);
+    let mut tokenizer = crate::neural::bench::word_tokenizer(&[
+        ("<|startoftext|>", 0),
+        ("<|endoftext|>", 1),
+        ("<unk>", 2),
+    ])?;
     tokenizer.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
     tokenizer.with_post_processor(Some(
         TemplateProcessing::builder()
