@@ -3,8 +3,8 @@
 //! and inputs that must not break it.
 
 use vidmusician_engine::align::{
-    AnchorKind, BeatSource, Span, Target, TimeMap, Warper, align, align_detailed, plan_span,
-    track_beats, warp,
+    AnchorKind, BeatSource, Span, StreamAligner, Target, TimeMap, Warper, align, align_detailed,
+    plan_span, track_beats, warp,
 };
 use vidmusician_engine::audio::{Audio, true_peak_db};
 use vidmusician_engine::metrics::{OnsetConfig, cut_hit_rate, detect_onsets};
@@ -486,4 +486,85 @@ fn degenerate_inputs_give_audio_of_the_right_length() {
             assert!(out.peak() < 1e-6, "silence stays silent: {}", out.peak());
         }
     }
+}
+
+/// Feeds `mono` through a [`StreamAligner`] in MusicGen-sized pieces (one
+/// decoder step, 20 ms). Returns the output and, per piece, how many
+/// frames had come in and gone out.
+fn stream_align(mono: &[f32], target: Target) -> (Vec<f32>, Vec<(usize, usize)>) {
+    let mut a = StreamAligner::new(RATE, mono.len(), target);
+    let mut out = Vec::new();
+    let mut progress = Vec::new();
+    for (i, piece) in mono.chunks(RATE as usize / 50).enumerate() {
+        out.extend(a.push(piece));
+        progress.push(((i + 1) * (RATE as usize / 50), out.len()));
+    }
+    out.extend(a.finish());
+    (out, progress)
+}
+
+/// How much was out once `secs` of music had come in.
+fn out_after(progress: &[(usize, usize)], secs: f64) -> f64 {
+    let at = (secs * f64::from(RATE)) as usize;
+    progress
+        .iter()
+        .find(|(i, _)| *i >= at)
+        .map_or(0.0, |(_, o)| *o as f64 / f64::from(RATE))
+}
+
+#[test]
+fn aligned_while_it_arrives_the_clicks_land_on_the_grid_and_the_cuts() {
+    let (audio, _) = click_track(117.0, 0.2, 30.0);
+    let mono = audio.channels[0].clone();
+    let cuts = vec![3.0, 7.5, 12.25, 21.0];
+    let (out, progress) = stream_align(&mono, Target::new(120.0, cuts.clone(), 0.4));
+    assert_eq!(out.len(), mono.len());
+    // Heard while it is made: a few seconds behind the music, not at the end.
+    let behind = 20.0 - out_after(&progress, 20.0);
+    eprintln!("{behind:.2} s behind the music at 20 s");
+    assert!(behind < 5.0, "{behind:.2} s behind at 20 s");
+    let found = onsets(&Audio {
+        sample_rate: RATE,
+        channels: vec![out],
+    });
+    for c in &cuts {
+        let o = offset(&found, *c);
+        assert!(o.abs() <= 0.01, "cut {c}: nearest onset {o:+.4} s away");
+    }
+    let targets: Vec<f64> = (0..60)
+        .map(|k| k as f64 * 0.5)
+        .chain(cuts.iter().copied())
+        .collect();
+    let on = found
+        .iter()
+        .filter(|&&t| offset(&targets, t).abs() <= 0.01)
+        .count();
+    eprintln!("{on} of {} onsets on a target", found.len());
+    assert!(
+        on as f64 >= 0.75 * found.len() as f64,
+        "{on} of {} onsets on a target",
+        found.len()
+    );
+}
+
+#[test]
+fn music_without_a_pulse_still_streams_and_keeps_its_length() {
+    let mut seed = 11;
+    let mono: Vec<f32> = (0..30 * RATE as usize)
+        .map(|_| 0.2 * lcg(&mut seed))
+        .collect();
+    let (out, progress) = stream_align(&mono, Target::new(120.0, vec![4.0, 13.0], 0.8));
+    assert_eq!(out.len(), mono.len());
+    let behind = 20.0 - out_after(&progress, 20.0);
+    eprintln!("{behind:.2} s behind the music at 20 s");
+    assert!(behind < 8.0, "{behind:.2} s behind at 20 s");
+    assert!(out.iter().all(|x| x.is_finite()));
+}
+
+#[test]
+fn streamed_at_strength_zero_is_the_input_bit_for_bit() {
+    let (audio, _) = click_track(117.0, 0.2, 6.0);
+    let mono = audio.channels[0].clone();
+    let (out, _) = stream_align(&mono, Target::new(120.0, vec![2.0], 0.0));
+    assert!(out == mono);
 }

@@ -185,3 +185,58 @@ fn two_zero_shot_engines_share_models_and_features() {
     assert_eq!(musicgen_loads().1, 0);
     assert_eq!(clip_loads().1, 0);
 }
+
+#[test]
+fn aligned_zero_shot_music_is_heard_while_it_is_made() {
+    use vidmusician_engine::service::{Engine, EngineChoice, EngineConfig, Event, Request, Stage};
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let v = video(dir.path(), 16.0, vec![2.3, 5.1, 9.6, 13.2]);
+    let engine = Engine::start(EngineConfig {
+        cache_dir: None,
+        model_dir: Some(tiny_models(dir.path())),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let mut req = Request::new(&v);
+    req.engine = EngineChoice::ZeroShot;
+    req.rhythm_strength = 1.0;
+    req.sample_rate = 48_000;
+    req.chunk_frames = 4800;
+    req.max_chunks = 400;
+    let (id, reader) = engine.submit(req).unwrap();
+    let mut reader = reader.unwrap();
+    let mut got = [Vec::new(), Vec::new()];
+    // Frames in hand while MusicGen had made less than 80 % of the piece.
+    let mut early = 0;
+    let done = engine
+        .wait(id, |ev| {
+            while let Some(c) = reader.pop() {
+                assert_eq!(c.start as usize, got[0].len(), "chunks in order");
+                got[0].extend_from_slice(&c.left);
+                got[1].extend_from_slice(&c.right);
+            }
+            if let Event::Progress {
+                stage, fraction, ..
+            } = ev
+                && *stage == Stage::Composing
+                && *fraction < 0.8
+            {
+                early = got[0].len();
+            }
+        })
+        .unwrap();
+    while let Some(c) = reader.pop() {
+        got[0].extend_from_slice(&c.left);
+        got[1].extend_from_slice(&c.right);
+    }
+    assert_eq!(done.audio.len(), 16 * 48_000);
+    assert_eq!(got[0], done.audio.channels[0]);
+    assert_eq!(got[1], done.audio.channels[1]);
+    // The aligned music came window by window, not all at the end.
+    assert!(
+        early >= 4 * 48_000,
+        "{:.2} s heard before 80 % was made",
+        early as f64 / 48_000.0
+    );
+}

@@ -5,17 +5,20 @@
 //! ([`beats`]), plans a time map that moves them onto the chosen tempo's
 //! grid and an accent of the music onto every cut ([`plan`]), and plays the
 //! music through that map with a pitch-keeping phase vocoder ([`warp`]),
-//! whole or window by window, always at exactly the input's length. Above
+//! whole or window by window, always at exactly the input's length
+//! ([`stream`] plans and warps music while it is still being generated). Above
 //! half rhythm strength each cut also gets a soft percussive hit
 //! ([`accent`]).
 
 mod accent;
 pub mod beats;
 pub mod plan;
+pub mod stream;
 pub mod warp;
 
 pub use beats::{BeatSource, BeatTrack, track_beats, track_beats_mono};
 pub use plan::{Anchor, AnchorKind, Span, TimeMap, plan, plan_span};
+pub use stream::StreamAligner;
 pub use warp::{Warper, warp};
 
 use serde::Serialize;

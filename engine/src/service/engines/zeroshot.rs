@@ -12,12 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Made, Pipeline, Work, loaded};
-use crate::align::{Target, align};
+use crate::align::{StreamAligner, Target};
 use crate::analysis::clip_features::{
     FeatureCache, FeatureKey, global_features, patch_curve, tag_embeddings, tag_sections,
 };
 use crate::analysis::{Analysis, GLOBAL_FPS, LOCAL_FPS, StatsEncoder, analyze_until, from_curve};
-use crate::audio::Audio;
 use crate::error::{Error, Result};
 use crate::neural::models::clip::Clip;
 use crate::neural::{MusicGen, PromptSchedule};
@@ -30,8 +29,11 @@ use super::text::{Finisher, TextSettings, generate, stream};
 /// make the windows disagree.
 const MIN_SECTION_S: f64 = 10.0;
 
-/// The generated music's peak before accents are added (−12 dBFS).
-const ACCENT_HEADROOM_PEAK: f32 = 0.25;
+/// The gain on the generated music before accents are added (−12 dB):
+/// MusicGen's decoder peaks near full scale, and an accent may not push a
+/// peak past the ceiling, so music left that loud would get none. The
+/// master sets the level after.
+const ACCENT_HEADROOM: f32 = 0.25;
 
 /// The zero-shot engine, keeping its models, the last analysis and the
 /// vocabulary's text embeddings between requests.
@@ -270,7 +272,14 @@ impl Pipeline for ZeroShot {
                     tags: Some(sections),
                 });
             }
-            let mut raw = Vec::new();
+            // Aligned as it is made: each stretch is heard once its beats
+            // are placed, while the next window is generated.
+            let mut target = Target::new(bpm, cuts, settings.rhythm_strength);
+            target.downbeat = downbeat;
+            target.beats_per_bar = settings.beats_per_bar;
+            let len = (seconds * f64::from(musicgen.sample_rate())).round() as usize;
+            let mut aligner = StreamAligner::new(musicgen.sample_rate(), len, target);
+            let mut finisher = Finisher::new(musicgen.sample_rate(), spec.sample_rate)?;
             generate(
                 &musicgen,
                 &schedule,
@@ -279,32 +288,17 @@ impl Pipeline for ZeroShot {
                 cancel,
                 progress,
                 &mut |mono| {
-                    raw.extend_from_slice(mono);
-                    Ok(())
+                    let quieter: Vec<f32> = mono.iter().map(|x| x * ACCENT_HEADROOM).collect();
+                    let aligned = aligner.push(&quieter);
+                    if aligned.is_empty() {
+                        return Ok(());
+                    }
+                    finisher.push(&aligned)?;
+                    sink(finisher.audio(), false)
                 },
             )?;
-            // Headroom for the accents: the level is set by the master after,
-            // and an accent may not push a peak past the ceiling, so music
-            // generated near full scale would get none.
-            let peak = raw.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-            if peak > ACCENT_HEADROOM_PEAK {
-                let g = ACCENT_HEADROOM_PEAK / peak;
-                raw.iter_mut().for_each(|x| *x *= g);
-            }
-            let generated = Audio {
-                sample_rate: musicgen.sample_rate(),
-                channels: vec![raw],
-            };
-            let mut target = Target::new(bpm, cuts, settings.rhythm_strength);
-            target.downbeat = downbeat;
-            target.beats_per_bar = settings.beats_per_bar;
-            let aligned = align(&generated, &target);
             check(cancel)?;
-
-            // At the asked rate, in stereo, mastered like every engine's music.
-            let mono = aligned.channels.into_iter().next().unwrap_or_default();
-            let mut finisher = Finisher::new(aligned.sample_rate, spec.sample_rate)?;
-            finisher.push(&mono)?;
+            finisher.push(&aligner.finish())?;
             let (audio, loudness) = finisher.finish()?;
             Ok(Made {
                 audio,
