@@ -55,7 +55,7 @@ use reaper::{Reaper, VideoItem};
 use state::{HostGrid, MAX_STATE_BYTES, SavedState};
 use steward::Steward;
 use vidmusician_engine::service::{
-    CutSource, CutsRequest, Engine, EngineChoice, EngineConfig, Request,
+    ChunkReader, CutSource, CutsRequest, Engine, EngineChoice, EngineConfig, Request, Resolved,
 };
 use vidmusician_engine::sketch::Meter;
 
@@ -304,14 +304,13 @@ struct Inner {
 }
 
 /// Where a take's music comes from.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Source {
+enum Source<'r> {
     /// The disk cache, whole, at once.
-    Cache,
+    Cache(&'r Resolved),
     /// The engine, the first seconds only.
     Preview,
-    /// The engine, the whole piece.
-    Engine,
+    /// The engine, the whole piece, as resolved already.
+    Engine(Box<Resolved>),
 }
 
 struct Link {
@@ -467,8 +466,18 @@ fn request(shared: &Shared<'_>, inner: &mut Inner) {
         });
     }
     let take = TakeSpec { total, grid, ask };
+    // Resolved once here: the video is probed and hashed once, and `auto`
+    // is made concrete before choosing whether to preview.
+    let resolved = match inner.engine.as_ref().map(|e| e.resolve(&req)) {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            shared.report(LogSeverity::Error, &e.to_string());
+            return;
+        }
+        None => return,
+    };
     // Music made before (a reopened project) plays at once.
-    if submit_take(shared, inner, req.clone(), take, Source::Cache) {
+    if submit_take(shared, inner, req.clone(), take, Source::Cache(&resolved)) {
         return;
     }
     // A long video gets a quick preview of its start first, so music
@@ -476,7 +485,10 @@ fn request(shared: &Shared<'_>, inner: &mut Inner) {
     // A bounce needs the full piece only; the text engine sends its piece
     // window by window anyway, and a neural engine's preview would cost a
     // generation of its own.
-    let streams = matches!(req.engine, EngineChoice::Text | EngineChoice::ZeroShot);
+    let streams = matches!(
+        resolved.spec.engine.choice,
+        EngineChoice::Text | EngineChoice::ZeroShot
+    );
     if !shared.bouncing() && !streams && !inner.has_music && seconds > PREVIEW_S * 1.5 {
         let mut preview = req.clone();
         preview.preview_until = Some(start + PREVIEW_S * playrate);
@@ -491,7 +503,7 @@ fn request(shared: &Shared<'_>, inner: &mut Inner) {
     } else {
         req.supersede = true;
     }
-    submit_take(shared, inner, req, take, Source::Engine);
+    submit_take(shared, inner, req, take, Source::Engine(Box::new(resolved)));
 }
 
 /// What the audio thread is told of a take besides its music.
@@ -518,15 +530,11 @@ fn submit_take(
     };
     req.max_chunks = (spec.total as usize).div_ceil(req.chunk_frames) + 1;
     let chunk_frames = req.chunk_frames;
+    let preview = matches!(source, Source::Preview);
     let got = match source {
-        Source::Cache => engine.submit_cached(&req),
-        Source::Preview | Source::Engine => match engine.submit(req) {
-            Ok((id, reader)) => reader.map(|r| (id, r)),
-            Err(e) => {
-                shared.report(LogSeverity::Error, &e.to_string());
-                None
-            }
-        },
+        Source::Cache(resolved) => engine.submit_cached_resolved(&req, resolved),
+        Source::Preview => queued(shared, engine.submit(req)),
+        Source::Engine(resolved) => queued(shared, engine.submit_resolved(req, *resolved)),
     };
     let Some((_, reader)) = got else {
         return false;
@@ -536,10 +544,24 @@ fn submit_take(
         chunk_frames,
         total_frames: spec.total,
         grid: spec.grid,
-        preview: source == Source::Preview,
+        preview,
         answers: spec.ask,
     });
     hand_over(shared, inner, take)
+}
+
+/// The reader of a queued request; an error refusing it is reported.
+fn queued(
+    shared: &Shared<'_>,
+    submitted: vidmusician_engine::Result<(u64, Option<ChunkReader>)>,
+) -> Option<(u64, ChunkReader)> {
+    match submitted {
+        Ok((id, reader)) => reader.map(|r| (id, r)),
+        Err(e) => {
+            shared.report(LogSeverity::Error, &e.to_string());
+            None
+        }
+    }
 }
 
 fn hand_over(shared: &Shared<'_>, inner: &mut Inner, take: Box<Take>) -> bool {

@@ -315,6 +315,9 @@ pub(crate) type Adopted = Arc<Mutex<Vec<rtrb::Consumer<Arc<AudioChunk>>>>>;
 pub(crate) struct Job {
     pub id: u64,
     pub request: Request,
+    /// The request already resolved by the caller, so the video is not
+    /// probed and hashed again.
+    pub resolved: Option<Box<Resolved>>,
     pub cancel: Arc<AtomicBool>,
     pub chunks: Option<rtrb::Producer<Arc<AudioChunk>>>,
     pub retired: Option<rtrb::Consumer<Arc<AudioChunk>>>,
@@ -360,13 +363,32 @@ impl Engine {
         })
     }
 
+    /// Turns `request` into the spec of its music, as the engine thread
+    /// would: probes and identifies the video, picks the engine (`auto`
+    /// made concrete) and checks every value. A caller that wants to know
+    /// which engine will run, or to try the cache before queueing, resolves
+    /// once and passes the result to [`Self::submit_cached_resolved`] and
+    /// [`Self::submit_resolved`].
+    pub fn resolve(&self, request: &Request) -> Result<Resolved> {
+        resolve(&self.config, request)
+    }
+
     /// Serves `request` from the disk cache on the calling thread, when the
     /// piece is there: the reader comes back already holding every chunk,
     /// so a reopened project (or a host that bounces without saying so)
     /// plays at once. `None` when it is not cached; then [`Self::submit`].
     pub fn submit_cached(&self, request: &Request) -> Option<(u64, ChunkReader)> {
-        let cache = self.cache.as_ref()?;
         let resolved = resolve(&self.config, request).ok()?;
+        self.submit_cached_resolved(request, &resolved)
+    }
+
+    /// [`Self::submit_cached`] for a request already resolved.
+    pub fn submit_cached_resolved(
+        &self,
+        request: &Request,
+        resolved: &Resolved,
+    ) -> Option<(u64, ChunkReader)> {
+        let cache = self.cache.as_ref()?;
         let (audio, _) = cache.get(&resolved.spec.key())?;
         if audio.sample_rate != request.sample_rate || audio.is_empty() {
             return None;
@@ -388,6 +410,24 @@ impl Engine {
     /// reader its audio chunks arrive on.
     pub fn submit(&self, request: Request) -> Result<(u64, Option<ChunkReader>)> {
         spec::validate(&request)?;
+        self.queue(request, None)
+    }
+
+    /// [`Self::submit`] for a request already resolved with
+    /// [`Self::resolve`]: the engine thread makes `resolved` as it is.
+    pub fn submit_resolved(
+        &self,
+        request: Request,
+        resolved: Resolved,
+    ) -> Result<(u64, Option<ChunkReader>)> {
+        self.queue(request, Some(Box::new(resolved)))
+    }
+
+    fn queue(
+        &self,
+        request: Request,
+        resolved: Option<Box<Resolved>>,
+    ) -> Result<(u64, Option<ChunkReader>)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = Arc::new(AtomicBool::new(false));
         {
@@ -410,6 +450,7 @@ impl Engine {
         let job = Job {
             id,
             request,
+            resolved,
             cancel,
             chunks,
             retired,

@@ -93,7 +93,10 @@ fn process(
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Cancelled);
     }
-    let resolved = resolve(config, &job.request)?;
+    let resolved = match job.resolved.take() {
+        Some(r) => *r,
+        None => resolve(config, &job.request)?,
+    };
     let spec = &resolved.spec;
     let engine = spec.engine.choice;
     let key = spec.key();
