@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vidmusician_engine::service::Meter;
 use vidmusician_engine::service::{AudioChunk, ChunkReader};
-use vidmusician_engine::sketch::Meter;
 
 /// Chunk slots preallocated per take. With the plugin's chunk size chosen
 /// as `total / MAX_SLOTS` (at least 4096 frames), any length fits.

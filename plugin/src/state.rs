@@ -46,7 +46,7 @@ impl HostGrid {
     /// A grid the plugin could have followed (hostile states hold others).
     pub fn is_valid(&self) -> bool {
         (20.0..=400.0).contains(&self.bpm)
-            && vidmusician_engine::sketch::Meter::checked(self.beats, self.unit).is_some()
+            && vidmusician_engine::service::Meter::checked(self.beats, self.unit).is_some()
             && self.downbeat.is_finite()
             && self.downbeat.abs() < 1e9
     }

@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::{Inner, Shared, answer, tidy};
+use crate::Shared;
+use crate::requests::{Inner, answer, tidy};
 
 /// How often the steward looks.
 const TICK: Duration = Duration::from_millis(10);

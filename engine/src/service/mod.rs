@@ -19,6 +19,9 @@ mod worker;
 
 pub use cache::{AudioCache, CacheMeta};
 pub use chunks::{AudioChunk, ChunkReader};
+// What a client builds a request from, so it needs no other module.
+pub use crate::neural::Precision;
+pub use crate::sketch::Meter;
 pub use engines::{clip_loads, musicgen_loads, video_tags};
 pub use spec::{
     CutSource, CutsRequest, EngineId, MusicSpec, Resolved, Sampling, Span, UserCuts, VideoId,
