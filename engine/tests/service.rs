@@ -2,7 +2,6 @@
 //! a real-time reader, cancel and supersede, the disk cache.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use assert_no_alloc::{AllocDisabler, assert_no_alloc};
 use vidmusician_engine::Error;
@@ -208,15 +207,41 @@ fn errors_come_back_as_events_and_the_engine_goes_on() {
 
 #[test]
 fn dropping_the_engine_cancels_and_joins() {
-    let dir = tempfile::tempdir().unwrap();
-    let v = video(dir.path(), "v.mp4", 20.0);
-    let eng = engine(dir.path());
-    let mut r = Request::new(&v);
-    r.max_chunks = 4;
+    // Two minutes of music from the tiny MusicGen: many seconds of work,
+    // its chunks handed over as they are made.
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny");
+    let eng = Engine::start(EngineConfig {
+        cache_dir: None,
+        model_dir: Some(model),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let mut r = Request::text("calm", 120.0);
+    r.sample_rate = 32_000;
+    r.chunk_frames = 4096;
+    let count = (120 * 32_000usize).div_ceil(4096);
+    r.max_chunks = count + 1;
     let (_, reader) = eng.submit(r).unwrap();
-    // The reader outlives the engine; nothing may hang or crash.
-    let reader = Arc::new(std::sync::Mutex::new(reader));
+    let mut reader = reader.unwrap();
+    let mut got = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while got == 0 {
+        assert!(std::time::Instant::now() < deadline, "no music came");
+        while reader.pop().is_some() {
+            got += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Dropped while generating: the work is cancelled, the thread joined,
+    // and the reader, which outlives the engine, gets no more of the piece.
     drop(eng);
+    while reader.pop().is_some() {
+        got += 1;
+    }
+    assert!(
+        got < count,
+        "the whole piece was made: {got} chunks of {count}"
+    );
     drop(reader);
 }
 

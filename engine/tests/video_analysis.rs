@@ -155,9 +155,19 @@ fn frames_can_be_clip_normalised() {
     let f = first.unwrap();
     let x = f.clip_normalised();
     assert_eq!(x.len(), 3 * 32 * 32);
-    // Planar channels, each (v/255 − mean) / std.
+    // Planar channels, each pixel (v/255 − mean) / std of its channel.
+    let pixels = 32 * 32;
     for (c, (m, s)) in video::CLIP_MEAN.iter().zip(video::CLIP_STD).enumerate() {
-        let want = (f32::from(f.rgb[c]) / 255.0 - m) / s;
-        assert!((x[c * 32 * 32] - want).abs() < 1e-6);
+        for i in 0..pixels {
+            let want = (f32::from(f.rgb[i * 3 + c]) / 255.0 - m) / s;
+            let got = x[c * pixels + i];
+            assert!(
+                (got - want).abs() < 1e-6,
+                "channel {c}, pixel {i}: {got} ≠ {want}"
+            );
+        }
     }
+    // The frame is not flat, so a mix-up of pixels or channels shows.
+    let distinct: std::collections::BTreeSet<u8> = f.rgb.iter().copied().collect();
+    assert!(distinct.len() > 8, "a flat frame proves little");
 }

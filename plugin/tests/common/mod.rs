@@ -342,9 +342,12 @@ pub fn transport_in(pos: f64, playing: bool, tempo: f64, signature: (u16, u16)) 
 }
 
 /// Drives a started processor: one block of `n` frames at song position
-/// `pos` seconds (input silence), the output copied into `out`.
+/// `pos` seconds (input silence unless [`Driver::feed`] set one), the
+/// output copied into `out`.
 pub struct Driver {
     ins: [Vec<f32>; 2],
+    /// The input is a signal (not constant silence).
+    live: bool,
     outs: [Vec<f32>; 2],
     in_ports: AudioPorts,
     out_ports: AudioPorts,
@@ -358,12 +361,28 @@ impl Driver {
     pub fn new(max: usize) -> Self {
         Self {
             ins: [vec![0.0; max], vec![0.0; max]],
+            live: false,
             outs: [vec![0.0; max], vec![0.0; max]],
             in_ports: AudioPorts::with_capacity(2, 1),
             out_ports: AudioPorts::with_capacity(2, 1),
             input_events: EventBuffer::with_capacity(64),
             output_events: EventBuffer::with_capacity(64),
         }
+    }
+
+    /// Feeds every block from now on `signal(channel, frame of the block)`.
+    pub fn feed(&mut self, signal: impl Fn(usize, usize) -> f32) {
+        for (c, buf) in self.ins.iter_mut().enumerate() {
+            for (i, x) in buf.iter_mut().enumerate() {
+                *x = signal(c, i);
+            }
+        }
+        self.live = true;
+    }
+
+    /// The input of a block of `n` frames.
+    pub fn input(&self, n: usize) -> (&[f32], &[f32]) {
+        (&self.ins[0][..n], &self.ins[1][..n])
     }
 
     pub fn block(
@@ -397,15 +416,15 @@ impl Driver {
     ) -> (&[f32], &[f32]) {
         let [il, ir] = &mut self.ins;
         let [ol, or] = &mut self.outs;
+        let (il, ir) = (&mut il[..n], &mut ir[..n]);
+        let channels = if self.live {
+            [InputChannel::variable(il), InputChannel::variable(ir)]
+        } else {
+            [InputChannel::constant(il), InputChannel::constant(ir)]
+        };
         let input = self.in_ports.with_input_buffers([AudioPortBuffer {
             latency: 0,
-            channels: AudioPortBufferType::f32_input_only(
-                [
-                    InputChannel::constant(&mut il[..n]),
-                    InputChannel::constant(&mut ir[..n]),
-                ]
-                .into_iter(),
-            ),
+            channels: AudioPortBufferType::f32_input_only(channels.into_iter()),
         }]);
         let mut output = self.out_ports.with_output_buffers([AudioPortBuffer {
             latency: 0,
