@@ -453,3 +453,212 @@ fn retire(reader: &mut ChunkReader, chunk: Arc<AudioChunk>) {
         std::mem::forget(c);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The player alone, on takes whose chunks come from the engine's
+    //! service as a cached piece does (the host tests play it through the
+    //! whole plugin).
+
+    use vidmusician_engine::audio::Audio;
+    use vidmusician_engine::service::{
+        AudioCache, CacheMeta, Engine, EngineChoice, EngineConfig, Request,
+    };
+
+    use super::*;
+
+    const RATE: u32 = 48_000;
+    const CHUNK: usize = 4096;
+    const XFADE: usize = 64;
+
+    /// A piece of `frames` frames, `f(channel, frame)`.
+    fn piece(frames: usize, f: impl Fn(usize, usize) -> f32) -> Audio {
+        Audio {
+            sample_rate: RATE,
+            channels: (0..2)
+                .map(|c| (0..frames).map(|i| f(c, i)).collect())
+                .collect(),
+        }
+    }
+
+    /// Holds what keeps a take's chunks alive: the engine that frees them.
+    struct Source {
+        _dir: tempfile::TempDir,
+        engine: Engine,
+    }
+
+    impl Source {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            // The text engine's requests resolve without a video; its tiny
+            // model is only fingerprinted, never run.
+            let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../engine/tests/fixtures/musicgen-tiny");
+            let engine = Engine::start(EngineConfig {
+                cache_dir: Some(dir.path().to_path_buf()),
+                model_dir: Some(model),
+                ..EngineConfig::default()
+            })
+            .unwrap();
+            Self { _dir: dir, engine }
+        }
+
+        /// A take of `audio`, its chunks already in its reader, as the
+        /// service serves a cached piece.
+        fn take(&self, audio: &Audio, seed: u64, preview: bool) -> Box<Take> {
+            let mut req = Request::text("", audio.duration());
+            req.engine = EngineChoice::Text;
+            req.sample_rate = RATE;
+            req.seed = seed;
+            req.chunk_frames = CHUNK;
+            let key = self.engine.resolve(&req).unwrap().spec.key();
+            let meta = CacheMeta {
+                engine: "text".into(),
+                bpm: None,
+            };
+            AudioCache::new(self._dir.path())
+                .put(&key, audio, &meta)
+                .unwrap();
+            let (_, reader) = self.engine.submit_cached(&req).unwrap();
+            Box::new(Take {
+                reader,
+                chunk_frames: CHUNK,
+                total_frames: audio.len() as u64,
+                grid: None,
+                preview,
+                answers: seed,
+            })
+        }
+    }
+
+    struct Rig {
+        player: Player,
+        takes: rtrb::Producer<Box<Take>>,
+        returned: rtrb::Consumer<Box<Take>>,
+    }
+
+    fn rig() -> Rig {
+        let (takes, incoming) = rtrb::RingBuffer::new(4);
+        let (outgoing, returned) = rtrb::RingBuffer::new(8);
+        Rig {
+            player: Player::new(incoming, outgoing, XFADE),
+            takes,
+            returned,
+        }
+    }
+
+    /// The player's output for `[start, start + len)` at gain `gain`.
+    fn play(p: &mut Player, start: i64, len: usize, gain: f32) -> (Vec<f32>, Vec<f32>) {
+        let (mut l, mut r) = (vec![0.0; len], vec![0.0; len]);
+        p.poll();
+        p.catch_up(start, len);
+        p.mix_into(start, gain, &mut l, &mut r);
+        (l, r)
+    }
+
+    #[test]
+    fn a_take_plays_as_a_function_of_the_position() {
+        let src = Source::new();
+        let audio = piece(20_000, |c, i| {
+            (i as f32 + 0.5) / 20_000.0 * if c == 0 { 1.0 } else { -1.0 }
+        });
+        let mut rig = rig();
+        // Nothing to play yet: silence, and nothing to wait for.
+        assert!(rig.player.ready(0, 512));
+        assert_eq!(play(&mut rig.player, 0, 64, 1.0).0, vec![0.0; 64]);
+        rig.takes.push(src.take(&audio, 1, false)).unwrap();
+        // Before the piece, across chunk boundaries, across its end, past it;
+        // in any order (a seek, a loop).
+        for start in [-100i64, 5_000, 0, 8_000, 19_990, 30_000, 4_000] {
+            let (l, r) = play(&mut rig.player, start, 700, 0.5);
+            for i in 0..700 {
+                let f = start + i as i64;
+                let want = |c: usize| {
+                    usize::try_from(f)
+                        .ok()
+                        .and_then(|f| audio.channels[c].get(f))
+                        .map_or(0.0, |v| 0.5 * v)
+                };
+                assert_eq!((l[i], r[i]), (want(0), want(1)), "frame {f}");
+            }
+        }
+        assert!(rig.player.has_take());
+        assert!(rig.player.ready(0, 20_000));
+    }
+
+    #[test]
+    fn a_new_take_comes_in_at_the_bar_with_a_crossfade() {
+        let src = Source::new();
+        let old = piece(30_000, |_, _| 1.0);
+        let new = piece(30_000, |_, _| -1.0);
+        let mut rig = rig();
+        rig.takes.push(src.take(&old, 1, false)).unwrap();
+        play(&mut rig.player, 0, 512, 1.0);
+        rig.takes.push(src.take(&new, 2, false)).unwrap();
+        rig.player.poll();
+        // Its music at the bar has arrived: it is scheduled there.
+        rig.player.schedule(10_000);
+        assert_eq!(rig.player.switch_at(), Some(10_000));
+        // A later bar does not move it; a jump back to an earlier one does.
+        rig.player.schedule(12_000);
+        assert_eq!(rig.player.switch_at(), Some(10_000));
+        rig.player.schedule(9_000);
+        assert_eq!(rig.player.switch_at(), Some(9_000));
+        let (l, _) = play(&mut rig.player, 8_900, 300, 1.0);
+        for (i, &x) in l.iter().enumerate() {
+            let f = 8_900 + i as i64;
+            let t = ((f - 9_000) as f32 / XFADE as f32).clamp(0.0, 1.0);
+            let want = (1.0 - t) - t;
+            assert!((x - want).abs() < 1e-6, "frame {f}: {x} ≠ {want}");
+        }
+        // The old take went back to be freed off the audio thread; the new
+        // one plays alone, also before the bar.
+        assert!(rig.returned.pop().is_ok());
+        assert_eq!(rig.player.switch_at(), None);
+        assert_eq!(play(&mut rig.player, 0, 64, 1.0).0, vec![-1.0; 64]);
+    }
+
+    #[test]
+    fn a_bounce_plays_the_full_piece_not_its_preview() {
+        let src = Source::new();
+        let preview = piece(8_000, |_, _| 0.25);
+        let full = piece(30_000, |_, _| 0.75);
+        let mut rig = rig();
+        rig.takes.push(src.take(&preview, 1, true)).unwrap();
+        rig.takes.push(src.take(&full, 2, false)).unwrap();
+        rig.player.poll();
+        rig.player.poll();
+        assert!(
+            rig.player
+                .wait_ready_offline(1_000, 512, Duration::from_secs(5))
+        );
+        // No crossfade from the preview: the full piece at once.
+        assert_eq!(play(&mut rig.player, 1_000, 512, 1.0).0, vec![0.75; 512]);
+        assert!(rig.returned.pop().is_ok());
+    }
+
+    #[test]
+    fn a_newer_take_overtakes_one_waiting_for_its_bar() {
+        let src = Source::new();
+        let mut rig = rig();
+        let grid = |bpm| Grid {
+            bpm,
+            meter: Meter::COMMON,
+        };
+        for (seed, bpm) in [(1, 100.0), (2, 110.0), (3, 120.0)] {
+            let mut t = src.take(&piece(20_000, |_, _| seed as f32), seed, false);
+            t.grid = Some(grid(bpm));
+            rig.takes.push(t).unwrap();
+            rig.player.poll();
+        }
+        // The second never played: it went back when the third came.
+        let back = rig.returned.pop().unwrap();
+        assert_eq!(back.answers, 2);
+        assert_eq!(rig.player.newest_grid(), Some(grid(120.0)));
+        // The first still plays until the third's bar.
+        assert_eq!(play(&mut rig.player, 0, 32, 1.0).0, vec![1.0; 32]);
+        rig.player.schedule(4_096);
+        play(&mut rig.player, 4_000, 512, 1.0);
+        assert_eq!(play(&mut rig.player, 5_000, 32, 1.0).0, vec![3.0; 32]);
+    }
+}
