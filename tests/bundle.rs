@@ -1,6 +1,7 @@
 //! The built plugin library loaded from disk as a `.clap` file, the way a
 //! host finds it: it exports a working CLAP entry (and the VST3 one).
 
+#[path = "../plugin/tests/common/mod.rs"]
 mod common;
 
 use assert_no_alloc::AllocDisabler;

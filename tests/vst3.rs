@@ -6,6 +6,7 @@
 // The bindings keep the VST3 SDK's names (kIBSeekSet, getState, …).
 #![allow(non_snake_case, non_upper_case_globals)]
 
+#[path = "../plugin/tests/common/mod.rs"]
 mod common;
 
 use std::cell::RefCell;

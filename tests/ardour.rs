@@ -7,6 +7,7 @@
 //! callbacks here: the render has new music in the new tempo after the
 //! change all the same.
 
+#[path = "../plugin/tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
