@@ -155,9 +155,14 @@ pub(crate) fn request(shared: &Shared<'_>, inner: &mut Inner) {
             merge: true,
         });
     }
-    // Resolved once here: the video is probed and hashed once, the range
-    // clipped to it, and `auto` made concrete before choosing whether to
-    // preview.
+    // Resolved once here, on the caller's thread: the video is probed and
+    // hashed once, the range clipped to it, and `auto` made concrete before
+    // choosing whether to preview. This and the cache read below are the
+    // only synchronous work (a probe, two mebibytes hashed, one file read):
+    // the cache key needs the video's identity, and a reopened project must
+    // play its cached music from the first block even where the host
+    // renders without announcing it (Ardour's export), so the take has to
+    // be in hand before the next block.
     let resolved = match inner.engine.as_ref().map(|e| e.resolve(&req)) {
         Some(Ok(r)) => r,
         Some(Err(e)) => {
