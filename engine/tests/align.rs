@@ -62,6 +62,22 @@ fn offset(times: &[f64], t: f64) -> f64 {
         .unwrap_or(f64::INFINITY)
 }
 
+/// The beats of a 120 BPM grid over `secs`, and the cuts.
+fn grid_and_cuts(secs: f64, cuts: &[f64]) -> Vec<f64> {
+    (0..(secs * 2.0) as usize)
+        .map(|k| k as f64 * 0.5)
+        .chain(cuts.iter().copied())
+        .collect()
+}
+
+/// How many of `found` lie within 10 ms of one of `targets`.
+fn on_target(found: &[f64], targets: &[f64]) -> usize {
+    found
+        .iter()
+        .filter(|&&t| offset(targets, t).abs() <= 0.01)
+        .count()
+}
+
 #[test]
 fn the_tracker_finds_a_click_tracks_beats_within_ten_ms() {
     let (audio, truth) = click_track(120.0, 0.3, 12.0);
@@ -140,14 +156,8 @@ fn clicks_at_117_land_on_a_120_grid_and_on_the_cuts() {
 
     // Most clicks now sit on a target; the rest are where the tempo
     // difference is taken up before the end.
-    let targets: Vec<f64> = (0..40)
-        .map(|k| k as f64 * 0.5)
-        .chain(cuts.iter().copied())
-        .collect();
-    let on = found
-        .iter()
-        .filter(|&&t| offset(&targets, t).abs() <= 0.01)
-        .count();
+    let targets = grid_and_cuts(20.0, &cuts);
+    let on = on_target(&found, &targets);
     eprintln!(
         "{on} of {} onsets on a target; off: {:?}",
         found.len(),
@@ -175,10 +185,7 @@ fn clicks_at_117_land_on_a_120_grid_and_on_the_cuts() {
     }
     // Before the warp, the clicks drift off the grid.
     let before = onsets(&audio);
-    let on_before = before
-        .iter()
-        .filter(|&&t| offset(&targets, t).abs() <= 0.01)
-        .count();
+    let on_before = on_target(&before, &targets);
     assert!(
         on_before * 2 < before.len(),
         "{on_before} of {} already on",
@@ -531,14 +538,8 @@ fn aligned_while_it_arrives_the_clicks_land_on_the_grid_and_the_cuts() {
         let o = offset(&found, *c);
         assert!(o.abs() <= 0.01, "cut {c}: nearest onset {o:+.4} s away");
     }
-    let targets: Vec<f64> = (0..60)
-        .map(|k| k as f64 * 0.5)
-        .chain(cuts.iter().copied())
-        .collect();
-    let on = found
-        .iter()
-        .filter(|&&t| offset(&targets, t).abs() <= 0.01)
-        .count();
+    let targets = grid_and_cuts(30.0, &cuts);
+    let on = on_target(&found, &targets);
     eprintln!("{on} of {} onsets on a target", found.len());
     assert!(
         on as f64 >= 0.75 * found.len() as f64,
