@@ -86,7 +86,7 @@ impl Int8Weight {
     }
 
     /// `x Wᵀ` for `x`, `m × k` row-major, into `m × n`.
-    pub(super) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+    pub(super) fn matmul(&self, x: &[f32], m: usize, then: Then<'_>) -> Vec<f32> {
         let (k, kp, n) = (self.k, self.kp, self.n);
         debug_assert_eq!(x.len(), m * k);
         // Each row to bytes: scaled by its largest magnitude, offset by 128.
@@ -124,6 +124,7 @@ impl Int8Weight {
                         a_scale[r],
                         row,
                     );
+                    then.apply(row, r * n + c0, c0);
                 }
             }
         });
@@ -150,7 +151,7 @@ impl candle_core::CustomOp1 for Int8Weight {
         if k != self.k {
             candle_core::bail!("an 8-bit matmul of {} inputs given {k}", self.k);
         }
-        let out = self.matmul(&v[start..end], m);
+        let out = self.matmul(&v[start..end], m, Then::Nothing);
         Ok((candle_core::CpuStorage::F32(out), (m, self.n).into()))
     }
 }
@@ -201,6 +202,138 @@ fn dequantize(acc: &[i32], offset: &[i32], scale: &[f32], a_scale: f32, row: &mu
     }
     for (((o, &v), &off), &s) in row.iter_mut().zip(acc).zip(offset).zip(scale) {
         *o = (v - off) as f32 * (a_scale * s);
+    }
+}
+
+/// What [`Int8Weight::matmul`] does to each product while it is in cache, in place
+/// of a pass of its own over the whole output: the layer's bias and activation, or
+/// its bias and the residual sum. The arithmetic is [`super::ops`]'.
+#[derive(Clone, Copy)]
+pub(super) enum Then<'a> {
+    Nothing,
+    /// `y + b`, through quick GELU when the flag is set.
+    Bias(&'a [f32], bool),
+    /// `x + (y + b)`, `x` of the output's shape.
+    Residual(&'a [f32], &'a [f32]),
+}
+
+impl Then<'_> {
+    /// Applies to `row`, the output's columns from `col` at flat index `at`.
+    fn apply(self, row: &mut [f32], at: usize, col: usize) {
+        match self {
+            Then::Nothing => {}
+            Then::Bias(b, quick) => {
+                for (y, &b) in row.iter_mut().zip(&b[col..]) {
+                    let v = *y + b;
+                    *y = if quick {
+                        v / (1.0 + (-1.702 * v).exp())
+                    } else {
+                        v
+                    };
+                }
+            }
+            Then::Residual(b, x) => {
+                for ((y, &b), &x) in row.iter_mut().zip(&b[col..]).zip(&x[at..]) {
+                    *y = x + (*y + b);
+                }
+            }
+        }
+    }
+
+    /// Whether the bias and residual fit an output of `m × n`.
+    fn fits(self, m: usize, n: usize) -> bool {
+        match self {
+            Then::Nothing => true,
+            Then::Bias(b, _) => b.len() == n,
+            Then::Residual(b, x) => b.len() == n && x.len() == m * n,
+        }
+    }
+}
+
+/// [`Int8Weight::matmul`] with its bias and what follows, as a candle op: over
+/// `(h, bias)`, or `(h, bias, x)` for the residual.
+pub(super) struct Fused<'a> {
+    pub(super) w: &'a Int8Weight,
+    /// Quick GELU after the bias (two inputs only).
+    pub(super) quick: bool,
+}
+
+impl Fused<'_> {
+    fn run(
+        &self,
+        h: (&candle_core::CpuStorage, &candle_core::Layout),
+        then: impl FnOnce(&[f32], usize) -> candle_core::Result<Vec<f32>>,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let v = f32_slice(h.0, h.1)?;
+        let (m, k) = h.1.shape().dims2()?;
+        if k != self.w.k {
+            candle_core::bail!("an 8-bit matmul of {} inputs given {k}", self.w.k);
+        }
+        let out = then(v, m)?;
+        Ok((candle_core::CpuStorage::F32(out), (m, self.w.n).into()))
+    }
+}
+
+fn f32_slice<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("an 8-bit matmul takes contiguous f32 tensors"),
+    }
+}
+
+impl candle_core::CustomOp2 for Fused<'_> {
+    fn name(&self) -> &'static str {
+        "int8-matmul-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        hs: &candle_core::CpuStorage,
+        hl: &candle_core::Layout,
+        bs: &candle_core::CpuStorage,
+        bl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let b = f32_slice(bs, bl)?;
+        self.run((hs, hl), |h, m| {
+            let then = Then::Bias(b, self.quick);
+            if !then.fits(m, self.w.n) {
+                candle_core::bail!("a bias of {} for {} outputs", b.len(), self.w.n);
+            }
+            Ok(self.w.matmul(h, m, then))
+        })
+    }
+}
+
+impl candle_core::CustomOp3 for Fused<'_> {
+    fn name(&self) -> &'static str {
+        "int8-matmul-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        hs: &candle_core::CpuStorage,
+        hl: &candle_core::Layout,
+        bs: &candle_core::CpuStorage,
+        bl: &candle_core::Layout,
+        xs: &candle_core::CpuStorage,
+        xl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let b = f32_slice(bs, bl)?;
+        let x = f32_slice(xs, xl)?;
+        self.run((hs, hl), |h, m| {
+            let then = Then::Residual(b, x);
+            if !then.fits(m, self.w.n) {
+                candle_core::bail!(
+                    "a residual of {:?} for {m} × {} outputs",
+                    xl.shape(),
+                    self.w.n
+                );
+            }
+            Ok(self.w.matmul(h, m, then))
+        })
     }
 }
 
@@ -440,7 +573,7 @@ mod tests {
             .map(|i| ((i * 53 % 97) as f32 - 48.0) / 90.0)
             .collect();
         let q = Int8Weight::new(&wt, k, n).unwrap();
-        let got = q.matmul(&x, m);
+        let got = q.matmul(&x, m, Then::Nothing);
         let mut err = 0f32;
         let mut norm = 0f32;
         for r in 0..m {

@@ -144,6 +144,22 @@ impl Proj {
         Ok(self.int8.is_some())
     }
 
+    /// `x`, `(…, in)`, as contiguous `(rows, in)`.
+    fn rows(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let in_dim = self.wt.dim(0)?;
+        x.reshape((x.elem_count() / in_dim.max(1), in_dim))?
+            .contiguous()
+    }
+
+    /// The shape of the product with `x`, `(…, out)`.
+    fn out_shape(&self, x: &Tensor) -> candle_core::Result<Vec<usize>> {
+        let mut shape = x.dims().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = self.wt.dim(1)?;
+        }
+        Ok(shape)
+    }
+
     /// `x Wᵀ`, without the bias, for `x` of `(…, in)`.
     fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims();
@@ -163,6 +179,17 @@ impl Proj {
 
     /// `act(x Wᵀ + b)`.
     fn forward_act(&self, x: &Tensor, act: Option<Activation>) -> candle_core::Result<Tensor> {
+        if let (Some(w), true) = (&self.int8, ops::applies(x)) {
+            let quick = act == Some(Activation::QuickGelu);
+            let y = self
+                .rows(x)?
+                .apply_op2_no_bwd(&self.bias, &int8::Fused { w, quick })?
+                .reshape(self.out_shape(x)?)?;
+            return match act {
+                Some(a) if !quick => a.apply(&y),
+                _ => Ok(y),
+            };
+        }
         let y = self.matmul(x)?;
         if ops::applies(&y) {
             return ops::bias_act(&y, &self.bias, act);
@@ -176,6 +203,20 @@ impl Proj {
 
     /// `x + (h Wᵀ + b)`: the layer's output added to the residual stream `x`.
     fn forward_residual(&self, x: &Tensor, h: &Tensor) -> candle_core::Result<Tensor> {
+        if let (Some(w), true) = (&self.int8, ops::applies(h) && ops::applies(x)) {
+            let shape = self.out_shape(h)?;
+            if x.dims() != shape.as_slice() {
+                candle_core::bail!("residual of {:?} and {shape:?}", x.dims());
+            }
+            return self
+                .rows(h)?
+                .apply_op3_no_bwd(
+                    &self.bias,
+                    &x.contiguous()?,
+                    &int8::Fused { w, quick: false },
+                )?
+                .reshape(shape);
+        }
         let y = self.matmul(h)?;
         if ops::applies(&y) && ops::applies(x) {
             return ops::bias_residual(x, &y, &self.bias);
