@@ -505,6 +505,8 @@ mod x86 {
         let off = _mm256_set1_epi32(128);
         let lim = _mm256_set1_ps(127.0);
         let neg = _mm256_set1_ps(-127.0);
+        // Over `x`'s length only, so that the two tails match.
+        let q = &mut q[..x.len()];
         let mut xs = x.chunks_exact(8);
         let mut qs = q.chunks_exact_mut(8);
         for (x, q) in (&mut xs).zip(&mut qs) {
