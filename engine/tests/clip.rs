@@ -148,6 +148,58 @@ fn vision_tower_matches_transformers() {
     }
 }
 
+/// Cosine similarity of matching rows of two `(rows, width)` tensors, the smallest.
+fn min_cosine(a: &Tensor, b: &Tensor) -> f32 {
+    let dot = (a * b).unwrap().sum(1).unwrap();
+    let norms = (a.sqr().unwrap().sum(1).unwrap().sqrt().unwrap()
+        * b.sqr().unwrap().sum(1).unwrap().sqrt().unwrap())
+    .unwrap();
+    (dot / norms)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .fold(1.0, f32::min)
+}
+
+#[test]
+fn the_8_bit_vision_tower_stays_close_and_switches_back_exactly() {
+    use vidmusician_engine::neural::models::clip::VisionPrecision;
+    for name in FIXTURES {
+        let dir = fixture(name);
+        let r = reference(&dir);
+        let mut model = Clip::load(&dir).unwrap();
+        assert_eq!(model.vision.precision(), VisionPrecision::F32);
+        let pixels = &r["vision.pixel_values"];
+        if model.vision.set_precision(VisionPrecision::Int8).unwrap() == VisionPrecision::Int8 {
+            let out = model.vision.forward(pixels).unwrap();
+            for (got, key) in [
+                (&out.pooled, "vision.pooler_output"),
+                (&out.projected, "vision.image_embeds"),
+                (
+                    &out.patch_tokens.flatten_from(1).unwrap(),
+                    "vision.patch_tokens",
+                ),
+            ] {
+                let c = min_cosine(got, &r[key].flatten_from(1).unwrap());
+                println!("{name}: 8-bit {key} at cosine {c}");
+                assert!(c > 0.995, "{name}: 8-bit {key} at cosine {c}");
+            }
+        }
+        // Back at f32 the results are transformers' again.
+        assert_eq!(
+            model.vision.set_precision(VisionPrecision::F32).unwrap(),
+            VisionPrecision::F32
+        );
+        let out = model.vision.forward(pixels).unwrap();
+        let d = max_abs_diff(&out.projected, &r["vision.image_embeds"]);
+        assert!(
+            d < TOL,
+            "{name}: image_embeds after switching back differ by {d}"
+        );
+    }
+}
+
 #[test]
 fn text_tower_matches_transformers() {
     for name in FIXTURES {

@@ -10,7 +10,9 @@ use std::time::Instant;
 use candle_core::Device;
 use serde::Serialize;
 
-use super::{ClipConfig, ClipVision, PreprocessConfig, RgbImage, preprocess::preprocess};
+use super::{
+    ClipConfig, ClipVision, PreprocessConfig, RgbImage, VisionPrecision, preprocess::preprocess,
+};
 use crate::analysis::clip_features::sample_batches;
 use crate::error::Result;
 use crate::neural::weights::Weights;
@@ -39,6 +41,21 @@ pub struct ClipBench {
     pub local_x_real_time: f64,
     /// The vision tower alone, milliseconds per frame in batches of 16.
     pub ms_per_frame: f64,
+    /// The same with the encoder's linear layers in 8 bits, where the CPU has
+    /// AVX-512 VNNI ([`VisionPrecision::Int8`]).
+    pub int8: Option<ClipBenchInt8>,
+}
+
+/// The 8-bit encoder's figures, and how far its embeddings are from f32's.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClipBenchInt8 {
+    pub global_x_real_time: f64,
+    pub local_x_real_time: f64,
+    pub ms_per_frame: f64,
+    /// Cosine similarity of each 1 fps frame's pooled and projected embeddings to
+    /// f32's: the smallest over the frames.
+    pub pooled_cosine_min: f64,
+    pub projected_cosine_min: f64,
 }
 
 /// Times CLIP's passes over `seconds` of a synthetic 640×360 video.
@@ -54,9 +71,10 @@ pub fn run(seconds: f64, progress: &mut dyn FnMut(&str)) -> Result<ClipBench> {
         &crate::video::synth::SynthSpec::new(640, 360, 25, seconds, vec![seconds / 3.0]),
     )?;
     let cancel = AtomicBool::new(false);
-    let pass = |rate: f64| -> Result<(usize, f64, f64)> {
-        let mut frames = 0usize;
-        let mut model_s = 0.0;
+    // One pass at `rate` with the tower as it is set; returns frames, wall seconds,
+    // the tower's seconds, and the pooled and projected rows when `keep`.
+    let pass = |vision: &ClipVision, rate: f64, keep: bool| -> Result<Pass> {
+        let mut p = Pass::default();
         let t0 = Instant::now();
         sample_batches(
             &video,
@@ -71,27 +89,74 @@ pub fn run(seconds: f64, progress: &mut dyn FnMut(&str)) -> Result<ClipBench> {
                 let out = vision.forward(&pixels)?;
                 // Read back as the engines do, so nothing stays lazily unevaluated.
                 let _ = out.patch_tokens.flatten_all()?.to_vec1::<f32>()?;
-                model_s += t.elapsed().as_secs_f64();
-                frames += imgs.len();
+                p.model_s += t.elapsed().as_secs_f64();
+                p.frames += imgs.len();
+                if keep {
+                    p.pooled.extend(out.pooled.to_vec2::<f32>()?);
+                    p.projected.extend(out.projected.to_vec2::<f32>()?);
+                }
                 Ok(())
             },
         )?;
-        Ok((frames, t0.elapsed().as_secs_f64(), model_s))
+        p.wall_s = t0.elapsed().as_secs_f64();
+        Ok(p)
     };
     progress("global features at 1 fps");
-    let (gf, gs, gm) = pass(crate::analysis::GLOBAL_FPS)?;
+    let g = pass(&vision, crate::analysis::GLOBAL_FPS, true)?;
     progress("patch tokens at 25 fps");
-    let (lf, ls, lm) = pass(crate::analysis::LOCAL_FPS)?;
+    let l = pass(&vision, crate::analysis::LOCAL_FPS, false)?;
+    let mut vision = vision;
+    let int8 = if vision.set_precision(VisionPrecision::Int8)? == VisionPrecision::Int8 {
+        progress("8-bit encoder: global features at 1 fps");
+        let g8 = pass(&vision, crate::analysis::GLOBAL_FPS, true)?;
+        progress("8-bit encoder: patch tokens at 25 fps");
+        let l8 = pass(&vision, crate::analysis::LOCAL_FPS, false)?;
+        Some(ClipBenchInt8 {
+            global_x_real_time: seconds / g8.wall_s,
+            local_x_real_time: seconds / l8.wall_s,
+            ms_per_frame: ms_per_frame(&g8, &l8),
+            pooled_cosine_min: cosine_min(&g.pooled, &g8.pooled),
+            projected_cosine_min: cosine_min(&g.projected, &g8.projected),
+        })
+    } else {
+        None
+    };
     Ok(ClipBench {
         model: "clip-vit-base-patch32 shape, random weights",
         threads: rayon::current_num_threads(),
         video_seconds: seconds,
-        global_frames: gf,
-        global_x_real_time: seconds / gs,
-        local_frames: lf,
-        local_x_real_time: seconds / ls,
-        ms_per_frame: 1000.0 * (gm + lm) / (gf + lf).max(1) as f64,
+        global_frames: g.frames,
+        global_x_real_time: seconds / g.wall_s,
+        local_frames: l.frames,
+        local_x_real_time: seconds / l.wall_s,
+        ms_per_frame: ms_per_frame(&g, &l),
+        int8,
     })
+}
+
+#[derive(Default)]
+struct Pass {
+    frames: usize,
+    wall_s: f64,
+    model_s: f64,
+    pooled: Vec<Vec<f32>>,
+    projected: Vec<Vec<f32>>,
+}
+
+fn ms_per_frame(a: &Pass, b: &Pass) -> f64 {
+    1000.0 * (a.model_s + b.model_s) / (a.frames + b.frames).max(1) as f64
+}
+
+/// The smallest cosine similarity of matching rows (1 when there are none).
+fn cosine_min(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let dot: f64 = x.iter().zip(y).map(|(p, q)| f64::from(p * q)).sum();
+            let n = |v: &[f32]| v.iter().map(|p| f64::from(p * p)).sum::<f64>().sqrt();
+            dot / (n(x) * n(y)).max(f64::MIN_POSITIVE)
+        })
+        .fold(1.0, f64::min)
 }
 
 /// Writes a CLIP folder of clip-vit-base-patch32's layout with random weights

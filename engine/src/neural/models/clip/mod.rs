@@ -19,6 +19,8 @@
 
 pub mod bench;
 pub mod config;
+mod int8;
+mod ops;
 pub mod preprocess;
 pub mod text;
 pub mod vision;
@@ -30,9 +32,9 @@ use candle_core::{D, Device, Tensor};
 pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig, PreprocessConfig};
 pub use preprocess::RgbImage;
 pub use text::{ClipText, ClipTokenizer, TextOutput};
-pub use vision::{ClipVision, VisionOutput};
+pub use vision::{ClipVision, VisionOutput, VisionPrecision};
 
-use crate::neural::nn::{Linear, attention, merge_heads, split_heads};
+use crate::neural::nn::{attention, merge_heads, split_heads};
 use crate::neural::weights::Weights;
 use crate::{Error, Result};
 
@@ -101,15 +103,137 @@ impl LayerNorm {
     }
 }
 
+/// A linear layer's weight, transposed and contiguous `(in, out)`, and its bias, kept
+/// apart so that the bias goes into the pass that follows the matmul ([`ops`]).
+struct Proj {
+    wt: Tensor,
+    bias: Tensor,
+    /// The weight in 8 bits, when the tower runs at [`VisionPrecision::Int8`].
+    int8: Option<int8::Int8Weight>,
+}
+
+impl Proj {
+    fn load(w: &Weights, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Self::new(
+            &w.get(&[out_dim, in_dim], "weight")?,
+            w.get(&[out_dim], "bias")?,
+        )?)
+    }
+
+    /// From a weight laid out as PyTorch stores it, `(out, in)`.
+    fn new(weight: &Tensor, bias: Tensor) -> candle_core::Result<Self> {
+        Ok(Self {
+            wt: weight.t()?.contiguous()?,
+            bias,
+            int8: None,
+        })
+    }
+
+    /// Quantizes the weight to 8 bits for [`Proj::matmul`] (`on`), or drops the
+    /// quantized copy. Returns whether the 8-bit product is in use.
+    fn set_int8(&mut self, on: bool) -> Result<bool> {
+        if !on || !int8::available() {
+            self.int8 = None;
+            return Ok(false);
+        }
+        if self.int8.is_none() {
+            let (k, n) = self.wt.dims2()?;
+            let w = self.wt.flatten_all()?.to_vec1::<f32>()?;
+            self.int8 = int8::Int8Weight::new(&w, k, n);
+        }
+        Ok(self.int8.is_some())
+    }
+
+    /// `x`, `(…, in)`, as contiguous `(rows, in)`.
+    fn rows(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let in_dim = self.wt.dim(0)?;
+        x.reshape((x.elem_count() / in_dim.max(1), in_dim))?
+            .contiguous()
+    }
+
+    /// The shape of the product with `x`, `(…, out)`.
+    fn out_shape(&self, x: &Tensor) -> candle_core::Result<Vec<usize>> {
+        let mut shape = x.dims().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = self.wt.dim(1)?;
+        }
+        Ok(shape)
+    }
+
+    /// `x Wᵀ`, without the bias, for `x` of `(…, in)`.
+    fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims();
+        let (in_dim, out_dim) = self.wt.dims2()?;
+        let rows = x.elem_count() / in_dim.max(1);
+        let x = x.reshape((rows, in_dim))?;
+        let y = match &self.int8 {
+            Some(q) if ops::applies(&x) => x.contiguous()?.apply_op1_no_bwd(q)?,
+            _ => x.matmul(&self.wt)?,
+        };
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = out_dim;
+        }
+        y.reshape(shape)
+    }
+
+    /// `act(x Wᵀ + b)`.
+    fn forward_act(&self, x: &Tensor, act: Option<Activation>) -> candle_core::Result<Tensor> {
+        if let (Some(w), true) = (&self.int8, ops::applies(x)) {
+            let quick = act == Some(Activation::QuickGelu);
+            let y = self
+                .rows(x)?
+                .apply_op2_no_bwd(&self.bias, &int8::Fused { w, quick })?
+                .reshape(self.out_shape(x)?)?;
+            return match act {
+                Some(a) if !quick => a.apply(&y),
+                _ => Ok(y),
+            };
+        }
+        let y = self.matmul(x)?;
+        if ops::applies(&y) {
+            return ops::bias_act(&y, &self.bias, act);
+        }
+        let y = y.broadcast_add(&self.bias)?;
+        match act {
+            Some(a) => a.apply(&y),
+            None => Ok(y),
+        }
+    }
+
+    /// `x + (h Wᵀ + b)`: the layer's output added to the residual stream `x`.
+    fn forward_residual(&self, x: &Tensor, h: &Tensor) -> candle_core::Result<Tensor> {
+        if let (Some(w), true) = (&self.int8, ops::applies(h) && ops::applies(x)) {
+            let shape = self.out_shape(h)?;
+            if x.dims() != shape.as_slice() {
+                candle_core::bail!("residual of {:?} and {shape:?}", x.dims());
+            }
+            return self
+                .rows(h)?
+                .apply_op3_no_bwd(
+                    &self.bias,
+                    &x.contiguous()?,
+                    &int8::Fused { w, quick: false },
+                )?
+                .reshape(shape);
+        }
+        let y = self.matmul(h)?;
+        if ops::applies(&y) && ops::applies(x) {
+            return ops::bias_residual(x, &y, &self.bias);
+        }
+        x + y.broadcast_add(&self.bias)?
+    }
+}
+
 /// One `CLIPEncoderLayer`: pre-LayerNorm attention and MLP, each with a residual.
 struct Layer {
     norm1: LayerNorm,
     /// `q_proj`, `k_proj` and `v_proj` stacked into one `(hidden, 3·hidden)` matmul.
-    qkv: Linear,
-    out: Linear,
+    qkv: Proj,
+    out: Proj,
     norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Proj,
+    fc2: Proj,
 }
 
 /// `CLIPEncoder`, shared by both towers.
@@ -141,15 +265,14 @@ impl Encoder {
                 weights.push(a.pp(name).get(&[hidden, hidden], "weight")?);
                 biases.push(a.pp(name).get(&[hidden], "bias")?);
             }
-            let qkv =
-                Linear::from_weight(&Tensor::cat(&weights, 0)?, Some(Tensor::cat(&biases, 0)?))?;
+            let qkv = Proj::new(&Tensor::cat(&weights, 0)?, Tensor::cat(&biases, 0)?)?;
             out.push(Layer {
                 norm1: LayerNorm::load(&l.pp("layer_norm1"), hidden, eps)?,
                 qkv,
-                out: Linear::load(&a.pp("out_proj"), hidden, hidden, true)?,
+                out: Proj::load(&a.pp("out_proj"), hidden, hidden)?,
                 norm2: LayerNorm::load(&l.pp("layer_norm2"), hidden, eps)?,
-                fc1: Linear::load(&l.pp("mlp.fc1"), hidden, intermediate, true)?,
-                fc2: Linear::load(&l.pp("mlp.fc2"), intermediate, hidden, true)?,
+                fc1: Proj::load(&l.pp("mlp.fc1"), hidden, intermediate)?,
+                fc2: Proj::load(&l.pp("mlp.fc2"), intermediate, hidden)?,
             });
         }
         Ok(Self {
@@ -162,20 +285,37 @@ impl Encoder {
 
     /// `(batch, seq, hidden)` through every layer; `bias` is added to the attention
     /// scores (the text tower's causal mask).
+    /// Runs the linear layers in 8 bits (`on`) or f32. Returns whether every layer
+    /// took 8 bits (not on a CPU without AVX-512 VNNI).
+    fn set_int8(&mut self, on: bool) -> Result<bool> {
+        let mut all = true;
+        for l in &mut self.layers {
+            for p in [&mut l.qkv, &mut l.out, &mut l.fc1, &mut l.fc2] {
+                all &= p.set_int8(on)?;
+            }
+        }
+        Ok(all)
+    }
+
     fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let hidden = x.dim(D::Minus1)?;
         let mut x = x.clone();
         for l in &self.layers {
             let h = l.norm1.forward(&x)?;
-            let qkv = l.qkv.forward(&h)?;
-            let q = split_heads(&qkv.narrow(D::Minus1, 0, hidden)?, self.heads)?;
-            let k = split_heads(&qkv.narrow(D::Minus1, hidden, hidden)?, self.heads)?;
-            let v = split_heads(&qkv.narrow(D::Minus1, 2 * hidden, hidden)?, self.heads)?;
-            let y = attention(&q, &k, &v, Some(self.scale), bias)?;
-            x = (x + l.out.forward(&merge_heads(&y)?)?)?;
+            let qkv = l.qkv.matmul(&h)?;
+            let y = if bias.is_none() && ops::applies(&qkv) {
+                ops::attention(&qkv, &l.qkv.bias, self.heads, self.scale)?
+            } else {
+                let qkv = qkv.broadcast_add(&l.qkv.bias)?;
+                let q = split_heads(&qkv.narrow(D::Minus1, 0, hidden)?, self.heads)?;
+                let k = split_heads(&qkv.narrow(D::Minus1, hidden, hidden)?, self.heads)?;
+                let v = split_heads(&qkv.narrow(D::Minus1, 2 * hidden, hidden)?, self.heads)?;
+                merge_heads(&attention(&q, &k, &v, Some(self.scale), bias)?)?
+            };
+            x = l.out.forward_residual(&x, &y)?;
             let h = l.norm2.forward(&x)?;
-            let h = self.act.apply(&l.fc1.forward(&h)?)?;
-            x = (x + l.fc2.forward(&h)?)?;
+            let h = l.fc1.forward_act(&h, Some(self.act))?;
+            x = l.fc2.forward_residual(&x, &h)?;
         }
         Ok(x)
     }

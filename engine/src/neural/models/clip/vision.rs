@@ -23,6 +23,22 @@ pub struct VisionOutput {
     pub patch_tokens: Tensor,
 }
 
+/// The arithmetic of the vision tower's encoder on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VisionPrecision {
+    /// f32 throughout: transformers' results within rounding.
+    #[default]
+    F32,
+    /// The encoder's linear layers (nine tenths of the work) in 8 bits: weights
+    /// quantized per output column, activations per row, exact integer sums
+    /// (AVX-512 VNNI), bias, activation and residual applied as each product is
+    /// dequantized. Two to three times as fast as f32 on a Zen 4 core. The
+    /// embeddings move by about a ten-thousandth in cosine on the test fixtures and
+    /// on random ViT-B/32 weights; a real checkpoint's activation outliers may cost
+    /// more, so callers choose it. Everything else stays f32.
+    Int8,
+}
+
 pub struct ClipVision {
     /// The patch convolution as a matrix, `(channels·patch·patch, hidden)`: a strided
     /// convolution whose kernel equals its stride is one matmul over unfolded patches.
@@ -36,6 +52,7 @@ pub struct ClipVision {
     image_size: usize,
     patch: usize,
     channels: usize,
+    precision: VisionPrecision,
 }
 
 impl ClipVision {
@@ -78,7 +95,27 @@ impl ClipVision {
             image_size: v.image_size,
             patch: v.patch_size,
             channels: v.num_channels,
+            precision: VisionPrecision::F32,
         })
+    }
+
+    /// Sets the encoder's arithmetic. [`VisionPrecision::Int8`] needs AVX-512 VNNI;
+    /// without it the tower stays at f32. Returns the precision now in use.
+    pub fn set_precision(&mut self, precision: VisionPrecision) -> Result<VisionPrecision> {
+        let int8 = self.encoder.set_int8(precision == VisionPrecision::Int8)?;
+        self.precision = if int8 {
+            VisionPrecision::Int8
+        } else {
+            // A partial switch (no layer can be partly quantized today) is undone.
+            self.encoder.set_int8(false)?;
+            VisionPrecision::F32
+        };
+        Ok(self.precision)
+    }
+
+    /// The encoder's arithmetic now.
+    pub fn precision(&self) -> VisionPrecision {
+        self.precision
     }
 
     /// Side of the square input, pixels.

@@ -1,0 +1,612 @@
+//! 8-bit matmuls for the encoder's linear layers on CPUs with AVX-512 VNNI, an
+//! opt-in trade of accuracy for speed ([`super::VisionPrecision::Int8`]).
+//!
+//! Weights are quantized once, symmetric per output column; activations per row on
+//! every call. `vpdpbusd` multiplies unsigned by signed bytes, 64 products summed
+//! into 16 i32 lanes per instruction, four times the f32 FMA's work per cycle here;
+//! the activations are therefore stored offset by 128 as unsigned bytes and the
+//! offset's contribution (`128 · Σₖ w`) is taken back per column afterwards. The sums
+//! are exact in i32 (`k · 255 · 127` fits for `k` below 66 000), so the only error
+//! is the two roundings to 8 bits.
+//!
+//! Layout: the weight is cut into panels of [`PANEL`] output columns; within a
+//! panel, each group of four inputs holds the panel's columns one after another,
+//! four bytes each, which is what one `vpdpbusd` takes per 16 columns.
+
+use rayon::prelude::*;
+
+/// Output columns per panel: four 16-lane registers.
+const PANEL: usize = 64;
+/// Rows per tile: 6 × 4 accumulators, 4 weight registers and a broadcast fit the
+/// 32 vector registers.
+const ROWS: usize = 6;
+
+/// Whether this CPU runs the kernel.
+pub(super) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A weight quantized and packed for [`Int8Weight::matmul`].
+pub(super) struct Int8Weight {
+    /// Inputs and outputs.
+    k: usize,
+    n: usize,
+    /// `k` rounded up to a multiple of 4 (the padding is zero).
+    kp: usize,
+    /// `(n / PANEL) × (kp / 4) × PANEL × 4` bytes; padded columns are zero.
+    packed: Vec<i8>,
+    /// Per column (padded to whole panels): the dequantization factor, and
+    /// `128 · Σₖ w` to take back the activations' offset.
+    scale: Vec<f32>,
+    offset: Vec<i32>,
+}
+
+impl Int8Weight {
+    /// Quantizes `wt`, `(k, n)` row-major (inputs × outputs). `None` when the sums
+    /// could overflow i32 (an input wider than any CLIP has).
+    pub(super) fn new(wt: &[f32], k: usize, n: usize) -> Option<Self> {
+        if k == 0 || n == 0 || wt.len() != k * n || k > 65_000 {
+            return None;
+        }
+        let kp = k.div_ceil(4) * 4;
+        let np = n.div_ceil(PANEL) * PANEL;
+        let mut scale = vec![0f32; np];
+        for (c, s) in scale.iter_mut().enumerate().take(n) {
+            let max = (0..k).map(|r| wt[r * n + c].abs()).fold(0f32, f32::max);
+            *s = if max > 0.0 { max / 127.0 } else { 1.0 };
+        }
+        let mut packed = vec![0i8; np * kp];
+        let mut offset = vec![0i32; np];
+        for c in 0..n {
+            let (panel, lane) = (c / PANEL, c % PANEL);
+            let inv = 1.0 / scale[c];
+            for r in 0..k {
+                let q = (wt[r * n + c] * inv).round().clamp(-127.0, 127.0) as i8;
+                packed[panel * kp * PANEL + (r / 4) * PANEL * 4 + lane * 4 + r % 4] = q;
+                offset[c] += 128 * i32::from(q);
+            }
+        }
+        Some(Self {
+            k,
+            n,
+            kp,
+            packed,
+            scale,
+            offset,
+        })
+    }
+
+    /// `x Wᵀ` for `x`, `m × k` row-major, into `m × n`.
+    pub(super) fn matmul(&self, x: &[f32], m: usize, then: Then<'_>) -> Vec<f32> {
+        let (k, kp, n) = (self.k, self.kp, self.n);
+        debug_assert_eq!(x.len(), m * k);
+        // Each row to bytes: scaled by its largest magnitude, offset by 128.
+        // Rows padded to whole tiles (the padding is zero, 128 offset), so every tile
+        // runs the one six-row kernel.
+        let mut a = vec![128u8; m.div_ceil(ROWS) * ROWS * kp];
+        let mut a_scale = vec![0f32; m];
+        a.par_chunks_mut(kp)
+            .zip(a_scale.par_iter_mut())
+            .zip(x.par_chunks(k))
+            .for_each(|((q, s), x)| *s = quantize_row(x, q));
+        let mut out = vec![0f32; m * n];
+        let panels = n.div_ceil(PANEL);
+        let dst = SendPtr(out.as_mut_ptr());
+        (0..panels).into_par_iter().for_each(|p| {
+            let dst = &dst;
+            let w = &self.packed[p * kp * PANEL..(p + 1) * kp * PANEL];
+            let c0 = p * PANEL;
+            let cols = PANEL.min(n - c0);
+            let mut acc = [[0i32; PANEL]; ROWS];
+            for r0 in (0..m).step_by(ROWS) {
+                let rows = ROWS.min(m - r0);
+                tile(&a[r0 * kp..(r0 + ROWS) * kp], kp, w, &mut acc);
+                for (i, acc) in acc.iter().enumerate().take(rows) {
+                    let r = r0 + i;
+                    // SAFETY: each panel's task writes only its own columns
+                    // `c0..c0 + cols` of row `r < m` of `out` (`m × n`), which
+                    // outlives the parallel loop.
+                    let row =
+                        unsafe { std::slice::from_raw_parts_mut(dst.0.add(r * n + c0), cols) };
+                    dequantize(
+                        &acc[..cols],
+                        &self.offset[c0..c0 + cols],
+                        &self.scale[c0..c0 + cols],
+                        a_scale[r],
+                        row,
+                    );
+                    then.apply(row, r * n + c0, c0);
+                }
+            }
+        });
+        out
+    }
+}
+
+impl candle_core::CustomOp1 for Int8Weight {
+    fn name(&self) -> &'static str {
+        "int8-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (candle_core::CpuStorage::F32(v), Some((start, end))) =
+            (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("an 8-bit matmul takes a contiguous f32 tensor");
+        };
+        let (m, k) = layout.shape().dims2()?;
+        if k != self.k {
+            candle_core::bail!("an 8-bit matmul of {} inputs given {k}", self.k);
+        }
+        let out = self.matmul(&v[start..end], m, Then::Nothing);
+        Ok((candle_core::CpuStorage::F32(out), (m, self.n).into()))
+    }
+}
+
+/// One row of activations to bytes, scaled by its largest magnitude and offset by
+/// 128; returns the scale. `q` is at least as long as `x` (the rest stays 128, zero).
+fn quantize_row(x: &[f32], q: &mut [u8]) -> f32 {
+    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+    let inv = 1.0 / scale;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && q.len() >= x.len() {
+            // SAFETY: the CPU has AVX2; `q` is at least as long as `x`.
+            unsafe { x86::quantize(x, inv, q) };
+            return scale;
+        }
+    }
+    // `|v · inv| ≤ 127` but for rounding; the clamp keeps the byte in range. The
+    // sign-matched half and the cast round half away from zero without a libm call.
+    for (q, &v) in q.iter_mut().zip(x) {
+        *q = byte(v * inv);
+    }
+    scale
+}
+
+/// A scaled activation to its offset byte, rounded half away from zero.
+fn byte(y: f32) -> u8 {
+    let y = y.clamp(-127.0, 127.0);
+    ((y + 0.5f32.copysign(y)) as i32 + 128) as u8
+}
+
+/// `row[j] = (acc[j] − offset[j]) · a_scale · scale[j]`: the integer sums back to
+/// the product's scale.
+fn dequantize(acc: &[i32], offset: &[i32], scale: &[f32], a_scale: f32, row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let n = row.len();
+        if is_x86_feature_detected!("avx2")
+            && acc.len() >= n
+            && offset.len() >= n
+            && scale.len() >= n
+        {
+            // SAFETY: the CPU has AVX2; every input is at least `row`'s length.
+            unsafe { x86::dequantize(acc, offset, scale, a_scale, row) };
+            return;
+        }
+    }
+    for (((o, &v), &off), &s) in row.iter_mut().zip(acc).zip(offset).zip(scale) {
+        *o = (v - off) as f32 * (a_scale * s);
+    }
+}
+
+/// What [`Int8Weight::matmul`] does to each product while it is in cache, in place
+/// of a pass of its own over the whole output: the layer's bias and activation, or
+/// its bias and the residual sum. The arithmetic is [`super::ops`]'.
+#[derive(Clone, Copy)]
+pub(super) enum Then<'a> {
+    Nothing,
+    /// `y + b`, through quick GELU when the flag is set.
+    Bias(&'a [f32], bool),
+    /// `x + (y + b)`, `x` of the output's shape.
+    Residual(&'a [f32], &'a [f32]),
+}
+
+impl Then<'_> {
+    /// Applies to `row`, the output's columns from `col` at flat index `at`.
+    fn apply(self, row: &mut [f32], at: usize, col: usize) {
+        match self {
+            Then::Nothing => {}
+            Then::Bias(b, quick) => {
+                for (y, &b) in row.iter_mut().zip(&b[col..]) {
+                    let v = *y + b;
+                    *y = if quick {
+                        v / (1.0 + (-1.702 * v).exp())
+                    } else {
+                        v
+                    };
+                }
+            }
+            Then::Residual(b, x) => {
+                for ((y, &b), &x) in row.iter_mut().zip(&b[col..]).zip(&x[at..]) {
+                    *y = x + (*y + b);
+                }
+            }
+        }
+    }
+
+    /// Whether the bias and residual fit an output of `m × n`.
+    fn fits(self, m: usize, n: usize) -> bool {
+        match self {
+            Then::Nothing => true,
+            Then::Bias(b, _) => b.len() == n,
+            Then::Residual(b, x) => b.len() == n && x.len() == m * n,
+        }
+    }
+}
+
+/// [`Int8Weight::matmul`] with its bias and what follows, as a candle op: over
+/// `(h, bias)`, or `(h, bias, x)` for the residual.
+pub(super) struct Fused<'a> {
+    pub(super) w: &'a Int8Weight,
+    /// Quick GELU after the bias (two inputs only).
+    pub(super) quick: bool,
+}
+
+impl Fused<'_> {
+    fn run(
+        &self,
+        h: (&candle_core::CpuStorage, &candle_core::Layout),
+        then: impl FnOnce(&[f32], usize) -> candle_core::Result<Vec<f32>>,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let v = f32_slice(h.0, h.1)?;
+        let (m, k) = h.1.shape().dims2()?;
+        if k != self.w.k {
+            candle_core::bail!("an 8-bit matmul of {} inputs given {k}", self.w.k);
+        }
+        let out = then(v, m)?;
+        Ok((candle_core::CpuStorage::F32(out), (m, self.w.n).into()))
+    }
+}
+
+fn f32_slice<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("an 8-bit matmul takes contiguous f32 tensors"),
+    }
+}
+
+impl candle_core::CustomOp2 for Fused<'_> {
+    fn name(&self) -> &'static str {
+        "int8-matmul-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        hs: &candle_core::CpuStorage,
+        hl: &candle_core::Layout,
+        bs: &candle_core::CpuStorage,
+        bl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let b = f32_slice(bs, bl)?;
+        self.run((hs, hl), |h, m| {
+            let then = Then::Bias(b, self.quick);
+            if !then.fits(m, self.w.n) {
+                candle_core::bail!("a bias of {} for {} outputs", b.len(), self.w.n);
+            }
+            Ok(self.w.matmul(h, m, then))
+        })
+    }
+}
+
+impl candle_core::CustomOp3 for Fused<'_> {
+    fn name(&self) -> &'static str {
+        "int8-matmul-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        hs: &candle_core::CpuStorage,
+        hl: &candle_core::Layout,
+        bs: &candle_core::CpuStorage,
+        bl: &candle_core::Layout,
+        xs: &candle_core::CpuStorage,
+        xl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let b = f32_slice(bs, bl)?;
+        let x = f32_slice(xs, xl)?;
+        self.run((hs, hl), |h, m| {
+            let then = Then::Residual(b, x);
+            if !then.fits(m, self.w.n) {
+                candle_core::bail!(
+                    "a residual of {:?} for {m} × {} outputs",
+                    xl.shape(),
+                    self.w.n
+                );
+            }
+            Ok(self.w.matmul(h, m, then))
+        })
+    }
+}
+
+/// A pointer handed to the panels' tasks, each of which writes disjoint elements.
+struct SendPtr(*mut f32);
+// SAFETY: see the one use above: tasks write disjoint elements.
+unsafe impl Sync for SendPtr {}
+
+/// `acc[i][j] = Σₖ a[i][k] · w[k][j]` for [`ROWS`] rows of `a` (`kp` bytes each)
+/// and one packed panel `w`.
+fn tile(a: &[u8], kp: usize, w: &[i8], acc: &mut [[i32; PANEL]; ROWS]) {
+    assert!(a.len() >= ROWS * kp && w.len() >= kp * PANEL && kp % 4 == 0);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if available() {
+            // SAFETY: the CPU has the features, and the lengths are checked above.
+            unsafe { x86::tile(a, kp, w, acc) };
+            return;
+        }
+    }
+    // Portable: the same sums, for CPUs without VNNI (callers check
+    // [`available`] first; this keeps the module correct without it).
+    for (i, acc) in acc.iter_mut().enumerate() {
+        acc.fill(0);
+        for g in 0..kp / 4 {
+            for (j, o) in acc.iter_mut().enumerate() {
+                for t in 0..4 {
+                    *o +=
+                        i32::from(a[i * kp + g * 4 + t]) * i32::from(w[g * PANEL * 4 + j * 4 + t]);
+                }
+            }
+        }
+    }
+}
+
+/// The kernel in assembly: AVX-512 intrinsics and target features are stable only
+/// from Rust 1.89, and the crate builds with 1.85.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{PANEL, ROWS};
+
+    /// Six rows by 64 columns: 24 accumulators in `zmm8`–`zmm31`, the panel's four
+    /// registers of weights per group of four inputs in `zmm0`–`zmm3`, each row's
+    /// four bytes broadcast into `zmm4`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW/VNNI; `a` holds six rows of `kp` bytes, `kp` a
+    /// multiple of 4, and `w` `kp / 4` groups of 256 bytes.
+    pub(super) unsafe fn tile(a: &[u8], kp: usize, w: &[i8], out: &mut [[i32; PANEL]; ROWS]) {
+        let groups = kp / 4;
+        if groups == 0 {
+            *out = [[0; PANEL]; ROWS];
+            return;
+        }
+        // SAFETY: per the function's contract; the loop reads `groups` groups of
+        // each row and of the panel, and writes the 6 × 64 i32 of `out`.
+        unsafe {
+            std::arch::asm!(
+                "vpxord zmm8, zmm8, zmm8",
+                "vpxord zmm9, zmm9, zmm9",
+                "vpxord zmm10, zmm10, zmm10",
+                "vpxord zmm11, zmm11, zmm11",
+                "vpxord zmm12, zmm12, zmm12",
+                "vpxord zmm13, zmm13, zmm13",
+                "vpxord zmm14, zmm14, zmm14",
+                "vpxord zmm15, zmm15, zmm15",
+                "vpxord zmm16, zmm16, zmm16",
+                "vpxord zmm17, zmm17, zmm17",
+                "vpxord zmm18, zmm18, zmm18",
+                "vpxord zmm19, zmm19, zmm19",
+                "vpxord zmm20, zmm20, zmm20",
+                "vpxord zmm21, zmm21, zmm21",
+                "vpxord zmm22, zmm22, zmm22",
+                "vpxord zmm23, zmm23, zmm23",
+                "vpxord zmm24, zmm24, zmm24",
+                "vpxord zmm25, zmm25, zmm25",
+                "vpxord zmm26, zmm26, zmm26",
+                "vpxord zmm27, zmm27, zmm27",
+                "vpxord zmm28, zmm28, zmm28",
+                "vpxord zmm29, zmm29, zmm29",
+                "vpxord zmm30, zmm30, zmm30",
+                "vpxord zmm31, zmm31, zmm31",
+                "2:",
+                "vmovdqu64 zmm0, [rdx]",
+                "vmovdqu64 zmm1, [rdx + 64]",
+                "vmovdqu64 zmm2, [rdx + 128]",
+                "vmovdqu64 zmm3, [rdx + 192]",
+                "vpbroadcastd zmm4, dword ptr [rsi]",
+                "vpdpbusd zmm8, zmm4, zmm0",
+                "vpdpbusd zmm9, zmm4, zmm1",
+                "vpdpbusd zmm10, zmm4, zmm2",
+                "vpdpbusd zmm11, zmm4, zmm3",
+                "vpbroadcastd zmm4, dword ptr [rsi + r8]",
+                "vpdpbusd zmm12, zmm4, zmm0",
+                "vpdpbusd zmm13, zmm4, zmm1",
+                "vpdpbusd zmm14, zmm4, zmm2",
+                "vpdpbusd zmm15, zmm4, zmm3",
+                "vpbroadcastd zmm4, dword ptr [rsi + r8 * 2]",
+                "vpdpbusd zmm16, zmm4, zmm0",
+                "vpdpbusd zmm17, zmm4, zmm1",
+                "vpdpbusd zmm18, zmm4, zmm2",
+                "vpdpbusd zmm19, zmm4, zmm3",
+                "vpbroadcastd zmm4, dword ptr [rdi]",
+                "vpdpbusd zmm20, zmm4, zmm0",
+                "vpdpbusd zmm21, zmm4, zmm1",
+                "vpdpbusd zmm22, zmm4, zmm2",
+                "vpdpbusd zmm23, zmm4, zmm3",
+                "vpbroadcastd zmm4, dword ptr [rdi + r8]",
+                "vpdpbusd zmm24, zmm4, zmm0",
+                "vpdpbusd zmm25, zmm4, zmm1",
+                "vpdpbusd zmm26, zmm4, zmm2",
+                "vpdpbusd zmm27, zmm4, zmm3",
+                "vpbroadcastd zmm4, dword ptr [rdi + r8 * 2]",
+                "vpdpbusd zmm28, zmm4, zmm0",
+                "vpdpbusd zmm29, zmm4, zmm1",
+                "vpdpbusd zmm30, zmm4, zmm2",
+                "vpdpbusd zmm31, zmm4, zmm3",
+                "add rsi, 4",
+                "add rdi, 4",
+                "add rdx, 256",
+                "dec rcx",
+                "jnz 2b",
+                "vmovdqu32 [r9], zmm8",
+                "vmovdqu32 [r9 + 64], zmm9",
+                "vmovdqu32 [r9 + 128], zmm10",
+                "vmovdqu32 [r9 + 192], zmm11",
+                "vmovdqu32 [r9 + 256], zmm12",
+                "vmovdqu32 [r9 + 320], zmm13",
+                "vmovdqu32 [r9 + 384], zmm14",
+                "vmovdqu32 [r9 + 448], zmm15",
+                "vmovdqu32 [r9 + 512], zmm16",
+                "vmovdqu32 [r9 + 576], zmm17",
+                "vmovdqu32 [r9 + 640], zmm18",
+                "vmovdqu32 [r9 + 704], zmm19",
+                "vmovdqu32 [r9 + 768], zmm20",
+                "vmovdqu32 [r9 + 832], zmm21",
+                "vmovdqu32 [r9 + 896], zmm22",
+                "vmovdqu32 [r9 + 960], zmm23",
+                "vmovdqu32 [r9 + 1024], zmm24",
+                "vmovdqu32 [r9 + 1088], zmm25",
+                "vmovdqu32 [r9 + 1152], zmm26",
+                "vmovdqu32 [r9 + 1216], zmm27",
+                "vmovdqu32 [r9 + 1280], zmm28",
+                "vmovdqu32 [r9 + 1344], zmm29",
+                "vmovdqu32 [r9 + 1408], zmm30",
+                "vmovdqu32 [r9 + 1472], zmm31",
+                "vzeroupper",
+                // Rows 0–2 from `rsi`, 3–5 from `rdi`, `r8` bytes apart.
+                inout("rsi") a.as_ptr() => _,
+                inout("rdi") a.as_ptr().add(3 * kp) => _,
+                in("r8") kp,
+                inout("rdx") w.as_ptr() => _,
+                inout("rcx") groups => _,
+                in("r9") out.as_mut_ptr(),
+                // Every vector register (the vector ones the compiler knows of) is
+                // the caller's to save under the C ABI; the kernel uses 0–4, 8–31.
+                clobber_abi("C"),
+                options(nostack),
+            );
+        }
+    }
+
+    /// `q[i] = round(x[i] · inv) + 128`, for `q` at least as long as `x`; eight at
+    /// a time (nearest, ties to even), the rest as the portable path.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn quantize(x: &[f32], inv: f32, q: &mut [u8]) {
+        use std::arch::x86_64::*;
+        let vinv = _mm256_set1_ps(inv);
+        let off = _mm256_set1_epi32(128);
+        let lim = _mm256_set1_ps(127.0);
+        let neg = _mm256_set1_ps(-127.0);
+        // Over `x`'s length only, so that the two tails match.
+        let q = &mut q[..x.len()];
+        let mut xs = x.chunks_exact(8);
+        let mut qs = q.chunks_exact_mut(8);
+        for (x, q) in (&mut xs).zip(&mut qs) {
+            // SAFETY: `x` holds 8 floats.
+            let v = unsafe { _mm256_loadu_ps(x.as_ptr()) };
+            let v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, vinv), neg), lim);
+            let v = _mm256_add_epi32(_mm256_cvtps_epi32(v), off);
+            // Within each 128-bit lane, i32 → u16 → u8: the lane's four bytes end up
+            // in its low 32 bits.
+            let p = _mm256_packus_epi16(_mm256_packus_epi32(v, v), _mm256_setzero_si256());
+            let lo = _mm256_cvtsi256_si32(p) as u32;
+            let hi = _mm256_extract_epi32::<4>(p) as u32;
+            q[..4].copy_from_slice(&lo.to_le_bytes());
+            q[4..].copy_from_slice(&hi.to_le_bytes());
+        }
+        for (q, &v) in qs.into_remainder().iter_mut().zip(xs.remainder()) {
+            *q = super::byte(v * inv);
+        }
+    }
+
+    /// `row[j] = (acc[j] − offset[j]) · a_scale · scale[j]`, eight at a time.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dequantize(
+        acc: &[i32],
+        offset: &[i32],
+        scale: &[f32],
+        a_scale: f32,
+        row: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        let a = _mm256_set1_ps(a_scale);
+        let n = row.len() / 8 * 8;
+        for j in (0..n).step_by(8) {
+            // SAFETY: `j + 8 ≤ row.len()`, no longer than the inputs.
+            unsafe {
+                let v = _mm256_sub_epi32(
+                    _mm256_loadu_si256(acc.as_ptr().add(j).cast()),
+                    _mm256_loadu_si256(offset.as_ptr().add(j).cast()),
+                );
+                let s = _mm256_mul_ps(a, _mm256_loadu_ps(scale.as_ptr().add(j)));
+                _mm256_storeu_ps(
+                    row.as_mut_ptr().add(j),
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(v), s),
+                );
+            }
+        }
+        for j in n..row.len() {
+            row[j] = (acc[j] - offset[j]) as f32 * (a_scale * scale[j]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The quantized product is the f32 product within the 8-bit roundings, for
+    /// shapes that leave partial panels, tiles and input groups.
+    #[test]
+    fn int8_matmul_is_close_to_f32() {
+        let (m, k, n) = (13, 37, 70);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 30.0)
+            .collect();
+        let wt: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 90.0)
+            .collect();
+        let q = Int8Weight::new(&wt, k, n).unwrap();
+        let got = q.matmul(&x, m, Then::Nothing);
+        let mut err = 0f32;
+        let mut norm = 0f32;
+        for r in 0..m {
+            for c in 0..n {
+                let want: f32 = (0..k).map(|i| x[r * k + i] * wt[i * n + c]).sum();
+                err += (got[r * n + c] - want).powi(2);
+                norm += want * want;
+            }
+        }
+        let rel = (err / norm).sqrt();
+        assert!(rel < 0.02, "relative error {rel}");
+    }
+
+    #[test]
+    fn the_portable_tile_equals_the_vector_one() {
+        let kp = 12;
+        let a: Vec<u8> = (0..ROWS * kp).map(|i| (i * 29 % 256) as u8).collect();
+        let w: Vec<i8> = (0..kp * PANEL).map(|i| (i * 13 % 255) as i8).collect();
+        let mut fast = [[0i32; PANEL]; ROWS];
+        tile(&a, kp, &w, &mut fast);
+        let mut slow = [[0i32; PANEL]; ROWS];
+        for (i, row) in slow.iter_mut().enumerate() {
+            for (j, o) in row.iter_mut().enumerate() {
+                for g in 0..kp / 4 {
+                    for t in 0..4 {
+                        *o += i32::from(a[i * kp + g * 4 + t])
+                            * i32::from(w[g * PANEL * 4 + j * 4 + t]);
+                    }
+                }
+            }
+        }
+        assert_eq!(fast, slow);
+    }
+}
