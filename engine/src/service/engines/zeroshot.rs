@@ -41,6 +41,8 @@ const ACCENT_HEADROOM: f32 = 0.25;
 pub(crate) struct ZeroShot {
     musicgen: Option<Arc<MusicGen>>,
     clip: Option<Arc<Clip>>,
+    /// The precision `clip` was asked for.
+    clip_precision: crate::neural::Precision,
     analysis: Option<(VideoId, Option<f64>, bool, Arc<Analysis>)>,
     /// The tags' text embeddings, for a vocabulary (its hash) and a CLIP.
     tags: Option<((String, std::path::PathBuf), candle_core::Tensor)>,
@@ -110,14 +112,20 @@ impl Pipeline for ZeroShot {
                 self.musicgen = None;
                 self.musicgen = Some(loaded::musicgen(mg_dir, precision)?);
             }
-            if self.clip.as_ref().is_none_or(|c| c.dir() != clip_dir) {
+            if self
+                .clip
+                .as_ref()
+                .is_none_or(|c| c.dir() != clip_dir || self.clip_precision != precision)
+            {
                 self.clip = None;
-                self.clip = Some(loaded::clip(clip_dir)?);
+                self.clip = Some(loaded::clip(clip_dir, precision)?);
+                self.clip_precision = precision;
             }
             let (Some(musicgen), Some(clip)) = (self.musicgen.clone(), self.clip.clone()) else {
                 return Err(Error::EngineGone);
             };
-            let clip_model = spec.engine.clip.clone().unwrap_or_default();
+            let clip_model =
+                loaded::clip_features_model(spec.engine.clip.as_deref().unwrap_or_default(), &clip);
             let content = format!("{}:{}", id.sample_hash, id.size);
 
             // The analysis: cuts, sections and a tempo, from the weight-free
@@ -343,11 +351,11 @@ pub fn video_tags(
         Some(ModelKind::Clip),
         config.model_dir.as_deref(),
     )?;
-    let clip = loaded::clip(&dir)?;
+    let clip = loaded::clip(&dir, config.precision)?;
     let id = crate::service::video_identity(video)?;
     let key = FeatureKey {
         content: format!("{}:{}", id.sample_hash, id.size),
-        model: crate::service::spec::model_fingerprint(&dir),
+        model: loaded::clip_features_model(&crate::service::spec::model_fingerprint(&dir), &clip),
         kind: "global",
         fps: GLOBAL_FPS,
         until: None,
