@@ -145,11 +145,21 @@ pub fn fire_timers(inst: &mut PluginInstance<TestHost>) -> usize {
 }
 
 /// One cache folder and one video for the whole test binary: the plugin
-/// reads `VIDMUSICIAN_CACHE` when its engine starts.
+/// reads `VIDMUSICIAN_CACHE` when its engine starts. A static is never
+/// dropped, so the folder lives in cargo's temporary folder under the test
+/// binary's name, and what an earlier run of the binary left is removed
+/// first (rather than piling up in the system's `/tmp`).
 pub fn fixture() -> &'static (tempfile::TempDir, PathBuf) {
     static F: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let stem = exe.file_stem().unwrap().to_string_lossy().into_owned();
+        // `host-0123abcd…`: the name without cargo's hash.
+        let name = stem.rsplit_once('-').map_or(stem.as_str(), |(n, _)| n);
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let dir = tempfile::tempdir_in(&root).unwrap();
         // SAFETY: set once, before any engine thread of this process reads it.
         unsafe { std::env::set_var("VIDMUSICIAN_CACHE", dir.path().join("cache")) };
         let video = dir.path().join("v.mp4");
