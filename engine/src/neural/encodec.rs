@@ -15,7 +15,7 @@ use crate::Result;
 /// every dimension but the first (PyTorch's `weight_norm` with `dim=0`). Accepts both
 /// spellings transformers has saved: `parametrizations.weight.original0/1` and
 /// `weight_g/weight_v`.
-fn weight_normed(w: &Weights, shape: [usize; 3]) -> Result<Tensor> {
+pub(super) fn weight_normed(w: &Weights, shape: [usize; 3]) -> Result<Tensor> {
     let g_shape = [shape[0], 1, 1];
     let g = w.get_any(&g_shape, &["parametrizations.weight.original0", "weight_g"])?;
     let v = w.get_any(&shape, &["parametrizations.weight.original1", "weight_v"])?;
@@ -55,7 +55,7 @@ impl Conv1d {
         let right = total / 2;
         let left = total - right;
         let (b, _, t) = x.dims3()?;
-        let x = reflect_pad(x, left, right)?;
+        let x = reflect_pad(x, 2, left, right)?;
         let mut outs = Vec::with_capacity(b);
         for i in 0..b {
             let xi = x.get(i)?;
@@ -149,7 +149,7 @@ impl ConvTranspose1d {
     }
 }
 
-struct Lstm {
+pub(super) struct Lstm {
     layers: Vec<LstmLayer>,
 }
 
@@ -162,7 +162,7 @@ struct LstmLayer {
 }
 
 impl Lstm {
-    fn load(w: &Weights, dim: usize, layers: usize) -> Result<Self> {
+    pub(super) fn load(w: &Weights, dim: usize, layers: usize) -> Result<Self> {
         let w = w.pp("lstm");
         let layers = (0..layers)
             .map(|l| {
@@ -186,16 +186,28 @@ impl Lstm {
         let mut outs = Vec::with_capacity(b);
         for i in 0..b {
             // (time, channels)
-            let mut h = x.get(i)?.t()?.contiguous()?;
-            for layer in &self.layers {
-                let pre = h.matmul(&layer.w_ih_t)?.broadcast_add(&layer.bias)?;
-                let pre: Vec<f32> = pre.flatten_all()?.to_vec1()?;
-                let seq = lstm_recurrence(&pre, &layer.w_hh, c, t);
-                h = Tensor::from_vec(seq, (t, c), x.device())?;
-            }
-            outs.push(h.t()?);
+            let h = x.get(i)?.t()?.contiguous()?;
+            outs.push(self.run_layers(h, c, t)?.t()?);
         }
         Tensor::stack(&outs, 0)? + x
+    }
+
+    /// `x` `(time, channels)`, contiguous → the LSTM's output plus `x`, the layout
+    /// the encoder keeps its activations in.
+    pub(super) fn forward_time_major(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (t, c) = x.dims2()?;
+        self.run_layers(x.contiguous()?, c, t)? + x
+    }
+
+    /// The stacked layers over `h` `(time, channels)`, without the residual.
+    fn run_layers(&self, mut h: Tensor, c: usize, t: usize) -> candle_core::Result<Tensor> {
+        for layer in &self.layers {
+            let pre = h.matmul(&layer.w_ih_t)?.broadcast_add(&layer.bias)?;
+            let pre: Vec<f32> = pre.flatten_all()?.to_vec1()?;
+            let seq = lstm_recurrence(&pre, &layer.w_hh, c, t);
+            h = Tensor::from_vec(seq, (t, c), h.device())?;
+        }
+        Ok(h)
     }
 }
 
@@ -497,28 +509,33 @@ impl EncodecDecoder {
 /// Frames per chunk of [`EncodecDecoder::decode`]'s audio-rate stages: 20 s.
 const DECODE_CHUNK: usize = 1000;
 
-/// Reflect padding along the last axis (PyTorch's `F.pad(mode="reflect")`); an input
-/// shorter than the padding is first extended with zeros on the right, then that
-/// extension is cut again, as transformers' `_pad1d` does.
-fn reflect_pad(x: &Tensor, left: usize, right: usize) -> candle_core::Result<Tensor> {
+/// Reflect padding along axis `dim` (PyTorch's `F.pad(mode="reflect")` on the time
+/// axis); an input shorter than the padding is first extended with zeros on the
+/// right, then that extension is cut again, as transformers' `_pad1d` does.
+pub(super) fn reflect_pad(
+    x: &Tensor,
+    dim: usize,
+    left: usize,
+    right: usize,
+) -> candle_core::Result<Tensor> {
     if left == 0 && right == 0 {
         return Ok(x.clone());
     }
-    let len = x.dim(2)?;
+    let len = x.dim(dim)?;
     let max_pad = left.max(right);
     let (x, extra) = if len <= max_pad {
         let extra = max_pad - len + 1;
-        (x.pad_with_zeros(2, 0, extra)?, extra)
+        (x.pad_with_zeros(dim, 0, extra)?, extra)
     } else {
         (x.clone(), 0)
     };
-    let n = x.dim(2)?;
+    let n = x.dim(dim)?;
     let mut idx: Vec<u32> = Vec::with_capacity(n + left + right);
     idx.extend((1..=left).rev().map(|i| i as u32));
     idx.extend((0..n).map(|i| i as u32));
     idx.extend((0..right).map(|i| (n - 2 - i) as u32));
     let ids = Tensor::from_vec(idx, n + left + right, &Device::Cpu)?.to_device(x.device())?;
-    let padded = x.index_select(&ids, 2)?;
-    let total = padded.dim(2)?;
-    padded.narrow(2, 0, total - extra)
+    let padded = x.index_select(&ids, dim)?;
+    let total = padded.dim(dim)?;
+    padded.narrow(dim, 0, total - extra)
 }
