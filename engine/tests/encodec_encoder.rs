@@ -210,13 +210,17 @@ fn musicgen_small_encoder_speed() {
         .collect();
     let audio = Tensor::from_vec(audio, (1, 1, samples), &Device::Cpu).unwrap();
     enc.encode(&audio.narrow(2, 0, 32_000).unwrap()).unwrap();
-    let t0 = std::time::Instant::now();
-    let codes = enc.encode(&audio).unwrap();
-    let s = t0.elapsed().as_secs_f64();
-    assert_eq!(codes.dims(), &[1, 4, seconds * 50]);
-    eprintln!(
-        "musicgen-small encoder: {s:.2} s for {seconds} s of audio, {:.3} s/s on {} threads",
-        s / seconds as f64,
-        candle_core::utils::get_num_threads()
-    );
+    for batch in [1, 4] {
+        let audio = audio.repeat((batch, 1, 1)).unwrap();
+        let t0 = std::time::Instant::now();
+        let codes = enc.encode(&audio).unwrap();
+        let s = t0.elapsed().as_secs_f64();
+        assert_eq!(codes.dims(), &[batch, 4, seconds * 50]);
+        eprintln!(
+            "musicgen-small encoder, batch of {batch}: {s:.2} s for {seconds} s of audio each, \
+             {:.3} s per second of audio on {} threads",
+            s / (batch * seconds) as f64,
+            candle_core::utils::get_num_threads()
+        );
+    }
 }

@@ -192,11 +192,29 @@ impl Lstm {
         Tensor::stack(&outs, 0)? + x
     }
 
-    /// `x` `(time, channels)`, contiguous → the LSTM's output plus `x`, the layout
-    /// the encoder keeps its activations in.
-    pub(super) fn forward_time_major(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (t, c) = x.dims2()?;
-        self.run_layers(x.contiguous()?, c, t)? + x
+    /// Several pieces of one length, each `(time, channels)` (the layout the encoder
+    /// keeps its activations in) → each one's LSTM output plus itself. They step
+    /// together: one pass over the recurrent weights, which bounds a step, serves
+    /// them all.
+    pub(super) fn forward_time_major_batch(
+        &self,
+        xs: &[Tensor],
+    ) -> candle_core::Result<Vec<Tensor>> {
+        let Some(first) = xs.first() else {
+            return Ok(Vec::new());
+        };
+        let (t, c) = first.dims2()?;
+        let mut h = Tensor::cat(xs, 0)?; // (pieces·time, channels)
+        for layer in &self.layers {
+            let pre = h.matmul(&layer.w_ih_t)?.broadcast_add(&layer.bias)?;
+            let pre: Vec<f32> = pre.flatten_all()?.to_vec1()?;
+            let seq = lstm_recurrence_batch(&pre, xs.len(), &layer.w_hh, c, t);
+            h = Tensor::from_vec(seq, (xs.len() * t, c), h.device())?;
+        }
+        xs.iter()
+            .enumerate()
+            .map(|(i, x)| h.narrow(0, i * t, t)? + x)
+            .collect()
     }
 
     /// The stacked layers over `h` `(time, channels)`, without the residual.
@@ -238,6 +256,48 @@ fn lstm_recurrence(pre: &[f32], w_hh: &[f32], hidden: usize, time: usize) -> Vec
             h[j] = o * c[j].tanh();
         }
         out[t * hidden..(t + 1) * hidden].copy_from_slice(&h);
+    }
+    out
+}
+
+/// [`lstm_recurrence`] for `pieces` sequences at once, `pre` holding each one's
+/// `(time, 4·hidden)` projections after the other's; the hidden states likewise.
+fn lstm_recurrence_batch(
+    pre: &[f32],
+    pieces: usize,
+    w_hh: &[f32],
+    hidden: usize,
+    time: usize,
+) -> Vec<f32> {
+    let mut out = vec![0f32; pieces * time * hidden];
+    let mut h = vec![vec![0f32; hidden]; pieces];
+    let mut c = vec![vec![0f32; hidden]; pieces];
+    let mut gates = vec![vec![0f32; 4 * hidden]; pieces];
+    for t in 0..time {
+        {
+            let xs: Vec<&[f32]> = h.iter().map(|v| v.as_slice()).collect();
+            let mut ys: Vec<&mut [f32]> = gates.iter_mut().map(|v| v.as_mut_slice()).collect();
+            kernels::gemv(w_hh, hidden, &xs, &mut ys);
+        }
+        for p in 0..pieces {
+            let row = (p * time + t) * 4 * hidden;
+            for (g, x) in gates[p].iter_mut().zip(&pre[row..row + 4 * hidden]) {
+                *g += x;
+            }
+            let (i_g, rest) = gates[p].split_at(hidden);
+            let (f_g, rest) = rest.split_at(hidden);
+            let (g_g, o_g) = rest.split_at(hidden);
+            for j in 0..hidden {
+                let i = sigmoid(i_g[j]);
+                let f = sigmoid(f_g[j]);
+                let g = g_g[j].tanh();
+                let o = sigmoid(o_g[j]);
+                c[p][j] = f * c[p][j] + i * g;
+                h[p][j] = o * c[p][j].tanh();
+            }
+            let at = (p * time + t) * hidden;
+            out[at..at + hidden].copy_from_slice(&h[p]);
+        }
     }
     out
 }

@@ -24,21 +24,31 @@ use crate::{Error, Result};
 
 /// A stride-1, non-causal convolution over time-major activations.
 struct Conv {
-    /// One `(in, out)` matrix per tap.
+    /// `(kernel·in, out)`, row `j·in + c` for input channel `c` at tap `j`.
+    weight: Tensor,
+    /// The same, one `(in, out)` matrix per tap.
     taps: Vec<Tensor>,
     bias: Tensor,
     kernel: usize,
     dilation: usize,
 }
 
+/// Below this many input channels a convolution gathers its taps side by side
+/// into one matrix product ([`Conv::forward`]).
+const UNFOLD_BELOW: usize = 16;
+
 impl Conv {
     fn load(w: &Weights, cin: usize, cout: usize, kernel: usize, dilation: usize) -> Result<Self> {
         let w = w.pp("conv");
-        let weight = weight_normed(&w, [cout, cin, kernel])?;
+        let weight = weight_normed(&w, [cout, cin, kernel])?
+            .permute((2, 1, 0))?
+            .reshape((kernel * cin, cout))?
+            .contiguous()?;
         let taps = (0..kernel)
-            .map(|j| weight.narrow(2, j, 1)?.squeeze(2)?.t()?.contiguous())
+            .map(|j| weight.narrow(0, j * cin, cin))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
+            weight,
             taps,
             bias: w.get(&[cout], "bias")?,
             kernel,
@@ -47,18 +57,38 @@ impl Conv {
     }
 
     /// Reflect-pads `(k−1)·d`, the larger half on the left (transformers'
-    /// `EncodecConv1d`; its extra right padding is always 0 at stride 1), then sums
-    /// one matrix product per tap over the shifted rows: no unfolded copy of the
-    /// input, which at the audio rate would be several times its size.
+    /// `EncodecConv1d`; its extra right padding is always 0 at stride 1), then
+    /// convolves by matrix products over the shifted rows: one per tap, summed, or —
+    /// for few input channels, where each tap's product would be a thin, slow
+    /// rank-`in` update (the first convolution reads one channel) — one over the
+    /// taps gathered side by side, a copy `k` times the input's size that is small
+    /// only there.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let total = (self.kernel - 1) * self.dilation;
         let right = total / 2;
-        let t = x.dim(0)?;
+        let (t, cin) = x.dims2()?;
         let x = reflect_pad(x, 0, total - right, right)?;
-        let mut y = x.narrow(0, 0, t)?.matmul(&self.taps[0])?;
-        for (j, tap) in self.taps.iter().enumerate().skip(1) {
-            y = (y + x.narrow(0, j * self.dilation, t)?.matmul(tap)?)?;
-        }
+        let y = if self.kernel == 1 {
+            x.matmul(&self.weight)?
+        } else if cin < UNFOLD_BELOW {
+            if u32::try_from(t + total).is_err() {
+                candle_core::bail!("{t} samples are too many to encode in one pass");
+            }
+            let (k, d) = (self.kernel, self.dilation);
+            let idx: Vec<u32> = (0..t)
+                .flat_map(|i| (0..k).map(move |j| (i + j * d) as u32))
+                .collect();
+            let idx = Tensor::from_vec(idx, t * k, x.device())?;
+            x.index_select(&idx, 0)?
+                .reshape((t, k * cin))?
+                .matmul(&self.weight)?
+        } else {
+            let mut y = x.narrow(0, 0, t)?.matmul(&self.taps[0])?;
+            for (j, tap) in self.taps.iter().enumerate().skip(1) {
+                y = (y + x.narrow(0, j * self.dilation, t)?.matmul(tap)?)?;
+            }
+            y
+        };
         y.broadcast_add(&self.bias)
     }
 
@@ -355,14 +385,23 @@ impl EncodecEncoder {
             )));
         }
         let audio = audio.to_dtype(DType::F32)?;
-        let items = (0..batch)
-            .map(|b| self.embed_item(&audio.get(b)?.t()?.contiguous()?, chunk.max(1)))
+        let frames = (0..batch)
+            .map(|b| self.frame_rate_item(&audio.get(b)?.t()?.contiguous()?, chunk.max(1)))
             .collect::<Result<Vec<_>>>()?;
+        // The LSTM steps through all pieces together; the convolutions after it are
+        // cheap at the frame rate.
+        let items = self
+            .lstm
+            .forward_time_major_batch(&frames)?
+            .iter()
+            .map(|h| self.last.forward(&h.elu(1.0)?))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Tensor::stack(&items, 0)?)
     }
 
-    /// One piece, `(samples, 1)` → `(frames, hidden)`.
-    fn embed_item(&self, x: &Tensor, chunk: usize) -> Result<Tensor> {
+    /// One piece, `(samples, 1)`, through the stages before the LSTM →
+    /// `(frames, channels)`.
+    fn frame_rate_item(&self, x: &Tensor, chunk: usize) -> Result<Tensor> {
         let (samples, hop) = (x.dim(0)?, self.hop_length());
         let frames = samples.div_ceil(hop);
         let h = if frames <= chunk {
@@ -386,8 +425,7 @@ impl EncodecEncoder {
                 h.dim(0)?
             )));
         }
-        let h = self.lstm.forward_time_major(&h)?;
-        Ok(self.last.forward(&h.elu(1.0)?)?)
+        Ok(h)
     }
 
     fn run_local(&self, mut x: Tensor) -> candle_core::Result<Tensor> {
