@@ -171,7 +171,7 @@ impl T5Config {
     }
 }
 
-/// `EncodecConfig`, the parts the decoder needs.
+/// `EncodecConfig`, the parts the decoder and the encoder need.
 #[derive(Debug, Clone, Deserialize)]
 pub struct EncodecConfig {
     pub sampling_rate: u32,
@@ -206,6 +206,14 @@ pub struct EncodecConfig {
     pub last_kernel_size: usize,
     #[serde(default)]
     pub use_conv_shortcut: bool,
+    /// Whether the encoder scales its input to unit RMS first (48 kHz EnCodec;
+    /// MusicGen's codec does not).
+    #[serde(default)]
+    pub normalize: bool,
+    /// Whether the encoder cuts its input into chunks of this many seconds (48 kHz
+    /// EnCodec; MusicGen's codec encodes a piece whole).
+    #[serde(default)]
+    pub chunk_length_s: Option<f64>,
 }
 
 fn two() -> usize {

@@ -15,7 +15,7 @@ use crate::Result;
 /// every dimension but the first (PyTorch's `weight_norm` with `dim=0`). Accepts both
 /// spellings transformers has saved: `parametrizations.weight.original0/1` and
 /// `weight_g/weight_v`.
-fn weight_normed(w: &Weights, shape: [usize; 3]) -> Result<Tensor> {
+pub(super) fn weight_normed(w: &Weights, shape: [usize; 3]) -> Result<Tensor> {
     let g_shape = [shape[0], 1, 1];
     let g = w.get_any(&g_shape, &["parametrizations.weight.original0", "weight_g"])?;
     let v = w.get_any(&shape, &["parametrizations.weight.original1", "weight_v"])?;
@@ -55,7 +55,7 @@ impl Conv1d {
         let right = total / 2;
         let left = total - right;
         let (b, _, t) = x.dims3()?;
-        let x = reflect_pad(x, left, right)?;
+        let x = reflect_pad(x, 2, left, right)?;
         let mut outs = Vec::with_capacity(b);
         for i in 0..b {
             let xi = x.get(i)?;
@@ -149,7 +149,7 @@ impl ConvTranspose1d {
     }
 }
 
-struct Lstm {
+pub(super) struct Lstm {
     layers: Vec<LstmLayer>,
 }
 
@@ -162,7 +162,7 @@ struct LstmLayer {
 }
 
 impl Lstm {
-    fn load(w: &Weights, dim: usize, layers: usize) -> Result<Self> {
+    pub(super) fn load(w: &Weights, dim: usize, layers: usize) -> Result<Self> {
         let w = w.pp("lstm");
         let layers = (0..layers)
             .map(|l| {
@@ -186,16 +186,46 @@ impl Lstm {
         let mut outs = Vec::with_capacity(b);
         for i in 0..b {
             // (time, channels)
-            let mut h = x.get(i)?.t()?.contiguous()?;
-            for layer in &self.layers {
-                let pre = h.matmul(&layer.w_ih_t)?.broadcast_add(&layer.bias)?;
-                let pre: Vec<f32> = pre.flatten_all()?.to_vec1()?;
-                let seq = lstm_recurrence(&pre, &layer.w_hh, c, t);
-                h = Tensor::from_vec(seq, (t, c), x.device())?;
-            }
-            outs.push(h.t()?);
+            let h = x.get(i)?.t()?.contiguous()?;
+            outs.push(self.run_layers(h, c, t)?.t()?);
         }
         Tensor::stack(&outs, 0)? + x
+    }
+
+    /// Several pieces of one length, each `(time, channels)` (the layout the encoder
+    /// keeps its activations in) → each one's LSTM output plus itself. They step
+    /// together: one pass over the recurrent weights, which bounds a step, serves
+    /// them all.
+    pub(super) fn forward_time_major_batch(
+        &self,
+        xs: &[Tensor],
+    ) -> candle_core::Result<Vec<Tensor>> {
+        let Some(first) = xs.first() else {
+            return Ok(Vec::new());
+        };
+        let (t, c) = first.dims2()?;
+        let mut h = Tensor::cat(xs, 0)?; // (pieces·time, channels)
+        for layer in &self.layers {
+            let pre = h.matmul(&layer.w_ih_t)?.broadcast_add(&layer.bias)?;
+            let pre: Vec<f32> = pre.flatten_all()?.to_vec1()?;
+            let seq = lstm_recurrence_batch(&pre, xs.len(), &layer.w_hh, c, t);
+            h = Tensor::from_vec(seq, (xs.len() * t, c), h.device())?;
+        }
+        xs.iter()
+            .enumerate()
+            .map(|(i, x)| h.narrow(0, i * t, t)? + x)
+            .collect()
+    }
+
+    /// The stacked layers over `h` `(time, channels)`, without the residual.
+    fn run_layers(&self, mut h: Tensor, c: usize, t: usize) -> candle_core::Result<Tensor> {
+        for layer in &self.layers {
+            let pre = h.matmul(&layer.w_ih_t)?.broadcast_add(&layer.bias)?;
+            let pre: Vec<f32> = pre.flatten_all()?.to_vec1()?;
+            let seq = lstm_recurrence(&pre, &layer.w_hh, c, t);
+            h = Tensor::from_vec(seq, (t, c), h.device())?;
+        }
+        Ok(h)
     }
 }
 
@@ -226,6 +256,48 @@ fn lstm_recurrence(pre: &[f32], w_hh: &[f32], hidden: usize, time: usize) -> Vec
             h[j] = o * c[j].tanh();
         }
         out[t * hidden..(t + 1) * hidden].copy_from_slice(&h);
+    }
+    out
+}
+
+/// [`lstm_recurrence`] for `pieces` sequences at once, `pre` holding each one's
+/// `(time, 4·hidden)` projections after the other's; the hidden states likewise.
+fn lstm_recurrence_batch(
+    pre: &[f32],
+    pieces: usize,
+    w_hh: &[f32],
+    hidden: usize,
+    time: usize,
+) -> Vec<f32> {
+    let mut out = vec![0f32; pieces * time * hidden];
+    let mut h = vec![vec![0f32; hidden]; pieces];
+    let mut c = vec![vec![0f32; hidden]; pieces];
+    let mut gates = vec![vec![0f32; 4 * hidden]; pieces];
+    for t in 0..time {
+        {
+            let xs: Vec<&[f32]> = h.iter().map(|v| v.as_slice()).collect();
+            let mut ys: Vec<&mut [f32]> = gates.iter_mut().map(|v| v.as_mut_slice()).collect();
+            kernels::gemv(w_hh, hidden, &xs, &mut ys);
+        }
+        for p in 0..pieces {
+            let row = (p * time + t) * 4 * hidden;
+            for (g, x) in gates[p].iter_mut().zip(&pre[row..row + 4 * hidden]) {
+                *g += x;
+            }
+            let (i_g, rest) = gates[p].split_at(hidden);
+            let (f_g, rest) = rest.split_at(hidden);
+            let (g_g, o_g) = rest.split_at(hidden);
+            for j in 0..hidden {
+                let i = sigmoid(i_g[j]);
+                let f = sigmoid(f_g[j]);
+                let g = g_g[j].tanh();
+                let o = sigmoid(o_g[j]);
+                c[p][j] = f * c[p][j] + i * g;
+                h[p][j] = o * c[p][j].tanh();
+            }
+            let at = (p * time + t) * hidden;
+            out[at..at + hidden].copy_from_slice(&h[p]);
+        }
     }
     out
 }
@@ -497,28 +569,33 @@ impl EncodecDecoder {
 /// Frames per chunk of [`EncodecDecoder::decode`]'s audio-rate stages: 20 s.
 const DECODE_CHUNK: usize = 1000;
 
-/// Reflect padding along the last axis (PyTorch's `F.pad(mode="reflect")`); an input
-/// shorter than the padding is first extended with zeros on the right, then that
-/// extension is cut again, as transformers' `_pad1d` does.
-fn reflect_pad(x: &Tensor, left: usize, right: usize) -> candle_core::Result<Tensor> {
+/// Reflect padding along axis `dim` (PyTorch's `F.pad(mode="reflect")` on the time
+/// axis); an input shorter than the padding is first extended with zeros on the
+/// right, then that extension is cut again, as transformers' `_pad1d` does.
+pub(super) fn reflect_pad(
+    x: &Tensor,
+    dim: usize,
+    left: usize,
+    right: usize,
+) -> candle_core::Result<Tensor> {
     if left == 0 && right == 0 {
         return Ok(x.clone());
     }
-    let len = x.dim(2)?;
+    let len = x.dim(dim)?;
     let max_pad = left.max(right);
     let (x, extra) = if len <= max_pad {
         let extra = max_pad - len + 1;
-        (x.pad_with_zeros(2, 0, extra)?, extra)
+        (x.pad_with_zeros(dim, 0, extra)?, extra)
     } else {
         (x.clone(), 0)
     };
-    let n = x.dim(2)?;
+    let n = x.dim(dim)?;
     let mut idx: Vec<u32> = Vec::with_capacity(n + left + right);
     idx.extend((1..=left).rev().map(|i| i as u32));
     idx.extend((0..n).map(|i| i as u32));
     idx.extend((0..right).map(|i| (n - 2 - i) as u32));
     let ids = Tensor::from_vec(idx, n + left + right, &Device::Cpu)?.to_device(x.device())?;
-    let padded = x.index_select(&ids, 2)?;
-    let total = padded.dim(2)?;
-    padded.narrow(2, 0, total - extra)
+    let padded = x.index_select(&ids, dim)?;
+    let total = padded.dim(dim)?;
+    padded.narrow(dim, 0, total - extra)
 }

@@ -4,6 +4,7 @@
 //! - [`weights`]: named, shape-checked tensors from safetensors files.
 //! - [`config`]: `config.json` / `generation_config.json` as transformers writes them.
 //! - [`t5`], [`decoder`], [`encodec`]: the three networks.
+//! - [`encodec_encoder`]: EnCodec's encoder, audio to the codes MusicGen reads.
 //! - [`generate`]: the delay pattern, guidance and sampling.
 //! - [`model`]: a whole checkpoint, text in, audio out.
 //! - [`models`]: other pretrained networks (CLIP).
@@ -12,6 +13,7 @@ pub mod bench;
 pub mod config;
 pub mod decoder;
 pub mod encodec;
+pub mod encodec_encoder;
 pub mod generate;
 pub mod hub;
 pub mod kernels;
