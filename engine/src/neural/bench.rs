@@ -22,7 +22,7 @@ pub const MUSICGEN_SMALL: &str = r#"{
   "audio_encoder": {"sampling_rate": 32000, "audio_channels": 1, "num_filters": 64,
     "hidden_size": 128, "codebook_size": 2048, "upsampling_ratios": [8, 5, 4, 4],
     "target_bandwidths": [2.2], "num_lstm_layers": 2, "norm_type": "weight_norm",
-    "pad_mode": "reflect", "use_causal_conv": false},
+    "pad_mode": "reflect", "use_causal_conv": false, "use_conv_shortcut": false},
   "decoder": {"vocab_size": 2048, "max_position_embeddings": 2048,
     "num_hidden_layers": 24, "ffn_dim": 4096, "num_attention_heads": 16,
     "hidden_size": 1024, "num_codebooks": 4, "activation_function": "gelu"}

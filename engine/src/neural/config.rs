@@ -116,6 +116,21 @@ impl MusicgenConfig {
                 "only the non-causal, weight-normed mono EnCodec of MusicGen is supported".into(),
             );
         }
+        // Both change the decoder's arithmetic; read as MusicGen's they would
+        // decode to wrong audio without a word.
+        if a.use_conv_shortcut {
+            return Err(
+                "audio_encoder.use_conv_shortcut is true (or missing, which transformers reads \
+                 as true): only MusicGen's EnCodec, without shortcut convolutions, is supported"
+                    .into(),
+            );
+        }
+        if a.pad_mode != "reflect" {
+            return Err(format!(
+                "audio_encoder.pad_mode `{}` is not supported (MusicGen's EnCodec pads by reflection)",
+                a.pad_mode
+            ));
+        }
         Ok(())
     }
 }
@@ -204,7 +219,10 @@ pub struct EncodecConfig {
     pub kernel_size: usize,
     #[serde(default = "seven")]
     pub last_kernel_size: usize,
-    #[serde(default)]
+    /// transformers' default is a 1×1 convolution on each residual block's
+    /// shortcut; MusicGen's codecs say `false`, and a config that leaves it
+    /// out is read as transformers reads it (and refused).
+    #[serde(default = "yes")]
     pub use_conv_shortcut: bool,
     /// Whether the encoder scales its input to unit RMS first (48 kHz EnCodec;
     /// MusicGen's codec does not).
@@ -482,5 +500,28 @@ mod tests {
         cfg.decoder.vocab_size = 1;
         let err = cfg.validate().unwrap_err();
         assert!(err.contains("0 quantizers"), "{err}");
+    }
+
+    #[test]
+    fn a_codec_with_shortcut_convolutions_or_other_padding_is_refused() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny/config.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        // As transformers reads a config without the field: shortcuts on.
+        let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        json["audio_encoder"]
+            .as_object_mut()
+            .unwrap()
+            .remove("use_conv_shortcut");
+        let cfg: MusicgenConfig = serde_json::from_value(json.clone()).unwrap();
+        let err = cfg.validate().unwrap_err();
+        assert!(err.contains("use_conv_shortcut"), "{err}");
+        json["audio_encoder"]["use_conv_shortcut"] = false.into();
+        json["audio_encoder"]["pad_mode"] = "constant".into();
+        let cfg: MusicgenConfig = serde_json::from_value(json).unwrap();
+        let err = cfg.validate().unwrap_err();
+        assert!(err.contains("pad_mode `constant`"), "{err}");
+        // The fixture itself, as written by transformers, passes.
+        assert!(MusicgenConfig::load(&path).is_ok());
     }
 }
