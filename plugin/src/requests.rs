@@ -168,7 +168,7 @@ pub(crate) fn request(shared: &Shared<'_>, inner: &mut Inner) {
         Some(Err(e)) => {
             let what = match &inner.item {
                 Some(item) if item.path == video => format!(
-                    "the video item at {:.2} s on the timeline: {e}; nothing to score",
+                    "the video item at {:.2} s on the timeline: {e}",
                     item.position
                 ),
                 _ => e.to_string(),
@@ -190,9 +190,9 @@ pub(crate) fn request(shared: &Shared<'_>, inner: &mut Inner) {
     }
     // A long video gets a quick preview of its start first, so music
     // plays within a second; the full piece replaces it at a bar line.
-    // A bounce needs the full piece only; the text engine sends its piece
-    // window by window anyway, and a neural engine's preview would cost a
-    // generation of its own.
+    // A bounce needs the full piece only; the text and zero-shot engines
+    // hand their piece over as it is made anyway, and a neural engine's
+    // preview would cost a generation of its own.
     let streams = matches!(
         resolved.spec.engine.choice,
         EngineChoice::Text | EngineChoice::ZeroShot

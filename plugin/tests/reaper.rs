@@ -180,7 +180,9 @@ fn the_video_on_reapers_timeline_is_scored_and_followed() {
     fire_timers(&mut inst);
     let logged = inst.access_shared_handler(|h| h.log.lock().unwrap().clone());
     assert!(
-        logged.iter().any(|m| m.contains("nothing to score")),
+        logged
+            .iter()
+            .any(|m| m.contains("video item at 0.00 s") && m.contains("past the end of the video")),
         "{logged:?}"
     );
     inst.deactivate(proc.stop_processing());
