@@ -647,6 +647,50 @@ fn streamed_generation_hands_over_the_piece_window_by_window() {
 }
 
 #[test]
+fn music_is_handed_over_every_two_seconds_while_a_window_is_made() {
+    let m = model();
+    // Under one of the tiny model's windows (about 5 s).
+    let seconds = 4.5;
+    let sampling = Sampling {
+        seed: 4,
+        ..m.default_sampling()
+    };
+    let frames = (seconds * m.frame_rate() as f64).ceil() as usize;
+    let mut done = 0usize;
+    // (frames generated when a piece came, its samples)
+    let mut pieces: Vec<(usize, usize)> = Vec::new();
+    let mut audio = Vec::new();
+    let progress = std::cell::Cell::new(0usize);
+    m.generate_streaming(
+        "calm piano",
+        seconds,
+        &sampling,
+        &mut |p| {
+            progress.set(p.frames_done);
+            true
+        },
+        &mut |a| {
+            done = progress.get();
+            pieces.push((done, a.len()));
+            audio.extend_from_slice(a);
+            Ok(())
+        },
+    )
+    .unwrap();
+    // The first sound came before the window was half made, and more than
+    // one piece came out of a single window.
+    assert!(pieces.len() >= 2, "{pieces:?}");
+    assert!(pieces[0].0 < frames / 2, "{pieces:?} of {frames} frames");
+    assert!(pieces.iter().all(|(_, n)| *n > 0), "{pieces:?}");
+    // Handed over in pieces, it is the piece made whole.
+    assert_eq!(
+        m.generate("calm piano", seconds, &sampling, &mut |_| true)
+            .unwrap(),
+        audio
+    );
+}
+
+#[test]
 fn a_codec_whose_quantizers_only_the_current_formula_counts_loads_and_matches() {
     // 32 codes a codebook at 1.0 kbps: transformers 5.x builds 1000 × 1.0 // (50 × 5)
     // = 4 quantizers; the older formula, 1000 × 1.0 // (50 × 10) = 2, fewer than the 4

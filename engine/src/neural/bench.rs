@@ -170,13 +170,13 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
             ..Sampling::default()
         };
         let t0 = Instant::now();
-        generate(decoder, Some(&cross), &[], frames, &s, &mut |_| true)?;
+        generate(decoder, Some(&cross), &[], frames, &s, &mut |_, _| true)?;
         Ok(steps as f64 / t0.elapsed().as_secs_f64())
     };
     // One short run first so page faults and first-touch costs are not timed.
     {
         let s = Sampling::default();
-        generate(&decoder, Some(&cross), &[], 4, &s, &mut |_| true)?;
+        generate(&decoder, Some(&cross), &[], 4, &s, &mut |_, _| true)?;
     }
     let guided = {
         progress("decoder steps with guidance 3");

@@ -68,6 +68,8 @@ impl Sampling {
 pub struct Progress {
     pub step: usize,
     pub steps: usize,
+    /// New frames (after the prompt) whose every codebook is final.
+    pub complete: usize,
 }
 
 /// Frames `[frame][codebook]` of EnCodec codes.
@@ -83,7 +85,7 @@ pub fn generate(
     prompt: &[Vec<u32>],
     frames: usize,
     sampling: &Sampling,
-    on_step: &mut dyn FnMut(Progress) -> bool,
+    on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
 ) -> Result<Frames> {
     sampling.validate()?;
     let k = decoder.config().num_codebooks;
@@ -179,7 +181,15 @@ pub fn generate(
         }
         fed = upto;
         step += 1;
-        if !on_step(Progress { step, steps }) {
+        // Frame f's last codebook is read at position f + k: the frames up
+        // to `upto − k` are final.
+        let complete = (upto + 1).saturating_sub(k).min(total).max(known);
+        let progress = Progress {
+            step,
+            steps,
+            complete: complete - known,
+        };
+        if !on_step(progress, &out[known..complete]) {
             return Err(Error::Cancelled);
         }
     }

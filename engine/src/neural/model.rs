@@ -21,6 +21,11 @@ pub const MAX_PROMPT_TOKENS: usize = 512;
 pub const WINDOW_SECONDS: f64 = 30.0;
 /// Seconds of the previous window a continuation window reads before it goes on.
 pub const CONTEXT_SECONDS: f64 = 10.0;
+/// How often a window's finished frames are handed over while it is made,
+/// seconds of music: the first sound comes a few seconds into generation
+/// rather than after a whole window, and each hand-over costs a decode of
+/// the codec's context around it.
+const PUBLISH_SECONDS: f64 = 2.0;
 
 pub struct MusicGen {
     dir: PathBuf,
@@ -205,8 +210,9 @@ impl MusicGen {
         self.generate_windows(&prompts, frames, sampling, on_progress, &mut |_| Ok(()))
     }
 
-    /// [`MusicGen::generate_frames`], calling `on_window` with all the frames so far
-    /// after each window.
+    /// [`MusicGen::generate_frames`], calling `on_window` with all the final frames
+    /// so far every [`PUBLISH_SECONDS`] of music while a window is made, and after
+    /// each window.
     fn generate_windows(
         &self,
         prompts: &PromptSchedule,
@@ -258,21 +264,40 @@ impl MusicGen {
                 ..sampling.clone()
             };
             let steps_new = new;
+            // The window's frames are handed over every couple of seconds as
+            // they become final, not only when the window is done, so its
+            // music can be heard while the rest of it is made.
+            let every = ((PUBLISH_SECONDS * rate) as usize).max(1);
+            let mut handed = 0usize;
+            let mut failed = None;
             let fresh = generate(
                 &self.decoder,
                 Some(cond),
                 prompt_frames,
                 new,
                 &s,
-                &mut |p: Progress| {
+                &mut |p: Progress, complete: &[Vec<u32>]| {
                     let done = done_before + (p.step * steps_new / p.steps.max(1));
-                    on_progress(GenerationProgress {
+                    let go_on = on_progress(GenerationProgress {
                         frames_done: done.min(frames),
                         frames_total: frames,
-                    })
+                    });
+                    if go_on && p.complete >= handed + every && p.complete < new {
+                        handed = p.complete;
+                        let mut so_far = out.clone();
+                        so_far.extend_from_slice(complete);
+                        if let Err(e) = on_window(&so_far) {
+                            failed = Some(e);
+                            return false;
+                        }
+                    }
+                    go_on
                 },
-            )?;
-            out.extend(fresh);
+            );
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            out.extend(fresh?);
             window += 1;
             on_window(&out)?;
         }
@@ -320,9 +345,10 @@ impl MusicGen {
         Ok(audio)
     }
 
-    /// [`MusicGen::generate`], handing the audio over as it is made: after each
-    /// window of code frames, `on_audio` gets the samples that follow the ones it
-    /// already has and can no longer change. The pieces, in order, are the piece.
+    /// [`MusicGen::generate`], handing the audio over as it is made: every couple of
+    /// seconds of code frames and after each window, `on_audio` gets the samples
+    /// that follow the ones it already has and can no longer change. The pieces, in
+    /// order, are the piece.
     pub fn generate_streaming(
         &self,
         prompt: &str,
