@@ -281,7 +281,7 @@ impl Pipeline for ZeroShot {
                 });
             }
             // Aligned as it is made: each stretch is heard once its beats
-            // are placed, while the next window is generated.
+            // are placed, while the rest is generated.
             let mut target = Target::new(bpm, cuts, settings.rhythm_strength);
             target.downbeat = downbeat;
             target.beats_per_bar = settings.beats_per_bar;
