@@ -1245,9 +1245,14 @@ fn bench_zero_shot(seconds: f64) -> Result<()> {
     let mut req = Request::new(&video);
     req.engine = EngineChoice::ZeroShot;
     req.sample_rate = 48_000;
+    // Chunks as a player takes them: the first one is the first sound.
+    req.chunk_frames = 4800;
+    req.max_chunks = (seconds * 10.0).ceil() as usize + 2;
     eprintln!("the zero-shot engine on {seconds:.0} s of video…");
     let t0 = Instant::now();
-    let (id, _) = engine.submit(req)?;
+    let (id, reader) = engine.submit(req.clone())?;
+    let mut reader = reader.context("no chunk reader")?;
+    let mut first_sound = None;
     let mut entered: Vec<(Stage, f64)> = Vec::new();
     let done = engine.wait(id, |ev| {
         if let Event::Progress { stage, .. } = ev
@@ -1255,8 +1260,28 @@ fn bench_zero_shot(seconds: f64) -> Result<()> {
         {
             entered.push((*stage, t0.elapsed().as_secs_f64()));
         }
+        if first_sound.is_none() && reader.pop().is_some() {
+            first_sound = Some(t0.elapsed().as_secs_f64());
+        }
     })?;
     let total = t0.elapsed().as_secs_f64();
+    // The text engine on the same model, loaded already: its first sound is
+    // the generation's alone.
+    let mut text = Request::text("", seconds);
+    text.engine = EngineChoice::Text;
+    text.sample_rate = 48_000;
+    text.chunk_frames = req.chunk_frames;
+    text.max_chunks = req.max_chunks;
+    eprintln!("the text engine, {seconds:.0} s of music…");
+    let t1 = Instant::now();
+    let (tid, treader) = engine.submit(text)?;
+    let mut treader = treader.context("no chunk reader")?;
+    let mut text_first = None;
+    engine.wait(tid, |_| {
+        if text_first.is_none() && treader.pop().is_some() {
+            text_first = Some(t1.elapsed().as_secs_f64());
+        }
+    })?;
     let music = done.audio.duration();
     let mut stages = serde_json::Map::new();
     for (k, (stage, at)) in entered.iter().enumerate() {
@@ -1270,6 +1295,8 @@ fn bench_zero_shot(seconds: f64) -> Result<()> {
         "wall_seconds": total,
         "seconds_per_second_of_music": total / music.max(1e-9),
         "stage_seconds": stages,
+        "first_sound_seconds": first_sound,
+        "text_engine_first_sound_seconds_model_loaded": text_first,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
