@@ -12,40 +12,70 @@ use crate::error::Result;
 use crate::neural::models::clip::{Clip, VisionPrecision};
 use crate::neural::{MusicGen, Precision};
 
+/// A model's folder and the precision it runs at.
 type Key = (PathBuf, Precision);
 
-static MUSICGEN: Mutex<Vec<(Key, Weak<MusicGen>)>> = Mutex::new(Vec::new());
-static MUSICGEN_LOADS: AtomicUsize = AtomicUsize::new(0);
+/// The models of one kind this process holds, by folder and precision, and
+/// how many it has loaded from disk.
+struct Registry<T> {
+    held: Mutex<Vec<(Key, Weak<T>)>>,
+    loads: AtomicUsize,
+}
+
+impl<T> Registry<T> {
+    const fn new() -> Self {
+        Self {
+            held: Mutex::new(Vec::new()),
+            loads: AtomicUsize::new(0),
+        }
+    }
+
+    /// The model of `dir` at `precision`: the copy another engine holds, or
+    /// what `load` makes.
+    fn get(
+        &self,
+        dir: &Path,
+        precision: Precision,
+        load: impl FnOnce() -> Result<T>,
+    ) -> Result<Arc<T>> {
+        // Held while loading, so two engines asking at once load it once.
+        let mut held = self.held.lock();
+        held.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(m) = held
+            .iter()
+            .find(|((d, p), _)| d == dir && *p == precision)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return Ok(m);
+        }
+        let model = Arc::new(load()?);
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        held.push(((dir.to_path_buf(), precision), Arc::downgrade(&model)));
+        Ok(model)
+    }
+
+    /// Loads from disk so far, and models loaded now.
+    fn counts(&self) -> (usize, usize) {
+        let held = self.held.lock();
+        let live = held.iter().filter(|(_, w)| w.strong_count() > 0).count();
+        (self.loads.load(Ordering::Relaxed), live)
+    }
+}
+
+static MUSICGEN: Registry<MusicGen> = Registry::new();
+static CLIP: Registry<Clip> = Registry::new();
 
 /// The MusicGen of `dir` at `precision`: the copy another engine of this
 /// process holds, or a fresh load.
 pub(crate) fn musicgen(dir: &Path, precision: Precision) -> Result<Arc<MusicGen>> {
-    // Held while loading, so two engines asking at once load it once.
-    let mut loaded = MUSICGEN.lock();
-    loaded.retain(|(_, w)| w.strong_count() > 0);
-    if let Some(m) = loaded
-        .iter()
-        .find(|((d, p), _)| d == dir && *p == precision)
-        .and_then(|(_, w)| w.upgrade())
-    {
-        return Ok(m);
-    }
-    let model = Arc::new(MusicGen::load_as(dir, precision)?);
-    MUSICGEN_LOADS.fetch_add(1, Ordering::Relaxed);
-    loaded.push(((dir.to_path_buf(), precision), Arc::downgrade(&model)));
-    Ok(model)
+    MUSICGEN.get(dir, precision, || MusicGen::load_as(dir, precision))
 }
 
 /// How many MusicGen models this process has loaded from disk, and how many
 /// are loaded now.
 pub fn musicgen_loads() -> (usize, usize) {
-    let loaded = MUSICGEN.lock();
-    let live = loaded.iter().filter(|(_, w)| w.strong_count() > 0).count();
-    (MUSICGEN_LOADS.load(Ordering::Relaxed), live)
+    MUSICGEN.counts()
 }
-
-static CLIP: Mutex<Vec<(Key, Weak<Clip>)>> = Mutex::new(Vec::new());
-static CLIP_LOADS: AtomicUsize = AtomicUsize::new(0);
 
 /// The CLIP of `dir` for engines at `precision`: the copy another engine of
 /// this process holds, or a fresh load. At [`Precision::Q8`] (what the plugin
@@ -53,23 +83,19 @@ static CLIP_LOADS: AtomicUsize = AtomicUsize::new(0);
 /// in 8 bits where the CPU has AVX-512 VNNI (about 3× faster; cosine ≥ 0.9998
 /// to f32 on the fixtures and a random ViT-B/32), else in f32.
 pub(crate) fn clip(dir: &Path, precision: Precision) -> Result<Arc<Clip>> {
-    let mut loaded = CLIP.lock();
-    loaded.retain(|(_, w)| w.strong_count() > 0);
-    if let Some(m) = loaded
-        .iter()
-        .find(|((d, p), _)| d == dir && *p == precision)
-        .and_then(|(_, w)| w.upgrade())
-    {
-        return Ok(m);
-    }
-    let mut model = Clip::load(dir)?;
-    if precision == Precision::Q8 {
-        model.vision.set_precision(VisionPrecision::Int8)?;
-    }
-    let model = Arc::new(model);
-    CLIP_LOADS.fetch_add(1, Ordering::Relaxed);
-    loaded.push(((dir.to_path_buf(), precision), Arc::downgrade(&model)));
-    Ok(model)
+    CLIP.get(dir, precision, || {
+        let mut model = Clip::load(dir)?;
+        if precision == Precision::Q8 {
+            model.vision.set_precision(VisionPrecision::Int8)?;
+        }
+        Ok(model)
+    })
+}
+
+/// How many CLIP models this process has loaded from disk, and how many are
+/// loaded now.
+pub fn clip_loads() -> (usize, usize) {
+    CLIP.counts()
 }
 
 /// What the features of `clip` are keyed under besides the video: the
@@ -79,12 +105,4 @@ pub(crate) fn clip_features_model(fingerprint: &str, clip: &Clip) -> String {
         VisionPrecision::F32 => fingerprint.to_string(),
         VisionPrecision::Int8 => format!("{fingerprint}:int8"),
     }
-}
-
-/// How many CLIP models this process has loaded from disk, and how many are
-/// loaded now.
-pub fn clip_loads() -> (usize, usize) {
-    let loaded = CLIP.lock();
-    let live = loaded.iter().filter(|(_, w)| w.strong_count() > 0).count();
-    (CLIP_LOADS.load(Ordering::Relaxed), live)
 }
