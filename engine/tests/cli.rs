@@ -1,5 +1,8 @@
 //! The `vidmusician` command line, end to end, on videos the tests make.
 
+mod common;
+
+use common::tiny_models;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -1635,22 +1638,6 @@ fn a_cut_list_that_cannot_be_this_videos_is_refused_and_nothing_written() {
     ]);
     assert_clean_failure(&out, &["--cuts", "video"]);
     assert!(!wav.exists());
-}
-
-/// A model folder holding the tiny MusicGen and CLIP under the names the
-/// engines look for by default.
-fn tiny_models(dir: &Path) -> PathBuf {
-    let root = dir.join("models");
-    std::fs::create_dir_all(&root).unwrap();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    std::os::unix::fs::symlink(fixtures.join("musicgen-tiny"), root.join("musicgen-small"))
-        .unwrap();
-    std::os::unix::fs::symlink(
-        fixtures.join("clip-tiny"),
-        root.join("clip-vit-base-patch32"),
-    )
-    .unwrap();
-    root
 }
 
 #[test]

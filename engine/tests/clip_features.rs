@@ -2,6 +2,9 @@
 //! global features and the tags, and the cache that keeps them. (Its own
 //! test binary: the count of encoded frames is per process.)
 
+mod common;
+
+use common::tiny_models;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -129,21 +132,6 @@ fn features_are_computed_once_per_video_and_model() {
         })
         .unwrap();
     assert!(called);
-}
-
-/// A folder holding the tiny MusicGen and CLIP under their default names.
-fn tiny_models(dir: &Path) -> PathBuf {
-    let root = dir.join("models");
-    std::fs::create_dir_all(&root).unwrap();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    std::os::unix::fs::symlink(fixtures.join("musicgen-tiny"), root.join("musicgen-small"))
-        .unwrap();
-    std::os::unix::fs::symlink(
-        fixtures.join("clip-tiny"),
-        root.join("clip-vit-base-patch32"),
-    )
-    .unwrap();
-    root
 }
 
 #[test]
