@@ -10,6 +10,7 @@
 //! - [`models`]: other pretrained networks (CLIP).
 
 pub mod bench;
+pub mod conditioning;
 pub mod config;
 pub mod decoder;
 pub mod encodec;

@@ -118,6 +118,11 @@ impl MusicGen {
         &self.text
     }
 
+    /// The projection from T5's width to the decoder's, where they differ.
+    pub fn text_projection(&self) -> Option<&Linear> {
+        self.enc_to_dec.as_ref()
+    }
+
     pub fn sample_rate(&self) -> u32 {
         self.codec.sample_rate()
     }

@@ -2,8 +2,12 @@
 //! candle-nn's so that later work can swap their kernels (8-bit weights, both
 //! guidance rows in one pass over a weight) and wrap them (LoRA) without touching
 //! the models.
+//!
+//! Everything here is differentiable: candle's fused softmax and layer norms have
+//! no backward pass (autograd stops at them without a word), and the adapters are
+//! trained through these layers.
 
-use candle_core::{D, DType, Tensor};
+use candle_core::{D, DType, Tensor, Var};
 
 use super::weights::Weights;
 use crate::Result;
@@ -16,6 +20,19 @@ pub struct Linear {
     /// `(in, out)`.
     wt: Tensor,
     bias: Option<Tensor>,
+    lora: Option<Lora>,
+}
+
+/// A low-rank update beside a frozen weight (Hu et al., "LoRA", 2021):
+/// `y += scale · x Aᵀ Bᵀ`. `B` starts at zero, so a fresh one changes nothing.
+#[derive(Clone, Debug)]
+pub struct Lora {
+    /// `(rank, in)`.
+    pub a: Var,
+    /// `(out, rank)`.
+    pub b: Var,
+    /// `alpha / rank`.
+    pub scale: f64,
 }
 
 impl Linear {
@@ -34,18 +51,54 @@ impl Linear {
         Ok(Self {
             wt: weight.t()?.contiguous()?,
             bias,
+            lora: None,
         })
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.wt.dim(0).unwrap_or(0)
     }
 
     pub fn out_dim(&self) -> usize {
         self.wt.dim(1).unwrap_or(0)
     }
 
+    /// The weight as PyTorch lays it out, `(out, in)`.
+    pub fn weight(&self) -> candle_core::Result<Tensor> {
+        self.wt.t()
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// This layer with `lora` beside its weight.
+    pub fn with_lora(&self, lora: Lora) -> Self {
+        Self {
+            lora: Some(lora),
+            ..self.clone()
+        }
+    }
+
+    /// The same layer in `dtype` (the f64 copies gradient checks run on).
+    pub fn to_dtype(&self, dtype: DType) -> candle_core::Result<Self> {
+        Ok(Self {
+            wt: self.wt.to_dtype(dtype)?,
+            bias: self.bias.as_ref().map(|b| b.to_dtype(dtype)).transpose()?,
+            lora: self.lora.clone(),
+        })
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim.max(1);
-        let y = x.reshape((rows, in_dim))?.matmul(&self.wt)?;
+        let x2 = x.reshape((rows, in_dim))?;
+        let mut y = x2.matmul(&self.wt)?;
+        if let Some(l) = &self.lora {
+            let low = x2.matmul(&l.a.as_tensor().t()?)?;
+            y = (y + (low.matmul(&l.b.as_tensor().t()?)? * l.scale)?)?;
+        }
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -77,6 +130,57 @@ impl RmsNorm {
         let x = x.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         x.broadcast_mul(&self.weight)
     }
+
+    pub fn to_dtype(&self, dtype: DType) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: self.weight.to_dtype(dtype)?,
+            eps: self.eps,
+        })
+    }
+}
+
+/// Layer normalisation with a scale and a bias, over the last axis.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: w.get(&[dim], "weight")?,
+            bias: w.get(&[dim], "bias")?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        centred
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+
+    pub fn to_dtype(&self, dtype: DType) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: self.weight.to_dtype(dtype)?,
+            bias: self.bias.to_dtype(dtype)?,
+            eps: self.eps,
+        })
+    }
+}
+
+/// Softmax over the last axis. The maximum taken out for range is detached: the
+/// result does not depend on it, and its gradient would only add rounding.
+pub fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
 /// Rows of `table` for `ids` (any shape of u32 ids); the result has the ids' shape
@@ -105,7 +209,7 @@ pub fn attention(
     if let Some(b) = bias {
         scores = scores.broadcast_add(b)?;
     }
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = softmax(&scores)?;
     probs.matmul(&v.contiguous()?)
 }
 

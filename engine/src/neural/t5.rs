@@ -1,13 +1,15 @@
 //! The T5 text encoder, with an attention mask for padded batches. Its linear layers
-//! are [`Linear`]s so that LoRA can wrap them for training.
+//! are [`Linear`]s so that LoRA can wrap them for training, and it can encode input
+//! embeddings as well as token ids (the semantic module feeds it CLIP features).
 
 use candle_core::{DType, Device, Tensor};
 
 use super::config::T5Config;
-use super::nn::{Linear, RmsNorm, attention, embedding, merge_heads, split_heads};
+use super::nn::{Linear, Lora, RmsNorm, attention, embedding, merge_heads, split_heads};
 use super::weights::Weights;
 use crate::Result;
 
+#[derive(Clone)]
 struct SelfAttention {
     q: Linear,
     k: Linear,
@@ -16,6 +18,7 @@ struct SelfAttention {
     heads: usize,
 }
 
+#[derive(Clone)]
 enum FeedForward {
     Plain {
         wi: Linear,
@@ -47,6 +50,7 @@ impl Act {
     }
 }
 
+#[derive(Clone)]
 struct Block {
     attn_norm: RmsNorm,
     attn: SelfAttention,
@@ -54,6 +58,7 @@ struct Block {
     ff: FeedForward,
 }
 
+#[derive(Clone)]
 pub struct T5Encoder {
     shared: Tensor,
     /// `(buckets, heads)`, held by the first block and shared by all.
@@ -125,6 +130,10 @@ impl T5Encoder {
         })
     }
 
+    pub fn device(&self) -> &Device {
+        self.shared.device()
+    }
+
     pub fn hidden_size(&self) -> usize {
         self.cfg.d_model
     }
@@ -133,14 +142,80 @@ impl T5Encoder {
         self.cfg.vocab_size
     }
 
+    /// The attention projections a LoRA can wrap, by the names T5's checkpoints
+    /// give them.
+    pub const LORA_TARGETS: [&str; 4] = ["q", "k", "v", "o"];
+
+    /// This encoder with a LoRA beside each self-attention projection named in
+    /// `targets` (of [`T5Encoder::LORA_TARGETS`]); `make(name, in, out)` creates
+    /// each, `name` being the projection's checkpoint path
+    /// (`encoder.block.0.layer.0.SelfAttention.q`). The frozen weights are shared
+    /// with `self`.
+    pub fn with_lora(
+        &self,
+        targets: &[String],
+        make: &mut dyn FnMut(&str, usize, usize) -> Result<Lora>,
+    ) -> Result<Self> {
+        let mut out = self.clone();
+        for (i, block) in out.blocks.iter_mut().enumerate() {
+            let a = &mut block.attn;
+            for (name, lin) in [
+                ("q", &mut a.q),
+                ("k", &mut a.k),
+                ("v", &mut a.v),
+                ("o", &mut a.o),
+            ] {
+                if targets.iter().any(|t| t == name) {
+                    let path = format!("encoder.block.{i}.layer.0.SelfAttention.{name}");
+                    let lora = make(&path, lin.in_dim(), lin.out_dim())?;
+                    *lin = lin.with_lora(lora);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The same encoder in `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let mut out = self.clone();
+        out.shared = self.shared.to_dtype(dtype)?;
+        out.relative_bias = self.relative_bias.to_dtype(dtype)?;
+        out.final_norm = self.final_norm.to_dtype(dtype)?;
+        for b in &mut out.blocks {
+            b.attn_norm = b.attn_norm.to_dtype(dtype)?;
+            b.ff_norm = b.ff_norm.to_dtype(dtype)?;
+            let a = &mut b.attn;
+            for lin in [&mut a.q, &mut a.k, &mut a.v, &mut a.o] {
+                *lin = lin.to_dtype(dtype)?;
+            }
+            match &mut b.ff {
+                FeedForward::Plain { wi, wo, .. } => {
+                    *wi = wi.to_dtype(dtype)?;
+                    *wo = wo.to_dtype(dtype)?;
+                }
+                FeedForward::Gated { wi_0, wi_1, wo, .. } => {
+                    *wi_0 = wi_0.to_dtype(dtype)?;
+                    *wi_1 = wi_1.to_dtype(dtype)?;
+                    *wo = wo.to_dtype(dtype)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Encodes `ids` `(batch, len)` (u32); `mask` `(batch, len)` is 1 for tokens and
     /// 0 for padding. Returns `(batch, len, d_model)`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (_, len) = ids.dims2()?;
-        let mut x = embedding(&self.shared, ids)?;
+        self.forward_embeds(&embedding(&self.shared, ids)?, mask)
+    }
+
+    /// Encodes input embeddings `(batch, len, d_model)` in place of token ids.
+    pub fn forward_embeds(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (_, len, _) = x.dims3()?;
+        let mut x = x.clone();
         let bias = self
-            .position_bias(len, ids.device())?
-            .broadcast_add(&padding_bias(mask)?)?;
+            .position_bias(len, x.device())?
+            .broadcast_add(&padding_bias(mask)?.to_dtype(x.dtype())?)?;
         for block in &self.blocks {
             let h = block.attn_norm.forward(&x)?;
             let a = &block.attn;

@@ -1,0 +1,236 @@
+//! The VidMusician method's trainable parts beside a frozen MusicGen: the
+//! semantic module (CLIP global features into cross-attention, through a
+//! LoRA-tuned T5) and the rhythm module (the rhythm curve into each block's
+//! first layer, in-attention). DESIGN.md ("The method") lists what the method
+//! fixes; [`AdapterConfig`] holds what it leaves open.
+//!
+//! - [`semantic`]: embedding manager → T5 with LoRA → projector.
+//! - [`rhythm`]: Zero-Linear → chain of Identity-Linears, one per block.
+
+pub mod rhythm;
+pub mod semantic;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+
+use crate::neural::config::DecoderConfig;
+use crate::{Error, Result};
+
+pub use rhythm::RhythmModule;
+pub use semantic::SemanticModule;
+
+/// The choices the method leaves open, saved with an adapter.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct AdapterConfig {
+    /// Width of the CLIP global features the semantic module reads (CLIP's
+    /// `projection_dim`: 512 for ViT-B, 768 for ViT-L/14).
+    pub clip_width: usize,
+    /// LoRA rank on T5's attention projections.
+    pub lora_rank: usize,
+    /// LoRA's scale is `alpha / rank`.
+    pub lora_alpha: f64,
+    /// Which of T5's attention projections get a LoRA (`q`, `k`, `v`, `o`).
+    pub lora_targets: Vec<String>,
+    /// Decoder layers per block: the rhythm input enters before each block's
+    /// first layer.
+    pub block_size: usize,
+    /// The share of blocks, from the first, that take the rhythm input
+    /// (rounded up).
+    pub rhythm_fraction: f64,
+    /// Rhythm-curve samples each side of a code frame that the rhythm module
+    /// reads: its input width is `2 · context + 1`, the curve around the frame.
+    pub rhythm_context: usize,
+    /// Chance, per training window, that the visual conditions are dropped,
+    /// so that classifier-free guidance works at inference.
+    pub condition_dropout: f64,
+    /// Seed of the random initialisation (embedding manager, LoRA `A`).
+    pub seed: u64,
+}
+
+impl Default for AdapterConfig {
+    fn default() -> Self {
+        Self {
+            clip_width: 512,
+            lora_rank: 8,
+            lora_alpha: 16.0,
+            lora_targets: vec!["q".into(), "v".into()],
+            block_size: 4,
+            rhythm_fraction: 0.75,
+            rhythm_context: 2,
+            condition_dropout: 0.1,
+            seed: 0,
+        }
+    }
+}
+
+impl AdapterConfig {
+    /// Checks the fields against each other and against `decoder`, so that a
+    /// hostile or mistyped config is an error, not a panic.
+    pub fn validate(&self, decoder: &DecoderConfig) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidSetting(format!("adapter config: {m}")));
+        if self.clip_width == 0 || self.clip_width > 65_536 {
+            return bad(format!("clip_width {} out of range", self.clip_width));
+        }
+        if self.lora_rank == 0 || self.lora_rank > 1024 {
+            return bad(format!(
+                "lora_rank {} out of range 1..=1024",
+                self.lora_rank
+            ));
+        }
+        if !self.lora_alpha.is_finite() {
+            return bad("lora_alpha is not a number".into());
+        }
+        if let Some(t) = self
+            .lora_targets
+            .iter()
+            .find(|t| !crate::neural::t5::T5Encoder::LORA_TARGETS.contains(&t.as_str()))
+        {
+            return bad(format!("unknown LoRA target `{t}` (q, k, v or o)"));
+        }
+        if self.block_size == 0 || self.block_size > decoder.num_hidden_layers {
+            return bad(format!(
+                "block_size {} for a decoder of {} layers",
+                self.block_size, decoder.num_hidden_layers
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.rhythm_fraction) {
+            return bad(format!(
+                "rhythm_fraction {} outside 0..=1",
+                self.rhythm_fraction
+            ));
+        }
+        if self.rhythm_context > 256 {
+            return bad(format!("rhythm_context {} over 256", self.rhythm_context));
+        }
+        if !(0.0..=1.0).contains(&self.condition_dropout) {
+            return bad(format!(
+                "condition_dropout {} outside 0..=1",
+                self.condition_dropout
+            ));
+        }
+        Ok(())
+    }
+
+    /// Values per code frame the rhythm module reads.
+    pub fn rhythm_width(&self) -> usize {
+        2 * self.rhythm_context + 1
+    }
+
+    /// How many blocks, from the first, take the rhythm input.
+    pub fn rhythm_blocks(&self, decoder: &DecoderConfig) -> usize {
+        let blocks = decoder.num_hidden_layers.div_ceil(self.block_size.max(1));
+        ((blocks as f64 * self.rhythm_fraction).ceil() as usize).min(blocks)
+    }
+}
+
+/// The trainable tensors, in creation order, by name: what the optimiser
+/// updates and the adapter file holds.
+#[derive(Default, Clone)]
+pub struct Params {
+    named: Vec<(String, Var)>,
+}
+
+impl Params {
+    /// Adds a trainable tensor initialised to `init`.
+    pub fn add(&mut self, name: impl Into<String>, init: &Tensor) -> Result<Var> {
+        let name = name.into();
+        if self.named.iter().any(|(n, _)| *n == name) {
+            return Err(Error::InvalidSetting(format!(
+                "two trainable tensors named {name}"
+            )));
+        }
+        let var = Var::from_tensor(init)?;
+        self.named.push((name, var.clone()));
+        Ok(var)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Var)> {
+        self.named.iter().map(|(n, v)| (n.as_str(), v))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Var> {
+        self.named.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    pub fn vars(&self) -> Vec<Var> {
+        self.named.iter().map(|(_, v)| v.clone()).collect()
+    }
+
+    /// Trainable values in all.
+    pub fn count(&self) -> usize {
+        self.named.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+}
+
+/// A trainable affine map `y = x Wᵀ + b`, `W` `(out, in)` as PyTorch lays it
+/// out. Unlike [`crate::neural::nn::Linear`] it keeps no transposed copy: the
+/// optimiser updates `W` in place and the next forward must see it.
+#[derive(Clone, Debug)]
+pub struct Dense {
+    pub weight: Var,
+    pub bias: Var,
+}
+
+impl Dense {
+    /// A new layer in `params` under `name` (`name.weight`, `name.bias`).
+    pub fn new(params: &mut Params, name: &str, weight: &Tensor, bias: &Tensor) -> Result<Self> {
+        Ok(Self {
+            weight: params.add(format!("{name}.weight"), weight)?,
+            bias: params.add(format!("{name}.bias"), bias)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let (out, inn) = self.weight.dims2()?;
+        let rows = x.elem_count() / inn.max(1);
+        let y = x
+            .reshape((rows, inn))?
+            .matmul(&self.weight.as_tensor().t()?)?
+            .broadcast_add(self.bias.as_tensor())?;
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = out;
+        }
+        Ok(y.reshape(shape)?)
+    }
+}
+
+/// Deterministic random numbers for initialisation.
+pub(crate) struct Init {
+    rng: rand_chacha::ChaCha8Rng,
+    device: Device,
+    dtype: DType,
+}
+
+impl Init {
+    pub(crate) fn new(seed: u64, device: &Device, dtype: DType) -> Self {
+        Self {
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            device: device.clone(),
+            dtype,
+        }
+    }
+
+    /// PyTorch's default for a linear layer's weight: uniform in ±1/√in.
+    pub(crate) fn uniform(&mut self, out: usize, inn: usize) -> Result<Tensor> {
+        let a = 1.0 / (inn.max(1) as f32).sqrt();
+        let v: Vec<f32> = (0..out * inn)
+            .map(|_| self.rng.random_range(-a..a))
+            .collect();
+        self.tensor(v, &[out, inn])
+    }
+
+    pub(crate) fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
+        Ok(Tensor::zeros(shape, self.dtype, &self.device)?)
+    }
+
+    pub(crate) fn eye(&self, n: usize) -> Result<Tensor> {
+        Ok(Tensor::eye(n, self.dtype, &self.device)?)
+    }
+
+    pub(crate) fn tensor(&self, v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+        Ok(Tensor::from_vec(v, shape, &self.device)?.to_dtype(self.dtype)?)
+    }
+}

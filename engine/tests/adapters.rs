@@ -1,0 +1,387 @@
+//! The VidMusician method's modules on the tiny MusicGen: the differentiable
+//! decoder against the fast CPU decoder, the modules' initial properties, and
+//! their gradients (reaching every trainable tensor, and equal to finite
+//! differences).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::Optimizer;
+use rand::{Rng, SeedableRng};
+use vidmusician_engine::neural::MusicGen;
+use vidmusician_engine::neural::conditioning::rhythm::rhythm_input;
+use vidmusician_engine::neural::conditioning::{
+    AdapterConfig, Params, RhythmModule, SemanticModule,
+};
+use vidmusician_engine::neural::decoder::{Decoder, SeqInput};
+use vidmusician_engine::neural::models::musicgen::{Conditioning, MusicgenDecoder};
+use vidmusician_engine::neural::weights::Weights;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny")
+}
+
+/// The tiny checkpoint three ways: whole (for its text side), the fast decoder
+/// and the differentiable one.
+fn models() -> (MusicGen, Decoder, MusicgenDecoder) {
+    let dir = fixture();
+    let mg = MusicGen::load(&dir).expect("the tiny MusicGen loads");
+    let w = Weights::open_dir(&dir).unwrap().pp("decoder");
+    let fast = Decoder::load(&w, &mg.config().decoder).unwrap();
+    let diff = MusicgenDecoder::load(&w, &mg.config().decoder).unwrap();
+    (mg, fast, diff)
+}
+
+fn rng(seed: u64) -> rand_chacha::ChaCha8Rng {
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn random(seed: u64, shape: &[usize], scale: f32) -> Tensor {
+    let mut r = rng(seed);
+    let n = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| r.random_range(-scale..scale)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// Tokens `(batch, codebooks, len)` below `limit`.
+fn tokens(seed: u64, batch: usize, k: usize, len: usize, limit: u32) -> Tensor {
+    let mut r = rng(seed);
+    let v: Vec<u32> = (0..batch * k * len)
+        .map(|_| r.random_range(0..limit))
+        .collect();
+    Tensor::from_vec(v, (batch, k, len), &Device::Cpu).unwrap()
+}
+
+/// Adds noise to every trainable tensor, as training would have: a fresh
+/// adapter's zeros (LoRA `B`, the Zero-Linear) would hide whatever follows them.
+fn perturb(params: &Params, seed: u64, scale: f32) {
+    for (i, (_, v)) in params.iter().enumerate() {
+        let noise = random(seed + i as u64, v.dims(), scale)
+            .to_dtype(v.dtype())
+            .unwrap();
+        v.set(&(v.as_tensor() + noise).unwrap()).unwrap();
+    }
+}
+
+fn cfg() -> AdapterConfig {
+    AdapterConfig {
+        clip_width: 24,
+        lora_rank: 4,
+        // One layer per block, so that the tiny decoder's four layers make
+        // four blocks, three of which take the rhythm input.
+        block_size: 1,
+        ..AdapterConfig::default()
+    }
+}
+
+/// Everything a forward pass of the adapted model needs, in `dtype`.
+struct Adapted {
+    decoder: MusicgenDecoder,
+    semantic: SemanticModule,
+    rhythm: RhythmModule,
+    params: Params,
+    text: Tensor,
+    text_mask: Tensor,
+    features: Tensor,
+    feature_mask: Tensor,
+    rhythm_in: Tensor,
+    tokens: Tensor,
+}
+
+const LEN: usize = 12;
+
+fn adapted(dtype: DType) -> Adapted {
+    let (mg, _, diff) = models();
+    let cfg = cfg();
+    let mut params = Params::default();
+    let semantic = SemanticModule::new(
+        &cfg,
+        mg.text_encoder(),
+        mg.text_projection(),
+        mg.config().decoder.hidden_size,
+        &mut params,
+        dtype,
+    )
+    .unwrap();
+    let rhythm =
+        RhythmModule::new(&cfg, &mg.config().decoder, &mut params, &Device::Cpu, dtype).unwrap();
+    let (ids, mask) = mg.tokenize(&["a slow piano"]).unwrap();
+    let text = mg.text_states(&ids, &mask).unwrap();
+    let curve: Vec<f32> = (0..40).map(|i| ((i * 7) % 5) as f32 / 4.0).collect();
+    let rin = rhythm_input(&curve, 3, LEN, cfg.rhythm_context);
+    let k = mg.config().decoder.num_codebooks;
+    let vocab = mg.config().decoder.vocab_size as u32;
+    Adapted {
+        decoder: diff.to_dtype(dtype).unwrap(),
+        semantic,
+        rhythm,
+        params,
+        text: text.to_dtype(dtype).unwrap(),
+        text_mask: mask,
+        features: random(7, &[1, 5, cfg.clip_width], 1.0)
+            .to_dtype(dtype)
+            .unwrap(),
+        feature_mask: Tensor::new(&[[1u32, 1, 1, 1, 0]], &Device::Cpu).unwrap(),
+        rhythm_in: Tensor::from_vec(rin, (1, LEN, cfg.rhythm_width()), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap(),
+        tokens: tokens(3, 1, k, LEN, vocab + 1),
+    }
+}
+
+impl Adapted {
+    /// Cross-attention states `[text; visual]` and their mask.
+    fn states(&self) -> (Tensor, Tensor) {
+        let visual = self
+            .semantic
+            .forward(&self.features, &self.feature_mask)
+            .unwrap();
+        (
+            Tensor::cat(&[&self.text, &visual], 1).unwrap(),
+            Tensor::cat(&[&self.text_mask, &self.feature_mask], 1).unwrap(),
+        )
+    }
+
+    fn logits(&self, with_rhythm: bool) -> Tensor {
+        let (states, mask) = self.states();
+        let inputs = if with_rhythm {
+            self.rhythm.forward(&self.rhythm_in).unwrap()
+        } else {
+            Vec::new()
+        };
+        self.decoder
+            .forward(
+                &self.tokens,
+                &Conditioning {
+                    cross: Some((&states, &mask)),
+                    layer_inputs: &inputs,
+                },
+            )
+            .unwrap()
+    }
+
+    /// Cross-entropy of the logits against the next tokens.
+    fn loss(&self) -> Tensor {
+        let logits = self.logits(true);
+        let (b, k, len, vocab) = logits.dims4().unwrap();
+        let targets = tokens(11, b, k, len, vocab as u32);
+        candle_nn::loss::cross_entropy(
+            &logits.reshape((b * k * len, vocab)).unwrap(),
+            &targets.flatten_all().unwrap(),
+        )
+        .unwrap()
+    }
+}
+
+fn to_vec(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+#[test]
+fn the_differentiable_decoder_equals_the_fast_decoder_with_visual_states_and_rhythm() {
+    let (_, fast, _) = models();
+    let a = adapted(DType::F32);
+    perturb(&a.params, 100, 0.3);
+    let (states, mask) = a.states();
+    let inputs = a.rhythm.forward(&a.rhythm_in).unwrap();
+    // The module feeds three of the four one-layer blocks.
+    let fed: Vec<bool> = inputs.iter().map(Option::is_some).collect();
+    assert_eq!(fed, [true, true, true, false]);
+    assert!(to_vec(&states).iter().any(|v| v.abs() > 0.1));
+    let slow = to_vec(
+        &a.decoder
+            .forward(
+                &a.tokens,
+                &Conditioning {
+                    cross: Some((&states, &mask)),
+                    layer_inputs: &inputs,
+                },
+            )
+            .unwrap(),
+    );
+    let cross = fast.cross_kv(&states, Some(&mask)).unwrap();
+    let flat: Vec<Option<Vec<f32>>> = inputs.iter().map(|i| i.as_ref().map(to_vec)).collect();
+    let mut cache = fast.new_cache();
+    let ids: Vec<u32> = a.tokens.flatten_all().unwrap().to_vec1().unwrap();
+    let quick = fast
+        .forward(
+            &mut [SeqInput {
+                tokens: &ids,
+                cross: Some(&cross[0]),
+                cache: &mut cache,
+            }],
+            &flat,
+        )
+        .unwrap();
+    assert_eq!(slow.len(), quick.len());
+    let worst = slow
+        .iter()
+        .zip(&quick)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-4, "logits differ by {worst}");
+    // The rhythm input matters: without it the logits move.
+    let plain = to_vec(&a.logits(false));
+    let moved = plain
+        .iter()
+        .zip(&slow)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(moved > 1e-3, "the rhythm input changed nothing ({moved})");
+}
+
+#[test]
+fn the_unconditional_branch_equals_the_fast_decoder_too() {
+    let (mg, fast, diff) = models();
+    let k = mg.config().decoder.num_codebooks;
+    let toks = tokens(5, 2, k, 9, mg.config().decoder.vocab_size as u32 + 1);
+    let slow = to_vec(&diff.forward(&toks, &Conditioning::default()).unwrap());
+    let ids: Vec<u32> = toks.flatten_all().unwrap().to_vec1().unwrap();
+    let (mut c0, mut c1) = (fast.new_cache(), fast.new_cache());
+    let half = ids.len() / 2;
+    let quick = fast
+        .forward(
+            &mut [
+                SeqInput {
+                    tokens: &ids[..half],
+                    cross: None,
+                    cache: &mut c0,
+                },
+                SeqInput {
+                    tokens: &ids[half..],
+                    cross: None,
+                    cache: &mut c1,
+                },
+            ],
+            &[],
+        )
+        .unwrap();
+    let worst = slow
+        .iter()
+        .zip(&quick)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-4, "logits differ by {worst}");
+}
+
+#[test]
+fn a_fresh_rhythm_module_leaves_the_logits_bit_identical() {
+    let a = adapted(DType::F32);
+    // A trained semantic module (noise stands in for training); the rhythm
+    // module is then created fresh, as stage 2 does.
+    for (name, v) in a.params.iter() {
+        if name.starts_with("semantic.") {
+            let noise = random(9, v.dims(), 0.2);
+            v.set(&(v.as_tensor() + noise).unwrap()).unwrap();
+        }
+    }
+    let before = to_vec(&a.logits(false));
+    let after = to_vec(&a.logits(true));
+    assert!(
+        before
+            .iter()
+            .zip(&after)
+            .all(|(x, y)| x.to_bits() == y.to_bits()),
+        "a fresh rhythm module changed the logits"
+    );
+}
+
+#[test]
+fn the_zero_linear_gives_zeros_and_each_identity_linear_is_the_identity() {
+    let a = adapted(DType::F32);
+    let h = a.decoder.config().hidden_size;
+    let zeros = to_vec(&a.rhythm.zero_linear(&a.rhythm_in).unwrap());
+    assert_eq!(zeros.len(), LEN * h);
+    assert!(zeros.iter().all(|&v| v.to_bits() == 0), "not exact zeros");
+    assert_eq!(a.rhythm.chain().len(), 3);
+    let x = random(21, &[1, LEN, h], 5.0);
+    for link in a.rhythm.chain() {
+        let y = to_vec(&link.forward(&x).unwrap());
+        let x = to_vec(&x);
+        assert!(
+            x.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "an Identity-Linear changed its input"
+        );
+    }
+}
+
+#[test]
+fn every_trainable_tensor_gets_a_gradient_after_a_first_step() {
+    let a = adapted(DType::F32);
+    // At the start, LoRA's B and the Zero-Linear are zero, so what lies behind
+    // them (LoRA's A, the Identity-Linears) gets no gradient yet; one step of
+    // the optimiser opens the way.
+    let mut opt = candle_nn::AdamW::new(
+        a.params.vars(),
+        candle_nn::ParamsAdamW {
+            lr: 1e-2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    opt.backward_step(&a.loss()).unwrap();
+    let grads = a.loss().backward().unwrap();
+    for (name, v) in a.params.iter() {
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient reaches {name}"));
+        let size = g
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(size > 0.0, "{name}'s gradient is zero");
+    }
+    assert!(a.params.count() > 0);
+}
+
+#[test]
+fn gradients_agree_with_finite_differences() {
+    let a = adapted(DType::F64);
+    perturb(&a.params, 300, 0.2);
+    let grads = a.loss().backward().unwrap();
+    let loss_at = |a: &Adapted| a.loss().to_scalar::<f64>().unwrap();
+    let eps = 1e-6;
+    let mut r = rng(77);
+    for (name, v) in a.params.iter() {
+        let g: Vec<f64> = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient reaches {name}"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let base: Vec<f64> = v.flatten_all().unwrap().to_vec1().unwrap();
+        for _ in 0..3 {
+            let i = r.random_range(0..base.len());
+            let nudged = |d: f64| {
+                let mut p = base.clone();
+                p[i] += d;
+                set(v, p);
+                let l = loss_at(&a);
+                set(v, base.clone());
+                l
+            };
+            let fd = (nudged(eps) - nudged(-eps)) / (2.0 * eps);
+            let err = (fd - g[i]).abs();
+            assert!(
+                err <= 1e-6 + 1e-4 * fd.abs().max(g[i].abs()),
+                "{name}[{i}]: autograd {} against finite differences {fd}",
+                g[i]
+            );
+        }
+    }
+}
+
+fn set(v: &Var, values: Vec<f64>) {
+    let t = Tensor::from_vec(values, v.dims(), &Device::Cpu).unwrap();
+    v.set(&t).unwrap();
+}
