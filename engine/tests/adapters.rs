@@ -385,3 +385,133 @@ fn set(v: &Var, values: Vec<f64>) {
     let t = Tensor::from_vec(values, v.dims(), &Device::Cpu).unwrap();
     v.set(&t).unwrap();
 }
+
+mod file {
+    use super::*;
+    use vidmusician_engine::Error;
+    use vidmusician_engine::neural::conditioning::{Adapter, AdapterInfo};
+
+    fn stage2(mg: &MusicGen) -> Adapter {
+        let mut a = Adapter::new(&cfg(), mg, "test/musicgen-tiny", DType::F32).unwrap();
+        a.add_rhythm(mg).unwrap();
+        perturb(&a.params, 500, 0.1);
+        a
+    }
+
+    fn values(p: &Params) -> Vec<(String, Vec<u32>)> {
+        p.iter()
+            .map(|(n, v)| {
+                let bits = to_vec(v.as_tensor()).iter().map(|x| x.to_bits()).collect();
+                (n.to_string(), bits)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_adapter_saves_and_loads_bit_for_bit_with_its_header() {
+        let mg = MusicGen::load(&fixture()).unwrap();
+        let a = stage2(&mg);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.safetensors");
+        a.save(&path).unwrap();
+        let info = AdapterInfo::read(&path).unwrap();
+        assert_eq!(info, a.info);
+        assert_eq!(info.stage, 2);
+        assert_eq!(info.base_model, "test/musicgen-tiny");
+        let b = Adapter::load(&path, &mg, "test/musicgen-tiny").unwrap();
+        assert_eq!(values(&a.params), values(&b.params));
+        // The loaded modules compute what the saved ones did.
+        let x = random(1, &[1, 3, cfg().clip_width], 1.0);
+        let m = Tensor::new(&[[1u32, 1, 1]], &Device::Cpu).unwrap();
+        assert_eq!(
+            to_vec(&a.visual_states(&x, &m).unwrap()),
+            to_vec(&b.visual_states(&x, &m).unwrap())
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_ne!(
+                mode & 0o044,
+                0,
+                "the adapter is private to its owner: {mode:o}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_trainable_count_matches_the_modules() {
+        let mg = MusicGen::load(&fixture()).unwrap();
+        let mut a = Adapter::new(&cfg(), &mg, "t", DType::F32).unwrap();
+        assert_eq!(a.params.count(), cfg().trainable_count(mg.config(), 1));
+        a.add_rhythm(&mg).unwrap();
+        assert_eq!(a.params.count(), cfg().trainable_count(mg.config(), 2));
+        assert!(cfg().trainable_count(mg.config(), 2) > cfg().trainable_count(mg.config(), 1));
+    }
+
+    #[test]
+    fn broken_foreign_and_mismatched_adapters_are_refused_by_name() {
+        let mg = MusicGen::load(&fixture()).unwrap();
+        let a = stage2(&mg);
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.safetensors");
+        a.save(&good).unwrap();
+        let bytes = std::fs::read(&good).unwrap();
+
+        // Truncated: the header says more than the file holds.
+        let cut = dir.path().join("cut.safetensors");
+        std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+        let e = Adapter::load(&cut, &mg, "test/musicgen-tiny")
+            .err()
+            .expect("a truncated adapter loads");
+        assert!(e.to_string().contains("truncated"), "{e}");
+
+        // A safetensors file that is no adapter: the base checkpoint itself.
+        let e = AdapterInfo::read(&fixture().join("model.safetensors")).unwrap_err();
+        assert!(e.to_string().contains("not a VidMusician adapter"), "{e}");
+
+        // Not safetensors at all.
+        let junk = dir.path().join("junk.safetensors");
+        std::fs::write(&junk, b"hello, this is text").unwrap();
+        let e = AdapterInfo::read(&junk).unwrap_err();
+        assert!(matches!(e, Error::ModelFile { .. }), "{e}");
+
+        // Another base model: named, with the installed one.
+        let other = fixture().with_file_name("musicgen-tiny-cb32");
+        let other = MusicGen::load(&other).unwrap();
+        let e = Adapter::load(&good, &other, "test/musicgen-tiny-cb32")
+            .err()
+            .expect("an adapter loads on another base");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("test/musicgen-tiny ") && msg.contains("test/musicgen-tiny-cb32"),
+            "{msg}"
+        );
+
+        // A tensor its config has no place for.
+        let mut extra: std::collections::HashMap<String, Tensor> = a
+            .params
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
+            .collect();
+        extra.insert("rhythm.chain.9.weight".into(), random(1, &[2, 2], 1.0));
+        let meta = AdapterInfo::read(&good).unwrap();
+        let odd = dir.path().join("odd.safetensors");
+        let mut header = std::collections::HashMap::new();
+        for (k, v) in [
+            ("format", "vidmusician-adapter".to_string()),
+            ("version", "1".to_string()),
+            ("config", serde_json::to_string(&meta.config).unwrap()),
+            ("stage", "2".to_string()),
+            ("base_model", meta.base_model.clone()),
+            ("base_hash", meta.base_hash.clone()),
+        ] {
+            header.insert(k.to_string(), v);
+        }
+        safetensors::serialize_to_file(extra.iter(), Some(header), &odd).unwrap();
+        let e = Adapter::load(&odd, &mg, "test/musicgen-tiny")
+            .err()
+            .expect("an adapter with a stray tensor loads");
+        assert!(e.to_string().contains("rhythm.chain.9.weight"), "{e}");
+    }
+}

@@ -37,6 +37,8 @@ pub struct MusicGen {
     enc_to_dec: Option<Linear>,
     decoder: Decoder,
     codec: EncodecDecoder,
+    /// [`MusicGen::weights_hash`], computed on first use.
+    weights_hash: std::sync::OnceLock<String>,
 }
 
 /// Where a generation stands, for progress bars.
@@ -77,6 +79,7 @@ impl MusicGen {
             enc_to_dec,
             decoder,
             codec,
+            weights_hash: std::sync::OnceLock::new(),
         })
     }
 
@@ -116,6 +119,17 @@ impl MusicGen {
 
     pub fn text_encoder(&self) -> &T5Encoder {
         &self.text
+    }
+
+    /// A hash of the weights an adapter builds on (the text encoder, its
+    /// projection and the decoder; not the codec), the same for the same
+    /// checkpoint on any machine. It reads the whole checkpoint once.
+    pub fn weights_hash(&self) -> Result<String> {
+        if let Some(h) = self.weights_hash.get() {
+            return Ok(h.clone());
+        }
+        let h = Weights::open_dir(&self.dir)?.content_hash(&["audio_encoder."])?;
+        Ok(self.weights_hash.get_or_init(|| h).clone())
     }
 
     /// The projection from T5's width to the decoder's, where they differ.

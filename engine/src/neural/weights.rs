@@ -209,6 +209,32 @@ impl Weights {
         Ok(t.to_dtype(DType::F32)?)
     }
 
+    /// A hash of the tensors' contents (names, types, shapes and bytes, in name
+    /// order), leaving out those under any of `skip` (name prefixes): the same
+    /// weights give the same hash on any machine, however the files are split
+    /// or named. Tensors built in memory or at random are not covered.
+    pub fn content_hash(&self, skip: &[&str]) -> Result<String> {
+        let mut names: Vec<&String> = self
+            .files
+            .index
+            .keys()
+            .filter(|n| !skip.iter().any(|s| n.starts_with(s)))
+            .collect();
+        names.sort();
+        let mut h = blake3::Hasher::new();
+        for name in names {
+            let (path, file) = &self.files.shards[self.files.index[name]];
+            let view = file
+                .get(name)
+                .map_err(|e| Error::model_file(path, format!("tensor `{name}`: {e}")))?;
+            h.update(name.as_bytes());
+            h.update(format!("{:?}{:?}", view.dtype(), view.shape()).as_bytes());
+            h.update(view.data());
+            release_pages(view.data());
+        }
+        Ok(h.finalize().to_hex()[..32].to_string())
+    }
+
     /// The first of `names` that the checkpoint has, for tensors whose name changed
     /// between library versions. The error names the first (current) spelling.
     pub fn get_any(&self, shape: &[usize], names: &[&str]) -> Result<Tensor> {

@@ -6,16 +6,19 @@
 //!
 //! - [`semantic`]: embedding manager → T5 with LoRA → projector.
 //! - [`rhythm`]: Zero-Linear → chain of Identity-Linears, one per block.
+//! - [`adapter`]: both, with their config, for one base model; the adapter file.
 
+pub mod adapter;
 pub mod rhythm;
 pub mod semantic;
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
-use crate::neural::config::DecoderConfig;
+use crate::neural::config::{DecoderConfig, MusicgenConfig, T5Config};
 use crate::{Error, Result};
 
+pub use adapter::{Adapter, AdapterInfo};
 pub use rhythm::RhythmModule;
 pub use semantic::SemanticModule;
 
@@ -115,6 +118,27 @@ impl AdapterConfig {
     /// Values per code frame the rhythm module reads.
     pub fn rhythm_width(&self) -> usize {
         2 * self.rhythm_context + 1
+    }
+
+    /// Trainable values of an adapter of this config on a MusicGen of `base`'s
+    /// shape, at `stage` (1: the semantic module and LoRA; 2: with the rhythm
+    /// module).
+    pub fn trainable_count(&self, base: &MusicgenConfig, stage: u8) -> usize {
+        self.count_for(&base.text_encoder, &base.decoder, stage)
+    }
+
+    fn count_for(&self, t: &T5Config, decoder: &DecoderConfig, stage: u8) -> usize {
+        let (d, inner, h) = (t.d_model, t.num_heads * t.d_kv, decoder.hidden_size);
+        let manager = self.clip_width * d + d;
+        // q, k and v map d → inner, o inner → d: a rank-r pair holds r·(d + inner).
+        let lora = t.num_layers * self.lora_targets.len() * self.lora_rank * (d + inner);
+        let projector = d * h + h;
+        let semantic = manager + lora + projector;
+        if stage < 2 {
+            return semantic;
+        }
+        let zero = h * self.rhythm_width() + h;
+        semantic + zero + self.rhythm_blocks(decoder) * (h * h + h)
     }
 
     /// How many blocks, from the first, take the rhythm input.
@@ -232,5 +256,50 @@ impl Init {
 
     pub(crate) fn tensor(&self, v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
         Ok(Tensor::from_vec(v, shape, &self.device)?.to_dtype(self.dtype)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// musicgen-small's and -medium's shapes: T5-base, and a decoder 1024 wide
+    /// with 24 layers or 1536 wide with 48.
+    fn shapes(hidden: usize, layers: usize) -> (T5Config, DecoderConfig) {
+        let t5 = serde_json::json!({
+            "vocab_size": 32128, "d_model": 768, "d_kv": 64, "d_ff": 3072,
+            "num_layers": 12, "num_heads": 12
+        });
+        let dec = serde_json::json!({
+            "vocab_size": 2048, "num_hidden_layers": layers, "ffn_dim": hidden * 4,
+            "num_attention_heads": 16, "hidden_size": hidden
+        });
+        (
+            serde_json::from_value(t5).unwrap(),
+            serde_json::from_value(dec).unwrap(),
+        )
+    }
+
+    /// The figures the README gives beside the paper's 24.79M.
+    #[test]
+    fn trainable_counts_of_the_default_config_on_musicgen_small_and_medium() {
+        let cfg = AdapterConfig::default();
+        let (t5, small) = shapes(1024, 24);
+        assert_eq!(cfg.rhythm_blocks(&small), 5);
+        assert_eq!(cfg.count_for(&t5, &small, 1), 1_476_352);
+        assert_eq!(cfg.count_for(&t5, &small, 2), 6_730_496);
+        let (t5, medium) = shapes(1536, 48);
+        assert_eq!(cfg.rhythm_blocks(&medium), 9);
+        assert_eq!(cfg.count_for(&t5, &medium, 1), 1_870_080);
+        assert_eq!(cfg.count_for(&t5, &medium, 2), 23_126_784);
+        // CLIP ViT-L/14's 768-wide features, LoRA of rank 16 on all four
+        // projections: the nearest of our choices to the paper's count.
+        let wide = AdapterConfig {
+            clip_width: 768,
+            lora_rank: 16,
+            lora_targets: ["q", "k", "v", "o"].map(String::from).to_vec(),
+            ..cfg
+        };
+        assert_eq!(wide.count_for(&t5, &medium, 2), 24_208_128);
     }
 }
