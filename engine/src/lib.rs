@@ -9,6 +9,7 @@
 //! - [`align`]: generated music's beats moved onto the tempo grid and the
 //!   cuts by a pitch-keeping time warp.
 //! - [`neural`]: MusicGen on candle, loading Hugging Face checkpoints.
+//! - [`train`]: training the adapters of the VidMusician method.
 //! - [`service`]: the engine thread that the CLI and the plugin both drive.
 
 pub mod align;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod neural;
 pub mod service;
 pub mod sketch;
+pub mod train;
 pub mod video;
 
 pub use error::{Error, Result};

@@ -35,7 +35,7 @@ pub struct AdapterInfo {
 }
 
 impl AdapterInfo {
-    fn to_metadata(&self) -> Result<HashMap<String, String>> {
+    pub(crate) fn to_metadata(&self) -> Result<HashMap<String, String>> {
         let config = serde_json::to_string(&self.config)
             .map_err(|e| Error::InvalidSetting(format!("adapter config: {e}")))?;
         Ok(HashMap::from([
@@ -48,7 +48,7 @@ impl AdapterInfo {
         ]))
     }
 
-    fn from_metadata(path: &Path, meta: &HashMap<String, String>) -> Result<Self> {
+    pub(crate) fn from_metadata(path: &Path, meta: &HashMap<String, String>) -> Result<Self> {
         let bad = |reason: String| Error::model_file(path, reason);
         let field = |k: &str| {
             meta.get(k)
@@ -223,38 +223,7 @@ impl Adapter {
             adapter.add_rhythm(base)?;
         }
         adapter.info = info;
-        for (name, var) in adapter.params.iter() {
-            let view = file.tensor(name).map_err(|_| Error::MissingTensor {
-                path: path.to_path_buf(),
-                name: name.to_string(),
-            })?;
-            if view.shape() != var.dims() {
-                return Err(Error::TensorShape {
-                    path: path.to_path_buf(),
-                    name: name.to_string(),
-                    expected: var.dims().to_vec(),
-                    found: view.shape().to_vec(),
-                });
-            }
-            if view.dtype() != safetensors::Dtype::F32 {
-                return Err(Error::model_file(
-                    path,
-                    format!("tensor `{name}` is {:?}, not f32", view.dtype()),
-                ));
-            }
-            let t = Tensor::from_raw_buffer(view.data(), DType::F32, view.shape(), var.device())?;
-            var.set(&t)?;
-        }
-        if let Some(extra) = file
-            .names()
-            .into_iter()
-            .find(|n| adapter.params.get(n).is_none())
-        {
-            return Err(Error::model_file(
-                path,
-                format!("tensor `{extra}` belongs to no module of this adapter's config"),
-            ));
-        }
+        set_params(&adapter.params, &file, "", path)?;
         Ok(adapter)
     }
 
@@ -272,4 +241,49 @@ impl Adapter {
             None => Ok(Vec::new()),
         }
     }
+}
+
+/// Sets every tensor of `params` from `file`'s tensor of the same name after
+/// `prefix`; each must be there, f32, with its shape, and the file may hold no
+/// other tensor under `prefix`.
+pub(crate) fn set_params(
+    params: &Params,
+    file: &safetensors::SafeTensors<'_>,
+    prefix: &str,
+    path: &Path,
+) -> Result<()> {
+    for (name, var) in params.iter() {
+        let full = format!("{prefix}{name}");
+        let view = file.tensor(&full).map_err(|_| Error::MissingTensor {
+            path: path.to_path_buf(),
+            name: full.clone(),
+        })?;
+        if view.shape() != var.dims() {
+            return Err(Error::TensorShape {
+                path: path.to_path_buf(),
+                name: full,
+                expected: var.dims().to_vec(),
+                found: view.shape().to_vec(),
+            });
+        }
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(Error::model_file(
+                path,
+                format!("tensor `{full}` is {:?}, not f32", view.dtype()),
+            ));
+        }
+        let t = Tensor::from_raw_buffer(view.data(), DType::F32, view.shape(), var.device())?
+            .to_dtype(var.dtype())?;
+        var.set(&t)?;
+    }
+    if let Some(extra) = file.names().into_iter().find(|n| {
+        n.strip_prefix(prefix)
+            .is_some_and(|rest| params.get(rest).is_none())
+    }) {
+        return Err(Error::model_file(
+            path,
+            format!("tensor `{extra}` belongs to no module of this adapter's config"),
+        ));
+    }
+    Ok(())
 }
