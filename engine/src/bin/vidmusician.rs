@@ -19,6 +19,9 @@ use vidmusician_engine::service::{
 use vidmusician_engine::sketch::{self, SketchSettings};
 use vidmusician_engine::video::{self, count, synth};
 
+#[path = "vidmusician/train.rs"]
+mod train;
+
 #[derive(Parser)]
 #[command(
     name = "vidmusician",
@@ -111,6 +114,9 @@ enum Command {
         #[arg(long, value_name = "HZ")]
         tone: Option<f32>,
     },
+    /// Train an adapter of the VidMusician method (stage 1, then 2) on a
+    /// folder of videos with their music.
+    Train(Box<train::TrainArgs>),
     /// Models: what is installed, and downloading more.
     Models {
         #[command(subcommand)]
@@ -363,6 +369,7 @@ fn main() -> ExitCode {
             tone,
         ),
         Command::Models { command } => models(command),
+        Command::Train(args) => train::train(*args),
         Command::Bench {
             what: BenchWhat::Neural,
             frames,

@@ -16,18 +16,23 @@ pub struct CacheMeta {
     pub bpm: Option<f64>,
 }
 
+/// The folder VidMusician caches in: `$VIDMUSICIAN_CACHE`, else
+/// `vidmusician` in the user's cache folder.
+pub fn cache_root() -> Option<PathBuf> {
+    std::env::var_os("VIDMUSICIAN_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| dirs::cache_dir().map(|d| d.join("vidmusician")))
+}
+
 #[derive(Debug, Clone)]
 pub struct AudioCache {
     dir: PathBuf,
 }
 
 impl AudioCache {
-    /// `$VIDMUSICIAN_CACHE`, else the user's cache folder.
+    /// `audio` in [`cache_root`].
     pub fn default_dir() -> Option<PathBuf> {
-        std::env::var_os("VIDMUSICIAN_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| dirs::cache_dir().map(|d| d.join("vidmusician")))
-            .map(|d| d.join("audio"))
+        cache_root().map(|d| d.join("audio"))
     }
 
     pub fn new(dir: impl Into<PathBuf>) -> Self {

@@ -17,7 +17,7 @@ mod engines;
 pub(crate) mod spec;
 mod worker;
 
-pub use cache::{AudioCache, CacheMeta};
+pub use cache::{AudioCache, CacheMeta, cache_root};
 pub use chunks::{AudioChunk, ChunkReader};
 // What a client builds a request from, so it needs no other module.
 pub use crate::neural::Precision;

@@ -3,7 +3,11 @@
 //!
 //! - [`batch`]: examples (codes, CLIP features, rhythm curve), the delay
 //!   pattern, the masked cross-entropy over the codebooks.
+//! - [`data`]: a folder of videos and their music, extracted once and cached;
+//!   windows and the held-out split.
 //! - [`optim`]: AdamW, gradient clipping, warm-up then cosine.
+//! - [`log`]: the JSONL log and the loss plot.
+//! - [`run`]: a whole run as `vidmusician train` makes it.
 //!
 //! A [`Trainer`] makes one step at a time from the examples it is given and
 //! saves and resumes checkpoints exactly (parameters, optimiser moments and
@@ -11,7 +15,10 @@
 //! CPU, as one never interrupted).
 
 pub mod batch;
+pub mod data;
+pub mod log;
 pub mod optim;
+pub mod run;
 
 use std::path::Path;
 

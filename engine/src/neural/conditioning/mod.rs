@@ -26,8 +26,9 @@ pub use semantic::SemanticModule;
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct AdapterConfig {
-    /// Width of the CLIP global features the semantic module reads (CLIP's
-    /// `projection_dim`: 512 for ViT-B, 768 for ViT-L/14).
+    /// Width of the CLIP global features the semantic module reads: the
+    /// vision tower's pooled output (`hidden_size`: 768 for ViT-B, 1024 for
+    /// ViT-L/14).
     pub clip_width: usize,
     /// LoRA rank on T5's attention projections.
     pub lora_rank: usize,
@@ -54,7 +55,7 @@ pub struct AdapterConfig {
 impl Default for AdapterConfig {
     fn default() -> Self {
         Self {
-            clip_width: 512,
+            clip_width: 768,
             lora_rank: 8,
             lora_alpha: 16.0,
             lora_targets: vec!["q".into(), "v".into()],
@@ -286,20 +287,20 @@ mod tests {
         let cfg = AdapterConfig::default();
         let (t5, small) = shapes(1024, 24);
         assert_eq!(cfg.rhythm_blocks(&small), 5);
-        assert_eq!(cfg.count_for(&t5, &small, 1), 1_476_352);
-        assert_eq!(cfg.count_for(&t5, &small, 2), 6_730_496);
+        assert_eq!(cfg.count_for(&t5, &small, 1), 1_672_960);
+        assert_eq!(cfg.count_for(&t5, &small, 2), 6_927_104);
         let (t5, medium) = shapes(1536, 48);
         assert_eq!(cfg.rhythm_blocks(&medium), 9);
-        assert_eq!(cfg.count_for(&t5, &medium, 1), 1_870_080);
-        assert_eq!(cfg.count_for(&t5, &medium, 2), 23_126_784);
-        // CLIP ViT-L/14's 768-wide features, LoRA of rank 16 on all four
+        assert_eq!(cfg.count_for(&t5, &medium, 1), 2_066_688);
+        assert_eq!(cfg.count_for(&t5, &medium, 2), 23_323_392);
+        // CLIP ViT-L/14's 1024-wide features, LoRA of rank 16 on all four
         // projections: the nearest of our choices to the paper's count.
         let wide = AdapterConfig {
-            clip_width: 768,
+            clip_width: 1024,
             lora_rank: 16,
             lora_targets: ["q", "k", "v", "o"].map(String::from).to_vec(),
             ..cfg
         };
-        assert_eq!(wide.count_for(&t5, &medium, 2), 24_208_128);
+        assert_eq!(wide.count_for(&t5, &medium, 2), 24_404_736);
     }
 }

@@ -1,0 +1,339 @@
+//! A whole training run, as `vidmusician train` makes it: checks that cannot
+//! pass are made before any work, the data set is extracted (or read from the
+//! cache), then steps with a held-out loss now and then, checkpoints, a log
+//! and a loss plot, and the adapter written at the end.
+//!
+//! Files beside the adapter `NAME.safetensors`: `NAME.ckpt` (the checkpoint a
+//! `--resume` continues from), `NAME.log.jsonl` and `NAME.loss.png`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use candle_core::DType;
+use rand::SeedableRng;
+
+use super::data::{self, Extractor, Piece, Skipped};
+use super::log::{self, Entry};
+use super::{Example, StepStats, TrainConfig, Trainer};
+use crate::neural::MusicGen;
+use crate::neural::conditioning::{Adapter, AdapterConfig, AdapterInfo};
+use crate::neural::encodec_encoder::EncodecEncoder;
+use crate::neural::models::clip::Clip;
+use crate::{Error, Result};
+
+pub struct RunOptions {
+    /// 1 or 2.
+    pub stage: u8,
+    pub data: PathBuf,
+    /// The adapter to write (`….safetensors`).
+    pub out: PathBuf,
+    /// Stage 2: the stage-1 adapter it starts from.
+    pub init: Option<PathBuf>,
+    pub resume: bool,
+    pub train: TrainConfig,
+    /// The adapter's choices; its CLIP width is taken from the CLIP model.
+    pub adapter: AdapterConfig,
+    /// Longest training window, seconds.
+    pub window_seconds: f64,
+    /// Held-out loss every this many steps (and at the end).
+    pub eval_every: usize,
+    /// A checkpoint every this many steps (and at the end).
+    pub checkpoint_every: usize,
+    pub musicgen_dir: PathBuf,
+    /// The MusicGen's id, recorded in the adapter.
+    pub musicgen_id: String,
+    pub clip_dir: PathBuf,
+    /// Where extracted pieces are cached; `None`: nowhere.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// What a run reports as it goes.
+pub enum RunEvent<'a> {
+    Extracting {
+        done: usize,
+        total: usize,
+        name: &'a str,
+    },
+    Skipped(&'a Skipped),
+    Ready {
+        trainable: usize,
+        train_pieces: usize,
+        held_pieces: usize,
+        window_seconds: f64,
+        from_step: usize,
+        held_out: f64,
+    },
+    Step {
+        stats: &'a StepStats,
+        steps_per_s: f64,
+    },
+    HeldOut {
+        step: usize,
+        loss: f64,
+    },
+}
+
+/// Where a finished run left its files, and how it did.
+#[derive(Debug)]
+pub struct RunSummary {
+    pub adapter: PathBuf,
+    pub checkpoint: PathBuf,
+    pub log: PathBuf,
+    pub plot: PathBuf,
+    pub trainable: usize,
+    /// Held-out loss when the run (or this part of it) started, and at the end.
+    pub held_out_start: f64,
+    pub held_out_end: f64,
+}
+
+/// The files beside the adapter `out`.
+pub fn side_files(out: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        out.with_extension("ckpt"),
+        out.with_extension("log.jsonl"),
+        out.with_extension("loss.png"),
+    )
+}
+
+/// Refuses what cannot work, before anything is read or written.
+pub fn check(o: &RunOptions) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidSetting(m));
+    if o.stage != 1 && o.stage != 2 {
+        return bad(format!("--stage {} (1 or 2)", o.stage));
+    }
+    if o.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        return bad(format!(
+            "{}: an adapter is a .safetensors file",
+            o.out.display()
+        ));
+    }
+    let (ckpt, _, _) = side_files(&o.out);
+    if o.resume {
+        if !ckpt.is_file() {
+            return bad(format!(
+                "--resume: no checkpoint at {} to continue from",
+                ckpt.display()
+            ));
+        }
+    } else {
+        if o.out.exists() {
+            return bad(format!(
+                "{} exists; training writes a new adapter: choose another name or move it away",
+                o.out.display()
+            ));
+        }
+        if ckpt.exists() {
+            return bad(format!(
+                "{} is an earlier run's checkpoint: add --resume to continue that run, or move it away",
+                ckpt.display()
+            ));
+        }
+        match (o.stage, &o.init) {
+            (1, Some(_)) => {
+                return bad("--init is for stage 2 (it names the stage-1 adapter)".into());
+            }
+            (2, None) => {
+                return bad("stage 2 starts from a stage-1 adapter: give it with --init".into());
+            }
+            _ => {}
+        }
+    }
+    if let Some(init) = &o.init {
+        if same_file::is_same_file(init, &o.out).unwrap_or(false) || *init == o.out {
+            return bad("--init and --out name the same file".into());
+        }
+        let info = AdapterInfo::read(init)?;
+        if info.stage != 1 {
+            return bad(format!(
+                "{}: a stage-{} adapter; stage 2 starts from a stage-1 one",
+                init.display(),
+                info.stage
+            ));
+        }
+    }
+    if o.eval_every == 0 || o.checkpoint_every == 0 {
+        return bad("--eval-every and --checkpoint-every take at least 1".into());
+    }
+    if !(o.window_seconds.is_finite() && o.window_seconds >= 1.0) {
+        return bad(format!("--window {} (at least 1 s)", o.window_seconds));
+    }
+    crate::audio::check_writable(&o.out)?;
+    if !o.data.is_dir() {
+        return Err(Error::opening(
+            &o.data,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a whole training; see the module documentation.
+pub fn run(
+    o: &RunOptions,
+    cancel: &AtomicBool,
+    report: &mut dyn FnMut(RunEvent<'_>),
+) -> Result<RunSummary> {
+    check(o)?;
+    let items = data::scan(&o.data)?;
+    let base = MusicGen::load(&o.musicgen_dir)?;
+    let clip = Clip::load(&o.clip_dir)?;
+    let encoder = EncodecEncoder::open(&o.musicgen_dir)?;
+    let base_hash = base.weights_hash()?;
+    let (ckpt, log_path, plot_path) = side_files(&o.out);
+
+    let mut trainer = if o.resume {
+        Trainer::resume(&ckpt, &base, o.train.clone())?
+    } else {
+        let cfg = AdapterConfig {
+            clip_width: clip.config().vision_config.hidden_size,
+            ..o.adapter.clone()
+        };
+        let adapter = match &o.init {
+            Some(init) => {
+                let mut a = Adapter::load(init, &base, &o.musicgen_id)?;
+                a.add_rhythm(&base)?;
+                a
+            }
+            None => Adapter::new(&cfg, &base, &o.musicgen_id, DType::F32)?,
+        };
+        Trainer::new(&base, adapter, o.train.clone())?
+    };
+    let clip_width = trainer.adapter().info.config.clip_width;
+    if clip_width != clip.config().vision_config.hidden_size {
+        return Err(Error::InvalidSetting(format!(
+            "the adapter reads CLIP features {clip_width} wide; {} gives {}",
+            o.clip_dir.display(),
+            clip.config().vision_config.hidden_size
+        )));
+    }
+
+    let extractor = Extractor {
+        base: &base,
+        base_hash,
+        encoder: &encoder,
+        clip: &clip,
+        clip_id: crate::service::spec::model_fingerprint(&o.clip_dir),
+        cache: o.cache_dir.as_ref().map(|d| d.join("train")),
+    };
+    let (pieces, skipped) = extractor.prepare(&items, cancel, &mut |done, total, name| {
+        report(RunEvent::Extracting { done, total, name })
+    })?;
+    for s in &skipped {
+        report(RunEvent::Skipped(s));
+    }
+    let (train, held) = data::split(pieces)?;
+    let all: Vec<&Piece> = train.iter().chain(&held).collect();
+    let frames = data::window_frames(&all, o.window_seconds, &base);
+    let rate = base.frame_rate() as f64;
+    if frames < 2 {
+        return Err(Error::InvalidSetting(
+            "the shortest piece is too short to train on".into(),
+        ));
+    }
+    let held_windows = data::held_out_windows(&held, frames, rate);
+    let held_out = |t: &Trainer| eval(t, &held_windows, o.train.batch_size);
+    let held_out_start = held_out(&trainer)?;
+    let from_step = trainer.steps_done();
+    let mut entries = log::read(&log_path, from_step);
+    if o.resume {
+        // What an interrupted run logged after its checkpoint is redone.
+        log::rewrite(&log_path, &entries)?;
+    } else {
+        entries.clear();
+        let _ = std::fs::remove_file(&log_path);
+        let e = Entry {
+            step: 0,
+            loss: None,
+            held_out: Some(held_out_start),
+            lr: None,
+            grad_norm: None,
+            steps_per_s: None,
+        };
+        log::append(&log_path, &e)?;
+        entries.push(e);
+    }
+    report(RunEvent::Ready {
+        trainable: trainer.adapter().params.count(),
+        train_pieces: train.len(),
+        held_pieces: held.len(),
+        window_seconds: frames as f64 / rate,
+        from_step,
+        held_out: held_out_start,
+    });
+
+    let started = Instant::now();
+    let mut held_out_end = held_out_start;
+    while trainer.steps_done() < o.train.steps {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        let step = trainer.steps_done();
+        // The windows of a step depend on the seed and the step alone, so a
+        // resumed run draws the same ones.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+            o.train.seed.wrapping_add(1) ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+        );
+        let windows: Vec<Example> = (0..o.train.batch_size)
+            .map(|_| data::random_window(&train, frames, rate, &mut rng))
+            .collect();
+        let refs: Vec<&Example> = windows.iter().collect();
+        let stats = trainer.step(&refs)?;
+        let steps_per_s = (stats.step - from_step) as f64 / started.elapsed().as_secs_f64();
+        report(RunEvent::Step {
+            stats: &stats,
+            steps_per_s,
+        });
+        let mut e = Entry {
+            step: stats.step,
+            loss: Some(stats.loss),
+            held_out: None,
+            lr: Some(stats.lr),
+            grad_norm: Some(stats.grad_norm),
+            steps_per_s: Some(steps_per_s),
+        };
+        let last = stats.step == o.train.steps;
+        if stats.step % o.eval_every == 0 || last {
+            held_out_end = held_out(&trainer)?;
+            e.held_out = Some(held_out_end);
+            report(RunEvent::HeldOut {
+                step: stats.step,
+                loss: held_out_end,
+            });
+        }
+        log::append(&log_path, &e)?;
+        entries.push(e);
+        if stats.step % o.checkpoint_every == 0 || last {
+            trainer.save_checkpoint(&ckpt)?;
+        }
+    }
+    trainer.adapter().save(&o.out)?;
+    let title = format!(
+        "{} — stage {}",
+        o.out
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        o.stage
+    );
+    log::plot(&entries, &title, &plot_path)?;
+    Ok(RunSummary {
+        adapter: o.out.clone(),
+        checkpoint: ckpt,
+        log: log_path,
+        plot: plot_path,
+        trainable: trainer.adapter().params.count(),
+        held_out_start,
+        held_out_end,
+    })
+}
+
+/// The mean held-out loss over `windows`, `batch` at a time (weighted by the
+/// windows in each).
+fn eval(t: &Trainer, windows: &[Example], batch: usize) -> Result<f64> {
+    let mut total = 0.0;
+    for chunk in windows.chunks(batch.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        total += t.eval(&refs)? * chunk.len() as f64;
+    }
+    Ok(total / windows.len().max(1) as f64)
+}
