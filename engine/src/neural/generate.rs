@@ -87,6 +87,23 @@ pub fn generate(
     sampling: &Sampling,
     on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
 ) -> Result<Frames> {
+    generate_with(decoder, cond, &[], prompt, frames, sampling, on_step)
+}
+
+/// [`generate`] with in-attention inputs: `layer_inputs[i]`, when present,
+/// holds `hidden` values per decoder position from 0 (at least
+/// `prompt + frames + codebooks − 1` positions), added before layer `i` on
+/// the conditional sequence. The unconditional sequence of guidance gets
+/// none: it stands for the model with its conditions dropped.
+pub fn generate_with(
+    decoder: &Decoder,
+    cond: Option<&CrossKv>,
+    layer_inputs: &[Option<Vec<f32>>],
+    prompt: &[Vec<u32>],
+    frames: usize,
+    sampling: &Sampling,
+    on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
+) -> Result<Frames> {
     sampling.validate()?;
     let k = decoder.config().num_codebooks;
     let vocab = decoder.config().vocab_size;
@@ -122,6 +139,18 @@ pub fn generate(
             _ => pad,
         }
     };
+    let h = decoder.config().hidden_size;
+    if let Some(short) = layer_inputs
+        .iter()
+        .flatten()
+        .find(|l| l.len() < (total + k - 1) * h)
+    {
+        return Err(Error::InvalidSetting(format!(
+            "in-attention inputs for {} positions; the window has {}",
+            short.len() / h.max(1),
+            total + k - 1
+        )));
+    }
     let steps = total + k - 1 - known;
     let mut fed = 0usize; // positions already read by the decoder
     let mut step = 0usize;
@@ -145,7 +174,19 @@ pub fn generate(
                 cache,
             })
             .collect();
-        let all = decoder.forward(&mut seqs, &[])?;
+        // This step's rows of the in-attention inputs: the conditional
+        // sequence's positions, then zeros for the unconditional one.
+        let inputs: Vec<Option<Vec<f32>>> = layer_inputs
+            .iter()
+            .map(|l| {
+                l.as_ref().map(|rows| {
+                    let mut v = rows[fed * h..upto * h].to_vec();
+                    v.resize(seqs.len() * n * h, 0.0);
+                    v
+                })
+            })
+            .collect();
+        let all = decoder.forward(&mut seqs, &inputs)?;
         // (sequence, codebook, position, vocab): the last position of each.
         let at = |seq: usize, c: usize| {
             let start = ((seq * k + c) * n + last) * vocab;

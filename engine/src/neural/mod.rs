@@ -27,4 +27,4 @@ pub mod weights;
 
 pub use decoder::Precision;
 pub use generate::{Frames, Progress, Sampling};
-pub use model::{GenerationProgress, MusicGen, PromptSchedule};
+pub use model::{GenerationProgress, MusicGen, PromptSchedule, WindowInput, WindowSpan};

@@ -2,13 +2,14 @@
 //! decoder's width, the decoder, and the EnCodec decoder; text in, 32 kHz audio out.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
 use super::config::{GenerationConfig, MusicgenConfig};
 use super::decoder::{CrossKv, Decoder, Precision};
 use super::encodec::EncodecDecoder;
-use super::generate::{Frames, Progress, Sampling, generate};
+use super::generate::{Frames, Progress, Sampling, generate_with};
 use super::nn::Linear;
 use super::t5::T5Encoder;
 use super::weights::Weights;
@@ -240,8 +241,48 @@ impl MusicGen {
         on_progress: &mut dyn FnMut(GenerationProgress) -> bool,
         on_window: &mut dyn FnMut(&Frames) -> Result<()>,
     ) -> Result<Frames> {
-        // Each distinct prompt is encoded once, however many windows use it.
-        let mut conditions: Vec<(String, CrossKv)> = Vec::new();
+        self.generate_windows_with(
+            frames,
+            sampling,
+            &mut self.text_conditions(prompts),
+            on_progress,
+            on_window,
+        )
+    }
+
+    /// Each window's conditions under `prompts`: the prompt of the stretch
+    /// its new music covers most. Each distinct prompt is encoded once,
+    /// however many windows use it.
+    pub fn text_conditions<'a>(
+        &'a self,
+        prompts: &'a PromptSchedule,
+    ) -> impl FnMut(WindowSpan) -> Result<WindowInput> + 'a {
+        let rate = self.frame_rate() as f64;
+        let mut encoded: Vec<(String, Arc<CrossKv>)> = Vec::new();
+        move |w: WindowSpan| {
+            let prompt = prompts.for_span(
+                w.new_from as f64 / rate,
+                (w.new_from + w.new_frames) as f64 / rate,
+            );
+            if let Some((_, c)) = encoded.iter().find(|(p, _)| p == prompt) {
+                return Ok(WindowInput::cross(c.clone()));
+            }
+            let c = Arc::new(self.condition(prompt)?);
+            encoded.push((prompt.to_string(), c.clone()));
+            Ok(WindowInput::cross(c))
+        }
+    }
+
+    /// The window loop of [`MusicGen::generate_windows`], each window
+    /// conditioned on what `condition` gives for it.
+    fn generate_windows_with(
+        &self,
+        frames: usize,
+        sampling: &Sampling,
+        condition: &mut dyn FnMut(WindowSpan) -> Result<WindowInput>,
+        on_progress: &mut dyn FnMut(GenerationProgress) -> bool,
+        on_window: &mut dyn FnMut(&Frames) -> Result<()>,
+    ) -> Result<Frames> {
         let rate = self.frame_rate() as f64;
         let k = self.decoder.config().num_codebooks;
         let max_window = ((WINDOW_SECONDS * rate) as usize)
@@ -263,17 +304,14 @@ impl MusicGen {
             };
             let new = (frames - out.len()).min(max_window - prompt_frames.len());
             let done_before = out.len();
-            // The window's new music takes the prompt of the stretch it covers
-            // most; the context it continues from keeps the music joined.
-            let prompt =
-                prompts.for_span(done_before as f64 / rate, (done_before + new) as f64 / rate);
-            if !conditions.iter().any(|(p, _)| p == prompt) {
-                let c = self.condition(prompt)?;
-                conditions.push((prompt.to_string(), c));
-            }
-            let Some((_, cond)) = conditions.iter().find(|(p, _)| p == prompt) else {
-                return Err(Error::InvalidSetting("no conditioning states".into()));
-            };
+            // The window's new music takes the conditions of the stretch it
+            // covers; the context it continues from keeps the music joined.
+            let input = condition(WindowSpan {
+                first: done_before - prompt_frames.len(),
+                new_from: done_before,
+                new_frames: new,
+                positions: prompt_frames.len() + new + k - 1,
+            })?;
             // Each window draws from its own stream, so a window's tokens do not
             // depend on how many draws the ones before it made.
             let s = Sampling {
@@ -289,9 +327,10 @@ impl MusicGen {
             let every = ((PUBLISH_SECONDS * rate) as usize).max(1);
             let mut handed = 0usize;
             let mut failed = None;
-            let fresh = generate(
+            let fresh = generate_with(
                 &self.decoder,
-                Some(cond),
+                input.cross.as_deref(),
+                &input.layer_inputs,
                 prompt_frames,
                 new,
                 &s,
@@ -391,6 +430,25 @@ impl MusicGen {
         on_progress: &mut dyn FnMut(GenerationProgress) -> bool,
         on_audio: &mut dyn FnMut(&[f32]) -> Result<()>,
     ) -> Result<()> {
+        self.generate_streaming_with(
+            seconds,
+            sampling,
+            &mut self.text_conditions(prompts),
+            on_progress,
+            on_audio,
+        )
+    }
+
+    /// [`MusicGen::generate_streaming`] with each window conditioned on what
+    /// `condition` gives for it (visual states, in-attention inputs).
+    pub fn generate_streaming_with(
+        &self,
+        seconds: f64,
+        sampling: &Sampling,
+        condition: &mut dyn FnMut(WindowSpan) -> Result<WindowInput>,
+        on_progress: &mut dyn FnMut(GenerationProgress) -> bool,
+        on_audio: &mut dyn FnMut(&[f32]) -> Result<()>,
+    ) -> Result<()> {
         if !seconds.is_finite() || seconds <= 0.0 || seconds > 3600.0 {
             return Err(Error::InvalidSetting(
                 "duration must be above 0 and at most an hour".into(),
@@ -401,7 +459,7 @@ impl MusicGen {
         let hop = self.codec.hop_length();
         let mut sent = 0usize; // frames whose audio has been handed over
         let mut sent_samples = 0usize;
-        self.generate_windows(prompts, frames, sampling, on_progress, &mut |out| {
+        self.generate_windows_with(frames, sampling, condition, on_progress, &mut |out| {
             let settled = self.codec.settled(out.len(), out.len() >= frames);
             if settled <= sent {
                 return Ok(());
@@ -416,6 +474,38 @@ impl MusicGen {
             Ok(())
         })?;
         Ok(())
+    }
+}
+
+/// Where a window of generation lies in the piece, in code frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSpan {
+    /// The piece's frame at the window's first position: the start of the
+    /// context it continues from (or of its new music, for the first window).
+    pub first: usize,
+    /// The first frame it makes, and how many.
+    pub new_from: usize,
+    pub new_frames: usize,
+    /// Decoder positions the window runs (context, new frames and the delay
+    /// pattern's tail): what in-attention inputs must cover.
+    pub positions: usize,
+}
+
+/// What a window is conditioned on.
+pub struct WindowInput {
+    /// Cross-attention keys and values; `None`: unconditional.
+    pub cross: Option<Arc<CrossKv>>,
+    /// Per decoder layer, in-attention inputs for the window's positions
+    /// (see [`generate_with`]); empty for none.
+    pub layer_inputs: Vec<Option<Vec<f32>>>,
+}
+
+impl WindowInput {
+    pub fn cross(c: Arc<CrossKv>) -> Self {
+        Self {
+            cross: Some(c),
+            layer_inputs: Vec::new(),
+        }
     }
 }
 
