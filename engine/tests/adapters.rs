@@ -515,3 +515,97 @@ mod file {
         assert!(e.to_string().contains("rhythm.chain.9.weight"), "{e}");
     }
 }
+
+mod generation {
+    use super::*;
+    use vidmusician_engine::neural::conditioning::Adapter;
+    use vidmusician_engine::neural::generate::Sampling;
+    use vidmusician_engine::neural::{WindowInput, WindowSpan};
+
+    fn stage2(mg: &MusicGen) -> Adapter {
+        let mut a = Adapter::new(&cfg(), mg, "test/musicgen-tiny", DType::F32).unwrap();
+        a.add_rhythm(mg).unwrap();
+        perturb(&a.params, 900, 0.3);
+        a
+    }
+
+    /// Greedy codes of 2 s under `condition`.
+    fn codes(
+        mg: &MusicGen,
+        condition: &mut dyn FnMut(WindowSpan) -> vidmusician_engine::Result<WindowInput>,
+    ) -> Vec<f32> {
+        let mut audio = Vec::new();
+        mg.generate_streaming_with(
+            2.0,
+            &Sampling::greedy(3.0),
+            condition,
+            &mut |_| true,
+            &mut |a| {
+                audio.extend_from_slice(a);
+                Ok(())
+            },
+        )
+        .unwrap();
+        audio
+    }
+
+    #[test]
+    fn a_window_reads_its_seconds_and_the_curve_at_its_positions() {
+        let mg = MusicGen::load(&fixture()).unwrap();
+        let a = stage2(&mg);
+        let h = mg.config().decoder.hidden_size;
+        let rows: Vec<Vec<f32>> = (0..6)
+            .map(|s| vec![s as f32 / 6.0; cfg().clip_width])
+            .collect();
+        let curve: Vec<f32> = (0..400).map(|f| (f % 25 == 0) as u8 as f32).collect();
+        let (ids, mask) = mg.tokenize(&["piano"]).unwrap();
+        let text = mg.text_states(&ids, &mask).unwrap();
+        // A window from 1 s to 3.2 s: rows of seconds 1, 2 and 3.
+        let w = WindowSpan {
+            first: 50,
+            new_from: 60,
+            new_frames: 100,
+            positions: 113,
+        };
+        let input = a
+            .window_input(&mg, w, &rows, &curve, Some((&text, &mask)))
+            .unwrap();
+        assert_eq!(input.layer_inputs.len(), 4);
+        for (i, l) in input.layer_inputs.iter().enumerate() {
+            assert_eq!(l.is_some(), i < 3, "layer {i}");
+            if let Some(l) = l {
+                assert_eq!(l.len(), 113 * h);
+            }
+        }
+        // The in-attention input moves with the curve: a window one frame
+        // later reads other values.
+        let later = a
+            .window_input(&mg, WindowSpan { first: 51, ..w }, &rows, &curve, None)
+            .unwrap();
+        assert_ne!(input.layer_inputs[0], later.layer_inputs[0]);
+        // Too few CLIP rows of the wrong width are refused.
+        let narrow = vec![vec![0.0; 3]; 6];
+        assert!(a.window_input(&mg, w, &narrow, &curve, None).is_err());
+    }
+
+    #[test]
+    fn the_adapters_conditions_change_the_music() {
+        let mg = MusicGen::load(&fixture()).unwrap();
+        let a = stage2(&mg);
+        let rows: Vec<Vec<f32>> = (0..3)
+            .map(|s| vec![(s as f32).sin(); cfg().clip_width])
+            .collect();
+        let onsets: Vec<f32> = (0..200).map(|f| (f % 20 == 0) as u8 as f32).collect();
+        let flat = vec![0.0; 200];
+        let with = |curve: &[f32]| codes(&mg, &mut |w| a.window_input(&mg, w, &rows, curve, None));
+        let text_only = codes(
+            &mg,
+            &mut mg.text_conditions(&vidmusician_engine::neural::PromptSchedule::one("")),
+        );
+        let rhythm = with(&onsets);
+        assert_ne!(rhythm, text_only, "the adapter changed nothing");
+        assert_ne!(rhythm, with(&flat), "the rhythm curve changed nothing");
+        // And the same conditions give the same music.
+        assert_eq!(rhythm, with(&onsets));
+    }
+}

@@ -163,6 +163,67 @@ fn train_stage_one_then_two_writes_adapters_checkpoints_logs_and_plots() {
     assert_eq!(info2.stage, 2);
     assert_eq!(info2.base_hash, info.base_hash);
 
+    // The adapter engine scores a video with it: as long as the video.
+    let wav = d.join("scored.wav");
+    let o = bin(d)
+        .args([
+            "compose",
+            s(&data.join("a.mp4")),
+            "-o",
+            s(&wav),
+            "--no-cache",
+        ])
+        .args([
+            "--model-dir",
+            s(&models),
+            "--engine",
+            "vidmusician",
+            "--adapter",
+            s(&s2),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let music = vidmusician_engine::audio::read_wav(&wav).unwrap();
+    assert!(
+        (music.duration() - 3.0).abs() < 0.01,
+        "{} s",
+        music.duration()
+    );
+    assert!(music.peak() > 0.01, "silent music");
+
+    // Installed beside the models, `auto` picks it and says so, and
+    // `models list` shows it.
+    std::fs::create_dir_all(models.join("adapters")).unwrap();
+    std::fs::copy(&s2, models.join("adapters/tiny.safetensors")).unwrap();
+    let auto = d.join("auto.wav");
+    let o = bin(d)
+        .args([
+            "compose",
+            s(&data.join("b.mp4")),
+            "-o",
+            s(&auto),
+            "--no-cache",
+        ])
+        .args(["--model-dir", s(&models)])
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("engine: vidmusician (a stage-2 adapter for facebook/musicgen-small"),
+        "{t}"
+    );
+    let o = bin(d)
+        .args(["models", "list", "--model-dir", s(&models)])
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(
+        t.contains("tiny\tadapter (stage 2) for facebook/musicgen-small"),
+        "{t}"
+    );
+
     // The same run again is refused: its adapter and checkpoint exist.
     let before = std::fs::read(&s2).unwrap();
     let o = train(

@@ -190,12 +190,12 @@ pub(crate) fn request(shared: &Shared<'_>, inner: &mut Inner) {
     }
     // A long video gets a quick preview of its start first, so music
     // plays within a second; the full piece replaces it at a bar line.
-    // A bounce needs the full piece only; the text and zero-shot engines
-    // hand their piece over as it is made anyway, and a neural engine's
-    // preview would cost a generation of its own.
+    // A bounce needs the full piece only; the neural engines hand their
+    // piece over as it is made anyway, and their preview would cost a
+    // generation of its own.
     let streams = matches!(
         resolved.spec.engine.choice,
-        EngineChoice::Text | EngineChoice::ZeroShot
+        EngineChoice::Text | EngineChoice::ZeroShot | EngineChoice::VidMusician
     );
     if !shared.bouncing() && !streams && !inner.has_music && seconds > PREVIEW_S * 1.5 {
         let mut preview = req.clone();

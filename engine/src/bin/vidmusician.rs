@@ -250,9 +250,14 @@ struct ComposeArgs {
     /// The MusicGen checkpoint of the neural engines.
     #[arg(long, default_value = vidmusician_engine::neural::hub::DEFAULT_MODEL)]
     model: String,
-    /// The CLIP checkpoint the zero-shot engine reads the pictures with.
+    /// The CLIP checkpoint the zero-shot and vidmusician engines read the
+    /// pictures with.
     #[arg(long, default_value = vidmusician_engine::neural::hub::DEFAULT_CLIP)]
     clip_model: String,
+    /// The vidmusician engine's adapter (from `vidmusician train`); by
+    /// default the newest found for --model in the model folders.
+    #[arg(long, value_name = "FILE")]
+    adapter: Option<PathBuf>,
     /// Zero-shot engine: the words the pictures are scored against (a file
     /// in the format of engine/data/vocabulary.txt; the built-in one if unset).
     #[arg(long, value_name = "FILE")]
@@ -576,6 +581,7 @@ fn compose(a: ComposeArgs) -> Result<()> {
             PrecisionArg::F32 => vidmusician_engine::neural::Precision::F32,
             PrecisionArg::Q8 => vidmusician_engine::neural::Precision::Q8,
         },
+        adapter: a.adapter.clone(),
         ..EngineConfig::default()
     };
     if a.no_cache {
@@ -816,6 +822,25 @@ fn models(command: ModelsCommand) -> Result<()> {
                     state,
                     m.dir.display(),
                     m.origin.as_str()
+                );
+            }
+            // An adapter carries its base model's licence: it is trained from it.
+            for a in hub::find_adapters(model_dir.as_deref()) {
+                let licence = hub::weights_licence(&a.info.base_model, None)
+                    .map(|l| format!("\tweights licence: {l}"))
+                    .unwrap_or_default();
+                println!(
+                    "{}\tadapter (stage {}) for {}\t{}\t{} ({}){licence}",
+                    a.path
+                        .file_stem()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                    a.info.stage,
+                    a.info.base_model,
+                    std::fs::metadata(&a.path)
+                        .map(|m| format!("{:.1} MB", m.len() as f64 / 1e6))
+                        .unwrap_or_default(),
+                    a.path.display(),
+                    a.origin.as_str()
                 );
             }
             Ok(())

@@ -141,6 +141,58 @@ pub fn search_roots(model_dir: Option<&Path>) -> Vec<(Origin, PathBuf)> {
     roots
 }
 
+/// An adapter file found in the model folders.
+#[derive(Debug, Clone)]
+pub struct FoundAdapter {
+    pub path: PathBuf,
+    pub info: crate::neural::conditioning::AdapterInfo,
+    pub origin: Origin,
+}
+
+/// The adapters in `--model-dir` and `$VIDMUSICIAN_MODELS` (not the Hugging
+/// Face cache, which holds no adapters): every `.safetensors` file directly
+/// in them or in their `adapters` folder whose header is an adapter's.
+pub fn find_adapters(model_dir: Option<&Path>) -> Vec<FoundAdapter> {
+    let mut found = Vec::new();
+    for (origin, root) in search_roots(model_dir) {
+        if origin == Origin::HfCache {
+            continue;
+        }
+        for dir in [root.clone(), root.join("adapters")] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "safetensors"))
+                .collect();
+            files.sort();
+            for path in files {
+                if let Ok(info) = crate::neural::conditioning::AdapterInfo::read(&path) {
+                    found.push(FoundAdapter { path, info, origin });
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The adapter an engine uses for the MusicGen `repo` when none is named:
+/// of those found for it, a stage-2 one before a stage-1 one, then the most
+/// recently written.
+pub fn pick_adapter(repo: &str, model_dir: Option<&Path>) -> Option<FoundAdapter> {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    find_adapters(model_dir)
+        .into_iter()
+        .filter(|a| a.info.base_model == repo)
+        .max_by(|a, b| {
+            a.info
+                .stage
+                .cmp(&b.info.stage)
+                .then_with(|| modified(&a.path).cmp(&modified(&b.path)))
+        })
+}
+
 /// What a model folder lacks to be loaded.
 pub fn missing_files(dir: &Path) -> Vec<String> {
     let mut missing = Vec::new();

@@ -61,16 +61,21 @@ pub enum EngineChoice {
     /// MusicGen prompted with what CLIP sees in the pictures, its accents
     /// moved onto the cuts.
     ZeroShot,
+    /// MusicGen with a trained VidMusician adapter: CLIP's view of the
+    /// pictures through cross-attention, their rhythm through in-attention.
+    #[serde(rename = "vidmusician")]
+    VidMusician,
 }
 
 impl EngineChoice {
     /// Every choice, in the order the plugin's Engine parameter numbers
     /// them (saved projects store that number: only ever append).
-    pub const ALL: [EngineChoice; 4] = [
+    pub const ALL: [EngineChoice; 5] = [
         EngineChoice::Auto,
         EngineChoice::Sketch,
         EngineChoice::Text,
         EngineChoice::ZeroShot,
+        EngineChoice::VidMusician,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +84,7 @@ impl EngineChoice {
             EngineChoice::Sketch => "sketch",
             EngineChoice::Text => "text",
             EngineChoice::ZeroShot => "zero-shot",
+            EngineChoice::VidMusician => "vidmusician",
         }
     }
 
@@ -90,6 +96,9 @@ impl EngineChoice {
             EngineChoice::Text => "MusicGen from the prompt alone (the pictures are not read)",
             EngineChoice::ZeroShot => {
                 "MusicGen prompted with what CLIP sees in the pictures, its accents moved onto the cuts"
+            }
+            EngineChoice::VidMusician => {
+                "MusicGen with a trained adapter (vidmusician train): the pictures' meaning and rhythm condition the music"
             }
         }
     }
@@ -297,6 +306,9 @@ pub struct EngineConfig {
     pub clip_model: String,
     /// How the neural decoder holds its weights.
     pub precision: crate::neural::Precision,
+    /// The vidmusician engine's adapter; `None`: the one found in the model
+    /// folders for `text_model` (see [`crate::neural::hub::pick_adapter`]).
+    pub adapter: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -307,6 +319,7 @@ impl Default for EngineConfig {
             text_model: crate::neural::hub::DEFAULT_MODEL.to_string(),
             clip_model: crate::neural::hub::DEFAULT_CLIP.to_string(),
             precision: crate::neural::Precision::default(),
+            adapter: None,
         }
     }
 }

@@ -100,6 +100,10 @@ pub struct EngineId {
     /// The CLIP checkpoint's fingerprint, for engines that read the pictures
     /// with it.
     pub clip: Option<String>,
+    /// The adapter file's content hash, for the vidmusician engine. Left out
+    /// of the key when absent, so other engines' keys are what they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
 }
 
 /// The neural engines' sampling settings; `None` is the model's default.
@@ -149,6 +153,8 @@ pub struct Resolved {
     pub model: Option<PathBuf>,
     /// The CLIP folder, for engines that read the pictures with it.
     pub clip: Option<PathBuf>,
+    /// The vidmusician engine's adapter file.
+    pub adapter: Option<PathBuf>,
     /// The zero-shot engine's vocabulary, read and checked.
     pub vocabulary: Option<std::sync::Arc<crate::analysis::tags::Vocabulary>>,
     /// Why `auto` chose the engine it chose, and what a better one needs.
@@ -192,6 +198,10 @@ pub fn resolve(config: &EngineConfig, request: &Request) -> Result<Resolved> {
         model: picked.model.as_deref().map(model_fingerprint),
         precision: picked.model.is_some().then_some(config.precision),
         clip: picked.clip.as_deref().map(model_fingerprint),
+        adapter: match &picked.adapter {
+            Some(p) => Some(file_hash(p)?),
+            None => None,
+        },
     };
     // The vocabulary is read and checked now, before any work.
     let (vocabulary, vocabulary_hash) = if choice == EngineChoice::ZeroShot {
@@ -250,6 +260,7 @@ pub fn resolve(config: &EngineConfig, request: &Request) -> Result<Resolved> {
         video,
         model: picked.model,
         clip: picked.clip,
+        adapter: picked.adapter,
         vocabulary,
         why: picked.why,
     })
@@ -260,7 +271,16 @@ struct Picked {
     choice: EngineChoice,
     model: Option<PathBuf>,
     clip: Option<PathBuf>,
+    adapter: Option<PathBuf>,
     why: Option<String>,
+}
+
+/// A hash of a file's whole content (adapters are a few to a hundred MB).
+fn file_hash(path: &Path) -> Result<String> {
+    let mut h = blake3::Hasher::new();
+    let f = std::fs::File::open(path).map_err(|e| Error::opening(path, e))?;
+    h.update_reader(f).map_err(|e| Error::io(path, e))?;
+    Ok(h.finalize().to_hex()[..32].to_string())
 }
 
 /// The engine for `request`. `auto` scores a video with the best engine
@@ -277,9 +297,67 @@ fn pick_engine(config: &EngineConfig, request: &Request) -> Result<Picked> {
         choice,
         model,
         clip,
+        adapter: None,
         why,
     };
+    // The adapter named, or the one found for the MusicGen in use.
+    let adapter = || -> Result<(PathBuf, String)> {
+        if let Some(p) = &config.adapter {
+            if !p.is_file() {
+                return Err(Error::NotFound(p.clone()));
+            }
+            return Ok((p.clone(), format!("the adapter {}", p.display())));
+        }
+        crate::neural::hub::pick_adapter(&config.text_model, dir)
+            .map(|a| {
+                let why = format!(
+                    "a stage-{} adapter for {} is installed ({})",
+                    a.info.stage,
+                    config.text_model,
+                    a.path.display()
+                );
+                (a.path, why)
+            })
+            .ok_or_else(|| {
+                Error::InvalidSetting(format!(
+                    "no adapter for {} in the model folders: train one with `vidmusician train`, or name one with --adapter",
+                    config.text_model
+                ))
+            })
+    };
     match request.engine {
+        EngineChoice::Auto
+            if has_video && adapter().is_ok() && musicgen().is_ok() && clip().is_ok() =>
+        {
+            let (a, why) = adapter()?;
+            Ok(Picked {
+                adapter: Some(a),
+                ..picked(
+                    EngineChoice::VidMusician,
+                    Some(musicgen()?),
+                    Some(clip()?),
+                    Some(why),
+                )
+            })
+        }
+        EngineChoice::VidMusician => {
+            if !has_video {
+                return Err(Error::InvalidSetting(
+                    "the vidmusician engine scores a video: give one, or use the text engine"
+                        .into(),
+                ));
+            }
+            let (a, _) = adapter()?;
+            Ok(Picked {
+                adapter: Some(a),
+                ..picked(
+                    EngineChoice::VidMusician,
+                    Some(musicgen()?),
+                    Some(clip()?),
+                    None,
+                )
+            })
+        }
         EngineChoice::Auto if has_video => match (musicgen(), clip()) {
             (Ok(m), Ok(c)) => Ok(picked(
                 EngineChoice::ZeroShot,
@@ -617,6 +695,7 @@ mod tests {
                 model: Some("0123abcd".into()),
                 precision: Some(crate::neural::Precision::Q8),
                 clip: Some("4567cdef".into()),
+                adapter: Some("fedcba98".into()),
             },
             seed: 7,
             sampling: Sampling {
@@ -706,6 +785,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn engines_without_an_adapter_keep_the_keys_they_had() {
+        // Music cached before adapters existed is still found.
+        let mut spec = full_spec();
+        spec.engine.adapter = None;
+        let json = serde_json::to_value(&spec).unwrap();
+        assert!(json["engine"].get("adapter").is_none(), "{json}");
+        let old = serde_json::json!({
+            "choice": "text", "model": "0123abcd", "precision": "Q8", "clip": "4567cdef"
+        });
+        assert_eq!(json["engine"], old);
     }
 
     #[test]

@@ -10,8 +10,9 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 
+use super::rhythm::rhythm_input;
 use super::{AdapterConfig, Params, RhythmModule, SemanticModule};
-use crate::neural::MusicGen;
+use crate::neural::{MusicGen, WindowInput, WindowSpan};
 use crate::{Error, Result};
 
 /// `format` in an adapter file's metadata.
@@ -225,6 +226,68 @@ impl Adapter {
         adapter.info = info;
         set_params(&adapter.params, &file, "", path)?;
         Ok(adapter)
+    }
+
+    /// A generation window's conditions on `base`: the visual states of the
+    /// CLIP rows (one per second of the piece) of the seconds the window
+    /// covers, after the prompt's `text` states and mask when there are any,
+    /// and the rhythm module's in-attention inputs for its positions from
+    /// `curve` (one value per code frame of the piece). Windows are cut as
+    /// training cuts them.
+    pub fn window_input(
+        &self,
+        base: &MusicGen,
+        w: WindowSpan,
+        clip_rows: &[Vec<f32>],
+        curve: &[f32],
+        text: Option<(&Tensor, &Tensor)>,
+    ) -> Result<WindowInput> {
+        let width = self.info.config.clip_width;
+        if clip_rows.is_empty() || clip_rows.iter().any(|r| r.len() != width) {
+            return Err(Error::InvalidSetting(format!(
+                "the adapter reads CLIP features {width} wide, one row per second"
+            )));
+        }
+        let rate = base.frame_rate() as f64;
+        let end = w.new_from + w.new_frames;
+        let first = ((w.first as f64 / rate) as usize).min(clip_rows.len() - 1);
+        let last = ((end as f64 / rate).ceil() as usize).clamp(first + 1, clip_rows.len());
+        let rows = &clip_rows[first..last];
+        let device = base.text_encoder().device();
+        let features = Tensor::from_vec(rows.concat(), (1, rows.len(), width), device)?;
+        let ones = Tensor::ones((1, rows.len()), DType::U32, device)?;
+        let visual = self.visual_states(&features, &ones)?;
+        let (states, mask) = match text {
+            Some((t, m)) => (
+                Tensor::cat(&[t, &visual], 1)?,
+                Tensor::cat(&[&m.to_dtype(DType::U32)?, &ones], 1)?,
+            ),
+            None => (visual, ones),
+        };
+        let cross = base
+            .decoder()
+            .cross_kv(&states, Some(&mask))?
+            .pop()
+            .ok_or_else(|| Error::InvalidSetting("no conditioning states".into()))?;
+        let layer_inputs = match &self.rhythm {
+            Some(r) => {
+                let ctx = self.info.config.rhythm_context;
+                let input = rhythm_input(curve, w.first, w.positions, ctx);
+                let input = Tensor::from_vec(input, (1, w.positions, r.width()), device)?;
+                r.forward(&input)?
+                    .into_iter()
+                    .map(|l| {
+                        l.map(|t| t.flatten_all().and_then(|f| f.to_vec1::<f32>()))
+                            .transpose()
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?
+            }
+            None => Vec::new(),
+        };
+        Ok(WindowInput {
+            cross: Some(std::sync::Arc::new(cross)),
+            layer_inputs,
+        })
     }
 
     /// Cross-attention states for CLIP global features; see

@@ -6,6 +6,7 @@ mod loaded;
 mod pools;
 mod sketch;
 mod text;
+mod vidmusician;
 mod zeroshot;
 
 use std::path::Path;
@@ -32,6 +33,8 @@ pub(crate) struct Work<'a> {
     pub model: Option<&'a Path>,
     /// The CLIP folder of an engine that reads the pictures with it.
     pub clip: Option<&'a Path>,
+    /// The vidmusician engine's adapter.
+    pub adapter: Option<&'a Path>,
     /// The vocabulary the zero-shot engine tags the pictures with.
     pub vocabulary: Option<&'a Vocabulary>,
     pub config: &'a EngineConfig,
@@ -58,6 +61,7 @@ impl<'a> Work<'a> {
             video: resolved.video.as_ref().map(|(p, i)| (p.as_path(), i)),
             model: resolved.model.as_deref(),
             clip: resolved.clip.as_deref(),
+            adapter: resolved.adapter.as_deref(),
             vocabulary: resolved.vocabulary.as_deref(),
             config,
             cancel,
@@ -97,6 +101,7 @@ pub(crate) struct Engines {
     sketch: sketch::Sketch,
     text: text::Text,
     zero_shot: zeroshot::ZeroShot,
+    vidmusician: vidmusician::VidMusician,
     pools: Option<Arc<Pools>>,
 }
 
@@ -106,6 +111,7 @@ impl Engines {
         let engine: &mut dyn Pipeline = match work.spec.engine.choice {
             EngineChoice::Text => &mut self.text,
             EngineChoice::ZeroShot => &mut self.zero_shot,
+            EngineChoice::VidMusician => &mut self.vidmusician,
             // `resolve` never leaves `auto`; the composer is the safe answer.
             EngineChoice::Sketch | EngineChoice::Auto => &mut self.sketch,
         };

@@ -8,7 +8,7 @@ use super::{Made, Pipeline, Work, loaded};
 use crate::audio::{Audio, LoudnessReport, StreamMaster, StreamResampler, measure};
 use crate::error::{Error, Result};
 use crate::neural::generate::Sampling as Decoding;
-use crate::neural::{MusicGen, PromptSchedule};
+use crate::neural::{MusicGen, PromptSchedule, WindowInput, WindowSpan};
 use crate::service::{MusicSpec, Sampling, Stage};
 use crate::sketch::{CEILING_DBTP, TARGET_LUFS};
 
@@ -170,19 +170,48 @@ pub(super) fn stream(
     progress: &(dyn Fn(Stage, f64) + Sync),
     sink: &mut (dyn FnMut(&Audio, bool) -> Result<()> + Send),
 ) -> Result<(Audio, LoudnessReport)> {
-    let mut finisher = Finisher::new(model.sample_rate(), rate)?;
-    generate(
+    stream_with(
         model,
-        prompts,
+        &mut model.text_conditions(prompts),
         seconds,
         decoding,
+        rate,
         cancel,
         progress,
+        sink,
+    )
+}
+
+/// [`stream`] with each window conditioned on what `condition` gives.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn stream_with(
+    model: &MusicGen,
+    condition: &mut dyn FnMut(WindowSpan) -> Result<WindowInput>,
+    seconds: f64,
+    decoding: &Decoding,
+    rate: u32,
+    cancel: &AtomicBool,
+    progress: &(dyn Fn(Stage, f64) + Sync),
+    sink: &mut (dyn FnMut(&Audio, bool) -> Result<()> + Send),
+) -> Result<(Audio, LoudnessReport)> {
+    let mut finisher = Finisher::new(model.sample_rate(), rate)?;
+    model.generate_streaming_with(
+        seconds,
+        decoding,
+        condition,
+        &mut |p| {
+            progress(
+                Stage::Composing,
+                p.frames_done as f64 / p.frames_total.max(1) as f64,
+            );
+            !cancel.load(Ordering::Relaxed)
+        },
         &mut |mono| {
             finisher.push(mono)?;
             sink(finisher.audio(), false)
         },
     )?;
+    progress(Stage::Finishing, 0.0);
     finisher.finish()
 }
 

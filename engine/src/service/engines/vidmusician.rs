@@ -1,0 +1,222 @@
+//! The VidMusician method: MusicGen conditioned by a trained adapter on CLIP's
+//! global features (1 fps, through cross-attention, after the prompt's text if
+//! there is one) and on the rhythm curve of CLIP's patch tokens (25 fps, at
+//! the code frame rate, through in-attention), window by window, streaming
+//! like the text engine.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::text::{TextSettings, stream_with};
+use super::{Made, Pipeline, Work, loaded};
+use crate::analysis::clip_features::{FeatureCache, FeatureKey, global_features, patch_curve};
+use crate::analysis::{GLOBAL_FPS, LOCAL_FPS, resample_linear};
+use crate::error::{Error, Result};
+use crate::neural::MusicGen;
+use crate::neural::conditioning::Adapter;
+use crate::neural::models::clip::Clip;
+use crate::service::Stage;
+
+/// The engine, holding its models and adapter between requests.
+#[derive(Default)]
+pub(crate) struct VidMusician {
+    musicgen: Option<Arc<MusicGen>>,
+    clip: Option<(Arc<Clip>, crate::neural::Precision)>,
+    /// The adapter, its content hash, and the MusicGen folder it was loaded
+    /// onto.
+    adapter: Option<(String, PathBuf, Arc<Adapter>)>,
+}
+
+impl Pipeline for VidMusician {
+    fn uses_pools(&self) -> bool {
+        true
+    }
+
+    fn make(&mut self, work: Work<'_>) -> Result<Made> {
+        let (Some(mg_dir), Some(clip_dir), Some(adapter_path), Some((path, _)), Some(pools)) = (
+            work.model,
+            work.clip,
+            work.adapter,
+            work.video,
+            work.pools.as_deref(),
+        ) else {
+            return Err(Error::EngineGone);
+        };
+        let spec = work.spec;
+        let precision = work.config.precision;
+        let (cancel, progress, sink) = (work.cancel, work.progress, work.sink);
+        let cache = work
+            .config
+            .cache_dir
+            .as_ref()
+            .map(|d| FeatureCache::new(d.join("features")));
+        let base_id = work.config.text_model.clone();
+        pools.run(|| -> Result<Made> {
+            progress(Stage::Analysing, 0.0);
+            let musicgen = self.musicgen(mg_dir, precision)?;
+            let clip = self.clip(clip_dir, precision)?;
+            let hash = spec.engine.adapter.clone().unwrap_or_default();
+            let adapter = self.adapter(adapter_path, &hash, mg_dir, &musicgen, &base_id)?;
+            if adapter.info.config.clip_width != clip.config().vision_config.hidden_size {
+                return Err(Error::InvalidSetting(format!(
+                    "the adapter {} reads CLIP features {} wide; {} gives {}: use the CLIP it was trained with",
+                    adapter_path.display(),
+                    adapter.info.config.clip_width,
+                    clip_dir.display(),
+                    clip.config().vision_config.hidden_size
+                )));
+            }
+
+            // The pictures: CLIP's pooled features at 1 fps and the patch
+            // curve at 25 fps over the whole video, as training read them.
+            let id = spec.video.as_ref().ok_or(Error::EngineGone)?;
+            let content = format!("{}:{}", id.sample_hash, id.size);
+            let clip_model = loaded::clip_features_model(
+                spec.engine.clip.as_deref().unwrap_or_default(),
+                &clip,
+            );
+            let key = |kind, fps| FeatureKey {
+                content: content.clone(),
+                model: clip_model.clone(),
+                kind,
+                fps,
+                until: None,
+            };
+            let global = || {
+                global_features(path, &clip, None, cancel, &mut |f| {
+                    progress(Stage::Analysing, 0.2 * f)
+                })
+            };
+            let global = match &cache {
+                Some(c) => c.global(&key("global", GLOBAL_FPS), global)?,
+                None => global()?,
+            };
+            let curve = || {
+                patch_curve(path, &clip, None, cancel, &mut |f| {
+                    progress(Stage::Analysing, 0.2 + 0.8 * f)
+                })
+            };
+            let patches = match &cache {
+                Some(c) => c.curve(&key("local", LOCAL_FPS), curve)?,
+                None => curve()?,
+            };
+            if global.pooled.is_empty() {
+                return Err(Error::InvalidSetting(
+                    "the video gave no frames to read".into(),
+                ));
+            }
+
+            // The piece's own time line: music second s is the video's
+            // time start + s · playrate.
+            let rate = musicgen.frame_rate() as f64;
+            let seconds = spec.span.music_seconds(spec.playrate);
+            let at_video = |music_s: f64| spec.span.start + music_s * spec.playrate;
+            let video_curve = resample_linear(&patches, LOCAL_FPS, rate, at_video(seconds) + 1.0);
+            let frames = (seconds * rate).ceil() as usize + musicgen.config().decoder.num_codebooks;
+            let curve: Vec<f32> = (0..frames)
+                .map(|f| {
+                    let i = (at_video(f as f64 / rate) * rate).round() as usize;
+                    video_curve.get(i).or(video_curve.last()).copied().unwrap_or(0.0)
+                })
+                .collect();
+            let rows: Vec<Vec<f32>> = (0..seconds.ceil().max(1.0) as usize)
+                .map(|s| {
+                    let i = (at_video(s as f64) * GLOBAL_FPS) as usize;
+                    global.pooled[i.min(global.pooled.len() - 1)].clone()
+                })
+                .collect();
+
+            let settings = TextSettings::from(spec);
+            let decoding = settings.decoding(musicgen.default_sampling());
+            let text = if settings.prompt.trim().is_empty() {
+                None
+            } else {
+                let (ids, mask) = musicgen.tokenize(&[&settings.prompt])?;
+                Some((musicgen.text_states(&ids, &mask)?, mask))
+            };
+            let mut condition = |w| {
+                adapter.window_input(
+                    &musicgen,
+                    w,
+                    &rows,
+                    &curve,
+                    text.as_ref().map(|(s, m)| (s, m)),
+                )
+            };
+            let (audio, loudness) = stream_with(
+                &musicgen,
+                &mut condition,
+                seconds,
+                &decoding,
+                spec.sample_rate,
+                cancel,
+                progress,
+                sink,
+            )?;
+            Ok(Made {
+                audio,
+                bpm: None,
+                analysis: None,
+                loudness,
+                tags: None,
+            })
+        })
+    }
+}
+
+impl VidMusician {
+    fn musicgen(
+        &mut self,
+        dir: &Path,
+        precision: crate::neural::Precision,
+    ) -> Result<Arc<MusicGen>> {
+        if self
+            .musicgen
+            .as_ref()
+            .is_none_or(|m| m.dir() != dir || m.precision() != precision)
+        {
+            self.musicgen = None;
+            self.adapter = None;
+            self.musicgen = Some(loaded::musicgen(dir, precision)?);
+        }
+        self.musicgen.clone().ok_or(Error::EngineGone)
+    }
+
+    fn clip(&mut self, dir: &Path, precision: crate::neural::Precision) -> Result<Arc<Clip>> {
+        if self
+            .clip
+            .as_ref()
+            .is_none_or(|(c, p)| c.dir() != dir || *p != precision)
+        {
+            self.clip = None;
+            self.clip = Some((loaded::clip(dir, precision)?, precision));
+        }
+        self.clip
+            .as_ref()
+            .map(|(c, _)| c.clone())
+            .ok_or(Error::EngineGone)
+    }
+
+    /// The adapter at `path` (whose content hashes to `hash`) on the
+    /// MusicGen of `mg_dir`, loaded once per content (it is checked against
+    /// the base's weights as it loads).
+    fn adapter(
+        &mut self,
+        path: &Path,
+        hash: &str,
+        mg_dir: &Path,
+        musicgen: &MusicGen,
+        base_id: &str,
+    ) -> Result<Arc<Adapter>> {
+        if let Some((h, d, a)) = &self.adapter
+            && h == hash
+            && d == mg_dir
+        {
+            return Ok(a.clone());
+        }
+        self.adapter = None;
+        let a = Arc::new(Adapter::load(path, musicgen, base_id)?);
+        self.adapter = Some((hash.to_string(), mg_dir.to_path_buf(), a.clone()));
+        Ok(a)
+    }
+}
