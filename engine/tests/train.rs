@@ -320,3 +320,43 @@ fn a_checkpoint_of_another_config_or_no_checkpoint_is_refused() {
     // Nothing was written over.
     assert_eq!(std::fs::read(&ckpt).unwrap(), saved);
 }
+
+#[test]
+fn stage_two_can_train_the_rhythm_module_alone_and_resume_exactly() {
+    let mg = base();
+    let train = data(6, 16);
+    let cfg = TrainConfig {
+        stage2_semantic: false,
+        ..train_cfg(4)
+    };
+    let start = || {
+        let mut a = Adapter::new(&adapter_cfg(), &mg, "test/tiny", DType::F32).unwrap();
+        a.add_rhythm(&mg).unwrap();
+        a
+    };
+    let mut whole = Trainer::new(&mg, start(), cfg.clone()).unwrap();
+    let before = param_bits(&whole);
+    assert!(whole.trained_count() < whole.adapter().params.count());
+    run(&mut whole, &train);
+    let after = param_bits(&whole);
+    for ((name, b), (_, a)) in before.iter().zip(&after) {
+        if name.starts_with("rhythm.") {
+            continue;
+        }
+        assert_eq!(b, a, "{name} moved with stage2_semantic off");
+    }
+    assert_ne!(before, after, "nothing trained");
+
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = tmp(&dir, "half.ckpt");
+    let mut first = Trainer::new(&mg, start(), cfg.clone()).unwrap();
+    while first.steps_done() < 2 {
+        let s = first.steps_done();
+        let batch: Vec<&Example> = (0..4).map(|i| &train[(s * 4 + i) % train.len()]).collect();
+        first.step(&batch).unwrap();
+    }
+    first.save_checkpoint(&ckpt).unwrap();
+    let mut resumed = Trainer::resume(&ckpt, &mg, cfg).unwrap();
+    run(&mut resumed, &train);
+    assert_eq!(param_bits(&resumed), after);
+}

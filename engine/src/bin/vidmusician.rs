@@ -320,6 +320,10 @@ enum BenchWhat {
     /// sizes (random weights written to a temporary folder), 8-bit decoder weights,
     /// on --seconds of a synthetic video: seconds of work per second of music, by stage.
     ZeroShot,
+    /// Training the adapters (random weights): steps per second on the test fixtures'
+    /// tiny shape, and one stage-2 step on musicgen-small's shape over a 10 s window
+    /// (time and peak memory).
+    Train,
 }
 
 fn main() -> ExitCode {
@@ -1247,6 +1251,11 @@ fn bench(what: BenchWhat, video_path: Option<&Path>, seconds: f64, runs: usize) 
         BenchWhat::Neural => bench_neural(250, None),
         BenchWhat::Clip => bench_clip(seconds),
         BenchWhat::ZeroShot => bench_zero_shot(seconds),
+        BenchWhat::Train => {
+            let r = vidmusician_engine::train::bench::run(&mut |m| eprintln!("{m}…"))?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 //! CPU, as one never interrupted).
 
 pub mod batch;
+pub mod bench;
 pub mod data;
 pub mod log;
 pub mod optim;
@@ -56,6 +57,9 @@ pub struct TrainConfig {
     /// Seed of everything random in the run after initialisation (condition
     /// dropout, window choice).
     pub seed: u64,
+    /// In stage 2, also go on training the semantic module and T5's LoRA
+    /// (false: the rhythm module alone, the rest as stage 1 left it).
+    pub stage2_semantic: bool,
 }
 
 impl Default for TrainConfig {
@@ -68,6 +72,7 @@ impl Default for TrainConfig {
             clip_norm: 1.0,
             adamw: AdamWConfig::default(),
             seed: 0,
+            stage2_semantic: true,
         }
     }
 }
@@ -86,6 +91,8 @@ pub struct StepStats {
 pub struct Trainer {
     decoder: MusicgenDecoder,
     adapter: Adapter,
+    /// The names of the tensors the optimiser updates, in its order.
+    trained: Vec<String>,
     opt: AdamW,
     cfg: TrainConfig,
 }
@@ -102,13 +109,48 @@ impl Trainer {
         }
         let w = Weights::open_dir(base.dir())?.pp("decoder");
         let decoder = MusicgenDecoder::load(&w, &base.config().decoder)?;
-        let opt = AdamW::new(adapter.params.vars(), cfg.adamw)?;
+        Self::from_parts(decoder, adapter, cfg)
+    }
+
+    /// [`Trainer::new`] on a decoder already built (benchmarks build one
+    /// from random weights).
+    pub fn from_parts(
+        decoder: MusicgenDecoder,
+        adapter: Adapter,
+        cfg: TrainConfig,
+    ) -> Result<Self> {
+        let trained: Vec<String> = adapter
+            .params
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| adapter.info.stage < 2 || cfg.stage2_semantic || n.starts_with("rhythm."))
+            .map(String::from)
+            .collect();
+        let vars = trained
+            .iter()
+            .filter_map(|n| adapter.params.get(n).cloned())
+            .collect();
+        let opt = AdamW::new(vars, cfg.adamw)?;
         Ok(Self {
             decoder,
             adapter,
+            trained,
             opt,
             cfg,
         })
+    }
+
+    /// The tensors this run trains.
+    fn trained_vars(&self) -> Vec<candle_core::Var> {
+        self.trained
+            .iter()
+            .filter_map(|n| self.adapter.params.get(n).cloned())
+            .collect()
+    }
+
+    /// How many values this run trains.
+    pub fn trained_count(&self) -> usize {
+        self.trained_vars().iter().map(|v| v.elem_count()).sum()
     }
 
     pub fn adapter(&self) -> &Adapter {
@@ -186,7 +228,7 @@ impl Trainer {
         let keep: Vec<bool> = examples.iter().map(|_| !rng.random_bool(p)).collect();
         let loss = self.loss(&batch, &keep)?;
         let mut grads = loss.backward()?;
-        let vars = self.adapter.params.vars();
+        let vars = self.trained_vars();
         let grad_norm = optim::clip_grad_norm(&vars, &mut grads, self.cfg.clip_norm)?;
         let lr = optim::learning_rate(step, self.cfg.lr, self.cfg.warmup, self.cfg.steps);
         self.opt.step(&grads, lr)?;
@@ -209,11 +251,13 @@ impl Trainer {
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
         let (m, v) = self.opt.moments();
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        for (i, (name, var)) in self.adapter.params.iter().enumerate() {
+        for (name, var) in self.adapter.params.iter() {
             tensors.push((
                 format!("param.{name}"),
                 var.as_tensor().to_dtype(DType::F32)?,
             ));
+        }
+        for (i, name) in self.trained.iter().enumerate() {
             tensors.push((format!("adam_m.{name}"), m[i].to_dtype(DType::F32)?));
             tensors.push((format!("adam_v.{name}"), v[i].to_dtype(DType::F32)?));
         }
@@ -287,18 +331,18 @@ impl Trainer {
             adapter.add_rhythm(base)?;
         }
         adapter.info = info;
+        set_params(&adapter.params, &file, "param.", path)?;
+        let mut trainer = Self::new(base, adapter, cfg)?;
         let load_all = |prefix: &str| -> Result<Vec<Tensor>> {
-            // The moments load into a copy of the parameters' layout.
+            // The moments load into a copy of the trained tensors' layout.
             let mut copy = crate::neural::conditioning::Params::default();
-            for (name, v) in adapter.params.iter() {
-                copy.add(name, &v.zeros_like()?)?;
+            for (name, v) in trainer.trained.iter().zip(trainer.trained_vars()) {
+                copy.add(name.clone(), &v.zeros_like()?)?;
             }
             set_params(&copy, &file, prefix, path)?;
             Ok(copy.iter().map(|(_, v)| v.as_tensor().clone()).collect())
         };
-        set_params(&adapter.params, &file, "param.", path)?;
         let (m, v) = (load_all("adam_m.")?, load_all("adam_v.")?);
-        let mut trainer = Self::new(base, adapter, cfg)?;
         trainer.opt.restore(m, v, step)?;
         Ok(trainer)
     }

@@ -254,7 +254,7 @@ pub fn run(
         entries.push(e);
     }
     report(RunEvent::Ready {
-        trainable: trainer.adapter().params.count(),
+        trainable: trainer.trained_count(),
         train_pieces: train.len(),
         held_pieces: held.len(),
         window_seconds: frames as f64 / rate,
@@ -321,7 +321,7 @@ pub fn run(
         checkpoint: ckpt,
         log: log_path,
         plot: plot_path,
-        trainable: trainer.adapter().params.count(),
+        trainable: trainer.trained_count(),
         held_out_start,
         held_out_end,
     })

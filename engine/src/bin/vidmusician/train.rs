@@ -57,6 +57,10 @@ pub struct TrainArgs {
     checkpoint_every: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Stage 2: train the rhythm module alone, keeping the semantic module
+    /// and LoRA as stage 1 left them (by default they go on training).
+    #[arg(long)]
+    rhythm_only: bool,
     /// LoRA rank on T5's attention projections.
     #[arg(long, default_value_t = 8)]
     lora_rank: usize,
@@ -96,6 +100,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             clip_norm: 1.0,
             adamw: AdamWConfig::default(),
             seed: a.seed,
+            stage2_semantic: !a.rhythm_only,
         },
         adapter: AdapterConfig {
             lora_rank: a.lora_rank,

@@ -134,22 +134,38 @@ impl Adapter {
         base_model: &str,
         dtype: DType,
     ) -> Result<Self> {
-        cfg.validate(&base.config().decoder)?;
-        let mut params = Params::default();
-        let semantic = SemanticModule::new(
+        Self::from_parts(
             cfg,
             base.text_encoder(),
             base.text_projection(),
-            base.config().decoder.hidden_size,
-            &mut params,
+            &base.config().decoder,
+            base_model,
+            base.weights_hash()?,
             dtype,
-        )?;
+        )
+    }
+
+    /// [`Adapter::new`] from the base's parts (benchmarks build them from
+    /// random weights).
+    pub fn from_parts(
+        cfg: &AdapterConfig,
+        t5: &crate::neural::t5::T5Encoder,
+        enc_to_dec: Option<&crate::neural::nn::Linear>,
+        decoder: &crate::neural::config::DecoderConfig,
+        base_model: &str,
+        base_hash: String,
+        dtype: DType,
+    ) -> Result<Self> {
+        cfg.validate(decoder)?;
+        let mut params = Params::default();
+        let semantic =
+            SemanticModule::new(cfg, t5, enc_to_dec, decoder.hidden_size, &mut params, dtype)?;
         Ok(Self {
             info: AdapterInfo {
                 config: cfg.clone(),
                 stage: 1,
                 base_model: base_model.to_string(),
-                base_hash: base.weights_hash()?,
+                base_hash,
             },
             semantic,
             rhythm: None,
@@ -159,19 +175,26 @@ impl Adapter {
 
     /// Stage 2: adds a fresh rhythm module (which changes nothing until trained).
     pub fn add_rhythm(&mut self, base: &MusicGen) -> Result<()> {
+        self.add_rhythm_for(&base.config().decoder)
+    }
+
+    /// [`Adapter::add_rhythm`] for a decoder of `decoder`'s shape.
+    pub fn add_rhythm_for(&mut self, decoder: &crate::neural::config::DecoderConfig) -> Result<()> {
         if self.rhythm.is_some() {
             return Ok(());
         }
-        let dtype = self
+        let (dtype, device) = self
             .params
             .iter()
             .next()
-            .map_or(DType::F32, |(_, v)| v.dtype());
+            .map_or((DType::F32, candle_core::Device::Cpu), |(_, v)| {
+                (v.dtype(), v.device().clone())
+            });
         self.rhythm = Some(RhythmModule::new(
             &self.info.config,
-            &base.config().decoder,
+            decoder,
             &mut self.params,
-            base.text_encoder().device(),
+            &device,
             dtype,
         )?);
         self.info.stage = 2;
