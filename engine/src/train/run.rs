@@ -222,6 +222,14 @@ pub fn run(
     for s in &skipped {
         report(RunEvent::Skipped(s));
     }
+    let normalise = trainer.adapter().info.config.rhythm_normalise;
+    let pieces = pieces
+        .into_iter()
+        .map(|p| Piece {
+            curve: crate::neural::conditioning::rhythm::prepare_curve(&p.curve, normalise),
+            ..p
+        })
+        .collect();
     let (train, held) = data::split(pieces)?;
     let all: Vec<&Piece> = train.iter().chain(&held).collect();
     let frames = data::window_frames(&all, o.window_seconds, &base);

@@ -41,6 +41,9 @@ pub struct SynthSpec {
     /// Written as a live recording is (MediaRecorder's WebM): the container
     /// states no length. Matroska and WebM only; other containers ignore it.
     pub unstated_length: bool,
+    /// Every shot's background colour (chroma `u`, `v`) instead of a random
+    /// one: videos of one look (training sets whose music follows colour).
+    pub tint: Option<(u8, u8)>,
 }
 
 /// The codec of a synthetic video's sound.
@@ -74,6 +77,7 @@ impl SynthSpec {
             tone_rate: TONE_RATE,
             tone_codec: ToneCodec::Aac,
             unstated_length: false,
+            tint: None,
         }
     }
 
@@ -234,7 +238,13 @@ fn write_to(tmp: &Path, path: &Path, spec: &SynthSpec) -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let (w, h) = (spec.width as f32, spec.height as f32);
     let shots: Vec<Shot> = (0..=spec.cuts.len())
-        .map(|_| make_shot(&mut rng, w, h))
+        .map(|_| {
+            let mut shot = make_shot(&mut rng, w, h);
+            if let Some((u, v)) = spec.tint {
+                (shot.u, shot.v) = (u, v);
+            }
+            shot
+        })
         .collect();
     let ticks = spec.frame_ticks();
     // Frame durations by presentation time, for the packets that come out

@@ -45,6 +45,12 @@ pub struct AdapterConfig {
     /// Rhythm-curve samples each side of a code frame that the rhythm module
     /// reads: its input width is `2 · context + 1`, the curve around the frame.
     pub rhythm_context: usize,
+    /// Scale each piece's rhythm curve so that its largest change after the
+    /// first frame is 1 (the first frame stays 1, as the method has it). The
+    /// raw distances are small and differ between CLIP models (a cut moves
+    /// tiny random CLIP by 0.06, real ones by a few tenths), and the
+    /// Zero-Linear learns slowly from small inputs.
+    pub rhythm_normalise: bool,
     /// Chance, per training window, that the visual conditions are dropped,
     /// so that classifier-free guidance works at inference.
     pub condition_dropout: f64,
@@ -62,6 +68,7 @@ impl Default for AdapterConfig {
             block_size: 4,
             rhythm_fraction: 0.75,
             rhythm_context: 2,
+            rhythm_normalise: true,
             condition_dropout: 0.1,
             seed: 0,
         }

@@ -112,3 +112,25 @@ pub fn rhythm_input(curve: &[f32], start: usize, frames: usize, context: usize) 
     }
     out
 }
+
+/// A piece's rhythm curve (one value per code frame) as the rhythm module
+/// reads it under `normalise` ([`super::AdapterConfig::rhythm_normalise`]):
+/// divided by its largest value after the start, the start kept as it is.
+/// The start is the first [`START_FRAMES`] frames: the curve's first value
+/// (1, by the method's convention) reaches them through the interpolation
+/// from 25 fps. A curve with no change after its start is left as it is.
+pub fn prepare_curve(curve: &[f32], normalise: bool) -> Vec<f32> {
+    let peak = curve.iter().skip(START_FRAMES).fold(0f32, |m, &v| m.max(v));
+    if !normalise || peak <= 1e-6 || !peak.is_finite() {
+        return curve.to_vec();
+    }
+    curve
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| if i < START_FRAMES { v } else { v / peak })
+        .collect()
+}
+
+/// Code frames at a piece's start that the curve's first value (taken at
+/// 25 fps, the curve read at 50 Hz) decides.
+pub const START_FRAMES: usize = 2;

@@ -111,7 +111,12 @@ impl Pipeline for VidMusician {
             let rate = musicgen.frame_rate() as f64;
             let seconds = spec.span.music_seconds(spec.playrate);
             let at_video = |music_s: f64| spec.span.start + music_s * spec.playrate;
-            let video_curve = resample_linear(&patches, LOCAL_FPS, rate, at_video(seconds) + 1.0);
+            // Over the whole video, as training prepared each piece's curve.
+            let duration = patches.len() as f64 / LOCAL_FPS;
+            let video_curve = crate::neural::conditioning::rhythm::prepare_curve(
+                &resample_linear(&patches, LOCAL_FPS, rate, duration.max(at_video(seconds) + 1.0)),
+                adapter.info.config.rhythm_normalise,
+            );
             let frames = (seconds * rate).ceil() as usize + musicgen.config().decoder.num_codebooks;
             let curve: Vec<f32> = (0..frames)
                 .map(|f| {
