@@ -80,6 +80,7 @@ fn example(rng: &mut rand_chacha::ChaCha8Rng) -> Example {
         clip,
         clip_frames: 2,
         rhythm: onsets.iter().map(|&o| if o { 1.0 } else { 0.0 }).collect(),
+        text: None,
     }
 }
 
@@ -513,5 +514,37 @@ fn videos_whose_music_follows_colour_and_cuts_teach_both_stages() {
     assert!(
         misaligned > aligned + 0.08,
         "the curve moved: {misaligned:.3}; in place: {aligned:.3}"
+    );
+}
+
+#[test]
+fn a_caption_reaches_the_model_and_pads_cleanly_in_a_batch() {
+    let mg = base();
+    let mut a = Adapter::new(&adapter_cfg(), &mg, "test/tiny", DType::F32).unwrap();
+    a.add_rhythm(&mg).unwrap();
+    let t = Trainer::new(&mg, a, train_cfg(1)).unwrap();
+    let caption = |words: &str| {
+        let (ids, mask) = mg.tokenize(&[words]).unwrap();
+        let s = mg.text_states(&ids, &mask).unwrap();
+        Some(std::sync::Arc::new(
+            s.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        ))
+    };
+    let plain = data(9, 2);
+    let mut said = plain[0].clone();
+    said.text = caption("a slow piano with soft strings");
+    let alone = |e: &Example| t.eval(&[e]).unwrap();
+    assert_ne!(
+        alone(&said),
+        alone(&plain[0]),
+        "the caption changed nothing"
+    );
+    // Batched with a window without a caption (padded to its length, all
+    // masked), each counts as it does alone.
+    let together = t.eval(&[&said, &plain[1]]).unwrap();
+    let apart = (alone(&said) + alone(&plain[1])) / 2.0;
+    assert!(
+        (together - apart).abs() < 1e-5,
+        "{together} against {apart}"
     );
 }

@@ -17,6 +17,10 @@ pub struct Example {
     /// The rhythm curve at the code frame rate over the window, from its first
     /// frame; the rhythm input reads around each frame.
     pub rhythm: Vec<f32>,
+    /// The piece's caption as cross-attention states, `tokens × hidden`
+    /// (MusicGen's own text encoder and projection: what a prompt gives at
+    /// inference); they come before the visual states.
+    pub text: Option<std::sync::Arc<Vec<f32>>>,
 }
 
 /// Codes under the delay pattern, as the decoder reads them in one pass.
@@ -76,17 +80,22 @@ pub struct Batch {
     pub clip_mask: Tensor,
     /// `(batch, positions, rhythm width)`.
     pub rhythm: Tensor,
+    /// The captions' states `(batch, tokens, hidden)` and mask `(batch,
+    /// tokens)`, padded to the longest; `None` when no window has one.
+    pub text: Option<(Tensor, Tensor)>,
 }
 
 impl Batch {
     /// Stacks `examples` (the same number of frames each, codes below `vocab`);
-    /// shorter CLIP sequences are padded. Position `p` reads the rhythm curve
-    /// around frame `p`, `context` frames each side.
+    /// shorter CLIP sequences and captions are padded. Position `p` reads the
+    /// rhythm curve around frame `p`, `context` frames each side.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         examples: &[&Example],
         k: usize,
         vocab: usize,
         clip_width: usize,
+        hidden: usize,
         context: usize,
         dtype: DType,
         device: &Device,
@@ -115,7 +124,31 @@ impl Batch {
                     "CLIP features must be {clip_width} wide, at least one frame"
                 )));
             }
+            if e.text.as_ref().is_some_and(|t| t.len() % hidden != 0) {
+                return Err(Error::InvalidSetting(format!(
+                    "caption states must be {hidden} wide"
+                )));
+            }
         }
+        let tokens = |e: &Example| e.text.as_ref().map_or(0, |t| t.len() / hidden);
+        let longest = examples.iter().map(|e| tokens(e)).max().unwrap_or(0);
+        let text = if longest == 0 {
+            None
+        } else {
+            let (mut states, mut mask) = (Vec::new(), Vec::new());
+            for e in examples {
+                if let Some(t) = &e.text {
+                    states.extend_from_slice(t);
+                }
+                states.resize(states.len() + (longest - tokens(e)) * hidden, 0.0);
+                mask.extend((0..longest).map(|i| u32::from(i < tokens(e))));
+            }
+            let b = examples.len();
+            Some((
+                Tensor::from_vec(states, (b, longest, hidden), device)?.to_dtype(dtype)?,
+                Tensor::from_vec(mask, (b, longest), device)?,
+            ))
+        };
         let pad = vocab as u32;
         let width = 2 * context + 1;
         let b = examples.len();
@@ -150,6 +183,7 @@ impl Batch {
             clip: Tensor::from_vec(clip, (b, clip_frames, clip_width), device)?.to_dtype(dtype)?,
             clip_mask: Tensor::from_vec(clip_mask, (b, clip_frames), device)?,
             rhythm: Tensor::from_vec(rhythm, (b, positions, width), device)?.to_dtype(dtype)?,
+            text,
         })
     }
 }

@@ -108,6 +108,7 @@ fn windows(n: usize, frames: usize, k: usize, vocab: u32, clip: usize) -> Vec<Ex
             rhythm: (0..frames + k)
                 .map(|_| rng.random_range(0.0..1.0))
                 .collect(),
+            text: None,
         })
         .collect()
 }

@@ -52,6 +52,9 @@ pub struct Piece {
     /// One value per code frame.
     pub curve: Vec<f32>,
     pub caption: Option<String>,
+    /// The caption as cross-attention states (`tokens × hidden`), once
+    /// encoded.
+    pub text: Option<std::sync::Arc<Vec<f32>>>,
 }
 
 /// The videos in `dir` (not its sub-folders), in name order.
@@ -205,6 +208,7 @@ impl Extractor<'_> {
             clip: global.pooled,
             curve,
             caption: item.caption.clone(),
+            text: None,
         };
         if piece.codes.is_empty() || piece.clip.is_empty() {
             return Err(Error::InvalidSetting(format!(
@@ -227,6 +231,7 @@ fn read_cached(path: &Path, name: &str, item: &Item) -> Option<Piece> {
         clip: t.get("clip")?.to_vec2::<f32>().ok()?,
         curve: t.get("curve")?.to_vec1::<f32>().ok()?,
         caption: item.caption.clone(),
+        text: None,
     })
 }
 
@@ -302,6 +307,7 @@ pub fn window(piece: &Piece, start: usize, frames: usize, frame_rate: f64) -> Ex
         clip: rows.concat(),
         clip_frames: rows.len(),
         rhythm: piece.curve[start.min(piece.curve.len())..].to_vec(),
+        text: piece.text.clone(),
     }
 }
 

@@ -179,14 +179,16 @@ impl Trainer {
             c.num_codebooks,
             c.vocab_size,
             a.clip_width,
+            c.hidden_size,
             a.rhythm_context,
             self.decoder.dtype(),
             self.decoder.device(),
         )
     }
 
-    /// The loss on `batch`, the visual conditions of the examples whose `keep`
-    /// is false zeroed (what the unconditional branch of guidance sees).
+    /// The loss on `batch`, the conditions (caption, pictures, rhythm) of the
+    /// examples whose `keep` is false zeroed (what the unconditional branch of
+    /// guidance sees).
     fn loss(&self, batch: &Batch, keep: &[bool]) -> Result<Tensor> {
         let dtype = self.decoder.dtype();
         let keep = Tensor::from_vec(
@@ -195,10 +197,16 @@ impl Trainer {
             self.decoder.device(),
         )?
         .to_dtype(dtype)?;
-        let states = self
-            .adapter
-            .visual_states(&batch.clip, &batch.clip_mask)?
-            .broadcast_mul(&keep)?;
+        let visual = self.adapter.visual_states(&batch.clip, &batch.clip_mask)?;
+        // The caption's states first, as a prompt's come at inference.
+        let (states, mask) = match &batch.text {
+            Some((text, text_mask)) => (
+                Tensor::cat(&[text, &visual], 1)?,
+                Tensor::cat(&[text_mask, &batch.clip_mask], 1)?,
+            ),
+            None => (visual, batch.clip_mask.clone()),
+        };
+        let states = states.broadcast_mul(&keep)?;
         let inputs = self
             .adapter
             .layer_inputs(&batch.rhythm)?
@@ -208,7 +216,7 @@ impl Trainer {
         let logits = self.decoder.forward(
             &batch.inputs,
             &Conditioning {
-                cross: Some((&states, &batch.clip_mask)),
+                cross: Some((&states, &mask)),
                 layer_inputs: &inputs,
             },
         )?;

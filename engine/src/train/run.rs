@@ -225,11 +225,23 @@ pub fn run(
     let normalise = trainer.adapter().info.config.rhythm_normalise;
     let pieces = pieces
         .into_iter()
-        .map(|p| Piece {
-            curve: crate::neural::conditioning::rhythm::prepare_curve(&p.curve, normalise),
-            ..p
+        .map(|p| {
+            // A caption becomes the states a prompt would, once per piece.
+            let text = match &p.caption {
+                Some(c) => {
+                    let (ids, mask) = base.tokenize(&[c])?;
+                    let states = base.text_states(&ids, &mask)?;
+                    Some(std::sync::Arc::new(states.flatten_all()?.to_vec1::<f32>()?))
+                }
+                None => None,
+            };
+            Ok(Piece {
+                curve: crate::neural::conditioning::rhythm::prepare_curve(&p.curve, normalise),
+                text,
+                ..p
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     let (train, held) = data::split(pieces)?;
     let all: Vec<&Piece> = train.iter().chain(&held).collect();
     let frames = data::window_frames(&all, o.window_seconds, &base);

@@ -64,7 +64,8 @@ pub struct TrainArgs {
     /// LoRA rank on T5's attention projections.
     #[arg(long, default_value_t = 8)]
     lora_rank: usize,
-    /// Chance that a window's visual conditions are dropped (for guidance).
+    /// Chance that a window's conditions (caption, pictures, rhythm) are
+    /// dropped, for guidance.
     #[arg(long, default_value_t = 0.1, value_name = "P")]
     condition_dropout: f64,
     /// Look here first for models (a model folder, or a folder of them).

@@ -51,7 +51,8 @@ pub struct AdapterConfig {
     /// tiny random CLIP by 0.06, real ones by a few tenths), and the
     /// Zero-Linear learns slowly from small inputs.
     pub rhythm_normalise: bool,
-    /// Chance, per training window, that the visual conditions are dropped,
+    /// Chance, per training window, that its conditions (caption, pictures,
+    /// rhythm) are dropped,
     /// so that classifier-free guidance works at inference.
     pub condition_dropout: f64,
     /// Seed of the random initialisation (embedding manager, LoRA `A`).
