@@ -52,8 +52,8 @@ pub struct AdapterConfig {
     /// Zero-Linear learns slowly from small inputs.
     pub rhythm_normalise: bool,
     /// Chance, per training window, that its conditions (caption, pictures,
-    /// rhythm) are dropped,
-    /// so that classifier-free guidance works at inference.
+    /// rhythm) are dropped, so that classifier-free guidance works at
+    /// inference.
     pub condition_dropout: f64,
     /// Seed of the random initialisation (embedding manager, LoRA `A`).
     pub seed: u64,
