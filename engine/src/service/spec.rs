@@ -325,21 +325,27 @@ fn pick_engine(config: &EngineConfig, request: &Request) -> Result<Picked> {
                 ))
             })
     };
+    let with_adapter = |(path, why): (PathBuf, String), auto: bool| -> Result<Picked> {
+        Ok(Picked {
+            adapter: Some(path),
+            ..picked(
+                EngineChoice::VidMusician,
+                Some(musicgen()?),
+                Some(clip()?),
+                auto.then_some(why),
+            )
+        })
+    };
+    // Auto scores a video with an adapter when one is there with its models.
+    if request.engine == EngineChoice::Auto
+        && has_video
+        && musicgen().is_ok()
+        && clip().is_ok()
+        && let Ok(found) = adapter()
+    {
+        return with_adapter(found, true);
+    }
     match request.engine {
-        EngineChoice::Auto
-            if has_video && adapter().is_ok() && musicgen().is_ok() && clip().is_ok() =>
-        {
-            let (a, why) = adapter()?;
-            Ok(Picked {
-                adapter: Some(a),
-                ..picked(
-                    EngineChoice::VidMusician,
-                    Some(musicgen()?),
-                    Some(clip()?),
-                    Some(why),
-                )
-            })
-        }
         EngineChoice::VidMusician => {
             if !has_video {
                 return Err(Error::InvalidSetting(
@@ -347,16 +353,7 @@ fn pick_engine(config: &EngineConfig, request: &Request) -> Result<Picked> {
                         .into(),
                 ));
             }
-            let (a, _) = adapter()?;
-            Ok(Picked {
-                adapter: Some(a),
-                ..picked(
-                    EngineChoice::VidMusician,
-                    Some(musicgen()?),
-                    Some(clip()?),
-                    None,
-                )
-            })
+            with_adapter(adapter()?, false)
         }
         EngineChoice::Auto if has_video => match (musicgen(), clip()) {
             (Ok(m), Ok(c)) => Ok(picked(
