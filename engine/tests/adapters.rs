@@ -568,7 +568,7 @@ mod generation {
             positions: 113,
         };
         let input = a
-            .window_input(&mg, w, &rows, &curve, Some((&text, &mask)))
+            .window_input(&mg, w, &rows, &curve, Some((&text, &mask)), 1.0)
             .unwrap();
         assert_eq!(input.layer_inputs.len(), 4);
         for (i, l) in input.layer_inputs.iter().enumerate() {
@@ -580,12 +580,12 @@ mod generation {
         // The in-attention input moves with the curve: a window one frame
         // later reads other values.
         let later = a
-            .window_input(&mg, WindowSpan { first: 51, ..w }, &rows, &curve, None)
+            .window_input(&mg, WindowSpan { first: 51, ..w }, &rows, &curve, None, 1.0)
             .unwrap();
         assert_ne!(input.layer_inputs[0], later.layer_inputs[0]);
         // Too few CLIP rows of the wrong width are refused.
         let narrow = vec![vec![0.0; 3]; 6];
-        assert!(a.window_input(&mg, w, &narrow, &curve, None).is_err());
+        assert!(a.window_input(&mg, w, &narrow, &curve, None, 1.0).is_err());
     }
 
     #[test]
@@ -597,7 +597,11 @@ mod generation {
             .collect();
         let onsets: Vec<f32> = (0..200).map(|f| (f % 20 == 0) as u8 as f32).collect();
         let flat = vec![0.0; 200];
-        let with = |curve: &[f32]| codes(&mg, &mut |w| a.window_input(&mg, w, &rows, curve, None));
+        let with = |curve: &[f32]| {
+            codes(&mg, &mut |w| {
+                a.window_input(&mg, w, &rows, curve, None, 1.0)
+            })
+        };
         let text_only = codes(
             &mg,
             &mut mg.text_conditions(&vidmusician_engine::neural::PromptSchedule::one("")),

@@ -192,6 +192,52 @@ fn train_stage_one_then_two_writes_adapters_checkpoints_logs_and_plots() {
     );
     assert!(music.peak() > 0.01, "silent music");
 
+    // The rhythm strength reaches the rhythm module: at 0 the music differs.
+    let still = d.join("still.wav");
+    let o = bin(d)
+        .args([
+            "compose",
+            s(&data.join("a.mp4")),
+            "-o",
+            s(&still),
+            "--no-cache",
+        ])
+        .args([
+            "--model-dir",
+            s(&models),
+            "--engine",
+            "vidmusician",
+            "--adapter",
+            s(&s2),
+        ])
+        .args(["--rhythm-strength", "0"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let still = vidmusician_engine::audio::read_wav(&still).unwrap();
+    assert_ne!(
+        still.channels, music.channels,
+        "the rhythm strength changed nothing"
+    );
+    // A named adapter that is not there is an error, also under auto.
+    let o = bin(d)
+        .args([
+            "compose",
+            s(&data.join("a.mp4")),
+            "-o",
+            s(&d.join("x.wav")),
+            "--no-cache",
+        ])
+        .args([
+            "--model-dir",
+            s(&models),
+            "--adapter",
+            s(&d.join("gone.safetensors")),
+        ])
+        .output()
+        .unwrap();
+    refused(&o, &["gone.safetensors", "no such file"]);
+
     // Installed beside the models, `auto` picks it and says so, and
     // `models list` shows it.
     std::fs::create_dir_all(models.join("adapters")).unwrap();

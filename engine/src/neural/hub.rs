@@ -177,14 +177,20 @@ pub fn find_adapters(model_dir: Option<&Path>) -> Vec<FoundAdapter> {
     found
 }
 
-/// The adapter an engine uses for the MusicGen `repo` when none is named:
-/// of those found for it, a stage-2 one before a stage-1 one, then the most
-/// recently written.
-pub fn pick_adapter(repo: &str, model_dir: Option<&Path>) -> Option<FoundAdapter> {
+/// The adapter an engine uses for the MusicGen `repo` and a CLIP whose
+/// features are `clip_width` wide when none is named: of those found for
+/// both, a stage-2 one before a stage-1 one, then the most recently written.
+/// (The base weights' hash is checked when the adapter loads: reading a whole
+/// checkpoint is too slow for a choice.)
+pub fn pick_adapter(
+    repo: &str,
+    clip_width: usize,
+    model_dir: Option<&Path>,
+) -> Option<FoundAdapter> {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     find_adapters(model_dir)
         .into_iter()
-        .filter(|a| a.info.base_model == repo)
+        .filter(|a| a.info.base_model == repo && a.info.config.clip_width == clip_width)
         .max_by(|a, b| {
             a.info
                 .stage

@@ -300,15 +300,18 @@ fn pick_engine(config: &EngineConfig, request: &Request) -> Result<Picked> {
         adapter: None,
         why,
     };
-    // The adapter named, or the one found for the MusicGen in use.
+    // The adapter named, or the one found for the MusicGen and CLIP in use.
     let adapter = || -> Result<(PathBuf, String)> {
         if let Some(p) = &config.adapter {
             if !p.is_file() {
                 return Err(Error::NotFound(p.clone()));
             }
-            return Ok((p.clone(), format!("the adapter {}", p.display())));
+            return Ok((p.clone(), format!("the adapter {} was named", p.display())));
         }
-        crate::neural::hub::pick_adapter(&config.text_model, dir)
+        let width = crate::neural::models::clip::ClipConfig::load(&clip()?.join("config.json"))?
+            .vision_config
+            .hidden_size;
+        crate::neural::hub::pick_adapter(&config.text_model, width, dir)
             .map(|a| {
                 let why = format!(
                     "a stage-{} adapter for {} is installed ({})",
@@ -320,8 +323,8 @@ fn pick_engine(config: &EngineConfig, request: &Request) -> Result<Picked> {
             })
             .ok_or_else(|| {
                 Error::InvalidSetting(format!(
-                    "no adapter for {} in the model folders: train one with `vidmusician train`, or name one with --adapter",
-                    config.text_model
+                    "no adapter for {} and {} in the model folders: train one with `vidmusician train`, or name one with --adapter",
+                    config.text_model, config.clip_model
                 ))
             })
     };
@@ -336,14 +339,18 @@ fn pick_engine(config: &EngineConfig, request: &Request) -> Result<Picked> {
             )
         })
     };
-    // Auto scores a video with an adapter when one is there with its models.
-    if request.engine == EngineChoice::Auto
-        && has_video
-        && musicgen().is_ok()
-        && clip().is_ok()
-        && let Ok(found) = adapter()
-    {
-        return with_adapter(found, true);
+    // Auto scores a video with an adapter when one is there with its models;
+    // a named one must be there.
+    if request.engine == EngineChoice::Auto && has_video {
+        if config.adapter.is_some() {
+            return with_adapter(adapter()?, true);
+        }
+        if musicgen().is_ok()
+            && clip().is_ok()
+            && let Ok(found) = adapter()
+        {
+            return with_adapter(found, true);
+        }
     }
     match request.engine {
         EngineChoice::VidMusician => {

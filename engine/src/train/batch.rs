@@ -14,8 +14,10 @@ pub struct Example {
     /// pictures.
     pub clip: Vec<f32>,
     pub clip_frames: usize,
-    /// The rhythm curve at the code frame rate over the window, from its first
-    /// frame; the rhythm input reads around each frame.
+    /// The rhythm curve at the code frame rate, from the rhythm input's
+    /// context (`rhythm_context` frames) before the window's first frame on
+    /// (zeros before the piece's start): the rhythm input reads around each
+    /// frame, as in generation.
     pub rhythm: Vec<f32>,
     /// The piece's caption as cross-attention states, `tokens × hidden`
     /// (MusicGen's own text encoder and projection: what a prompt gives at
@@ -172,7 +174,7 @@ impl Batch {
             clip.resize(clip.len() + (clip_frames - e.clip_frames) * clip_width, 0.0);
             clip_mask.extend((0..clip_frames).map(|i| u32::from(i < e.clip_frames)));
             rhythm.extend(crate::neural::conditioning::rhythm::rhythm_input(
-                &e.rhythm, 0, positions, context,
+                &e.rhythm, context, positions, context,
             ));
         }
         let n = b * k * positions;

@@ -151,16 +151,18 @@ impl Extractor<'_> {
         };
         let mut h = blake3::Hasher::new();
         h.update(CACHE_VERSION.as_bytes());
-        for part in [
-            &self.base_hash,
-            &self.clip_id,
-            &crate::service::video_identity(&item.video)?.sample_hash,
-        ] {
+        // A file's identity: a hash of its first and last MiB, its size and
+        // its modification time (a re-rendered file is extracted again).
+        let identity = |p: &Path| -> Result<String> {
+            let id = crate::service::video_identity(p)?;
+            Ok(format!("{}:{}:{}", id.sample_hash, id.size, id.modified_ns))
+        };
+        for part in [&self.base_hash, &self.clip_id, &identity(&item.video)?] {
             h.update(part.as_bytes());
             h.update(&[0]);
         }
         if let Some(s) = &item.sidecar {
-            h.update(crate::service::video_identity(s)?.sample_hash.as_bytes());
+            h.update(identity(s)?.as_bytes());
         }
         Ok(Some(dir.join(format!(
             "{}.safetensors",
@@ -196,6 +198,10 @@ impl Extractor<'_> {
         let global = global_features(&item.video, self.clip, None, cancel, &mut |_| {})?;
         let patches = patch_curve(&item.video, self.clip, None, cancel, &mut |_| {})?;
         let frame_rate = self.base.frame_rate() as f64;
+        // Music past the pictures' end (a sidecar longer than its video) has
+        // no pictures to learn from.
+        let mut codes = codes;
+        codes.truncate(((patches.len() as f64 / LOCAL_FPS) * frame_rate).ceil() as usize);
         let curve = resample_linear(
             &patches,
             LOCAL_FPS,
@@ -294,8 +300,15 @@ pub fn window_frames(pieces: &[&Piece], seconds: f64, base: &MusicGen) -> usize 
         .min(max_positions.saturating_sub(k))
 }
 
-/// A window of `frames` code frames of `piece`, starting at `start`.
-pub fn window(piece: &Piece, start: usize, frames: usize, frame_rate: f64) -> Example {
+/// A window of `frames` code frames of `piece`, starting at `start`; its
+/// rhythm curve starts `context` frames earlier, as generation reads it.
+pub fn window(
+    piece: &Piece,
+    start: usize,
+    frames: usize,
+    frame_rate: f64,
+    context: usize,
+) -> Example {
     let codes = piece.codes[start..start + frames].to_vec();
     // The seconds the window overlaps, one CLIP row each.
     let first = ((start as f64 / frame_rate) as usize).min(piece.clip.len() - 1);
@@ -306,7 +319,12 @@ pub fn window(piece: &Piece, start: usize, frames: usize, frame_rate: f64) -> Ex
         codes,
         clip: rows.concat(),
         clip_frames: rows.len(),
-        rhythm: piece.curve[start.min(piece.curve.len())..].to_vec(),
+        rhythm: {
+            let from = start.saturating_sub(context);
+            let mut r = vec![0.0; context - (start - from)];
+            r.extend_from_slice(&piece.curve[from.min(piece.curve.len())..]);
+            r
+        },
         text: piece.text.clone(),
     }
 }
@@ -316,21 +334,27 @@ pub fn random_window(
     pieces: &[Piece],
     frames: usize,
     frame_rate: f64,
+    context: usize,
     rng: &mut impl Rng,
 ) -> Example {
     let p = &pieces[rng.random_range(0..pieces.len())];
     let start = rng.random_range(0..=p.codes.len() - frames);
-    window(p, start, frames, frame_rate)
+    window(p, start, frames, frame_rate, context)
 }
 
 /// The windows a held-out loss is measured on: each held-out piece cut into
 /// consecutive windows, the same every time.
-pub fn held_out_windows(pieces: &[Piece], frames: usize, frame_rate: f64) -> Vec<Example> {
+pub fn held_out_windows(
+    pieces: &[Piece],
+    frames: usize,
+    frame_rate: f64,
+    context: usize,
+) -> Vec<Example> {
     pieces
         .iter()
         .flat_map(|p| {
             (0..p.codes.len() / frames.max(1))
-                .map(move |i| window(p, i * frames, frames, frame_rate))
+                .map(move |i| window(p, i * frames, frames, frame_rate, context))
         })
         .collect()
 }

@@ -47,6 +47,8 @@ pub struct TrainConfig {
     pub steps: usize,
     /// Windows per step.
     pub batch_size: usize,
+    /// Longest training window, seconds.
+    pub window_seconds: f64,
     /// Peak learning rate.
     pub lr: f64,
     /// Steps of linear warm-up before the cosine decay.
@@ -67,6 +69,7 @@ impl Default for TrainConfig {
         Self {
             steps: 1000,
             batch_size: 4,
+            window_seconds: 30.0,
             lr: 1e-4,
             warmup: 100,
             clip_norm: 1.0,

@@ -34,8 +34,6 @@ pub struct RunOptions {
     pub train: TrainConfig,
     /// The adapter's choices; its CLIP width is taken from the CLIP model.
     pub adapter: AdapterConfig,
-    /// Longest training window, seconds.
-    pub window_seconds: f64,
     /// Held-out loss every this many steps (and at the end).
     pub eval_every: usize,
     /// A checkpoint every this many steps (and at the end).
@@ -123,11 +121,13 @@ pub fn check(o: &RunOptions) -> Result<()> {
                 o.out.display()
             ));
         }
-        if ckpt.exists() {
-            return bad(format!(
-                "{} is an earlier run's checkpoint: add --resume to continue that run, or move it away",
-                ckpt.display()
-            ));
+        for (earlier, what) in [(&ckpt, "checkpoint"), (&side_files(&o.out).1, "log")] {
+            if earlier.exists() {
+                return bad(format!(
+                    "{} is an earlier run's {what}: add --resume to continue that run, or move it away",
+                    earlier.display()
+                ));
+            }
         }
         match (o.stage, &o.init) {
             (1, Some(_)) => {
@@ -155,8 +155,11 @@ pub fn check(o: &RunOptions) -> Result<()> {
     if o.eval_every == 0 || o.checkpoint_every == 0 {
         return bad("--eval-every and --checkpoint-every take at least 1".into());
     }
-    if !(o.window_seconds.is_finite() && o.window_seconds >= 1.0) {
-        return bad(format!("--window {} (at least 1 s)", o.window_seconds));
+    if !(o.train.window_seconds.is_finite() && o.train.window_seconds >= 1.0) {
+        return bad(format!(
+            "--window {} (at least 1 s)",
+            o.train.window_seconds
+        ));
     }
     crate::audio::check_writable(&o.out)?;
     if !o.data.is_dir() {
@@ -176,6 +179,12 @@ pub fn run(
 ) -> Result<RunSummary> {
     check(o)?;
     let items = data::scan(&o.data)?;
+    if items.len() < 2 {
+        return Err(Error::InvalidSetting(format!(
+            "{}: one video to train on: at least two are needed, one of them held out to measure the model",
+            o.data.display()
+        )));
+    }
     let base = MusicGen::load(&o.musicgen_dir)?;
     let clip = Clip::load(&o.clip_dir)?;
     let encoder = EncodecEncoder::open(&o.musicgen_dir)?;
@@ -183,7 +192,34 @@ pub fn run(
     let (ckpt, log_path, plot_path) = side_files(&o.out);
 
     let mut trainer = if o.resume {
-        Trainer::resume(&ckpt, &base, o.train.clone())?
+        let t = Trainer::resume(&ckpt, &base, o.train.clone())?;
+        let saved = &t.adapter().info;
+        let mut differs = Vec::new();
+        if saved.stage != o.stage {
+            differs.push(format!("stage: {} there, {} here", saved.stage, o.stage));
+        }
+        if saved.config.condition_dropout != o.adapter.condition_dropout {
+            differs.push(format!(
+                "condition dropout: {} there, {} here",
+                saved.config.condition_dropout, o.adapter.condition_dropout
+            ));
+        }
+        if o.stage == 1 && saved.config.lora_rank != o.adapter.lora_rank {
+            differs.push(format!(
+                "LoRA rank: {} there, {} here",
+                saved.config.lora_rank, o.adapter.lora_rank
+            ));
+        }
+        if !differs.is_empty() {
+            return Err(Error::model_file(
+                &ckpt,
+                format!(
+                    "the checkpoint is of another training config ({}); resume with the same settings",
+                    differs.join(", ")
+                ),
+            ));
+        }
+        t
     } else {
         let cfg = AdapterConfig {
             clip_width: clip.config().vision_config.hidden_size,
@@ -191,7 +227,10 @@ pub fn run(
         };
         let adapter = match &o.init {
             Some(init) => {
+                // Stage 2 keeps the stage-1 adapter's modules and choices;
+                // only how often conditions are dropped is this run's.
                 let mut a = Adapter::load(init, &base, &o.musicgen_id)?;
+                a.info.config.condition_dropout = o.adapter.condition_dropout;
                 a.add_rhythm(&base)?;
                 a
             }
@@ -244,14 +283,15 @@ pub fn run(
         .collect::<Result<Vec<_>>>()?;
     let (train, held) = data::split(pieces)?;
     let all: Vec<&Piece> = train.iter().chain(&held).collect();
-    let frames = data::window_frames(&all, o.window_seconds, &base);
+    let frames = data::window_frames(&all, o.train.window_seconds, &base);
     let rate = base.frame_rate() as f64;
     if frames < 2 {
         return Err(Error::InvalidSetting(
             "the shortest piece is too short to train on".into(),
         ));
     }
-    let held_windows = data::held_out_windows(&held, frames, rate);
+    let context = trainer.adapter().info.config.rhythm_context;
+    let held_windows = data::held_out_windows(&held, frames, rate, context);
     let held_out = |t: &Trainer| eval(t, &held_windows, o.train.batch_size);
     let held_out_start = held_out(&trainer)?;
     let from_step = trainer.steps_done();
@@ -261,7 +301,6 @@ pub fn run(
         log::rewrite(&log_path, &entries)?;
     } else {
         entries.clear();
-        let _ = std::fs::remove_file(&log_path);
         let e = Entry {
             step: 0,
             loss: None,
@@ -295,7 +334,7 @@ pub fn run(
             o.train.seed.wrapping_add(1) ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
         );
         let windows: Vec<Example> = (0..o.train.batch_size)
-            .map(|_| data::random_window(&train, frames, rate, &mut rng))
+            .map(|_| data::random_window(&train, frames, rate, context, &mut rng))
             .collect();
         let refs: Vec<&Example> = windows.iter().collect();
         let stats = trainer.step(&refs)?;
@@ -326,6 +365,15 @@ pub fn run(
         if stats.step % o.checkpoint_every == 0 || last {
             trainer.save_checkpoint(&ckpt)?;
         }
+    }
+    // Checked again: the file may have appeared during a long run. The
+    // trained state stays in the checkpoint either way.
+    if !o.resume && o.out.exists() {
+        return Err(Error::InvalidSetting(format!(
+            "{} appeared during training and is not replaced; the trained adapter is in {} (move the file away and add --resume to write it)",
+            o.out.display(),
+            ckpt.display()
+        )));
     }
     trainer.adapter().save(&o.out)?;
     let title = format!(

@@ -61,9 +61,10 @@ pub struct TrainArgs {
     /// and LoRA as stage 1 left them (by default they go on training).
     #[arg(long)]
     rhythm_only: bool,
-    /// LoRA rank on T5's attention projections.
-    #[arg(long, default_value_t = 8)]
-    lora_rank: usize,
+    /// Stage 1: LoRA rank on T5's attention projections (8 if unset; stage 2
+    /// keeps the stage-1 adapter's).
+    #[arg(long)]
+    lora_rank: Option<usize>,
     /// Chance that a window's conditions (caption, pictures, rhythm) are
     /// dropped, for guidance.
     #[arg(long, default_value_t = 0.1, value_name = "P")]
@@ -83,6 +84,9 @@ pub struct TrainArgs {
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
+    if a.stage == 2 && a.lora_rank.is_some() {
+        anyhow::bail!("--lora-rank is for stage 1: stage 2 keeps the stage-1 adapter's LoRA");
+    }
     let musicgen_dir =
         hub::find_model_of(&a.model, Some(ModelKind::MusicGen), a.model_dir.as_deref())?;
     let clip_dir =
@@ -96,6 +100,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         train: TrainConfig {
             steps: a.steps,
             batch_size: a.batch,
+            window_seconds: a.window,
             lr: a.lr,
             warmup: a.warmup,
             clip_norm: 1.0,
@@ -104,12 +109,11 @@ pub fn train(a: TrainArgs) -> Result<()> {
             stage2_semantic: !a.rhythm_only,
         },
         adapter: AdapterConfig {
-            lora_rank: a.lora_rank,
+            lora_rank: a.lora_rank.unwrap_or(AdapterConfig::default().lora_rank),
             condition_dropout: a.condition_dropout,
             seed: a.seed,
             ..AdapterConfig::default()
         },
-        window_seconds: a.window,
         eval_every: a.eval_every,
         checkpoint_every: a.checkpoint_every,
         musicgen_dir,

@@ -255,8 +255,8 @@ impl Adapter {
     /// CLIP rows (one per second of the piece) of the seconds the window
     /// covers, after the prompt's `text` states and mask when there are any,
     /// and the rhythm module's in-attention inputs for its positions from
-    /// `curve` (one value per code frame of the piece). Windows are cut as
-    /// training cuts them.
+    /// `curve` (one value per code frame of the piece); `semantic` (0..1)
+    /// scales the visual states. Windows are cut as training cuts them.
     pub fn window_input(
         &self,
         base: &MusicGen,
@@ -264,6 +264,7 @@ impl Adapter {
         clip_rows: &[Vec<f32>],
         curve: &[f32],
         text: Option<(&Tensor, &Tensor)>,
+        semantic: f32,
     ) -> Result<WindowInput> {
         let width = self.info.config.clip_width;
         if clip_rows.is_empty() || clip_rows.iter().any(|r| r.len() != width) {
@@ -279,7 +280,9 @@ impl Adapter {
         let device = base.text_encoder().device();
         let features = Tensor::from_vec(rows.concat(), (1, rows.len(), width), device)?;
         let ones = Tensor::ones((1, rows.len()), DType::U32, device)?;
-        let visual = self.visual_states(&features, &ones)?;
+        // The semantic strength scales the pictures' states: at 0 they add
+        // nothing to cross-attention, as for guidance's unconditional branch.
+        let visual = (self.visual_states(&features, &ones)? * f64::from(semantic))?;
         let (states, mask) = match text {
             Some((t, m)) => (
                 Tensor::cat(&[t, &visual], 1)?,

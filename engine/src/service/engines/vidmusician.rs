@@ -14,6 +14,7 @@ use crate::analysis::{GLOBAL_FPS, LOCAL_FPS, resample_linear};
 use crate::error::{Error, Result};
 use crate::neural::MusicGen;
 use crate::neural::conditioning::Adapter;
+use crate::neural::conditioning::rhythm::{START_FRAMES, prepare_curve};
 use crate::neural::models::clip::Clip;
 use crate::service::Stage;
 
@@ -113,15 +114,25 @@ impl Pipeline for VidMusician {
             let at_video = |music_s: f64| spec.span.start + music_s * spec.playrate;
             // Over the whole video, as training prepared each piece's curve.
             let duration = patches.len() as f64 / LOCAL_FPS;
-            let video_curve = crate::neural::conditioning::rhythm::prepare_curve(
+            let mut video_curve = prepare_curve(
                 &resample_linear(&patches, LOCAL_FPS, rate, duration.max(at_video(seconds) + 1.0)),
                 adapter.info.config.rhythm_normalise,
             );
+            if let Some(cuts) = &spec.cuts {
+                mark_cuts(&mut video_curve, &cuts.times, cuts.merge, rate);
+            }
+            // Each music frame reads the largest value over the stretch of
+            // video it covers, so that no cut falls between two samples at
+            // a high playrate; the rhythm strength scales what it reads.
             let frames = (seconds * rate).ceil() as usize + musicgen.config().decoder.num_codebooks;
+            let last = video_curve.len() - 1;
             let curve: Vec<f32> = (0..frames)
                 .map(|f| {
-                    let i = (at_video(f as f64 / rate) * rate).round() as usize;
-                    video_curve.get(i).or(video_curve.last()).copied().unwrap_or(0.0)
+                    let from = ((at_video(f as f64 / rate) * rate).round() as usize).min(last);
+                    let to = ((at_video((f + 1) as f64 / rate) * rate).round() as usize)
+                        .clamp(from + 1, last + 1);
+                    let v = video_curve[from..to].iter().fold(0f32, |m, &x| m.max(x));
+                    v * spec.rhythm_strength
                 })
                 .collect();
             let rows: Vec<Vec<f32>> = (0..seconds.ceil().max(1.0) as usize)
@@ -146,6 +157,7 @@ impl Pipeline for VidMusician {
                     &rows,
                     &curve,
                     text.as_ref().map(|(s, m)| (s, m)),
+                    spec.semantic_strength,
                 )
             };
             let (audio, loudness) = stream_with(
@@ -223,5 +235,49 @@ impl VidMusician {
         let a = Arc::new(Adapter::load(path, musicgen, base_id)?);
         self.adapter = Some((hash.to_string(), mg_dir.to_path_buf(), a.clone()));
         Ok(a)
+    }
+}
+
+/// The user's cuts (seconds of the video) on a prepared rhythm curve at
+/// `rate`: a spike of 1 at each (a half on the frames beside it, as a
+/// detected cut's interpolated spike has). Without `merge` they replace the
+/// detected ones: elsewhere the curve is held under a fifth of its scale.
+fn mark_cuts(curve: &mut [f32], times: &[f64], merge: bool, rate: f64) {
+    let frame = |t: f64| (t * rate).round() as i64;
+    if !merge {
+        for (i, v) in curve.iter_mut().enumerate().skip(START_FRAMES) {
+            if !times.iter().any(|&t| (frame(t) - i as i64).abs() <= 2) {
+                *v = v.min(0.2);
+            }
+        }
+    }
+    for &t in times {
+        for (d, level) in [(-1i64, 0.5f32), (0, 1.0), (1, 0.5)] {
+            let i = frame(t) + d;
+            if let Some(v) = usize::try_from(i).ok().and_then(|i| curve.get_mut(i)) {
+                *v = v.max(level);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mark_cuts;
+
+    #[test]
+    fn user_cuts_become_spikes_and_replace_the_detected_ones_unless_merged() {
+        let base: Vec<f32> = (0..100).map(|i| if i == 40 { 0.9 } else { 0.05 }).collect();
+        let mut merged = base.clone();
+        mark_cuts(&mut merged, &[1.0], true, 50.0);
+        assert_eq!((merged[49], merged[50], merged[51]), (0.5, 1.0, 0.5));
+        assert_eq!(merged[40], 0.9, "merged: the detected cut stays");
+        let mut replaced = base.clone();
+        mark_cuts(&mut replaced, &[1.0], false, 50.0);
+        assert_eq!(replaced[50], 1.0);
+        assert_eq!(replaced[40], 0.2, "replaced: the detected cut is held down");
+        assert_eq!(replaced[10], 0.05);
+        // Cuts outside the curve are ignored, not a panic.
+        mark_cuts(&mut replaced, &[-3.0, 99.0], true, 50.0);
     }
 }
