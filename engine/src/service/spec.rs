@@ -275,12 +275,28 @@ struct Picked {
     why: Option<String>,
 }
 
-/// A hash of a file's whole content (adapters are a few to a hundred MB).
+/// A hash of a file's whole content (adapters are a few to a hundred MB),
+/// kept per path, size and modification time: the plugin resolves on the
+/// host's main thread, and hashing a large adapter there on every request
+/// would cost a tenth of a second each time.
 fn file_hash(path: &Path) -> Result<String> {
+    type Seen = (PathBuf, u64, Option<std::time::SystemTime>);
+    static HASHES: parking_lot::Mutex<Vec<(Seen, String)>> = parking_lot::Mutex::new(Vec::new());
+    let meta = std::fs::metadata(path).map_err(|e| Error::opening(path, e))?;
+    let seen: Seen = (path.to_path_buf(), meta.len(), meta.modified().ok());
+    if let Some((_, h)) = HASHES.lock().iter().find(|(s, _)| *s == seen) {
+        return Ok(h.clone());
+    }
     let mut h = blake3::Hasher::new();
     let f = std::fs::File::open(path).map_err(|e| Error::opening(path, e))?;
     h.update_reader(f).map_err(|e| Error::io(path, e))?;
-    Ok(h.finalize().to_hex()[..32].to_string())
+    let hash = h.finalize().to_hex()[..32].to_string();
+    let mut cache = HASHES.lock();
+    // A few adapters at most in a session; an old entry for the same path
+    // is replaced.
+    cache.retain(|(s, _)| s.0 != seen.0);
+    cache.push((seen, hash.clone()));
+    Ok(hash)
 }
 
 /// The engine for `request`. `auto` scores a video with the best engine
@@ -789,6 +805,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_adapter_rewritten_in_place_gets_a_new_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.safetensors");
+        std::fs::write(&p, b"first").unwrap();
+        let first = file_hash(&p).unwrap();
+        assert_eq!(file_hash(&p).unwrap(), first, "the same file, the same hash");
+        std::fs::write(&p, b"second!").unwrap();
+        assert_ne!(file_hash(&p).unwrap(), first, "a stale hash was kept");
     }
 
     #[test]
