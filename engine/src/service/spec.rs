@@ -300,7 +300,8 @@ fn file_hash(path: &Path) -> Result<String> {
 }
 
 /// The engine for `request`. `auto` scores a video with the best engine
-/// installed (zero-shot when MusicGen and CLIP are there, else the embedded
+/// installed (vidmusician when MusicGen, CLIP and an adapter for them are
+/// there, else zero-shot when MusicGen and CLIP are, else the embedded
 /// composer, saying what a better one needs) and turns text alone into music
 /// with MusicGen.
 fn pick_engine(config: &EngineConfig, request: &Request) -> Result<Picked> {
@@ -813,7 +814,11 @@ mod tests {
         let p = dir.path().join("a.safetensors");
         std::fs::write(&p, b"first").unwrap();
         let first = file_hash(&p).unwrap();
-        assert_eq!(file_hash(&p).unwrap(), first, "the same file, the same hash");
+        assert_eq!(
+            file_hash(&p).unwrap(),
+            first,
+            "the same file, the same hash"
+        );
         std::fs::write(&p, b"second!").unwrap();
         assert_ne!(file_hash(&p).unwrap(), first, "a stale hash was kept");
     }
