@@ -142,16 +142,12 @@ impl candle_core::CustomOp1 for Int8Weight {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (candle_core::CpuStorage::F32(v), Some((start, end))) =
-            (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("an 8-bit matmul takes a contiguous f32 tensor");
-        };
+        let x = super::ops::slice(storage, layout, "an 8-bit matmul")?;
         let (m, k) = layout.shape().dims2()?;
         if k != self.k {
             candle_core::bail!("an 8-bit matmul of {} inputs given {k}", self.k);
         }
-        let out = self.matmul(&v[start..end], m, Then::Nothing);
+        let out = self.matmul(x, m, Then::Nothing);
         Ok((candle_core::CpuStorage::F32(out), (m, self.n).into()))
     }
 }
@@ -264,23 +260,13 @@ impl Fused<'_> {
         h: (&candle_core::CpuStorage, &candle_core::Layout),
         then: impl FnOnce(&[f32], usize) -> candle_core::Result<Vec<f32>>,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let v = f32_slice(h.0, h.1)?;
+        let v = super::ops::slice(h.0, h.1, "an 8-bit matmul")?;
         let (m, k) = h.1.shape().dims2()?;
         if k != self.w.k {
             candle_core::bail!("an 8-bit matmul of {} inputs given {k}", self.w.k);
         }
         let out = then(v, m)?;
         Ok((candle_core::CpuStorage::F32(out), (m, self.w.n).into()))
-    }
-}
-
-fn f32_slice<'a>(
-    s: &'a candle_core::CpuStorage,
-    l: &candle_core::Layout,
-) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("an 8-bit matmul takes contiguous f32 tensors"),
     }
 }
 
@@ -296,7 +282,7 @@ impl candle_core::CustomOp2 for Fused<'_> {
         bs: &candle_core::CpuStorage,
         bl: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let b = f32_slice(bs, bl)?;
+        let b = super::ops::slice(bs, bl, "an 8-bit matmul")?;
         self.run((hs, hl), |h, m| {
             let then = Then::Bias(b, self.quick);
             if !then.fits(m, self.w.n) {
@@ -321,8 +307,8 @@ impl candle_core::CustomOp3 for Fused<'_> {
         xs: &candle_core::CpuStorage,
         xl: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let b = f32_slice(bs, bl)?;
-        let x = f32_slice(xs, xl)?;
+        let b = super::ops::slice(bs, bl, "an 8-bit matmul")?;
+        let x = super::ops::slice(xs, xl, "an 8-bit matmul")?;
         self.run((hs, hl), |h, m| {
             let then = Then::Residual(b, x);
             if !then.fits(m, self.w.n) {

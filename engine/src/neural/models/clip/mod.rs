@@ -62,12 +62,7 @@ impl candle_core::CustomOp1 for QuickGelu {
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use rayon::prelude::*;
-        let (candle_core::CpuStorage::F32(v), Some((start, end))) =
-            (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("quick-gelu takes a contiguous f32 tensor");
-        };
-        let src = &v[start..end];
+        let src = ops::slice(storage, layout, "quick-gelu")?;
         let mut out = vec![0f32; src.len()];
         // Chunks large enough that a task outweighs rayon's hand-over.
         out.par_chunks_mut(1 << 14)

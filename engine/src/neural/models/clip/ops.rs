@@ -24,7 +24,7 @@ pub(super) fn applies(x: &Tensor) -> bool {
 }
 
 /// A contiguous f32 slice of a storage, or an error naming the op.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+pub(super) fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         _ => candle_core::bail!("{op} takes contiguous f32 tensors"),
