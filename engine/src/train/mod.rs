@@ -27,7 +27,7 @@ use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 
 use crate::neural::MusicGen;
-use crate::neural::conditioning::adapter::set_params;
+use crate::neural::conditioning::adapter::{set_params, write_safetensors};
 use crate::neural::conditioning::{Adapter, AdapterInfo};
 use crate::neural::models::musicgen::{Conditioning, MusicgenDecoder};
 use crate::neural::weights::Weights;
@@ -280,11 +280,7 @@ impl Trainer {
             serde_json::to_string(&self.cfg)
                 .map_err(|e| Error::InvalidSetting(format!("training config: {e}")))?,
         );
-        let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n, t)), Some(meta))
-            .map_err(|e| Error::output(path, e))?;
-        crate::audio::atomic_output(path, |tmp| {
-            std::fs::write(tmp, &bytes).map_err(|e| Error::output(path, e))
-        })
+        write_safetensors(path, &tensors, meta)
     }
 
     /// Resumes the run a checkpoint at `path` saved, on `base` with `cfg`:
@@ -337,12 +333,7 @@ impl Trainer {
             .get("step")
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| Error::model_file(path, "the checkpoint has no step count"))?;
-        let mut adapter = Adapter::new(&info.config, base, &info.base_model, DType::F32)?;
-        if info.stage == 2 {
-            adapter.add_rhythm(base)?;
-        }
-        adapter.info = info;
-        set_params(&adapter.params, &file, "param.", path)?;
+        let adapter = Adapter::from_saved(info, base, &file, "param.", path)?;
         let mut trainer = Self::new(base, adapter, cfg)?;
         let load_all = |prefix: &str| -> Result<Vec<Tensor>> {
             // The moments load into a copy of the trained tensors' layout.

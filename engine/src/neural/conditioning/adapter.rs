@@ -210,14 +210,25 @@ impl Adapter {
             .iter()
             .map(|(n, v)| Ok((n.to_string(), v.as_tensor().to_dtype(DType::F32)?)))
             .collect::<Result<_>>()?;
-        // Serialised here and written by `atomic_output`, not by
-        // `serialize_to_file`: that one renames a private (0600) temporary
-        // file into place, and an adapter is a file users share.
-        let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n, t)), Some(meta))
-            .map_err(|e| Error::output(path, e))?;
-        crate::audio::atomic_output(path, |tmp| {
-            std::fs::write(tmp, &bytes).map_err(|e| Error::output(path, e))
-        })
+        write_safetensors(path, &tensors, meta)
+    }
+
+    /// The adapter `info` describes, for `base`, its tensors read from
+    /// `file`'s tensors named `prefix` + their names.
+    pub(crate) fn from_saved(
+        info: AdapterInfo,
+        base: &MusicGen,
+        file: &safetensors::SafeTensors<'_>,
+        prefix: &str,
+        path: &Path,
+    ) -> Result<Self> {
+        let mut adapter = Self::new(&info.config, base, &info.base_model, DType::F32)?;
+        if info.stage == 2 {
+            adapter.add_rhythm(base)?;
+        }
+        adapter.info = info;
+        set_params(&adapter.params, file, prefix, path)?;
+        Ok(adapter)
     }
 
     /// Loads the adapter at `path` for `base`, refusing one trained on another
@@ -242,13 +253,7 @@ impl Adapter {
                 format!("the adapter file is damaged or truncated: {e}"),
             )
         })?;
-        let mut adapter = Self::new(&info.config, base, &info.base_model, DType::F32)?;
-        if info.stage == 2 {
-            adapter.add_rhythm(base)?;
-        }
-        adapter.info = info;
-        set_params(&adapter.params, &file, "", path)?;
-        Ok(adapter)
+        Self::from_saved(info, base, &file, "", path)
     }
 
     /// A generation window's conditions on `base`: the visual states of the
@@ -330,6 +335,22 @@ impl Adapter {
             None => Ok(Vec::new()),
         }
     }
+}
+
+/// Writes `tensors` and `meta` as a safetensors file at `path`, replacing
+/// it whole or not at all. Serialised here and written by `atomic_output`,
+/// not by `serialize_to_file`: that one renames a private (0600) temporary
+/// file into place, and adapters are files users share.
+pub(crate) fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    meta: HashMap<String, String>,
+) -> Result<()> {
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n, t)), Some(meta))
+        .map_err(|e| Error::output(path, e))?;
+    crate::audio::atomic_output(path, |tmp| {
+        std::fs::write(tmp, &bytes).map_err(|e| Error::output(path, e))
+    })
 }
 
 /// Sets every tensor of `params` from `file`'s tensor of the same name after
