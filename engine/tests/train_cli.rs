@@ -86,6 +86,16 @@ fn train(dir: &Path, models: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `compose VIDEO -o OUT --no-cache --model-dir MODELS EXTRA…`.
+fn compose(dir: &Path, models: &Path, video: &Path, out: &Path, extra: &[&str]) -> Output {
+    bin(dir)
+        .args(["compose", s(video), "-o", s(out), "--no-cache"])
+        .args(["--model-dir", s(models)])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -165,24 +175,13 @@ fn train_stage_one_then_two_writes_adapters_checkpoints_logs_and_plots() {
 
     // The adapter engine scores a video with it: as long as the video.
     let wav = d.join("scored.wav");
-    let o = bin(d)
-        .args([
-            "compose",
-            s(&data.join("a.mp4")),
-            "-o",
-            s(&wav),
-            "--no-cache",
-        ])
-        .args([
-            "--model-dir",
-            s(&models),
-            "--engine",
-            "vidmusician",
-            "--adapter",
-            s(&s2),
-        ])
-        .output()
-        .unwrap();
+    let o = compose(
+        d,
+        &models,
+        &data.join("a.mp4"),
+        &wav,
+        &["--engine", "vidmusician", "--adapter", s(&s2)],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let music = vidmusician_engine::audio::read_wav(&wav).unwrap();
     assert!(
@@ -194,25 +193,20 @@ fn train_stage_one_then_two_writes_adapters_checkpoints_logs_and_plots() {
 
     // The rhythm strength reaches the rhythm module: at 0 the music differs.
     let still = d.join("still.wav");
-    let o = bin(d)
-        .args([
-            "compose",
-            s(&data.join("a.mp4")),
-            "-o",
-            s(&still),
-            "--no-cache",
-        ])
-        .args([
-            "--model-dir",
-            s(&models),
+    let o = compose(
+        d,
+        &models,
+        &data.join("a.mp4"),
+        &still,
+        &[
             "--engine",
             "vidmusician",
             "--adapter",
             s(&s2),
-        ])
-        .args(["--rhythm-strength", "0"])
-        .output()
-        .unwrap();
+            "--rhythm-strength",
+            "0",
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let still = vidmusician_engine::audio::read_wav(&still).unwrap();
     assert_ne!(
@@ -220,22 +214,13 @@ fn train_stage_one_then_two_writes_adapters_checkpoints_logs_and_plots() {
         "the rhythm strength changed nothing"
     );
     // A named adapter that is not there is an error, also under auto.
-    let o = bin(d)
-        .args([
-            "compose",
-            s(&data.join("a.mp4")),
-            "-o",
-            s(&d.join("x.wav")),
-            "--no-cache",
-        ])
-        .args([
-            "--model-dir",
-            s(&models),
-            "--adapter",
-            s(&d.join("gone.safetensors")),
-        ])
-        .output()
-        .unwrap();
+    let o = compose(
+        d,
+        &models,
+        &data.join("a.mp4"),
+        &d.join("x.wav"),
+        &["--adapter", s(&d.join("gone.safetensors"))],
+    );
     refused(&o, &["gone.safetensors", "no such file"]);
 
     // Installed beside the models, `auto` picks it and says so, and
@@ -243,17 +228,7 @@ fn train_stage_one_then_two_writes_adapters_checkpoints_logs_and_plots() {
     std::fs::create_dir_all(models.join("adapters")).unwrap();
     std::fs::copy(&s2, models.join("adapters/tiny.safetensors")).unwrap();
     let auto = d.join("auto.wav");
-    let o = bin(d)
-        .args([
-            "compose",
-            s(&data.join("b.mp4")),
-            "-o",
-            s(&auto),
-            "--no-cache",
-        ])
-        .args(["--model-dir", s(&models)])
-        .output()
-        .unwrap();
+    let o = compose(d, &models, &data.join("b.mp4"), &auto, &[]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(
