@@ -407,3 +407,127 @@ fn a_playrate_retimes_the_music_to_the_video_as_played() {
     r.playrate = 0.0;
     assert!(eng.submit(r).is_err());
 }
+
+/// Waits for request `id`'s overview (failing on its failure).
+fn wait_overview(eng: &Engine, id: u64) -> std::sync::Arc<vidmusician_engine::service::Overview> {
+    loop {
+        match eng.events().recv().unwrap() {
+            Event::Overview { id: got, overview } if got == id => return overview,
+            Event::Failed { id: got, error } if got == id => panic!("overview failed: {error}"),
+            Event::Cancelled { id: got } if got == id => panic!("overview cancelled"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn an_overview_shows_the_pictures_the_cuts_and_the_music() {
+    use vidmusician_engine::service::{MusicSource, OverviewRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let v = video(dir.path(), "v.mp4", 4.0);
+    let eng = engine(dir.path());
+    let mut req = Request::new(&v);
+    req.sample_rate = 32_000;
+    let resolved = eng.resolve(&req).unwrap();
+    // The video alone, before any music.
+    let id = eng
+        .overview(OverviewRequest {
+            resolved: resolved.clone(),
+            music: None,
+            thumbnails: 8,
+        })
+        .unwrap();
+    let o = wait_overview(&eng, id);
+    let video = o.video.as_ref().expect("the video's side");
+    assert!(o.music.is_none());
+    assert!((video.duration - 4.0).abs() < 0.05, "{}", video.duration);
+    assert_eq!(video.thumbnails.len(), 8);
+    for (k, t) in video.thumbnails.iter().enumerate() {
+        assert!(
+            (t.time - k as f64 * 0.5).abs() < 0.05,
+            "thumbnail {k} at {}",
+            t.time
+        );
+        assert_eq!(t.rgb.len(), (t.side * t.side * 3) as usize);
+    }
+    // The synthetic shots differ in colour: thumbnails across a cut do too.
+    assert_ne!(video.thumbnails[0].rgb, video.thumbnails[7].rgb);
+    assert_eq!(video.curve_rate, 25.0);
+    assert!(
+        (video.curve.len() as f64 - 100.0).abs() <= 2.0,
+        "{}",
+        video.curve.len()
+    );
+    let cuts: Vec<f64> = video.cuts.iter().map(|c| c.time).collect();
+    assert_eq!(cuts.len(), 3, "{cuts:?}");
+    for (c, want) in cuts.iter().zip([1.0, 2.4, 3.3]) {
+        assert!((c - want).abs() < 0.05, "{cuts:?}");
+    }
+
+    // The music once made: from the piece in hand and from the cache, the
+    // same waveform and onsets.
+    let (id, _) = eng.submit(req.clone()).unwrap();
+    let done = eng.wait(id, |_| {}).unwrap();
+    let from_audio = wait_overview(
+        &eng,
+        eng.overview(OverviewRequest {
+            resolved: resolved.clone(),
+            music: Some(MusicSource::Audio(done.audio.clone())),
+            thumbnails: 8,
+        })
+        .unwrap(),
+    );
+    let from_cache = wait_overview(
+        &eng,
+        eng.overview(OverviewRequest {
+            resolved,
+            music: Some(MusicSource::Cached(done.cache_key.clone())),
+            thumbnails: 8,
+        })
+        .unwrap(),
+    );
+    let m = from_audio.music.as_ref().expect("the music's side");
+    assert_eq!(from_cache.music, from_audio.music);
+    assert_eq!(from_cache.video, o.video);
+    assert!((m.seconds - 4.0).abs() < 0.01, "{}", m.seconds);
+    assert_eq!(m.peaks.len(), 200);
+    assert!(m.peaks.iter().all(|[lo, hi]| lo <= hi));
+    assert!(
+        m.peaks.iter().any(|[lo, hi]| hi - lo > 0.05),
+        "a silent waveform"
+    );
+    assert!(!m.onsets.is_empty());
+    assert!(m.onsets.iter().all(|t| (0.0..4.0).contains(t)));
+}
+
+#[test]
+fn an_overview_of_a_video_that_is_gone_fails_with_its_reason() {
+    use vidmusician_engine::service::OverviewRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let v = video(dir.path(), "v.mp4", 2.0);
+    let eng = engine(dir.path());
+    let resolved = eng.resolve(&Request::new(&v)).unwrap();
+    std::fs::remove_file(&v).unwrap();
+    let id = eng
+        .overview(OverviewRequest {
+            resolved,
+            music: None,
+            thumbnails: 4,
+        })
+        .unwrap();
+    loop {
+        match eng.events().recv().unwrap() {
+            Event::Failed { id: got, error } if got == id => {
+                assert!(error.to_string().contains("v.mp4"), "{error}");
+                break;
+            }
+            Event::Overview { id: got, .. } if got == id => panic!("an overview of nothing"),
+            _ => {}
+        }
+    }
+    // The engine goes on.
+    let (id, _) = eng
+        .submit(Request::new(video(dir.path(), "w.mp4", 1.0)))
+        .unwrap();
+    eng.wait(id, |_| {}).unwrap();
+}

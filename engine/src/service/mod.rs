@@ -14,6 +14,7 @@
 mod cache;
 mod chunks;
 mod engines;
+pub mod overview;
 pub(crate) mod spec;
 mod worker;
 
@@ -23,6 +24,9 @@ pub use chunks::{AudioChunk, ChunkReader};
 pub use crate::neural::Precision;
 pub use crate::sketch::Meter;
 pub use engines::{clip_loads, musicgen_loads, video_tags};
+pub use overview::{
+    CutMark, MusicOverview, MusicSource, Overview, OverviewRequest, Thumbnail, VideoOverview,
+};
 pub use spec::{
     CutSource, CutsRequest, EngineId, MusicSpec, Resolved, Sampling, Span, UserCuts, VideoId,
     resolve, video_identity,
@@ -280,6 +284,12 @@ pub enum Event {
     Cancelled {
         id: u64,
     },
+    /// An overview asked for with [`Engine::overview`] (its failure is
+    /// [`Event::Failed`], its cancellation [`Event::Cancelled`]).
+    Overview {
+        id: u64,
+        overview: Arc<Overview>,
+    },
 }
 
 impl Event {
@@ -288,6 +298,7 @@ impl Event {
             Event::Progress { id, .. }
             | Event::Done { id, .. }
             | Event::Failed { id, .. }
+            | Event::Overview { id, .. }
             | Event::Cancelled { id } => *id,
         }
     }
@@ -328,6 +339,16 @@ impl Default for EngineConfig {
 /// handed to the engine thread to drain: it frees what readers retire.
 pub(crate) type Adopted = Arc<Mutex<Vec<rtrb::Consumer<Arc<AudioChunk>>>>>;
 
+/// What the engine thread is asked to do.
+pub(crate) enum Task {
+    Music(Job),
+    Overview {
+        id: u64,
+        request: Box<OverviewRequest>,
+        cancel: Arc<AtomicBool>,
+    },
+}
+
 pub(crate) struct Job {
     pub id: u64,
     pub request: Request,
@@ -342,7 +363,7 @@ pub(crate) struct Job {
 /// Handle to the engine thread. Dropping it cancels outstanding work and
 /// joins the thread.
 pub struct Engine {
-    jobs: Option<Sender<Job>>,
+    jobs: Option<Sender<Task>>,
     events: Receiver<Event>,
     thread: Option<JoinHandle<()>>,
     next_id: AtomicU64,
@@ -350,6 +371,8 @@ pub struct Engine {
     /// `submit`/`cancel` on the control thread, read by the worker through
     /// its own `Arc`; the lock is never taken on a real-time thread.
     pending: Mutex<Vec<(u64, Arc<AtomicBool>)>>,
+    /// The same for overviews, which a new piece does not supersede.
+    overviews: Mutex<Vec<(u64, Arc<AtomicBool>)>>,
     cache: Option<AudioCache>,
     adopted: Adopted,
     config: EngineConfig,
@@ -357,7 +380,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn start(config: EngineConfig) -> Result<Self> {
-        let (job_tx, job_rx) = unbounded::<Job>();
+        let (job_tx, job_rx) = unbounded::<Task>();
         let (ev_tx, ev_rx) = unbounded::<Event>();
         let cache = config.cache_dir.clone().map(AudioCache::new);
         let adopted: Adopted = Arc::default();
@@ -373,6 +396,7 @@ impl Engine {
             thread: Some(thread),
             next_id: AtomicU64::new(1),
             pending: Mutex::new(Vec::new()),
+            overviews: Mutex::new(Vec::new()),
             cache,
             adopted,
             config,
@@ -471,22 +495,44 @@ impl Engine {
             chunks,
             retired,
         };
-        self.jobs
-            .as_ref()
-            .ok_or(Error::EngineGone)?
-            .send(job)
-            .map_err(|_| Error::EngineGone)?;
+        self.send(Task::Music(job))?;
         Ok((id, reader))
     }
 
+    /// Queues an overview of `request` (thumbnails, curve and cuts, the
+    /// music's waveform and onsets) for an editor. It comes back as
+    /// [`Event::Overview`] with the returned id; [`Self::cancel`] stops it.
+    pub fn overview(&self, request: OverviewRequest) -> Result<u64> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cancel = Arc::new(AtomicBool::new(false));
+        // Kept apart from the music's flags: a new piece superseding the
+        // old ones does not stop the pictures being drawn.
+        self.overviews.lock().push((id, cancel.clone()));
+        self.send(Task::Overview {
+            id,
+            request: Box::new(request),
+            cancel,
+        })?;
+        Ok(id)
+    }
+
+    fn send(&self, task: Task) -> Result<()> {
+        self.jobs
+            .as_ref()
+            .ok_or(Error::EngineGone)?
+            .send(task)
+            .map_err(|_| Error::EngineGone)
+    }
+
     pub fn cancel(&self, id: u64) {
-        let mut pending = self.pending.lock();
-        pending.retain(|(pid, flag)| {
-            if *pid == id {
-                flag.store(true, Ordering::Relaxed);
-            }
-            *pid != id
-        });
+        for list in [&self.pending, &self.overviews] {
+            list.lock().retain(|(pid, flag)| {
+                if *pid == id {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                *pid != id
+            });
+        }
     }
 
     /// Events from the engine thread, in order.
@@ -516,6 +562,12 @@ impl Engine {
                     self.forget(id);
                     return Err(Error::Cancelled);
                 }
+                Event::Overview { .. } => {
+                    self.forget(id);
+                    return Err(Error::InvalidSetting(format!(
+                        "request {id} is an overview, not music"
+                    )));
+                }
                 Event::Progress { .. } => {}
             }
         }
@@ -523,13 +575,16 @@ impl Engine {
 
     fn forget(&self, id: u64) {
         self.pending.lock().retain(|(pid, _)| *pid != id);
+        self.overviews.lock().retain(|(pid, _)| *pid != id);
     }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        for (_, flag) in self.pending.lock().drain(..) {
-            flag.store(true, Ordering::Relaxed);
+        for list in [&self.pending, &self.overviews] {
+            for (_, flag) in list.lock().drain(..) {
+                flag.store(true, Ordering::Relaxed);
+            }
         }
         // Closing the job channel ends the worker's loop.
         self.jobs = None;

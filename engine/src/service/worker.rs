@@ -8,7 +8,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::engines::{Engines, Work};
 use super::{
-    Adopted, AudioCache, AudioChunk, CacheMeta, EngineConfig, Event, Finished, Job, Stage, resolve,
+    Adopted, AudioCache, AudioChunk, CacheMeta, EngineConfig, Event, Finished, Job, Stage, Task,
+    resolve,
 };
 use crate::audio::Audio;
 use crate::error::{Error, Result};
@@ -18,7 +19,7 @@ const COLLECT_EVERY: Duration = Duration::from_millis(50);
 
 pub(super) fn run(
     config: EngineConfig,
-    jobs: Receiver<Job>,
+    jobs: Receiver<Task>,
     events: Sender<Event>,
     adopted: Adopted,
 ) {
@@ -36,7 +37,24 @@ pub(super) fn run(
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        let mut job = job;
+        let mut job = match job {
+            Task::Music(job) => job,
+            Task::Overview {
+                id,
+                request,
+                cancel,
+            } => {
+                let _ = events.send(overview(
+                    id,
+                    &request,
+                    cache.as_ref(),
+                    &mut engines,
+                    &cancel,
+                    &events,
+                ));
+                continue;
+            }
+        };
         let id = job.id;
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             process(
@@ -71,6 +89,47 @@ pub(super) fn run(
         let _ = events.send(event);
         retired_rings.append(&mut adopted.lock());
         collect(&mut retired_rings);
+    }
+}
+
+/// Makes an overview; its event (done, failed or cancelled).
+fn overview(
+    id: u64,
+    request: &super::OverviewRequest,
+    cache: Option<&AudioCache>,
+    engines: &mut Engines,
+    cancel: &AtomicBool,
+    events: &Sender<Event>,
+) -> Event {
+    if cancel.load(Ordering::Relaxed) {
+        return Event::Cancelled { id };
+    }
+    let progress = |f: f64| {
+        let _ = events.send(Event::Progress {
+            id,
+            stage: Stage::Analysing,
+            fraction: f,
+        });
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        engines.overview(request, cache, cancel, &progress)
+    }));
+    match outcome {
+        Ok(Ok(o)) => Event::Overview {
+            id,
+            overview: Arc::new(o),
+        },
+        Ok(Err(Error::Cancelled)) => Event::Cancelled { id },
+        Ok(Err(e)) => Event::Failed {
+            id,
+            error: Arc::new(e),
+        },
+        Err(_) => Event::Failed {
+            id,
+            error: Arc::new(Error::InvalidSetting(
+                "internal error while drawing the overview (panic); please report it".into(),
+            )),
+        },
     }
 }
 

@@ -103,9 +103,58 @@ pub(crate) struct Engines {
     zero_shot: zeroshot::ZeroShot,
     vidmusician: vidmusician::VidMusician,
     pools: Option<Arc<Pools>>,
+    /// The last overview's thumbnails: a new take of the same video needs
+    /// no new pictures.
+    thumbnails: Option<(super::VideoId, usize, Vec<super::Thumbnail>)>,
 }
 
 impl Engines {
+    /// The overview of `req`'s video (thumbnails, curve, cuts in use) and
+    /// music, on the engine thread. The analysis is the sketch engine's,
+    /// so a sketch piece of the same video decodes it once.
+    pub fn overview(
+        &mut self,
+        req: &super::OverviewRequest,
+        cache: Option<&super::AudioCache>,
+        cancel: &AtomicBool,
+        progress: &dyn Fn(f64),
+    ) -> Result<super::Overview> {
+        use super::overview::{MusicOverview, MusicSource, thumbnails, video_overview};
+        let spec = &req.resolved.spec;
+        let video = match (&req.resolved.video, &spec.video) {
+            (Some((path, info)), Some(id)) => {
+                let analysis = self
+                    .sketch
+                    .analysis(path, id, None, cancel, &|f| progress(0.8 * f))?;
+                let analysis = match &spec.cuts {
+                    Some(c) => analysis.with_cuts(&c.times, c.merge),
+                    None => (*analysis).clone(),
+                };
+                let thumbs = match &self.thumbnails {
+                    Some((v, n, t)) if v == id && *n == req.thumbnails => t.clone(),
+                    _ => {
+                        let t = thumbnails(path, info.duration, req.thumbnails, cancel)?;
+                        self.thumbnails = Some((id.clone(), req.thumbnails, t.clone()));
+                        t
+                    }
+                };
+                Some(Arc::new(video_overview(&analysis, thumbs)))
+            }
+            _ => None,
+        };
+        progress(0.9);
+        let audio = match &req.music {
+            Some(MusicSource::Audio(a)) => Some(a.clone()),
+            Some(MusicSource::Cached(key)) => {
+                cache.and_then(|c| c.get(key)).map(|(a, _)| Arc::new(a))
+            }
+            None => None,
+        };
+        let music = audio.map(|a| Arc::new(MusicOverview::of(&a, spec.span.start, spec.playrate)));
+        progress(1.0);
+        Ok(super::Overview { video, music })
+    }
+
     /// Makes `work`'s music with the engine its spec names.
     pub fn make(&mut self, mut work: Work<'_>) -> Result<Made> {
         let engine: &mut dyn Pipeline = match work.spec.engine.choice {

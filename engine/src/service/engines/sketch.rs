@@ -1,7 +1,9 @@
 //! The embedded composer: analyses the pictures, writes a score for them and
 //! synthesises it. No weights.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use super::{Made, Pipeline, Work};
 use crate::analysis::{Analysis, StatsEncoder, analyze_until};
@@ -31,6 +33,35 @@ impl From<&MusicSpec> for SketchSettings {
     }
 }
 
+impl Sketch {
+    /// The analysis of the video `id` at `path` (up to `until` seconds),
+    /// kept for the next request of the same video.
+    pub(crate) fn analysis(
+        &mut self,
+        path: &Path,
+        id: &VideoId,
+        until: Option<f64>,
+        cancel: &AtomicBool,
+        progress: &dyn Fn(f64),
+    ) -> Result<Arc<Analysis>> {
+        if let Some((v, p, a)) = &self.last
+            && v == id
+            && *p == until
+        {
+            return Ok(a.clone());
+        }
+        let a = Arc::new(analyze_until(
+            path,
+            &mut StatsEncoder::default(),
+            until,
+            cancel,
+            &mut |f| progress(f),
+        )?);
+        self.last = Some((id.clone(), until, a.clone()));
+        Ok(a)
+    }
+}
+
 impl Pipeline for Sketch {
     fn make(&mut self, work: Work<'_>) -> Result<Made> {
         let spec = work.spec;
@@ -39,20 +70,9 @@ impl Pipeline for Sketch {
                 "the sketch engine scores a video: give one".into(),
             ));
         };
-        let analysis = match &self.last {
-            Some((v, p, a)) if v == id && *p == spec.preview_until => a.clone(),
-            _ => {
-                let a = Arc::new(analyze_until(
-                    path,
-                    &mut StatsEncoder::default(),
-                    spec.preview_until,
-                    work.cancel,
-                    &mut |f| (work.progress)(Stage::Analysing, f),
-                )?);
-                self.last = Some((id.clone(), spec.preview_until, a.clone()));
-                a
-            }
-        };
+        let analysis = self.analysis(path, id, spec.preview_until, work.cancel, &|f| {
+            (work.progress)(Stage::Analysing, f)
+        })?;
         let analysis = match &spec.cuts {
             Some(c) => Arc::new(analysis.with_cuts(&c.times, c.merge)),
             None => analysis,
