@@ -490,7 +490,7 @@ fn an_overview_shows_the_pictures_the_cuts_and_the_music() {
     assert_eq!(from_cache.music, from_audio.music);
     assert_eq!(from_cache.video, o.video);
     assert!((m.seconds - 4.0).abs() < 0.01, "{}", m.seconds);
-    assert_eq!(m.peaks.len(), 200);
+    assert_eq!(m.peaks.len(), 800);
     assert!(m.peaks.iter().all(|[lo, hi]| lo <= hi));
     assert!(
         m.peaks.iter().any(|[lo, hi]| hi - lo > 0.05),

@@ -10,10 +10,13 @@
 //!   the plugin's own for hosts that give the main thread no turn) it
 //!   builds requests for the engine and hands takes to the audio thread
 //!   (`requests.rs`).
+//! - The editor (`editor/`, its own thread): draws a snapshot the other
+//!   threads publish and sends them commands.
 //! - [`Processor`] (audio thread, `processor.rs`): plays the take as a pure
 //!   function of the host's song position through [`playback::Player`],
 //!   reading the transport through `transport.rs`.
 
+pub mod editor;
 mod main_thread;
 pub mod params;
 pub mod playback;
@@ -26,7 +29,7 @@ pub mod state;
 mod steward;
 mod transport;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::CStr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::time::Duration;
 
 use clack_extensions::audio_ports::PluginAudioPorts;
+use clack_extensions::gui::PluginGui;
 use clack_extensions::params::PluginParams;
 use clack_extensions::preset_discovery::prelude::{
     PluginPresetLoad, PresetDiscoveryFactoryWrapper,
@@ -50,6 +54,7 @@ pub use main_thread::MainThread;
 pub use processor::Processor;
 pub use shared::Shared;
 
+use editor::model::EditorModel;
 use params::ParamValues;
 use reaper::Reaper;
 use requests::Inner;
@@ -80,7 +85,8 @@ impl Plugin for VidMusician {
             .register::<PluginState>()
             .register::<PluginRender>()
             .register::<PluginTimer>()
-            .register::<PluginPresetLoad>();
+            .register::<PluginPresetLoad>()
+            .register::<PluginGui>();
     }
 }
 
@@ -95,9 +101,11 @@ impl DefaultPluginFactory for VidMusician {
     }
 
     fn new_shared(host: HostSharedHandle<'_>) -> Result<Shared<'_>, PluginError> {
+        let params = Arc::new(ParamValues::default());
         Ok(Shared {
             host,
-            params: ParamValues::default(),
+            editor: EditorModel::new_listed(params.clone()),
+            params,
             offline: AtomicBool::new(false),
             bouncing: AtomicBool::new(false),
             regenerate: AtomicBool::new(false),
@@ -126,6 +134,10 @@ impl DefaultPluginFactory for VidMusician {
             item: None,
             reaper_changes: None,
             marker_cuts: Vec::new(),
+            video_override: false,
+            resolved: None,
+            current: None,
+            overview: None,
         }));
         let steward = Steward::start(shared, Arc::clone(&inner))
             .map_err(|_| PluginError::Message("cannot start a thread"))?;
@@ -136,6 +148,7 @@ impl DefaultPluginFactory for VidMusician {
             timer: Cell::new(None),
             inner,
             steward: Some(steward),
+            editor: RefCell::default(),
         })
     }
 }

@@ -2,7 +2,7 @@
 //! state, presets, render mode, timer) and REAPER's timeline. Requests for
 //! music are built in [`crate::requests`].
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::CStr;
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -26,6 +26,7 @@ use clack_plugin::prelude::*;
 use clack_plugin::stream::{InputStream, OutputStream};
 use parking_lot::Mutex;
 
+use crate::editor::EditorWindow;
 use crate::params::{PARAMS, ParamId, ParamSpec};
 use crate::presets;
 use crate::reaper::{self, Reaper};
@@ -49,6 +50,8 @@ pub struct MainThread<'a> {
     pub(crate) inner: Arc<Mutex<Inner>>,
     /// Joined (before `inner` and the engine in it drop) on destroy.
     pub(crate) steward: Option<Steward>,
+    /// The editor's window while it is open.
+    pub(crate) editor: RefCell<EditorWindow>,
 }
 
 impl<'a> PluginMainThread<'a, Shared<'a>> for MainThread<'a> {
@@ -95,6 +98,10 @@ impl MainThread<'_> {
         }
         inner.reaper_changes = reaper.change_count();
         let (found, others) = reaper::choose(&reaper.items());
+        if inner.video_override {
+            // The user chose a video in the editor.
+            return false;
+        }
         let Some(item) = found else {
             // Deleted or not yet placed: the music stays where it was, and
             // a saved video still plays.
@@ -126,6 +133,14 @@ impl MainThread<'_> {
             .timeline_offset
             .store(item.position.to_bits(), Ordering::Release);
         inner.video = Some(item.path.clone());
+        self.shared.editor.update(|v| {
+            if v.video.as_ref() != Some(&item.path) {
+                v.video_overview = None;
+                v.music = None;
+            }
+            v.video = Some(item.path.clone());
+            v.from_timeline = true;
+        });
         inner.item = Some(item);
         new_music
     }
@@ -152,7 +167,11 @@ impl PluginTimerImpl for MainThread<'_> {
 
 impl Drop for MainThread<'_> {
     fn drop(&mut self) {
-        // The steward first: it borrows `shared` and holds `inner`.
+        // A host that destroys the plugin with its editor open: the window
+        // (and its thread) goes first.
+        drop(self.editor.get_mut().take_window());
+        self.shared.editor.set_open(false);
+        // The steward next: it borrows `shared` and holds `inner`.
         drop(self.steward.take());
         if let Some(id) = self.timer.take()
             && let Some(timer) = self.host.get_extension::<HostTimer>()

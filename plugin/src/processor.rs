@@ -141,6 +141,9 @@ impl Processor<'_> {
             self.free_running,
         );
         self.player.catch_up(start, frames);
+        self.shared
+            .editor
+            .set_playhead(playing.then(|| start as f64 / self.sample_rate));
         self.follow_tempo(process, frames);
         let bar = transport::next_bar(process.transport, start, self.sample_rate);
         let bounce = playing && self.shared.bouncing();

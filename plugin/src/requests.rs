@@ -7,11 +7,12 @@ use std::sync::atomic::Ordering;
 
 use clack_extensions::log::LogSeverity;
 use vidmusician_engine::service::{
-    ChunkReader, CutSource, CutsRequest, Engine, EngineChoice, EngineConfig, Precision, Request,
-    Resolved,
+    ChunkReader, CutSource, CutsRequest, Engine, EngineChoice, EngineConfig, Event, MusicSource,
+    Precision, Request, Resolved,
 };
 
 use crate::PREVIEW_S;
+use crate::editor::model::Status;
 use crate::params::ParamId;
 use crate::playback::{Grid, MAX_SLOTS, Take};
 use crate::reaper::VideoItem;
@@ -40,6 +41,15 @@ pub(crate) struct Inner {
     /// times of the video: cuts of the user's edit, marked with the
     /// detected ones.
     pub(crate) marker_cuts: Vec<f64>,
+    /// The video was chosen in the editor and overrides the timeline's.
+    pub(crate) video_override: bool,
+    /// The last request as resolved: what the editor's overview shows.
+    pub(crate) resolved: Option<Resolved>,
+    /// The engine's id of the piece being made (not a preview), whose
+    /// progress the editor shows and Cancel stops.
+    pub(crate) current: Option<u64>,
+    /// The overview being made for the editor.
+    pub(crate) overview: Option<u64>,
 }
 
 /// Where a take's music comes from.
@@ -50,6 +60,12 @@ enum Source<'r> {
     Preview,
     /// The engine, the whole piece, as resolved already.
     Engine(Box<Resolved>),
+}
+
+/// [`Source`] without its payload.
+enum SourceKind {
+    Cache,
+    Engine,
 }
 
 pub(crate) struct Link {
@@ -64,22 +80,36 @@ pub(crate) fn tidy(shared: &Shared<'_>, inner: &mut Inner) {
         while link.returned.pop().is_ok() {}
     }
     let mut key = None;
+    let mut events = Vec::new();
     if let Some(engine) = inner.engine.as_ref() {
         while let Ok(ev) = engine.events().try_recv() {
-            match ev {
-                vidmusician_engine::service::Event::Done { result, .. } => {
+            match &ev {
+                Event::Done { result, .. } => {
                     key = Some(result.cache_key.clone());
                 }
-                vidmusician_engine::service::Event::Failed { error, .. } => {
+                Event::Failed { error, .. } => {
                     shared.report(LogSeverity::Error, &error.to_string());
                 }
                 _ => {}
             }
+            events.push(ev);
         }
     }
     if key.is_some() {
         inner.cache_key = key;
     }
+    crate::editor::pump(shared, inner, events);
+}
+
+/// Tells the user that a request could not be made: in the host's log, and
+/// in the editor with what fixes it.
+fn failed(shared: &Shared<'_>, what: &str, error: &vidmusician_engine::Error) {
+    shared.report(LogSeverity::Error, what);
+    let (_, fix) = crate::editor::explain(error);
+    let what = what.to_string();
+    shared
+        .editor
+        .update(|v| v.status = Status::Failed { what, fix });
 }
 
 /// Makes the music asked for with [`Shared::ask_for_music`], if it still
@@ -99,6 +129,10 @@ pub(crate) fn answer(shared: &Shared<'_>, inner: &mut Inner) {
 /// rate) and a video. Any thread but the audio thread.
 pub(crate) fn request(shared: &Shared<'_>, inner: &mut Inner) {
     let ask = shared.asked.load(Ordering::Acquire);
+    shared.editor.update(|v| {
+        v.video.clone_from(&inner.video);
+        v.prompt.clone_from(&inner.prompt);
+    });
     let (Some(rate), Some(video)) = (inner.sample_rate, inner.video.clone()) else {
         return;
     };
@@ -119,7 +153,7 @@ pub(crate) fn request(shared: &Shared<'_>, inner: &mut Inner) {
         match Engine::start(config) {
             Ok(e) => inner.engine = Some(e),
             Err(e) => {
-                shared.report(LogSeverity::Error, &e.to_string());
+                failed(shared, &e.to_string(), &e);
                 return;
             }
         }
@@ -173,11 +207,24 @@ pub(crate) fn request(shared: &Shared<'_>, inner: &mut Inner) {
                 ),
                 _ => e.to_string(),
             };
-            shared.report(LogSeverity::Error, &what);
+            failed(shared, &what, &e);
             return;
         }
         None => return,
     };
+    inner.resolved = Some(resolved.clone());
+    let editor = &shared.editor;
+    editor.update(|v| {
+        v.engine = Some(resolved.spec.engine.choice);
+        v.why = resolved.why.clone();
+        v.start = resolved.spec.span.start;
+        v.playrate = resolved.spec.playrate;
+        v.meter = Some(resolved.spec.meter);
+        v.status = Status::Working {
+            stage: None,
+            fraction: 0.0,
+        };
+    });
     let span = resolved.spec.span;
     let (start, seconds) = (span.start, span.music_seconds(playrate));
     let total = (seconds * rate).round().max(1.0) as u64;
@@ -186,7 +233,18 @@ pub(crate) fn request(shared: &Shared<'_>, inner: &mut Inner) {
     let take = TakeSpec { total, grid, ask };
     // Music made before (a reopened project) plays at once.
     if submit_take(shared, inner, req.clone(), take, Source::Cache(&resolved)) {
+        let key = resolved.spec.key();
+        inner.cache_key = Some(key.clone());
+        inner.current = None;
+        editor.update(|v| v.status = Status::Finished { cached: true });
+        if editor.is_open() {
+            crate::editor::request_overview(shared, inner, Some(MusicSource::Cached(key)));
+        }
         return;
+    }
+    // The pictures first: the editor shows them while the music is made.
+    if editor.is_open() {
+        crate::editor::request_overview(shared, inner, None);
     }
     // A long video gets a quick preview of its start first, so music
     // plays within a second; the full piece replaces it at a bar line.
@@ -239,14 +297,21 @@ fn submit_take(
     req.max_chunks = (spec.total as usize).div_ceil(req.chunk_frames) + 1;
     let chunk_frames = req.chunk_frames;
     let preview = matches!(source, Source::Preview);
+    let got_source = match source {
+        Source::Cache(_) => SourceKind::Cache,
+        _ => SourceKind::Engine,
+    };
     let got = match source {
         Source::Cache(resolved) => engine.submit_cached_resolved(&req, resolved),
         Source::Preview => queued(shared, engine.submit(req)),
         Source::Engine(resolved) => queued(shared, engine.submit_resolved(req, *resolved)),
     };
-    let Some((_, reader)) = got else {
+    let Some((id, reader)) = got else {
         return false;
     };
+    if !preview && !matches!(got_source, SourceKind::Cache) {
+        inner.current = Some(id);
+    }
     let take = Box::new(Take {
         reader,
         chunk_frames,
@@ -266,7 +331,7 @@ fn queued(
     match submitted {
         Ok((id, reader)) => reader.map(|r| (id, r)),
         Err(e) => {
-            shared.report(LogSeverity::Error, &e.to_string());
+            failed(shared, &e.to_string(), &e);
             None
         }
     }

@@ -4,6 +4,7 @@
 //! or locks on its paths).
 
 use std::ffi::CString;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use clack_extensions::log::{HostLog, LogSeverity};
@@ -13,12 +14,15 @@ use clack_plugin::events::spaces::CoreEventSpace;
 use clack_plugin::prelude::*;
 use vidmusician_engine::service::Meter;
 
+use crate::editor::model::EditorModel;
 use crate::params::{ParamId, ParamSpec, ParamValues};
 use crate::state::HostGrid;
 
 pub struct Shared<'a> {
     pub(crate) host: HostSharedHandle<'a>,
-    pub params: ParamValues,
+    /// Shared with the editor, which reads and edits them on its thread.
+    pub params: Arc<ParamValues>,
+    pub(crate) editor: Arc<EditorModel>,
     /// Set by the main thread (render extension), read by the audio thread.
     pub(crate) offline: AtomicBool,
     /// Set by the audio thread while the host renders faster than real time
@@ -172,5 +176,24 @@ pub(crate) fn apply_param_events(
             }
         }
     }
+    regen | apply_editor_edits(shared, output)
+}
+
+/// Tells the host of the parameters the editor moved (CLAP wants the
+/// plugin's own edits sent as output events); true when one needs new
+/// music. Allocation- and lock-free: the audio thread calls it.
+fn apply_editor_edits(shared: &Shared<'_>, output: &mut OutputEvents) -> bool {
+    let mut regen = false;
+    shared.editor.take_edits(|id, value| {
+        // A host whose queue is full still reads the value on its next
+        // query.
+        let _ = output.try_push(ParamValueEvent::new(
+            0,
+            ClapId::new(id as u32),
+            Pckn::match_all(),
+            value,
+        ));
+        regen |= ParamSpec::by_id(id as u32).is_some_and(|s| s.regenerates);
+    });
     regen
 }

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use clack_extensions::params::HostParams;
 use parking_lot::Mutex;
 
 use crate::Shared;
@@ -89,6 +90,13 @@ fn run(shared: &Shared<'_>, inner: &Mutex<Inner>, stop: &AtomicBool) {
             continue;
         };
         tidy(shared, &mut inner);
+        // The editor moved a parameter while the host is not processing:
+        // a flush applies it and tells the host.
+        if shared.editor.edits_pending.load(Ordering::Acquire)
+            && let Some(params) = shared.host.get_extension::<HostParams>()
+        {
+            params.request_flush(&shared.host);
+        }
         if asked && (waiting || shared.bouncing()) {
             answer(shared, &mut inner);
         }

@@ -31,8 +31,18 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// What the tests need beyond the build: a real DAW that hosts the VST3
-/// build headless.
-const TEST_PACKAGES: &[&str] = &["ardour"];
+/// build headless, and an X server the editor opens in.
+const TEST_PACKAGES: &[&str] = &[
+    "ardour",
+    // The editor's tests: an X server, and Mesa's software OpenGL (with the
+    // X libraries baseview loads at run time).
+    "xvfb",
+    "libgl1-mesa-dri",
+    "libgl1",
+    "libegl1",
+    "libx11-xcb1",
+    "libxkbcommon-x11-0",
+];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

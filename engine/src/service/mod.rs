@@ -341,7 +341,7 @@ pub(crate) type Adopted = Arc<Mutex<Vec<rtrb::Consumer<Arc<AudioChunk>>>>>;
 
 /// What the engine thread is asked to do.
 pub(crate) enum Task {
-    Music(Job),
+    Music(Box<Job>),
     Overview {
         id: u64,
         request: Box<OverviewRequest>,
@@ -495,7 +495,7 @@ impl Engine {
             chunks,
             retired,
         };
-        self.send(Task::Music(job))?;
+        self.send(Task::Music(Box::new(job)))?;
         Ok((id, reader))
     }
 

@@ -23,7 +23,7 @@ pub const MAX_THUMBNAILS: usize = 64;
 /// Side of a thumbnail, pixels.
 pub const THUMBNAIL_SIDE: u32 = 96;
 /// Waveform columns per second of music.
-pub const PEAKS_PER_SECOND: f64 = 50.0;
+pub const PEAKS_PER_SECOND: f64 = 200.0;
 
 /// Where an overview's music comes from.
 #[derive(Debug, Clone)]

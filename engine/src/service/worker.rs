@@ -38,7 +38,7 @@ pub(super) fn run(
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut job = match job {
-            Task::Music(job) => job,
+            Task::Music(job) => *job,
             Task::Overview {
                 id,
                 request,
