@@ -531,3 +531,102 @@ fn an_overview_of_a_video_that_is_gone_fails_with_its_reason() {
         .unwrap();
     eng.wait(id, |_| {}).unwrap();
 }
+
+#[test]
+fn a_section_made_again_changes_only_its_bars_and_undoing_it_restores_the_piece() {
+    use vidmusician_engine::service::Section;
+    let dir = tempfile::tempdir().unwrap();
+    let v = video(dir.path(), "v.mp4", 6.0);
+    let eng = engine(dir.path());
+    let mut req = Request::new(&v);
+    req.sample_rate = 32_000;
+    req.seed = 3;
+    let (id, _) = eng.submit(req.clone()).unwrap();
+    let base = eng.wait(id, |_| {}).unwrap();
+    let bpm = base.bpm.expect("the sketch engine chooses a tempo");
+    let bar = 4.0 * 60.0 / bpm;
+    let rate = 32_000.0;
+
+    let mut edited = req.clone();
+    edited.sections = vec![Section {
+        start: 1.3,
+        end: 2.6,
+        seed: 11,
+    }];
+    let (id, _) = eng.submit(edited.clone()).unwrap();
+    let once = eng.wait(id, |_| {}).unwrap();
+    assert_ne!(once.cache_key, base.cache_key);
+    assert_eq!(once.audio.len(), base.audio.len());
+    // The edit covers whole bars around the asked stretch, and nothing
+    // outside them changed, bit for bit.
+    let (lo, hi) = ((1.3 / bar).floor() * bar, (2.6 / bar).ceil() * bar);
+    let changed: Vec<usize> = (0..base.audio.len())
+        .filter(|&i| {
+            base.audio.channels[0][i] != once.audio.channels[0][i]
+                || base.audio.channels[1][i] != once.audio.channels[1][i]
+        })
+        .collect();
+    let (first, last) = (
+        changed[0] as f64 / rate,
+        *changed.last().unwrap() as f64 / rate,
+    );
+    assert!(
+        first >= lo - 1e-3 && last <= hi + 1e-3,
+        "changed {first:.3}–{last:.3} s, bars {lo:.3}–{hi:.3} s"
+    );
+    // … and most of what is inside did change.
+    assert!(
+        changed.len() as f64 > 0.5 * (hi.min(6.0) - lo) * rate,
+        "{} samples changed",
+        changed.len()
+    );
+    assert!(
+        first < lo + 0.1 && last > hi.min(6.0) - 0.1,
+        "changed {first:.3}–{last:.3} s"
+    );
+
+    // A second edit on top, elsewhere, keeps the first.
+    let mut twice_req = edited.clone();
+    twice_req.sections.push(Section {
+        start: 4.5,
+        end: 5.0,
+        seed: 12,
+    });
+    let (id, _) = eng.submit(twice_req).unwrap();
+    let twice = eng.wait(id, |_| {}).unwrap();
+    let end_first = ((hi * rate) as usize).min(base.audio.len());
+    assert_eq!(
+        twice.audio.channels[0][..end_first],
+        once.audio.channels[0][..end_first]
+    );
+    assert_ne!(twice.audio.channels[0], once.audio.channels[0]);
+
+    // Undo: the piece without its last edit comes back from the cache, as
+    // it was, bit for bit.
+    let (id, _) = eng.submit(edited).unwrap();
+    let undone = eng.wait(id, |_| {}).unwrap();
+    assert!(undone.cached);
+    assert_eq!(undone.audio.channels, once.audio.channels);
+    let (id, _) = eng.submit(req).unwrap();
+    let back = eng.wait(id, |_| {}).unwrap();
+    assert!(back.cached);
+    assert_eq!(back.audio.channels, base.audio.channels);
+}
+
+#[test]
+fn a_section_that_is_not_a_stretch_is_refused() {
+    use vidmusician_engine::service::Section;
+    let dir = tempfile::tempdir().unwrap();
+    let v = video(dir.path(), "v.mp4", 2.0);
+    let eng = engine(dir.path());
+    for (start, end) in [(1.0, 1.0), (1.5, 0.5), (-1.0, 1.0), (f64::NAN, 1.0)] {
+        let mut req = Request::new(&v);
+        req.sections = vec![Section {
+            start,
+            end,
+            seed: 1,
+        }];
+        let err = eng.submit(req).err().expect("refused").to_string();
+        assert!(err.contains("section"), "{err}");
+    }
+}

@@ -28,8 +28,8 @@ pub use overview::{
     CutMark, MusicOverview, MusicSource, Overview, OverviewRequest, Thumbnail, VideoOverview,
 };
 pub use spec::{
-    CutSource, CutsRequest, EngineId, MusicSpec, Resolved, Sampling, Span, UserCuts, VideoId,
-    resolve, video_identity,
+    CutSource, CutsRequest, EngineId, MAX_SECTIONS, MusicSpec, Resolved, Sampling, Section, Span,
+    UserCuts, VideoId, resolve, video_identity,
 };
 
 use std::path::PathBuf;
@@ -192,6 +192,9 @@ pub struct Request {
     /// The zero-shot engine's rhythm curve from CLIP's patch tokens at 25 fps
     /// rather than the weight-free encoder (much slower on a CPU).
     pub clip_rhythm: bool,
+    /// Stretches of the piece made again with other seeds (an editor's
+    /// "regenerate this section"), oldest first.
+    pub sections: Vec<Section>,
     /// Frames per chunk handed to the [`ChunkReader`].
     pub chunk_frames: usize,
     /// Capacity of the chunk ring; `0` sends no chunks (the whole piece
@@ -233,6 +236,7 @@ impl Request {
             cuts: None,
             vocabulary: None,
             clip_rhythm: false,
+            sections: Vec::new(),
             chunk_frames: 4096,
             max_chunks: 0,
             supersede: false,

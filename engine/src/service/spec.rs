@@ -59,7 +59,27 @@ pub struct MusicSpec {
     /// The rhythm curve from CLIP's patch tokens rather than the weight-free
     /// encoder (the zero-shot engine).
     pub clip_rhythm: bool,
+    /// Stretches made again with seeds of their own, in the order they were
+    /// made (a later one over an earlier one wins). Left out of the key when
+    /// empty, so a piece without them keeps the key it always had.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sections: Vec<Section>,
 }
+
+/// A stretch of a piece made again with another seed: seconds of the
+/// music. The engine moves its ends out to the music's bar lines (when it
+/// has a tempo) and joins it to the music around it with a short crossfade
+/// inside the stretch, so nothing outside it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Section {
+    pub start: f64,
+    pub end: f64,
+    pub seed: u64,
+}
+
+/// Most section edits a piece takes.
+pub const MAX_SECTIONS: usize = 64;
 
 /// What identifies a video file cheaply but safely: its canonical path,
 /// size, modification time and a hash of its first and last mebibyte (so a
@@ -254,6 +274,7 @@ pub fn resolve(config: &EngineConfig, request: &Request) -> Result<Resolved> {
         cuts,
         vocabulary: vocabulary_hash,
         clip_rhythm: choice == EngineChoice::ZeroShot && request.clip_rhythm,
+        sections: request.sections.clone(),
     };
     Ok(Resolved {
         spec,
@@ -626,6 +647,20 @@ pub(crate) fn validate(r: &Request) -> Result<()> {
         )));
     }
     Meter::new(r.meter.beats.into(), r.meter.unit.into())?;
+    if r.sections.len() > MAX_SECTIONS {
+        return Err(Error::InvalidSetting(format!(
+            "{} section edits (at most {MAX_SECTIONS})",
+            r.sections.len()
+        )));
+    }
+    for s in &r.sections {
+        if !(s.start.is_finite() && s.end.is_finite() && 0.0 <= s.start && s.start < s.end) {
+            return Err(Error::InvalidSetting(format!(
+                "section {:.3}–{:.3} s (expected 0 ≤ start < end)",
+                s.start, s.end
+            )));
+        }
+    }
     if r.prompt.len() > MAX_PROMPT_BYTES {
         return Err(Error::InvalidSetting(format!(
             "prompt of {} bytes (at most {MAX_PROMPT_BYTES})",
@@ -731,6 +766,11 @@ mod tests {
             }),
             vocabulary: Some("89ab".into()),
             clip_rhythm: false,
+            sections: vec![Section {
+                start: 2.0,
+                end: 4.0,
+                seed: 9,
+            }],
         }
     }
 

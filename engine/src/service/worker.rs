@@ -1,5 +1,8 @@
 //! The engine thread's loop.
 
+#[path = "sections.rs"]
+mod sections;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -185,6 +188,22 @@ fn process(
             fraction,
         });
     };
+    if !spec.sections.is_empty() {
+        let (audio, bpm) = sections::make(&resolved, config, cache, engines, &cancel, &progress)?;
+        publish(job, &audio, &cancel, retired_rings)?;
+        progress(Stage::Finishing, 1.0);
+        return Ok(Finished {
+            audio,
+            engine,
+            bpm,
+            analysis: None,
+            loudness: None,
+            tags: None,
+            why: resolved.why.clone(),
+            cached: false,
+            cache_key: key,
+        });
+    }
     // Every engine's piece is exactly as long as the span plays: what an
     // engine makes past it is never sent, what it falls short by is silence.
     let seconds = spec.span.music_seconds(spec.playrate);

@@ -1,0 +1,149 @@
+//! Section edits: a piece with stretches made again with seeds of their
+//! own. Each stretch comes from a piece made for just that stretch (the
+//! same spec with the section's seed and span), its ends moved out to the
+//! music's bar lines, and is joined inside its ends with short crossfades,
+//! so the music outside it is bit for bit the piece without the edit.
+//! Every piece on the way is cached, so undoing an edit (the spec without
+//! its last section) is served from the cache as it was.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use super::super::engines::{Engines, Work};
+use super::super::{AudioCache, CacheMeta, EngineConfig, Resolved, Section, Span, Stage};
+use crate::audio::Audio;
+use crate::error::{Error, Result};
+
+/// Length of the crossfades at a section's ends, seconds.
+pub const SECTION_XFADE_S: f64 = 0.03;
+
+/// The piece of `resolved` with its sections; its tempo when known.
+pub(super) fn make(
+    resolved: &Resolved,
+    config: &EngineConfig,
+    cache: Option<&AudioCache>,
+    engines: &mut Engines,
+    cancel: &AtomicBool,
+    progress: &(dyn Fn(Stage, f64) + Sync),
+) -> Result<(Arc<Audio>, Option<f64>)> {
+    let spec = &resolved.spec;
+    let Some((&last, earlier)) = spec.sections.split_last() else {
+        return plain(resolved, config, cache, engines, cancel, progress);
+    };
+    // The piece as it was before this edit (itself cached).
+    let mut before = resolved.clone();
+    before.spec.sections = earlier.to_vec();
+    let (base, bpm) = make(&before, config, cache, engines, cancel, progress)?;
+    let rate = f64::from(spec.sample_rate);
+    let (start, end) = on_bars(last, spec, bpm, base.len() as f64 / rate);
+    if end - start < 1.0 / rate {
+        return Ok((base, bpm));
+    }
+    // The stretch made again: the same music, other seed, that span only.
+    let mut again = resolved.clone();
+    again.spec.sections.clear();
+    again.spec.seed = last.seed;
+    let video_at = |t: f64| spec.span.start + t * spec.playrate;
+    again.spec.span = Span {
+        start: video_at(start),
+        end: video_at(end),
+    };
+    let (fresh, _) = plain(&again, config, cache, engines, cancel, progress)?;
+    let from = (start * rate).round() as usize;
+    let to = ((end * rate).round() as usize).min(base.len());
+    let audio = splice(&base, &fresh, from, to, (SECTION_XFADE_S * rate) as usize);
+    let audio = Arc::new(audio);
+    if let Some(c) = cache {
+        let meta = CacheMeta {
+            engine: spec.engine.choice.as_str().to_string(),
+            bpm,
+        };
+        let _ = c.put(&spec.key(), &audio, &meta);
+    }
+    Ok((audio, bpm))
+}
+
+/// A section's ends moved out to the bar lines of the music (its tempo,
+/// meter and downbeat), within the piece's `seconds`.
+pub(crate) fn on_bars(
+    s: Section,
+    spec: &super::super::MusicSpec,
+    bpm: Option<f64>,
+    seconds: f64,
+) -> (f64, f64) {
+    let (mut start, mut end) = (s.start.max(0.0), s.end.min(seconds));
+    if let Some(bpm) = spec.tempo.or(bpm).filter(|b| *b > 0.0) {
+        let bar = spec.meter.bar(bpm);
+        let down = spec.downbeat.unwrap_or(0.0);
+        // A hair of slack so an end already on a bar stays there.
+        start = down + ((start - down) / bar + 1e-9).floor() * bar;
+        end = down + ((end - down) / bar - 1e-9).ceil() * bar;
+    }
+    (start.max(0.0), end.min(seconds))
+}
+
+/// `base` with frames `from..to` taken from `fresh` (which starts at
+/// `from`), faded in over `xfade` frames after `from` and out over the
+/// `xfade` before `to`.
+pub(crate) fn splice(base: &Audio, fresh: &Audio, from: usize, to: usize, xfade: usize) -> Audio {
+    let mut out = base.clone();
+    let n = to.saturating_sub(from);
+    let xfade = xfade.min(n / 2);
+    let ramp = |k: usize| ((k as f64 + 0.5) / xfade as f64 * std::f64::consts::FRAC_PI_2).sin();
+    for (o, f) in out.channels.iter_mut().zip(&fresh.channels) {
+        for (i, &new) in f.iter().take(n).enumerate() {
+            // Equal-power crossfades, inside the section: the new music's
+            // weight is sin θ, the old one's cos θ.
+            let w = if i < xfade {
+                ramp(i)
+            } else if i >= n - xfade {
+                ramp(n - 1 - i)
+            } else {
+                1.0
+            };
+            let old = f64::from(o[from + i]);
+            o[from + i] = if w >= 1.0 {
+                new
+            } else {
+                (old * (1.0 - w * w).sqrt() + f64::from(new) * w) as f32
+            };
+        }
+    }
+    out
+}
+
+/// A piece without sections: from the cache, else made (not streamed) and
+/// cached.
+fn plain(
+    resolved: &Resolved,
+    config: &EngineConfig,
+    cache: Option<&AudioCache>,
+    engines: &mut Engines,
+    cancel: &AtomicBool,
+    progress: &(dyn Fn(Stage, f64) + Sync),
+) -> Result<(Arc<Audio>, Option<f64>)> {
+    let spec = &resolved.spec;
+    let key = spec.key();
+    if let Some((audio, meta)) = cache.and_then(|c| c.get(&key))
+        && audio.sample_rate == spec.sample_rate
+    {
+        return Ok((Arc::new(audio), meta.bpm));
+    }
+    let mut sink = |_: &Audio, _: bool| -> Result<()> { Ok(()) };
+    let made = engines.make(Work::new(resolved, config, cancel, progress, &mut sink))?;
+    let mut audio = made.audio;
+    let seconds = spec.span.music_seconds(spec.playrate);
+    if !seconds.is_finite() {
+        return Err(Error::InvalidSetting(format!("a piece of {seconds} s")));
+    }
+    audio.fit_to((seconds * f64::from(spec.sample_rate)).round() as usize);
+    let audio = Arc::new(audio);
+    if let Some(c) = cache {
+        let meta = CacheMeta {
+            engine: spec.engine.choice.as_str().to_string(),
+            bpm: made.bpm,
+        };
+        let _ = c.put(&key, &audio, &meta);
+    }
+    Ok((audio, made.bpm))
+}
