@@ -138,6 +138,7 @@ impl DefaultPluginFactory for VidMusician {
             resolved: None,
             current: None,
             overview: None,
+            sections: Vec::new(),
         }));
         let steward = Steward::start(shared, Arc::clone(&inner))
             .map_err(|_| PluginError::Message("cannot start a thread"))?;

@@ -271,6 +271,7 @@ impl PluginStateImpl for MainThread<'_> {
             inner.prompt.clone(),
             inner.cache_key.clone(),
             self.shared.host_grid(),
+            inner.sections.clone(),
         );
         std::io::Write::write_all(output, &s.to_bytes())
             .map_err(|_| PluginError::Message("cannot write state"))
@@ -307,6 +308,7 @@ impl PluginStateImpl for MainThread<'_> {
                 .or_else(|| std::env::var_os("VIDMUSICIAN_VIDEO").map(PathBuf::from));
             inner.prompt = s.prompt;
             inner.cache_key = s.cache_key;
+            inner.sections = s.sections;
             if let Some(g) = s.host_grid {
                 self.shared.set_host_grid(g);
             }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use clack_extensions::log::LogSeverity;
 use vidmusician_engine::service::{
     ChunkReader, CutSource, CutsRequest, Engine, EngineChoice, EngineConfig, Event, MusicSource,
-    Precision, Request, Resolved,
+    Precision, Request, Resolved, Section,
 };
 
 use crate::PREVIEW_S;
@@ -50,6 +50,9 @@ pub(crate) struct Inner {
     pub(crate) current: Option<u64>,
     /// The overview being made for the editor.
     pub(crate) overview: Option<u64>,
+    /// Stretches made again in the editor, oldest first; undo drops the
+    /// last.
+    pub(crate) sections: Vec<Section>,
 }
 
 /// Where a take's music comes from.
@@ -132,6 +135,7 @@ pub(crate) fn request(shared: &Shared<'_>, inner: &mut Inner) {
     shared.editor.update(|v| {
         v.video.clone_from(&inner.video);
         v.prompt.clone_from(&inner.prompt);
+        v.sections.clone_from(&inner.sections);
     });
     let (Some(rate), Some(video)) = (inner.sample_rate, inner.video.clone()) else {
         return;
@@ -164,6 +168,7 @@ pub(crate) fn request(shared: &Shared<'_>, inner: &mut Inner) {
     req.sample_rate = rate.round() as u32;
     req.seed = shared.params.get(ParamId::Seed) as u64;
     req.prompt = inner.prompt.clone();
+    req.sections = inner.sections.clone();
     let params = &shared.params;
     req.rhythm_strength = params.get(ParamId::RhythmStrength) as f32;
     req.semantic_strength = params.get(ParamId::SemanticStrength) as f32;

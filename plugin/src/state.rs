@@ -1,13 +1,15 @@
-//! The saved state: parameters, the video and the prompt, versioned. A
-//! state that is old, truncated or hostile loads as defaults, never a crash.
+//! The saved state: parameters, the video, the prompt and the section
+//! edits, versioned. An old state migrates (version 1 had no section
+//! edits); a truncated or hostile one is refused whole, never a crash.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::params::{PARAMS, ParamId, ParamValues};
+use vidmusician_engine::service::{MAX_SECTIONS, Section};
 
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 /// Larger states are not ours: refuse them before parsing.
 pub const MAX_STATE_BYTES: usize = 1 << 20;
 /// The engine takes prompts up to this length; a longer saved one is cut.
@@ -31,6 +33,9 @@ pub struct SavedState {
     /// has been heard, and so plays it from the first block.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_grid: Option<HostGrid>,
+    /// Stretches made again in the editor, oldest first (version 2 on).
+    #[serde(default)]
+    pub sections: Vec<Section>,
 }
 
 /// A host tempo, time signature and a song time where a bar starts.
@@ -59,6 +64,7 @@ impl SavedState {
         prompt: String,
         cache_key: Option<String>,
         host_grid: Option<HostGrid>,
+        sections: Vec<Section>,
     ) -> Self {
         Self {
             version: STATE_VERSION,
@@ -70,6 +76,7 @@ impl SavedState {
                 .collect(),
             cache_key,
             host_grid: host_grid.filter(HostGrid::is_valid),
+            sections,
         }
     }
 
@@ -96,6 +103,11 @@ impl SavedState {
         }
         let mut s = s;
         s.host_grid = s.host_grid.filter(HostGrid::is_valid);
+        // Edits the engine would refuse are dropped, not the whole state.
+        s.sections.retain(|x| {
+            x.start.is_finite() && x.end.is_finite() && 0.0 <= x.start && x.start < x.end
+        });
+        s.sections.truncate(MAX_SECTIONS);
         if s.prompt.len() > MAX_PROMPT_BYTES {
             let mut cut = MAX_PROMPT_BYTES;
             while !s.prompt.is_char_boundary(cut) {
@@ -149,6 +161,11 @@ mod tests {
             "calm".into(),
             Some("abc".into()),
             Some(grid),
+            vec![Section {
+                start: 1.0,
+                end: 2.5,
+                seed: 17,
+            }],
         );
         let back = SavedState::from_bytes(&s.to_bytes()).unwrap();
         assert_eq!(back, s);
@@ -160,8 +177,15 @@ mod tests {
 
     #[test]
     fn hostile_states_are_refused() {
-        let good = SavedState::capture(&ParamValues::default(), None, String::new(), None, None)
-            .to_bytes();
+        let good = SavedState::capture(
+            &ParamValues::default(),
+            None,
+            String::new(),
+            None,
+            None,
+            Vec::new(),
+        )
+        .to_bytes();
         assert!(SavedState::from_bytes(&good[..good.len() / 2]).is_err());
         assert!(SavedState::from_bytes(b"").is_err());
         assert!(SavedState::from_bytes(&[0xff; 64]).is_err());
@@ -196,5 +220,39 @@ mod tests {
                 None
             );
         }
+        // Section edits the engine would refuse are dropped, the rest kept.
+        let s = SavedState::from_bytes(
+            br#"{"version":2,"video":null,"sections":[
+                {"start":1,"end":1,"seed":1},{"start":-1,"end":2,"seed":2},
+                {"start":0.5,"end":1.5,"seed":3}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.sections,
+            [Section {
+                start: 0.5,
+                end: 1.5,
+                seed: 3
+            }]
+        );
+        assert!(SavedState::from_bytes(br#"{"version":2,"sections":[{"start":"x"}]}"#).is_err());
+    }
+
+    #[test]
+    fn a_version_1_state_migrates_with_no_section_edits() {
+        let s = SavedState::from_bytes(
+            br#"{"version":1,"video":"/v.mp4","prompt":"calm","params":[[1,7]],"cache_key":"k"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.video.as_deref(), Some(std::path::Path::new("/v.mp4")));
+        assert_eq!(s.prompt, "calm");
+        assert!(s.sections.is_empty());
+        let v = ParamValues::default();
+        s.apply(&v);
+        assert_eq!(v.get(ParamId::Seed), 7.0);
+        // Saved again, it is a version 2 state.
+        let again = SavedState::capture(&v, s.video, s.prompt, s.cache_key, None, s.sections);
+        assert_eq!(again.version, STATE_VERSION);
+        assert_eq!(STATE_VERSION, 2);
     }
 }

@@ -134,6 +134,23 @@ impl Display {
         std::thread::sleep(Duration::from_millis(60));
     }
 
+    /// Presses at (x0, y), moves to (x1, y) in steps, releases.
+    fn drag(&self, x0: i16, x1: i16, y: i16) {
+        let c = &self.conn;
+        let root = self.root();
+        let step = |kind: u8, detail: u8, x: i16| {
+            c.xtest_fake_input(kind, detail, 0, root, x, y, 0).unwrap();
+            c.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(40));
+        };
+        step(6, 0, x0);
+        step(4, 1, x0);
+        for k in 1..=10 {
+            step(6, 0, x0 + (x1 - x0) * k / 10);
+        }
+        step(5, 1, x1);
+    }
+
     /// Types `text` (printable ASCII) and presses Return, through the
     /// server's keyboard map.
     fn type_line(&self, text: &str) {
@@ -340,9 +357,40 @@ fn the_editor_scores_a_video_typed_in_and_shows_its_cuts_and_music() {
         "Generate did nothing: {:?}",
         model.view().status
     );
+    // The user drags over 1.0–2.0 s and makes that stretch again.
+    let [l, t, r, b] = model.drawn.snapshot().timeline;
+    let x_at = |secs: f64| (f64::from(l) + secs / 3.0 * f64::from(r - l)) as i16;
+    d.drag(x_at(1.0), x_at(2.0), ((t + b) / 2) as i16);
+    assert!(
+        wait_for(10, || model.drawn.snapshot().selection),
+        "no selection drawn"
+    );
+    let before = model.view().music.clone();
+    let [l, t, r, b] = model.drawn.snapshot().again;
+    d.click(((l + r) / 2) as i16, ((t + b) / 2) as i16);
+    assert!(
+        wait_for(60, || {
+            main_thread_turn(&mut inst);
+            let v = model.view();
+            v.sections.len() == 1
+                && matches!(v.status, Status::Finished { cached: false })
+                && v.music != before
+        }),
+        "the section was not made again: {:?}",
+        model.view().status
+    );
+    let section = model.view().sections[0];
+    assert!(
+        (section.start - 1.0).abs() < 0.1 && (section.end - 2.0).abs() < 0.1,
+        "{section:?}"
+    );
+    for k in 0..8 {
+        driver.block(&mut proc, 1.0 + k as f64 * 512.0 / 48_000.0, 512, true);
+    }
     let drawn = wait_for(20, || {
         let s = model.drawn.snapshot();
-        s.thumbnails == 24
+        s.sections == 1
+            && s.thumbnails == 24
             && s.cuts == 3
             && s.curve_points > 50
             && s.waveform_columns > 100
@@ -377,6 +425,19 @@ fn the_editor_scores_a_video_typed_in_and_shows_its_cuts_and_music() {
         .collect();
     assert!(strip.len() > 8, "thumbnail strip: {} colours", strip.len());
     assert!(model.drawn.snapshot().frames >= frames);
+
+    // Undo: the piece as it was, from the cache.
+    let [l, t, r, b] = model.drawn.snapshot().undo;
+    d.click(((l + r) / 2) as i16, ((t + b) / 2) as i16);
+    assert!(
+        wait_for(20, || {
+            main_thread_turn(&mut inst);
+            let v = model.view();
+            v.sections.is_empty() && matches!(v.status, Status::Finished { cached: true })
+        }),
+        "undo did nothing: {:?}",
+        model.view().status
+    );
 
     close_editor(&mut inst);
     d.destroy_window(parent);

@@ -24,7 +24,7 @@ use clack_plugin::prelude::*;
 use egui_baseview::baseview::dpi::{LogicalSize, PhysicalSize};
 use egui_baseview::{EguiWindow, EguiWindowSettings};
 use vidmusician_engine::Error;
-use vidmusician_engine::service::{Event, MusicSource, OverviewRequest};
+use vidmusician_engine::service::{Event, MAX_SECTIONS, MusicSource, OverviewRequest, Section};
 
 use crate::main_thread::MainThread;
 use crate::params::ParamId;
@@ -276,6 +276,8 @@ fn carry_out(shared: &Shared<'_>, inner: &mut Inner, command: Command) {
             inner.video_override = inner.item.is_some();
             inner.video = Some(path.clone());
             inner.resolved = None;
+            // Edits of another video's music mean nothing for this one.
+            inner.sections.clear();
             model.update(|v| {
                 v.video = Some(path);
                 v.overridden = inner.video_override;
@@ -306,6 +308,32 @@ fn carry_out(shared: &Shared<'_>, inner: &mut Inner, command: Command) {
             // The host hears of the new seed like any edit of the editor's.
             model.edit(ParamId::Seed, seed);
             shared.ask_for_music();
+        }
+        Command::RegenerateSection { start, end } => {
+            if !(start.is_finite() && end.is_finite() && 0.0 <= start && start < end)
+                || inner.sections.len() >= MAX_SECTIONS
+            {
+                return;
+            }
+            // A seed of its own for each edit, from the piece's seed and
+            // the edit's place in the list: the same edits of the same
+            // piece make the same music.
+            let base = shared.params.get(ParamId::Seed) as u64;
+            let seed = base
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .wrapping_add(inner.sections.len() as u64 + 1)
+                % 1_000_000_007;
+            inner.sections.push(Section { start, end, seed });
+            let sections = inner.sections.clone();
+            model.update(|v| v.sections = sections);
+            shared.ask_for_music();
+        }
+        Command::UndoSection => {
+            if inner.sections.pop().is_some() {
+                let sections = inner.sections.clone();
+                model.update(|v| v.sections = sections);
+                shared.ask_for_music();
+            }
         }
         Command::Cancel => {
             if let (Some(engine), Some(id)) = (inner.engine.as_ref(), inner.current) {

@@ -33,6 +33,14 @@ pub enum Command {
     NewTake,
     /// Stop the piece being made; what has been made keeps playing.
     Cancel,
+    /// Make this stretch (seconds of music) again with a new seed; the
+    /// engine puts its ends on bar lines.
+    RegenerateSection {
+        start: f64,
+        end: f64,
+    },
+    /// Take back the last section made again.
+    UndoSection,
 }
 
 /// Where the engine is with the current piece.
@@ -91,6 +99,8 @@ pub struct View {
     pub playrate: f64,
     /// The meter the music is written in, for the bar labels.
     pub meter: Option<Meter>,
+    /// The stretches made again, oldest first (seconds of music).
+    pub sections: Vec<vidmusician_engine::service::Section>,
 }
 
 /// What the last frame drew, so that a test (or a bug report) can say what
@@ -115,6 +125,12 @@ pub struct DrawReport {
     /// pixels: left, top, right, bottom).
     pub video_field: RectCell,
     pub generate: RectCell,
+    pub again: RectCell,
+    pub undo: RectCell,
+    pub timeline: RectCell,
+    /// Section edits drawn, and whether a selection is.
+    pub sections: AtomicU32,
+    pub selection: AtomicBool,
 }
 
 /// A rectangle shared as four atomics.
@@ -149,6 +165,11 @@ impl DrawReport {
             size: (l(&self.width), l(&self.height)),
             video_field: self.video_field.get(),
             generate: self.generate.get(),
+            again: self.again.get(),
+            undo: self.undo.get(),
+            timeline: self.timeline.get(),
+            sections: l(&self.sections),
+            selection: self.selection.load(Ordering::Acquire),
         }
     }
 }
@@ -168,6 +189,11 @@ pub struct DrawnFrame {
     pub size: (u32, u32),
     pub video_field: [u32; 4],
     pub generate: [u32; 4],
+    pub again: [u32; 4],
+    pub undo: [u32; 4],
+    pub timeline: [u32; 4],
+    pub sections: u32,
+    pub selection: bool,
 }
 
 /// The part of the plugin the editor sees. One per plugin instance; it

@@ -23,6 +23,7 @@ const CUT: Color32 = Color32::from_rgb(255, 120, 60);
 const WAVE: Color32 = Color32::from_rgb(120, 210, 140);
 const ONSET: Color32 = Color32::from_rgb(230, 230, 120);
 const PLAYHEAD: Color32 = Color32::from_rgb(255, 255, 255);
+const SECTION: Color32 = Color32::from_rgb(200, 140, 255);
 const BAR: Color32 = Color32::from_rgb(110, 110, 130);
 
 pub(crate) struct EditorApp {
@@ -37,6 +38,9 @@ pub(crate) struct EditorApp {
     /// A file picker running on a thread of its own.
     picker: Option<Receiver<Result<Option<PathBuf>, String>>>,
     picker_error: Option<String>,
+    /// The stretch dragged over on the timeline, seconds of the video
+    /// (where the drag started, where it is).
+    selection: Option<(f64, f64)>,
     /// Whether the host has a timeline to take the video from (REAPER).
     timeline_host: bool,
 }
@@ -51,6 +55,7 @@ impl EditorApp {
             seen: None,
             picker: None,
             picker_error: None,
+            selection: None,
             timeline_host,
         }
     }
@@ -231,6 +236,46 @@ impl EditorApp {
             {
                 self.model.send(Command::Cancel);
             }
+            // The selection, as seconds of music.
+            let chosen = self
+                .selection
+                .map(|(a, b)| {
+                    let rate = view.playrate.max(1e-9);
+                    (
+                        (a.min(b) - view.start) / rate,
+                        (a.max(b) - view.start) / rate,
+                    )
+                })
+                .filter(|(a, b)| b - a > 0.05 && *b > 0.0);
+            let again = ui
+                .add_enabled(
+                    chosen.is_some() && view.music.is_some(),
+                    egui::Button::new("Make selection again"),
+                )
+                .on_hover_text("a new take of the selected bars; the rest stays as it is");
+            let r = again.rect;
+            self.model
+                .drawn
+                .again
+                .set([r.left(), r.top(), r.right(), r.bottom()]);
+            if again.clicked()
+                && let Some((start, end)) = chosen
+            {
+                self.model.send(Command::RegenerateSection {
+                    start: start.max(0.0),
+                    end,
+                });
+                self.selection = None;
+            }
+            let undo = ui.add_enabled(!view.sections.is_empty(), egui::Button::new("Undo section"));
+            let r = undo.rect;
+            self.model
+                .drawn
+                .undo
+                .set([r.left(), r.top(), r.right(), r.bottom()]);
+            if undo.clicked() {
+                self.model.send(Command::UndoSection);
+            }
             match &view.status {
                 Status::Idle if !has_video => {
                     ui.label("Choose a video to score.");
@@ -275,8 +320,12 @@ impl EditorApp {
     /// onsets, the bar lines and the playhead, all on the video's time axis.
     fn timeline(&mut self, ui: &mut Ui, view: &View) {
         let size = vec2(ui.available_width(), ui.available_height().max(120.0));
-        let (response, painter) = ui.allocate_painter(size, Sense::hover());
+        let (response, painter) = ui.allocate_painter(size, Sense::drag());
         let area = response.rect;
+        self.model
+            .drawn
+            .timeline
+            .set([area.left(), area.top(), area.right(), area.bottom()]);
         painter.rect_filled(area, 2.0, Color32::from_rgb(24, 24, 30));
         let model = self.model.clone();
         let report = &model.drawn;
@@ -308,6 +357,18 @@ impl EditorApp {
         };
         let duration = video.duration.max(1e-3);
         let x_of = |t: f64| area.left() + (t / duration) as f32 * area.width();
+        let t_of =
+            |x: f32| (f64::from((x - area.left()) / area.width()) * duration).clamp(0.0, duration);
+        // Dragging selects a stretch to make again.
+        if let Some(p) = response.interact_pointer_pos() {
+            if response.drag_started() {
+                self.selection = Some((t_of(p.x), t_of(p.x)));
+            } else if response.dragged()
+                && let Some((a, _)) = self.selection
+            {
+                self.selection = Some((a, t_of(p.x)));
+            }
+        }
         let thumbs_h = (area.height() * 0.28).min(72.0);
         let rest = area.height() - thumbs_h;
         let lanes = [
@@ -454,6 +515,31 @@ impl EditorApp {
         }
         report.waveform_columns.store(columns, Ordering::Release);
         report.onsets.store(onsets, Ordering::Release);
+
+        // The stretches made again, and the selection.
+        let to_video = |t: f64| view.start + t * view.playrate;
+        for sec in &view.sections {
+            let r = Rect::from_min_max(
+                pos2(x_of(to_video(sec.start)), lanes[2].top()),
+                pos2(x_of(to_video(sec.end)), lanes[2].bottom()),
+            );
+            painter.rect_filled(r, 0.0, Color32::from_rgba_unmultiplied(255, 255, 255, 18));
+            painter.line_segment([r.left_top(), r.right_top()], Stroke::new(2.0, SECTION));
+        }
+        report
+            .sections
+            .store(view.sections.len() as u32, Ordering::Release);
+        let selected = self.selection.filter(|(a, b)| (a - b).abs() > 1e-3);
+        if let Some((a, b)) = selected {
+            let r = Rect::from_min_max(
+                pos2(x_of(a.min(b)), area.top()),
+                pos2(x_of(a.max(b)), area.bottom()),
+            );
+            painter.rect_filled(r, 0.0, Color32::from_rgba_unmultiplied(120, 160, 255, 40));
+        }
+        report
+            .selection
+            .store(selected.is_some(), Ordering::Release);
 
         // The playhead.
         let at = self
