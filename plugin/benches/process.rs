@@ -1,7 +1,10 @@
 //! Benchmark (not a test): the plugin's `process` time per 512-frame block
 //! at 48 kHz while the engine is generating, and the time from activation
 //! (the generate request) to first sound for a 60 s video with the sketch
-//! engine. Run with `cargo bench -p vidmusician-plugin`.
+//! engine; then the same with the editor open and drawing (in Xvfb, when
+//! it is installed: the playhead moves every block, so it redraws at its
+//! full rate, and the thumbnails and overview are made meanwhile). Run
+//! with `cargo bench -p vidmusician-plugin`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -23,14 +26,41 @@ fn main() {
     let rt = realtime_priority();
     let (dir, _) = fixture();
     let seconds = 60.0;
-    let video = dir.path().join("bench-60s.mp4");
     let cuts: Vec<f64> = (1..30).map(|k| f64::from(k) * 2.03).collect();
-    write_video(&video, &SynthSpec::new(1280, 720, 30, seconds, cuts)).unwrap();
+    // One video per run, so the second does not find the first's music in
+    // the cache.
+    for (editor, name) in [(false, "bench-60s.mp4"), (true, "bench-60s-editor.mp4")] {
+        let video = dir.path().join(name);
+        write_video(
+            &video,
+            &SynthSpec::new(1280, 720, 30, seconds, cuts.clone()),
+        )
+        .unwrap();
+        if editor
+            && std::process::Command::new("Xvfb")
+                .arg("-help")
+                .output()
+                .is_err()
+        {
+            println!("{{\"bench\":\"editor open\",\"skipped\":\"Xvfb is not installed\"}}");
+            continue;
+        }
+        run(&video, rt, editor);
+    }
+}
 
+fn run(video: &std::path::Path, rt: bool, editor: bool) {
     let rate = 48_000.0;
     let block = 512usize;
     let mut inst = instance();
-    load_state(&mut inst, &state_json(&video, 1));
+    let model = common::xvfb::newest_model();
+    load_state(&mut inst, &state_json(video, 1));
+    let parent = editor.then(|| {
+        let d = common::xvfb::display();
+        let parent = d.host_window(0, 0, 1000, 640);
+        common::xvfb::open_editor(&mut inst, parent, (1000, 640));
+        parent
+    });
     // Activation asks for the music: first sound is timed from here.
     let t0 = Instant::now();
     let mut proc = start(&mut inst, rate, block);
@@ -65,7 +95,12 @@ fn main() {
             std::thread::sleep(rest);
         }
     }
+    let frames_drawn = model.drawn.snapshot().frames;
     inst.deactivate(proc.stop_processing());
+    if let Some(parent) = parent {
+        common::xvfb::close_editor(&mut inst);
+        common::xvfb::display().destroy_window(parent);
+    }
     if std::env::var_os("BENCH_DETAIL").is_some() {
         let mut idx: Vec<usize> = (0..times.len()).collect();
         idx.sort_by_key(|&i| std::cmp::Reverse(times[i]));
@@ -83,9 +118,14 @@ fn main() {
     sorted.sort();
     let p999 = sorted[((n * 0.999) as usize).min(sorted.len() - 1)];
     let worst = sorted[sorted.len() - 1];
+    let what = if editor {
+        ", editor open and drawing"
+    } else {
+        ""
+    };
     println!(
-        "{{\"bench\":\"plugin process, 512 frames at 48 kHz, engine generating a 60 s take\",\
-         \"blocks\":{},\"mean_us\":{:.1},\"p99.9_us\":{:.1},\"worst_us\":{:.1},\
+        "{{\"bench\":\"plugin process, 512 frames at 48 kHz, engine generating a 60 s take{what}\",\
+         \"editor_frames\":{frames_drawn},\"blocks\":{},\"mean_us\":{:.1},\"p99.9_us\":{:.1},\"worst_us\":{:.1},\
          \"first_sound_s\":{},\"realtime_priority\":{rt}}}",
         times.len(),
         mean * 1e6,

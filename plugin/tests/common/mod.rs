@@ -28,6 +28,7 @@ use vidmusician_engine::video::synth::{SynthSpec, write_video};
 use vidmusician_plugin::{PLUGIN_ID, VidMusicianEntry};
 
 pub mod reaper;
+pub mod xvfb;
 
 pub struct HostShared {
     pub callback: AtomicBool,
