@@ -21,9 +21,9 @@ use vst3::Steinberg::Vst::{
     RestartFlags_, String128, SymbolicSampleSizes_,
 };
 use vst3::Steinberg::{
-    FUnknown, IBStream, IBStream_, IBStreamTrait, IPluginBaseTrait, IPluginFactory,
-    IPluginFactoryTrait, PClassInfo, TUID, int32, int64, kInvalidArgument, kNotImplemented,
-    kResultOk, tresult,
+    FUnknown, IBStream, IBStream_, IBStreamTrait, IPlugViewTrait, IPluginBaseTrait, IPluginFactory,
+    IPluginFactoryTrait, PClassInfo, TUID, ViewRect, int32, int64, kInvalidArgument,
+    kNotImplemented, kPlatformTypeX11EmbedWindowID, kResultOk, tresult,
 };
 use vst3::{Class, ComPtr, ComWrapper, Interface};
 
@@ -228,6 +228,7 @@ fn set_state(p: &Plugin, bytes: Vec<u8>) {
 
 #[test]
 fn the_vst3_build_plays_and_keeps_state_in_a_vst3_host() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let (dir, video) = fixture();
     // The music asked for on activation, before the host's tempo is known;
     // and, once the host's 120 BPM has held for 0.3 s, the music on it (no
@@ -365,4 +366,91 @@ fn the_vst3_build_plays_and_keeps_state_in_a_vst3_host() {
             lib.get(b"ModuleExit\0").unwrap();
         assert!(exit(), "ModuleExit");
     }
+}
+
+/// The tests of this binary take turns: both set environment variables
+/// the plugin reads.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn the_vst3_build_opens_the_same_editor_in_the_hosts_window() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let d = common::xvfb::display();
+    let (dir, _) = fixture();
+    // A copy of its own: the other test's module entry and exit do not
+    // touch this one's.
+    let copy = dir.path().join("VidMusician-editor.so");
+    std::fs::copy(built_library(), &copy).unwrap();
+    let (w, h) = (900u16, 560u16);
+    let parent = d.host_window(0, 0, w, h);
+    let blank = d.grab(0, 0, w, h);
+    unsafe {
+        let lib = libloading::Library::new(&copy).unwrap();
+        let entry: libloading::Symbol<unsafe extern "C" fn(*mut c_void) -> bool> =
+            lib.get(b"ModuleEntry\0").unwrap();
+        assert!(entry(std::ptr::null_mut()), "ModuleEntry");
+        let get_factory: libloading::Symbol<unsafe extern "system" fn() -> *mut IPluginFactory> =
+            lib.get(b"GetPluginFactory\0").unwrap();
+        let factory = ComPtr::from_raw(get_factory()).expect("no factory");
+        let host = ComWrapper::new(Host);
+        let plugin = create(&factory, &host);
+        let controller = plugin
+            .component
+            .cast::<IEditController>()
+            .expect("no IEditController");
+        let view = ComPtr::from_raw(controller.createView(c"editor".as_ptr()))
+            .expect("the VST3 build offers no editor");
+        assert_eq!(
+            view.isPlatformTypeSupported(kPlatformTypeX11EmbedWindowID),
+            kResultOk
+        );
+        let mut rect = ViewRect {
+            left: 0,
+            top: 0,
+            right: 0,
+            bottom: 0,
+        };
+        assert_eq!(view.getSize(&mut rect), kResultOk);
+        assert_eq!((rect.right - rect.left, rect.bottom - rect.top), (960, 600));
+        let mut want = ViewRect {
+            left: 0,
+            top: 0,
+            right: i32::from(w),
+            bottom: i32::from(h),
+        };
+        assert_eq!(view.onSize(&mut want), kResultOk);
+        assert_eq!(
+            view.attached(
+                parent as usize as *mut c_void,
+                kPlatformTypeX11EmbedWindowID
+            ),
+            kResultOk
+        );
+        // The editor draws its controls and the empty timeline: many
+        // colours (text, widgets) where the host's window was black.
+        let drawn = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let shot = d.grab(0, 0, w, h);
+            let colours: std::collections::HashSet<&[u8]> = shot.chunks_exact(3).collect();
+            shot != blank && colours.len() > 20
+        });
+        assert!(drawn, "the VST3 editor drew nothing in the host's window");
+        assert_eq!(view.removed(), kResultOk);
+        drop(view);
+        // Released, the view closes the editor's window: the host's is
+        // black again.
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            d.grab(0, 0, w, h) == blank
+        });
+        assert!(gone, "the editor's window outlived its view");
+        drop(controller);
+        assert_eq!(plugin.component.terminate(), kResultOk);
+        drop(plugin);
+        drop(factory);
+        let exit: libloading::Symbol<unsafe extern "C" fn() -> bool> =
+            lib.get(b"ModuleExit\0").unwrap();
+        assert!(exit(), "ModuleExit");
+    }
+    d.destroy_window(parent);
 }

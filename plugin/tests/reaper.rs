@@ -14,6 +14,7 @@ use common::*;
 use vidmusician_engine::audio::Audio;
 use vidmusician_engine::service::{CutSource, CutsRequest, Request};
 use vidmusician_engine::video::synth::{SynthSpec, write_video};
+use vidmusician_plugin::editor::model::Command;
 
 #[global_allocator]
 static ALLOCATOR: AllocDisabler = AllocDisabler;
@@ -173,6 +174,42 @@ fn the_video_on_reapers_timeline_is_scored_and_followed() {
     set_markers(Vec::new());
     fire_timers(&mut inst);
     until(&mut inst, &mut d, &mut proc, &trimmed, 1.0);
+
+    // The user picks another video in the editor: it overrides the
+    // timeline's (at the item's place), and edits on the timeline leave it
+    // alone until Follow timeline.
+    let model = vidmusician_plugin::editor::model::live()
+        .into_iter()
+        .find(|m| m.view().from_timeline)
+        .expect("the instance in REAPER shows the timeline's video");
+    let (_, picked_video) = fixture();
+    model.send(Command::SetVideo(picked_video.clone()));
+    let picked = expected(picked_video, 0, RATE);
+    until(&mut inst, &mut d, &mut proc, &picked, 1.0);
+    assert!(model.view().overridden && !model.view().from_timeline);
+    set_project(vec![audio.clone(), item(path, 1.0, 2.0, 0.5, 1.0)]);
+    fire_timers(&mut inst);
+    assert!(plays_at(&pass(&mut d, &mut proc), &picked, 1.0));
+    model.send(Command::FollowTimeline);
+    let followed = music((0.5, 2.5), 1.0);
+    let mut back = false;
+    for _ in 0..400 {
+        fire_timers(&mut inst);
+        let out = pass(&mut d, &mut proc);
+        if inst.access_shared_handler(|h| h.callback.swap(false, Ordering::AcqRel)) {
+            inst.call_on_main_thread_callback();
+        }
+        if plays_at(&out, &followed, 1.0) {
+            back = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        back,
+        "Follow timeline did not bring the timeline's video back"
+    );
+    assert!(model.view().from_timeline && !model.view().overridden);
 
     // An item that starts past the video's end: nothing to score, the last
     // music stays, no crash.

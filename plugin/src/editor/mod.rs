@@ -290,8 +290,9 @@ fn carry_out(shared: &Shared<'_>, inner: &mut Inner, command: Command) {
         }
         Command::FollowTimeline => {
             inner.video_override = false;
-            // Read again on the main thread's next turn.
+            // Read again at the next look at the timeline, changed or not.
             inner.item = None;
+            inner.reaper_changes = None;
             model.update(|v| v.overridden = false);
             shared.ask_for_music();
         }
