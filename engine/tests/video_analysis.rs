@@ -171,3 +171,46 @@ fn frames_can_be_clip_normalised() {
     let distinct: std::collections::BTreeSet<u8> = f.rgb.iter().copied().collect();
     assert!(distinct.len() > 8, "a flat frame proves little");
 }
+
+#[test]
+fn pictures_found_by_seeking_are_those_a_full_pass_sees() {
+    let dir = tempfile::tempdir().unwrap();
+    for vfr in [false, true] {
+        let path = dir.path().join(format!("seek-{vfr}.mp4"));
+        // Keyframes every 2 s: most times are reached from an earlier one.
+        let mut spec = SynthSpec::new(160, 120, 30, 8.0, vec![1.0, 2.0, 3.3, 5.05, 7.0]);
+        spec.vfr = vfr;
+        write_video(&path, &spec).unwrap();
+        let opts = SampleOptions {
+            rate: 10.0,
+            size: 48,
+            fit: Fit::CenterCrop,
+            until: None,
+        };
+        let mut all = Vec::new();
+        video::sample_frames(&path, &opts, &no_cancel(), |f| {
+            all.push(f.rgb.clone());
+            Ok(())
+        })
+        .unwrap();
+        let times = [0.0, 0.4, 1.9, 2.0, 3.3, 5.0, 5.1, 7.9];
+        let found = video::frames_at(&path, &times, &opts, &no_cancel()).unwrap();
+        assert_eq!(found.len(), times.len());
+        for (f, &t) in found.iter().zip(&times) {
+            let k = (t * 10.0f64).round() as usize;
+            assert_eq!(f.time, t);
+            assert!(f.rgb == all[k], "vfr {vfr}: the picture at {t} s differs");
+        }
+        // Not all one picture: the seeks landed in different shots.
+        assert_ne!(found[0].rgb, found[7].rgb);
+    }
+    // Times out of order are refused.
+    let path = dir.path().join("seek-false.mp4");
+    let opts = SampleOptions {
+        rate: 1.0,
+        size: 48,
+        fit: Fit::CenterCrop,
+        until: None,
+    };
+    assert!(video::frames_at(&path, &[2.0, 1.0], &opts, &no_cancel()).is_err());
+}

@@ -16,7 +16,7 @@ use crate::analysis::Analysis;
 use crate::audio::Audio;
 use crate::error::{Error, Result};
 use crate::metrics::{OnsetConfig, detect_onsets};
-use crate::video::{Fit, SampleOptions, sample_frames};
+use crate::video::{Fit, SampleOptions, frames_at};
 
 /// The most thumbnails one overview makes.
 pub const MAX_THUMBNAILS: usize = 64;
@@ -143,25 +143,23 @@ pub(crate) fn thumbnails(
         )));
     }
     let step = duration / count as f64;
-    let mut out = Vec::with_capacity(count);
-    // One decode, scaling only the frames sampled: frame k shows the
-    // picture at k·step.
+    let times: Vec<f64> = (0..count).map(|k| k as f64 * step).collect();
     let opts = SampleOptions {
-        rate: (1.0 / step).min(1000.0),
+        rate: 1.0,
         size: THUMBNAIL_SIDE,
         fit: Fit::CenterCrop,
         until: None,
     };
-    sample_frames(path, &opts, cancel, |f| {
-        if out.len() < count {
-            out.push(Thumbnail {
-                time: f.time,
-                side: f.size,
-                rgb: f.rgb.clone(),
-            });
-        }
-        Ok(())
-    })?;
+    // Seeking to each picture reads a small part of a long video, where a
+    // pass at the thumbnails' rate would decode all of it.
+    let out = frames_at(path, &times, &opts, cancel)?
+        .into_iter()
+        .map(|f| Thumbnail {
+            time: f.time,
+            side: f.size,
+            rgb: f.rgb,
+        })
+        .collect();
     Ok(out)
 }
 

@@ -209,6 +209,144 @@ pub fn sample_frames(
     Ok((info, state.next_index))
 }
 
+/// The pictures on screen at `times` (seconds, ascending), each found by
+/// seeking to the keyframe before it and decoding from there: for a few
+/// pictures of a long video this reads a small part of it, where
+/// [`sample_frames`] decodes all of it. Streams without a start time fall
+/// back to one sequential pass. `opts.rate` and `opts.until` are not used.
+pub fn frames_at(
+    path: &Path,
+    times: &[f64],
+    opts: &SampleOptions,
+    cancel: &AtomicBool,
+) -> Result<Vec<Frame>> {
+    if opts.size < super::MIN_SIDE {
+        return Err(Error::InvalidSetting(format!("frame size {}", opts.size)));
+    }
+    if times.iter().any(|t| !t.is_finite()) || times.windows(2).any(|w| w[0] > w[1]) {
+        return Err(Error::InvalidSetting("frame times out of order".into()));
+    }
+    let mut ictx = open_input(path)?;
+    let info = info_from(path, &ictx)?;
+    let stream = ictx
+        .stream(info.stream_index)
+        .ok_or_else(|| Error::NoVideoStream(path.to_path_buf()))?;
+    let time_base = f64::from(stream.time_base());
+    let start_pts = stream.start_time();
+    if start_pts == ff::ffi::AV_NOPTS_VALUE {
+        return sequential_frames_at(path, times, opts, cancel);
+    }
+    let decode_err = |reason: String| Error::Decode {
+        path: path.to_path_buf(),
+        codec: info.codec.clone(),
+        reason,
+    };
+    let ctx = ff::codec::context::Context::from_parameters(stream.parameters())
+        .map_err(|e| decode_err(e.to_string()))?;
+    let mut decoder = ctx
+        .decoder()
+        .video()
+        .map_err(|e| decode_err(e.to_string()))?;
+    let mut out = Vec::with_capacity(times.len());
+    for &t in times {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        // The container's seek takes AV_TIME_BASE units and lands on the
+        // keyframe at or before the time; the stream's start is added back.
+        let start_s = start_pts as f64 * time_base;
+        let target = ((t + start_s) * f64::from(ff::ffi::AV_TIME_BASE)) as i64;
+        ictx.seek(target, ..target + 1)
+            .map_err(|e| decode_err(format!("cannot seek to {t:.3} s: {e}")))?;
+        decoder.flush();
+        // A sampler whose one sample is at `t`: it emits the picture on
+        // screen then, once a later one (or the end) shows up.
+        let mut state = Sampler {
+            opts: SampleOptions {
+                rate: 1.0,
+                ..opts.clone()
+            },
+            info: &info,
+            next_index: 0,
+            held: ff::frame::Video::empty(),
+            held_time: None,
+            incoming: ff::frame::Video::empty(),
+            scaler: None,
+            scaled: ff::frame::Video::empty(),
+            out: Frame {
+                index: out.len(),
+                time: t,
+                duration: info.duration,
+                size: opts.size,
+                rgb: vec![0; (opts.size * opts.size * 3) as usize],
+            },
+            first_pts: None,
+            damaged: 0,
+        };
+        let got: std::cell::RefCell<Option<Frame>> = std::cell::RefCell::new(None);
+        let mut keep = |f: &Frame| {
+            got.borrow_mut().get_or_insert_with(|| f.clone());
+            Ok(())
+        };
+        // Sample times are `next_index / rate` = 0, 1, …: the clock is moved
+        // so that `t` is sample 0.
+        for (s, packet) in ictx.packets() {
+            if s.index() != info.stream_index {
+                continue;
+            }
+            if decoder.send_packet(&packet).is_err() {
+                continue;
+            }
+            state.drain_shifted(&mut decoder, time_base, start_pts, t, &mut keep)?;
+            if got.borrow().is_some() {
+                break;
+            }
+        }
+        if got.borrow().is_none() {
+            let _ = decoder.send_eof();
+            state.drain_shifted(&mut decoder, time_base, start_pts, t, &mut keep)?;
+            // The last picture stays on screen to the end.
+            state.flush_until(1.0, &mut keep)?;
+        }
+        let mut frame = got
+            .into_inner()
+            .ok_or_else(|| decode_err(format!("no picture at {t:.3} s")))?;
+        frame.index = out.len();
+        frame.time = t;
+        out.push(frame);
+    }
+    Ok(out)
+}
+
+/// [`frames_at`] by one pass over the whole video.
+fn sequential_frames_at(
+    path: &Path,
+    times: &[f64],
+    opts: &SampleOptions,
+    cancel: &AtomicBool,
+) -> Result<Vec<Frame>> {
+    let mut out = Vec::with_capacity(times.len());
+    // Sampled finely enough to hold each time's picture: the first sample at
+    // or after each time.
+    let rate = 25.0;
+    let seq = SampleOptions {
+        rate,
+        ..opts.clone()
+    };
+    let mut next = 0usize;
+    sample_frames(path, &seq, cancel, |f| {
+        while next < times.len() && f.time + 1e-9 >= times[next] {
+            let mut frame = f.clone();
+            frame.index = next;
+            frame.time = times[next];
+            out.push(frame);
+            next += 1;
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// Frames lost to damage, once the decoder is drained: those it refused or
 /// flagged as damaged, or — when more — those that never came out. A
 /// frame-threaded decoder drops a frame it fails on without a word.
@@ -238,6 +376,20 @@ struct Sampler<'a> {
 }
 
 impl Sampler<'_> {
+    /// [`Self::drain`] with the clock moved back by `shift` seconds, so a
+    /// sampler seeking to `shift` takes its sample 0 there.
+    fn drain_shifted(
+        &mut self,
+        decoder: &mut ff::decoder::Video,
+        time_base: f64,
+        start_pts: i64,
+        shift: f64,
+        on_frame: &mut impl FnMut(&Frame) -> Result<()>,
+    ) -> Result<usize> {
+        let shift_pts = (shift / time_base).round() as i64;
+        self.drain(decoder, time_base, start_pts + shift_pts, on_frame)
+    }
+
     fn drain(
         &mut self,
         decoder: &mut ff::decoder::Video,
