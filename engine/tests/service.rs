@@ -472,7 +472,10 @@ fn an_overview_shows_the_pictures_the_cuts_and_the_music() {
         &eng,
         eng.overview(OverviewRequest {
             resolved: resolved.clone(),
-            music: Some(MusicSource::Audio(done.audio.clone())),
+            music: Some(MusicSource::Audio {
+                audio: done.audio.clone(),
+                bpm: done.bpm,
+            }),
             thumbnails: 8,
         })
         .unwrap(),

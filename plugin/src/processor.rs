@@ -141,9 +141,12 @@ impl Processor<'_> {
             self.free_running,
         );
         self.player.catch_up(start, frames);
-        self.shared
-            .editor
-            .set_playhead(playing.then(|| start as f64 / self.sample_rate));
+        let editor = &self.shared.editor;
+        editor.set_playhead(playing.then(|| start as f64 / self.sample_rate));
+        editor.set_loop(transport::loop_range(
+            process.transport,
+            self.shared.offset(),
+        ));
         self.follow_tempo(process, frames);
         let bar = transport::next_bar(process.transport, start, self.sample_rate);
         let bounce = playing && self.shared.bouncing();

@@ -40,6 +40,21 @@ pub(crate) fn position(
     }
 }
 
+/// The host's active loop as seconds of the piece (the song's loop less
+/// the music's `offset`), when it has one with a seconds timeline.
+pub(crate) fn loop_range(transport: Option<&TransportEvent>, offset: f64) -> Option<(f64, f64)> {
+    let t = transport?;
+    let flags = TransportFlags::IS_LOOP_ACTIVE | TransportFlags::HAS_SECONDS_TIMELINE;
+    if !t.flags.contains(flags) {
+        return None;
+    }
+    let (a, b) = (
+        t.loop_start_seconds.to_float() - offset,
+        t.loop_end_seconds.to_float() - offset,
+    );
+    (a.is_finite() && b.is_finite() && a < b).then_some((a, b))
+}
+
 /// The piece frame of the next bar line at or after `start`, from the
 /// transport's bar position; without one, `start` itself.
 pub(crate) fn next_bar(transport: Option<&TransportEvent>, start: i64, rate: f64) -> i64 {
@@ -208,6 +223,19 @@ mod tests {
             time_signature_numerator: sig.0,
             time_signature_denominator: sig.1,
         }
+    }
+
+    #[test]
+    fn the_loop_is_read_in_piece_time_when_it_is_active() {
+        let mut t = at(10.0, 20.0, 20.0, 120.0, (4, 4));
+        t.loop_start_seconds = SecondsTime::from_float(4.0);
+        t.loop_end_seconds = SecondsTime::from_float(8.0);
+        assert_eq!(loop_range(Some(&t), 1.5), None, "no loop is active");
+        t.flags |= TransportFlags::IS_LOOP_ACTIVE;
+        assert_eq!(loop_range(Some(&t), 1.5), Some((2.5, 6.5)));
+        t.loop_end_seconds = SecondsTime::from_float(4.0);
+        assert_eq!(loop_range(Some(&t), 1.5), None, "an empty loop");
+        assert_eq!(loop_range(None, 0.0), None);
     }
 
     #[test]

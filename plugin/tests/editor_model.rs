@@ -103,3 +103,35 @@ fn cancel_stops_the_piece_being_made_and_a_prompt_asks_for_new_music() {
     assert_eq!(saved["prompt"], "slow strings");
     assert_eq!(saved["video"].as_str(), video.to_str());
 }
+
+#[test]
+fn the_hosts_loop_reaches_the_editor_in_seconds_of_music() {
+    use clack_host::events::event_types::TransportFlags;
+    use clack_host::utils::SecondsTime;
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut inst = instance();
+    let model = newest();
+    // The music starts 1.5 s into the song.
+    load_state(
+        &mut inst,
+        br#"{"version":2,"video":null,"params":[[2,1.5],[4,0]]}"#,
+    );
+    let mut proc = start(&mut inst, 48_000.0, 512);
+    let mut d = Driver::new(512);
+    let mut t = transport(3.0, true);
+    d.block_with(&mut proc, &t, 512);
+    assert_eq!(model.loop_range(), None);
+    assert_eq!(model.playhead(), Some(1.5));
+    t.flags |= TransportFlags::IS_LOOP_ACTIVE;
+    t.loop_start_seconds = SecondsTime::from_float(4.0);
+    t.loop_end_seconds = SecondsTime::from_float(6.0);
+    d.block_with(&mut proc, &t, 512);
+    assert_eq!(model.loop_range(), Some((2.5, 4.5)));
+    t.flags.remove(TransportFlags::IS_PLAYING);
+    d.block_with(&mut proc, &t, 512);
+    assert_eq!(
+        model.playhead(),
+        None,
+        "a stopped transport shows no playhead"
+    );
+}

@@ -28,8 +28,9 @@ pub const PEAKS_PER_SECOND: f64 = 200.0;
 /// Where an overview's music comes from.
 #[derive(Debug, Clone)]
 pub enum MusicSource {
-    /// A piece in hand (a finished request's audio).
-    Audio(Arc<Audio>),
+    /// A piece in hand (a finished request's audio), and its tempo when
+    /// the engine chose one.
+    Audio { audio: Arc<Audio>, bpm: Option<f64> },
     /// A piece in the disk cache, by its key.
     Cached(String),
 }
@@ -89,6 +90,9 @@ pub struct MusicOverview {
     pub peaks: Vec<[f32; 2]>,
     /// Onsets, seconds of music.
     pub onsets: Vec<f64>,
+    /// The stretches section edits changed, seconds of music (their ends on
+    /// bar lines), oldest first.
+    pub sections: Vec<(f64, f64)>,
 }
 
 impl MusicOverview {
@@ -112,6 +116,7 @@ impl MusicOverview {
             seconds: mono.len() as f64 / f64::from(rate),
             peaks,
             onsets: detect_onsets(&mono, rate, &OnsetConfig::default()),
+            sections: Vec::new(),
         }
     }
 

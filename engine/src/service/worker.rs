@@ -1,7 +1,7 @@
 //! The engine thread's loop.
 
 #[path = "sections.rs"]
-mod sections;
+pub(super) mod sections;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

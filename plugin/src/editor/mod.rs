@@ -393,7 +393,10 @@ fn follow(shared: &Shared<'_>, inner: &mut Inner, ev: Event) {
                 request_overview(
                     shared,
                     inner,
-                    Some(MusicSource::Audio(result.audio.clone())),
+                    Some(MusicSource::Audio {
+                        audio: result.audio.clone(),
+                        bpm: result.bpm,
+                    }),
                 );
             }
         }

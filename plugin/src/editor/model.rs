@@ -209,6 +209,8 @@ pub struct EditorModel {
     pub(crate) edits_pending: AtomicBool,
     /// The music's position (seconds of music, f64 bits; NaN when stopped).
     playhead: AtomicU64,
+    /// The host's loop as seconds of music (f64 bits; NaN when none).
+    loop_range: [AtomicU64; 2],
     /// Whether an editor window is open: overviews are only made then.
     open: AtomicBool,
     /// Set when an editor opened and wants the overview of what is there.
@@ -250,6 +252,10 @@ impl EditorModel {
             edits: std::array::from_fn(|_| AtomicU64::new(NONE)),
             edits_pending: AtomicBool::new(false),
             playhead: AtomicU64::new(f64::NAN.to_bits()),
+            loop_range: [
+                AtomicU64::new(f64::NAN.to_bits()),
+                AtomicU64::new(f64::NAN.to_bits()),
+            ],
             open: AtomicBool::new(false),
             wants_overview: AtomicBool::new(false),
             repaint: RepaintNotifier::new(),
@@ -311,6 +317,22 @@ impl EditorModel {
         if self.playhead.swap(bits, Ordering::Relaxed) != bits {
             self.repaint.request_repaint();
         }
+    }
+
+    /// Audio thread: the host's loop (seconds of music), or `None`.
+    pub(crate) fn set_loop(&self, range: Option<(f64, f64)>) {
+        let (a, b) = range.unwrap_or((f64::NAN, f64::NAN));
+        self.loop_range[0].store(a.to_bits(), Ordering::Relaxed);
+        self.loop_range[1].store(b.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The host's loop, seconds of music. The two ends are stored apart: a
+    /// loop read while the host moves it may mix old and new ends, which
+    /// only the next block's loop corrects.
+    pub fn loop_range(&self) -> Option<(f64, f64)> {
+        let a = f64::from_bits(self.loop_range[0].load(Ordering::Relaxed));
+        let b = f64::from_bits(self.loop_range[1].load(Ordering::Relaxed));
+        (a.is_finite() && b.is_finite() && a < b).then_some((a, b))
     }
 
     pub fn playhead(&self) -> Option<f64> {

@@ -247,6 +247,16 @@ impl EditorApp {
                     )
                 })
                 .filter(|(a, b)| b - a > 0.05 && *b > 0.0);
+            let host_loop = self.model.loop_range();
+            if ui
+                .add_enabled(host_loop.is_some(), egui::Button::new("Select loop"))
+                .on_hover_text("select the host's loop range")
+                .clicked()
+                && let Some((a, b)) = host_loop
+            {
+                let to_video = |t: f64| view.start + t * view.playrate;
+                self.selection = Some((to_video(a.max(0.0)), to_video(b)));
+            }
             let again = ui
                 .add_enabled(
                     chosen.is_some() && view.music.is_some(),
@@ -518,17 +528,23 @@ impl EditorApp {
 
         // The stretches made again, and the selection.
         let to_video = |t: f64| view.start + t * view.playrate;
-        for sec in &view.sections {
+        // Where the engine changed the music (on bar lines) once the piece
+        // is in; until then, the stretches asked for.
+        let edited: Vec<(f64, f64)> = match &view.music {
+            Some(m) if m.sections.len() == view.sections.len() => m.sections.clone(),
+            _ => view.sections.iter().map(|s| (s.start, s.end)).collect(),
+        };
+        for &(a, b) in &edited {
             let r = Rect::from_min_max(
-                pos2(x_of(to_video(sec.start)), lanes[2].top()),
-                pos2(x_of(to_video(sec.end)), lanes[2].bottom()),
+                pos2(x_of(to_video(a)), lanes[2].top()),
+                pos2(x_of(to_video(b)), lanes[2].bottom()),
             );
             painter.rect_filled(r, 0.0, Color32::from_rgba_unmultiplied(255, 255, 255, 18));
             painter.line_segment([r.left_top(), r.right_top()], Stroke::new(2.0, SECTION));
         }
         report
             .sections
-            .store(view.sections.len() as u32, Ordering::Release);
+            .store(edited.len() as u32, Ordering::Release);
         let selected = self.selection.filter(|(a, b)| (a - b).abs() > 1e-3);
         if let Some((a, b)) = selected {
             let r = Rect::from_min_max(

@@ -144,13 +144,23 @@ impl Engines {
         };
         progress(0.9);
         let audio = match &req.music {
-            Some(MusicSource::Audio(a)) => Some(a.clone()),
-            Some(MusicSource::Cached(key)) => {
-                cache.and_then(|c| c.get(key)).map(|(a, _)| Arc::new(a))
-            }
+            Some(MusicSource::Audio { audio, bpm }) => Some((audio.clone(), *bpm)),
+            Some(MusicSource::Cached(key)) => cache
+                .and_then(|c| c.get(key))
+                .map(|(a, meta)| (Arc::new(a), meta.bpm)),
             None => None,
         };
-        let music = audio.map(|a| Arc::new(MusicOverview::of(&a, spec.span.start, spec.playrate)));
+        let music = audio.map(|(a, bpm)| {
+            let mut m = MusicOverview::of(&a, spec.span.start, spec.playrate);
+            // Where each section edit changed the music: on the bar lines
+            // the engine moved its ends to.
+            m.sections = spec
+                .sections
+                .iter()
+                .map(|s| super::worker::sections::on_bars(*s, spec, bpm, m.seconds))
+                .collect();
+            Arc::new(m)
+        });
         progress(1.0);
         Ok(super::Overview { video, music })
     }
