@@ -211,6 +211,30 @@ unsafe fn create(factory: &ComPtr<IPluginFactory>, host: &ComWrapper<Host>) -> P
     }
 }
 
+/// Loads the module at `path` as a VST3 host does: its entry, then its
+/// factory.
+unsafe fn load(path: &std::path::Path) -> (libloading::Library, ComPtr<IPluginFactory>) {
+    unsafe {
+        let lib = libloading::Library::new(path).unwrap();
+        let entry: libloading::Symbol<unsafe extern "C" fn(*mut c_void) -> bool> =
+            lib.get(b"ModuleEntry\0").unwrap();
+        assert!(entry(std::ptr::null_mut()), "ModuleEntry");
+        let get_factory: libloading::Symbol<unsafe extern "system" fn() -> *mut IPluginFactory> =
+            lib.get(b"GetPluginFactory\0").unwrap();
+        let factory = ComPtr::from_raw(get_factory()).expect("no factory");
+        (lib, factory)
+    }
+}
+
+/// The module's exit, once every object of it is released.
+unsafe fn unload(lib: libloading::Library) {
+    unsafe {
+        let exit: libloading::Symbol<unsafe extern "C" fn() -> bool> =
+            lib.get(b"ModuleExit\0").unwrap();
+        assert!(exit(), "ModuleExit");
+    }
+}
+
 fn get_state(p: &Plugin) -> Vec<u8> {
     let s = stream(Vec::new());
     let ptr = s.as_com_ref::<IBStream>().unwrap().as_ptr();
@@ -242,13 +266,7 @@ fn the_vst3_build_plays_and_keeps_state_in_a_vst3_host() {
     // of this binary sets the same value.
     unsafe { std::env::set_var("VIDMUSICIAN_VIDEO", video) };
     unsafe {
-        let lib = libloading::Library::new(&copy).unwrap();
-        let entry: libloading::Symbol<unsafe extern "C" fn(*mut c_void) -> bool> =
-            lib.get(b"ModuleEntry\0").unwrap();
-        assert!(entry(std::ptr::null_mut()), "ModuleEntry");
-        let get_factory: libloading::Symbol<unsafe extern "system" fn() -> *mut IPluginFactory> =
-            lib.get(b"GetPluginFactory\0").unwrap();
-        let factory = ComPtr::from_raw(get_factory()).expect("no factory");
+        let (lib, factory) = load(&copy);
         let host = ComWrapper::new(Host);
         let plugin = create(&factory, &host);
 
@@ -362,9 +380,7 @@ fn the_vst3_build_plays_and_keeps_state_in_a_vst3_host() {
         drop(other);
         drop(plugin);
         drop(factory);
-        let exit: libloading::Symbol<unsafe extern "C" fn() -> bool> =
-            lib.get(b"ModuleExit\0").unwrap();
-        assert!(exit(), "ModuleExit");
+        unload(lib);
     }
 }
 
@@ -385,13 +401,7 @@ fn the_vst3_build_opens_the_same_editor_in_the_hosts_window() {
     let parent = d.host_window(0, 0, w, h);
     let blank = d.grab(0, 0, w, h);
     unsafe {
-        let lib = libloading::Library::new(&copy).unwrap();
-        let entry: libloading::Symbol<unsafe extern "C" fn(*mut c_void) -> bool> =
-            lib.get(b"ModuleEntry\0").unwrap();
-        assert!(entry(std::ptr::null_mut()), "ModuleEntry");
-        let get_factory: libloading::Symbol<unsafe extern "system" fn() -> *mut IPluginFactory> =
-            lib.get(b"GetPluginFactory\0").unwrap();
-        let factory = ComPtr::from_raw(get_factory()).expect("no factory");
+        let (lib, factory) = load(&copy);
         let host = ComWrapper::new(Host);
         let plugin = create(&factory, &host);
         let controller = plugin
@@ -448,9 +458,7 @@ fn the_vst3_build_opens_the_same_editor_in_the_hosts_window() {
         assert_eq!(plugin.component.terminate(), kResultOk);
         drop(plugin);
         drop(factory);
-        let exit: libloading::Symbol<unsafe extern "C" fn() -> bool> =
-            lib.get(b"ModuleExit\0").unwrap();
-        assert!(exit(), "ModuleExit");
+        unload(lib);
     }
     d.destroy_window(parent);
 }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use super::super::engines::{Engines, Work};
-use super::super::{AudioCache, CacheMeta, EngineConfig, Resolved, Section, Span, Stage};
+use super::super::{
+    AudioCache, CacheMeta, EngineConfig, MusicSpec, Resolved, Section, Span, Stage,
+};
 use crate::audio::Audio;
 use crate::error::{Error, Result};
 
@@ -53,24 +55,25 @@ pub(super) fn make(
     let to = ((end * rate).round() as usize).min(base.len());
     let audio = splice(&base, &fresh, from, to, (SECTION_XFADE_S * rate) as usize);
     let audio = Arc::new(audio);
+    store(cache, spec, &audio, bpm);
+    Ok((audio, bpm))
+}
+
+/// Caches the piece of `spec`. A cache that cannot be written costs speed
+/// next time, not this result.
+fn store(cache: Option<&AudioCache>, spec: &MusicSpec, audio: &Audio, bpm: Option<f64>) {
     if let Some(c) = cache {
         let meta = CacheMeta {
             engine: spec.engine.choice.as_str().to_string(),
             bpm,
         };
-        let _ = c.put(&spec.key(), &audio, &meta);
+        let _ = c.put(&spec.key(), audio, &meta);
     }
-    Ok((audio, bpm))
 }
 
 /// A section's ends moved out to the bar lines of the music (its tempo,
 /// meter and downbeat), within the piece's `seconds`.
-pub(crate) fn on_bars(
-    s: Section,
-    spec: &super::super::MusicSpec,
-    bpm: Option<f64>,
-    seconds: f64,
-) -> (f64, f64) {
+pub(crate) fn on_bars(s: Section, spec: &MusicSpec, bpm: Option<f64>, seconds: f64) -> (f64, f64) {
     let (mut start, mut end) = (s.start.max(0.0), s.end.min(seconds));
     if let Some(bpm) = spec.tempo.or(bpm).filter(|b| *b > 0.0) {
         let bar = spec.meter.bar(bpm);
@@ -138,12 +141,6 @@ fn plain(
     }
     audio.fit_to((seconds * f64::from(spec.sample_rate)).round() as usize);
     let audio = Arc::new(audio);
-    if let Some(c) = cache {
-        let meta = CacheMeta {
-            engine: spec.engine.choice.as_str().to_string(),
-            bpm: made.bpm,
-        };
-        let _ = c.put(&key, &audio, &meta);
-    }
+    store(cache, spec, &audio, made.bpm);
     Ok((audio, made.bpm))
 }

@@ -69,23 +69,10 @@ pub(super) fn run(
                 &mut retired_rings,
             )
         }));
-        let event = match outcome {
-            Ok(Ok(result)) => Event::Done {
-                id,
-                result: Box::new(result),
-            },
-            Ok(Err(Error::Cancelled)) => Event::Cancelled { id },
-            Ok(Err(e)) => Event::Failed {
-                id,
-                error: Arc::new(e),
-            },
-            Err(_) => Event::Failed {
-                id,
-                error: Arc::new(Error::InvalidSetting(
-                    "internal error in the engine (panic); please report it".into(),
-                )),
-            },
-        };
+        let event = ending(id, outcome, "in the engine", |result| Event::Done {
+            id,
+            result: Box::new(result),
+        });
         if let Some(r) = job.retired.take() {
             retired_rings.push(r);
         }
@@ -117,11 +104,25 @@ fn overview(
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         engines.overview(request, cache, cancel, &progress)
     }));
-    match outcome {
-        Ok(Ok(o)) => Event::Overview {
+    ending(id, outcome, "while drawing the overview", |o| {
+        Event::Overview {
             id,
             overview: Arc::new(o),
-        },
+        }
+    })
+}
+
+/// The event that ends task `id`: `done` with its result, cancelled, its
+/// error, or a panic `where` it ran, reported rather than taking the engine
+/// thread down.
+fn ending<T>(
+    id: u64,
+    outcome: std::thread::Result<Result<T>>,
+    place: &str,
+    done: impl FnOnce(T) -> Event,
+) -> Event {
+    match outcome {
+        Ok(Ok(result)) => done(result),
         Ok(Err(Error::Cancelled)) => Event::Cancelled { id },
         Ok(Err(e)) => Event::Failed {
             id,
@@ -129,9 +130,9 @@ fn overview(
         },
         Err(_) => Event::Failed {
             id,
-            error: Arc::new(Error::InvalidSetting(
-                "internal error while drawing the overview (panic); please report it".into(),
-            )),
+            error: Arc::new(Error::InvalidSetting(format!(
+                "internal error {place} (panic); please report it"
+            ))),
         },
     }
 }

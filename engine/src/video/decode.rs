@@ -117,25 +117,7 @@ pub fn sample_frames(
         .video()
         .map_err(|e| decode_err(e.to_string()))?;
 
-    let mut state = Sampler {
-        opts: opts.clone(),
-        info: &info,
-        next_index: 0,
-        held: ff::frame::Video::empty(),
-        held_time: None,
-        incoming: ff::frame::Video::empty(),
-        scaler: None,
-        scaled: ff::frame::Video::empty(),
-        out: Frame {
-            index: 0,
-            time: 0.0,
-            duration: info.duration,
-            size: opts.size,
-            rgb: vec![0; (opts.size * opts.size * 3) as usize],
-        },
-        first_pts: None,
-        damaged: 0,
-    };
+    let mut state = Sampler::new(opts.clone(), &info, 0.0);
     let mut bad_packets = 0usize;
     let mut good_frames = 0usize;
     let mut packets = 0usize;
@@ -261,28 +243,14 @@ pub fn frames_at(
         decoder.flush();
         // A sampler whose one sample is at `t`: it emits the picture on
         // screen then, once a later one (or the end) shows up.
-        let mut state = Sampler {
-            opts: SampleOptions {
+        let mut state = Sampler::new(
+            SampleOptions {
                 rate: 1.0,
                 ..opts.clone()
             },
-            info: &info,
-            next_index: 0,
-            held: ff::frame::Video::empty(),
-            held_time: None,
-            incoming: ff::frame::Video::empty(),
-            scaler: None,
-            scaled: ff::frame::Video::empty(),
-            out: Frame {
-                index: out.len(),
-                time: t,
-                duration: info.duration,
-                size: opts.size,
-                rgb: vec![0; (opts.size * opts.size * 3) as usize],
-            },
-            first_pts: None,
-            damaged: 0,
-        };
+            &info,
+            t,
+        );
         let got: std::cell::RefCell<Option<Frame>> = std::cell::RefCell::new(None);
         let mut keep = |f: &Frame| {
             got.borrow_mut().get_or_insert_with(|| f.clone());
@@ -375,7 +343,32 @@ struct Sampler<'a> {
     damaged: usize,
 }
 
-impl Sampler<'_> {
+impl<'a> Sampler<'a> {
+    /// A sampler with nothing decoded yet; its frames say `time` until
+    /// sampled.
+    fn new(opts: SampleOptions, info: &'a VideoInfo, time: f64) -> Self {
+        let side = opts.size;
+        Sampler {
+            opts,
+            info,
+            next_index: 0,
+            held: ff::frame::Video::empty(),
+            held_time: None,
+            incoming: ff::frame::Video::empty(),
+            scaler: None,
+            scaled: ff::frame::Video::empty(),
+            out: Frame {
+                index: 0,
+                time,
+                duration: info.duration,
+                size: side,
+                rgb: vec![0; (side * side * 3) as usize],
+            },
+            first_pts: None,
+            damaged: 0,
+        }
+    }
+
     /// [`Self::drain`] with the clock moved back by `shift` seconds, so a
     /// sampler seeking to `shift` takes its sample 0 there.
     fn drain_shifted(
