@@ -186,6 +186,18 @@ impl Display {
     }
 }
 
+/// Waits up to `secs` for `ok`.
+pub fn wait_for(secs: u64, mut ok: impl FnMut() -> bool) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok()
+}
+
 /// The editor model of the instance made last.
 pub fn newest_model() -> Arc<EditorModel> {
     live().pop().expect("an instance lists its editor model")
