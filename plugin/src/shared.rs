@@ -9,12 +9,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use clack_extensions::log::{HostLog, LogSeverity};
 use clack_plugin::events::Pckn;
-use clack_plugin::events::event_types::ParamValueEvent;
+use clack_plugin::events::event_types::{
+    ParamGestureBeginEvent, ParamGestureEndEvent, ParamValueEvent,
+};
 use clack_plugin::events::spaces::CoreEventSpace;
 use clack_plugin::prelude::*;
 use vidmusician_engine::service::Meter;
 
-use crate::editor::model::EditorModel;
+use crate::editor::model::{Edit, EditorModel};
 use crate::params::{ParamId, ParamSpec, ParamValues};
 use crate::state::HostGrid;
 
@@ -184,16 +186,18 @@ pub(crate) fn apply_param_events(
 /// music. Allocation- and lock-free: the audio thread calls it.
 fn apply_editor_edits(shared: &Shared<'_>, output: &mut OutputEvents) -> bool {
     let mut regen = false;
-    shared.editor.take_edits(|id, value| {
+    shared.editor.take_edits(|id, edit| {
+        let param = ClapId::new(id as u32);
         // A host whose queue is full still reads the value on its next
         // query.
-        let _ = output.try_push(ParamValueEvent::new(
-            0,
-            ClapId::new(id as u32),
-            Pckn::match_all(),
-            value,
-        ));
-        regen |= ParamSpec::by_id(id as u32).is_some_and(|s| s.regenerates);
+        let _ = match edit {
+            Edit::Begin => output.try_push(ParamGestureBeginEvent::new(0, param)),
+            Edit::Value(v) => {
+                regen |= ParamSpec::by_id(id as u32).is_some_and(|s| s.regenerates);
+                output.try_push(ParamValueEvent::new(0, param, Pckn::match_all(), v))
+            }
+            Edit::End => output.try_push(ParamGestureEndEvent::new(0, param)),
+        };
     });
     regen
 }

@@ -135,3 +135,43 @@ fn the_hosts_loop_reaches_the_editor_in_seconds_of_music() {
         "a stopped transport shows no playhead"
     );
 }
+
+#[test]
+fn a_drag_in_the_editor_reaches_the_host_as_one_gesture() {
+    use clack_host::events::spaces::CoreEventSpace;
+    use vidmusician_plugin::params::ParamId;
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut inst = instance();
+    let model = newest();
+    let mut proc = start(&mut inst, 48_000.0, 512);
+    let mut d = Driver::new(512);
+    // What the editor does for a slider dragged from 3 to 5.5.
+    model.begin_gesture(ParamId::Guidance);
+    model.edit(ParamId::Guidance, 5.5);
+    model.end_gesture(ParamId::Guidance);
+    d.block(&mut proc, 0.0, 512, true);
+    let id = ParamId::Guidance as u32;
+    let told: Vec<String> = d
+        .output_events
+        .iter()
+        .filter_map(|e| match e.as_core_event()? {
+            CoreEventSpace::ParamGestureBegin(g) => Some(format!("begin {}", g.param_id()?.get())),
+            CoreEventSpace::ParamValue(v) => {
+                Some(format!("value {} {}", v.param_id()?.get(), v.value()))
+            }
+            CoreEventSpace::ParamGestureEnd(g) => Some(format!("end {}", g.param_id()?.get())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        told,
+        [
+            format!("begin {id}"),
+            format!("value {id} 5.5"),
+            format!("end {id}")
+        ]
+    );
+    // Told once.
+    d.block(&mut proc, 512.0 / 48_000.0, 512, true);
+    assert_eq!(d.output_events.len(), 0);
+}

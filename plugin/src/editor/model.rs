@@ -206,6 +206,9 @@ pub struct EditorModel {
     /// when none): the audio thread (or a flush) applies them and tells the
     /// host, as CLAP wants for edits that come from the plugin's own GUI.
     edits: [AtomicU64; PARAMS.len()],
+    /// Gestures (a slider held) begun and ended, not yet told to the host:
+    /// bit 0 begun, bit 1 ended.
+    gestures: [AtomicU32; PARAMS.len()],
     pub(crate) edits_pending: AtomicBool,
     /// The music's position (seconds of music, f64 bits; NaN when stopped).
     playhead: AtomicU64,
@@ -220,6 +223,16 @@ pub struct EditorModel {
 }
 
 const NONE: u64 = 0x7ff8_dead_0000_0000;
+const GESTURE_BEGUN: u32 = 1;
+const GESTURE_ENDED: u32 = 2;
+
+/// What the editor did to a parameter, as the host is told it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Edit {
+    Begin,
+    Value(f64),
+    End,
+}
 
 static LIVE: parking_lot::Mutex<Vec<std::sync::Weak<EditorModel>>> =
     parking_lot::Mutex::new(Vec::new());
@@ -250,6 +263,7 @@ impl EditorModel {
             view: ArcSwap::from_pointee(View::default()),
             commands: unbounded(),
             edits: std::array::from_fn(|_| AtomicU64::new(NONE)),
+            gestures: std::array::from_fn(|_| AtomicU32::new(0)),
             edits_pending: AtomicBool::new(false),
             playhead: AtomicU64::new(f64::NAN.to_bits()),
             loop_range: [
@@ -297,16 +311,37 @@ impl EditorModel {
         self.edits_pending.store(true, Ordering::Release);
     }
 
-    /// The editor's edits since the last call, in parameter order.
+    /// The user took hold of a parameter's control (a slider's drag): the
+    /// host hears a gesture begin, so it records what follows as one move.
+    pub fn begin_gesture(&self, id: ParamId) {
+        self.gestures[id as usize].fetch_or(GESTURE_BEGUN, Ordering::AcqRel);
+        self.edits_pending.store(true, Ordering::Release);
+    }
+
+    /// … and let go of it.
+    pub fn end_gesture(&self, id: ParamId) {
+        self.gestures[id as usize].fetch_or(GESTURE_ENDED, Ordering::AcqRel);
+        self.edits_pending.store(true, Ordering::Release);
+    }
+
+    /// The editor's edits since the last call, in parameter order, each as
+    /// a gesture's begin, the value, a gesture's end (whichever happened).
     /// Allocation- and lock-free: the audio thread calls it.
-    pub(crate) fn take_edits(&self, mut each: impl FnMut(ParamId, f64)) {
+    pub(crate) fn take_edits(&self, mut each: impl FnMut(ParamId, Edit)) {
         if !self.edits_pending.swap(false, Ordering::AcqRel) {
             return;
         }
-        for (spec, slot) in PARAMS.iter().zip(&self.edits) {
+        for ((spec, slot), gesture) in PARAMS.iter().zip(&self.edits).zip(&self.gestures) {
+            let g = gesture.swap(0, Ordering::AcqRel);
+            if g & GESTURE_BEGUN != 0 {
+                each(spec.id, Edit::Begin);
+            }
             let v = slot.swap(NONE, Ordering::AcqRel);
             if v != NONE {
-                each(spec.id, f64::from_bits(v));
+                each(spec.id, Edit::Value(f64::from_bits(v)));
+            }
+            if g & GESTURE_ENDED != 0 {
+                each(spec.id, Edit::End);
             }
         }
     }
@@ -362,11 +397,32 @@ mod tests {
         m.edit(ParamId::RhythmStrength, 2.0);
         m.edit(ParamId::Gain, -6.0);
         let mut got = Vec::new();
-        m.take_edits(|id, v| got.push((id, v)));
-        assert_eq!(got, [(ParamId::Gain, -6.0), (ParamId::RhythmStrength, 1.0)]);
-        m.take_edits(|id, v| got.push((id, v)));
+        m.take_edits(|id, e| got.push((id, e)));
+        assert_eq!(
+            got,
+            [
+                (ParamId::Gain, Edit::Value(-6.0)),
+                (ParamId::RhythmStrength, Edit::Value(1.0))
+            ]
+        );
+        m.take_edits(|id, e| got.push((id, e)));
         assert_eq!(got.len(), 2, "edits taken twice");
         assert_eq!(m.params.get(ParamId::RhythmStrength), 1.0);
+        // A drag: begin, the value, end, in that order, however the taker's
+        // turns fall between them.
+        got.clear();
+        m.begin_gesture(ParamId::Guidance);
+        m.edit(ParamId::Guidance, 4.0);
+        m.end_gesture(ParamId::Guidance);
+        m.take_edits(|id, e| got.push((id, e)));
+        assert_eq!(
+            got,
+            [
+                (ParamId::Guidance, Edit::Begin),
+                (ParamId::Guidance, Edit::Value(4.0)),
+                (ParamId::Guidance, Edit::End)
+            ]
+        );
     }
 
     #[test]

@@ -195,10 +195,16 @@ impl EditorApp {
                 // A setting that needs new music takes effect when the drag
                 // ends, not at every step of it; until then it only moves.
                 let r = ui.add(slider);
+                if r.drag_started() {
+                    self.model.begin_gesture(id);
+                }
                 if r.changed() && spec.regenerates && r.dragged() {
                     params.set(id, v);
                 } else if r.changed() || (spec.regenerates && r.drag_stopped()) {
                     self.model.edit(id, v);
+                }
+                if r.drag_stopped() {
+                    self.model.end_gesture(id);
                 }
             }
             let mut follow = params.get(ParamId::FollowTempo) >= 0.5;
