@@ -475,6 +475,7 @@ fn an_overview_shows_the_pictures_the_cuts_and_the_music() {
             music: Some(MusicSource::Audio {
                 audio: done.audio.clone(),
                 bpm: done.bpm,
+                downbeat: done.downbeat,
             }),
             thumbnails: 8,
         })
@@ -547,8 +548,13 @@ fn a_section_made_again_changes_only_its_bars_and_undoing_it_restores_the_piece(
     let (id, _) = eng.submit(req.clone()).unwrap();
     let base = eng.wait(id, |_| {}).unwrap();
     let bpm = base.bpm.expect("the sketch engine chooses a tempo");
+    let down = base.downbeat.expect("and places its bars");
     let bar = 4.0 * 60.0 / bpm;
     let rate = 32_000.0;
+    let on_bar = |t: f64, up: bool| {
+        let k = (t - down) / bar;
+        down + if up { k.ceil() } else { k.floor() } * bar
+    };
 
     let mut edited = req.clone();
     edited.sections = vec![Section {
@@ -562,7 +568,7 @@ fn a_section_made_again_changes_only_its_bars_and_undoing_it_restores_the_piece(
     assert_eq!(once.audio.len(), base.audio.len());
     // The edit covers whole bars around the asked stretch, and nothing
     // outside them changed, bit for bit.
-    let (lo, hi) = ((1.3 / bar).floor() * bar, (2.6 / bar).ceil() * bar);
+    let (lo, hi) = (on_bar(1.3, false).max(0.0), on_bar(2.6, true));
     let changed: Vec<usize> = (0..base.audio.len())
         .filter(|&i| {
             base.audio.channels[0][i] != once.audio.channels[0][i]
@@ -632,4 +638,45 @@ fn a_section_that_is_not_a_stretch_is_refused() {
         let err = eng.submit(req).err().expect("refused").to_string();
         assert!(err.contains("section"), "{err}");
     }
+}
+
+#[test]
+fn a_downbeat_is_a_time_of_the_piece_also_for_a_part_of_the_video() {
+    // The sketch engine composes the whole video and cuts the part out: a
+    // part from 1.5 s with its bars at 0.25 s of the piece is the whole
+    // piece with its bars at 1.75 s, cut.
+    let dir = tempfile::tempdir().unwrap();
+    let v = video(dir.path(), "v.mp4", 6.0);
+    let eng = engine(dir.path());
+    let make = |range: Option<(f64, f64)>, downbeat: f64| {
+        let mut r = Request::new(&v);
+        r.sample_rate = 32_000;
+        r.tempo = Some(100.0);
+        r.downbeat = Some(downbeat);
+        r.range = range;
+        let (id, _) = eng.submit(r).unwrap();
+        eng.wait(id, |_| {}).unwrap()
+    };
+    let part = make(Some((1.5, 5.0)), 0.25);
+    let whole = make(None, 1.75);
+    let from = (1.5 * 32_000.0) as usize;
+    let n = part.audio.len();
+    assert_eq!(n, (3.5 * 32_000.0) as usize);
+    assert_eq!(
+        part.audio.channels[0][..],
+        whole.audio.channels[0][from..from + n]
+    );
+    // Each says where its bars are, in its own time.
+    let bar = 4.0 * 60.0 / 100.0;
+    let phase = |d: f64| d.rem_euclid(bar);
+    assert!(
+        (phase(part.downbeat.unwrap()) - phase(0.25)).abs() < 1e-6,
+        "{:?}",
+        part.downbeat
+    );
+    assert!(
+        (phase(whole.downbeat.unwrap()) - phase(1.75)).abs() < 1e-6,
+        "{:?}",
+        whole.downbeat
+    );
 }

@@ -139,6 +139,7 @@ impl DefaultPluginFactory for VidMusician {
             current: None,
             overview: None,
             sections: Vec::new(),
+            section_seeds: 0,
         }));
         let steward = Steward::start(shared, Arc::clone(&inner))
             .map_err(|_| PluginError::Message("cannot start a thread"))?;

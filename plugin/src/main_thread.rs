@@ -32,7 +32,7 @@ use crate::presets;
 use crate::reaper::{self, Reaper};
 use crate::requests::{Inner, answer, request, tidy};
 use crate::shared::{Shared, apply_param_events};
-use crate::state::{MAX_STATE_BYTES, SavedState};
+use crate::state::{Edits, MAX_STATE_BYTES, SavedState};
 use crate::steward::Steward;
 
 /// Main-thread state: what only the host's main thread touches (the host
@@ -132,8 +132,14 @@ impl MainThread<'_> {
         self.shared
             .timeline_offset
             .store(item.position.to_bits(), Ordering::Release);
+        if inner.video.as_ref() != Some(&item.path) {
+            // Edits of another video's music mean nothing for this one.
+            inner.sections.clear();
+        }
         inner.video = Some(item.path.clone());
+        let sections = inner.sections.clone();
         self.shared.editor.update(|v| {
+            v.sections = sections;
             if v.video.as_ref() != Some(&item.path) {
                 v.video_overview = None;
                 v.music = None;
@@ -271,7 +277,11 @@ impl PluginStateImpl for MainThread<'_> {
             inner.prompt.clone(),
             inner.cache_key.clone(),
             self.shared.host_grid(),
-            inner.sections.clone(),
+            Edits {
+                sections: inner.sections.clone(),
+                section_seeds: inner.section_seeds,
+                video_override: inner.video_override,
+            },
         );
         std::io::Write::write_all(output, &s.to_bytes())
             .map_err(|_| PluginError::Message("cannot write state"))
@@ -309,6 +319,11 @@ impl PluginStateImpl for MainThread<'_> {
             inner.prompt = s.prompt;
             inner.cache_key = s.cache_key;
             inner.sections = s.sections;
+            inner.section_seeds = s.section_seeds;
+            inner.video_override = s.video_override;
+            // What was being made and drawn was for the old settings.
+            inner.current = None;
+            inner.resolved = None;
             if let Some(g) = s.host_grid {
                 self.shared.set_host_grid(g);
             }

@@ -515,6 +515,7 @@ mod tests {
             let meta = CacheMeta {
                 engine: "text".into(),
                 bpm: None,
+                downbeat: None,
             };
             AudioCache::new(self._dir.path())
                 .put(&key, audio, &meta)

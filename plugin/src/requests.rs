@@ -53,6 +53,8 @@ pub(crate) struct Inner {
     /// Stretches made again in the editor, oldest first; undo drops the
     /// last.
     pub(crate) sections: Vec<Section>,
+    /// Section edits made so far (undone ones too), for their seeds.
+    pub(crate) section_seeds: u64,
 }
 
 /// Where a take's music comes from.

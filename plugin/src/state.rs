@@ -36,6 +36,13 @@ pub struct SavedState {
     /// Stretches made again in the editor, oldest first (version 2 on).
     #[serde(default)]
     pub sections: Vec<Section>,
+    /// Section edits made so far, undone ones included: the next one's seed
+    /// comes from it, so an edit made after an undo is not the undone one.
+    #[serde(default)]
+    pub section_seeds: u64,
+    /// The video was chosen in the editor over the host timeline's.
+    #[serde(default)]
+    pub video_override: bool,
 }
 
 /// A host tempo, time signature and a song time where a bar starts.
@@ -57,6 +64,14 @@ impl HostGrid {
     }
 }
 
+/// What the editor adds to a saved state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Edits {
+    pub sections: Vec<Section>,
+    pub section_seeds: u64,
+    pub video_override: bool,
+}
+
 impl SavedState {
     pub fn capture(
         values: &ParamValues,
@@ -64,7 +79,7 @@ impl SavedState {
         prompt: String,
         cache_key: Option<String>,
         host_grid: Option<HostGrid>,
-        sections: Vec<Section>,
+        edits: Edits,
     ) -> Self {
         Self {
             version: STATE_VERSION,
@@ -76,7 +91,9 @@ impl SavedState {
                 .collect(),
             cache_key,
             host_grid: host_grid.filter(HostGrid::is_valid),
-            sections,
+            sections: edits.sections,
+            section_seeds: edits.section_seeds,
+            video_override: edits.video_override,
         }
     }
 
@@ -161,11 +178,15 @@ mod tests {
             "calm".into(),
             Some("abc".into()),
             Some(grid),
-            vec![Section {
-                start: 1.0,
-                end: 2.5,
-                seed: 17,
-            }],
+            Edits {
+                sections: vec![Section {
+                    start: 1.0,
+                    end: 2.5,
+                    seed: 17,
+                }],
+                section_seeds: 3,
+                video_override: true,
+            },
         );
         let back = SavedState::from_bytes(&s.to_bytes()).unwrap();
         assert_eq!(back, s);
@@ -183,7 +204,7 @@ mod tests {
             String::new(),
             None,
             None,
-            Vec::new(),
+            Edits::default(),
         )
         .to_bytes();
         assert!(SavedState::from_bytes(&good[..good.len() / 2]).is_err());
@@ -251,7 +272,8 @@ mod tests {
         s.apply(&v);
         assert_eq!(v.get(ParamId::Seed), 7.0);
         // Saved again, it is a version 2 state.
-        let again = SavedState::capture(&v, s.video, s.prompt, s.cache_key, None, s.sections);
+        assert!(!s.video_override && s.section_seeds == 0);
+        let again = SavedState::capture(&v, s.video, s.prompt, s.cache_key, None, Edits::default());
         assert_eq!(again.version, STATE_VERSION);
         assert_eq!(STATE_VERSION, 2);
     }

@@ -48,8 +48,9 @@ fn until(
     panic!("{what} never played");
 }
 
-/// The tempo the engine writes this video's music in.
-fn tempo_of(video: &std::path::Path, seed: u64) -> f64 {
+/// The tempo the engine writes this video's music in, and where one of
+/// its bars starts.
+fn grid_of(video: &std::path::Path, seed: u64) -> (f64, f64) {
     let engine = Engine::start(EngineConfig {
         cache_dir: None,
         ..EngineConfig::default()
@@ -59,7 +60,8 @@ fn tempo_of(video: &std::path::Path, seed: u64) -> f64 {
     r.seed = seed;
     r.sample_rate = RATE;
     let (id, _) = engine.submit(r).unwrap();
-    engine.wait(id, |_| {}).unwrap().bpm.unwrap()
+    let done = engine.wait(id, |_| {}).unwrap();
+    (done.bpm.unwrap(), done.downbeat.unwrap())
 }
 
 #[test]
@@ -107,8 +109,12 @@ fn a_section_made_again_plays_with_the_rest_untouched_and_undo_restores_it() {
 
     // What plays differs from the first take only inside the section's
     // bars.
-    let bar = 4.0 * 60.0 / tempo_of(video, 5);
-    let (lo, hi) = ((1.2 / bar).floor() * bar, (1.9 / bar).ceil() * bar);
+    let (bpm, down) = grid_of(video, 5);
+    let bar = 4.0 * 60.0 / bpm;
+    let (lo, hi) = (
+        down + ((1.2 - down) / bar).floor() * bar,
+        down + ((1.9 - down) / bar).ceil() * bar,
+    );
     let rate = f64::from(RATE);
     let changed: Vec<usize> = (0..frames)
         .filter(|&i| out[0][i] != base.channels[0][i] || out[1][i] != base.channels[1][i])
@@ -123,7 +129,7 @@ fn a_section_made_again_plays_with_the_rest_untouched_and_undo_restores_it() {
         "changed {first:.3}–{last:.3} s; the section's bars are {lo:.3}–{hi:.3} s"
     );
 
-    // The edit is saved with the project.
+    // The edit is saved with the project (taken here, before the undo).
     let saved = String::from_utf8(save_state(&mut inst)).unwrap();
     let state: serde_json::Value = serde_json::from_str(&saved).unwrap();
     assert_eq!(state["version"], 2);
@@ -140,6 +146,27 @@ fn a_section_made_again_plays_with_the_rest_untouched_and_undo_restores_it() {
         "the take before the edit",
     );
     assert!(model.view().sections.is_empty());
+    // The same stretch made again after the undo is new music, not the
+    // undone edit from the cache.
+    model.send(Command::RegenerateSection {
+        start: 1.2,
+        end: 1.9,
+    });
+    let t0 = std::time::Instant::now();
+    while model.view().sections.is_empty() && t0.elapsed().as_secs() < 10 {
+        inst.call_on_main_thread_callback();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_ne!(model.view().sections[0].seed, sections[0].seed);
+    model.send(Command::UndoSection);
+    until(
+        &mut inst,
+        &mut d,
+        &mut proc,
+        &base,
+        frames,
+        "the take after a second undo",
+    );
 
     // A reopened project with the edit plays it.
     drop(proc);

@@ -14,6 +14,9 @@ pub struct CacheMeta {
     pub engine: String,
     #[serde(default)]
     pub bpm: Option<f64>,
+    /// A time of the piece where one of its bars starts.
+    #[serde(default)]
+    pub downbeat: Option<f64>,
 }
 
 /// The folder VidMusician caches in: `$VIDMUSICIAN_CACHE`, else

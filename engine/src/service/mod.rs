@@ -259,6 +259,9 @@ pub struct Finished {
     pub engine: EngineChoice,
     /// The tempo the music was written in, when the engine chose one.
     pub bpm: Option<f64>,
+    /// A time of the piece (seconds) where one of its bars starts, when it
+    /// has bars.
+    pub downbeat: Option<f64>,
     pub analysis: Option<Arc<Analysis>>,
     pub loudness: Option<LoudnessReport>,
     /// The tags the pictures chose, per section (the zero-shot engine).
@@ -343,6 +346,9 @@ impl Default for EngineConfig {
 /// handed to the engine thread to drain: it frees what readers retire.
 pub(crate) type Adopted = Arc<Mutex<Vec<rtrb::Consumer<Arc<AudioChunk>>>>>;
 
+/// Cancel flags of overviews not yet made, shared with the engine thread.
+pub(crate) type Overviews = Arc<Mutex<Vec<(u64, Arc<AtomicBool>)>>>;
+
 /// What the engine thread is asked to do.
 pub(crate) enum Task {
     Music(Box<Job>),
@@ -375,8 +381,9 @@ pub struct Engine {
     /// `submit`/`cancel` on the control thread, read by the worker through
     /// its own `Arc`; the lock is never taken on a real-time thread.
     pending: Mutex<Vec<(u64, Arc<AtomicBool>)>>,
-    /// The same for overviews, which a new piece does not supersede.
-    overviews: Mutex<Vec<(u64, Arc<AtomicBool>)>>,
+    /// The same for overviews, which a new piece does not supersede; the
+    /// engine thread drops each when it is done.
+    overviews: Overviews,
     cache: Option<AudioCache>,
     adopted: Adopted,
     config: EngineConfig,
@@ -390,9 +397,19 @@ impl Engine {
         let adopted: Adopted = Arc::default();
         let worker_adopted = adopted.clone();
         let worker_config = config.clone();
+        let overviews: Overviews = Arc::default();
+        let worker_overviews = overviews.clone();
         let thread = std::thread::Builder::new()
             .name("vidmusician-engine".into())
-            .spawn(move || worker::run(worker_config, job_rx, ev_tx, worker_adopted))
+            .spawn(move || {
+                worker::run(
+                    worker_config,
+                    job_rx,
+                    ev_tx,
+                    worker_adopted,
+                    worker_overviews,
+                )
+            })
             .map_err(|e| Error::InvalidSetting(format!("cannot start the engine thread: {e}")))?;
         Ok(Self {
             jobs: Some(job_tx),
@@ -400,7 +417,7 @@ impl Engine {
             thread: Some(thread),
             next_id: AtomicU64::new(1),
             pending: Mutex::new(Vec::new()),
-            overviews: Mutex::new(Vec::new()),
+            overviews,
             cache,
             adopted,
             config,

@@ -28,9 +28,13 @@ pub const PEAKS_PER_SECOND: f64 = 200.0;
 /// Where an overview's music comes from.
 #[derive(Debug, Clone)]
 pub enum MusicSource {
-    /// A piece in hand (a finished request's audio), and its tempo when
-    /// the engine chose one.
-    Audio { audio: Arc<Audio>, bpm: Option<f64> },
+    /// A piece in hand (a finished request's audio), and its tempo and a
+    /// bar start (seconds of the piece) when it has bars.
+    Audio {
+        audio: Arc<Audio>,
+        bpm: Option<f64>,
+        downbeat: Option<f64>,
+    },
     /// A piece in the disk cache, by its key.
     Cached(String),
 }

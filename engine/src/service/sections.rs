@@ -19,7 +19,15 @@ use crate::error::{Error, Result};
 /// Length of the crossfades at a section's ends, seconds.
 pub const SECTION_XFADE_S: f64 = 0.03;
 
-/// The piece of `resolved` with its sections; its tempo when known.
+/// A piece's bars: its tempo and where one of its bars starts (seconds of
+/// the piece), each when known.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Grid {
+    pub bpm: Option<f64>,
+    pub downbeat: Option<f64>,
+}
+
+/// The piece of `resolved` with its sections, and its bars.
 pub(super) fn make(
     resolved: &Resolved,
     config: &EngineConfig,
@@ -27,19 +35,35 @@ pub(super) fn make(
     engines: &mut Engines,
     cancel: &AtomicBool,
     progress: &(dyn Fn(Stage, f64) + Sync),
-) -> Result<(Arc<Audio>, Option<f64>)> {
+) -> Result<(Arc<Audio>, Grid)> {
     let spec = &resolved.spec;
+    // Made before (an undo, or an edit made again): as it was.
+    if let Some((audio, meta)) = cache.and_then(|c| c.get(&spec.key()))
+        && audio.sample_rate == spec.sample_rate
+    {
+        let grid = Grid {
+            bpm: meta.bpm,
+            downbeat: meta.downbeat,
+        };
+        return Ok((Arc::new(audio), grid));
+    }
     let Some((&last, earlier)) = spec.sections.split_last() else {
         return plain(resolved, config, cache, engines, cancel, progress);
     };
     // The piece as it was before this edit (itself cached).
     let mut before = resolved.clone();
     before.spec.sections = earlier.to_vec();
-    let (base, bpm) = make(&before, config, cache, engines, cancel, progress)?;
+    let (base, grid) = make(&before, config, cache, engines, cancel, progress)?;
     let rate = f64::from(spec.sample_rate);
-    let (start, end) = on_bars(last, spec, bpm, base.len() as f64 / rate);
+    let (start, end) = on_bars(
+        last,
+        spec,
+        grid.bpm,
+        grid.downbeat,
+        base.len() as f64 / rate,
+    );
     if end - start < 1.0 / rate {
-        return Ok((base, bpm));
+        return Ok((base, grid));
     }
     // The stretch made again: the same music, other seed, that span only.
     let mut again = resolved.clone();
@@ -50,34 +74,42 @@ pub(super) fn make(
         start: video_at(start),
         end: video_at(end),
     };
-    let (fresh, _) = plain(&again, config, cache, engines, cancel, progress)?;
+    let (fresh, _) = make(&again, config, cache, engines, cancel, progress)?;
     let from = (start * rate).round() as usize;
     let to = ((end * rate).round() as usize).min(base.len());
     let audio = splice(&base, &fresh, from, to, (SECTION_XFADE_S * rate) as usize);
     let audio = Arc::new(audio);
-    store(cache, spec, &audio, bpm);
-    Ok((audio, bpm))
+    store(cache, spec, &audio, grid);
+    Ok((audio, grid))
 }
 
 /// Caches the piece of `spec`. A cache that cannot be written costs speed
 /// next time, not this result.
-fn store(cache: Option<&AudioCache>, spec: &MusicSpec, audio: &Audio, bpm: Option<f64>) {
+fn store(cache: Option<&AudioCache>, spec: &MusicSpec, audio: &Audio, grid: Grid) {
     if let Some(c) = cache {
         let meta = CacheMeta {
             engine: spec.engine.choice.as_str().to_string(),
-            bpm,
+            bpm: grid.bpm,
+            downbeat: grid.downbeat,
         };
         let _ = c.put(&spec.key(), audio, &meta);
     }
 }
 
-/// A section's ends moved out to the bar lines of the music (its tempo,
-/// meter and downbeat), within the piece's `seconds`.
-pub(crate) fn on_bars(s: Section, spec: &MusicSpec, bpm: Option<f64>, seconds: f64) -> (f64, f64) {
+/// A section's ends moved out to the bar lines of the music (the tempo and
+/// bar start it was made with, else the spec's; the spec's meter), within
+/// the piece's `seconds`.
+pub(crate) fn on_bars(
+    s: Section,
+    spec: &MusicSpec,
+    bpm: Option<f64>,
+    downbeat: Option<f64>,
+    seconds: f64,
+) -> (f64, f64) {
     let (mut start, mut end) = (s.start.max(0.0), s.end.min(seconds));
-    if let Some(bpm) = spec.tempo.or(bpm).filter(|b| *b > 0.0) {
+    if let Some(bpm) = bpm.or(spec.tempo).filter(|b| *b > 0.0) {
         let bar = spec.meter.bar(bpm);
-        let down = spec.downbeat.unwrap_or(0.0);
+        let down = downbeat.or(spec.downbeat).unwrap_or(0.0);
         // A hair of slack so an end already on a bar stays there.
         start = down + ((start - down) / bar + 1e-9).floor() * bar;
         end = down + ((end - down) / bar - 1e-9).ceil() * bar;
@@ -115,8 +147,7 @@ pub(crate) fn splice(base: &Audio, fresh: &Audio, from: usize, to: usize, xfade:
     out
 }
 
-/// A piece without sections: from the cache, else made (not streamed) and
-/// cached.
+/// A piece without sections, made (not streamed) and cached.
 fn plain(
     resolved: &Resolved,
     config: &EngineConfig,
@@ -124,14 +155,8 @@ fn plain(
     engines: &mut Engines,
     cancel: &AtomicBool,
     progress: &(dyn Fn(Stage, f64) + Sync),
-) -> Result<(Arc<Audio>, Option<f64>)> {
+) -> Result<(Arc<Audio>, Grid)> {
     let spec = &resolved.spec;
-    let key = spec.key();
-    if let Some((audio, meta)) = cache.and_then(|c| c.get(&key))
-        && audio.sample_rate == spec.sample_rate
-    {
-        return Ok((Arc::new(audio), meta.bpm));
-    }
     let mut sink = |_: &Audio, _: bool| -> Result<()> { Ok(()) };
     let made = engines.make(Work::new(resolved, config, cancel, progress, &mut sink))?;
     let mut audio = made.audio;
@@ -141,6 +166,10 @@ fn plain(
     }
     audio.fit_to((seconds * f64::from(spec.sample_rate)).round() as usize);
     let audio = Arc::new(audio);
-    store(cache, spec, &audio, made.bpm);
-    Ok((audio, made.bpm))
+    let grid = Grid {
+        bpm: made.bpm,
+        downbeat: made.downbeat,
+    };
+    store(cache, spec, &audio, grid);
+    Ok((audio, grid))
 }

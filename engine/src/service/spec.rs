@@ -39,7 +39,8 @@ pub struct MusicSpec {
     pub playrate: f64,
     /// Tempo in BPM; `None` lets the engine choose.
     pub tempo: Option<f64>,
-    /// A time of the piece (seconds) where a bar starts.
+    /// A time of the piece (seconds from its first frame, not from the
+    /// video's start) where a bar starts.
     pub downbeat: Option<f64>,
     pub meter: Meter,
     pub prompt: String,

@@ -25,6 +25,7 @@ pub(super) fn run(
     jobs: Receiver<Task>,
     events: Sender<Event>,
     adopted: Adopted,
+    overviews: super::Overviews,
 ) {
     let cache = config.cache_dir.clone().map(AudioCache::new);
     // Rings of finished requests whose reader may still hand chunks back.
@@ -47,14 +48,9 @@ pub(super) fn run(
                 request,
                 cancel,
             } => {
-                let _ = events.send(overview(
-                    id,
-                    &request,
-                    cache.as_ref(),
-                    &mut engines,
-                    &cancel,
-                    &events,
-                ));
+                let ended = overview(id, &request, cache.as_ref(), &mut engines, &cancel, &events);
+                overviews.lock().retain(|(o, _)| *o != id);
+                let _ = events.send(ended);
                 continue;
             }
         };
@@ -172,6 +168,7 @@ fn process(
             audio,
             engine,
             bpm: meta.bpm,
+            downbeat: meta.downbeat,
             analysis: None,
             loudness: None,
             tags: None,
@@ -190,13 +187,14 @@ fn process(
         });
     };
     if !spec.sections.is_empty() {
-        let (audio, bpm) = sections::make(&resolved, config, cache, engines, &cancel, &progress)?;
+        let (audio, grid) = sections::make(&resolved, config, cache, engines, &cancel, &progress)?;
         publish(job, &audio, &cancel, retired_rings)?;
         progress(Stage::Finishing, 1.0);
         return Ok(Finished {
             audio,
             engine,
-            bpm,
+            bpm: grid.bpm,
+            downbeat: grid.downbeat,
             analysis: None,
             loudness: None,
             tags: None,
@@ -230,6 +228,7 @@ fn process(
         let meta = CacheMeta {
             engine: engine.as_str().to_string(),
             bpm: made.bpm,
+            downbeat: made.downbeat,
         };
         let _ = c.put(&key, &audio, &meta);
     }
@@ -240,6 +239,7 @@ fn process(
         audio,
         engine,
         bpm: made.bpm,
+        downbeat: made.downbeat,
         analysis: made.analysis,
         loudness: Some(made.loudness),
         tags: made.tags,

@@ -52,6 +52,8 @@ pub struct Score {
     pub bpm: f64,
     /// Time of the first beat, seconds (a pickup may come before it).
     pub first_beat: f64,
+    /// A time where a bar starts, seconds (the bars' phase).
+    pub bar_phase: f64,
     /// Pitch class of the tonic, 0 = C.
     pub key: u8,
     pub minor: bool,
@@ -462,6 +464,7 @@ pub fn arrange(a: &Analysis, plan: &Plan) -> Score {
     Score {
         bpm,
         first_beat,
+        bar_phase: phase,
         key,
         minor,
         sections: secs,

@@ -238,8 +238,10 @@ pub fn frames_at(
         // keyframe at or before the time; the stream's start is added back.
         let start_s = start_pts as f64 * time_base;
         let target = ((t + start_s) * f64::from(ff::ffi::AV_TIME_BASE)) as i64;
-        ictx.seek(target, ..target + 1)
-            .map_err(|e| decode_err(format!("cannot seek to {t:.3} s: {e}")))?;
+        if ictx.seek(target, ..target + 1).is_err() {
+            // A file that cannot seek still plays from the start.
+            return sequential_frames_at(path, times, opts, cancel);
+        }
         decoder.flush();
         // A sampler whose one sample is at `t`: it emits the picture on
         // screen then, once a later one (or the end) shows up.

@@ -306,9 +306,9 @@ fn carry_out(shared: &Shared<'_>, inner: &mut Inner, command: Command) {
         Command::Generate => shared.ask_for_music(),
         Command::NewTake => {
             let seed = shared.params.next_seed();
-            // The host hears of the new seed like any edit of the editor's.
+            // The host hears of the new seed like any edit of the editor's,
+            // and the seed asks for the new music when it is applied.
             model.edit(ParamId::Seed, seed);
-            shared.ask_for_music();
         }
         Command::RegenerateSection { start, end } => {
             if !(start.is_finite() && end.is_finite() && 0.0 <= start && start < end)
@@ -317,12 +317,14 @@ fn carry_out(shared: &Shared<'_>, inner: &mut Inner, command: Command) {
                 return;
             }
             // A seed of its own for each edit, from the piece's seed and
-            // the edit's place in the list: the same edits of the same
-            // piece make the same music.
+            // how many edits were made before (undone ones too, so an edit
+            // after an undo is new music): the same edits of the same piece
+            // make the same music.
+            inner.section_seeds += 1;
             let base = shared.params.get(ParamId::Seed) as u64;
             let seed = base
                 .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                .wrapping_add(inner.sections.len() as u64 + 1)
+                .wrapping_add(inner.section_seeds)
                 % 1_000_000_007;
             inner.sections.push(Section { start, end, seed });
             let sections = inner.sections.clone();
@@ -353,6 +355,7 @@ fn follow(shared: &Shared<'_>, inner: &mut Inner, ev: Event) {
             Event::Overview { overview, .. } => {
                 inner.overview = None;
                 model.update(|v| {
+                    v.overview_error = None;
                     v.video_overview = overview.video.clone();
                     if overview.music.is_some() {
                         v.music = overview.music.clone();
@@ -360,9 +363,10 @@ fn follow(shared: &Shared<'_>, inner: &mut Inner, ev: Event) {
                 });
             }
             Event::Failed { error, .. } => {
+                // The pictures could not be drawn; the music may be fine.
                 inner.overview = None;
-                let (what, fix) = explain(&error);
-                model.update(|v| v.status = Status::Failed { what, fix });
+                let what = format!("cannot draw the timeline: {error}");
+                model.update(|v| v.overview_error = Some(what));
             }
             Event::Cancelled { .. } => inner.overview = None,
             _ => {}
@@ -396,6 +400,7 @@ fn follow(shared: &Shared<'_>, inner: &mut Inner, ev: Event) {
                     Some(MusicSource::Audio {
                         audio: result.audio.clone(),
                         bpm: result.bpm,
+                        downbeat: result.downbeat,
                     }),
                 );
             }

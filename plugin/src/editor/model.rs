@@ -91,6 +91,8 @@ pub struct View {
     pub why: Option<String>,
     pub status: Status,
     pub video_overview: Option<Arc<VideoOverview>>,
+    /// Why the timeline could not be drawn, when it could not.
+    pub overview_error: Option<String>,
     pub music: Option<Arc<MusicOverview>>,
     pub bars: Option<Bars>,
     /// Where the music's first frame is in the video and how fast the video

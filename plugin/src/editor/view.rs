@@ -346,10 +346,10 @@ impl EditorApp {
         let model = self.model.clone();
         let report = &model.drawn;
         let Some(video) = view.video_overview.clone() else {
-            let text = if view.video.is_some() {
-                "Reading the video…"
-            } else {
-                "No video"
+            let text = match (&view.overview_error, &view.video) {
+                (Some(e), _) => e.as_str(),
+                (None, Some(_)) => "Reading the video…",
+                (None, None) => "No video",
             };
             painter.text(
                 area.center(),

@@ -78,6 +78,9 @@ pub(crate) struct Made {
     pub audio: Audio,
     /// The tempo it is written in, when the engine chose or followed one.
     pub bpm: Option<f64>,
+    /// A time of the piece (seconds, may be negative) where one of its bars
+    /// starts, when it has bars.
+    pub downbeat: Option<f64>,
     pub analysis: Option<Arc<Analysis>>,
     pub loudness: LoudnessReport,
     /// The tags the pictures chose, per section (the zero-shot engine).
@@ -144,20 +147,24 @@ impl Engines {
         };
         progress(0.9);
         let audio = match &req.music {
-            Some(MusicSource::Audio { audio, bpm }) => Some((audio.clone(), *bpm)),
+            Some(MusicSource::Audio {
+                audio,
+                bpm,
+                downbeat,
+            }) => Some((audio.clone(), *bpm, *downbeat)),
             Some(MusicSource::Cached(key)) => cache
                 .and_then(|c| c.get(key))
-                .map(|(a, meta)| (Arc::new(a), meta.bpm)),
+                .map(|(a, meta)| (Arc::new(a), meta.bpm, meta.downbeat)),
             None => None,
         };
-        let music = audio.map(|(a, bpm)| {
+        let music = audio.map(|(a, bpm, downbeat)| {
             let mut m = MusicOverview::of(&a, spec.span.start, spec.playrate);
             // Where each section edit changed the music: on the bar lines
             // the engine moved its ends to.
             m.sections = spec
                 .sections
                 .iter()
-                .map(|s| super::worker::sections::on_bars(*s, spec, bpm, m.seconds))
+                .map(|s| super::worker::sections::on_bars(*s, spec, bpm, downbeat, m.seconds))
                 .collect();
             Arc::new(m)
         });

@@ -23,7 +23,9 @@ impl From<&MusicSpec> for SketchSettings {
     fn from(spec: &MusicSpec) -> Self {
         SketchSettings {
             bpm: spec.tempo,
-            downbeat: spec.downbeat,
+            // The composer writes the whole video's music and the span is
+            // cut from it: a bar of the piece is one of the whole's.
+            downbeat: spec.downbeat.map(|d| d + spec.span.start / spec.playrate),
             style: Style::from_prompt(&spec.prompt),
             rhythm_strength: spec.rhythm_strength,
             semantic_strength: spec.semantic_strength,
@@ -99,6 +101,7 @@ impl Pipeline for Sketch {
         Ok(Made {
             audio,
             bpm: Some(comp.score.bpm),
+            downbeat: Some(comp.score.bar_phase - spec.span.start / spec.playrate),
             analysis: Some(analysis),
             loudness: comp.loudness,
             tags: None,

@@ -100,6 +100,7 @@ impl Pipeline for Text {
         Ok(Made {
             audio,
             bpm: None,
+            downbeat: None,
             analysis: None,
             loudness,
             tags: None,

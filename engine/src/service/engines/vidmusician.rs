@@ -173,6 +173,7 @@ impl Pipeline for VidMusician {
             Ok(Made {
                 audio,
                 bpm: None,
+                downbeat: None,
                 analysis: None,
                 loudness,
                 tags: None,

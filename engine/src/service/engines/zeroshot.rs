@@ -235,9 +235,7 @@ impl Pipeline for ZeroShot {
             };
             let start = spec.span.start / rate;
             let bpm = settings.tempo.unwrap_or(played.tempo.bpm);
-            let downbeat = settings
-                .downbeat
-                .map_or(played.tempo.phase - start, |d| d - start);
+            let downbeat = settings.downbeat.map_or(played.tempo.phase - start, |d| d);
             let cuts: Vec<f64> = played
                 .cuts
                 .iter()
@@ -275,6 +273,7 @@ impl Pipeline for ZeroShot {
                 return Ok(Made {
                     audio,
                     bpm: Some(bpm),
+                    downbeat: Some(downbeat),
                     analysis: Some(played),
                     loudness,
                     tags: Some(sections),
@@ -311,6 +310,7 @@ impl Pipeline for ZeroShot {
             Ok(Made {
                 audio,
                 bpm: Some(bpm),
+                downbeat: Some(downbeat),
                 analysis: Some(played),
                 loudness,
                 tags: Some(sections),
