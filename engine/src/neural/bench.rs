@@ -1,6 +1,7 @@
 //! Speed of the neural engine at the real model's size, with random weights built in
 //! memory (no checkpoint can be downloaded where the benchmark runs).
 
+use super::kernels::Q8Kernel;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -43,6 +44,10 @@ pub struct DecoderBench {
     pub guided_s_per_10s_audio: f64,
     pub q8_guided_steps_per_s: f64,
     pub q8_unguided_steps_per_s: f64,
+    /// The 8-bit kernel those ran with, and every kernel this CPU has timed
+    /// in the same run: (name, guided, unguided steps/s).
+    pub q8_kernel: &'static str,
+    pub q8_kernels: Vec<(&'static str, f64, f64)>,
     /// Largest difference of the 8-bit decoder's logits from f32's over a
     /// sequence, and the spread (standard deviation) of f32's logits.
     pub q8_max_logit_diff: f64,
@@ -190,14 +195,32 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
     let want = logits_over(&decoder, &cross)?;
     decoder.set_precision(Precision::Q8);
     let got = logits_over(&decoder, &cross)?;
-    let q8_guided = {
-        progress("8-bit weights: decoder steps with guidance 3");
-        time(&decoder, 3.0)?
-    };
-    let q8_unguided = {
-        progress("8-bit weights: decoder steps without guidance");
-        time(&decoder, 1.0)?
-    };
+    let chosen = super::kernels::q8_kernel();
+    let mut kernels = Vec::new();
+    for k in [Q8Kernel::Avx2, Q8Kernel::Avx512Vnni, Q8Kernel::Portable] {
+        // The portable kernel is timed only where it is the one there is.
+        if !k.available() || (k == Q8Kernel::Portable && chosen != Q8Kernel::Portable) {
+            continue;
+        }
+        super::kernels::use_q8_kernel(k);
+        progress(&format!(
+            "8-bit weights ({}): decoder steps with guidance 3",
+            k.name()
+        ));
+        let guided = time(&decoder, 3.0)?;
+        progress(&format!(
+            "8-bit weights ({}): decoder steps without guidance",
+            k.name()
+        ));
+        let unguided = time(&decoder, 1.0)?;
+        kernels.push((k.name(), guided, unguided));
+    }
+    super::kernels::use_q8_kernel(chosen);
+    let (_, q8_guided, q8_unguided) = kernels
+        .iter()
+        .copied()
+        .find(|(n, _, _)| *n == chosen.name())
+        .unwrap_or(("", 0.0, 0.0));
     drop(decoder);
     let vocab = cfg.decoder.vocab_size;
     let max_diff = want
@@ -240,6 +263,8 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
         guided_s_per_10s_audio: 503.0 / guided,
         q8_guided_steps_per_s: q8_guided,
         q8_unguided_steps_per_s: q8_unguided,
+        q8_kernel: chosen.name(),
+        q8_kernels: kernels,
         q8_max_logit_diff: max_diff,
         logit_std: std,
         q8_greedy_agreement: agree as f64 / rows as f64,

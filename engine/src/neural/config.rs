@@ -60,7 +60,7 @@ impl MusicgenConfig {
                 return Err(format!("{name} is 0"));
             }
         }
-        if d.hidden_size % d.num_attention_heads != 0 {
+        if !d.hidden_size.is_multiple_of(d.num_attention_heads) {
             return Err(format!(
                 "decoder.hidden_size {} is not a multiple of num_attention_heads {}",
                 d.hidden_size, d.num_attention_heads

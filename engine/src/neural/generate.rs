@@ -51,10 +51,10 @@ impl Sampling {
         if !self.guidance.is_finite() || self.guidance < 0.0 || self.guidance > 100.0 {
             return bad("guidance must be between 0 and 100");
         }
-        if let Some(t) = self.temperature {
-            if !t.is_finite() || t <= 0.0 || t > 100.0 {
-                return bad("temperature must be above 0 and at most 100");
-            }
+        if let Some(t) = self.temperature
+            && (!t.is_finite() || t <= 0.0 || t > 100.0)
+        {
+            return bad("temperature must be above 0 and at most 100");
         }
         if !self.top_p.is_finite() || self.top_p <= 0.0 || self.top_p > 1.0 {
             return bad("top-p must be above 0 and at most 1");

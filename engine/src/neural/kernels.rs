@@ -2,7 +2,12 @@
 //! weight once for every row it serves (both guidance branches in one pass over the
 //! weights, which is what bounds a decoder step), and the small vector operations
 //! around it. AVX2/FMA is chosen at run time; other CPUs take a portable path the
-//! compiler vectorises.
+//! compiler vectorises. The 8-bit product also has an AVX-512 VNNI kernel
+//! (`vpdpbusd`: Zen 4, Ice Lake and later), whose results are the AVX2 kernel's
+//! bit for bit. It is not the default: on the Zen 4 it was measured on (which
+//! runs 512-bit operations as two 256-bit halves) a whole decoder step was 5 to
+//! 20 % slower with it. `VIDMUSICIAN_Q8_KERNEL=vnni|avx2|portable` picks one (to
+//! compare them on one machine), and [`q8_kernel`] says which runs.
 
 use super::pool::Pool;
 
@@ -94,13 +99,18 @@ pub struct Q8 {
     pub inn: usize,
     /// Blocks per scale: 4, or fewer where rows do not split into runs of 128.
     pub subs: usize,
+    /// The sums of each run's levels over the first and the second 16 of
+    /// each block (`[(g · runs + s) · 2·GROUP + half · GROUP + j]`): the VNNI
+    /// kernel multiplies `x + 128` (unsigned) and takes `128 ·` these back
+    /// off, half by half as its lanes hold them.
+    pub sums: Vec<i32>,
 }
 
 impl Q8 {
     /// Quantises `w` (`out × inn`, `inn` a multiple of [`Q8_BLOCK`]) to the nearest
     /// level of each run's scale.
     pub fn quantize(w: &[f32], out: usize, inn: usize) -> Option<Self> {
-        if inn % Q8_BLOCK != 0 || w.len() != out * inn {
+        if !inn.is_multiple_of(Q8_BLOCK) || w.len() != out * inn {
             return None;
         }
         let subs = subs_for(inn);
@@ -110,12 +120,20 @@ impl Q8 {
         let mut q = vec![0i8; groups * Q8_GROUP * inn];
         // Padding rows keep q = 0 and this scale, which keeps them finite.
         let mut scales = vec![1f32; groups * Q8_GROUP * runs];
+        let mut sums = vec![0i32; groups * 2 * Q8_GROUP * runs];
         let mut levels = Vec::with_capacity(run);
         for row in 0..out {
             let (g, j) = (row / Q8_GROUP, row % Q8_GROUP);
             for (s, seg) in w[row * inn..(row + 1) * inn].chunks_exact(run).enumerate() {
                 levels.clear();
                 scales[(g * runs + s) * Q8_GROUP + j] = quantize_block(seg, &mut levels);
+                for (half, at) in [(0, 0), (1, Q8_BLOCK / 2)] {
+                    sums[(g * runs + s) * 2 * Q8_GROUP + half * Q8_GROUP + j] = levels
+                        .chunks_exact(Q8_BLOCK)
+                        .flat_map(|b| &b[at..at + Q8_BLOCK / 2])
+                        .map(|&v| i32::from(v))
+                        .sum();
+                }
                 for (k, part) in levels.chunks_exact(Q8_BLOCK).enumerate() {
                     let b = s * subs + k;
                     q[((g * blocks + b) * Q8_GROUP + j) * Q8_BLOCK..][..Q8_BLOCK]
@@ -129,6 +147,7 @@ impl Q8 {
             out,
             inn,
             subs,
+            sums,
         })
     }
 
@@ -162,7 +181,7 @@ fn subs_for(inn: usize) -> usize {
     let blocks = inn / Q8_BLOCK;
     (1..=Q8_MAX_SUBS)
         .rev()
-        .find(|s| blocks % s == 0)
+        .find(|s| blocks.is_multiple_of(*s))
         .unwrap_or(1)
 }
 
@@ -213,6 +232,102 @@ impl QuantRow {
     }
 }
 
+/// The kernels of the 8-bit product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Q8Kernel {
+    Portable,
+    Avx2,
+    Avx512Vnni,
+}
+
+impl Q8Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Q8Kernel::Portable => "portable",
+            Q8Kernel::Avx2 => "avx2",
+            Q8Kernel::Avx512Vnni => "avx512-vnni",
+        }
+    }
+
+    /// Whether this CPU can run it.
+    pub fn available(self) -> bool {
+        match self {
+            Q8Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Q8Kernel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Q8Kernel::Avx512Vnni => {
+                Q8Kernel::Avx2.available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The kernel to use where none is asked for: AVX2 where the CPU has it
+    /// (see the module's docs for why not VNNI), else the portable one.
+    pub fn fastest() -> Self {
+        [Q8Kernel::Avx2, Q8Kernel::Portable]
+            .into_iter()
+            .find(|k| k.available())
+            .unwrap_or(Q8Kernel::Portable)
+    }
+
+    /// The kernel named `name` (`vnni`, `avx2`, `portable`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "vnni" | "avx512-vnni" | "avx512vnni" => Some(Q8Kernel::Avx512Vnni),
+            "avx2" => Some(Q8Kernel::Avx2),
+            "portable" => Some(Q8Kernel::Portable),
+            _ => None,
+        }
+    }
+}
+
+/// The 8-bit kernel in use: set by [`use_q8_kernel`], else the one
+/// `VIDMUSICIAN_Q8_KERNEL` names when this CPU has it, else the fastest it
+/// has.
+pub fn q8_kernel() -> Q8Kernel {
+    use std::sync::atomic::Ordering;
+    match Q8_KERNEL.load(Ordering::Relaxed) {
+        1 => Q8Kernel::Portable,
+        2 => Q8Kernel::Avx2,
+        3 => Q8Kernel::Avx512Vnni,
+        _ => {
+            let asked = std::env::var("VIDMUSICIAN_Q8_KERNEL")
+                .ok()
+                .and_then(|v| Q8Kernel::parse(&v));
+            let k = match asked {
+                Some(k) if k.available() => k,
+                _ => Q8Kernel::fastest(),
+            };
+            use_q8_kernel(k);
+            k
+        }
+    }
+}
+
+/// Makes `kernel` the 8-bit kernel of this process (a benchmark comparing
+/// them); false, and nothing changed, when this CPU lacks it.
+pub fn use_q8_kernel(kernel: Q8Kernel) -> bool {
+    if !kernel.available() {
+        return false;
+    }
+    let code = match kernel {
+        Q8Kernel::Portable => 1,
+        Q8Kernel::Avx2 => 2,
+        Q8Kernel::Avx512Vnni => 3,
+    };
+    Q8_KERNEL.store(code, std::sync::atomic::Ordering::Relaxed);
+    true
+}
+
+/// 0 until chosen; then 1 portable, 2 AVX2, 3 AVX-512 VNNI.
+static Q8_KERNEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
 /// [`gemv`] over 8-bit weights: the inputs are quantised to 8 bits per block too and
 /// the products summed in integers, each block's sum scaled by both scales.
 pub fn gemv_q8(w: &Q8, xs: &[&[f32]], ys: &mut [&mut [f32]]) {
@@ -230,6 +345,17 @@ pub fn gemv_q8(w: &Q8, xs: &[&[f32]], ys: &mut [&mut [f32]]) {
 
 /// Outputs `first..first + ys[0].len()` (`first` a multiple of [`Q8_GROUP`]).
 fn gemv_q8_range(w: &Q8, first: usize, xs: &[QuantRow], ys: &mut [&mut [f32]]) {
+    gemv_q8_range_with(q8_kernel(), w, first, xs, ys)
+}
+
+/// [`gemv_q8_range`] with the given kernel (which this CPU must have).
+fn gemv_q8_range_with(
+    kernel: Q8Kernel,
+    w: &Q8,
+    first: usize,
+    xs: &[QuantRow],
+    ys: &mut [&mut [f32]],
+) {
     let count = ys.first().map_or(0, |y| y.len());
     let (blocks, subs) = (w.inn / Q8_BLOCK, w.subs);
     let runs = blocks / subs;
@@ -238,7 +364,35 @@ fn gemv_q8_range(w: &Q8, first: usize, xs: &[QuantRow], ys: &mut [&mut [f32]]) {
     let scales = &w.scales[g0 * runs * Q8_GROUP..g1 * runs * Q8_GROUP];
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if kernel == Q8Kernel::Avx512Vnni {
+            let sums = &w.sums[g0 * runs * 2 * Q8_GROUP..g1 * runs * 2 * Q8_GROUP];
+            let mut r = 0;
+            while r < xs.len() {
+                // SAFETY: as below; the CPU has AVX-512 F, BW and VNNI.
+                unsafe {
+                    if r + 1 < xs.len() {
+                        x86::gemv_q8_vnni::<2>(
+                            q,
+                            (scales, sums),
+                            (blocks, subs),
+                            [&xs[r], &xs[r + 1]],
+                            &mut ys[r..r + 2],
+                        );
+                    } else {
+                        x86::gemv_q8_vnni::<1>(
+                            q,
+                            (scales, sums),
+                            (blocks, subs),
+                            [&xs[r]],
+                            &mut ys[r..r + 1],
+                        );
+                    }
+                }
+                r += 2;
+            }
+            return;
+        }
+        if kernel == Q8Kernel::Avx2 {
             let mut r = 0;
             while r < xs.len() {
                 // SAFETY: the CPU has the features the function is compiled for;
@@ -360,7 +514,7 @@ pub fn attend_head(
     assert!(values.len() == keys.len() && out.len() == hd && scores.len() >= len);
     let scores = &mut scores[..len];
     #[cfg(target_arch = "x86_64")]
-    let simd = hd % 8 == 0
+    let simd = hd.is_multiple_of(8)
         && is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c");
@@ -723,6 +877,101 @@ mod x86 {
         }
     }
 
+    /// [`gemv_q8_avx2`] with AVX-512 VNNI: each 64-byte load holds one block of
+    /// two rows of the group, and `vpdpbusd` multiplies the input plus 128
+    /// (unsigned: the block broadcast to both halves, its sign bit flipped) by
+    /// the weights, four products summed into each 32-bit lane; `128 ·` the
+    /// weights' sums is taken back off once per run. Per block: two weight
+    /// loads and, per input row, one broadcast load, one `xor` and two
+    /// `vpdpbusd`, where the AVX2 kernel takes four loads and sixteen
+    /// operations. Every lane ends with the AVX2 kernel's integer, so the
+    /// results are its bit for bit.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn gemv_q8_vnni<const R: usize>(
+        q: &[i8],
+        (scales, wsums): (&[f32], &[i32]),
+        (blocks, subs): (usize, usize),
+        xs: [&super::QuantRow; R],
+        ys: &mut [&mut [f32]],
+    ) {
+        use super::{Q8_BLOCK as B, Q8_GROUP as G};
+        // SAFETY: callers guarantee the CPU features; `q`, `scales` and `wsums`
+        // hold whole groups of `blocks` blocks (`blocks / subs` runs per row),
+        // the input rows `blocks` doubled blocks, and outputs are written only
+        // below each row's length.
+        unsafe {
+            let groups = q.len() / (blocks * G * B);
+            let runs = blocks / subs;
+            let out = ys[0].len();
+            let zero = _mm512_setzero_si512();
+            let bias = _mm256_set1_epi32(128);
+            // `q ^ 0x80` is `q + 128` as an unsigned byte.
+            let flip = _mm512_set1_epi8(-128);
+            for g in 0..groups {
+                let wg = q.as_ptr().add(g * blocks * G * B);
+                let sg = scales.as_ptr().add(g * runs * G);
+                let tg = wsums.as_ptr().add(g * runs * 2 * G);
+                let mut acc = [_mm256_setzero_ps(); R];
+                for s in 0..runs {
+                    // Rows 0–1 and 2–3: lanes 0–7 one row's partial sums,
+                    // 8–15 the other's.
+                    let mut sums = [[zero; 2]; R];
+                    for b in s * subs..(s + 1) * subs {
+                        let wp = wg.add(b * G * B);
+                        _mm_prefetch(wp.wrapping_add(AHEAD), _MM_HINT_T0);
+                        _mm_prefetch(wp.wrapping_add(AHEAD + 64), _MM_HINT_T0);
+                        let w01 = _mm512_loadu_si512(wp as *const _);
+                        let w23 = _mm512_loadu_si512(wp.add(2 * B) as *const _);
+                        for r in 0..R {
+                            let xq =
+                                _mm256_loadu_si256(xs[r].q.as_ptr().add(b * B) as *const __m256i);
+                            let x = _mm512_xor_si512(_mm512_broadcast_i64x4(xq), flip);
+                            sums[r][0] = _mm512_dpbusd_epi32(sums[r][0], x, w01);
+                            sums[r][1] = _mm512_dpbusd_epi32(sums[r][1], x, w23);
+                        }
+                    }
+                    let ws = _mm256_broadcast_ps(&*(sg.add(s * G) as *const __m128));
+                    // 128 · each row's run sum over the halves the gathered
+                    // lanes hold: lane j the first 16 of each block, j + 4
+                    // the second, as in the AVX2 kernel.
+                    let off = _mm256_mullo_epi32(
+                        _mm256_loadu_si256(tg.add(s * 2 * G) as *const __m256i),
+                        bias,
+                    );
+                    for r in 0..R {
+                        let [a, c] = sums[r];
+                        let four = _mm256_hadd_epi32(
+                            _mm256_hadd_epi32(
+                                _mm512_castsi512_si256(a),
+                                _mm512_extracti64x4_epi64(a, 1),
+                            ),
+                            _mm256_hadd_epi32(
+                                _mm512_castsi512_si256(c),
+                                _mm512_extracti64x4_epi64(c, 1),
+                            ),
+                        );
+                        let four = _mm256_sub_epi32(four, off);
+                        let scale =
+                            _mm256_mul_ps(ws, _mm256_set1_ps(*xs[r].scales.as_ptr().add(s)));
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(four), scale, acc[r]);
+                    }
+                }
+                let o = g * G;
+                for r in 0..R {
+                    // Lanes j and j + 4 hold the two halves of row j's sum.
+                    let v = _mm_add_ps(
+                        _mm256_castps256_ps128(acc[r]),
+                        _mm256_extractf128_ps(acc[r], 1),
+                    );
+                    let mut four = [0f32; G];
+                    _mm_storeu_ps(four.as_mut_ptr(), v);
+                    let n = G.min(out - o);
+                    ys[r][o..o + n].copy_from_slice(&four[..n]);
+                }
+            }
+        }
+    }
+
     /// One weight row against one or two input rows per pass; more rows are done
     /// two at a time.
     #[target_feature(enable = "avx2,fma")]
@@ -854,6 +1103,58 @@ mod tests {
         for (a, b) in fast.iter().zip(&plain) {
             assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn the_vnni_kernel_gives_the_avx2_kernels_results_bit_for_bit() {
+        if !Q8Kernel::Avx512Vnni.available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        // Odd sizes: a padded last group, runs of 1, 2 and 4 blocks, one to
+        // three input rows (the kernel takes them two at a time).
+        for (out, n) in [(37, 96), (203, 64), (64, 384), (5, 32)] {
+            let w: Vec<f32> = (0..out * n).map(|i| (i as f32 * 0.011).sin()).collect();
+            let q = Q8::quantize(&w, out, n).unwrap();
+            let xs: Vec<Vec<f32>> = (0..3)
+                .map(|r| {
+                    (0..n)
+                        .map(|i| ((i * (r + 3)) as f32 * 0.07).cos())
+                        .collect()
+                })
+                .collect();
+            let rows: Vec<QuantRow> = xs.iter().map(|x| QuantRow::new(x, q.subs)).collect();
+            let run = |k: Q8Kernel| {
+                let mut ys = vec![vec![0f32; out]; 3];
+                let mut refs: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
+                gemv_q8_range_with(k, &q, 0, &rows, &mut refs);
+                ys
+            };
+            let (vnni, avx2, portable) = (
+                run(Q8Kernel::Avx512Vnni),
+                run(Q8Kernel::Avx2),
+                run(Q8Kernel::Portable),
+            );
+            assert_eq!(vnni, avx2, "{out}×{n}");
+            for (a, b) in vnni.iter().flatten().zip(portable.iter().flatten()) {
+                assert!(
+                    (a - b).abs() < 1e-4 * (1.0 + b.abs()),
+                    "{out}×{n}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn kernels_are_named_and_the_one_in_use_is_one_this_cpu_has() {
+        assert_eq!(Q8Kernel::parse("VNNI"), Some(Q8Kernel::Avx512Vnni));
+        assert_eq!(Q8Kernel::parse("avx2"), Some(Q8Kernel::Avx2));
+        assert_eq!(Q8Kernel::parse("portable"), Some(Q8Kernel::Portable));
+        assert_eq!(Q8Kernel::parse("neon"), None);
+        assert!(Q8Kernel::fastest().available());
+        // Switching the kernel here would race the other tests' products;
+        // what runs is one this CPU has.
+        assert!(q8_kernel().available());
     }
 
     #[test]

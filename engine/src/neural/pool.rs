@@ -222,7 +222,7 @@ fn worker(s: &Shared, part: usize) {
                 return;
             }
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 && started.elapsed() > SPIN {
+            if spins.is_multiple_of(1024) && started.elapsed() > SPIN {
                 let mut sleeping = s.sleeping.lock();
                 *sleeping += 1;
                 // Checked under the lock `run` takes before notifying, so a job

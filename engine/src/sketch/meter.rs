@@ -63,7 +63,7 @@ impl Meter {
     /// Compound meters (6/8, 9/8, 12/8) are felt in groups of three fast
     /// pulses; the others in pulses.
     pub fn compound(&self) -> bool {
-        self.unit >= 8 && self.beats > 3 && self.beats % 3 == 0
+        self.unit >= 8 && self.beats > 3 && self.beats.is_multiple_of(3)
     }
 
     /// The groups a bar's pulses fall into: threes in compound meters,

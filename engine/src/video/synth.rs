@@ -203,7 +203,7 @@ fn write_to(tmp: &Path, path: &Path, spec: &SynthSpec) -> Result<()> {
         let mut ost = octx.add_stream(codec).map_err(err)?;
         ost.set_parameters(&enc);
         ost.set_time_base(tb);
-        if spec.rotation % 360 != 0 {
+        if !spec.rotation.is_multiple_of(360) {
             // SAFETY: the stream is owned by `octx`; FFmpeg allocates the
             // 36-byte side data buffer that av_display_rotation_set fills.
             unsafe {

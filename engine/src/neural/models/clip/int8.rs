@@ -331,7 +331,7 @@ unsafe impl Sync for SendPtr {}
 /// `acc[i][j] = Σₖ a[i][k] · w[k][j]` for [`ROWS`] rows of `a` (`kp` bytes each)
 /// and one packed panel `w`.
 fn tile(a: &[u8], kp: usize, w: &[i8], acc: &mut [[i32; PANEL]; ROWS]) {
-    assert!(a.len() >= ROWS * kp && w.len() >= kp * PANEL && kp % 4 == 0);
+    assert!(a.len() >= ROWS * kp && w.len() >= kp * PANEL && kp.is_multiple_of(4));
     #[cfg(target_arch = "x86_64")]
     {
         if available() {
