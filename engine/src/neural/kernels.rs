@@ -362,65 +362,34 @@ fn gemv_q8_range_with(
     let (g0, g1) = (first / Q8_GROUP, (first + count).div_ceil(Q8_GROUP));
     let q = &w.q[g0 * blocks * Q8_GROUP * Q8_BLOCK..g1 * blocks * Q8_GROUP * Q8_BLOCK];
     let scales = &w.scales[g0 * runs * Q8_GROUP..g1 * runs * Q8_GROUP];
+    // The kernels take input rows two at a time (each weight load serves
+    // both guidance branches), the last one alone when their count is odd.
     #[cfg(target_arch = "x86_64")]
-    {
-        if kernel == Q8Kernel::Avx512Vnni {
+    macro_rules! in_pairs {
+        ($kernel:ident, $weights:expr) => {{
+            for (x, y) in xs.chunks(2).zip(ys.chunks_mut(2)) {
+                // SAFETY: the CPU has the features the kernel is compiled
+                // for; `q`, the scales (and sums) hold whole groups of
+                // `blocks` blocks covering the outputs of `ys`.
+                unsafe {
+                    match x {
+                        [a, b] => x86::$kernel::<2>(q, $weights, (blocks, subs), [a, b], y),
+                        [a] => x86::$kernel::<1>(q, $weights, (blocks, subs), [a], y),
+                        _ => {}
+                    }
+                }
+            }
+            return;
+        }};
+    }
+    #[cfg(target_arch = "x86_64")]
+    match kernel {
+        Q8Kernel::Avx512Vnni => {
             let sums = &w.sums[g0 * runs * 2 * Q8_GROUP..g1 * runs * 2 * Q8_GROUP];
-            let mut r = 0;
-            while r < xs.len() {
-                // SAFETY: as below; the CPU has AVX-512 F, BW and VNNI.
-                unsafe {
-                    if r + 1 < xs.len() {
-                        x86::gemv_q8_vnni::<2>(
-                            q,
-                            (scales, sums),
-                            (blocks, subs),
-                            [&xs[r], &xs[r + 1]],
-                            &mut ys[r..r + 2],
-                        );
-                    } else {
-                        x86::gemv_q8_vnni::<1>(
-                            q,
-                            (scales, sums),
-                            (blocks, subs),
-                            [&xs[r]],
-                            &mut ys[r..r + 1],
-                        );
-                    }
-                }
-                r += 2;
-            }
-            return;
+            in_pairs!(gemv_q8_vnni, (scales, sums))
         }
-        if kernel == Q8Kernel::Avx2 {
-            let mut r = 0;
-            while r < xs.len() {
-                // SAFETY: the CPU has the features the function is compiled for;
-                // `q` and `scales` hold whole groups of `blocks` blocks covering
-                // the outputs of `ys`.
-                unsafe {
-                    if r + 1 < xs.len() {
-                        x86::gemv_q8_avx2::<2>(
-                            q,
-                            scales,
-                            (blocks, subs),
-                            [&xs[r], &xs[r + 1]],
-                            &mut ys[r..r + 2],
-                        );
-                    } else {
-                        x86::gemv_q8_avx2::<1>(
-                            q,
-                            scales,
-                            (blocks, subs),
-                            [&xs[r]],
-                            &mut ys[r..r + 1],
-                        );
-                    }
-                }
-                r += 2;
-            }
-            return;
-        }
+        Q8Kernel::Avx2 => in_pairs!(gemv_q8_avx2, scales),
+        Q8Kernel::Portable => {}
     }
     gemv_q8_portable(q, scales, (blocks, subs), xs, ys);
 }
@@ -852,28 +821,52 @@ mod x86 {
                     }
                     let ws = _mm256_broadcast_ps(&*(sg.add(s * G) as *const __m128));
                     for r in 0..R {
-                        let four = _mm256_hadd_epi32(
-                            _mm256_hadd_epi32(sums[r][0], sums[r][1]),
-                            _mm256_hadd_epi32(sums[r][2], sums[r][3]),
-                        );
-                        let scale =
-                            _mm256_mul_ps(ws, _mm256_set1_ps(*xs[r].scales.as_ptr().add(s)));
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(four), scale, acc[r]);
+                        let x_scale = *xs[r].scales.as_ptr().add(s);
+                        acc[r] = add_run(sums[r], _mm256_setzero_si256(), ws, x_scale, acc[r]);
                     }
                 }
-                let o = g * G;
-                for r in 0..R {
-                    // Lanes j and j + 4 hold the two halves of row j's sum.
-                    let v = _mm_add_ps(
-                        _mm256_castps256_ps128(acc[r]),
-                        _mm256_extractf128_ps(acc[r], 1),
-                    );
-                    let mut four = [0f32; G];
-                    _mm_storeu_ps(four.as_mut_ptr(), v);
-                    let n = G.min(out - o);
-                    ys[r][o..o + n].copy_from_slice(&four[..n]);
-                }
+                store_group(acc, g * G, out, ys);
             }
+        }
+    }
+
+    /// Adds a run's integer sums of four weight rows (8 lanes each) to
+    /// `acc`, less `off`, scaled by the rows' scales `ws` (twice over) and
+    /// the input's: lanes j and j + 4 of the result gather the two halves of
+    /// row j's sum.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn add_run(rows: [__m256i; 4], off: __m256i, ws: __m256, x_scale: f32, acc: __m256) -> __m256 {
+        let four = _mm256_hadd_epi32(
+            _mm256_hadd_epi32(rows[0], rows[1]),
+            _mm256_hadd_epi32(rows[2], rows[3]),
+        );
+        let four = _mm256_sub_epi32(four, off);
+        let scale = _mm256_mul_ps(ws, _mm256_set1_ps(x_scale));
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(four), scale, acc)
+    }
+
+    /// Writes a group's four outputs (those below `out`) from `start`, for
+    /// each input row: the two halves [`add_run`] left in lanes j and j + 4.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn store_group<const R: usize>(
+        acc: [__m256; R],
+        start: usize,
+        out: usize,
+        ys: &mut [&mut [f32]],
+    ) {
+        use super::Q8_GROUP as G;
+        for r in 0..R {
+            let v = _mm_add_ps(
+                _mm256_castps256_ps128(acc[r]),
+                _mm256_extractf128_ps(acc[r], 1),
+            );
+            let mut four = [0f32; G];
+            // SAFETY: `four` holds the four lanes stored.
+            unsafe { _mm_storeu_ps(four.as_mut_ptr(), v) };
+            let n = G.min(out - start);
+            ys[r][start..start + n].copy_from_slice(&four[..n]);
         }
     }
 
@@ -940,34 +933,17 @@ mod x86 {
                     );
                     for r in 0..R {
                         let [a, c] = sums[r];
-                        let four = _mm256_hadd_epi32(
-                            _mm256_hadd_epi32(
-                                _mm512_castsi512_si256(a),
-                                _mm512_extracti64x4_epi64(a, 1),
-                            ),
-                            _mm256_hadd_epi32(
-                                _mm512_castsi512_si256(c),
-                                _mm512_extracti64x4_epi64(c, 1),
-                            ),
-                        );
-                        let four = _mm256_sub_epi32(four, off);
-                        let scale =
-                            _mm256_mul_ps(ws, _mm256_set1_ps(*xs[r].scales.as_ptr().add(s)));
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(four), scale, acc[r]);
+                        let rows = [
+                            _mm512_castsi512_si256(a),
+                            _mm512_extracti64x4_epi64(a, 1),
+                            _mm512_castsi512_si256(c),
+                            _mm512_extracti64x4_epi64(c, 1),
+                        ];
+                        let x_scale = *xs[r].scales.as_ptr().add(s);
+                        acc[r] = add_run(rows, off, ws, x_scale, acc[r]);
                     }
                 }
-                let o = g * G;
-                for r in 0..R {
-                    // Lanes j and j + 4 hold the two halves of row j's sum.
-                    let v = _mm_add_ps(
-                        _mm256_castps256_ps128(acc[r]),
-                        _mm256_extractf128_ps(acc[r], 1),
-                    );
-                    let mut four = [0f32; G];
-                    _mm_storeu_ps(four.as_mut_ptr(), v);
-                    let n = G.min(out - o);
-                    ys[r][o..o + n].copy_from_slice(&four[..n]);
-                }
+                store_group(acc, g * G, out, ys);
             }
         }
     }
