@@ -93,29 +93,14 @@ pub fn sample_frames(
     if opts.size < super::MIN_SIDE {
         return Err(Error::InvalidSetting(format!("frame size {}", opts.size)));
     }
-    let mut ictx = open_input(path)?;
-    let info = info_from(path, &ictx)?;
-    let stream = ictx
-        .stream(info.stream_index)
-        .ok_or_else(|| Error::NoVideoStream(path.to_path_buf()))?;
-    let time_base = f64::from(stream.time_base());
-    let start_pts = stream.start_time();
-    let decode_err = |reason: String| Error::Decode {
-        path: path.to_path_buf(),
-        codec: info.codec.clone(),
-        reason,
-    };
-    let mut ctx = ff::codec::context::Context::from_parameters(stream.parameters())
-        .map_err(|e| decode_err(e.to_string()))?;
-    ctx.set_threading(ff::codec::threading::Config {
-        kind: ff::codec::threading::Type::Frame,
-        count: 0,
-        ..Default::default()
-    });
-    let mut decoder = ctx
-        .decoder()
-        .video()
-        .map_err(|e| decode_err(e.to_string()))?;
+    let Opened {
+        input: mut ictx,
+        info,
+        time_base,
+        start_pts,
+        mut decoder,
+    } = Opened::new(path, true)?;
+    let decode_err = |reason: String| opened_err(path, &info, reason);
 
     let mut state = Sampler::new(opts.clone(), &info, 0.0);
     let mut bad_packets = 0usize;
@@ -191,6 +176,58 @@ pub fn sample_frames(
     Ok((info, state.next_index))
 }
 
+/// A video's stream opened for decoding.
+struct Opened {
+    input: ff::format::context::Input,
+    info: VideoInfo,
+    /// Seconds per timestamp unit, and the stream's first timestamp.
+    time_base: f64,
+    start_pts: i64,
+    decoder: ff::decoder::Video,
+}
+
+impl Opened {
+    /// Opens `path`'s video stream; `threaded` decodes on FFmpeg's frame
+    /// threads (a whole pass), which a seek to a single picture does not want.
+    fn new(path: &Path, threaded: bool) -> Result<Self> {
+        let input = open_input(path)?;
+        let info = info_from(path, &input)?;
+        let stream = input
+            .stream(info.stream_index)
+            .ok_or_else(|| Error::NoVideoStream(path.to_path_buf()))?;
+        let time_base = f64::from(stream.time_base());
+        let start_pts = stream.start_time();
+        let mut ctx = ff::codec::context::Context::from_parameters(stream.parameters())
+            .map_err(|e| opened_err(path, &info, e.to_string()))?;
+        if threaded {
+            ctx.set_threading(ff::codec::threading::Config {
+                kind: ff::codec::threading::Type::Frame,
+                count: 0,
+                ..Default::default()
+            });
+        }
+        let decoder = ctx
+            .decoder()
+            .video()
+            .map_err(|e| opened_err(path, &info, e.to_string()))?;
+        Ok(Self {
+            input,
+            info,
+            time_base,
+            start_pts,
+            decoder,
+        })
+    }
+}
+
+fn opened_err(path: &Path, info: &VideoInfo, reason: String) -> Error {
+    Error::Decode {
+        path: path.to_path_buf(),
+        codec: info.codec.clone(),
+        reason,
+    }
+}
+
 /// The pictures on screen at `times` (seconds, ascending), each found by
 /// seeking to the keyframe before it and decoding from there: for a few
 /// pictures of a long video this reads a small part of it, where
@@ -208,27 +245,17 @@ pub fn frames_at(
     if times.iter().any(|t| !t.is_finite()) || times.windows(2).any(|w| w[0] > w[1]) {
         return Err(Error::InvalidSetting("frame times out of order".into()));
     }
-    let mut ictx = open_input(path)?;
-    let info = info_from(path, &ictx)?;
-    let stream = ictx
-        .stream(info.stream_index)
-        .ok_or_else(|| Error::NoVideoStream(path.to_path_buf()))?;
-    let time_base = f64::from(stream.time_base());
-    let start_pts = stream.start_time();
+    let Opened {
+        input: mut ictx,
+        info,
+        time_base,
+        start_pts,
+        mut decoder,
+    } = Opened::new(path, false)?;
     if start_pts == ff::ffi::AV_NOPTS_VALUE {
         return sequential_frames_at(path, times, opts, cancel);
     }
-    let decode_err = |reason: String| Error::Decode {
-        path: path.to_path_buf(),
-        codec: info.codec.clone(),
-        reason,
-    };
-    let ctx = ff::codec::context::Context::from_parameters(stream.parameters())
-        .map_err(|e| decode_err(e.to_string()))?;
-    let mut decoder = ctx
-        .decoder()
-        .video()
-        .map_err(|e| decode_err(e.to_string()))?;
+    let decode_err = |reason: String| opened_err(path, &info, reason);
     let mut out = Vec::with_capacity(times.len());
     for &t in times {
         if cancel.load(Ordering::Relaxed) {
