@@ -128,6 +128,8 @@ pub enum Error {
     },
     #[error("neural engine: {0}")]
     Tensor(#[from] candle_core::Error),
+    #[error("device {device}: {reason}")]
+    Device { device: String, reason: String },
     /// A vocabulary file the zero-shot engine cannot use.
     #[error(
         "{origin}{}: {reason}",

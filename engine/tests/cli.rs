@@ -402,6 +402,56 @@ fn compose_text(dir: &Path, name: &str, args: &[&str]) -> Audio {
     read_wav(&wav).unwrap()
 }
 
+/// `--device cuda` where this build has no CUDA is refused before any work,
+/// naming what is missing; `--device auto` makes the music on the CPU and
+/// says so; a device that is no device is refused by the parser.
+#[test]
+fn a_device_is_taken_or_refused_with_its_reason() {
+    if vidmusician_engine::neural::device::cuda_built() {
+        eprintln!("skipped: a CUDA build (the GPU check runs it with a device)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("x.wav");
+    let model = tiny_model();
+    let base = ["compose", "--engine", "text", "--model-dir", s(&model)];
+    let with = |more: &[&str]| {
+        let mut all = base.to_vec();
+        all.extend_from_slice(&["--duration", "1", "--no-cache", "-o", s(&wav)]);
+        all.extend_from_slice(more);
+        run(&all)
+    };
+    let out = with(&["--device", "cuda"]);
+    assert_clean_failure(
+        &out,
+        &[
+            "device cuda:0",
+            "no CUDA support",
+            "--features cuda",
+            "--device cpu",
+        ],
+    );
+    assert!(!wav.exists(), "nothing written for a refused device");
+    let out = with(&["--device", "tpu"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("auto, cpu, cuda or cuda:N"),
+        "{err}"
+    );
+    let out = with(&["--device", "auto"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("device: running on the CPU (auto: ") && err.contains("no CUDA support"),
+        "{err}"
+    );
+    assert!(wav.exists());
+}
+
 #[test]
 fn text_engine_without_a_model_says_how_to_get_one() {
     let dir = tempfile::tempdir().unwrap();

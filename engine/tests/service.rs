@@ -364,6 +364,53 @@ fn the_text_engine_runs_on_the_engine_thread_and_is_cached() {
     assert_eq!(step_threads(), 0, "decoder threads outlived the engine");
 }
 
+/// An engine asked for a CUDA device in a build or on a machine without one
+/// makes the piece on the CPU, the same piece as asked there, and says why.
+#[test]
+fn a_device_that_cannot_be_had_leaves_the_work_on_the_cpu_and_says_so() {
+    use vidmusician_engine::neural::device::{self, DeviceChoice};
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny");
+    let make = |device: DeviceChoice| {
+        let engine = Engine::start(EngineConfig {
+            cache_dir: None,
+            model_dir: Some(model.clone()),
+            device,
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let mut req = Request::text("calm piano", 1.0);
+        req.sample_rate = 32_000;
+        req.seed = 3;
+        let (id, _) = engine.submit(req).unwrap();
+        engine.wait(id, |_| {}).unwrap()
+    };
+    let cpu = make(DeviceChoice::Cpu);
+    assert_eq!(
+        cpu.device.as_deref(),
+        Some("running on the CPU (asked for)")
+    );
+    if device::cuda_built() && device::choose(DeviceChoice::Cuda(0)).is_ok() {
+        eprintln!("skipped the fallback: a CUDA device is here (the GPU check covers it)");
+        return;
+    }
+    for choice in [DeviceChoice::Cuda(0), DeviceChoice::Auto] {
+        let other = make(choice);
+        let note = other.device.clone().unwrap_or_default();
+        assert!(note.starts_with("running on the CPU"), "{choice}: {note}");
+        assert!(
+            note.contains("CUDA"),
+            "{choice}: says what is missing: {note}"
+        );
+        assert_eq!(other.audio.channels, cpu.audio.channels, "{choice}");
+    }
+    // The composer reads no device.
+    let dir = tempfile::tempdir().unwrap();
+    let eng = engine(dir.path());
+    let v = video(dir.path(), "a.mp4", 2.0);
+    let (id, _) = eng.submit(Request::new(&v)).unwrap();
+    assert_eq!(eng.wait(id, |_| {}).unwrap().device, None);
+}
+
 fn step_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .unwrap()

@@ -13,6 +13,7 @@ use serde_json::json;
 use vidmusician_engine::analysis::{self, Analysis, StatsEncoder};
 use vidmusician_engine::audio::{self, check_writable};
 use vidmusician_engine::metrics;
+use vidmusician_engine::neural::device::DeviceChoice;
 use vidmusician_engine::service::{
     CutSource, CutsRequest, Engine, EngineChoice, EngineConfig, Event, Request, Stage,
 };
@@ -142,6 +143,16 @@ enum Command {
         /// the same conditions (see tools/bench_transformers.py for its set-up).
         #[arg(long, value_name = "PYTHON")]
         python: Option<PathBuf>,
+        /// device: where the decoder runs (auto, cpu, cuda, cuda:N).
+        #[arg(long, default_value = "auto", value_name = "DEVICE")]
+        device: DeviceChoice,
+        /// device: the types its weights are timed in, comma-separated (f32,
+        /// f16, bf16).
+        #[arg(long, default_value = "f32", value_name = "LIST")]
+        dtypes: String,
+        /// device: musicgen-medium's shape too.
+        #[arg(long)]
+        medium: bool,
     },
 }
 
@@ -279,6 +290,10 @@ struct ComposeArgs {
     /// faster, logits within a few hundredths).
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
+    /// Neural engines: where the decoder runs: auto (a CUDA GPU when this
+    /// build has CUDA and one answers, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    device: DeviceChoice,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -320,6 +335,11 @@ enum BenchWhat {
     /// sizes (random weights written to a temporary folder), 8-bit decoder weights,
     /// on --seconds of a synthetic video: seconds of work per second of music, by stage.
     ZeroShot,
+    /// The decoder as candle tensors on --device (a CUDA GPU in a `cuda` build;
+    /// the CPU elsewhere) at musicgen-small's shape (random weights), in each of
+    /// --dtypes: its logits against the CPU decoder's and steps per second with
+    /// and without guidance; musicgen-medium's shape too with --medium.
+    Device,
     /// Training the adapters (random weights): steps per second on the test fixtures'
     /// tiny shape, and one stage-2 step on musicgen-small's shape over a 10 s window
     /// (time and peak memory).
@@ -390,6 +410,14 @@ fn main() -> ExitCode {
             seconds,
             ..
         } => bench_clip(seconds),
+        Command::Bench {
+            what: BenchWhat::Device,
+            frames,
+            device,
+            dtypes,
+            medium,
+            ..
+        } => bench_device(device, frames.max(1), &dtypes, medium),
         Command::Bench {
             what: BenchWhat::ZeroShot,
             seconds,
@@ -586,8 +614,14 @@ fn compose(a: ComposeArgs) -> Result<()> {
             PrecisionArg::Q8 => vidmusician_engine::neural::Precision::Q8,
         },
         adapter: a.adapter.clone(),
+        device: a.device,
         ..EngineConfig::default()
     };
+    // A device asked for by name must be there: better said now than after
+    // the analysis. `auto` is settled by the engine, which says what it took.
+    if let DeviceChoice::Cuda(_) = a.device {
+        vidmusician_engine::neural::device::choose(a.device)?;
+    }
     if a.no_cache {
         config.cache_dir = None;
     }
@@ -641,6 +675,9 @@ fn compose(a: ComposeArgs) -> Result<()> {
             eprintln!("engine: {} ({why})", done.engine.as_str());
         }
         _ => {}
+    }
+    if let Some(device) = &done.device {
+        eprintln!("device: {device}");
     }
     for s in done.tags.iter().flatten() {
         let tags: Vec<&str> = s.tags.iter().map(|t| t.tag.as_str()).collect();
@@ -1249,6 +1286,7 @@ fn bench(what: BenchWhat, video_path: Option<&Path>, seconds: f64, runs: usize) 
             })
         }
         BenchWhat::Neural => bench_neural(250, None),
+        BenchWhat::Device => bench_device(DeviceChoice::Auto, 250, "f32", false),
         BenchWhat::Clip => bench_clip(seconds),
         BenchWhat::ZeroShot => bench_zero_shot(seconds),
         BenchWhat::Train => {
@@ -1349,6 +1387,24 @@ fn bench_clip(seconds: f64) -> Result<()> {
     }
     let r =
         vidmusician_engine::neural::models::clip::bench::run(seconds, &mut |m| eprintln!("{m}…"))?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(())
+}
+
+fn bench_device(device: DeviceChoice, frames: usize, dtypes: &str, medium: bool) -> Result<()> {
+    use candle_core::DType;
+    let dtypes = dtypes
+        .split(',')
+        .map(|d| match d.trim() {
+            "f32" => Ok(DType::F32),
+            "f16" => Ok(DType::F16),
+            "bf16" => Ok(DType::BF16),
+            other => bail!("--dtypes: unknown type `{other}` (f32, f16 or bf16)"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let r = vidmusician_engine::neural::bench::device(device, frames, &dtypes, medium, &mut |m| {
+        eprintln!("{m}…")
+    })?;
     println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(())
 }

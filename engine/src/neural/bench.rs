@@ -222,25 +222,7 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
         .find(|(n, _, _)| *n == chosen.name())
         .unwrap_or(("", 0.0, 0.0));
     drop(decoder);
-    let vocab = cfg.decoder.vocab_size;
-    let max_diff = want
-        .iter()
-        .zip(&got)
-        .map(|(a, b)| f64::from((a - b).abs()))
-        .fold(0.0, f64::max);
-    let mean = want.iter().map(|&v| f64::from(v)).sum::<f64>() / want.len() as f64;
-    let std = (want
-        .iter()
-        .map(|&v| (f64::from(v) - mean).powi(2))
-        .sum::<f64>()
-        / want.len() as f64)
-        .sqrt();
-    let rows = want.len() / vocab;
-    let agree = want
-        .chunks_exact(vocab)
-        .zip(got.chunks_exact(vocab))
-        .filter(|(a, b)| argmax(a) == argmax(b))
-        .count();
+    let (max_diff, std, agreement) = compare(&want, &got, cfg.decoder.vocab_size);
 
     progress("EnCodec: decoding 10 s of codes");
     let codec = EncodecDecoder::load(&w.pp("audio_encoder"), &cfg.audio_encoder)?;
@@ -267,7 +249,7 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
         q8_kernels: kernels,
         q8_max_logit_diff: max_diff,
         logit_std: std,
-        q8_greedy_agreement: agree as f64 / rows as f64,
+        q8_greedy_agreement: agreement,
         encodec_s_per_10s_audio: encodec,
         peak_rss_mb: peak,
         load_file_mb,
@@ -294,4 +276,171 @@ fn logits_over(decoder: &Decoder, cross: &super::decoder::CrossKv) -> Result<Vec
         all.extend(decoder.forward(&mut seqs, &[])?);
     }
     Ok(all)
+}
+
+/// facebook/musicgen-medium's decoder (48 layers of width 1536).
+pub const MUSICGEN_MEDIUM_DECODER: &str = r#"{"vocab_size": 2048, "max_position_embeddings": 2048,
+    "num_hidden_layers": 48, "ffn_dim": 6144, "num_attention_heads": 24,
+    "hidden_size": 1536, "num_codebooks": 4, "activation_function": "gelu"}"#;
+
+/// The decoder on a device against the CPU decoder, one model shape and type.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceRun {
+    pub model: &'static str,
+    pub dtype: String,
+    /// Largest difference of the device's logits from the CPU decoder's (f32)
+    /// over 64 steps of one conditioned sequence, and the spread of the CPU's.
+    pub max_logit_diff: f64,
+    pub logit_std: f64,
+    /// Share of positions and codebooks where both pick the same most likely token.
+    pub greedy_agreement: f64,
+    pub guided_steps_per_s: f64,
+    pub unguided_steps_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceBench {
+    pub device: String,
+    pub note: String,
+    pub frames: usize,
+    pub runs: Vec<DeviceRun>,
+}
+
+/// Times the decoder on `device` (sampled generation of `frames` frames,
+/// guided and not) for musicgen-small's shape and, with `medium`, musicgen-
+/// medium's, in each of `dtypes`, and compares its logits with the CPU
+/// decoder's on the same random weights.
+pub fn device(
+    choice: super::device::DeviceChoice,
+    frames: usize,
+    dtypes: &[DType],
+    medium: bool,
+    progress: &mut dyn FnMut(&str),
+) -> Result<DeviceBench> {
+    use super::generate::generate_on;
+    use super::models::musicgen::MusicgenDecoder;
+    let chosen = super::device::choose(choice)?;
+    let mut shapes = vec![("musicgen-small", musicgen_small().decoder)];
+    if medium {
+        let cfg = serde_json::from_str(MUSICGEN_MEDIUM_DECODER)
+            .expect("PANIC: the built-in config parses");
+        shapes.push(("musicgen-medium", cfg));
+    }
+    let mut runs = Vec::new();
+    for (model, cfg) in shapes {
+        progress(&format!("building a {model} decoder with random weights"));
+        let w = Weights::random(7);
+        let cpu = Decoder::load(&w.pp("decoder"), &cfg)?;
+        let candle = MusicgenDecoder::load(&w.pp("decoder"), &cfg)?;
+        drop(w);
+        let states = Tensor::randn(0f32, 1.0, (1, 12, cfg.hidden_size), &Device::Cpu)?;
+        let mask = Tensor::ones((1, 12), DType::U32, &Device::Cpu)?;
+        let cross = cpu
+            .cross_kv(&states, Some(&mask))?
+            .pop()
+            .expect("PANIC: one sequence of states gives one");
+        let want = logits_over(&cpu, &cross)?;
+        drop(cpu);
+        for &dtype in dtypes {
+            progress(&format!("{model}, {dtype:?} on {}: logits", chosen.name));
+            let dec = candle.to_device(&chosen.device, dtype)?;
+            let got = session_logits(&dec, &states, &mask)?;
+            let (max_logit_diff, logit_std, greedy_agreement) =
+                compare(&want, &got, cfg.vocab_size);
+            let k = cfg.num_codebooks;
+            let steps = frames + k - 1;
+            let time = |guidance: f64| -> Result<f64> {
+                let s = Sampling {
+                    guidance,
+                    ..Sampling::default()
+                };
+                let t0 = Instant::now();
+                generate_on(
+                    &dec,
+                    Some((&states, &mask)),
+                    &[],
+                    &[],
+                    frames,
+                    &s,
+                    &mut |_, _| true,
+                )?;
+                Ok(steps as f64 / t0.elapsed().as_secs_f64())
+            };
+            // Once briefly first: kernels load and memory pools fill untimed.
+            generate_on(
+                &dec,
+                Some((&states, &mask)),
+                &[],
+                &[],
+                4,
+                &Sampling::default(),
+                &mut |_, _| true,
+            )?;
+            progress(&format!(
+                "{model}, {dtype:?}: decoder steps with guidance 3"
+            ));
+            let guided = time(3.0)?;
+            progress(&format!(
+                "{model}, {dtype:?}: decoder steps without guidance"
+            ));
+            let unguided = time(1.0)?;
+            runs.push(DeviceRun {
+                model,
+                dtype: format!("{dtype:?}").to_lowercase(),
+                max_logit_diff,
+                logit_std,
+                greedy_agreement,
+                guided_steps_per_s: guided,
+                unguided_steps_per_s: unguided,
+            });
+        }
+    }
+    Ok(DeviceBench {
+        device: chosen.name,
+        note: chosen.note,
+        frames,
+        runs,
+    })
+}
+
+/// [`logits_over`]'s 64 steps through a device session.
+fn session_logits(
+    dec: &super::models::musicgen::MusicgenDecoder,
+    states: &Tensor,
+    mask: &Tensor,
+) -> Result<Vec<f32>> {
+    let k = dec.config().num_codebooks;
+    let vocab = dec.config().vocab_size as u64;
+    let mut session = dec.session(Some((states, mask)), 1, 64)?;
+    let mut all = Vec::new();
+    for step in 0..64u64 {
+        let tokens: Vec<u32> = (0..k as u64)
+            .map(|c| ((step * 7 + c).wrapping_mul(2_654_435_761) % vocab) as u32)
+            .collect();
+        all.extend(session.step(&tokens, 1, &[])?);
+    }
+    Ok(all)
+}
+
+/// `(largest difference, spread of want, share of equal argmaxes)`.
+fn compare(want: &[f32], got: &[f32], vocab: usize) -> (f64, f64, f64) {
+    let max_diff = want
+        .iter()
+        .zip(got)
+        .map(|(a, b)| f64::from((a - b).abs()))
+        .fold(0.0, f64::max);
+    let mean = want.iter().map(|&v| f64::from(v)).sum::<f64>() / want.len().max(1) as f64;
+    let std = (want
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / want.len().max(1) as f64)
+        .sqrt();
+    let rows = (want.len() / vocab).max(1);
+    let agree = want
+        .chunks_exact(vocab)
+        .zip(got.chunks_exact(vocab))
+        .filter(|(a, b)| argmax(a) == argmax(b))
+        .count();
+    (max_diff, std, agree as f64 / rows as f64)
 }

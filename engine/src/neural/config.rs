@@ -319,7 +319,7 @@ fn py_floor_div(a: f64, b: f64) -> f64 {
 }
 
 /// `MusicgenDecoderConfig`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct DecoderConfig {
     pub vocab_size: usize,
     #[serde(default = "max_positions")]

@@ -1,14 +1,19 @@
 //! Autoregressive generation of EnCodec codes with MusicGen's delay pattern:
 //! codebook k runs k steps behind codebook 0, so `T` frames take `T + K − 1` decoder
-//! steps. Classifier-free guidance runs the conditional and unconditional branches as
-//! two batch-1 passes (faster on CPU than one batch-2 pass) and mixes their logits;
+//! steps. Classifier-free guidance runs the conditional and unconditional branches
+//! (on the CPU as two sequences over one pass of the weights, on other devices as
+//! one batch of 2) and mixes their logits;
 //! tokens are then picked greedily or sampled with temperature, top-k and top-p from
 //! a seeded generator, so the same seed gives the same codes.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::decoder::{CrossKv, Decoder, SeqInput};
+use candle_core::Tensor;
+
+use super::config::DecoderConfig;
+use super::decoder::{CrossKv, Decoder, SelfCache, SeqInput};
+use super::models::musicgen::{DecoderSession, MusicgenDecoder};
 use crate::{Error, Result};
 
 /// How tokens are chosen.
@@ -90,6 +95,69 @@ pub fn generate(
     generate_with(decoder, cond, &[], prompt, frames, sampling, on_step)
 }
 
+/// A decoder that generation drives one step at a time: the CPU decoder
+/// with its caches, or a [`DecoderSession`] on any candle device.
+pub trait Stepper {
+    /// Reads `n` more positions, the same `tokens` (`codebooks × n`,
+    /// codebook-major) on every sequence, and returns the last position's
+    /// logits, `(sequence, codebook, vocab)` flattened. `inputs[i]`, when
+    /// present, holds `n × hidden` in-attention values for layer `i` of the
+    /// conditional sequence; the unconditional one gets none.
+    fn step(&mut self, tokens: &[u32], n: usize, inputs: &[Option<&[f32]>]) -> Result<Vec<f32>>;
+}
+
+/// The CPU decoder, one cache per sequence.
+struct CpuStepper<'a> {
+    decoder: &'a Decoder,
+    cond: Option<&'a CrossKv>,
+    caches: Vec<SelfCache>,
+}
+
+impl Stepper for CpuStepper<'_> {
+    fn step(&mut self, tokens: &[u32], n: usize, inputs: &[Option<&[f32]>]) -> Result<Vec<f32>> {
+        let cfg = self.decoder.config();
+        let (k, h, vocab) = (cfg.num_codebooks, cfg.hidden_size, cfg.vocab_size);
+        let cond = self.cond;
+        let mut seqs: Vec<SeqInput<'_>> = self
+            .caches
+            .iter_mut()
+            .enumerate()
+            .map(|(i, cache)| SeqInput {
+                tokens,
+                cross: if i == 0 { cond } else { None },
+                cache,
+            })
+            .collect();
+        // The conditional sequence's rows, then zeros for the unconditional one.
+        let inputs: Vec<Option<Vec<f32>>> = inputs
+            .iter()
+            .map(|l| {
+                l.map(|rows| {
+                    let mut v = rows.to_vec();
+                    v.resize(seqs.len() * n * h, 0.0);
+                    v
+                })
+            })
+            .collect();
+        let all = self.decoder.forward(&mut seqs, &inputs)?;
+        // (sequence, codebook, position, vocab): the last position of each.
+        let mut last = Vec::with_capacity(seqs.len() * k * vocab);
+        for seq in 0..seqs.len() {
+            for c in 0..k {
+                let start = ((seq * k + c) * n + n - 1) * vocab;
+                last.extend_from_slice(&all[start..start + vocab]);
+            }
+        }
+        Ok(last)
+    }
+}
+
+impl Stepper for DecoderSession<'_> {
+    fn step(&mut self, tokens: &[u32], n: usize, inputs: &[Option<&[f32]>]) -> Result<Vec<f32>> {
+        DecoderSession::step(self, tokens, n, inputs)
+    }
+}
+
 /// [`generate`] with in-attention inputs: `layer_inputs[i]`, when present,
 /// holds `hidden` values per decoder position from 0 (at least
 /// `prompt + frames + codebooks − 1` positions), added before layer `i` on
@@ -104,10 +172,75 @@ pub fn generate_with(
     sampling: &Sampling,
     on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
 ) -> Result<Frames> {
+    let cfg = decoder.config();
+    let guided = sampling.guidance > 1.0 && cond.is_some();
+    let positions = prompt.len() + frames + cfg.num_codebooks - 1;
+    // The conditional sequence, and the unconditional one when guiding: both read
+    // the same tokens, and one pass over the weights serves both.
+    let mut stepper = CpuStepper {
+        decoder,
+        cond,
+        caches: (0..if guided { 2 } else { 1 })
+            .map(|_| decoder.cache_for(positions))
+            .collect(),
+    };
+    generate_steps(
+        &mut stepper,
+        cfg,
+        guided,
+        layer_inputs,
+        prompt,
+        frames,
+        sampling,
+        on_step,
+    )
+}
+
+/// [`generate_with`] on a candle decoder, on whatever device it lives:
+/// guidance's two sequences run as one batch, the keys and values in buffers
+/// made once for the window. `cross` is the conditional sequence's states
+/// `(1, len, hidden)` and mask `(1, len)`.
+pub fn generate_on(
+    decoder: &MusicgenDecoder,
+    cross: Option<(&Tensor, &Tensor)>,
+    layer_inputs: &[Option<Vec<f32>>],
+    prompt: &[Vec<u32>],
+    frames: usize,
+    sampling: &Sampling,
+    on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
+) -> Result<Frames> {
+    let cfg = decoder.config();
+    let guided = sampling.guidance > 1.0 && cross.is_some();
+    let positions = prompt.len() + frames + cfg.num_codebooks - 1;
+    let mut session = decoder.session(cross, if guided { 2 } else { 1 }, positions)?;
+    generate_steps(
+        &mut session,
+        cfg,
+        guided,
+        layer_inputs,
+        prompt,
+        frames,
+        sampling,
+        on_step,
+    )
+}
+
+/// The step loop behind [`generate_with`] and [`generate_on`].
+#[allow(clippy::too_many_arguments)]
+fn generate_steps(
+    stepper: &mut dyn Stepper,
+    cfg: &DecoderConfig,
+    guided: bool,
+    layer_inputs: &[Option<Vec<f32>>],
+    prompt: &[Vec<u32>],
+    frames: usize,
+    sampling: &Sampling,
+    on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
+) -> Result<Frames> {
     sampling.validate()?;
-    let k = decoder.config().num_codebooks;
-    let vocab = decoder.config().vocab_size;
-    let pad = decoder.config().pad_token();
+    let k = cfg.num_codebooks;
+    let vocab = cfg.vocab_size;
+    let pad = cfg.pad_token();
     if prompt
         .iter()
         .any(|f| f.len() != k || f.iter().any(|&c| c as usize >= vocab))
@@ -122,12 +255,6 @@ pub fn generate_with(
         return Ok(Vec::new());
     }
     // Positions: 0 is the start token; position p holds frame p − c − 1 of codebook c.
-    let guided = sampling.guidance > 1.0 && cond.is_some();
-    // The conditional sequence, and the unconditional one when guiding: both read
-    // the same tokens, and one pass over the weights serves both.
-    let mut caches: Vec<_> = (0..if guided { 2 } else { 1 })
-        .map(|_| decoder.cache_for(total + k - 1))
-        .collect();
     let mut out: Frames = vec![vec![pad; k]; total];
     out[..known].clone_from_slice(prompt);
     let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
@@ -139,7 +266,7 @@ pub fn generate_with(
             _ => pad,
         }
     };
-    let h = decoder.config().hidden_size;
+    let h = cfg.hidden_size;
     if let Some(short) = layer_inputs
         .iter()
         .flatten()
@@ -164,34 +291,14 @@ pub fn generate_with(
             }
         }
         let n = upto - fed;
-        let last = n - 1;
-        let mut seqs: Vec<SeqInput<'_>> = caches
-            .iter_mut()
-            .enumerate()
-            .map(|(i, cache)| SeqInput {
-                tokens: &ids,
-                cross: if i == 0 { cond } else { None },
-                cache,
-            })
-            .collect();
-        // This step's rows of the in-attention inputs: the conditional
-        // sequence's positions, then zeros for the unconditional one.
-        let inputs: Vec<Option<Vec<f32>>> = layer_inputs
+        // This step's rows of the in-attention inputs.
+        let inputs: Vec<Option<&[f32]>> = layer_inputs
             .iter()
-            .map(|l| {
-                l.as_ref().map(|rows| {
-                    let mut v = rows[fed * h..upto * h].to_vec();
-                    v.resize(seqs.len() * n * h, 0.0);
-                    v
-                })
-            })
+            .map(|l| l.as_ref().map(|rows| &rows[fed * h..upto * h]))
             .collect();
-        let all = decoder.forward(&mut seqs, &inputs)?;
-        // (sequence, codebook, position, vocab): the last position of each.
-        let at = |seq: usize, c: usize| {
-            let start = ((seq * k + c) * n + last) * vocab;
-            &all[start..start + vocab]
-        };
+        let all = stepper.step(&ids, n, &inputs)?;
+        // (sequence, codebook, vocab) at the last position.
+        let at = |seq: usize, c: usize| &all[(seq * k + c) * vocab..(seq * k + c + 1) * vocab];
         let g = sampling.guidance as f32;
         let logits: Vec<f32> = (0..k)
             .flat_map(|c| {

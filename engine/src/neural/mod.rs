@@ -6,6 +6,7 @@
 //! - [`t5`], [`decoder`], [`encodec`]: the three networks.
 //! - [`encodec_encoder`]: EnCodec's encoder, audio to the codes MusicGen reads.
 //! - [`generate`]: the delay pattern, guidance and sampling.
+//! - [`device`]: where the networks run (the CPU, or CUDA in a `cuda` build).
 //! - [`model`]: a whole checkpoint, text in, audio out.
 //! - [`models`]: other pretrained networks (CLIP).
 
@@ -13,6 +14,7 @@ pub mod bench;
 pub mod conditioning;
 pub mod config;
 pub mod decoder;
+pub mod device;
 pub mod encodec;
 pub mod encodec_encoder;
 pub mod generate;
@@ -27,4 +29,4 @@ pub mod weights;
 
 pub use decoder::Precision;
 pub use generate::{Frames, Progress, Sampling};
-pub use model::{GenerationProgress, MusicGen, PromptSchedule, WindowInput, WindowSpan};
+pub use model::{Cross, GenerationProgress, MusicGen, PromptSchedule, WindowInput, WindowSpan};

@@ -9,7 +9,8 @@ use candle_core::{Device, Tensor};
 use super::config::{GenerationConfig, MusicgenConfig};
 use super::decoder::{CrossKv, Decoder, Precision};
 use super::encodec::EncodecDecoder;
-use super::generate::{Frames, Progress, Sampling, generate_with};
+use super::generate::{Frames, Progress, Sampling, generate_on, generate_with};
+use super::models::musicgen::MusicgenDecoder;
 use super::nn::Linear;
 use super::t5::T5Encoder;
 use super::weights::Weights;
@@ -37,6 +38,9 @@ pub struct MusicGen {
     /// Present when the text encoder is narrower or wider than the decoder.
     enc_to_dec: Option<Linear>,
     decoder: Decoder,
+    /// The decoder on another device (a GPU) when generation runs there; the
+    /// CPU decoder stays for the adapter's tools and the benchmarks.
+    on_device: Option<MusicgenDecoder>,
     codec: EncodecDecoder,
     /// [`MusicGen::weights_hash`], computed on first use.
     weights_hash: std::sync::OnceLock<String>,
@@ -79,9 +83,46 @@ impl MusicGen {
             text,
             enc_to_dec,
             decoder,
+            on_device: None,
             codec,
             weights_hash: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Runs generation's decoder on `device` in `dtype` from now on (the
+    /// weights are read again from the checkpoint and copied there);
+    /// `Device::Cpu` goes back to the CPU decoder. Nothing changes when this
+    /// fails.
+    pub fn use_device(&mut self, device: &Device, dtype: candle_core::DType) -> Result<()> {
+        if device.is_cpu() {
+            self.on_device = None;
+            return Ok(());
+        }
+        let w = Weights::open_dir(&self.dir)?;
+        let d = MusicgenDecoder::load(&w.pp("decoder"), &self.cfg.decoder)?;
+        self.on_device = Some(d.to_device(device, dtype)?);
+        Ok(())
+    }
+
+    /// [`MusicGen::use_device`] with a decoder already built (its device and
+    /// dtype are kept): for models made in memory, without a checkpoint.
+    pub fn use_device_decoder(&mut self, decoder: MusicgenDecoder) -> Result<()> {
+        if decoder.config() != &self.cfg.decoder {
+            return Err(Error::InvalidSetting(
+                "a device decoder of another shape than the model's".into(),
+            ));
+        }
+        // A decoder on the CPU is taken too: it runs the device path there,
+        // which tests compare with the CPU decoder.
+        self.on_device = Some(decoder);
+        Ok(())
+    }
+
+    /// The device generation's decoder runs on.
+    pub fn device(&self) -> Device {
+        self.on_device
+            .as_ref()
+            .map_or(Device::Cpu, |d| d.device().clone())
     }
 
     /// The tensors (names and shapes) a checkpoint of `cfg` holds, found by loading
@@ -207,13 +248,23 @@ impl MusicGen {
         Ok(h.broadcast_mul(&m)?)
     }
 
-    /// Cross-attention keys and values for one prompt.
-    pub fn condition(&self, prompt: &str) -> Result<CrossKv> {
+    /// Cross-attention conditions for one prompt.
+    pub fn condition(&self, prompt: &str) -> Result<Cross> {
         let (ids, mask) = self.tokenize(&[prompt])?;
         let states = self.text_states(&ids, &mask)?;
+        self.cross(&states, &mask)
+    }
+
+    /// Cross-attention conditions from one sequence of states `(1, len,
+    /// hidden)` and its mask `(1, len)`, for the decoder generation runs on.
+    pub fn cross(&self, states: &Tensor, mask: &Tensor) -> Result<Cross> {
+        if self.on_device.is_some() {
+            return Ok(Cross::States(states.clone(), mask.clone()));
+        }
         self.decoder
-            .cross_kv(&states, Some(&mask))?
+            .cross_kv(states, Some(mask))?
             .pop()
+            .map(Cross::Cpu)
             .ok_or_else(|| Error::InvalidSetting("no conditioning states".into()))
     }
 
@@ -258,7 +309,7 @@ impl MusicGen {
         prompts: &'a PromptSchedule,
     ) -> impl FnMut(WindowSpan) -> Result<WindowInput> + 'a {
         let rate = self.frame_rate() as f64;
-        let mut encoded: Vec<(String, Arc<CrossKv>)> = Vec::new();
+        let mut encoded: Vec<(String, Arc<Cross>)> = Vec::new();
         move |w: WindowSpan| {
             let prompt = prompts.for_span(
                 w.new_from as f64 / rate,
@@ -327,31 +378,64 @@ impl MusicGen {
             let every = ((PUBLISH_SECONDS * rate) as usize).max(1);
             let mut handed = 0usize;
             let mut failed = None;
-            let fresh = generate_with(
-                &self.decoder,
-                input.cross.as_deref(),
-                &input.layer_inputs,
-                prompt_frames,
-                new,
-                &s,
-                &mut |p: Progress, complete: &[Vec<u32>]| {
-                    let done = done_before + (p.step * steps_new / p.steps.max(1));
-                    let go_on = on_progress(GenerationProgress {
-                        frames_done: done.min(frames),
-                        frames_total: frames,
-                    });
-                    if go_on && p.complete >= handed + every && p.complete < new {
-                        handed = p.complete;
-                        let mut so_far = out.clone();
-                        so_far.extend_from_slice(complete);
-                        if let Err(e) = on_window(&so_far) {
-                            failed = Some(e);
-                            return false;
-                        }
+            let mut on_step = |p: Progress, complete: &[Vec<u32>]| {
+                let done = done_before + (p.step * steps_new / p.steps.max(1));
+                let go_on = on_progress(GenerationProgress {
+                    frames_done: done.min(frames),
+                    frames_total: frames,
+                });
+                if go_on && p.complete >= handed + every && p.complete < new {
+                    handed = p.complete;
+                    let mut so_far = out.clone();
+                    so_far.extend_from_slice(complete);
+                    if let Err(e) = on_window(&so_far) {
+                        failed = Some(e);
+                        return false;
                     }
-                    go_on
-                },
-            );
+                }
+                go_on
+            };
+            let fresh = match (&self.on_device, input.cross.as_deref()) {
+                (Some(d), Some(Cross::States(states, mask))) => generate_on(
+                    d,
+                    Some((states, mask)),
+                    &input.layer_inputs,
+                    prompt_frames,
+                    new,
+                    &s,
+                    &mut on_step,
+                ),
+                (Some(d), None) => generate_on(
+                    d,
+                    None,
+                    &input.layer_inputs,
+                    prompt_frames,
+                    new,
+                    &s,
+                    &mut on_step,
+                ),
+                (None, Some(Cross::Cpu(kv))) => generate_with(
+                    &self.decoder,
+                    Some(kv),
+                    &input.layer_inputs,
+                    prompt_frames,
+                    new,
+                    &s,
+                    &mut on_step,
+                ),
+                (None, None) => generate_with(
+                    &self.decoder,
+                    None,
+                    &input.layer_inputs,
+                    prompt_frames,
+                    new,
+                    &s,
+                    &mut on_step,
+                ),
+                _ => Err(Error::InvalidSetting(
+                    "a window's conditions were made for another device than the decoder's".into(),
+                )),
+            };
             if let Some(e) = failed {
                 return Err(e);
             }
@@ -491,17 +575,27 @@ pub struct WindowSpan {
     pub positions: usize,
 }
 
+/// A window's cross-attention conditions, ready for the decoder that runs
+/// it ([`MusicGen::cross`] makes the right one).
+pub enum Cross {
+    /// Keys and values for the CPU decoder.
+    Cpu(CrossKv),
+    /// States `(1, len, hidden)` and mask `(1, len)` for a device decoder,
+    /// which makes its keys and values on the device.
+    States(Tensor, Tensor),
+}
+
 /// What a window is conditioned on.
 pub struct WindowInput {
-    /// Cross-attention keys and values; `None`: unconditional.
-    pub cross: Option<Arc<CrossKv>>,
+    /// Cross-attention conditions; `None`: unconditional.
+    pub cross: Option<Arc<Cross>>,
     /// Per decoder layer, in-attention inputs for the window's positions
     /// (see [`generate_with`]); empty for none.
     pub layer_inputs: Vec<Option<Vec<f32>>>,
 }
 
 impl WindowInput {
-    pub fn cross(c: Arc<CrossKv>) -> Self {
+    pub fn cross(c: Arc<Cross>) -> Self {
         Self {
             cross: Some(c),
             layer_inputs: Vec::new(),

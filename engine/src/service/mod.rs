@@ -268,6 +268,9 @@ pub struct Finished {
     pub tags: Option<Vec<crate::analysis::tags::SectionTags>>,
     /// Why `auto` chose this engine, and what a better one needs.
     pub why: Option<String>,
+    /// Where a neural engine ran, and why there (`auto`'s choice, or the
+    /// CPU after a device failed); `None` for the composer and the cache.
+    pub device: Option<String>,
     /// True when the audio came from the disk cache.
     pub cached: bool,
     pub cache_key: String,
@@ -327,6 +330,12 @@ pub struct EngineConfig {
     /// The vidmusician engine's adapter; `None`: the one found in the model
     /// folders for `text_model` (see [`crate::neural::hub::pick_adapter`]).
     pub adapter: Option<PathBuf>,
+    /// Where the neural decoder runs. The engine thread opens it on first
+    /// use and lets it go when it stops; a device that cannot be opened or
+    /// holds no model leaves the work on the CPU, said in
+    /// [`Finished::device`]. Where a piece was made is not part of its
+    /// cache key: a take made on a GPU is served again on the CPU.
+    pub device: crate::neural::device::DeviceChoice,
 }
 
 impl Default for EngineConfig {
@@ -338,6 +347,7 @@ impl Default for EngineConfig {
             clip_model: crate::neural::hub::DEFAULT_CLIP.to_string(),
             precision: crate::neural::Precision::default(),
             adapter: None,
+            device: crate::neural::device::DeviceChoice::default(),
         }
     }
 }

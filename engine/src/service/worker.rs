@@ -173,6 +173,7 @@ fn process(
             loudness: None,
             tags: None,
             why: resolved.why.clone(),
+            device: None,
             cached: true,
             cache_key: key,
         });
@@ -199,6 +200,7 @@ fn process(
             loudness: None,
             tags: None,
             why: resolved.why.clone(),
+            device: engines.device_note(engine),
             cached: false,
             cache_key: key,
         });
@@ -244,6 +246,7 @@ fn process(
         loudness: Some(made.loudness),
         tags: made.tags,
         why: resolved.why.clone(),
+        device: engines.device_note(engine),
         cached: false,
         cache_key: key,
     })

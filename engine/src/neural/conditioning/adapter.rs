@@ -295,11 +295,7 @@ impl Adapter {
             ),
             None => (visual, ones),
         };
-        let cross = base
-            .decoder()
-            .cross_kv(&states, Some(&mask))?
-            .pop()
-            .ok_or_else(|| Error::InvalidSetting("no conditioning states".into()))?;
+        let cross = base.cross(&states, &mask)?;
         let layer_inputs = match &self.rhythm {
             Some(r) => {
                 let ctx = self.info.config.rhythm_context;

@@ -289,3 +289,273 @@ fn causal_bias(len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
 fn padding_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
     Ok(crate::neural::t5::padding_bias(mask)?.to_dtype(dtype)?)
 }
+
+impl Attention {
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            q: self.q.to_device(device)?,
+            k: self.k.to_device(device)?,
+            v: self.v.to_device(device)?,
+            out: self.out.to_device(device)?,
+        })
+    }
+}
+
+impl MusicgenDecoder {
+    /// The same decoder on `device` in `dtype`, for inference ([`Self::session`]).
+    pub fn to_device(&self, device: &Device, dtype: DType) -> Result<Self> {
+        let d = self.to_dtype(dtype)?;
+        let layers = d
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(Layer {
+                    self_norm: l.self_norm.to_device(device)?,
+                    self_attn: l.self_attn.to_device(device)?,
+                    cross_norm: l.cross_norm.to_device(device)?,
+                    cross_attn: l.cross_attn.to_device(device)?,
+                    ff_norm: l.ff_norm.to_device(device)?,
+                    fc1: l.fc1.to_device(device)?,
+                    fc2: l.fc2.to_device(device)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embed: d
+                .embed
+                .iter()
+                .map(|t| t.to_device(device))
+                .collect::<candle_core::Result<_>>()?,
+            positions: d.positions.to_device(device)?,
+            layers,
+            norm: d.norm.to_device(device)?,
+            heads: d
+                .heads
+                .iter()
+                .map(|l| l.to_device(device))
+                .collect::<candle_core::Result<_>>()?,
+            cfg: d.cfg,
+        })
+    }
+
+    /// An incremental decoding session of `batch` sequences (1, or 2 for
+    /// classifier-free guidance: the conditional sequence, then the
+    /// unconditional one) over at most `capacity` positions. The keys and
+    /// values of self-attention live in buffers made here, on the decoder's
+    /// device, for the whole window: a step writes its positions into them
+    /// and allocates nothing that grows. `cross` holds the conditional
+    /// sequence's states `(1, len, hidden)` and mask `(1, len)`, any device;
+    /// the unconditional sequence reads zeroed states, whose
+    /// cross-attention adds exactly nothing, so both run as one batch.
+    pub fn session(
+        &self,
+        cross: Option<(&Tensor, &Tensor)>,
+        batch: usize,
+        capacity: usize,
+    ) -> Result<DecoderSession<'_>> {
+        let h = self.cfg.hidden_size;
+        let heads = self.cfg.num_attention_heads;
+        let hd = h / heads;
+        let (dev, dtype) = (self.device().clone(), self.dtype());
+        if !(1..=2).contains(&batch) {
+            return Err(Error::InvalidSetting(format!(
+                "a decoding session runs 1 or 2 sequences, not {batch}"
+            )));
+        }
+        let capacity = capacity.min(self.cfg.max_position_embeddings);
+        let self_kv = self
+            .layers
+            .iter()
+            .map(|_| {
+                let z = || Tensor::zeros((batch, heads, capacity, hd), dtype, &dev);
+                Ok((z()?, z()?))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let cross = match cross {
+            Some((states, mask)) => {
+                let (sb, _, sh) = states.dims3()?;
+                if sb != 1 || sh != h {
+                    return Err(Error::InvalidSetting(format!(
+                        "conditioning states of shape {:?} for one sequence of width {h}",
+                        states.dims()
+                    )));
+                }
+                let mut states = states.to_device(&dev)?.to_dtype(dtype)?;
+                let mut mask = mask.to_device(&dev)?;
+                if batch == 2 {
+                    states = Tensor::cat(&[&states, &states.zeros_like()?], 0)?;
+                    mask = Tensor::cat(&[&mask, &mask.ones_like()?], 0)?;
+                }
+                let bias = padding_bias(&mask, dtype)?;
+                let kv = self
+                    .layers
+                    .iter()
+                    .map(|l| {
+                        let a = &l.cross_attn;
+                        let k = split_heads(&a.k.forward(&states)?, heads)?.contiguous()?;
+                        let v = split_heads(&a.v.forward(&states)?, heads)?.contiguous()?;
+                        Ok((k, v))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Some((kv, bias))
+            }
+            None => None,
+        };
+        Ok(DecoderSession {
+            dec: self,
+            batch,
+            len: 0,
+            capacity,
+            self_kv,
+            cross,
+        })
+    }
+}
+
+/// See [`MusicgenDecoder::session`].
+pub struct DecoderSession<'d> {
+    dec: &'d MusicgenDecoder,
+    batch: usize,
+    /// Positions read so far.
+    len: usize,
+    capacity: usize,
+    /// Per layer, `(batch, heads, capacity, head_dim)` keys and values.
+    self_kv: Vec<(Tensor, Tensor)>,
+    /// Per layer, cross-attention keys and values `(batch, heads, states,
+    /// head_dim)`, and the padding bias `(batch, 1, 1, states)`.
+    cross: Option<(Vec<(Tensor, Tensor)>, Tensor)>,
+}
+
+impl DecoderSession<'_> {
+    /// Positions read so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Reads `n` more positions, the same `tokens` (`codebooks × n`,
+    /// codebook-major) on every sequence, and returns the logits of the last
+    /// one, `(sequence, codebook, vocab)` flattened, in f32 on the host.
+    /// `inputs[i]`, when present, holds `n × hidden` in-attention values for
+    /// layer `i` of the conditional sequence (the unconditional one gets
+    /// none, as in guidance's dropped conditions).
+    pub fn step(
+        &mut self,
+        tokens: &[u32],
+        n: usize,
+        inputs: &[Option<&[f32]>],
+    ) -> Result<Vec<f32>> {
+        let dec = self.dec;
+        let cfg = &dec.cfg;
+        let (k, h, heads) = (cfg.num_codebooks, cfg.hidden_size, cfg.num_attention_heads);
+        let hd = h / heads;
+        let b = self.batch;
+        let (dev, dtype) = (dec.device().clone(), dec.dtype());
+        if n == 0 || tokens.len() != k * n {
+            return Err(Error::InvalidSetting(format!(
+                "a step needs {k} codebooks × {n} positions of tokens, got {}",
+                tokens.len()
+            )));
+        }
+        if self.len + n > self.capacity {
+            return Err(Error::InvalidSetting(format!(
+                "a decoder window of {} steps is longer than the session's {} positions",
+                self.len + n,
+                self.capacity
+            )));
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize > cfg.vocab_size) {
+            return Err(Error::InvalidSetting(format!(
+                "token {t} outside the codebooks"
+            )));
+        }
+        if inputs.len() > dec.layers.len() {
+            return Err(Error::InvalidSetting(format!(
+                "{} layer inputs for a decoder of {} layers",
+                inputs.len(),
+                dec.layers.len()
+            )));
+        }
+        let ids = Tensor::from_slice(tokens, (k, n), &dev)?;
+        let mut x = dec.positions.narrow(0, self.len, n)?;
+        for (cb, table) in dec.embed.iter().enumerate() {
+            x = (x + table.index_select(&ids.get(cb)?, 0)?)?;
+        }
+        let mut x = x.unsqueeze(0)?.broadcast_as((b, n, h))?.contiguous()?;
+        let total = self.len + n;
+        // Within this step's positions, each reads only those before it.
+        let causal = if n > 1 {
+            let before = self.len;
+            let v: Vec<f32> = (0..n)
+                .flat_map(|q| {
+                    (0..total).map(move |key| if key <= before + q { 0.0 } else { f32::MIN })
+                })
+                .collect();
+            Some(Tensor::from_vec(v, (1, 1, n, total), &dev)?.to_dtype(dtype)?)
+        } else {
+            None
+        };
+        let scale = 1.0 / (hd as f64).sqrt();
+        for (li, layer) in dec.layers.iter().enumerate() {
+            if let Some(Some(add)) = inputs.get(li) {
+                if add.len() != n * h {
+                    return Err(Error::InvalidSetting(format!(
+                        "layer input {li} has {} values, expected {}",
+                        add.len(),
+                        n * h
+                    )));
+                }
+                let mut rows = add.to_vec();
+                rows.resize(b * n * h, 0.0);
+                let add = Tensor::from_vec(rows, (b, n, h), &dev)?.to_dtype(dtype)?;
+                x = (x + add)?;
+            }
+            // Self-attention over the cache and this step's positions.
+            let a = &layer.self_attn;
+            let nx = layer.self_norm.forward_fused(&x)?;
+            let q = split_heads(&a.q.forward(&nx)?, heads)?.contiguous()?;
+            let kn = split_heads(&a.k.forward(&nx)?, heads)?.contiguous()?;
+            let vn = split_heads(&a.v.forward(&nx)?, heads)?.contiguous()?;
+            let (kc, vc) = &self.self_kv[li];
+            kc.slice_set(&kn, 2, self.len)?;
+            vc.slice_set(&vn, 2, self.len)?;
+            let keys = kc.narrow(2, 0, total)?;
+            let values = vc.narrow(2, 0, total)?;
+            let mut scores = (q.matmul(&keys.t()?)? * scale)?;
+            if let Some(c) = &causal {
+                scores = scores.broadcast_add(c)?;
+            }
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            x = (x + a.out.forward(&merge_heads(&probs.matmul(&values)?)?)?)?;
+            // Cross-attention to the conditioning states.
+            if let Some((kv, bias)) = &self.cross {
+                let a = &layer.cross_attn;
+                let nx = layer.cross_norm.forward_fused(&x)?;
+                let q = split_heads(&a.q.forward(&nx)?, heads)?.contiguous()?;
+                let (ck, cv) = &kv[li];
+                let scores = (q.matmul(&ck.t()?)? * scale)?.broadcast_add(bias)?;
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                x = (x + a.out.forward(&merge_heads(&probs.matmul(cv)?)?)?)?;
+            }
+            let nx = layer.ff_norm.forward_fused(&x)?;
+            x = (x + layer.fc2.forward(&layer.fc1.forward(&nx)?.gelu_erf()?)?)?;
+        }
+        self.len = total;
+        let last = dec.norm.forward_fused(&x.narrow(1, n - 1, 1)?)?;
+        let logits = dec
+            .heads
+            .iter()
+            .map(|head| head.forward(&last))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        // (batch, codebooks, 1, vocab)
+        let logits = Tensor::stack(&logits, 1)?;
+        Ok(logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+    }
+}

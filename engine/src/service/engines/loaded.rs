@@ -8,12 +8,14 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::neural::device::{self, Chosen};
 use crate::neural::models::clip::{Clip, VisionPrecision};
 use crate::neural::{MusicGen, Precision};
 
-/// A model's folder and the precision it runs at.
-type Key = (PathBuf, Precision);
+/// A model's folder, the precision it runs at, and the device its decoder
+/// runs on (`cpu`, `cuda:0`).
+type Key = (PathBuf, Precision, String);
 
 /// The models of one kind this process holds, by folder and precision, and
 /// how many it has loaded from disk.
@@ -36,6 +38,7 @@ impl<T> Registry<T> {
         &self,
         dir: &Path,
         precision: Precision,
+        device: &str,
         load: impl FnOnce() -> Result<T>,
     ) -> Result<Arc<T>> {
         // Held while loading, so two engines asking at once load it once.
@@ -43,14 +46,17 @@ impl<T> Registry<T> {
         held.retain(|(_, w)| w.strong_count() > 0);
         if let Some(m) = held
             .iter()
-            .find(|((d, p), _)| d == dir && *p == precision)
+            .find(|((d, p, on), _)| d == dir && *p == precision && on == device)
             .and_then(|(_, w)| w.upgrade())
         {
             return Ok(m);
         }
         let model = Arc::new(load()?);
         self.loads.fetch_add(1, Ordering::Relaxed);
-        held.push(((dir.to_path_buf(), precision), Arc::downgrade(&model)));
+        held.push((
+            (dir.to_path_buf(), precision, device.to_string()),
+            Arc::downgrade(&model),
+        ));
         Ok(model)
     }
 
@@ -65,10 +71,36 @@ impl<T> Registry<T> {
 static MUSICGEN: Registry<MusicGen> = Registry::new();
 static CLIP: Registry<Clip> = Registry::new();
 
-/// The MusicGen of `dir` at `precision`: the copy another engine of this
-/// process holds, or a fresh load.
-pub(crate) fn musicgen(dir: &Path, precision: Precision) -> Result<Arc<MusicGen>> {
-    MUSICGEN.get(dir, precision, || MusicGen::load_as(dir, precision))
+/// The MusicGen of `dir` at `precision`, its decoder on `device`: the copy
+/// another engine of this process holds, or a fresh load. A device that
+/// cannot take the decoder is an [`Error::Device`] (the engines then go on
+/// on the CPU).
+pub(crate) fn musicgen(dir: &Path, precision: Precision, device: &Chosen) -> Result<Arc<MusicGen>> {
+    MUSICGEN.get(dir, precision, &device.name, || {
+        let mut model = MusicGen::load_as(dir, precision)?;
+        if !device.is_cpu() {
+            let dtype = device::dtype_for(&device.device)?;
+            model
+                .use_device(&device.device, dtype)
+                .map_err(|e| Error::Device {
+                    device: device.name.clone(),
+                    reason: format!("cannot hold the decoder ({e})"),
+                })?;
+        }
+        Ok(model)
+    })
+}
+
+/// Whether `model` is the one [`musicgen`] gives for these settings.
+pub(crate) fn is_musicgen(
+    model: &MusicGen,
+    dir: &Path,
+    precision: Precision,
+    device: &Chosen,
+) -> bool {
+    model.dir() == dir
+        && model.precision() == precision
+        && model.device().same_device(&device.device)
 }
 
 /// How many MusicGen models this process has loaded from disk, and how many
@@ -83,7 +115,7 @@ pub fn musicgen_loads() -> (usize, usize) {
 /// in 8 bits where the CPU has AVX-512 VNNI (about 3× faster; cosine ≥ 0.9998
 /// to f32 on the fixtures and a random ViT-B/32), else in f32.
 pub(crate) fn clip(dir: &Path, precision: Precision) -> Result<Arc<Clip>> {
-    CLIP.get(dir, precision, || {
+    CLIP.get(dir, precision, "cpu", || {
         let mut model = Clip::load(dir)?;
         if precision == Precision::Q8 {
             model.vision.set_precision(VisionPrecision::Int8)?;

@@ -21,7 +21,8 @@ use super::{EngineChoice, EngineConfig, MusicSpec, Resolved, Stage};
 use crate::analysis::Analysis;
 use crate::analysis::tags::{SectionTags, Vocabulary};
 use crate::audio::{Audio, LoudnessReport};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::neural::device::{self, Chosen, DeviceChoice};
 use crate::video::VideoInfo;
 
 /// What an engine is given to make one piece.
@@ -46,6 +47,8 @@ pub(crate) struct Work<'a> {
     /// The threads neural work runs on; `None` for engines that say they
     /// need none.
     pub pools: Option<Arc<Pools>>,
+    /// Where the neural decoder runs (given with the pools).
+    pub device: Chosen,
 }
 
 impl<'a> Work<'a> {
@@ -68,6 +71,7 @@ impl<'a> Work<'a> {
             progress,
             sink,
             pools: None,
+            device: Chosen::cpu(String::new()),
         }
     }
 }
@@ -106,6 +110,10 @@ pub(crate) struct Engines {
     zero_shot: zeroshot::ZeroShot,
     vidmusician: vidmusician::VidMusician,
     pools: Option<Arc<Pools>>,
+    /// The device asked for and the one opened, on first neural use; the
+    /// CPU after the device failed. Dropped with the engine thread, which
+    /// lets the device's context go.
+    device: Option<(DeviceChoice, Chosen)>,
     /// The last overview's thumbnails: a new take of the same video needs
     /// no new pictures.
     thumbnails: Option<(super::VideoId, usize, Vec<super::Thumbnail>)>,
@@ -174,20 +182,87 @@ impl Engines {
 
     /// Makes `work`'s music with the engine its spec names.
     pub fn make(&mut self, mut work: Work<'_>) -> Result<Made> {
-        let engine: &mut dyn Pipeline = match work.spec.engine.choice {
+        let choice = work.spec.engine.choice;
+        if !self.pipeline(choice).uses_pools() {
+            return self.pipeline(choice).make(work);
+        }
+        work.pools = Some(
+            self.pools
+                .get_or_insert_with(|| Arc::new(Pools::new()))
+                .clone(),
+        );
+        work.device = self.device(work.config.device);
+        if work.device.is_cpu() {
+            return self.pipeline(choice).make(work);
+        }
+        // A device that fails before any music is handed over (no memory
+        // for the model or the window) leaves this piece, and the ones
+        // after it, to the CPU.
+        let mut handed = false;
+        let sink = &mut *work.sink;
+        let mut counting = |a: &Audio, complete: bool| {
+            handed = true;
+            sink(a, complete)
+        };
+        let on_device = Work {
+            sink: &mut counting,
+            pools: work.pools.clone(),
+            device: work.device.clone(),
+            ..work
+        };
+        match self.pipeline(choice).make(on_device) {
+            Err(e) if is_device_failure(&e) && !handed => {
+                let name = work.device.name.clone();
+                let cpu = Chosen::cpu(format!("running on the CPU: {name} failed ({e})"));
+                self.device = Some((work.config.device, cpu.clone()));
+                let again = Work {
+                    sink: &mut *sink,
+                    device: cpu,
+                    ..work
+                };
+                self.pipeline(choice).make(again)
+            }
+            other => other,
+        }
+    }
+
+    fn pipeline(&mut self, choice: EngineChoice) -> &mut dyn Pipeline {
+        match choice {
             EngineChoice::Text => &mut self.text,
             EngineChoice::ZeroShot => &mut self.zero_shot,
             EngineChoice::VidMusician => &mut self.vidmusician,
             // `resolve` never leaves `auto`; the composer is the safe answer.
             EngineChoice::Sketch | EngineChoice::Auto => &mut self.sketch,
-        };
-        if engine.uses_pools() {
-            work.pools = Some(
-                self.pools
-                    .get_or_insert_with(|| Arc::new(Pools::new()))
-                    .clone(),
-            );
         }
-        engine.make(work)
     }
+
+    /// The device for `choice`, opened on first use (or when the choice
+    /// changed). One that cannot be opened leaves the CPU, saying why.
+    fn device(&mut self, choice: DeviceChoice) -> Chosen {
+        match &self.device {
+            Some((c, chosen)) if *c == choice => chosen.clone(),
+            _ => {
+                let chosen = device::choose(choice)
+                    .unwrap_or_else(|e| Chosen::cpu(format!("running on the CPU: {e}")));
+                self.device = Some((choice, chosen.clone()));
+                chosen
+            }
+        }
+    }
+
+    /// Where the last piece of `engine` ran and why, for neural engines.
+    pub fn device_note(&self, engine: EngineChoice) -> Option<String> {
+        match engine {
+            EngineChoice::Text | EngineChoice::ZeroShot | EngineChoice::VidMusician => {
+                self.device.as_ref().map(|(_, c)| c.note.clone())
+            }
+            EngineChoice::Sketch | EngineChoice::Auto => None,
+        }
+    }
+}
+
+/// Whether `e` is the device's failing (it could not take the model or a
+/// window) rather than the request's.
+fn is_device_failure(e: &Error) -> bool {
+    matches!(e, Error::Device { .. })
 }

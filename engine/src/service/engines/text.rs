@@ -69,12 +69,12 @@ impl Pipeline for Text {
         if self
             .model
             .as_ref()
-            .is_none_or(|m| m.dir() != dir || m.precision() != precision)
+            .is_none_or(|m| !loaded::is_musicgen(m, dir, precision, &work.device))
         {
             (work.progress)(Stage::Analysing, 0.0);
             // Let go of the old model first: two may not fit.
             self.model = None;
-            self.model = Some(loaded::musicgen(dir, precision)?);
+            self.model = Some(loaded::musicgen(dir, precision, &work.device)?);
             (work.progress)(Stage::Analysing, 1.0);
         }
         let Some(model) = self.model.clone() else {

@@ -54,7 +54,7 @@ impl Pipeline for VidMusician {
         let base_id = work.config.text_model.clone();
         pools.run(|| -> Result<Made> {
             progress(Stage::Analysing, 0.0);
-            let musicgen = self.musicgen(mg_dir, precision)?;
+            let musicgen = self.musicgen(mg_dir, precision, &work.device)?;
             let clip = self.clip(clip_dir, precision)?;
             let hash = spec.engine.adapter.clone().unwrap_or_default();
             let adapter = self.adapter(adapter_path, &hash, mg_dir, &musicgen, &base_id)?;
@@ -187,15 +187,16 @@ impl VidMusician {
         &mut self,
         dir: &Path,
         precision: crate::neural::Precision,
+        device: &crate::neural::device::Chosen,
     ) -> Result<Arc<MusicGen>> {
         if self
             .musicgen
             .as_ref()
-            .is_none_or(|m| m.dir() != dir || m.precision() != precision)
+            .is_none_or(|m| !loaded::is_musicgen(m, dir, precision, device))
         {
             self.musicgen = None;
             self.adapter = None;
-            self.musicgen = Some(loaded::musicgen(dir, precision)?);
+            self.musicgen = Some(loaded::musicgen(dir, precision, device)?);
         }
         self.musicgen.clone().ok_or(Error::EngineGone)
     }

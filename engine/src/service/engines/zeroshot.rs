@@ -107,10 +107,10 @@ impl Pipeline for ZeroShot {
             if self
                 .musicgen
                 .as_ref()
-                .is_none_or(|m| m.dir() != mg_dir || m.precision() != precision)
+                .is_none_or(|m| !loaded::is_musicgen(m, mg_dir, precision, &work.device))
             {
                 self.musicgen = None;
-                self.musicgen = Some(loaded::musicgen(mg_dir, precision)?);
+                self.musicgen = Some(loaded::musicgen(mg_dir, precision, &work.device)?);
             }
             if self
                 .clip

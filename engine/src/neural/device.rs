@@ -1,0 +1,219 @@
+//! Where the neural networks run: `--device auto|cpu|cuda[:N]`.
+//!
+//! The CPU is always there. CUDA needs a build with the `cuda` feature
+//! (candle's CUDA backend) and, at run time, an NVIDIA driver and the CUDA
+//! libraries; a build without the feature says so rather than pretending.
+//! `auto` takes the first CUDA device when the build has CUDA and a device
+//! answers, and the CPU otherwise, and says which it took and why.
+//!
+//! On a device, MusicGen's decoder runs as candle tensors
+//! ([`crate::neural::models::musicgen::MusicgenDecoder::session`]): both
+//! rows of guidance as one batch, the keys and values in buffers made once
+//! per window.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Device};
+
+use crate::{Error, Result};
+
+/// The device a user asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum DeviceChoice {
+    /// A CUDA device when there is one, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// The CUDA device of this ordinal.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(0)),
+            _ => match t.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) if n < 64 => Ok(Self::Cuda(n)),
+                _ => Err(Error::InvalidSetting(format!(
+                    "unknown device `{s}`: use auto, cpu, cuda or cuda:N"
+                ))),
+            },
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl serde::Serialize for DeviceChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The device the networks run on, and why it was taken.
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    pub device: Device,
+    /// `cpu` or `cuda:N`.
+    pub name: String,
+    /// One line for the user: which device, and for `auto` why.
+    pub note: String,
+}
+
+impl Chosen {
+    pub fn cpu(note: String) -> Self {
+        Self {
+            device: Device::Cpu,
+            name: "cpu".into(),
+            note,
+        }
+    }
+
+    pub fn is_cpu(&self) -> bool {
+        self.device.is_cpu()
+    }
+}
+
+/// Whether this build can run on CUDA devices at all.
+pub fn cuda_built() -> bool {
+    cfg!(feature = "cuda")
+}
+
+/// Opens the device `choice` names. `cuda` on a build or machine without
+/// CUDA is an error naming what is missing; `auto` falls back to the CPU
+/// and says why.
+pub fn choose(choice: DeviceChoice) -> Result<Chosen> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Chosen::cpu("running on the CPU (asked for)".into())),
+        DeviceChoice::Cuda(n) => open_cuda(n),
+        DeviceChoice::Auto => match open_cuda(0) {
+            Ok(mut c) => {
+                c.note = format!("{} (auto: a CUDA device answered)", c.note);
+                Ok(c)
+            }
+            Err(e) => Ok(Chosen::cpu(format!(
+                "running on the CPU (auto: {})",
+                match e {
+                    Error::Device { reason, .. } => reason,
+                    other => other.to_string(),
+                }
+            ))),
+        },
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(n: usize) -> Result<Chosen> {
+    Err(Error::Device {
+        device: format!("cuda:{n}"),
+        reason: "this build of vidmusician has no CUDA support (it was built without the \
+                 `cuda` feature); build it with `cargo build --release --features cuda` on a \
+                 machine with the CUDA toolkit, or use --device cpu"
+            .into(),
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda(n: usize) -> Result<Chosen> {
+    // A panic inside the driver bindings must not take the process (a
+    // host, for the plugin) with it.
+    let opened = std::panic::catch_unwind(|| Device::new_cuda(n));
+    match opened {
+        Ok(Ok(device)) => Ok(Chosen {
+            device,
+            name: format!("cuda:{n}"),
+            note: format!("running on CUDA device {n}"),
+        }),
+        Ok(Err(e)) => Err(Error::Device {
+            device: format!("cuda:{n}"),
+            reason: format!(
+                "cannot open CUDA device {n}: {e}; is an NVIDIA GPU there, with its driver \
+                 (libcuda.so.1) and the CUDA 13 libraries?"
+            ),
+        }),
+        Err(_) => Err(Error::Device {
+            device: format!("cuda:{n}"),
+            reason: "the CUDA driver failed while opening the device; is the NVIDIA driver \
+                     installed and loaded?"
+                .into(),
+        }),
+    }
+}
+
+/// The type the decoder's weights take on `device`: f32 on the CPU; on a
+/// GPU `VIDMUSICIAN_DEVICE_DTYPE` (f32, f16 or bf16) or f32 until the
+/// parity check has settled which half type holds MusicGen's accuracy.
+pub fn dtype_for(device: &Device) -> Result<DType> {
+    if device.is_cpu() {
+        return Ok(DType::F32);
+    }
+    match std::env::var("VIDMUSICIAN_DEVICE_DTYPE").as_deref() {
+        Err(_) | Ok("" | "f32") => Ok(DType::F32),
+        Ok("f16") => Ok(DType::F16),
+        Ok("bf16") => Ok(DType::BF16),
+        Ok(other) => Err(Error::InvalidSetting(format!(
+            "VIDMUSICIAN_DEVICE_DTYPE={other}: use f32, f16 or bf16"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_parse_and_print_back() {
+        for (s, c) in [
+            ("auto", DeviceChoice::Auto),
+            ("CPU", DeviceChoice::Cpu),
+            ("cuda", DeviceChoice::Cuda(0)),
+            ("cuda:3", DeviceChoice::Cuda(3)),
+        ] {
+            let parsed: DeviceChoice = s.parse().unwrap();
+            assert_eq!(parsed, c);
+            assert_eq!(parsed.to_string().parse::<DeviceChoice>().unwrap(), c);
+        }
+        for bad in [
+            "", "cuda:", "cuda:x", "cuda:-1", "cuda:999", "metal", "tpu:0",
+        ] {
+            let e = bad.parse::<DeviceChoice>().unwrap_err().to_string();
+            assert!(e.contains("auto, cpu, cuda or cuda:N"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn cpu_is_always_there_and_auto_says_why_it_took_it() {
+        let c = choose(DeviceChoice::Cpu).unwrap();
+        assert!(c.is_cpu());
+        if !cuda_built() {
+            let a = choose(DeviceChoice::Auto).unwrap();
+            assert!(a.is_cpu());
+            assert!(a.note.contains("no CUDA support"), "{}", a.note);
+            let e = choose(DeviceChoice::Cuda(1)).unwrap_err().to_string();
+            assert!(e.starts_with("device cuda:1:"), "{e}");
+            assert!(e.contains("without the `cuda` feature"), "{e}");
+            assert!(e.contains("--device cpu"), "{e}");
+        }
+    }
+}

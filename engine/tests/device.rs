@@ -1,0 +1,245 @@
+//! The decoder as candle tensors with a key/value cache (what runs on a GPU)
+//! against transformers' recorded outputs and the CPU decoder, run here on
+//! the CPU device: the same code runs on CUDA in a `cuda` build.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use vidmusician_engine::neural::device::{self, DeviceChoice};
+use vidmusician_engine::neural::generate::{self, Sampling};
+use vidmusician_engine::neural::models::musicgen::MusicgenDecoder;
+use vidmusician_engine::neural::weights::Weights;
+use vidmusician_engine::neural::{Cross, MusicGen};
+
+const TOL: f32 = 1e-4;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny")
+}
+
+fn reference() -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture().join("reference.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn prompt() -> String {
+    let text = std::fs::read_to_string(fixture().join("reference.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["prompts"][0].as_str().unwrap().to_string()
+}
+
+fn u32s(r: &std::collections::HashMap<String, Tensor>, name: &str) -> Tensor {
+    r[name].to_dtype(DType::U32).unwrap()
+}
+
+fn device_decoder(m: &MusicGen) -> MusicgenDecoder {
+    let w = Weights::open_dir(&fixture()).unwrap();
+    MusicgenDecoder::load(&w.pp("decoder"), &m.config().decoder)
+        .unwrap()
+        .to_device(&Device::Cpu, DType::F32)
+        .unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Each of the reference's two sequences, read by a session of its own, one
+/// position per step and, again, the first half in one step: every
+/// position's logits are transformers' (padded text, fixed codes).
+#[test]
+fn a_cached_session_gives_the_reference_logits_step_by_step_and_in_one_read() {
+    let m = MusicGen::load(&fixture()).unwrap();
+    let dec = device_decoder(&m);
+    let r = reference();
+    let ids = u32s(&r, "text.input_ids");
+    let mask = u32s(&r, "text.attention_mask");
+    let states = m.text_states(&ids, &mask).unwrap();
+    let codes = u32s(&r, "decoder.input_ids");
+    let k = dec.config().num_codebooks;
+    let vocab = dec.config().vocab_size;
+    let seq = codes.dim(1).unwrap();
+    // (sequence · codebook, position, vocab)
+    let want: Vec<f32> = r["decoder.logits"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let want_at = |s: usize, c: usize, t: usize| {
+        let at = ((s * k + c) * seq + t) * vocab;
+        &want[at..at + vocab]
+    };
+    for s in 0..2 {
+        let st = states.narrow(0, s, 1).unwrap();
+        let ma = mask.narrow(0, s, 1).unwrap();
+        let tokens: Vec<Vec<u32>> = (0..k)
+            .map(|c| codes.get(s * k + c).unwrap().to_vec1().unwrap())
+            .collect();
+        let at = |t0: usize, t1: usize| -> Vec<u32> {
+            (0..k).flat_map(|c| tokens[c][t0..t1].to_vec()).collect()
+        };
+        let mut one = dec.session(Some((&st, &ma)), 1, seq).unwrap();
+        for t in 0..seq {
+            let logits = one.step(&at(t, t + 1), 1, &[]).unwrap();
+            for c in 0..k {
+                let d = max_diff(&logits[c * vocab..(c + 1) * vocab], want_at(s, c, t));
+                assert!(d < TOL, "sequence {s}, position {t}, codebook {c}: {d}");
+            }
+        }
+        assert_eq!(one.len(), seq);
+        assert!(
+            one.step(&at(0, 1), 1, &[]).is_err(),
+            "past the session's capacity"
+        );
+        let half = seq / 2;
+        let mut two = dec.session(Some((&st, &ma)), 1, seq).unwrap();
+        let logits = two.step(&at(0, half), half, &[]).unwrap();
+        for c in 0..k {
+            let d = max_diff(&logits[c * vocab..(c + 1) * vocab], want_at(s, c, half - 1));
+            assert!(d < TOL, "sequence {s}, read at once, codebook {c}: {d}");
+        }
+        let logits = two.step(&at(half, half + 1), 1, &[]).unwrap();
+        let d = max_diff(&logits[..vocab], want_at(s, 0, half));
+        assert!(d < TOL, "sequence {s}, the step after a read at once: {d}");
+    }
+}
+
+/// Greedy generation through the device path gives transformers' codes,
+/// guided (both rows as one batch) and not.
+#[test]
+fn greedy_generation_on_the_device_path_gives_the_reference_codes() {
+    let mut m = MusicGen::load(&fixture()).unwrap();
+    let cpu_cross = m.condition(&prompt()).unwrap();
+    assert!(matches!(cpu_cross, Cross::Cpu(_)));
+    m.use_device_decoder(device_decoder(&m)).unwrap();
+    assert!(matches!(m.condition(&prompt()).unwrap(), Cross::States(..)));
+    let r = reference();
+    for (name, guidance) in [("generate.guided", 3.0), ("generate.unguided", 1.0)] {
+        let want: Vec<u32> = u32s(&r, &format!("{name}.codes"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let frames = r[&format!("{name}.codes")].dim(2).unwrap();
+        let got = m
+            .generate_frames(&prompt(), frames, &Sampling::greedy(guidance), &mut |_| {
+                true
+            })
+            .unwrap();
+        let k = got[0].len();
+        let got: Vec<u32> = (0..k).flat_map(|c| got.iter().map(move |f| f[c])).collect();
+        assert_eq!(got, want, "{name}: codes differ");
+    }
+}
+
+/// Sampled generation with in-attention inputs and a prompt to continue:
+/// the device path draws the same tokens as the CPU decoder.
+#[test]
+fn sampling_with_layer_inputs_and_a_prompt_matches_the_cpu_decoder() {
+    let m = MusicGen::load(&fixture()).unwrap();
+    let dec = device_decoder(&m);
+    let cfg = dec.config().clone();
+    let (k, h) = (cfg.num_codebooks, cfg.hidden_size);
+    let (ids, mask) = m.tokenize(&[&prompt()]).unwrap();
+    let states = m.text_states(&ids, &mask).unwrap();
+    let Cross::Cpu(kv) = m.cross(&states, &mask).unwrap() else {
+        panic!("a CPU model gives CPU conditions");
+    };
+    let prompt_frames: Vec<Vec<u32>> = (0..5)
+        .map(|f| {
+            (0..k)
+                .map(|c| ((f * 7 + c * 3) % cfg.vocab_size) as u32)
+                .collect()
+        })
+        .collect();
+    let frames = 9;
+    let positions = prompt_frames.len() + frames + k - 1;
+    let inputs: Vec<Option<Vec<f32>>> = (0..cfg.num_hidden_layers)
+        .map(|l| {
+            (l % 2 == 0).then(|| {
+                (0..positions * h)
+                    .map(|i| ((i * 31 + l * 7) % 17) as f32 / 17.0 - 0.5)
+                    .collect()
+            })
+        })
+        .collect();
+    let s = Sampling {
+        seed: 11,
+        ..Sampling::default()
+    };
+    let mut steps_cpu = 0;
+    let cpu = generate::generate_with(
+        m.decoder(),
+        Some(&kv),
+        &inputs,
+        &prompt_frames,
+        frames,
+        &s,
+        &mut |_, _| {
+            steps_cpu += 1;
+            true
+        },
+    )
+    .unwrap();
+    let mut steps_dev = 0;
+    let dev = generate::generate_on(
+        &dec,
+        Some((&states, &mask)),
+        &inputs,
+        &prompt_frames,
+        frames,
+        &s,
+        &mut |_, _| {
+            steps_dev += 1;
+            true
+        },
+    )
+    .unwrap();
+    assert_eq!(cpu.len(), frames);
+    assert_eq!(dev, cpu);
+    assert_eq!(steps_dev, steps_cpu);
+    // The inputs matter: without them the tokens differ.
+    let plain = generate::generate_on(
+        &dec,
+        Some((&states, &mask)),
+        &[],
+        &prompt_frames,
+        frames,
+        &s,
+        &mut |_, _| true,
+    )
+    .unwrap();
+    assert_ne!(plain, dev, "the layer inputs must change the draw");
+    // Inputs too short for the window are refused.
+    let short = vec![Some(vec![0.0; h])];
+    let err = generate::generate_on(
+        &dec,
+        Some((&states, &mask)),
+        &short,
+        &prompt_frames,
+        frames,
+        &s,
+        &mut |_, _| true,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("in-attention inputs"), "{err}");
+}
+
+/// Without a CUDA build, asking for CUDA by name is refused with what is
+/// missing, and `auto` settles on the CPU saying why; the CLI does the same.
+#[test]
+fn cuda_without_a_cuda_build_is_refused_and_auto_takes_the_cpu() {
+    if device::cuda_built() {
+        eprintln!("skipped: this is a CUDA build; the GPU check covers it");
+        return;
+    }
+    let e = device::choose(DeviceChoice::Cuda(0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no CUDA support"), "{e}");
+    let a = device::choose(DeviceChoice::Auto).unwrap();
+    assert!(a.is_cpu() && a.note.contains("CPU"), "{}", a.note);
+}
