@@ -243,3 +243,259 @@ fn cuda_without_a_cuda_build_is_refused_and_auto_takes_the_cpu() {
     let a = device::choose(DeviceChoice::Auto).unwrap();
     assert!(a.is_cpu() && a.note.contains("CPU"), "{}", a.note);
 }
+
+// The GPU helper: this build's `vidmusician gpu-serve --device cpu` runs the
+// device path on the CPU in a process of its own, which is how a CPU build
+// drives a `cuda` build's helper.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use vidmusician_engine::Error;
+use vidmusician_engine::neural::helper::Helper;
+
+fn vidmusician() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_vidmusician"))
+}
+
+/// An executable shell script in `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// A window to generate: states, mask, in-attention inputs, prompt frames.
+type TestWindow = (Tensor, Tensor, Vec<Option<Vec<f32>>>, Vec<Vec<u32>>);
+
+fn window(m: &MusicGen) -> TestWindow {
+    let cfg = &m.config().decoder;
+    let (k, h) = (cfg.num_codebooks, cfg.hidden_size);
+    let (ids, mask) = m.tokenize(&[&prompt()]).unwrap();
+    let states = m.text_states(&ids, &mask).unwrap();
+    let prompt_frames: Vec<Vec<u32>> = (0..4)
+        .map(|f| {
+            (0..k)
+                .map(|c| ((f * 5 + c) % cfg.vocab_size) as u32)
+                .collect()
+        })
+        .collect();
+    let positions = prompt_frames.len() + 30 + k - 1;
+    let inputs = vec![
+        None,
+        Some(
+            (0..positions * h)
+                .map(|i| (i % 13) as f32 / 13.0 - 0.5)
+                .collect(),
+        ),
+    ];
+    (states, mask, inputs, prompt_frames)
+}
+
+#[test]
+fn the_helper_process_draws_the_cpu_decoders_tokens_and_can_be_cancelled() {
+    let m = MusicGen::load(&fixture()).unwrap();
+    let (states, mask, inputs, prompt_frames) = window(&m);
+    let Cross::Cpu(kv) = m.cross(&states, &mask).unwrap() else {
+        panic!("a CPU model gives CPU conditions");
+    };
+    let s = Sampling {
+        seed: 4,
+        ..Sampling::default()
+    };
+    let want = generate::generate_with(
+        m.decoder(),
+        Some(&kv),
+        &inputs,
+        &prompt_frames,
+        30,
+        &s,
+        &mut |_, _| true,
+    )
+    .unwrap();
+
+    let h = Helper::start(vidmusician(), "cpu").unwrap();
+    assert_eq!(h.device(), "cpu");
+    let err = h
+        .generate(Some((&states, &mask)), &[], &[], 3, &s, &mut |_, _| true)
+        .unwrap_err();
+    assert!(err.to_string().contains("holds no model"), "{err}");
+    h.load(&fixture(), DType::F32).unwrap();
+    let mut seen = Vec::new();
+    let got = h
+        .generate(
+            Some((&states, &mask)),
+            &inputs,
+            &prompt_frames,
+            30,
+            &s,
+            &mut |p, complete| {
+                assert_eq!(complete.len(), p.complete);
+                seen.push(p.step);
+                true
+            },
+        )
+        .unwrap();
+    assert_eq!(got, want, "the helper's tokens are the CPU decoder's");
+    assert_eq!(
+        seen,
+        (1..=seen.len()).collect::<Vec<_>>(),
+        "every step reported"
+    );
+    // The frames final at each step are the window's, in order.
+    let mut last = Vec::new();
+    h.generate(
+        Some((&states, &mask)),
+        &inputs,
+        &prompt_frames,
+        30,
+        &s,
+        &mut |_, complete| {
+            last = complete.to_vec();
+            true
+        },
+    )
+    .unwrap();
+    assert_eq!(last, want);
+
+    // Cancelled at the fifth step: the helper stops and serves the next.
+    let mut steps = 0;
+    let err = h
+        .generate(
+            Some((&states, &mask)),
+            &inputs,
+            &prompt_frames,
+            30,
+            &s,
+            &mut |_, _| {
+                steps += 1;
+                steps < 5
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert_eq!(steps, 5, "no step is reported after the cancel");
+    // A wrong request is refused and leaves the helper working.
+    let bad = vec![vec![9999u32; 4]];
+    let err = h
+        .generate(Some((&states, &mask)), &[], &bad, 3, &s, &mut |_, _| true)
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidSetting(_)), "{err}");
+    let again = h
+        .generate(
+            Some((&states, &mask)),
+            &inputs,
+            &prompt_frames,
+            30,
+            &s,
+            &mut |_, _| true,
+        )
+        .unwrap();
+    assert_eq!(again, want);
+    // Unconditional, and a checkpoint that is not there.
+    h.generate(None, &[], &[], 3, &Sampling::greedy(1.0), &mut |_, _| true)
+        .unwrap();
+    let err = h
+        .load(Path::new("/nonexistent/model"), DType::F32)
+        .unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/model"), "{err}");
+
+    // Letting go of the helper ends its process (and frees its device).
+    let pid = h.pid();
+    drop(h);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the helper outlived its owner"
+    );
+}
+
+#[test]
+fn a_helper_that_cannot_start_names_what_is_missing_and_auto_takes_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    // What the loader says where a `cuda` build meets a machine without the
+    // NVIDIA driver.
+    let missing = script(
+        dir.path(),
+        "vidmusician-cuda",
+        "echo \"$0: error while loading shared libraries: libcuda.so.1: cannot open shared object file: No such file or directory\" >&2\nexit 127",
+    );
+    let err = Helper::start(&missing, "cuda:0").err().unwrap().to_string();
+    assert!(err.contains("libcuda.so.1") && err.contains("127"), "{err}");
+    let e = device::choose_with(DeviceChoice::Cuda(0), Some(&missing))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.starts_with("device cuda:0:") && e.contains("libcuda.so.1"),
+        "{e}"
+    );
+    let auto = device::choose_with(DeviceChoice::Auto, Some(&missing)).unwrap();
+    assert!(auto.is_cpu());
+    assert!(auto.note.contains("libcuda.so.1"), "{}", auto.note);
+    // A helper that is not there, and one that says nothing and ends.
+    let err = Helper::start(&dir.path().join("absent"), "cuda:0")
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("cannot start the GPU helper"),
+        "{err}"
+    );
+    let mute = script(dir.path(), "mute", "exit 0");
+    let err = Helper::start(&mute, "cuda:0").err().unwrap().to_string();
+    assert!(err.contains("could not start"), "{err}");
+    // A helper that asks for an unknown device is refused by it.
+    let err = Helper::start(vidmusician(), "tpu:0")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("could not start") && err.contains("tpu"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_helper_that_dies_in_a_window_is_an_error_at_once_not_a_hang() {
+    let m = MusicGen::load(&fixture()).unwrap();
+    let (states, mask, inputs, prompt_frames) = window(&m);
+    let h = Helper::start(vidmusician(), "cpu").unwrap();
+    h.load(&fixture(), DType::F32).unwrap();
+    let pid = h.pid();
+    let t0 = Instant::now();
+    let mut steps = 0;
+    let err = h
+        .generate(
+            Some((&states, &mask)),
+            &inputs,
+            &prompt_frames,
+            30,
+            &Sampling::default(),
+            &mut |_, _| {
+                steps += 1;
+                if steps == 2 {
+                    // As a GPU fault ends it.
+                    std::process::Command::new("kill")
+                        .args(["-9", &pid.to_string()])
+                        .status()
+                        .unwrap();
+                }
+                true
+            },
+        )
+        .unwrap_err();
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let text = err.to_string();
+    assert!(matches!(err, Error::Device { .. }), "{text}");
+    assert!(
+        text.contains("the GPU helper stopped") && text.contains("9"),
+        "{text}"
+    );
+    // Every later call says the same at once.
+    let again = h.load(&fixture(), DType::F16).unwrap_err().to_string();
+    assert!(again.contains("the GPU helper stopped"), "{again}");
+}

@@ -403,12 +403,66 @@ fn a_device_that_cannot_be_had_leaves_the_work_on_the_cpu_and_says_so() {
         );
         assert_eq!(other.audio.channels, cpu.audio.channels, "{choice}");
     }
-    // The composer reads no device.
+    // Through a GPU helper (here this build's `gpu-serve` on the CPU, as a
+    // `cuda` build's serves a GPU): the same piece, made in the helper,
+    // which ends with the engine.
     let dir = tempfile::tempdir().unwrap();
+    let helper = dir.path().join("vidmusician-cuda");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nexec {:?} gpu-serve --device cpu\n",
+            env!("CARGO_BIN_EXE_vidmusician")
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let through = Engine::start(EngineConfig {
+        cache_dir: None,
+        model_dir: Some(model.clone()),
+        device: DeviceChoice::Cuda(0),
+        gpu_helper: Some(helper.clone()),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let mut req = Request::text("calm piano", 1.0);
+    req.sample_rate = 32_000;
+    req.seed = 3;
+    let (id, _) = through.submit(req).unwrap();
+    let done = through.wait(id, |_| {}).unwrap();
+    let note = done.device.clone().unwrap_or_default();
+    assert!(
+        note.contains("in the GPU helper") && note.contains("vidmusician-cuda"),
+        "{note}"
+    );
+    assert_eq!(done.audio.channels, cpu.audio.channels);
+    assert_eq!(helpers_running(), 1, "one helper for the engine");
+    drop(through);
+    assert_eq!(helpers_running(), 0, "the helper outlived the engine");
+
+    // The composer reads no device.
     let eng = engine(dir.path());
     let v = video(dir.path(), "a.mp4", 2.0);
     let (id, _) = eng.submit(Request::new(&v)).unwrap();
     assert_eq!(eng.wait(id, |_| {}).unwrap().device, None);
+}
+
+/// This process's children serving as GPU helpers.
+fn helpers_running() -> usize {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let stat = std::fs::read_to_string(p.join("stat")).ok()?;
+            // pid (comm) state ppid …
+            let after = stat.rsplit_once(')')?.1;
+            let ppid = after.split_whitespace().nth(1)?;
+            let cmd = std::fs::read_to_string(p.join("cmdline")).ok()?;
+            (ppid == me && cmd.contains("gpu-serve")).then_some(())
+        })
+        .count()
 }
 
 fn step_threads() -> usize {

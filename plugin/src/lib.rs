@@ -140,6 +140,7 @@ impl DefaultPluginFactory for VidMusician {
             overview: None,
             sections: Vec::new(),
             section_seeds: 0,
+            device: Default::default(),
         }));
         let steward = Steward::start(shared, Arc::clone(&inner))
             .map_err(|_| PluginError::Message("cannot start a thread"))?;
@@ -164,6 +165,13 @@ pub struct VidMusicianEntry {
 
 impl Entry for VidMusicianEntry {
     fn new(plugin_path: Option<&CStr>) -> Result<Self, EntryLoadError> {
+        // The GPU helper is looked for beside the plugin's file.
+        if let Some(dir) = plugin_path
+            .and_then(|p| p.to_str().ok())
+            .and_then(|p| std::path::Path::new(p).parent())
+        {
+            vidmusician_engine::neural::helper::set_plugin_dir(dir);
+        }
         Ok(Self {
             plugin: SinglePluginEntry::new(plugin_path)?,
             presets: PresetDiscoveryFactoryWrapper::new(presets::PresetFactory::default()),

@@ -281,6 +281,7 @@ impl PluginStateImpl for MainThread<'_> {
                 sections: inner.sections.clone(),
                 section_seeds: inner.section_seeds,
                 video_override: inner.video_override,
+                device: inner.device,
             },
         );
         std::io::Write::write_all(output, &s.to_bytes())
@@ -321,6 +322,7 @@ impl PluginStateImpl for MainThread<'_> {
             inner.sections = s.sections;
             inner.section_seeds = s.section_seeds;
             inner.video_override = s.video_override;
+            inner.device = s.device;
             // What was being made and drawn was for the old settings.
             inner.current = None;
             inner.resolved = None;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use clack_extensions::log::LogSeverity;
+use vidmusician_engine::neural::device::DeviceChoice;
 use vidmusician_engine::service::{
     ChunkReader, CutSource, CutsRequest, Engine, EngineChoice, EngineConfig, Event, MusicSource,
     Precision, Request, Resolved, Section,
@@ -55,6 +56,8 @@ pub(crate) struct Inner {
     pub(crate) sections: Vec<Section>,
     /// Section edits made so far (undone ones too), for their seeds.
     pub(crate) section_seeds: u64,
+    /// Where the neural engines' decoder runs.
+    pub(crate) device: DeviceChoice,
 }
 
 /// Where a take's music comes from.
@@ -171,6 +174,7 @@ pub(crate) fn request(shared: &Shared<'_>, inner: &mut Inner) {
     req.seed = shared.params.get(ParamId::Seed) as u64;
     req.prompt = inner.prompt.clone();
     req.sections = inner.sections.clone();
+    req.device = Some(inner.device);
     let params = &shared.params;
     req.rhythm_strength = params.get(ParamId::RhythmStrength) as f32;
     req.semantic_strength = params.get(ParamId::SemanticStrength) as f32;
@@ -224,6 +228,7 @@ pub(crate) fn request(shared: &Shared<'_>, inner: &mut Inner) {
     editor.update(|v| {
         v.engine = Some(resolved.spec.engine.choice);
         v.why = resolved.why.clone();
+        v.device = resolved.device;
         v.start = resolved.spec.span.start;
         v.playrate = resolved.spec.playrate;
         v.meter = Some(resolved.spec.meter);

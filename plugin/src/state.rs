@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::params::{PARAMS, ParamId, ParamValues};
+use vidmusician_engine::neural::device::DeviceChoice;
 use vidmusician_engine::service::{MAX_SECTIONS, Section};
 
 pub const STATE_VERSION: u32 = 2;
@@ -43,6 +44,17 @@ pub struct SavedState {
     /// The video was chosen in the editor over the host timeline's.
     #[serde(default)]
     pub video_override: bool,
+    /// Where the neural engines' decoder runs (auto, cpu, cuda, cuda:N);
+    /// one this build does not know reads as `auto`.
+    #[serde(default, deserialize_with = "lenient_device")]
+    pub device: DeviceChoice,
+}
+
+/// A saved device, or `auto` for one this build cannot read: a state from
+/// a newer build keeps everything else.
+fn lenient_device<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DeviceChoice, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(v.as_str().and_then(|s| s.parse().ok()).unwrap_or_default())
 }
 
 /// A host tempo, time signature and a song time where a bar starts.
@@ -70,6 +82,7 @@ pub struct Edits {
     pub sections: Vec<Section>,
     pub section_seeds: u64,
     pub video_override: bool,
+    pub device: DeviceChoice,
 }
 
 impl SavedState {
@@ -94,6 +107,7 @@ impl SavedState {
             sections: edits.sections,
             section_seeds: edits.section_seeds,
             video_override: edits.video_override,
+            device: edits.device,
         }
     }
 
@@ -186,6 +200,7 @@ mod tests {
                 }],
                 section_seeds: 3,
                 video_override: true,
+                device: DeviceChoice::Cpu,
             },
         );
         let back = SavedState::from_bytes(&s.to_bytes()).unwrap();
@@ -276,5 +291,32 @@ mod tests {
         let again = SavedState::capture(&v, s.video, s.prompt, s.cache_key, None, Edits::default());
         assert_eq!(again.version, STATE_VERSION);
         assert_eq!(STATE_VERSION, 2);
+        assert_eq!(s.device, DeviceChoice::Auto);
+    }
+
+    #[test]
+    fn the_device_is_saved_and_one_unknown_reads_as_auto() {
+        let v = ParamValues::default();
+        let edits = Edits {
+            device: DeviceChoice::Cuda(1),
+            ..Edits::default()
+        };
+        let s = SavedState::capture(&v, None, String::new(), None, None, edits);
+        let text = String::from_utf8(s.to_bytes()).unwrap();
+        assert!(text.contains(r#""device": "cuda:1""#), "{text}");
+        assert_eq!(
+            SavedState::from_bytes(text.as_bytes()).unwrap().device,
+            DeviceChoice::Cuda(1)
+        );
+        // A device a later build knows, or junk, keeps the rest of the state.
+        for odd in [r#""metal:0""#, "7", "null", r#"{"x":1}"#] {
+            let bytes = format!(r#"{{"version":2,"prompt":"calm","device":{odd}}}"#);
+            let s = SavedState::from_bytes(bytes.as_bytes()).unwrap();
+            assert_eq!(
+                (s.device, s.prompt.as_str()),
+                (DeviceChoice::Auto, "calm"),
+                "{odd}"
+            );
+        }
     }
 }

@@ -48,6 +48,15 @@ fn engine_parser() -> impl clap::builder::TypedValueParser<Value = EngineChoice>
 enum Command {
     /// Compose music for VIDEO and write it as a WAV and/or muxed into a copy of the video.
     Compose(Box<ComposeArgs>),
+    /// Serve as the GPU helper of a build without CUDA: the engine starts
+    /// it and speaks to it on stdin/stdout (see the README's GPU section).
+    #[command(hide = true)]
+    GpuServe {
+        /// The device to hold (cuda, cuda:N; cpu runs the same code on the
+        /// CPU, for tests and diagnosis).
+        #[arg(long, default_value = "cuda")]
+        device: DeviceChoice,
+    },
     /// Analyse VIDEO: cuts, motion, rhythm curve, suggested tempo.
     Analyze {
         video: PathBuf,
@@ -399,6 +408,9 @@ fn main() -> ExitCode {
         ),
         Command::Models { command } => models(command),
         Command::Train(args) => train::train(*args),
+        Command::GpuServe { device } => {
+            vidmusician_engine::neural::helper::serve(device).map_err(anyhow::Error::from)
+        }
         Command::Bench {
             what: BenchWhat::Neural,
             frames,

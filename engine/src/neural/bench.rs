@@ -320,6 +320,18 @@ pub fn device(
     use super::generate::generate_on;
     use super::models::musicgen::MusicgenDecoder;
     let chosen = super::device::choose(choice)?;
+    let device = match &chosen.backend {
+        super::device::Backend::Candle(d) => d.clone(),
+        super::device::Backend::Helper(h) => {
+            return Err(crate::Error::InvalidSetting(format!(
+                "this build reaches {} through the GPU helper; run the benchmark in the \
+                 helper itself: `{} bench device --device {}`",
+                h.device(),
+                h.exe().display(),
+                h.device()
+            )));
+        }
+    };
     let mut shapes = vec![("musicgen-small", musicgen_small().decoder)];
     if medium {
         let cfg = serde_json::from_str(MUSICGEN_MEDIUM_DECODER)
@@ -343,7 +355,7 @@ pub fn device(
         drop(cpu);
         for &dtype in dtypes {
             progress(&format!("{model}, {dtype:?} on {}: logits", chosen.name));
-            let dec = candle.to_device(&chosen.device, dtype)?;
+            let dec = candle.to_device(&device, dtype)?;
             let got = session_logits(&dec, &states, &mask)?;
             let (max_logit_diff, logit_std, greedy_agreement) =
                 compare(&want, &got, cfg.vocab_size);

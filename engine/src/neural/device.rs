@@ -2,9 +2,13 @@
 //!
 //! The CPU is always there. CUDA needs a build with the `cuda` feature
 //! (candle's CUDA backend) and, at run time, an NVIDIA driver and the CUDA
-//! libraries; a build without the feature says so rather than pretending.
+//! libraries.
 //! `auto` takes the first CUDA device when the build has CUDA and a device
 //! answers, and the CPU otherwise, and says which it took and why.
+//!
+//! A CPU build reaches a GPU through the GPU helper ([`super::helper`]), a
+//! `cuda` build of `vidmusician` run as a process of its own, so that the
+//! plugin and the CLI load on every machine.
 //!
 //! On a device, MusicGen's decoder runs as candle tensors
 //! ([`crate::neural::models::musicgen::MusicgenDecoder::session`]): both
@@ -12,10 +16,13 @@
 //! per window.
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use candle_core::{DType, Device};
 
+use super::helper::{self, Helper};
 use crate::{Error, Result};
 
 /// The device a user asks for.
@@ -71,43 +78,85 @@ impl<'de> serde::Deserialize<'de> for DeviceChoice {
     }
 }
 
+/// How the decoder reaches its device.
+#[derive(Clone)]
+pub enum Backend {
+    /// candle on this device, in this process: the CPU, or CUDA in a `cuda`
+    /// build.
+    Candle(Device),
+    /// A GPU helper process holding the device (see [`super::helper`]).
+    Helper(Arc<Helper>),
+}
+
 /// The device the networks run on, and why it was taken.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Chosen {
-    pub device: Device,
+    pub backend: Backend,
     /// `cpu` or `cuda:N`.
     pub name: String,
     /// One line for the user: which device, and for `auto` why.
     pub note: String,
 }
 
+impl fmt::Debug for Chosen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chosen")
+            .field("name", &self.name)
+            .field("note", &self.note)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Chosen {
     pub fn cpu(note: String) -> Self {
         Self {
-            device: Device::Cpu,
+            backend: Backend::Candle(Device::Cpu),
             name: "cpu".into(),
             note,
         }
     }
 
     pub fn is_cpu(&self) -> bool {
-        self.device.is_cpu()
+        matches!(&self.backend, Backend::Candle(d) if d.is_cpu())
+    }
+
+    /// What a model on this device is told apart by: the name, marked for
+    /// a helper (whose `cpu` test mode is not the CPU decoder).
+    pub fn key(&self) -> String {
+        match &self.backend {
+            Backend::Candle(_) => self.name.clone(),
+            Backend::Helper(h) => format!("helper:{}", h.device()),
+        }
+    }
+
+    /// The candle device tensors live on in this process (the CPU when a
+    /// helper holds the GPU).
+    pub fn candle_device(&self) -> Device {
+        match &self.backend {
+            Backend::Candle(d) => d.clone(),
+            Backend::Helper(_) => Device::Cpu,
+        }
     }
 }
 
-/// Whether this build can run on CUDA devices at all.
+/// Whether this build can run on CUDA devices in its own process.
 pub fn cuda_built() -> bool {
     cfg!(feature = "cuda")
 }
 
-/// Opens the device `choice` names. `cuda` on a build or machine without
-/// CUDA is an error naming what is missing; `auto` falls back to the CPU
-/// and says why.
+/// Opens the device `choice` names. `cuda` where it cannot be had is an
+/// error naming what is missing; `auto` falls back to the CPU and says why.
 pub fn choose(choice: DeviceChoice) -> Result<Chosen> {
+    choose_with(choice, None)
+}
+
+/// [`choose`] with the GPU helper at `helper` (else [`helper::find`]) when
+/// this build has no CUDA of its own.
+pub fn choose_with(choice: DeviceChoice, helper: Option<&Path>) -> Result<Chosen> {
     match choice {
         DeviceChoice::Cpu => Ok(Chosen::cpu("running on the CPU (asked for)".into())),
-        DeviceChoice::Cuda(n) => open_cuda(n),
-        DeviceChoice::Auto => match open_cuda(0) {
+        DeviceChoice::Cuda(n) => open_cuda(n, helper),
+        DeviceChoice::Auto => match open_cuda(0, helper) {
             Ok(mut c) => {
                 c.note = format!("{} (auto: a CUDA device answered)", c.note);
                 Ok(c)
@@ -123,25 +172,52 @@ pub fn choose(choice: DeviceChoice) -> Result<Chosen> {
     }
 }
 
+/// CUDA device `n`: in this process in a `cuda` build, else through the
+/// GPU helper.
+fn open_cuda(n: usize, helper: Option<&Path>) -> Result<Chosen> {
+    if cuda_built() {
+        return open_in_process(n);
+    }
+    let Some(exe) = helper.map(Path::to_path_buf).or_else(helper::find) else {
+        return Err(Error::Device {
+            device: format!("cuda:{n}"),
+            reason: format!(
+                "this build of vidmusician has no CUDA support (it was built without the \
+                 `cuda` feature) and no GPU helper was found ({} beside it or on the PATH, \
+                 or ${}); build it with `cargo build --release --features cuda` on a machine \
+                 with the CUDA toolkit (see the README's GPU section), or use --device cpu",
+                helper::HELPER_NAME,
+                helper::HELPER_ENV
+            ),
+        });
+    };
+    let h = Helper::start(&exe, &format!("cuda:{n}"))?;
+    Ok(Chosen {
+        name: h.device().to_string(),
+        note: format!("{} (through the GPU helper {})", h.note(), exe.display()),
+        backend: Backend::Helper(Arc::new(h)),
+    })
+}
+
+/// CUDA device `n` in this process: only a `cuda` build has it.
 #[cfg(not(feature = "cuda"))]
-fn open_cuda(n: usize) -> Result<Chosen> {
+pub fn open_in_process(n: usize) -> Result<Chosen> {
     Err(Error::Device {
         device: format!("cuda:{n}"),
         reason: "this build of vidmusician has no CUDA support (it was built without the \
-                 `cuda` feature); build it with `cargo build --release --features cuda` on a \
-                 machine with the CUDA toolkit, or use --device cpu"
+                 `cuda` feature)"
             .into(),
     })
 }
 
+/// CUDA device `n` in this process.
 #[cfg(feature = "cuda")]
-fn open_cuda(n: usize) -> Result<Chosen> {
-    // A panic inside the driver bindings must not take the process (a
-    // host, for the plugin) with it.
+pub fn open_in_process(n: usize) -> Result<Chosen> {
+    // A panic inside the driver bindings must not take the process with it.
     let opened = std::panic::catch_unwind(|| Device::new_cuda(n));
     match opened {
         Ok(Ok(device)) => Ok(Chosen {
-            device,
+            backend: Backend::Candle(device),
             name: format!("cuda:{n}"),
             note: format!("running on CUDA device {n}"),
         }),
@@ -161,11 +237,11 @@ fn open_cuda(n: usize) -> Result<Chosen> {
     }
 }
 
-/// The type the decoder's weights take on `device`: f32 on the CPU; on a
+/// The type the decoder's weights take on `chosen`: f32 on the CPU; on a
 /// GPU `VIDMUSICIAN_DEVICE_DTYPE` (f32, f16 or bf16) or f32 until the
 /// parity check has settled which half type holds MusicGen's accuracy.
-pub fn dtype_for(device: &Device) -> Result<DType> {
-    if device.is_cpu() {
+pub fn dtype_for(chosen: &Chosen) -> Result<DType> {
+    if chosen.is_cpu() {
         return Ok(DType::F32);
     }
     match std::env::var("VIDMUSICIAN_DEVICE_DTYPE").as_deref() {
@@ -206,7 +282,7 @@ mod tests {
     fn cpu_is_always_there_and_auto_says_why_it_took_it() {
         let c = choose(DeviceChoice::Cpu).unwrap();
         assert!(c.is_cpu());
-        if !cuda_built() {
+        if !cuda_built() && helper::find().is_none() {
             let a = choose(DeviceChoice::Auto).unwrap();
             assert!(a.is_cpu());
             assert!(a.note.contains("no CUDA support"), "{}", a.note);

@@ -17,7 +17,7 @@ use super::models::musicgen::{DecoderSession, MusicgenDecoder};
 use crate::{Error, Result};
 
 /// How tokens are chosen.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sampling {
     /// Classifier-free guidance scale; 1 or less turns guidance off.
     pub guidance: f64,

@@ -7,6 +7,7 @@
 //! - [`encodec_encoder`]: EnCodec's encoder, audio to the codes MusicGen reads.
 //! - [`generate`]: the delay pattern, guidance and sampling.
 //! - [`device`]: where the networks run (the CPU, or CUDA in a `cuda` build).
+//! - [`helper`]: the GPU helper process a CPU build reaches CUDA through.
 //! - [`model`]: a whole checkpoint, text in, audio out.
 //! - [`models`]: other pretrained networks (CLIP).
 
@@ -18,6 +19,7 @@ pub mod device;
 pub mod encodec;
 pub mod encodec_encoder;
 pub mod generate;
+pub mod helper;
 pub mod hub;
 pub mod kernels;
 pub mod model;

@@ -40,7 +40,7 @@ pub struct MusicGen {
     decoder: Decoder,
     /// The decoder on another device (a GPU) when generation runs there; the
     /// CPU decoder stays for the adapter's tools and the benchmarks.
-    on_device: Option<MusicgenDecoder>,
+    on_device: Option<OnDevice>,
     codec: EncodecDecoder,
     /// [`MusicGen::weights_hash`], computed on first use.
     weights_hash: std::sync::OnceLock<String>,
@@ -89,18 +89,28 @@ impl MusicGen {
         })
     }
 
-    /// Runs generation's decoder on `device` in `dtype` from now on (the
-    /// weights are read again from the checkpoint and copied there);
-    /// `Device::Cpu` goes back to the CPU decoder. Nothing changes when this
-    /// fails.
-    pub fn use_device(&mut self, device: &Device, dtype: candle_core::DType) -> Result<()> {
-        if device.is_cpu() {
-            self.on_device = None;
-            return Ok(());
+    /// Runs generation's decoder on `chosen` in `dtype` from now on (the
+    /// weights are read again from the checkpoint and copied there, or
+    /// loaded by the GPU helper); the CPU goes back to the CPU decoder.
+    /// Nothing changes when this fails.
+    pub fn use_device(
+        &mut self,
+        chosen: &super::device::Chosen,
+        dtype: candle_core::DType,
+    ) -> Result<()> {
+        use super::device::Backend;
+        match &chosen.backend {
+            Backend::Candle(d) if d.is_cpu() => self.on_device = None,
+            Backend::Candle(device) => {
+                let w = Weights::open_dir(&self.dir)?;
+                let d = MusicgenDecoder::load(&w.pp("decoder"), &self.cfg.decoder)?;
+                self.on_device = Some(OnDevice::Candle(d.to_device(device, dtype)?));
+            }
+            Backend::Helper(h) => {
+                h.load(&self.dir, dtype)?;
+                self.on_device = Some(OnDevice::Helper(h.clone(), dtype));
+            }
         }
-        let w = Weights::open_dir(&self.dir)?;
-        let d = MusicgenDecoder::load(&w.pp("decoder"), &self.cfg.decoder)?;
-        self.on_device = Some(d.to_device(device, dtype)?);
         Ok(())
     }
 
@@ -114,15 +124,22 @@ impl MusicGen {
         }
         // A decoder on the CPU is taken too: it runs the device path there,
         // which tests compare with the CPU decoder.
-        self.on_device = Some(decoder);
+        self.on_device = Some(OnDevice::Candle(decoder));
         Ok(())
     }
 
-    /// The device generation's decoder runs on.
-    pub fn device(&self) -> Device {
-        self.on_device
-            .as_ref()
-            .map_or(Device::Cpu, |d| d.device().clone())
+    /// The device generation's decoder runs on: `cpu`, `cuda:N`, or
+    /// `helper:cuda:N` through the GPU helper ([`super::device::Chosen::key`]).
+    pub fn device_name(&self) -> String {
+        match &self.on_device {
+            None => "cpu".into(),
+            Some(OnDevice::Helper(h, _)) => format!("helper:{}", h.device()),
+            Some(OnDevice::Candle(d)) => match d.device().location() {
+                candle_core::DeviceLocation::Cpu => "cpu".into(),
+                candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+                other => format!("{other:?}"),
+            },
+        }
     }
 
     /// The tensors (names and shapes) a checkpoint of `cfg` holds, found by loading
@@ -395,25 +412,34 @@ impl MusicGen {
                 }
                 go_on
             };
+            let states = match input.cross.as_deref() {
+                Some(Cross::States(states, mask)) => Some((states, mask)),
+                _ => None,
+            };
             let fresh = match (&self.on_device, input.cross.as_deref()) {
-                (Some(d), Some(Cross::States(states, mask))) => generate_on(
+                (Some(OnDevice::Candle(d)), None | Some(Cross::States(..))) => generate_on(
                     d,
-                    Some((states, mask)),
+                    states,
                     &input.layer_inputs,
                     prompt_frames,
                     new,
                     &s,
                     &mut on_step,
                 ),
-                (Some(d), None) => generate_on(
-                    d,
-                    None,
-                    &input.layer_inputs,
-                    prompt_frames,
-                    new,
-                    &s,
-                    &mut on_step,
-                ),
+                (Some(OnDevice::Helper(h, dtype)), None | Some(Cross::States(..))) => {
+                    // Another model of this process may have had the helper
+                    // load its decoder since.
+                    h.load(&self.dir, *dtype).and_then(|()| {
+                        h.generate(
+                            states,
+                            &input.layer_inputs,
+                            prompt_frames,
+                            new,
+                            &s,
+                            &mut on_step,
+                        )
+                    })
+                }
                 (None, Some(Cross::Cpu(kv))) => generate_with(
                     &self.decoder,
                     Some(kv),
@@ -573,6 +599,14 @@ pub struct WindowSpan {
     /// Decoder positions the window runs (context, new frames and the delay
     /// pattern's tail): what in-attention inputs must cover.
     pub positions: usize,
+}
+
+/// Where generation's decoder runs when not on the CPU.
+enum OnDevice {
+    /// As candle tensors on a device of this process.
+    Candle(MusicgenDecoder),
+    /// In the GPU helper, in this type.
+    Helper(Arc<super::helper::Helper>, candle_core::DType),
 }
 
 /// A window's cross-attention conditions, ready for the decoder that runs

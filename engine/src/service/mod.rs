@@ -195,6 +195,9 @@ pub struct Request {
     /// Stretches of the piece made again with other seeds (an editor's
     /// "regenerate this section"), oldest first.
     pub sections: Vec<Section>,
+    /// Where the neural decoder runs for this request; `None`: the engine's
+    /// [`EngineConfig::device`]. Not part of the cache key.
+    pub device: Option<crate::neural::device::DeviceChoice>,
     /// Frames per chunk handed to the [`ChunkReader`].
     pub chunk_frames: usize,
     /// Capacity of the chunk ring; `0` sends no chunks (the whole piece
@@ -237,6 +240,7 @@ impl Request {
             vocabulary: None,
             clip_rhythm: false,
             sections: Vec::new(),
+            device: None,
             chunk_frames: 4096,
             max_chunks: 0,
             supersede: false,
@@ -336,6 +340,9 @@ pub struct EngineConfig {
     /// [`Finished::device`]. Where a piece was made is not part of its
     /// cache key: a take made on a GPU is served again on the CPU.
     pub device: crate::neural::device::DeviceChoice,
+    /// The GPU helper a build without CUDA reaches the GPU through; `None`:
+    /// looked for (see [`crate::neural::helper::find`]).
+    pub gpu_helper: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -348,6 +355,7 @@ impl Default for EngineConfig {
             precision: crate::neural::Precision::default(),
             adapter: None,
             device: crate::neural::device::DeviceChoice::default(),
+            gpu_helper: None,
         }
     }
 }

@@ -180,6 +180,8 @@ pub struct Resolved {
     pub vocabulary: Option<std::sync::Arc<crate::analysis::tags::Vocabulary>>,
     /// Why `auto` chose the engine it chose, and what a better one needs.
     pub why: Option<String>,
+    /// Where a neural engine's decoder runs.
+    pub device: crate::neural::device::DeviceChoice,
 }
 
 impl MusicSpec {
@@ -285,6 +287,7 @@ pub fn resolve(config: &EngineConfig, request: &Request) -> Result<Resolved> {
         adapter: picked.adapter,
         vocabulary,
         why: picked.why,
+        device: request.device.unwrap_or(config.device),
     })
 }
 

@@ -304,6 +304,12 @@ fn carry_out(shared: &Shared<'_>, inner: &mut Inner, command: Command) {
             }
         }
         Command::Generate => shared.ask_for_music(),
+        // The piece in hand stays: a device changes how fast music is made,
+        // not which (the cache serves it wherever it was made).
+        Command::SetDevice(device) => {
+            inner.device = device;
+            model.update(|v| v.device = device);
+        }
         Command::NewTake => {
             let seed = shared.params.next_seed();
             // The host hears of the new seed like any edit of the editor's,
@@ -392,6 +398,9 @@ fn follow(shared: &Shared<'_>, inner: &mut Inner, ev: Event) {
                 };
                 v.engine = Some(result.engine);
                 v.why = result.why.clone();
+                if result.device.is_some() {
+                    v.device_note = result.device.clone();
+                }
             });
             if model.is_open() {
                 request_overview(

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use egui_baseview::RepaintNotifier;
+use vidmusician_engine::neural::device::DeviceChoice;
 use vidmusician_engine::service::{EngineChoice, Meter, MusicOverview, Stage, VideoOverview};
 
 use crate::params::{PARAMS, ParamId, ParamValues};
@@ -41,6 +42,8 @@ pub enum Command {
     },
     /// Take back the last section made again.
     UndoSection,
+    /// Run the neural engines' decoder here from the next piece on.
+    SetDevice(DeviceChoice),
 }
 
 /// Where the engine is with the current piece.
@@ -89,6 +92,9 @@ pub struct View {
     /// The engine that runs (auto made concrete), and why auto chose it.
     pub engine: Option<EngineChoice>,
     pub why: Option<String>,
+    /// The device asked for, and where the last neural piece ran and why.
+    pub device: DeviceChoice,
+    pub device_note: Option<String>,
     pub status: Status,
     pub video_overview: Option<Arc<VideoOverview>>,
     /// Why the timeline could not be drawn, when it could not.

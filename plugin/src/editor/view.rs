@@ -12,6 +12,7 @@ use egui::{
     Align2, Color32, ColorImage, FontId, Pos2, Rect, Sense, Stroke, TextureHandle, TextureOptions,
     Ui, pos2, vec2,
 };
+use vidmusician_engine::neural::device::DeviceChoice;
 use vidmusician_engine::service::{EngineChoice, Stage, VideoOverview};
 
 use super::model::{Command, EditorModel, Status, View};
@@ -171,6 +172,28 @@ impl EditorApp {
         if let Some(why) = &view.why {
             ui.small(why);
         }
+        ui.horizontal(|ui| {
+            ui.label("Device");
+            let mut chosen = view.device;
+            egui::ComboBox::from_id_salt("device")
+                .selected_text(device_label(view.device))
+                .show_ui(ui, |ui| {
+                    for d in [DeviceChoice::Auto, DeviceChoice::Cpu, DeviceChoice::Cuda(0)] {
+                        ui.selectable_value(&mut chosen, d, device_label(d));
+                    }
+                })
+                .response
+                .on_hover_text(
+                    "Where the neural engines run. A GPU needs an NVIDIA driver and the \
+                     vidmusician-cuda helper beside the plugin; auto uses it when it answers.",
+                );
+            if chosen != view.device {
+                self.model.send(Command::SetDevice(chosen));
+            }
+            if let Some(note) = &view.device_note {
+                ui.small(note);
+            }
+        });
     }
 
     fn params_row(&mut self, ui: &mut Ui) {
@@ -707,4 +730,13 @@ fn pick_file() -> Result<Option<PathBuf>, String> {
         }
     }
     Err("No file chooser found (zenity or kdialog): type the video's path and press Enter.".into())
+}
+
+/// A device as the editor names it.
+fn device_label(d: DeviceChoice) -> String {
+    match d {
+        DeviceChoice::Auto => "auto".into(),
+        DeviceChoice::Cpu => "CPU".into(),
+        DeviceChoice::Cuda(n) => format!("GPU (cuda:{n})"),
+    }
 }

@@ -76,16 +76,17 @@ static CLIP: Registry<Clip> = Registry::new();
 /// cannot take the decoder is an [`Error::Device`] (the engines then go on
 /// on the CPU).
 pub(crate) fn musicgen(dir: &Path, precision: Precision, device: &Chosen) -> Result<Arc<MusicGen>> {
-    MUSICGEN.get(dir, precision, &device.name, || {
+    MUSICGEN.get(dir, precision, &device.key(), || {
         let mut model = MusicGen::load_as(dir, precision)?;
         if !device.is_cpu() {
-            let dtype = device::dtype_for(&device.device)?;
-            model
-                .use_device(&device.device, dtype)
-                .map_err(|e| Error::Device {
+            let dtype = device::dtype_for(device)?;
+            model.use_device(device, dtype).map_err(|e| match e {
+                e @ Error::Device { .. } => e,
+                e => Error::Device {
                     device: device.name.clone(),
                     reason: format!("cannot hold the decoder ({e})"),
-                })?;
+                },
+            })?;
         }
         Ok(model)
     })
@@ -98,9 +99,7 @@ pub(crate) fn is_musicgen(
     precision: Precision,
     device: &Chosen,
 ) -> bool {
-    model.dir() == dir
-        && model.precision() == precision
-        && model.device().same_device(&device.device)
+    model.dir() == dir && model.precision() == precision && model.device_name() == device.key()
 }
 
 /// How many MusicGen models this process has loaded from disk, and how many

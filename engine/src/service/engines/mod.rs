@@ -49,6 +49,8 @@ pub(crate) struct Work<'a> {
     pub pools: Option<Arc<Pools>>,
     /// Where the neural decoder runs (given with the pools).
     pub device: Chosen,
+    /// The device asked for.
+    pub device_choice: DeviceChoice,
 }
 
 impl<'a> Work<'a> {
@@ -72,6 +74,7 @@ impl<'a> Work<'a> {
             sink,
             pools: None,
             device: Chosen::cpu(String::new()),
+            device_choice: resolved.device,
         }
     }
 }
@@ -191,7 +194,7 @@ impl Engines {
                 .get_or_insert_with(|| Arc::new(Pools::new()))
                 .clone(),
         );
-        work.device = self.device(work.config.device);
+        work.device = self.device(work.device_choice, work.config.gpu_helper.as_deref());
         if work.device.is_cpu() {
             return self.pipeline(choice).make(work);
         }
@@ -214,7 +217,7 @@ impl Engines {
             Err(e) if is_device_failure(&e) && !handed => {
                 let name = work.device.name.clone();
                 let cpu = Chosen::cpu(format!("running on the CPU: {name} failed ({e})"));
-                self.device = Some((work.config.device, cpu.clone()));
+                self.device = Some((work.device_choice, cpu.clone()));
                 let again = Work {
                     sink: &mut *sink,
                     device: cpu,
@@ -238,11 +241,11 @@ impl Engines {
 
     /// The device for `choice`, opened on first use (or when the choice
     /// changed). One that cannot be opened leaves the CPU, saying why.
-    fn device(&mut self, choice: DeviceChoice) -> Chosen {
+    fn device(&mut self, choice: DeviceChoice, helper: Option<&std::path::Path>) -> Chosen {
         match &self.device {
             Some((c, chosen)) if *c == choice => chosen.clone(),
             _ => {
-                let chosen = device::choose(choice)
+                let chosen = device::choose_with(choice, helper)
                     .unwrap_or_else(|e| Chosen::cpu(format!("running on the CPU: {e}")));
                 self.device = Some((choice, chosen.clone()));
                 chosen

@@ -1,0 +1,703 @@
+//! The GPU helper: generation's decoder on a CUDA device, in a process of its
+//! own that the engine thread drives over pipes.
+//!
+//! Why a process and not a library: candle's CUDA backend links `libcuda`,
+//! cuBLAS, cuRAND, NVRTC and the CUDA runtime when it is built, so a binary
+//! or plugin built with it does not even load where those libraries are
+//! missing, which is every machine without an NVIDIA driver. The shipped
+//! `vidmusician` and the plugin are CPU builds that load everywhere; the
+//! helper is the same `vidmusician` built with `--features cuda` and
+//! installed as `vidmusician-cuda`. Run as `vidmusician-cuda gpu-serve`, it
+//! holds the device, the decoder's weights on it and the keys and values of
+//! the window; the engine sends it a window to generate and gets the frames
+//! back as they become final. A helper that cannot start (no driver, no
+//! CUDA libraries: the loader's own message names the missing one) is a
+//! clear error and the work stays on the CPU; a GPU fault or an
+//! out-of-memory abort ends the helper, not the host; and the device's
+//! memory is surely given back when the helper ends, which it does when the
+//! engine lets go of it (its input closes) or is killed.
+//!
+//! The wire: each message is a little-endian `u32` length and a postcard
+//! body ([`ToHelper`], [`FromHelper`]). The tokens are drawn in the helper
+//! with the same code and seed as on the CPU.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use candle_core::{DType, Tensor};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::generate::{Frames, Progress, Sampling};
+use crate::{Error, Result};
+
+/// The helper's file name, beside `vidmusician` or the plugin.
+pub const HELPER_NAME: &str = "vidmusician-cuda";
+/// The environment variable that names the helper's path.
+pub const HELPER_ENV: &str = "VIDMUSICIAN_CUDA_HELPER";
+
+/// Longest a helper may take to open its device (CUDA's first start can
+/// take seconds).
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest a helper may take to load a checkpoint onto its device.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(900);
+/// Longest a step may take: far beyond any real step, so only a hung
+/// device or helper reaches it.
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a helper has to stop after a cancel before it is killed.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message taken from the wire (the biggest real one, a window's
+/// in-attention inputs for musicgen-medium, is about 0.5 GB).
+const MAX_MESSAGE: usize = 2 << 30;
+
+/// What the engine asks of the helper.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToHelper {
+    /// Load the decoder of the MusicGen checkpoint in `dir` onto the device,
+    /// in `dtype` (`f32`, `f16`, `bf16`).
+    Load {
+        dir: PathBuf,
+        dtype: String,
+    },
+    Generate(Box<Window>),
+    /// Stop the generation under way.
+    Cancel,
+}
+
+/// One window of generation; see [`super::generate::generate_on`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Window {
+    /// The conditional sequence's states (`len × hidden`, f32), `len`, and
+    /// its mask.
+    pub cross: Option<(Vec<f32>, usize, Vec<u32>)>,
+    pub layer_inputs: Vec<Option<Vec<f32>>>,
+    pub prompt: Frames,
+    pub frames: usize,
+    pub sampling: Sampling,
+}
+
+/// What the helper answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromHelper {
+    /// The device is open.
+    Ready {
+        device: String,
+        note: String,
+    },
+    Loaded,
+    /// A step is done; `fresh` are the frames that became final with it.
+    Step {
+        step: usize,
+        steps: usize,
+        complete: usize,
+        fresh: Frames,
+    },
+    /// The window's new frames.
+    Done(Frames),
+    Cancelled,
+    /// `device`: the device failed (no memory, a fault); otherwise the
+    /// request was wrong.
+    Failed {
+        reason: String,
+        device: bool,
+    },
+}
+
+fn write_message<T: Serialize>(w: &mut impl Write, m: &T) -> std::io::Result<()> {
+    let body = postcard::to_stdvec(m).map_err(std::io::Error::other)?;
+    let len = u32::try_from(body.len()).map_err(std::io::Error::other)?;
+    w.write_all(&len.to_le_bytes())?;
+    w.write_all(&body)?;
+    w.flush()
+}
+
+/// The next message, `None` at the end of the stream.
+fn read_message<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> std::io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_MESSAGE {
+        return Err(std::io::Error::other(format!(
+            "a message of {len} bytes is past the {MAX_MESSAGE} allowed"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    postcard::from_bytes(&body)
+        .map(Some)
+        .map_err(std::io::Error::other)
+}
+
+/// Where the helper is: `$VIDMUSICIAN_CUDA_HELPER`, else `vidmusician-cuda`
+/// beside this program, beside the plugin (see [`set_plugin_dir`]), or on
+/// the `PATH`.
+pub fn find() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(HELPER_ENV).filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let beside_exe = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf));
+    let plugin = PLUGIN_DIR.lock().clone();
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    beside_exe
+        .into_iter()
+        .chain(plugin)
+        .chain(path_dirs)
+        .map(|d| d.join(HELPER_NAME))
+        .find(|p| p.is_file())
+}
+
+static PLUGIN_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// The folder the plugin was loaded from, where its helper is looked for.
+pub fn set_plugin_dir(dir: &Path) {
+    *PLUGIN_DIR.lock() = Some(dir.to_path_buf());
+}
+
+/// A running helper, holding one device.
+pub struct Helper {
+    exe: PathBuf,
+    device: String,
+    note: String,
+    proc: Mutex<Proc>,
+}
+
+struct Proc {
+    child: Child,
+    stdin: Option<BufWriter<ChildStdin>>,
+    rx: Receiver<std::io::Result<FromHelper>>,
+    /// The last lines the helper wrote to its error stream.
+    stderr: Arc<Mutex<Vec<String>>>,
+    threads: Vec<JoinHandle<()>>,
+    /// The checkpoint and type its decoder holds.
+    loaded: Option<(PathBuf, String)>,
+    /// Set once the helper stopped answering or died: every later call
+    /// fails at once.
+    broken: Option<String>,
+}
+
+impl Helper {
+    /// Starts `exe gpu-serve --device DEVICE` and waits until it holds the
+    /// device. A helper that cannot start or open the device is an
+    /// [`Error::Device`] with its reason (the loader's message for a missing
+    /// CUDA library).
+    pub fn start(exe: &Path, device: &str) -> Result<Self> {
+        let fail = |reason: String| Error::Device {
+            device: device.to_string(),
+            reason,
+        };
+        let mut child = Command::new(exe)
+            .args(["gpu-serve", "--device", device])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                fail(format!(
+                    "cannot start the GPU helper {}: {e}",
+                    exe.display()
+                ))
+            })?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail("the GPU helper's pipes could not be opened".into()));
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let reader = std::thread::Builder::new()
+            .name("vidmusician-gpu-reader".into())
+            .spawn(move || {
+                let mut r = BufReader::new(stdout);
+                loop {
+                    match read_message::<FromHelper>(&mut r) {
+                        Ok(Some(m)) => {
+                            if tx.send(Ok(m)).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => return,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| fail(format!("cannot start a thread: {e}")))?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let kept = lines.clone();
+        let errors = std::thread::Builder::new()
+            .name("vidmusician-gpu-stderr".into())
+            .spawn(move || {
+                use std::io::BufRead;
+                for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                    let mut k = kept.lock();
+                    k.push(line);
+                    let n = k.len();
+                    if n > 20 {
+                        k.drain(..n - 20);
+                    }
+                }
+            })
+            .map_err(|e| fail(format!("cannot start a thread: {e}")))?;
+        let mut proc = Proc {
+            child,
+            stdin: Some(BufWriter::new(stdin)),
+            rx,
+            stderr: lines,
+            threads: vec![reader, errors],
+            loaded: None,
+            broken: None,
+        };
+        match proc.next(READY_TIMEOUT) {
+            Ok(FromHelper::Ready { device: name, note }) => Ok(Self {
+                exe: exe.to_path_buf(),
+                device: name,
+                note,
+                proc: Mutex::new(proc),
+            }),
+            Ok(FromHelper::Failed { reason, .. }) => {
+                proc.stop();
+                Err(fail(reason))
+            }
+            Ok(other) => {
+                proc.stop();
+                Err(fail(format!("the GPU helper began with {other:?}")))
+            }
+            Err(reason) => {
+                proc.stop();
+                let why = match reason.strip_prefix("the GPU helper stopped") {
+                    Some(rest) => rest.to_string(),
+                    None => format!(": {reason}"),
+                };
+                Err(fail(format!(
+                    "the GPU helper {} could not start{why}",
+                    exe.display()
+                )))
+            }
+        }
+    }
+
+    /// The device it holds (`cuda:0`) and its own line about it.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    pub fn note(&self) -> &str {
+        &self.note
+    }
+
+    pub fn exe(&self) -> &Path {
+        &self.exe
+    }
+
+    /// The helper's operating-system process id, while it runs.
+    pub fn pid(&self) -> u32 {
+        self.proc.lock().child.id()
+    }
+
+    fn fail(&self, reason: String) -> Error {
+        Error::Device {
+            device: self.device.clone(),
+            reason,
+        }
+    }
+
+    /// Has the helper hold the decoder of the checkpoint in `dir` in
+    /// `dtype` (a no-op when it already does).
+    pub fn load(&self, dir: &Path, dtype: DType) -> Result<()> {
+        let dtype = match dtype {
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            _ => "f32",
+        };
+        let mut p = self.proc.lock();
+        if p.loaded
+            .as_ref()
+            .is_some_and(|(d, t)| d == dir && t == dtype)
+        {
+            return Ok(());
+        }
+        p.send(&ToHelper::Load {
+            dir: dir.to_path_buf(),
+            dtype: dtype.into(),
+        })
+        .map_err(|r| self.fail(r))?;
+        match p.next(LOAD_TIMEOUT).map_err(|r| self.fail(r))? {
+            FromHelper::Loaded => {
+                p.loaded = Some((dir.to_path_buf(), dtype.into()));
+                Ok(())
+            }
+            FromHelper::Failed { reason, .. } => {
+                p.loaded = None;
+                Err(self.fail(reason))
+            }
+            other => Err(self.fail(p.broke(format!("answered a load with {other:?}")))),
+        }
+    }
+
+    /// [`super::generate::generate_on`] in the helper, with the decoder
+    /// [`Helper::load`] gave it. `on_step` sees every step with the frames
+    /// final so far; returning `false` cancels (the helper stops within a
+    /// step, or is stopped).
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate(
+        &self,
+        cross: Option<(&Tensor, &Tensor)>,
+        layer_inputs: &[Option<Vec<f32>>],
+        prompt: &[Vec<u32>],
+        frames: usize,
+        sampling: &Sampling,
+        on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
+    ) -> Result<Frames> {
+        let cross = match cross {
+            Some((states, mask)) => {
+                let len = states.dim(1)?;
+                Some((
+                    states.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+                    len,
+                    mask.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?,
+                ))
+            }
+            None => None,
+        };
+        let window = Window {
+            cross,
+            layer_inputs: layer_inputs.to_vec(),
+            prompt: prompt.to_vec(),
+            frames,
+            sampling: sampling.clone(),
+        };
+        let mut p = self.proc.lock();
+        if p.loaded.is_none() {
+            return Err(self.fail("the GPU helper holds no model".into()));
+        }
+        p.send(&ToHelper::Generate(Box::new(window)))
+            .map_err(|r| self.fail(r))?;
+        let mut done: Frames = Vec::with_capacity(frames);
+        let mut cancelled = false;
+        loop {
+            let wait = if cancelled {
+                CANCEL_TIMEOUT
+            } else {
+                STEP_TIMEOUT
+            };
+            match p.next(wait).map_err(|r| self.fail(r))? {
+                FromHelper::Step {
+                    step,
+                    steps,
+                    complete,
+                    fresh,
+                } => {
+                    done.extend(fresh);
+                    if cancelled {
+                        continue;
+                    }
+                    if done.len() != complete {
+                        return Err(self.fail(
+                            p.broke(format!("sent {} final frames for {complete}", done.len())),
+                        ));
+                    }
+                    let progress = Progress {
+                        step,
+                        steps,
+                        complete,
+                    };
+                    if !on_step(progress, &done) {
+                        cancelled = true;
+                        p.send(&ToHelper::Cancel).map_err(|r| self.fail(r))?;
+                    }
+                }
+                FromHelper::Done(frames) => {
+                    return if cancelled {
+                        Err(Error::Cancelled)
+                    } else {
+                        Ok(frames)
+                    };
+                }
+                FromHelper::Cancelled => return Err(Error::Cancelled),
+                FromHelper::Failed {
+                    reason,
+                    device: true,
+                } => return Err(self.fail(reason)),
+                FromHelper::Failed { reason, .. } => return Err(Error::InvalidSetting(reason)),
+                other => {
+                    return Err(self.fail(p.broke(format!("answered a window with {other:?}"))));
+                }
+            }
+        }
+    }
+}
+
+impl Proc {
+    fn send(&mut self, m: &ToHelper) -> std::result::Result<(), String> {
+        if let Some(b) = &self.broken {
+            return Err(b.clone());
+        }
+        let Some(w) = self.stdin.as_mut() else {
+            return Err(self.broke("the GPU helper's input is closed".into()));
+        };
+        if let Err(e) = write_message(w, m) {
+            let why = self.why_gone();
+            return Err(self.broke(format!("the GPU helper stopped ({e}){why}")));
+        }
+        Ok(())
+    }
+
+    /// The next message within `wait`; a helper that ends or stays silent
+    /// is stopped, and the reason given.
+    fn next(&mut self, wait: Duration) -> std::result::Result<FromHelper, String> {
+        if let Some(b) = &self.broken {
+            return Err(b.clone());
+        }
+        match self.rx.recv_timeout(wait) {
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(e)) => Err(self.broke(format!("the GPU helper sent a broken message: {e}"))),
+            Err(RecvTimeoutError::Disconnected) => {
+                let why = self.why_gone();
+                Err(self.broke(format!("the GPU helper stopped{why}")))
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = self.child.kill();
+                Err(self.broke(format!(
+                    "the GPU helper did not answer in {} s and was stopped",
+                    wait.as_secs()
+                )))
+            }
+        }
+    }
+
+    /// `: <exit status>: <its last error lines>` once the helper has ended.
+    fn why_gone(&mut self) -> String {
+        let mut status = None;
+        for _ in 0..50 {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                status = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The error stream's last lines arrive on their own thread.
+        std::thread::sleep(Duration::from_millis(50));
+        let lines = self.stderr.lock();
+        let said: Vec<&str> = lines
+            .iter()
+            .map(|l| l.trim())
+            .filter(|l| !l.is_empty())
+            .collect();
+        let mut why = String::new();
+        if let Some(s) = status {
+            why += &format!(" ({s})");
+        }
+        if let Some(last) = said.last() {
+            why += &format!(": {last}");
+        }
+        why
+    }
+
+    fn broke(&mut self, reason: String) -> String {
+        self.broken = Some(reason.clone());
+        reason
+    }
+
+    /// Closes the helper's input (it ends by itself), and kills it when it
+    /// does not end in time.
+    fn stop(&mut self) {
+        self.stdin = None;
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        self.proc.lock().stop();
+    }
+}
+
+/// The helper's side: answers the engine on stdin/stdout until its input
+/// closes. `device` is opened in this process (a `cuda` build; `cpu` runs
+/// the same code on the CPU, for tests and diagnosis).
+pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
+    use super::device::DeviceChoice;
+    use super::generate::generate_on;
+    use super::models::musicgen::MusicgenDecoder;
+
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let send = |out: &mut BufWriter<_>, m: &FromHelper| {
+        write_message(out, m).map_err(|e| Error::io(Path::new("<the engine's pipe>"), e))
+    };
+    let opened = match device {
+        DeviceChoice::Cpu => Ok(super::device::Chosen::cpu(
+            "running on the CPU in the GPU helper".into(),
+        )),
+        DeviceChoice::Cuda(n) => super::device::open_in_process(n),
+        DeviceChoice::Auto => Err(Error::InvalidSetting(
+            "the GPU helper needs a device: cuda, cuda:N or cpu".into(),
+        )),
+    };
+    let chosen = match opened {
+        Ok(c) => c,
+        Err(e) => {
+            let reason = match e {
+                Error::Device { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            send(
+                &mut out,
+                &FromHelper::Failed {
+                    reason: reason.clone(),
+                    device: true,
+                },
+            )?;
+            return Err(Error::InvalidSetting(reason));
+        }
+    };
+    let dev = chosen.candle_device();
+    send(
+        &mut out,
+        &FromHelper::Ready {
+            device: chosen.name.clone(),
+            note: chosen.note.clone(),
+        },
+    )?;
+    // A thread of its own reads the engine's messages, so a cancel reaches
+    // the generation under way.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = crossbeam_channel::unbounded::<ToHelper>();
+    let flag = cancel.clone();
+    std::thread::spawn(move || {
+        let mut input = BufReader::new(std::io::stdin().lock());
+        while let Ok(Some(m)) = read_message::<ToHelper>(&mut input) {
+            match m {
+                ToHelper::Cancel => flag.store(true, Ordering::Relaxed),
+                other => {
+                    if matches!(other, ToHelper::Generate(_)) {
+                        flag.store(false, Ordering::Relaxed);
+                    }
+                    if tx.send(other).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut decoder: Option<MusicgenDecoder> = None;
+    for m in rx {
+        match m {
+            ToHelper::Load { dir, dtype } => {
+                decoder = None;
+                let loaded = (|| -> Result<MusicgenDecoder> {
+                    let dtype = match dtype.as_str() {
+                        "f16" => DType::F16,
+                        "bf16" => DType::BF16,
+                        _ => DType::F32,
+                    };
+                    let cfg = super::config::MusicgenConfig::load(&dir.join("config.json"))?;
+                    let w = super::weights::Weights::open_dir(&dir)?;
+                    MusicgenDecoder::load(&w.pp("decoder"), &cfg.decoder)?.to_device(&dev, dtype)
+                })();
+                match loaded {
+                    Ok(d) => {
+                        decoder = Some(d);
+                        send(&mut out, &FromHelper::Loaded)?;
+                    }
+                    Err(e) => send(
+                        &mut out,
+                        &FromHelper::Failed {
+                            reason: format!("cannot load {}: {e}", dir.display()),
+                            device: true,
+                        },
+                    )?,
+                }
+            }
+            ToHelper::Generate(w) => {
+                let Some(d) = decoder.as_ref() else {
+                    send(
+                        &mut out,
+                        &FromHelper::Failed {
+                            reason: "no model is loaded".into(),
+                            device: false,
+                        },
+                    )?;
+                    continue;
+                };
+                let h = d.config().hidden_size;
+                let cross = match &w.cross {
+                    Some((states, len, mask)) => Some((
+                        Tensor::from_slice(states, (1, *len, h), &candle_core::Device::Cpu)?,
+                        Tensor::from_slice(mask, (1, *len), &candle_core::Device::Cpu)?,
+                    )),
+                    None => None,
+                };
+                let mut sent = 0usize;
+                let mut lost = None;
+                let result = generate_on(
+                    d,
+                    cross.as_ref().map(|(s, m)| (s, m)),
+                    &w.layer_inputs,
+                    &w.prompt,
+                    w.frames,
+                    &w.sampling,
+                    &mut |p: Progress, complete: &[Vec<u32>]| {
+                        let fresh = complete[sent..].to_vec();
+                        sent = complete.len();
+                        let m = FromHelper::Step {
+                            step: p.step,
+                            steps: p.steps,
+                            complete: p.complete,
+                            fresh,
+                        };
+                        if let Err(e) = send(&mut out, &m) {
+                            lost = Some(e);
+                            return false;
+                        }
+                        !cancel.load(Ordering::Relaxed)
+                    },
+                );
+                if let Some(e) = lost {
+                    return Err(e);
+                }
+                let answer = match result {
+                    Ok(frames) => FromHelper::Done(frames),
+                    Err(Error::Cancelled) => FromHelper::Cancelled,
+                    Err(e @ Error::InvalidSetting(_)) => FromHelper::Failed {
+                        reason: e.to_string(),
+                        device: false,
+                    },
+                    Err(e) => FromHelper::Failed {
+                        reason: e.to_string(),
+                        device: true,
+                    },
+                };
+                send(&mut out, &answer)?;
+            }
+            ToHelper::Cancel => {}
+        }
+    }
+    Ok(())
+}
