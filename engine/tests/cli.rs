@@ -427,7 +427,7 @@ fn a_device_is_taken_or_refused_with_its_reason() {
         &[
             "device cuda:0",
             "no CUDA support",
-            "--features cuda",
+            "cargo xtask gpu-helper",
             "--device cpu",
         ],
     );

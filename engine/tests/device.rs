@@ -499,3 +499,36 @@ fn a_helper_that_dies_in_a_window_is_an_error_at_once_not_a_hang() {
     let again = h.load(&fixture(), DType::F16).unwrap_err().to_string();
     assert!(again.contains("the GPU helper stopped"), "{again}");
 }
+
+/// The real `cuda` build of the helper, where the test run has one
+/// (`cargo xtask test` builds it): on a machine without the NVIDIA driver
+/// and the CUDA libraries it cannot start, and the error says which library
+/// is missing; with a GPU it opens the device and serves a window.
+#[test]
+fn the_cuda_build_of_the_helper_starts_only_where_cuda_is() {
+    let Some(real) = std::env::var_os("VIDMUSICIAN_TEST_CUDA_HELPER") else {
+        eprintln!("skipped: VIDMUSICIAN_TEST_CUDA_HELPER is not set (cargo xtask test sets it)");
+        return;
+    };
+    let real = PathBuf::from(real);
+    match Helper::start(&real, "cuda:0") {
+        Ok(h) => {
+            // A GPU machine: the tiny model's window comes back.
+            assert!(h.device().starts_with("cuda:"), "{}", h.device());
+            h.load(&fixture(), DType::F32).unwrap();
+            let got = h
+                .generate(None, &[], &[], 8, &Sampling::greedy(1.0), &mut |_, _| true)
+                .unwrap();
+            assert_eq!(got.len(), 8);
+        }
+        Err(e) => {
+            let text = e.to_string();
+            assert!(matches!(e, Error::Device { .. }), "{text}");
+            assert!(
+                text.contains("could not start") && text.contains(".so"),
+                "names the missing library: {text}"
+            );
+            eprintln!("as expected without a GPU: {text}");
+        }
+    }
+}

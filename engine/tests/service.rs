@@ -438,7 +438,25 @@ fn a_device_that_cannot_be_had_leaves_the_work_on_the_cpu_and_says_so() {
     );
     assert_eq!(done.audio.channels, cpu.audio.channels);
     assert_eq!(helpers_running(), 1, "one helper for the engine");
+    // A second engine of the process (another plugin instance) shares it.
+    let second = Engine::start(EngineConfig {
+        cache_dir: None,
+        model_dir: Some(model.clone()),
+        device: DeviceChoice::Cuda(0),
+        gpu_helper: Some(helper.clone()),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let mut other = Request::text("calm piano", 1.0);
+    other.sample_rate = 32_000;
+    other.seed = 4;
+    let (id, _) = second.submit(other).unwrap();
+    let note = second.wait(id, |_| {}).unwrap().device.unwrap_or_default();
+    assert!(note.contains("in the GPU helper"), "{note}");
+    assert_eq!(helpers_running(), 1, "one helper for the process");
     drop(through);
+    assert_eq!(helpers_running(), 1, "the second engine still holds it");
+    drop(second);
     assert_eq!(helpers_running(), 0, "the helper outlived the engine");
 
     // The composer reads no device.

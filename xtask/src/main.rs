@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask demo | test | setup | bench`.
+//! Project tasks: `cargo xtask demo | test | setup | bench | bundle |
+//! gpu-helper | gpu-check`.
 //!
 //! `demo` and `test` first install the system packages the build needs
 //! (Debian/Ubuntu, with apt-get) and say what they install.
@@ -68,6 +69,14 @@ fn main() -> Result<()> {
             setup()?;
             bundle(rest).map(|_| ())
         }
+        "gpu-helper" => {
+            setup()?;
+            gpu_helper().map(|p| println!("{}", p.display()))
+        }
+        "gpu-check" => {
+            setup()?;
+            gpu_check(rest)
+        }
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -78,6 +87,11 @@ fn main() -> Result<()> {
                  bench          release build, then the analysis and composer benchmarks\n  \
                  bundle vidmusician [--release]\n                 \
                  build the plugin, write target/bundled/debug/ (or release/) VidMusician.clap and .vst3\n  \
+                 gpu-helper     build the GPU helper (vidmusician with --features cuda, the CUDA\n                 \
+                 toolkit from PyPI): target/cuda/vidmusician-cuda\n  \
+                 gpu-check [DIR]\n                 \
+                 build the helper and run the GPU check where `nvidia-smi` answers (else say\n                 \
+                 how to run tools/gpu-check.sh on a GPU machine); the report goes to DIR\n  \
                  setup          install the system packages the build needs (Debian/Ubuntu)"
             );
             if task == "help" || task == "--help" || task == "-h" {
@@ -240,7 +254,14 @@ fn bundle_dir(profile: &str) -> PathBuf {
 }
 
 fn test(args: &[String]) -> Result<()> {
-    run(cargo().args(["test", "--workspace"]).args(args))?;
+    // The GPU build is compiled here too, so it cannot rot on machines
+    // without a GPU, and the tests check that a machine without the NVIDIA
+    // driver refuses it in words and plays on the CPU.
+    let helper = gpu_helper()?;
+    run(cargo()
+        .args(["test", "--workspace"])
+        .args(args)
+        .env("VIDMUSICIAN_TEST_CUDA_HELPER", &helper))?;
     // Benchmarks are not run by tests, so compile them here (in the bench
     // profile, as `cargo bench` does) or one could rot unnoticed.
     eprintln!("xtask: compiling the benchmarks");
@@ -321,6 +342,212 @@ fn bench(args: &[String]) -> Result<()> {
         run(Command::new(&exe).args(["bench", what]).args(args))?;
     }
     Ok(())
+}
+
+/// The CUDA version the GPU build is made with: candle 0.11's cudarc takes
+/// up to 13.0, and the `-cu12` wheels carry no `nvcc`.
+const CUDA_TOOLKIT: &str = "cuda-toolkit[nvcc,nvvm,crt,cudart,cccl,cublas,curand,nvrtc]==13.0.2";
+/// The GPUs the kernels are compiled for (Hopper: H100, H200).
+const CUDA_COMPUTE_CAP: &str = "90";
+/// The largest the stripped helper may be: it is carried to GPU machines.
+const HELPER_MAX_BYTES: u64 = 60 << 20;
+
+/// A CUDA home for the build, under target/cuda-toolkit: the toolkit's
+/// wheels from PyPI (nvcc, headers, the libraries the link needs) and a
+/// link-time stand-in for `libcuda`, which only a driver provides. The
+/// stand-in is never shipped: it only lets the linker resolve the driver's
+/// entry points, which a GPU machine's real `libcuda.so.1` provides.
+fn cuda_home() -> Result<PathBuf> {
+    let base = root().join("target").join("cuda-toolkit");
+    let py = base.join("py");
+    let cu13 = py.join("nvidia").join("cu13");
+    if !cu13.join("bin").join("nvcc").is_file() {
+        eprintln!(
+            "xtask: installing the CUDA 13.0 toolkit from PyPI into {}",
+            py.display()
+        );
+        let _ = std::fs::remove_dir_all(&py);
+        run(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&py)
+            .arg(CUDA_TOOLKIT))
+        .context("installing the CUDA toolkit with pip (python3 -m pip)")?;
+    }
+    let lib = base.join("lib");
+    std::fs::create_dir_all(&lib)?;
+    for (name, real) in [
+        ("libcublas.so", "libcublas.so.13"),
+        ("libcublasLt.so", "libcublasLt.so.13"),
+        ("libcudart.so", "libcudart.so.13"),
+        ("libnvrtc.so", "libnvrtc.so.13"),
+        ("libcurand.so", "libcurand.so.10"),
+    ] {
+        let target = cu13.join("lib").join(real);
+        if !target.is_file() {
+            bail!("the CUDA toolkit has no {}", target.display());
+        }
+        let link = lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link)?;
+    }
+    let stub = lib.join("libcuda.so");
+    if !stub.is_file() {
+        cuda_stub(&stub)?;
+    }
+    let home = base.join("home");
+    std::fs::create_dir_all(&home)?;
+    for (name, target) in [
+        ("bin", cu13.join("bin")),
+        ("include", cu13.join("include")),
+        ("nvvm", cu13.join("nvvm")),
+        ("lib", lib.clone()),
+    ] {
+        let link = home.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link)?;
+    }
+    Ok(home)
+}
+
+/// Writes the link-time `libcuda.so` stand-in: every driver entry point
+/// cudarc declares, each answering CUDA_ERROR_STUB_LIBRARY (34).
+fn cuda_stub(out: &Path) -> Result<()> {
+    let meta = cargo()
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--features",
+            "vidmusician-engine/cuda",
+        ])
+        .output()
+        .context("running cargo metadata")?;
+    if !meta.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&meta.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&meta.stdout)?;
+    let manifest = v["packages"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "cudarc"))
+        .and_then(|p| p["manifest_path"].as_str())
+        .context("cudarc is not among the `cuda` feature's packages")?;
+    let sys = Path::new(manifest)
+        .parent()
+        .context("cudarc's manifest has no folder")?
+        .join("src/driver/sys/mod.rs");
+    let text =
+        std::fs::read_to_string(&sys).with_context(|| format!("reading {}", sys.display()))?;
+    // The declarations of the linked (not loaded) bindings: `fn cuXxx(`.
+    let mut names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("fn "))
+        .filter_map(|l| l.split_once('(').map(|(n, _)| n))
+        .filter(|n| n.starts_with("cu") && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.len() < 100 {
+        bail!(
+            "found only {} driver entry points in {}",
+            names.len(),
+            sys.display()
+        );
+    }
+    let mut c = String::from("/* Link-time stand-in for libcuda; never shipped. */\n");
+    for n in &names {
+        c += &format!("int {n}(void) {{ return 34; }}\n");
+    }
+    let src = out.with_extension("c");
+    std::fs::write(&src, c)?;
+    run(Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+        .arg(out)
+        .arg(&src))
+}
+
+/// Builds the GPU helper: the engine's `vidmusician-cuda` with the `cuda`
+/// feature, in a release build of its own (target/cuda), stripped and
+/// copied to target/cuda/vidmusician-cuda. Returns its path.
+fn gpu_helper() -> Result<PathBuf> {
+    let home = cuda_home()?;
+    let target = root().join("target").join("cuda");
+    eprintln!("xtask: building the GPU helper (the first build takes 20–30 minutes on 2 cores)");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![home.join("bin")];
+    paths.extend(std::env::split_paths(&path));
+    let mut build = cargo();
+    build
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "vidmusician-engine",
+            "--bin",
+            "vidmusician-cuda",
+            "--features",
+            "cuda",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .env("CUDA_HOME", &home)
+        .env("CUDA_PATH", &home)
+        .env("PATH", std::env::join_paths(paths)?)
+        .env("LIBRARY_PATH", home.join("lib"));
+    if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
+        build.env("CUDA_COMPUTE_CAP", CUDA_COMPUTE_CAP);
+    }
+    run(&mut build)?;
+    let built = target.join("release").join("vidmusician-cuda");
+    let helper = target.join("vidmusician-cuda");
+    std::fs::copy(&built, &helper).with_context(|| format!("copying {}", built.display()))?;
+    run(Command::new("strip").arg("--strip-unneeded").arg(&helper))?;
+    let size = std::fs::metadata(&helper)?.len();
+    if size > HELPER_MAX_BYTES {
+        bail!(
+            "{} is {:.1} MB stripped, past the {} MB a GPU machine is sent",
+            helper.display(),
+            size as f64 / 1e6,
+            HELPER_MAX_BYTES >> 20
+        );
+    }
+    eprintln!("xtask: {} ({:.1} MB)", helper.display(), size as f64 / 1e6);
+    Ok(helper)
+}
+
+/// Builds the helper, then runs tools/gpu-check.sh with it where a GPU
+/// answers; elsewhere says how to run it on a GPU machine.
+fn gpu_check(args: &[String]) -> Result<()> {
+    let helper = gpu_helper()?;
+    let out = args
+        .first()
+        .map_or_else(|| root().join("target").join("gpu-check"), PathBuf::from);
+    let script = root().join("tools").join("gpu-check.sh");
+    let has_gpu = Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_gpu {
+        eprintln!(
+            "xtask: no NVIDIA GPU answers here (nvidia-smi). On a machine with one, run\n  \
+             {} {} {}\n(the helper needs the NVIDIA driver and the CUDA 13 libraries: \
+             libcublas, libcublasLt, libcurand, libnvrtc, libcudart)",
+            script.display(),
+            helper.display(),
+            out.display()
+        );
+        return Ok(());
+    }
+    run(Command::new(&script).arg(&helper).arg(&out))
 }
 
 #[cfg(test)]

@@ -272,8 +272,10 @@ pub struct StreamMaster {
 }
 
 /// How much audio the gain is measured on before any is let through, seconds
-/// (less if the piece ends first).
-const GAIN_WINDOW_S: f64 = 3.0;
+/// (less if the piece ends first). Nothing is heard until then, so it is
+/// short: a neural engine's first sound waits for this much music to be
+/// made.
+const GAIN_WINDOW_S: f64 = 1.5;
 
 impl StreamMaster {
     pub fn new(sample_rate: u32, channels: usize, target_lufs: f64, ceiling_dbtp: f64) -> Self {

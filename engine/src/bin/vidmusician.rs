@@ -162,6 +162,10 @@ enum Command {
         /// device: musicgen-medium's shape too.
         #[arg(long)]
         medium: bool,
+        /// device: also a MusicGen checkpoint folder with its own weights
+        /// (e.g. engine/tests/fixtures/musicgen-tiny).
+        #[arg(long, value_name = "DIR")]
+        checkpoint: Option<PathBuf>,
     },
 }
 
@@ -428,8 +432,15 @@ fn main() -> ExitCode {
             device,
             dtypes,
             medium,
+            checkpoint,
             ..
-        } => bench_device(device, frames.max(1), &dtypes, medium),
+        } => bench_device(
+            device,
+            frames.max(1),
+            &dtypes,
+            medium,
+            checkpoint.as_deref(),
+        ),
         Command::Bench {
             what: BenchWhat::ZeroShot,
             seconds,
@@ -1298,7 +1309,7 @@ fn bench(what: BenchWhat, video_path: Option<&Path>, seconds: f64, runs: usize) 
             })
         }
         BenchWhat::Neural => bench_neural(250, None),
-        BenchWhat::Device => bench_device(DeviceChoice::Auto, 250, "f32", false),
+        BenchWhat::Device => bench_device(DeviceChoice::Auto, 250, "f32", false, None),
         BenchWhat::Clip => bench_clip(seconds),
         BenchWhat::ZeroShot => bench_zero_shot(seconds),
         BenchWhat::Train => {
@@ -1403,20 +1414,26 @@ fn bench_clip(seconds: f64) -> Result<()> {
     Ok(())
 }
 
-fn bench_device(device: DeviceChoice, frames: usize, dtypes: &str, medium: bool) -> Result<()> {
-    use candle_core::DType;
+fn bench_device(
+    device: DeviceChoice,
+    frames: usize,
+    dtypes: &str,
+    medium: bool,
+    checkpoint: Option<&Path>,
+) -> Result<()> {
     let dtypes = dtypes
         .split(',')
-        .map(|d| match d.trim() {
-            "f32" => Ok(DType::F32),
-            "f16" => Ok(DType::F16),
-            "bf16" => Ok(DType::BF16),
-            other => bail!("--dtypes: unknown type `{other}` (f32, f16 or bf16)"),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let r = vidmusician_engine::neural::bench::device(device, frames, &dtypes, medium, &mut |m| {
-        eprintln!("{m}…")
-    })?;
+        .map(vidmusician_engine::neural::device::parse_dtype)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .context("--dtypes")?;
+    let r = vidmusician_engine::neural::bench::device(
+        device,
+        frames,
+        &dtypes,
+        medium,
+        checkpoint,
+        &mut |m| eprintln!("{m}…"),
+    )?;
     println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(())
 }

@@ -286,7 +286,7 @@ pub const MUSICGEN_MEDIUM_DECODER: &str = r#"{"vocab_size": 2048, "max_position_
 /// The decoder on a device against the CPU decoder, one model shape and type.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceRun {
-    pub model: &'static str,
+    pub model: String,
     pub dtype: String,
     /// Largest difference of the device's logits from the CPU decoder's (f32)
     /// over 64 steps of one conditioned sequence, and the spread of the CPU's.
@@ -304,17 +304,52 @@ pub struct DeviceBench {
     pub note: String,
     pub frames: usize,
     pub runs: Vec<DeviceRun>,
+    /// musicgen-small (random weights, f32) with guidance 3 through the GPU
+    /// helper, as the engine of a CPU build drives it: steps per second.
+    pub through_helper_guided_steps_per_s: Option<f64>,
+}
+
+/// Writes a random musicgen-small checkpoint, starts the GPU helper `exe`
+/// on `device`, has it load the checkpoint and times `frames` frames with
+/// guidance 3 through the pipe: steps per second.
+pub fn through_helper(
+    exe: &std::path::Path,
+    device: &str,
+    frames: usize,
+    progress: &mut dyn FnMut(&str),
+) -> Result<f64> {
+    progress("writing a random musicgen-small checkpoint for the helper");
+    let dir = tempfile::tempdir().map_err(|e| crate::Error::io(std::env::temp_dir(), e))?;
+    write_random_checkpoint(dir.path())?;
+    progress(&format!("the GPU helper on {device}: loading"));
+    let h = super::helper::Helper::start(exe, device)?;
+    h.load(dir.path(), DType::F32)?;
+    let cfg = musicgen_small().decoder;
+    let states = Tensor::randn(0f32, 1.0, (1, 12, cfg.hidden_size), &Device::Cpu)?;
+    let mask = Tensor::ones((1, 12), DType::U32, &Device::Cpu)?;
+    let s = Sampling::default();
+    h.generate(Some((&states, &mask)), &[], &[], 4, &s, &mut |_, _| true)?;
+    progress(&format!(
+        "the GPU helper on {device}: decoder steps with guidance 3"
+    ));
+    let t0 = Instant::now();
+    h.generate(Some((&states, &mask)), &[], &[], frames, &s, &mut |_, _| {
+        true
+    })?;
+    Ok((frames + cfg.num_codebooks - 1) as f64 / t0.elapsed().as_secs_f64())
 }
 
 /// Times the decoder on `device` (sampled generation of `frames` frames,
 /// guided and not) for musicgen-small's shape and, with `medium`, musicgen-
 /// medium's, in each of `dtypes`, and compares its logits with the CPU
-/// decoder's on the same random weights.
+/// decoder's on the same random weights; `checkpoint` adds a MusicGen folder
+/// (the test fixtures' tiny one, a real model) with its own weights.
 pub fn device(
     choice: super::device::DeviceChoice,
     frames: usize,
     dtypes: &[DType],
     medium: bool,
+    checkpoint: Option<&std::path::Path>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<DeviceBench> {
     use super::generate::generate_on;
@@ -332,16 +367,25 @@ pub fn device(
             )));
         }
     };
-    let mut shapes = vec![("musicgen-small", musicgen_small().decoder)];
+    // (name, decoder shape, its checkpoint folder or random weights)
+    let mut shapes = Vec::new();
+    if let Some(dir) = checkpoint {
+        let cfg = MusicgenConfig::load(&dir.join("config.json"))?.decoder;
+        shapes.push((dir.display().to_string(), cfg, Some(dir)));
+    }
+    shapes.push(("musicgen-small".to_string(), musicgen_small().decoder, None));
     if medium {
         let cfg = serde_json::from_str(MUSICGEN_MEDIUM_DECODER)
             .expect("PANIC: the built-in config parses");
-        shapes.push(("musicgen-medium", cfg));
+        shapes.push(("musicgen-medium".to_string(), cfg, None));
     }
     let mut runs = Vec::new();
-    for (model, cfg) in shapes {
-        progress(&format!("building a {model} decoder with random weights"));
-        let w = Weights::random(7);
+    for (model, cfg, dir) in shapes {
+        progress(&format!("building the {model} decoder"));
+        let w = match dir {
+            Some(d) => Weights::open_dir(d)?,
+            None => Weights::random(7),
+        };
         let cpu = Decoder::load(&w.pp("decoder"), &cfg)?;
         let candle = MusicgenDecoder::load(&w.pp("decoder"), &cfg)?;
         drop(w);
@@ -397,7 +441,7 @@ pub fn device(
             ));
             let unguided = time(1.0)?;
             runs.push(DeviceRun {
-                model,
+                model: model.clone(),
                 dtype: format!("{dtype:?}").to_lowercase(),
                 max_logit_diff,
                 logit_std,
@@ -412,6 +456,7 @@ pub fn device(
         note: chosen.note,
         frames,
         runs,
+        through_helper_guided_steps_per_s: None,
     })
 }
 

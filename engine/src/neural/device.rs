@@ -184,19 +184,46 @@ fn open_cuda(n: usize, helper: Option<&Path>) -> Result<Chosen> {
             reason: format!(
                 "this build of vidmusician has no CUDA support (it was built without the \
                  `cuda` feature) and no GPU helper was found ({} beside it or on the PATH, \
-                 or ${}); build it with `cargo build --release --features cuda` on a machine \
-                 with the CUDA toolkit (see the README's GPU section), or use --device cpu",
+                 or ${}); `cargo xtask gpu-helper` builds one (see the README's GPU section), \
+                 or use --device cpu",
                 helper::HELPER_NAME,
                 helper::HELPER_ENV
             ),
         });
     };
-    let h = Helper::start(&exe, &format!("cuda:{n}"))?;
+    let h = shared_helper(&exe, &format!("cuda:{n}"))?;
     Ok(Chosen {
         name: h.device().to_string(),
         note: format!("{} (through the GPU helper {})", h.note(), exe.display()),
-        backend: Backend::Helper(Arc::new(h)),
+        backend: Backend::Helper(h),
     })
+}
+
+/// The helpers this process runs, by program and device: engines of one
+/// process (plugin instances on several tracks) share one per device, as
+/// they share the models, rather than each holding the GPU's memory.
+static HELPERS: parking_lot::Mutex<Vec<HeldHelper>> = parking_lot::Mutex::new(Vec::new());
+
+/// A helper's program and device, and the helper while anything holds it.
+type HeldHelper = ((std::path::PathBuf, String), std::sync::Weak<Helper>);
+
+/// The running helper `exe` on `device`, or a new one. A broken one (its
+/// process ended) is replaced.
+fn shared_helper(exe: &Path, device: &str) -> Result<Arc<Helper>> {
+    // Held while starting, so two engines asking at once start one.
+    let mut held = HELPERS.lock();
+    held.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(h) = held
+        .iter()
+        .filter(|((e, d), _)| e == exe && d == device)
+        .find_map(|(_, w)| w.upgrade())
+        .filter(|h| !h.is_broken())
+    {
+        return Ok(h);
+    }
+    let h = Arc::new(Helper::start(exe, device)?);
+    held.push(((exe.to_path_buf(), device.to_string()), Arc::downgrade(&h)));
+    Ok(h)
 }
 
 /// CUDA device `n` in this process: only a `cuda` build has it.
@@ -245,12 +272,30 @@ pub fn dtype_for(chosen: &Chosen) -> Result<DType> {
         return Ok(DType::F32);
     }
     match std::env::var("VIDMUSICIAN_DEVICE_DTYPE").as_deref() {
-        Err(_) | Ok("" | "f32") => Ok(DType::F32),
-        Ok("f16") => Ok(DType::F16),
-        Ok("bf16") => Ok(DType::BF16),
-        Ok(other) => Err(Error::InvalidSetting(format!(
-            "VIDMUSICIAN_DEVICE_DTYPE={other}: use f32, f16 or bf16"
+        Err(_) | Ok("") => Ok(DType::F32),
+        Ok(name) => parse_dtype(name)
+            .map_err(|e| Error::InvalidSetting(format!("VIDMUSICIAN_DEVICE_DTYPE: {e}"))),
+    }
+}
+
+/// `f32`, `f16` or `bf16`.
+pub fn parse_dtype(name: &str) -> Result<DType> {
+    match name.trim() {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(Error::InvalidSetting(format!(
+            "unknown type `{other}` (f32, f16 or bf16)"
         ))),
+    }
+}
+
+/// The name [`parse_dtype`] reads back.
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "f32",
     }
 }
 

@@ -311,6 +311,12 @@ impl Helper {
         self.proc.lock().child.id()
     }
 
+    /// Whether it stopped answering or ended: every call now fails. Does
+    /// not wait for a call under way.
+    pub fn is_broken(&self) -> bool {
+        self.proc.try_lock().is_some_and(|p| p.broken.is_some())
+    }
+
     fn fail(&self, reason: String) -> Error {
         Error::Device {
             device: self.device.clone(),
@@ -321,11 +327,7 @@ impl Helper {
     /// Has the helper hold the decoder of the checkpoint in `dir` in
     /// `dtype` (a no-op when it already does).
     pub fn load(&self, dir: &Path, dtype: DType) -> Result<()> {
-        let dtype = match dtype {
-            DType::F16 => "f16",
-            DType::BF16 => "bf16",
-            _ => "f32",
-        };
+        let dtype = super::device::dtype_name(dtype);
         let mut p = self.proc.lock();
         if p.loaded
             .as_ref()
@@ -605,6 +607,8 @@ pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
                 }
             }
         }
+        // The engine let go: a window under way stops at its next step.
+        flag.store(true, Ordering::Relaxed);
     });
     let mut decoder: Option<MusicgenDecoder> = None;
     for m in rx {
@@ -612,11 +616,7 @@ pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
             ToHelper::Load { dir, dtype } => {
                 decoder = None;
                 let loaded = (|| -> Result<MusicgenDecoder> {
-                    let dtype = match dtype.as_str() {
-                        "f16" => DType::F16,
-                        "bf16" => DType::BF16,
-                        _ => DType::F32,
-                    };
+                    let dtype = super::device::parse_dtype(&dtype)?;
                     let cfg = super::config::MusicgenConfig::load(&dir.join("config.json"))?;
                     let w = super::weights::Weights::open_dir(&dir)?;
                     MusicgenDecoder::load(&w.pp("decoder"), &cfg.decoder)?.to_device(&dev, dtype)

@@ -28,6 +28,10 @@ pub const CONTEXT_SECONDS: f64 = 10.0;
 /// rather than after a whole window, and each hand-over costs a decode of
 /// the codec's context around it.
 const PUBLISH_SECONDS: f64 = 2.0;
+/// The first hand-over of a piece, seconds of music: as soon as the
+/// mastering has enough to set the level (see `audio::StreamMaster`), so
+/// that the first sound comes early.
+const FIRST_PUBLISH_SECONDS: f64 = 1.5;
 
 pub struct MusicGen {
     dir: PathBuf,
@@ -393,6 +397,11 @@ impl MusicGen {
             // they become final, not only when the window is done, so its
             // music can be heard while the rest of it is made.
             let every = ((PUBLISH_SECONDS * rate) as usize).max(1);
+            let first = if window == 0 {
+                ((FIRST_PUBLISH_SECONDS * rate) as usize).max(1)
+            } else {
+                every
+            };
             let mut handed = 0usize;
             let mut failed = None;
             let mut on_step = |p: Progress, complete: &[Vec<u32>]| {
@@ -401,7 +410,8 @@ impl MusicGen {
                     frames_done: done.min(frames),
                     frames_total: frames,
                 });
-                if go_on && p.complete >= handed + every && p.complete < new {
+                let due = if handed == 0 { first } else { handed + every };
+                if go_on && p.complete >= due && p.complete < new {
                     handed = p.complete;
                     let mut so_far = out.clone();
                     so_far.extend_from_slice(complete);

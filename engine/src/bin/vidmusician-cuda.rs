@@ -1,0 +1,116 @@
+//! `vidmusician-cuda`: the GPU helper, a `cuda` build holding an NVIDIA GPU
+//! for the engines of CPU builds (the `vidmusician` CLI, the plugin), which
+//! start it and speak to it on stdin/stdout; see
+//! `vidmusician_engine::neural::helper`. Kept to what it serves, and the
+//! benchmark of the device it runs on, so that it stays small enough to
+//! carry to a GPU machine.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vidmusician_engine::neural::device::{DeviceChoice, parse_dtype};
+
+#[derive(Parser)]
+#[command(name = "vidmusician-cuda", version, about = "VidMusician's GPU helper")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the engine that started this process (it speaks on stdin and
+    /// stdout; not for people).
+    GpuServe {
+        /// cuda, cuda:N (cpu runs the same code on the CPU).
+        #[arg(long, default_value = "cuda")]
+        device: DeviceChoice,
+    },
+    /// The decoder on the device against the CPU decoder: logits and steps
+    /// per second at musicgen-small's shape (random weights), in each of
+    /// --dtypes; musicgen-medium's too with --medium, and a checkpoint's.
+    BenchDevice {
+        #[arg(long, default_value = "cuda")]
+        device: DeviceChoice,
+        /// Code frames generated per timing (50 per second of audio).
+        #[arg(long, default_value_t = 500)]
+        frames: usize,
+        /// Comma-separated: f32, f16, bf16.
+        #[arg(long, default_value = "f32,f16,bf16")]
+        dtypes: String,
+        #[arg(long)]
+        medium: bool,
+        /// A MusicGen checkpoint folder (e.g. engine/tests/fixtures/musicgen-tiny).
+        #[arg(long, value_name = "DIR")]
+        checkpoint: Option<PathBuf>,
+        /// Also time musicgen-small through this program run as the helper
+        /// (`gpu-serve`), as a CPU build's engine drives it.
+        #[arg(long)]
+        through_helper: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::GpuServe { device } => {
+            vidmusician_engine::neural::helper::serve(device).map_err(anyhow::Error::from)
+        }
+        Command::BenchDevice {
+            device,
+            frames,
+            dtypes,
+            medium,
+            checkpoint,
+            through_helper,
+        } => bench(
+            device,
+            frames.max(1),
+            &dtypes,
+            medium,
+            checkpoint,
+            through_helper,
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(
+    device: DeviceChoice,
+    frames: usize,
+    dtypes: &str,
+    medium: bool,
+    checkpoint: Option<PathBuf>,
+    through_helper: bool,
+) -> anyhow::Result<()> {
+    let dtypes = dtypes
+        .split(',')
+        .map(parse_dtype)
+        .collect::<Result<Vec<_>, _>>()?;
+    use vidmusician_engine::neural::bench;
+    let mut r = bench::device(
+        device,
+        frames,
+        &dtypes,
+        medium,
+        checkpoint.as_deref(),
+        &mut |m| eprintln!("{m}…"),
+    )?;
+    if through_helper {
+        let exe = std::env::current_exe()?;
+        r.through_helper_guided_steps_per_s = Some(bench::through_helper(
+            &exe,
+            &device.to_string(),
+            frames,
+            &mut |m| eprintln!("{m}…"),
+        )?);
+    }
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(())
+}
