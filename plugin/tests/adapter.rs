@@ -65,6 +65,23 @@ fn on_auto_an_installed_adapter_scores_the_video() {
         loudest = l.iter().fold(loudest, |m, x| m.max(x.abs()));
     }
     assert!(loudest > 0.01, "silent: {loudest}");
+    // The music streams as it is made: the player can have what it needs
+    // before the piece is whole and cached. Wait for the whole piece.
+    let model = vidmusician_plugin::editor::model::live()
+        .pop()
+        .expect("the instance's editor model");
+    let t0 = std::time::Instant::now();
+    while !matches!(
+        model.view().status,
+        vidmusician_plugin::editor::model::Status::Finished { .. }
+    ) {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "{:?}",
+            model.view().status
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     inst.deactivate(proc.stop_processing());
 
     // What was made and cached is the vidmusician engine's, the video's length.

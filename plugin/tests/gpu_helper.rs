@@ -65,18 +65,25 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn state(video: &Path, device: &str) -> String {
+fn state(video: &Path, device: &str, seed: u32) -> String {
     format!(
-        r#"{{"version":2,"video":{:?},"prompt":"warm piano","params":[[1,8],[3,2],[4,0],[6,5]],"device":"{device}"}}"#,
+        r#"{{"version":2,"video":{:?},"prompt":"warm piano","params":[[1,{seed}],[3,2],[4,0],[6,5]],"device":"{device}"}}"#,
         video.to_str().unwrap()
     )
 }
 
-/// Plays 100 blocks offline against `want` (all sounding music), or checks
-/// only that music sounds when `want` is `None`; returns the frames heard.
-fn play(video: &Path, device: &str, want: Option<&vidmusician_engine::audio::Audio>) -> usize {
+/// Plays 100 blocks offline of the take of `seed` against `want` (all
+/// sounding music), or checks only that music sounds when `want` is `None`;
+/// returns the frames heard. A seed of its own each time: a take from the
+/// cache says nothing of where it was made.
+fn play(
+    video: &Path,
+    device: &str,
+    seed: u32,
+    want: Option<&vidmusician_engine::audio::Audio>,
+) -> usize {
     let mut inst = instance();
-    load_state(&mut inst, state(video, device).as_bytes());
+    load_state(&mut inst, state(video, device, seed).as_bytes());
     set_offline(&mut inst);
     let mut proc = start(&mut inst, 48_000.0, 1024);
     let mut d = Driver::new(1024);
@@ -157,7 +164,7 @@ fn the_plugin_drives_a_gpu_helper_and_ends_it_with_the_instance() {
 
     // The plugin asked for the GPU by its saved state plays that music, and
     // its editor says where it was made.
-    let sounding = play(video, "cuda:0", Some(&want));
+    let sounding = play(video, "cuda:0", 8, Some(&want));
     assert!(sounding > 48_000, "{sounding} frames of music compared");
     let seen = NOTES.lock().unwrap().last().cloned().unwrap_or_default();
     assert!(seen.contains("GPU helper"), "{seen}");
@@ -173,7 +180,7 @@ fn the_plugin_drives_a_gpu_helper_and_ends_it_with_the_instance() {
         Some(real) => {
             // SAFETY: every engine of this process has ended.
             unsafe { std::env::set_var("VIDMUSICIAN_CUDA_HELPER", &real) };
-            let sounding = play(video, "auto", None);
+            let sounding = play(video, "auto", 9, None);
             assert!(sounding > 48_000, "the plugin played {sounding} frames");
             let seen = NOTES.lock().unwrap().last().cloned().unwrap_or_default();
             let gpu_here = seen.starts_with("running on CUDA");
