@@ -407,7 +407,9 @@ fn compose_text(dir: &Path, name: &str, args: &[&str]) -> Audio {
 /// says so; a device that is no device is refused by the parser.
 #[test]
 fn a_device_is_taken_or_refused_with_its_reason() {
-    if vidmusician_engine::neural::device::cuda_built() {
+    if vidmusician_engine::neural::device::cuda_built()
+        || vidmusician_engine::neural::helper::find().is_some()
+    {
         eprintln!("skipped: a CUDA build (the GPU check runs it with a device)");
         return;
     }

@@ -104,6 +104,21 @@ fn a_cached_session_gives_the_reference_logits_step_by_step_and_in_one_read() {
         let logits = two.step(&at(half, half + 1), 1, &[]).unwrap();
         let d = max_diff(&logits[..vocab], want_at(s, 0, half));
         assert!(d < TOL, "sequence {s}, the step after a read at once: {d}");
+        // Several positions at once after some already read: the causal
+        // bias counts from the cache's end.
+        let mut three = dec.session(Some((&st, &ma)), 1, seq).unwrap();
+        three.step(&at(0, 2), 2, &[]).unwrap();
+        let logits = three.step(&at(2, half + 1), half - 1, &[]).unwrap();
+        for c in 0..k {
+            let d = max_diff(&logits[c * vocab..(c + 1) * vocab], want_at(s, c, half));
+            assert!(
+                d < TOL,
+                "sequence {s}, a read at once after two, codebook {c}: {d}"
+            );
+        }
+        let logits = three.step(&at(half + 1, half + 2), 1, &[]).unwrap();
+        let d = max_diff(&logits[..vocab], want_at(s, 0, half + 1));
+        assert!(d < TOL, "sequence {s}, the step after that: {d}");
     }
 }
 
@@ -232,7 +247,7 @@ fn sampling_with_layer_inputs_and_a_prompt_matches_the_cpu_decoder() {
 /// missing, and `auto` settles on the CPU saying why; the CLI does the same.
 #[test]
 fn cuda_without_a_cuda_build_is_refused_and_auto_takes_the_cpu() {
-    if device::cuda_built() {
+    if device::cuda_built() || vidmusician_engine::neural::helper::find().is_some() {
         eprintln!("skipped: this is a CUDA build; the GPU check covers it");
         return;
     }
@@ -253,6 +268,14 @@ use std::time::{Duration, Instant};
 
 use vidmusician_engine::Error;
 use vidmusician_engine::neural::helper::Helper;
+
+/// Tests that start helper processes run one at a time, so that counting
+/// the process's helpers counts one test's.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn vidmusician() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_vidmusician"))
@@ -295,6 +318,7 @@ fn window(m: &MusicGen) -> TestWindow {
 
 #[test]
 fn the_helper_process_draws_the_cpu_decoders_tokens_and_can_be_cancelled() {
+    let _one = one_at_a_time();
     let m = MusicGen::load(&fixture()).unwrap();
     let (states, mask, inputs, prompt_frames) = window(&m);
     let Cross::Cpu(kv) = m.cross(&states, &mask).unwrap() else {
@@ -412,6 +436,7 @@ fn the_helper_process_draws_the_cpu_decoders_tokens_and_can_be_cancelled() {
 
 #[test]
 fn a_helper_that_cannot_start_names_what_is_missing_and_auto_takes_the_cpu() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     // What the loader says where a `cuda` build meets a machine without the
     // NVIDIA driver.
@@ -457,6 +482,7 @@ fn a_helper_that_cannot_start_names_what_is_missing_and_auto_takes_the_cpu() {
 
 #[test]
 fn a_helper_that_dies_in_a_window_is_an_error_at_once_not_a_hang() {
+    let _one = one_at_a_time();
     let m = MusicGen::load(&fixture()).unwrap();
     let (states, mask, inputs, prompt_frames) = window(&m);
     let h = Helper::start(vidmusician(), "cpu").unwrap();
@@ -492,7 +518,7 @@ fn a_helper_that_dies_in_a_window_is_an_error_at_once_not_a_hang() {
     let text = err.to_string();
     assert!(matches!(err, Error::Device { .. }), "{text}");
     assert!(
-        text.contains("the GPU helper stopped") && text.contains("9"),
+        text.contains("the GPU helper stopped") && text.contains("SIGKILL"),
         "{text}"
     );
     // Every later call says the same at once.
@@ -506,6 +532,7 @@ fn a_helper_that_dies_in_a_window_is_an_error_at_once_not_a_hang() {
 /// is missing; with a GPU it opens the device and serves a window.
 #[test]
 fn the_cuda_build_of_the_helper_starts_only_where_cuda_is() {
+    let _one = one_at_a_time();
     let Some(real) = std::env::var_os("VIDMUSICIAN_TEST_CUDA_HELPER") else {
         eprintln!("skipped: VIDMUSICIAN_TEST_CUDA_HELPER is not set (cargo xtask test sets it)");
         return;
@@ -531,4 +558,180 @@ fn the_cuda_build_of_the_helper_starts_only_where_cuda_is() {
             eprintln!("as expected without a GPU: {text}");
         }
     }
+}
+
+// The engine service with devices: in this binary, not the service tests',
+// where a test counts the process's decoder threads.
+
+use vidmusician_engine::service::{Engine, EngineConfig, Event, Request};
+
+/// A neural piece is heard early: its first chunk reaches the player once
+/// about 1.6 s of its music is made (the mastering's level is set from the
+/// first 1.5 s), not at the next hand-over.
+#[test]
+fn the_first_neural_chunk_comes_once_the_level_can_be_set() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny");
+    let engine = Engine::start(EngineConfig {
+        cache_dir: None,
+        model_dir: Some(model),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let mut req = Request::text("calm piano", 8.0);
+    req.sample_rate = 48_000;
+    req.chunk_frames = 4800;
+    req.max_chunks = 200;
+    let (id, reader) = engine.submit(req).unwrap();
+    let mut reader = reader.unwrap();
+    let mut fraction = 0.0;
+    let mut first = None;
+    engine
+        .wait(id, |ev| {
+            if let Event::Progress { fraction: f, .. } = ev {
+                fraction = *f;
+            }
+            if first.is_none() && reader.pop().is_some() {
+                first = Some(fraction);
+            }
+        })
+        .unwrap();
+    let at = first.expect("chunks while the piece was made") * 8.0;
+    // 1.6 s settled and the codec's few frames of look-ahead (1.8 s with
+    // the tiny checkpoint); the next hand-over would be 2 s later.
+    assert!(
+        (1.6..2.0).contains(&at),
+        "first chunk after {at:.2} s of music"
+    );
+}
+
+/// An engine asked for a CUDA device in a build or on a machine without one
+/// makes the piece on the CPU, the same piece as asked there, and says why.
+#[test]
+fn a_device_that_cannot_be_had_leaves_the_work_on_the_cpu_and_says_so() {
+    let _one = one_at_a_time();
+    use vidmusician_engine::neural::device::{self, DeviceChoice};
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny");
+    let make = |device: DeviceChoice| {
+        let engine = Engine::start(EngineConfig {
+            cache_dir: None,
+            model_dir: Some(model.clone()),
+            device,
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let mut req = Request::text("calm piano", 1.0);
+        req.sample_rate = 32_000;
+        req.seed = 3;
+        let (id, _) = engine.submit(req).unwrap();
+        engine.wait(id, |_| {}).unwrap()
+    };
+    let cpu = make(DeviceChoice::Cpu);
+    assert_eq!(
+        cpu.device.as_deref(),
+        Some("running on the CPU (asked for)")
+    );
+    if device::cuda_built() && device::choose(DeviceChoice::Cuda(0)).is_ok() {
+        eprintln!("skipped the fallback: a CUDA device is here (the GPU check covers it)");
+        return;
+    }
+    for choice in [DeviceChoice::Cuda(0), DeviceChoice::Auto] {
+        let other = make(choice);
+        let note = other.device.clone().unwrap_or_default();
+        assert!(note.starts_with("running on the CPU"), "{choice}: {note}");
+        assert!(
+            note.contains("CUDA"),
+            "{choice}: says what is missing: {note}"
+        );
+        assert_eq!(other.audio.channels, cpu.audio.channels, "{choice}");
+    }
+    // Through a GPU helper (here this build's `gpu-serve` on the CPU, as a
+    // `cuda` build's serves a GPU): the same piece, made in the helper,
+    // which ends with the engine.
+    let dir = tempfile::tempdir().unwrap();
+    let helper = dir.path().join("vidmusician-cuda");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nexec {:?} gpu-serve --device cpu\n",
+            env!("CARGO_BIN_EXE_vidmusician")
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let through = Engine::start(EngineConfig {
+        cache_dir: None,
+        model_dir: Some(model.clone()),
+        device: DeviceChoice::Cuda(0),
+        gpu_helper: Some(helper.clone()),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let mut req = Request::text("calm piano", 1.0);
+    req.sample_rate = 32_000;
+    req.seed = 3;
+    let (id, _) = through.submit(req).unwrap();
+    let done = through.wait(id, |_| {}).unwrap();
+    let note = done.device.clone().unwrap_or_default();
+    assert!(
+        note.contains("in the GPU helper") && note.contains("vidmusician-cuda"),
+        "{note}"
+    );
+    assert_eq!(done.audio.channels, cpu.audio.channels);
+    assert_eq!(helpers_running(), 1, "one helper for the engine");
+    // A second engine of the process (another plugin instance) shares it.
+    let second = Engine::start(EngineConfig {
+        cache_dir: None,
+        model_dir: Some(model.clone()),
+        device: DeviceChoice::Cuda(0),
+        gpu_helper: Some(helper.clone()),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let mut other = Request::text("calm piano", 1.0);
+    other.sample_rate = 32_000;
+    other.seed = 4;
+    let (id, _) = second.submit(other).unwrap();
+    let note = second.wait(id, |_| {}).unwrap().device.unwrap_or_default();
+    assert!(note.contains("in the GPU helper"), "{note}");
+    assert_eq!(helpers_running(), 1, "one helper for the process");
+    drop(through);
+    assert_eq!(helpers_running(), 1, "the second engine still holds it");
+    drop(second);
+    assert_eq!(helpers_running(), 0, "the helper outlived the engine");
+
+    // The composer reads no device.
+    let eng = Engine::start(EngineConfig {
+        cache_dir: None,
+        device: DeviceChoice::Cuda(0),
+        gpu_helper: Some(helper),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let v = dir.path().join("a.mp4");
+    vidmusician_engine::video::synth::write_video(
+        &v,
+        &vidmusician_engine::video::synth::SynthSpec::new(192, 144, 25, 2.0, vec![1.0]),
+    )
+    .unwrap();
+    let (id, _) = eng.submit(Request::new(&v)).unwrap();
+    assert_eq!(eng.wait(id, |_| {}).unwrap().device, None);
+    assert_eq!(helpers_running(), 0, "the composer started no helper");
+}
+
+/// This process's children serving as GPU helpers.
+fn helpers_running() -> usize {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let stat = std::fs::read_to_string(p.join("stat")).ok()?;
+            // pid (comm) state ppid …
+            let after = stat.rsplit_once(')')?.1;
+            let ppid = after.split_whitespace().nth(1)?;
+            let cmd = std::fs::read_to_string(p.join("cmdline")).ok()?;
+            (ppid == me && cmd.contains("gpu-serve")).then_some(())
+        })
+        .count()
 }

@@ -642,9 +642,12 @@ fn compose(a: ComposeArgs) -> Result<()> {
     };
     // A device asked for by name must be there: better said now than after
     // the analysis. `auto` is settled by the engine, which says what it took.
-    if let DeviceChoice::Cuda(_) = a.device {
-        vidmusician_engine::neural::device::choose(a.device)?;
-    }
+    // The device is held until the end: the engine's engine thread then
+    // shares the same GPU helper rather than starting a second.
+    let _device = match a.device {
+        DeviceChoice::Cuda(_) => Some(vidmusician_engine::neural::device::choose(a.device)?),
+        _ => None,
+    };
     if a.no_cache {
         config.cache_dir = None;
     }

@@ -360,7 +360,7 @@ pub fn device(
         super::device::Backend::Helper(h) => {
             return Err(crate::Error::InvalidSetting(format!(
                 "this build reaches {} through the GPU helper; run the benchmark in the \
-                 helper itself: `{} bench device --device {}`",
+                 helper itself: `{} bench-device --device {}`",
                 h.device(),
                 h.exe().display(),
                 h.device()

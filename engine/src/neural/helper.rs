@@ -138,6 +138,40 @@ fn read_message<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> std::io::Res
         .map_err(std::io::Error::other)
 }
 
+/// Runs `f` with SIGPIPE blocked on this thread, so that a write to a pipe
+/// whose reader ended fails with `EPIPE` rather than ending the process
+/// (Rust programs ignore SIGPIPE, hosts loading the plugin may not). A
+/// SIGPIPE raised meanwhile is taken off this thread before it is unblocked.
+#[cfg(target_os = "linux")]
+fn without_sigpipe<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: plain calls on signal sets this function owns; the thread's
+    // mask is restored before returning.
+    unsafe {
+        let mut pipe: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut pipe);
+        libc::sigaddset(&mut pipe, libc::SIGPIPE);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old);
+        let r = f();
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        libc::sigpending(&mut pending);
+        if libc::sigismember(&pending, libc::SIGPIPE) == 1 {
+            let zero = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            libc::sigtimedwait(&pipe, std::ptr::null_mut(), &zero);
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        r
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn without_sigpipe<T>(f: impl FnOnce() -> T) -> T {
+    f()
+}
+
 /// Where the helper is: `$VIDMUSICIAN_CUDA_HELPER`, else `vidmusician-cuda`
 /// beside this program, beside the plugin (see [`set_plugin_dir`]), or on
 /// the `PATH`.
@@ -385,7 +419,22 @@ impl Helper {
             frames,
             sampling: sampling.clone(),
         };
-        let mut p = self.proc.lock();
+        // Another engine of the process may be running a window on the
+        // shared helper: wait for it, still cancellable (`on_step` is asked,
+        // with nothing done yet).
+        let mut p = loop {
+            if let Some(p) = self.proc.try_lock_for(Duration::from_millis(50)) {
+                break p;
+            }
+            let waiting = Progress {
+                step: 0,
+                steps: frames.max(1),
+                complete: 0,
+            };
+            if !on_step(waiting, &[]) {
+                return Err(Error::Cancelled);
+            }
+        };
         if p.loaded.is_none() {
             return Err(self.fail("the GPU helper holds no model".into()));
         }
@@ -425,12 +474,17 @@ impl Helper {
                         p.send(&ToHelper::Cancel).map_err(|r| self.fail(r))?;
                     }
                 }
-                FromHelper::Done(frames) => {
-                    return if cancelled {
-                        Err(Error::Cancelled)
-                    } else {
-                        Ok(frames)
-                    };
+                FromHelper::Done(got) => {
+                    if cancelled {
+                        return Err(Error::Cancelled);
+                    }
+                    if got.len() != frames {
+                        return Err(self.fail(p.broke(format!(
+                            "sent {} frames for a window of {frames}",
+                            got.len()
+                        ))));
+                    }
+                    return Ok(got);
                 }
                 FromHelper::Cancelled => return Err(Error::Cancelled),
                 FromHelper::Failed {
@@ -451,10 +505,16 @@ impl Proc {
         if let Some(b) = &self.broken {
             return Err(b.clone());
         }
+        if let Ok(Some(_)) = self.child.try_wait() {
+            let why = self.why_gone();
+            return Err(self.broke(format!("the GPU helper stopped{why}")));
+        }
         let Some(w) = self.stdin.as_mut() else {
             return Err(self.broke("the GPU helper's input is closed".into()));
         };
-        if let Err(e) = write_message(w, m) {
+        // A helper that ended while this writes must not take the host with
+        // it: the write fails instead of raising SIGPIPE.
+        if let Err(e) = without_sigpipe(|| write_message(w, m)) {
             let why = self.why_gone();
             return Err(self.broke(format!("the GPU helper stopped ({e}){why}")));
         }
@@ -648,10 +708,29 @@ pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
                 };
                 let h = d.config().hidden_size;
                 let cross = match &w.cross {
-                    Some((states, len, mask)) => Some((
-                        Tensor::from_slice(states, (1, *len, h), &candle_core::Device::Cpu)?,
-                        Tensor::from_slice(mask, (1, *len), &candle_core::Device::Cpu)?,
-                    )),
+                    Some((states, len, mask)) => {
+                        let cpu = &candle_core::Device::Cpu;
+                        match (
+                            Tensor::from_slice(states, (1, *len, h), cpu),
+                            Tensor::from_slice(mask, (1, *len), cpu),
+                        ) {
+                            (Ok(s), Ok(m)) => Some((s, m)),
+                            _ => {
+                                let reason = format!(
+                                    "conditioning states of {} values for {len} × {h}",
+                                    states.len()
+                                );
+                                send(
+                                    &mut out,
+                                    &FromHelper::Failed {
+                                        reason,
+                                        device: false,
+                                    },
+                                )?;
+                                continue;
+                            }
+                        }
+                    }
                     None => None,
                 };
                 let mut sent = 0usize;

@@ -28,10 +28,11 @@ pub const CONTEXT_SECONDS: f64 = 10.0;
 /// rather than after a whole window, and each hand-over costs a decode of
 /// the codec's context around it.
 const PUBLISH_SECONDS: f64 = 2.0;
-/// The first hand-over of a piece, seconds of music: as soon as the
-/// mastering has enough to set the level (see `audio::StreamMaster`), so
-/// that the first sound comes early.
-const FIRST_PUBLISH_SECONDS: f64 = 1.5;
+/// The first hand-over of a piece comes once this much of its audio has
+/// settled, seconds: the mastering's gain window (see `audio::StreamMaster`,
+/// 1.5 s) and a little for the resampler's delay, so that the first
+/// hand-over is heard at once.
+const FIRST_PUBLISH_SECONDS: f64 = 1.6;
 
 pub struct MusicGen {
     dir: PathBuf,
@@ -397,11 +398,9 @@ impl MusicGen {
             // they become final, not only when the window is done, so its
             // music can be heard while the rest of it is made.
             let every = ((PUBLISH_SECONDS * rate) as usize).max(1);
-            let first = if window == 0 {
-                ((FIRST_PUBLISH_SECONDS * rate) as usize).max(1)
-            } else {
-                every
-            };
+            // The first hand-over of the piece, in settled frames: the codec
+            // holds back the last few frames it knows.
+            let first_settled = ((FIRST_PUBLISH_SECONDS * rate).ceil() as usize).max(1);
             let mut handed = 0usize;
             let mut failed = None;
             let mut on_step = |p: Progress, complete: &[Vec<u32>]| {
@@ -410,8 +409,12 @@ impl MusicGen {
                     frames_done: done.min(frames),
                     frames_total: frames,
                 });
-                let due = if handed == 0 { first } else { handed + every };
-                if go_on && p.complete >= due && p.complete < new {
+                let due = if handed == 0 && window == 0 {
+                    self.codec.settled(p.complete, false) >= first_settled
+                } else {
+                    p.complete >= handed + every
+                };
+                if go_on && due && p.complete < new {
                     handed = p.complete;
                     let mut so_far = out.clone();
                     so_far.extend_from_slice(complete);
@@ -435,7 +438,17 @@ impl MusicGen {
                     new,
                     &s,
                     &mut on_step,
-                ),
+                )
+                .map_err(|e| match e {
+                    // The device's own failures (no memory for the window, a
+                    // fault) are told apart from the request's, so the
+                    // engine can go on on the CPU.
+                    Error::Tensor(t) if !d.device().is_cpu() => Error::Device {
+                        device: self.device_name(),
+                        reason: t.to_string(),
+                    },
+                    other => other,
+                }),
                 (Some(OnDevice::Helper(h, dtype)), None | Some(Cross::States(..))) => {
                     // Another model of this process may have had the helper
                     // load its decoder since.

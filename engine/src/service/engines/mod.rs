@@ -204,7 +204,7 @@ impl Engines {
         let mut handed = false;
         let sink = &mut *work.sink;
         let mut counting = |a: &Audio, complete: bool| {
-            handed = true;
+            handed |= !a.is_empty();
             sink(a, complete)
         };
         let on_device = Work {
