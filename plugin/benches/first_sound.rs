@@ -69,8 +69,11 @@ type Held = (
 );
 
 /// A new instance of `engine` on `video` with `seed`, activated and played
-/// at real-time pace from 0 until it sounds: the time that took, and the
-/// instance (deactivated, its engine still making the piece).
+/// at real-time pace over the video's first second again and again (as a
+/// user loops the start while the music comes: the engines make music
+/// slower than real time on 2 cores, so a playhead running on would stay
+/// ahead of it) until it sounds: the time that took, and the instance
+/// (deactivated, its engine still making the piece).
 fn first_sound(video: &Path, engine: EngineChoice, seed: u32) -> (Option<Duration>, Held) {
     let rate = 48_000.0;
     let block = 512usize;
@@ -90,7 +93,8 @@ fn first_sound(video: &Path, engine: EngineChoice, seed: u32) -> (Option<Duratio
     let mut frame = 0usize;
     while first.is_none() && t0.elapsed() < Duration::from_secs(300) {
         let start = Instant::now();
-        let (l, _) = d.block(&mut proc, frame as f64 / rate, block, true);
+        let at = (frame % rate as usize) as f64 / rate;
+        let (l, _) = d.block(&mut proc, at, block, true);
         if l.iter().any(|&x| x != 0.0) {
             first = Some(t0.elapsed());
         }
