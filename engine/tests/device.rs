@@ -610,21 +610,7 @@ fn the_first_neural_chunk_comes_once_the_level_can_be_set() {
 fn a_device_that_cannot_be_had_leaves_the_work_on_the_cpu_and_says_so() {
     let _one = one_at_a_time();
     use vidmusician_engine::neural::device::{self, DeviceChoice};
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny");
-    let make = |device: DeviceChoice| {
-        let engine = Engine::start(EngineConfig {
-            cache_dir: None,
-            model_dir: Some(model.clone()),
-            device,
-            ..EngineConfig::default()
-        })
-        .unwrap();
-        let mut req = Request::text("calm piano", 1.0);
-        req.sample_rate = 32_000;
-        req.seed = 3;
-        let (id, _) = engine.submit(req).unwrap();
-        engine.wait(id, |_| {}).unwrap()
-    };
+    let make = |device: DeviceChoice| text_piece(&tiny_engine(device, None), 3);
     let cpu = make(DeviceChoice::Cpu);
     assert_eq!(
         cpu.device.as_deref(),
@@ -659,19 +645,8 @@ fn a_device_that_cannot_be_had_leaves_the_work_on_the_cpu_and_says_so() {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let through = Engine::start(EngineConfig {
-        cache_dir: None,
-        model_dir: Some(model.clone()),
-        device: DeviceChoice::Cuda(0),
-        gpu_helper: Some(helper.clone()),
-        ..EngineConfig::default()
-    })
-    .unwrap();
-    let mut req = Request::text("calm piano", 1.0);
-    req.sample_rate = 32_000;
-    req.seed = 3;
-    let (id, _) = through.submit(req).unwrap();
-    let done = through.wait(id, |_| {}).unwrap();
+    let through = tiny_engine(DeviceChoice::Cuda(0), Some(&helper));
+    let done = text_piece(&through, 3);
     let note = done.device.clone().unwrap_or_default();
     assert!(
         note.contains("in the GPU helper") && note.contains("vidmusician-cuda"),
@@ -680,19 +655,8 @@ fn a_device_that_cannot_be_had_leaves_the_work_on_the_cpu_and_says_so() {
     assert_eq!(done.audio.channels, cpu.audio.channels);
     assert_eq!(helpers_running(), 1, "one helper for the engine");
     // A second engine of the process (another plugin instance) shares it.
-    let second = Engine::start(EngineConfig {
-        cache_dir: None,
-        model_dir: Some(model.clone()),
-        device: DeviceChoice::Cuda(0),
-        gpu_helper: Some(helper.clone()),
-        ..EngineConfig::default()
-    })
-    .unwrap();
-    let mut other = Request::text("calm piano", 1.0);
-    other.sample_rate = 32_000;
-    other.seed = 4;
-    let (id, _) = second.submit(other).unwrap();
-    let note = second.wait(id, |_| {}).unwrap().device.unwrap_or_default();
+    let second = tiny_engine(DeviceChoice::Cuda(0), Some(&helper));
+    let note = text_piece(&second, 4).device.unwrap_or_default();
     assert!(note.contains("in the GPU helper"), "{note}");
     assert_eq!(helpers_running(), 1, "one helper for the process");
     drop(through);
@@ -717,6 +681,27 @@ fn a_device_that_cannot_be_had_leaves_the_work_on_the_cpu_and_says_so() {
     let (id, _) = eng.submit(Request::new(&v)).unwrap();
     assert_eq!(eng.wait(id, |_| {}).unwrap().device, None);
     assert_eq!(helpers_running(), 0, "the composer started no helper");
+}
+
+/// An engine on the tiny checkpoint, without a disk cache.
+fn tiny_engine(device: DeviceChoice, gpu_helper: Option<&Path>) -> Engine {
+    Engine::start(EngineConfig {
+        cache_dir: None,
+        model_dir: Some(fixture()),
+        device,
+        gpu_helper: gpu_helper.map(Path::to_path_buf),
+        ..EngineConfig::default()
+    })
+    .unwrap()
+}
+
+/// One second of the text engine's music for a seed.
+fn text_piece(engine: &Engine, seed: u64) -> vidmusician_engine::service::Finished {
+    let mut req = Request::text("calm piano", 1.0);
+    req.sample_rate = 32_000;
+    req.seed = seed;
+    let (id, _) = engine.submit(req).unwrap();
+    engine.wait(id, |_| {}).unwrap()
 }
 
 /// This process's children serving as GPU helpers.
