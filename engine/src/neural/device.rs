@@ -156,6 +156,15 @@ pub fn choose_with(choice: DeviceChoice, helper: Option<&Path>) -> Result<Chosen
     match choice {
         DeviceChoice::Cpu => Ok(Chosen::cpu("running on the CPU (asked for)".into())),
         DeviceChoice::Cuda(n) => open_cuda(n, helper),
+        // Without CUDA of its own or a helper to ask, `auto` says so in a
+        // few words: what to do about it is in the error of `cuda`.
+        DeviceChoice::Auto if !cuda_built() && helper.is_none() && helper::find().is_none() => {
+            Ok(Chosen::cpu(
+                "running on the CPU (auto: this build has no CUDA support and no GPU helper \
+                 was found)"
+                    .into(),
+            ))
+        }
         DeviceChoice::Auto => match open_cuda(0, helper) {
             Ok(mut c) => {
                 c.note = format!("{} (auto: a CUDA device answered)", c.note);
