@@ -172,28 +172,25 @@ pub fn generate_with(
     sampling: &Sampling,
     on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
 ) -> Result<Frames> {
-    let cfg = decoder.config();
-    let guided = sampling.guidance > 1.0 && cond.is_some();
-    let positions = prompt.len() + frames + cfg.num_codebooks - 1;
     // The conditional sequence, and the unconditional one when guiding: both read
     // the same tokens, and one pass over the weights serves both.
-    let mut stepper = CpuStepper {
-        decoder,
-        cond,
-        caches: (0..if guided { 2 } else { 1 })
-            .map(|_| decoder.cache_for(positions))
-            .collect(),
+    let start = |sequences: usize, positions: usize| {
+        Ok(CpuStepper {
+            decoder,
+            cond,
+            caches: (0..sequences)
+                .map(|_| decoder.cache_for(positions))
+                .collect(),
+        })
     };
-    generate_steps(
-        &mut stepper,
-        cfg,
-        guided,
+    let window = Window {
+        conditioned: cond.is_some(),
         layer_inputs,
         prompt,
         frames,
         sampling,
-        on_step,
-    )
+    };
+    generate_steps(decoder.config(), window, start, on_step)
 }
 
 /// [`generate_with`] on a candle decoder, on whatever device it lives:
@@ -209,35 +206,45 @@ pub fn generate_on(
     sampling: &Sampling,
     on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
 ) -> Result<Frames> {
-    let cfg = decoder.config();
-    let guided = sampling.guidance > 1.0 && cross.is_some();
-    let positions = prompt.len() + frames + cfg.num_codebooks - 1;
-    let mut session = decoder.session(cross, if guided { 2 } else { 1 }, positions)?;
-    generate_steps(
-        &mut session,
-        cfg,
-        guided,
+    let start = |sequences: usize, positions: usize| decoder.session(cross, sequences, positions);
+    let window = Window {
+        conditioned: cross.is_some(),
         layer_inputs,
         prompt,
         frames,
         sampling,
-        on_step,
-    )
+    };
+    generate_steps(decoder.config(), window, start, on_step)
 }
 
-/// The step loop behind [`generate_with`] and [`generate_on`].
-#[allow(clippy::too_many_arguments)]
-fn generate_steps(
-    stepper: &mut dyn Stepper,
-    cfg: &DecoderConfig,
-    guided: bool,
-    layer_inputs: &[Option<Vec<f32>>],
-    prompt: &[Vec<u32>],
+/// What one window of generation is asked to make.
+struct Window<'a> {
+    /// Whether there are conditions (guidance needs them).
+    conditioned: bool,
+    layer_inputs: &'a [Option<Vec<f32>>],
+    prompt: &'a [Vec<u32>],
     frames: usize,
-    sampling: &Sampling,
+    sampling: &'a Sampling,
+}
+
+/// The step loop behind [`generate_with`] and [`generate_on`]. Once the
+/// window is checked, `start(sequences, positions)` makes its stepper: one
+/// sequence, or two when guiding, over the window's positions.
+fn generate_steps<S: Stepper>(
+    cfg: &DecoderConfig,
+    window: Window<'_>,
+    start: impl FnOnce(usize, usize) -> Result<S>,
     on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
 ) -> Result<Frames> {
+    let Window {
+        conditioned,
+        layer_inputs,
+        prompt,
+        frames,
+        sampling,
+    } = window;
     sampling.validate()?;
+    let guided = sampling.guidance > 1.0 && conditioned;
     let k = cfg.num_codebooks;
     let vocab = cfg.vocab_size;
     let pad = cfg.pad_token();
@@ -278,6 +285,7 @@ fn generate_steps(
             total + k - 1
         )));
     }
+    let mut stepper = start(if guided { 2 } else { 1 }, total + k - 1)?;
     let steps = total + k - 1 - known;
     let mut fed = 0usize; // positions already read by the decoder
     let mut step = 0usize;

@@ -425,12 +425,21 @@ impl MusicGen {
                 }
                 go_on
             };
-            let states = match input.cross.as_deref() {
-                Some(Cross::States(states, mask)) => Some((states, mask)),
-                _ => None,
+            // Each decoder reads the conditions made for it (`Self::cross`).
+            let (kv, states) = match input.cross.as_deref() {
+                None => (None, None),
+                Some(Cross::Cpu(kv)) => (Some(kv), None),
+                Some(Cross::States(states, mask)) => (None, Some((states, mask))),
             };
-            let fresh = match (&self.on_device, input.cross.as_deref()) {
-                (Some(OnDevice::Candle(d)), None | Some(Cross::States(..))) => generate_on(
+            let mismatched = match &self.on_device {
+                None => states.is_some(),
+                Some(_) => kv.is_some(),
+            };
+            let fresh = match &self.on_device {
+                _ if mismatched => Err(Error::InvalidSetting(
+                    "a window's conditions were made for another device than the decoder's".into(),
+                )),
+                Some(OnDevice::Candle(d)) => generate_on(
                     d,
                     states,
                     &input.layer_inputs,
@@ -449,7 +458,7 @@ impl MusicGen {
                     },
                     other => other,
                 }),
-                (Some(OnDevice::Helper(h, dtype)), None | Some(Cross::States(..))) => {
+                Some(OnDevice::Helper(h, dtype)) => {
                     // Another model of this process may have had the helper
                     // load its decoder since.
                     h.load(&self.dir, *dtype).and_then(|()| {
@@ -463,27 +472,15 @@ impl MusicGen {
                         )
                     })
                 }
-                (None, Some(Cross::Cpu(kv))) => generate_with(
+                None => generate_with(
                     &self.decoder,
-                    Some(kv),
+                    kv,
                     &input.layer_inputs,
                     prompt_frames,
                     new,
                     &s,
                     &mut on_step,
                 ),
-                (None, None) => generate_with(
-                    &self.decoder,
-                    None,
-                    &input.layer_inputs,
-                    prompt_frames,
-                    new,
-                    &s,
-                    &mut on_step,
-                ),
-                _ => Err(Error::InvalidSetting(
-                    "a window's conditions were made for another device than the decoder's".into(),
-                )),
             };
             if let Some(e) = failed {
                 return Err(e);
