@@ -45,7 +45,8 @@ pub struct DecoderBench {
     pub q8_guided_steps_per_s: f64,
     pub q8_unguided_steps_per_s: f64,
     /// The 8-bit kernel those ran with, and every kernel this CPU has timed
-    /// in the same run: (name, guided, unguided steps/s).
+    /// in the same run: (name, guided, unguided steps/s), the best of two
+    /// rounds (in order, then in reverse).
     pub q8_kernel: &'static str,
     pub q8_kernels: Vec<(&'static str, f64, f64)>,
     /// Largest difference of the 8-bit decoder's logits from f32's over a
@@ -196,25 +197,42 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
     decoder.set_precision(Precision::Q8);
     let got = logits_over(&decoder, &cross)?;
     let chosen = super::kernels::q8_kernel();
-    let mut kernels = Vec::new();
-    for k in [Q8Kernel::Avx2, Q8Kernel::Avx512Vnni, Q8Kernel::Portable] {
-        // The portable kernel is timed only where it is the one there is.
-        if !k.available() || (k == Q8Kernel::Portable && chosen != Q8Kernel::Portable) {
-            continue;
-        }
+    // The portable kernel is timed only where it is the one there is.
+    let timed: Vec<Q8Kernel> = [
+        Q8Kernel::Avx2,
+        Q8Kernel::AvxVnni,
+        Q8Kernel::Avx512Vnni,
+        Q8Kernel::Portable,
+    ]
+    .into_iter()
+    .filter(|k| k.available() && (*k != Q8Kernel::Portable || chosen == Q8Kernel::Portable))
+    .collect();
+    // Timed in order and then in reverse (A B C C B A), each kernel's best
+    // of its two kept: what runs first pays for caches and clocks settling,
+    // which would otherwise favour the kernels timed later.
+    let mut best = vec![(0f64, 0f64); timed.len()];
+    let order: Vec<usize> = (0..timed.len()).chain((0..timed.len()).rev()).collect();
+    for (pass, &i) in order.iter().enumerate() {
+        let k = timed[i];
         super::kernels::use_q8_kernel(k);
+        let round = 1 + pass / timed.len();
         progress(&format!(
-            "8-bit weights ({}): decoder steps with guidance 3",
+            "8-bit weights ({}, round {round} of 2): decoder steps with guidance 3",
             k.name()
         ));
         let guided = time(&decoder, 3.0)?;
         progress(&format!(
-            "8-bit weights ({}): decoder steps without guidance",
+            "8-bit weights ({}, round {round} of 2): decoder steps without guidance",
             k.name()
         ));
         let unguided = time(&decoder, 1.0)?;
-        kernels.push((k.name(), guided, unguided));
+        best[i] = (best[i].0.max(guided), best[i].1.max(unguided));
     }
+    let kernels: Vec<(&'static str, f64, f64)> = timed
+        .iter()
+        .zip(&best)
+        .map(|(k, (g, u))| (k.name(), *g, *u))
+        .collect();
     super::kernels::use_q8_kernel(chosen);
     let (_, q8_guided, q8_unguided) = kernels
         .iter()
