@@ -549,6 +549,60 @@ fn aligned_while_it_arrives_the_clicks_land_on_the_grid_and_the_cuts() {
 }
 
 #[test]
+fn the_opening_is_heard_once_a_second_and_a_half_has_come() {
+    let (audio, _) = click_track(117.0, 0.2, 12.0);
+    let mono = audio.channels[0].clone();
+    // First cut at 4 s: the opening (as made) may run to 3 s.
+    let cuts = vec![4.0, 8.5];
+    let (out, progress) = stream_align(&mono, Target::new(120.0, cuts.clone(), 0.4));
+    assert_eq!(out.len(), mono.len());
+    let heard = out_after(&progress, 1.5);
+    eprintln!("{heard:.3} s out after 1.5 s in");
+    // All of it but the stretcher's latency (about 0.1 s).
+    assert!(heard >= 1.3, "{heard:.3} s out after 1.5 s in");
+    // The opening is as made: its clicks where the music had them.
+    for k in 0..2 {
+        let t = 0.2 + f64::from(k) * 60.0 / 117.0;
+        let i = (t * f64::from(RATE)) as usize;
+        let peak_at = |x: &[f32]| {
+            (i - 400..i + 400)
+                .max_by(|&a, &b| x[a].abs().total_cmp(&x[b].abs()))
+                .unwrap()
+        };
+        let moved = peak_at(&out).abs_diff(peak_at(&mono));
+        assert!(moved <= 64, "click {k} moved {moved} frames");
+    }
+    // The cuts still land.
+    let found = onsets(&Audio {
+        sample_rate: RATE,
+        channels: vec![out],
+    });
+    for c in &cuts {
+        let o = offset(&found, *c);
+        assert!(o.abs() <= 0.01, "cut {c}: nearest onset {o:+.4} s away");
+    }
+}
+
+#[test]
+fn an_early_cut_keeps_the_opening_to_what_the_plan_can_still_move() {
+    let (audio, _) = click_track(117.0, 0.2, 12.0);
+    let mono = audio.channels[0].clone();
+    // A cut at 1.2 s: the opening would have to end by 0.2 s, too short to
+    // be worth it, so the beats decide from the start and the cut lands.
+    let cuts = vec![1.2, 6.0];
+    let (out, progress) = stream_align(&mono, Target::new(120.0, cuts.clone(), 0.4));
+    assert_eq!(out_after(&progress, 1.5), 0.0);
+    let found = onsets(&Audio {
+        sample_rate: RATE,
+        channels: vec![out],
+    });
+    for c in &cuts {
+        let o = offset(&found, *c);
+        assert!(o.abs() <= 0.01, "cut {c}: nearest onset {o:+.4} s away");
+    }
+}
+
+#[test]
 fn music_without_a_pulse_still_streams_and_keeps_its_length() {
     let mut seed = 11;
     let mono: Vec<f32> = (0..30 * RATE as usize)

@@ -11,6 +11,13 @@
 //! heard may still move once the music after it is known, and a cut just
 //! past the committed map gets its chance again with more music. The
 //! warper then plays what the committed map covers.
+//!
+//! The opening is the exception: no beat in the first second or two can be
+//! trusted, and the first sound should not wait for music that can. Once
+//! [`OPENING_S`] has arrived, everything heard so far is committed as made
+//! (speed 1, which is what reaches the end from the start), stopping [`OPENING_CUT_CLEARANCE_S`]
+//! before the first cut so that the cut still gets its beat; the plans take
+//! over from there.
 
 use super::Target;
 use super::beats::{BeatTrack, track_beats_mono};
@@ -24,6 +31,16 @@ const HISTORY_S: f64 = 10.0;
 const EDGE_S: f64 = 1.0;
 /// Seconds of new music between plans.
 const STEP_S: f64 = 2.0;
+/// Seconds of music before the first plan, which commits the opening: a
+/// little under what the neural engines hand over first (so their first
+/// piece is heard at once), at least what the master sets its level from.
+const OPENING_S: f64 = 1.5;
+/// The opening, played as made, ends at least this long before the first
+/// cut, leaving the plan room to bring a beat onto the cut within the
+/// speed bounds.
+const OPENING_CUT_CLEARANCE_S: f64 = 1.0;
+/// An opening shorter than this is not committed: it would gain nothing.
+const MIN_OPENING_S: f64 = 0.25;
 
 /// Mono music aligned to a [`Target`] as it arrives.
 pub struct StreamAligner {
@@ -72,8 +89,12 @@ impl StreamAligner {
         }
         self.source.extend_from_slice(mono);
         self.warper.push_source(&[mono.to_vec()]);
-        let step = (STEP_S * f64::from(self.rate)) as usize;
-        if self.source.len() >= self.planned_at + step {
+        let due = if self.planned_at == 0 {
+            OPENING_S
+        } else {
+            STEP_S
+        };
+        if self.source.len() >= self.planned_at + (due * f64::from(self.rate)) as usize {
             self.planned_at = self.source.len();
             self.plan(false);
         }
@@ -127,6 +148,26 @@ impl StreamAligner {
             .filter(|a| a.kind != AnchorKind::End && a.out > out0 && a.src <= limit)
             .copied()
             .collect();
+        if commit.is_empty() && self.committed == (0.0, 0.0) {
+            // The opening: as made (from 0 → 0, speed 1 is the speed that
+            // reaches the end) up to the newest music, and well before the
+            // first cut.
+            let first_cut = self
+                .target
+                .cuts
+                .iter()
+                .copied()
+                .filter(|c| c.is_finite() && *c > 0.0)
+                .fold(f64::INFINITY, f64::min);
+            let out = heard.min(first_cut - OPENING_CUT_CLEARANCE_S);
+            if out >= MIN_OPENING_S && out < total {
+                commit.push(Anchor {
+                    out,
+                    src: out,
+                    kind: AnchorKind::Start,
+                });
+            }
+        }
         if commit.is_empty() && limit - src0 > 2.0 * STEP_S {
             // No beat to hold on to (music without a pulse): go on at the
             // speed that reaches the end, so the music still streams.

@@ -316,27 +316,35 @@ impl StreamMaster {
         self.gain.map(|g| 20.0 * f64::from(g).log10())
     }
 
+    /// Fixes the gain from `reference` (the music this stream's start is
+    /// made from, before whatever changed it on the way here) unless it is
+    /// set already: what comes after is let through as it arrives instead of
+    /// held until its own first stretch can be measured.
+    pub fn set_gain_from(&mut self, reference: &Audio) -> Result<()> {
+        if self.gain.is_none() {
+            self.gain = Some(self.gain_for(reference)?);
+        }
+        Ok(())
+    }
+
+    /// The gain that brings `audio`, limited, to the target.
+    fn gain_for(&self, audio: &Audio) -> Result<f32> {
+        let lufs = integrated(audio)?;
+        let db = if lufs.is_finite() {
+            let mut scratch = audio.clone();
+            let first = self.target_lufs - lufs;
+            fit_gain(audio, &mut scratch, self.target_lufs, first, self.limit_db)?.0
+        } else {
+            0.0
+        };
+        Ok(db_to_gain(db) as f32)
+    }
+
     fn release(&mut self) -> Result<Vec<Vec<f32>>> {
         let g = match self.gain {
             Some(g) => g,
             None => {
-                // The gain that brings the start, limited, to the target.
-                let lufs = integrated(&self.held)?;
-                let db = if lufs.is_finite() {
-                    let mut scratch = self.held.clone();
-                    let first = self.target_lufs - lufs;
-                    fit_gain(
-                        &self.held,
-                        &mut scratch,
-                        self.target_lufs,
-                        first,
-                        self.limit_db,
-                    )?
-                    .0
-                } else {
-                    0.0
-                };
-                let g = db_to_gain(db) as f32;
+                let g = self.gain_for(&self.held)?;
                 self.gain = Some(g);
                 g
             }
@@ -507,6 +515,49 @@ mod tests {
         assert_eq!(out.len(), a.len());
         let r = measure(&out).unwrap();
         // Noise bursts are level over time, so the first seconds set it right.
+        assert!((r.integrated_lufs + 14.0).abs() < 0.5, "{r:?}");
+        assert!(r.true_peak_dbtp <= -0.9, "{r:?}");
+    }
+
+    #[test]
+    fn a_level_set_from_a_reference_lets_the_stream_through_at_once() {
+        let a = noise_bursts(48_000, 8.0);
+        // The reference: the same music at another rate, as the codec makes
+        // it before it is warped and resampled.
+        let reference = noise_bursts(32_000, 1.6);
+        let mut held = StreamMaster::new(48_000, 2, -14.0, -1.0);
+        let mut at_once = StreamMaster::new(48_000, 2, -14.0, -1.0);
+        at_once.set_gain_from(&reference).unwrap();
+        let set = at_once.gain_db().unwrap();
+        // Set once: a later reference does not move it.
+        at_once
+            .set_gain_from(&Audio {
+                sample_rate: 32_000,
+                channels: vec![vec![0.01; 32_000]; 2],
+            })
+            .unwrap();
+        assert_eq!(at_once.gain_db(), Some(set));
+        let part: Vec<Vec<f32>> = a.channels.iter().map(|c| c[..4_800].to_vec()).collect();
+        assert!(held.push(&part).unwrap()[0].is_empty());
+        let out = at_once.push(&part).unwrap();
+        // All but the limiter's 3 ms of look-ahead, at once.
+        assert!(out[0].len() >= 4_800 - 200, "{} frames", out[0].len());
+        let mut got = out;
+        for start in (4_800..a.len()).step_by(10_000) {
+            let end = (start + 10_000).min(a.len());
+            let part: Vec<Vec<f32>> = a.channels.iter().map(|c| c[start..end].to_vec()).collect();
+            for (g, o) in got.iter_mut().zip(at_once.push(&part).unwrap()) {
+                g.extend(o);
+            }
+        }
+        for (g, o) in got.iter_mut().zip(at_once.finish().unwrap()) {
+            g.extend(o);
+        }
+        let r = measure(&Audio {
+            sample_rate: 48_000,
+            channels: got,
+        })
+        .unwrap();
         assert!((r.integrated_lufs + 14.0).abs() < 0.5, "{r:?}");
         assert!(r.true_peak_dbtp <= -0.9, "{r:?}");
     }

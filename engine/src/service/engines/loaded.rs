@@ -8,6 +8,9 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
+use candle_core::Tensor;
+
+use crate::analysis::tags::Vocabulary;
 use crate::error::{Error, Result};
 use crate::neural::device::{self, Chosen};
 use crate::neural::models::clip::{Clip, VisionPrecision};
@@ -123,6 +126,43 @@ pub(crate) fn clip(dir: &Path, precision: Precision) -> Result<Arc<Clip>> {
     })
 }
 
+/// The tags' text embeddings of `vocab` by `clip` ([`tag_embeddings`]:
+/// CLIP's text tower over every tag's pictures, a second or two), kept
+/// while `clip` is loaded and shared by the engines of this process as the
+/// models are: a second instance, or the next piece on another vocabulary
+/// and back, finds them made.
+pub(crate) fn tag_embeddings(clip: &Arc<Clip>, vocab: &Vocabulary) -> Result<Tensor> {
+    /// Vocabularies kept per process; the oldest goes first.
+    const KEPT: usize = 8;
+    // Held while computing, so two engines asking at once compute once.
+    let mut held = TAGS.lock();
+    held.retain(|(c, _, _)| c.strong_count() > 0);
+    if let Some((_, _, t)) = held
+        .iter()
+        .find(|(c, v, _)| c.upgrade().is_some_and(|c| Arc::ptr_eq(&c, clip)) && v == vocab)
+    {
+        return Ok(t.clone());
+    }
+    let t = crate::analysis::clip_features::tag_embeddings(clip, vocab)?;
+    TAG_RUNS.fetch_add(1, Ordering::Relaxed);
+    if held.len() >= KEPT {
+        held.remove(0);
+    }
+    held.push((Arc::downgrade(clip), vocab.clone(), t.clone()));
+    Ok(t)
+}
+
+/// Tag embeddings made so far: by which CLIP, of which vocabulary.
+type TagEmbeddings = Vec<(Weak<Clip>, Vocabulary, Tensor)>;
+static TAGS: Mutex<TagEmbeddings> = Mutex::new(Vec::new());
+static TAG_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many times this process has run CLIP's text tower over a vocabulary.
+#[cfg(test)]
+fn tag_embedding_runs() -> usize {
+    TAG_RUNS.load(Ordering::Relaxed)
+}
+
 /// How many CLIP models this process has loaded from disk, and how many are
 /// loaded now.
 pub fn clip_loads() -> (usize, usize) {
@@ -135,5 +175,42 @@ pub(crate) fn clip_features_model(fingerprint: &str, clip: &Clip) -> String {
     match clip.vision.precision() {
         VisionPrecision::F32 => fingerprint.to_string(),
         VisionPrecision::Int8 => format!("{fingerprint}:int8"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::tags::BUILTIN;
+
+    #[test]
+    fn tag_embeddings_are_made_once_per_clip_and_vocabulary() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-tiny");
+        let clip = clip(&dir, Precision::F32).unwrap();
+        let builtin = Vocabulary::parse(BUILTIN, "builtin").unwrap();
+        let small = Vocabulary::parse(
+            "[mood]\ncalm | a calm scene | calm\ntense | a tense scene | tense\n",
+            "small",
+        )
+        .unwrap();
+        let runs = tag_embedding_runs();
+        let a = tag_embeddings(&clip, &builtin).unwrap();
+        let direct = crate::analysis::clip_features::tag_embeddings(&clip, &builtin).unwrap();
+        assert_eq!(
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            direct.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        let s = tag_embeddings(&clip, &small).unwrap();
+        assert_eq!(s.dims()[0], 2);
+        // Back to the first: served, not made again.
+        let again = tag_embeddings(&clip, &builtin).unwrap();
+        assert_eq!(again.dims(), a.dims());
+        assert_eq!(tag_embedding_runs(), runs + 2);
+        // Another CLIP (another precision is another model) makes its own.
+        let other = super::clip(&dir, Precision::Q8);
+        if let Ok(other) = other {
+            tag_embeddings(&other, &small).unwrap();
+            assert_eq!(tag_embedding_runs(), runs + 3);
+        }
     }
 }

@@ -112,6 +112,8 @@ impl Pipeline for Text {
 /// rate, mastered to the same loudness as the embedded composer's music, as
 /// it comes (the level is set from the start of the piece).
 pub(super) struct Finisher {
+    /// The rate of the music taken in (the codec's).
+    from: u32,
     resampler: StreamResampler,
     master: StreamMaster,
     audio: Audio,
@@ -120,6 +122,7 @@ pub(super) struct Finisher {
 impl Finisher {
     pub fn new(from: u32, rate: u32) -> Result<Self> {
         Ok(Self {
+            from,
             resampler: StreamResampler::new(from, rate, 2)?,
             master: StreamMaster::new(rate, 2, TARGET_LUFS, CEILING_DBTP),
             audio: Audio::silence(rate, 2, 0),
@@ -130,6 +133,21 @@ impl Finisher {
         for (c, p) in self.audio.channels.iter_mut().zip(piece) {
             c.extend(p);
         }
+    }
+
+    /// Sets the level from `mono`, the start of the music before it was
+    /// changed on its way here (warped, accented), unless set already: the
+    /// pieces pushed are then heard as they come, where otherwise the first
+    /// 1.5 s pushed would be held to measure.
+    pub fn level_from(&mut self, mono: &[f32]) -> Result<()> {
+        if self.master.gain_db().is_some() {
+            return Ok(());
+        }
+        let reference = Audio {
+            sample_rate: self.from,
+            channels: vec![mono.to_vec(), mono.to_vec()],
+        };
+        self.master.set_gain_from(&reference)
     }
 
     /// Takes the next stretch of music.

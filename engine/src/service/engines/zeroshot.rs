@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::{Made, Pipeline, Work, loaded};
 use crate::align::{StreamAligner, Target};
 use crate::analysis::clip_features::{
-    FeatureCache, FeatureKey, global_features, patch_curve, tag_embeddings, tag_sections,
+    FeatureCache, FeatureKey, global_features, patch_curve, tag_sections,
 };
 use crate::analysis::{Analysis, GLOBAL_FPS, LOCAL_FPS, StatsEncoder, analyze_until, from_curve};
 use crate::error::{Error, Result};
@@ -35,8 +35,9 @@ const MIN_SECTION_S: f64 = 10.0;
 /// master sets the level after.
 const ACCENT_HEADROOM: f32 = 0.25;
 
-/// The zero-shot engine, keeping its models, the last analysis and the
-/// vocabulary's text embeddings between requests.
+/// The zero-shot engine, keeping its models and the last analysis between
+/// requests (the vocabulary's text embeddings are kept with the models,
+/// [`loaded::tag_embeddings`]).
 #[derive(Default)]
 pub(crate) struct ZeroShot {
     musicgen: Option<Arc<MusicGen>>,
@@ -44,8 +45,6 @@ pub(crate) struct ZeroShot {
     /// The precision `clip` was asked for.
     clip_precision: crate::neural::Precision,
     analysis: Option<(VideoId, Option<f64>, bool, Arc<Analysis>)>,
-    /// The tags' text embeddings, for a vocabulary (its hash) and a CLIP.
-    tags: Option<((String, std::path::PathBuf), candle_core::Tensor)>,
 }
 
 /// What the zero-shot engine reads of a spec beyond the text engine's.
@@ -194,22 +193,12 @@ impl Pipeline for ZeroShot {
                 None => compute()?,
             };
             check(cancel)?;
-            // The vocabulary's embeddings are kept while it and the model stay.
-            let vocab_key = (
-                spec.vocabulary.clone().unwrap_or_default(),
-                clip_dir.to_path_buf(),
-            );
-            if self.tags.as_ref().is_none_or(|(k, _)| *k != vocab_key) {
-                self.tags = Some((vocab_key, tag_embeddings(&clip, vocab)?));
-            }
-            let Some((_, tag_embeds)) = &self.tags else {
-                return Err(Error::EngineGone);
-            };
+            let tag_embeds = loaded::tag_embeddings(&clip, vocab)?;
             let bounds = analysis.sections(MIN_SECTION_S, 1.0);
             let mut sections = tag_sections(
                 &clip,
                 vocab,
-                tag_embeds,
+                &tag_embeds,
                 &global,
                 &bounds,
                 analysis.duration,
@@ -296,6 +285,10 @@ impl Pipeline for ZeroShot {
                 progress,
                 &mut |mono| {
                     let quieter: Vec<f32> = mono.iter().map(|x| x * ACCENT_HEADROOM).collect();
+                    // The level from the music's first hand-over (1.6 s), so
+                    // the aligned music is heard as soon as its opening is
+                    // placed rather than once 1.5 s of it are.
+                    finisher.level_from(&quieter)?;
                     let aligned = aligner.push(&quieter);
                     if aligned.is_empty() {
                         return Ok(());
@@ -366,6 +359,6 @@ pub fn video_tags(
         None => compute()?,
     };
     let bounds = analysis.sections(MIN_SECTION_S, 1.0);
-    let embeds = tag_embeddings(&clip, &vocab)?;
+    let embeds = loaded::tag_embeddings(&clip, &vocab)?;
     tag_sections(&clip, &vocab, &embeds, &global, &bounds, analysis.duration)
 }
