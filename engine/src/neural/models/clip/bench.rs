@@ -42,13 +42,15 @@ pub struct ClipBench {
     /// The vision tower alone, milliseconds per frame in batches of 16.
     pub ms_per_frame: f64,
     /// The same with the encoder's linear layers in 8 bits, where the CPU has
-    /// AVX-512 VNNI ([`VisionPrecision::Int8`]).
+    /// AVX-512 VNNI or AVX-VNNI ([`VisionPrecision::Int8`]).
     pub int8: Option<ClipBenchInt8>,
 }
 
 /// The 8-bit encoder's figures, and how far its embeddings are from f32's.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClipBenchInt8 {
+    /// The integer kernel that ran: `avx512-vnni` or `avx-vnni`.
+    pub kernel: &'static str,
     pub global_x_real_time: f64,
     pub local_x_real_time: f64,
     pub ms_per_frame: f64,
@@ -112,6 +114,7 @@ pub fn run(seconds: f64, progress: &mut dyn FnMut(&str)) -> Result<ClipBench> {
         progress("8-bit encoder: patch tokens at 25 fps");
         let l8 = pass(&vision, crate::analysis::LOCAL_FPS, false)?;
         Some(ClipBenchInt8 {
+            kernel: super::int8::kernel_name(),
             global_x_real_time: seconds / g8.wall_s,
             local_x_real_time: seconds / l8.wall_s,
             ms_per_frame: ms_per_frame(&g8, &l8),

@@ -1,5 +1,7 @@
-//! 8-bit matmuls for the encoder's linear layers on CPUs with AVX-512 VNNI, an
-//! opt-in trade of accuracy for speed ([`super::VisionPrecision::Int8`]).
+//! 8-bit matmuls for the encoder's linear layers on CPUs with AVX-512 VNNI or
+//! AVX-VNNI (the 256-bit form: Alder Lake and later desktops, which have no
+//! AVX-512), an opt-in trade of accuracy for speed
+//! ([`super::VisionPrecision::Int8`]).
 //!
 //! Weights are quantized once, symmetric per output column; activations per row on
 //! every call. `vpdpbusd` multiplies unsigned by signed bytes, 64 products summed
@@ -21,17 +23,58 @@ const PANEL: usize = 64;
 /// 32 vector registers.
 const ROWS: usize = 6;
 
-/// Whether this CPU runs the kernel.
-pub(super) fn available() -> bool {
+/// The integer kernels, by the instructions they need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// 512-bit `vpdpbusd`: six rows by a whole panel per tile.
+    Avx512Vnni,
+    /// 256-bit `vpdpbusd` (16 registers): two rows by half a panel at a time.
+    AvxVnni,
+}
+
+/// The kernel this CPU runs: AVX-512 VNNI where it has it (twice the work per
+/// instruction), else AVX-VNNI, else none. `VIDMUSICIAN_Q8_KERNEL=avx-vnni`
+/// (the decoder's setting, [`crate::neural::kernels`]) takes AVX-VNNI where
+/// both are there, to compare them on one machine.
+fn kernel() -> Option<Kernel> {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vnni")
+        static CHOSEN: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let avx512 = is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni");
+            let avx = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni");
+            let asked = std::env::var("VIDMUSICIAN_Q8_KERNEL")
+                .ok()
+                .and_then(|v| crate::neural::kernels::Q8Kernel::parse(&v))
+                == Some(crate::neural::kernels::Q8Kernel::AvxVnni);
+            match (avx512, avx) {
+                (_, true) if asked => Some(Kernel::AvxVnni),
+                (true, _) => Some(Kernel::Avx512Vnni),
+                (false, true) => Some(Kernel::AvxVnni),
+                (false, false) => None,
+            }
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        None
+    }
+}
+
+/// Whether this CPU runs an integer kernel.
+pub(super) fn available() -> bool {
+    kernel().is_some()
+}
+
+/// The integer kernel's name, for reports: `avx512-vnni`, `avx-vnni`, or
+/// `none`.
+pub(crate) fn kernel_name() -> &'static str {
+    match kernel() {
+        Some(Kernel::Avx512Vnni) => "avx512-vnni",
+        Some(Kernel::AvxVnni) => "avx-vnni",
+        None => "none",
     }
 }
 
@@ -333,15 +376,19 @@ unsafe impl Sync for SendPtr {}
 fn tile(a: &[u8], kp: usize, w: &[i8], acc: &mut [[i32; PANEL]; ROWS]) {
     assert!(a.len() >= ROWS * kp && w.len() >= kp * PANEL && kp.is_multiple_of(4));
     #[cfg(target_arch = "x86_64")]
-    {
-        if available() {
-            // SAFETY: the CPU has the features, and the lengths are checked above.
-            unsafe { x86::tile(a, kp, w, acc) };
-            return;
-        }
+    match kernel() {
+        // SAFETY: the CPU has the features, and the lengths are checked above.
+        Some(Kernel::Avx512Vnni) => return unsafe { x86::tile(a, kp, w, acc) },
+        // SAFETY: as above.
+        Some(Kernel::AvxVnni) => return unsafe { x86::tile_avx_vnni(a, kp, w, acc) },
+        None => {}
     }
-    // Portable: the same sums, for CPUs without VNNI (callers check
-    // [`available`] first; this keeps the module correct without it).
+    tile_portable(a, kp, w, acc);
+}
+
+/// [`tile`] without SIMD: the same sums, for CPUs without VNNI (callers check
+/// [`available`] first; this keeps the module correct without it).
+fn tile_portable(a: &[u8], kp: usize, w: &[i8], acc: &mut [[i32; PANEL]; ROWS]) {
     for (i, acc) in acc.iter_mut().enumerate() {
         acc.fill(0);
         for g in 0..kp / 4 {
@@ -355,8 +402,9 @@ fn tile(a: &[u8], kp: usize, w: &[i8], acc: &mut [[i32; PANEL]; ROWS]) {
     }
 }
 
-/// The kernel in assembly: AVX-512 intrinsics and target features are stable only
-/// from Rust 1.89, and the crate builds with 1.85.
+/// The AVX-512 kernel is in assembly (written when the crate still built with
+/// Rust 1.85, before AVX-512 intrinsics were stable); the AVX-VNNI one uses
+/// intrinsics.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{PANEL, ROWS};
@@ -482,6 +530,52 @@ mod x86 {
         }
     }
 
+    /// [`super::tile`] with AVX-VNNI, which has sixteen 256-bit registers: the
+    /// panel in two halves of 32 columns, two rows at a time, so eight
+    /// accumulators, the half's four registers of weights per group of four
+    /// inputs and one broadcast of a row's four bytes.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and AVX-VNNI; `a` holds six rows of `kp` bytes, `kp` a
+    /// multiple of 4, and `w` `kp / 4` groups of 256 bytes.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub(super) unsafe fn tile_avx_vnni(
+        a: &[u8],
+        kp: usize,
+        w: &[i8],
+        out: &mut [[i32; PANEL]; ROWS],
+    ) {
+        use std::arch::x86_64::*;
+        let groups = kp / 4;
+        for r in (0..ROWS).step_by(2) {
+            for half in 0..2 {
+                let mut acc = [[_mm256_setzero_si256(); 4]; 2];
+                for g in 0..groups {
+                    // SAFETY: group `g` of the panel is 256 bytes from
+                    // `g · 256`, and rows `r`, `r + 1` hold `kp` bytes.
+                    unsafe {
+                        let wp = w.as_ptr().add(g * PANEL * 4 + half * PANEL * 2);
+                        let wv = [0, 1, 2, 3].map(|j| _mm256_loadu_si256(wp.add(j * 32).cast()));
+                        for (i, acc) in acc.iter_mut().enumerate() {
+                            let four = a.as_ptr().add((r + i) * kp + g * 4).cast::<i32>();
+                            let x = _mm256_set1_epi32(four.read_unaligned());
+                            for (o, w) in acc.iter_mut().zip(wv) {
+                                *o = _mm256_dpbusd_avx_epi32(*o, x, w);
+                            }
+                        }
+                    }
+                }
+                for (i, acc) in acc.iter().enumerate() {
+                    for (j, v) in acc.iter().enumerate() {
+                        let at = half * PANEL / 2 + j * 8;
+                        // SAFETY: columns `at..at + 8` lie within the row's 64.
+                        unsafe { _mm256_storeu_si256(out[r + i][at..].as_mut_ptr().cast(), *v) };
+                    }
+                }
+            }
+        }
+    }
+
     /// `q[i] = round(x[i] · inv) + 128`, for `q` at least as long as `x`; eight at
     /// a time (nearest, ties to even), the rest as the portable path.
     #[target_feature(enable = "avx2")]
@@ -594,5 +688,56 @@ mod tests {
             }
         }
         assert_eq!(fast, slow);
+        let mut portable = [[0i32; PANEL]; ROWS];
+        tile_portable(&a, kp, &w, &mut portable);
+        assert_eq!(portable, slow);
+    }
+
+    /// Both vector kernels, whichever one [`tile`] picks here, against the
+    /// portable sums at the bytes' extremes (255 · ±127, no overflow).
+    #[test]
+    fn each_vnni_tile_equals_the_portable_one() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let kp = 768;
+            let a: Vec<u8> = (0..ROWS * kp)
+                .map(|i| {
+                    if i % 7 == 0 {
+                        255
+                    } else {
+                        (i * 29 % 256) as u8
+                    }
+                })
+                .collect();
+            let w: Vec<i8> = (0..kp * PANEL)
+                .map(|i| match i % 11 {
+                    0 => 127,
+                    1 => -127,
+                    _ => (i * 13 % 255) as i8,
+                })
+                .collect();
+            let mut want = [[0i32; PANEL]; ROWS];
+            tile_portable(&a, kp, &w, &mut want);
+            let avx512 = is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni");
+            let avx = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni");
+            if avx512 {
+                let mut got = [[0i32; PANEL]; ROWS];
+                // SAFETY: the CPU has the features; the lengths are as above.
+                unsafe { x86::tile(&a, kp, &w, &mut got) };
+                assert_eq!(got, want, "avx512-vnni");
+            } else {
+                eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            }
+            if avx {
+                let mut got = [[0i32; PANEL]; ROWS];
+                // SAFETY: as above.
+                unsafe { x86::tile_avx_vnni(&a, kp, &w, &mut got) };
+                assert_eq!(got, want, "avx-vnni");
+            } else {
+                eprintln!("skipped: this CPU has no AVX-VNNI");
+            }
+        }
     }
 }

@@ -281,7 +281,7 @@ impl Encoder {
     /// `(batch, seq, hidden)` through every layer; `bias` is added to the attention
     /// scores (the text tower's causal mask).
     /// Runs the linear layers in 8 bits (`on`) or f32. Returns whether every layer
-    /// took 8 bits (not on a CPU without AVX-512 VNNI).
+    /// took 8 bits (not on a CPU without AVX-512 VNNI or AVX-VNNI).
     fn set_int8(&mut self, on: bool) -> Result<bool> {
         let mut all = true;
         for l in &mut self.layers {

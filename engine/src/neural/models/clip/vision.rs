@@ -31,7 +31,7 @@ pub enum VisionPrecision {
     F32,
     /// The encoder's linear layers (nine tenths of the work) in 8 bits: weights
     /// quantized per output column, activations per row, exact integer sums
-    /// (AVX-512 VNNI), bias, activation and residual applied as each product is
+    /// (AVX-512 VNNI or AVX-VNNI), bias, activation and residual applied as each product is
     /// dequantized. Two to three times as fast as f32 on a Zen 4 core. The
     /// embeddings move by about a ten-thousandth in cosine on the test fixtures and
     /// on random ViT-B/32 weights; a real checkpoint's activation outliers may cost
@@ -99,8 +99,8 @@ impl ClipVision {
         })
     }
 
-    /// Sets the encoder's arithmetic. [`VisionPrecision::Int8`] needs AVX-512 VNNI;
-    /// without it the tower stays at f32. Returns the precision now in use.
+    /// Sets the encoder's arithmetic. [`VisionPrecision::Int8`] needs AVX-512 VNNI
+    /// or AVX-VNNI; without either the tower stays at f32. Returns the precision now in use.
     pub fn set_precision(&mut self, precision: VisionPrecision) -> Result<VisionPrecision> {
         let int8 = self.encoder.set_int8(precision == VisionPrecision::Int8)?;
         self.precision = if int8 {
