@@ -103,210 +103,231 @@ impl Pipeline for ZeroShot {
             .map(|d| FeatureCache::new(d.join("features")));
         pools.run(|| -> Result<Made> {
             progress(Stage::Analysing, 0.0);
-            if self
+            let stale = self
                 .musicgen
                 .as_ref()
-                .is_none_or(|m| !loaded::is_musicgen(m, mg_dir, precision, &work.device))
-            {
+                .is_none_or(|m| !loaded::is_musicgen(m, mg_dir, precision, &work.device));
+            if stale {
                 self.musicgen = None;
-                self.musicgen = Some(loaded::musicgen(mg_dir, precision, &work.device)?);
             }
-            if self
-                .clip
-                .as_ref()
-                .is_none_or(|c| c.dir() != clip_dir || self.clip_precision != precision)
-            {
-                self.clip = None;
-                self.clip = Some(loaded::clip(clip_dir, precision)?);
-                self.clip_precision = precision;
-            }
-            let (Some(musicgen), Some(clip)) = (self.musicgen.clone(), self.clip.clone()) else {
-                return Err(Error::EngineGone);
-            };
-            let clip_model =
-                loaded::clip_features_model(spec.engine.clip.as_deref().unwrap_or_default(), &clip);
-            let content = format!("{}:{}", id.sample_hash, id.size);
-
-            // The analysis: cuts, sections and a tempo, from the weight-free
-            // curve or from CLIP's patch tokens.
-            let analysis = match &self.analysis {
-                Some((v, p, c, a))
-                    if v == id && *p == spec.preview_until && *c == spec.clip_rhythm =>
+            let device = &work.device;
+            std::thread::scope(|s| -> Result<Made> {
+                // MusicGen loads (gigabytes read and quantised: seconds) on
+                // the engine's pools while CLIP reads the pictures; it is
+                // first needed for the music.
+                let loading = stale.then(|| {
+                    s.spawn(move || pools.run(|| loaded::musicgen(mg_dir, precision, device)))
+                });
+                if self
+                    .clip
+                    .as_ref()
+                    .is_none_or(|c| c.dir() != clip_dir || self.clip_precision != precision)
                 {
-                    a.clone()
+                    self.clip = None;
+                    self.clip = Some(loaded::clip(clip_dir, precision)?);
+                    self.clip_precision = precision;
                 }
-                _ => {
-                    let stats = analyze_until(
-                        path,
-                        &mut StatsEncoder::default(),
-                        spec.preview_until,
-                        cancel,
-                        &mut |f| progress(Stage::Analysing, 0.3 * f),
-                    )?;
-                    let a = if spec.clip_rhythm {
-                        let key = FeatureKey {
-                            content: content.clone(),
-                            model: clip_model.clone(),
-                            kind: "local",
-                            fps: LOCAL_FPS,
-                            until: spec.preview_until,
-                        };
-                        let compute = || {
-                            patch_curve(path, &clip, spec.preview_until, cancel, &mut |f| {
-                                progress(Stage::Analysing, 0.3 + 0.4 * f)
-                            })
-                        };
-                        let d = match &cache {
-                            Some(c) => c.curve(&key, compute)?,
-                            None => compute()?,
-                        };
-                        from_curve(stats.video.clone(), "clip-patches", d, stats.global.clone())
-                    } else {
-                        stats
-                    };
-                    let a = Arc::new(a);
-                    self.analysis =
-                        Some((id.clone(), spec.preview_until, spec.clip_rhythm, a.clone()));
-                    a
-                }
-            };
-            let analysis = match &spec.cuts {
-                Some(c) => Arc::new(analysis.with_cuts(&c.times, c.merge)),
-                None => analysis,
-            };
+                let Some(clip) = self.clip.clone() else {
+                    return Err(Error::EngineGone);
+                };
+                let clip_model = loaded::clip_features_model(
+                    spec.engine.clip.as_deref().unwrap_or_default(),
+                    &clip,
+                );
+                let content = format!("{}:{}", id.sample_hash, id.size);
 
-            // What the pictures show, in the vocabulary's words.
-            let key = FeatureKey {
-                content,
-                model: clip_model,
-                kind: "global",
-                fps: GLOBAL_FPS,
-                until: spec.preview_until,
-            };
-            let compute = || {
-                global_features(path, &clip, spec.preview_until, cancel, &mut |f| {
-                    progress(Stage::Analysing, 0.7 + 0.3 * f)
-                })
-            };
-            let global = match &cache {
-                Some(c) => c.global(&key, compute)?,
-                None => compute()?,
-            };
-            check(cancel)?;
-            let tag_embeds = loaded::tag_embeddings(&clip, vocab)?;
-            let bounds = analysis.sections(MIN_SECTION_S, 1.0);
-            let mut sections = tag_sections(
-                &clip,
-                vocab,
-                &tag_embeds,
-                &global,
-                &bounds,
-                analysis.duration,
-            )?;
-            let keep = (settings.semantic_strength * vocab.categories.len() as f32).ceil() as usize;
-            let kept: Vec<&str> = vocab
-                .categories
-                .iter()
-                .take(keep)
-                .map(|c| c.name.as_str())
-                .collect();
-            for s in &mut sections {
-                s.tags.retain(|t| kept.contains(&t.category.as_str()));
-            }
-            progress(Stage::Analysing, 1.0);
+                // The analysis: cuts, sections and a tempo, from the weight-free
+                // curve or from CLIP's patch tokens.
+                let analysis = match &self.analysis {
+                    Some((v, p, c, a))
+                        if v == id && *p == spec.preview_until && *c == spec.clip_rhythm =>
+                    {
+                        a.clone()
+                    }
+                    _ => {
+                        let stats = analyze_until(
+                            path,
+                            &mut StatsEncoder::default(),
+                            spec.preview_until,
+                            cancel,
+                            &mut |f| progress(Stage::Analysing, 0.3 * f),
+                        )?;
+                        let a = if spec.clip_rhythm {
+                            let key = FeatureKey {
+                                content: content.clone(),
+                                model: clip_model.clone(),
+                                kind: "local",
+                                fps: LOCAL_FPS,
+                                until: spec.preview_until,
+                            };
+                            let compute = || {
+                                patch_curve(path, &clip, spec.preview_until, cancel, &mut |f| {
+                                    progress(Stage::Analysing, 0.3 + 0.4 * f)
+                                })
+                            };
+                            let d = match &cache {
+                                Some(c) => c.curve(&key, compute)?,
+                                None => compute()?,
+                            };
+                            from_curve(stats.video.clone(), "clip-patches", d, stats.global.clone())
+                        } else {
+                            stats
+                        };
+                        let a = Arc::new(a);
+                        self.analysis =
+                            Some((id.clone(), spec.preview_until, spec.clip_rhythm, a.clone()));
+                        a
+                    }
+                };
+                let analysis = match &spec.cuts {
+                    Some(c) => Arc::new(analysis.with_cuts(&c.times, c.merge)),
+                    None => analysis,
+                };
 
-            // The tempo and the bar grid, on the music's clock.
-            let rate = spec.playrate;
-            let played = if rate == 1.0 {
-                analysis.clone()
-            } else {
-                Arc::new(analysis.retimed(rate))
-            };
-            let start = spec.span.start / rate;
-            let bpm = settings.tempo.unwrap_or(played.tempo.bpm);
-            let downbeat = settings.downbeat.map_or(played.tempo.phase - start, |d| d);
-            let cuts: Vec<f64> = played
-                .cuts
-                .iter()
-                .map(|c| c.time - start)
-                .filter(|t| *t > 0.0 && *t < settings.text.seconds)
-                .collect();
-            let schedule = PromptSchedule::new(
-                sections
-                    .iter()
-                    .map(|s| {
-                        (
-                            (s.start / rate - start).max(0.0),
-                            s.prompt(&settings.text.prompt, Some(bpm)),
-                        )
+                // What the pictures show, in the vocabulary's words.
+                let key = FeatureKey {
+                    content,
+                    model: clip_model,
+                    kind: "global",
+                    fps: GLOBAL_FPS,
+                    until: spec.preview_until,
+                };
+                let compute = || {
+                    global_features(path, &clip, spec.preview_until, cancel, &mut |f| {
+                        progress(Stage::Analysing, 0.7 + 0.3 * f)
                     })
-                    .collect(),
-            );
+                };
+                let global = match &cache {
+                    Some(c) => c.global(&key, compute)?,
+                    None => compute()?,
+                };
+                check(cancel)?;
+                let tag_embeds = loaded::tag_embeddings(&clip, vocab)?;
+                let bounds = analysis.sections(MIN_SECTION_S, 1.0);
+                let mut sections = tag_sections(
+                    &clip,
+                    vocab,
+                    &tag_embeds,
+                    &global,
+                    &bounds,
+                    analysis.duration,
+                )?;
+                let keep =
+                    (settings.semantic_strength * vocab.categories.len() as f32).ceil() as usize;
+                let kept: Vec<&str> = vocab
+                    .categories
+                    .iter()
+                    .take(keep)
+                    .map(|c| c.name.as_str())
+                    .collect();
+                for s in &mut sections {
+                    s.tags.retain(|t| kept.contains(&t.category.as_str()));
+                }
+                progress(Stage::Analysing, 1.0);
 
-            // The music, then its accents on the cuts.
-            let decoding = settings.text.decoding(musicgen.default_sampling());
-            let seconds = settings.text.seconds;
-            if settings.rhythm_strength == 0.0 {
-                // Nothing to move: the music is heard as it is made, exactly
-                // as the text engine would make it for these prompts.
-                let (audio, loudness) = stream(
+                // The tempo and the bar grid, on the music's clock.
+                let rate = spec.playrate;
+                let played = if rate == 1.0 {
+                    analysis.clone()
+                } else {
+                    Arc::new(analysis.retimed(rate))
+                };
+                let start = spec.span.start / rate;
+                let bpm = settings.tempo.unwrap_or(played.tempo.bpm);
+                let downbeat = settings.downbeat.map_or(played.tempo.phase - start, |d| d);
+                let cuts: Vec<f64> = played
+                    .cuts
+                    .iter()
+                    .map(|c| c.time - start)
+                    .filter(|t| *t > 0.0 && *t < settings.text.seconds)
+                    .collect();
+                let schedule = PromptSchedule::new(
+                    sections
+                        .iter()
+                        .map(|s| {
+                            (
+                                (s.start / rate - start).max(0.0),
+                                s.prompt(&settings.text.prompt, Some(bpm)),
+                            )
+                        })
+                        .collect(),
+                );
+
+                if let Some(loading) = loading {
+                    let m = loading
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                    self.musicgen = Some(m);
+                }
+                let Some(musicgen) = self.musicgen.clone() else {
+                    return Err(Error::EngineGone);
+                };
+
+                // The music, then its accents on the cuts.
+                let decoding = settings.text.decoding(musicgen.default_sampling());
+                let seconds = settings.text.seconds;
+                if settings.rhythm_strength == 0.0 {
+                    // Nothing to move: the music is heard as it is made, exactly
+                    // as the text engine would make it for these prompts.
+                    let (audio, loudness) = stream(
+                        &musicgen,
+                        &schedule,
+                        seconds,
+                        &decoding,
+                        spec.sample_rate,
+                        cancel,
+                        progress,
+                        sink,
+                    )?;
+                    return Ok(Made {
+                        audio,
+                        bpm: Some(bpm),
+                        downbeat: Some(downbeat),
+                        analysis: Some(played),
+                        loudness,
+                        tags: Some(sections),
+                    });
+                }
+                // Aligned as it is made: each stretch is heard once its beats
+                // are placed, while the rest is generated.
+                let mut target = Target::new(bpm, cuts, settings.rhythm_strength);
+                target.downbeat = downbeat;
+                target.beats_per_bar = settings.beats_per_bar;
+                let len = (seconds * f64::from(musicgen.sample_rate())).round() as usize;
+                let mut aligner = StreamAligner::new(musicgen.sample_rate(), len, target);
+                let mut finisher = Finisher::new(musicgen.sample_rate(), spec.sample_rate)?;
+                generate(
                     &musicgen,
                     &schedule,
                     seconds,
                     &decoding,
-                    spec.sample_rate,
                     cancel,
                     progress,
-                    sink,
+                    &mut |mono| {
+                        let quieter: Vec<f32> = mono.iter().map(|x| x * ACCENT_HEADROOM).collect();
+                        // The level from the music's first hand-over (1.6 s), so
+                        // the aligned music is heard as soon as its opening is
+                        // placed rather than once 1.5 s of it are.
+                        finisher.level_from(&quieter)?;
+                        let aligned = aligner.push(&quieter);
+                        if aligned.is_empty() {
+                            return Ok(());
+                        }
+                        finisher.push(&aligned)?;
+                        sink(finisher.audio(), false)
+                    },
                 )?;
-                return Ok(Made {
+                check(cancel)?;
+                finisher.push(&aligner.finish())?;
+                let (audio, loudness) = finisher.finish()?;
+                Ok(Made {
                     audio,
                     bpm: Some(bpm),
                     downbeat: Some(downbeat),
                     analysis: Some(played),
                     loudness,
                     tags: Some(sections),
-                });
-            }
-            // Aligned as it is made: each stretch is heard once its beats
-            // are placed, while the rest is generated.
-            let mut target = Target::new(bpm, cuts, settings.rhythm_strength);
-            target.downbeat = downbeat;
-            target.beats_per_bar = settings.beats_per_bar;
-            let len = (seconds * f64::from(musicgen.sample_rate())).round() as usize;
-            let mut aligner = StreamAligner::new(musicgen.sample_rate(), len, target);
-            let mut finisher = Finisher::new(musicgen.sample_rate(), spec.sample_rate)?;
-            generate(
-                &musicgen,
-                &schedule,
-                seconds,
-                &decoding,
-                cancel,
-                progress,
-                &mut |mono| {
-                    let quieter: Vec<f32> = mono.iter().map(|x| x * ACCENT_HEADROOM).collect();
-                    // The level from the music's first hand-over (1.6 s), so
-                    // the aligned music is heard as soon as its opening is
-                    // placed rather than once 1.5 s of it are.
-                    finisher.level_from(&quieter)?;
-                    let aligned = aligner.push(&quieter);
-                    if aligned.is_empty() {
-                        return Ok(());
-                    }
-                    finisher.push(&aligned)?;
-                    sink(finisher.audio(), false)
-                },
-            )?;
-            check(cancel)?;
-            finisher.push(&aligner.finish())?;
-            let (audio, loudness) = finisher.finish()?;
-            Ok(Made {
-                audio,
-                bpm: Some(bpm),
-                downbeat: Some(downbeat),
-                analysis: Some(played),
-                loudness,
-                tags: Some(sections),
+                })
             })
         })
     }
