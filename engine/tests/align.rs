@@ -510,6 +510,20 @@ fn stream_align(mono: &[f32], target: Target) -> (Vec<f32>, Vec<(usize, usize)>)
     (out, progress)
 }
 
+/// The onsets of `out`, after asserting that one lies within 10 ms of each
+/// cut.
+fn cuts_land(out: Vec<f32>, cuts: &[f64]) -> Vec<f64> {
+    let found = onsets(&Audio {
+        sample_rate: RATE,
+        channels: vec![out],
+    });
+    for c in cuts {
+        let o = offset(&found, *c);
+        assert!(o.abs() <= 0.01, "cut {c}: nearest onset {o:+.4} s away");
+    }
+    found
+}
+
 /// How much was out once `secs` of music had come in.
 fn out_after(progress: &[(usize, usize)], secs: f64) -> f64 {
     let at = (secs * f64::from(RATE)) as usize;
@@ -530,14 +544,7 @@ fn aligned_while_it_arrives_the_clicks_land_on_the_grid_and_the_cuts() {
     let behind = 20.0 - out_after(&progress, 20.0);
     eprintln!("{behind:.2} s behind the music at 20 s");
     assert!(behind < 5.0, "{behind:.2} s behind at 20 s");
-    let found = onsets(&Audio {
-        sample_rate: RATE,
-        channels: vec![out],
-    });
-    for c in &cuts {
-        let o = offset(&found, *c);
-        assert!(o.abs() <= 0.01, "cut {c}: nearest onset {o:+.4} s away");
-    }
+    let found = cuts_land(out, &cuts);
     let targets = grid_and_cuts(30.0, &cuts);
     let on = on_target(&found, &targets);
     eprintln!("{on} of {} onsets on a target", found.len());
@@ -573,14 +580,7 @@ fn the_opening_is_heard_once_a_second_and_a_half_has_come() {
         assert!(moved <= 64, "click {k} moved {moved} frames");
     }
     // The cuts still land.
-    let found = onsets(&Audio {
-        sample_rate: RATE,
-        channels: vec![out],
-    });
-    for c in &cuts {
-        let o = offset(&found, *c);
-        assert!(o.abs() <= 0.01, "cut {c}: nearest onset {o:+.4} s away");
-    }
+    cuts_land(out, &cuts);
 }
 
 #[test]
@@ -592,14 +592,7 @@ fn an_early_cut_keeps_the_opening_to_what_the_plan_can_still_move() {
     let cuts = vec![1.2, 6.0];
     let (out, progress) = stream_align(&mono, Target::new(120.0, cuts.clone(), 0.4));
     assert_eq!(out_after(&progress, 1.5), 0.0);
-    let found = onsets(&Audio {
-        sample_rate: RATE,
-        channels: vec![out],
-    });
-    for c in &cuts {
-        let o = offset(&found, *c);
-        assert!(o.abs() <= 0.01, "cut {c}: nearest onset {o:+.4} s away");
-    }
+    cuts_land(out, &cuts);
 }
 
 #[test]

@@ -174,15 +174,22 @@ fn two_zero_shot_engines_share_models_and_features() {
     assert_eq!(clip_loads().1, 0);
 }
 
-#[test]
-fn aligned_zero_shot_music_is_heard_while_it_is_made() {
-    use vidmusician_engine::service::{Engine, EngineChoice, EngineConfig, Event, Request, Stage};
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let v = video(dir.path(), 16.0, vec![2.3, 5.1, 9.6, 13.2]);
+/// An engine on the tiny models and a zero-shot request for a video of
+/// `seconds` with `cuts`, aligned at full strength and read in 0.1 s chunks
+/// at 48 kHz as a player takes them.
+fn streamed_zero_shot(
+    dir: &Path,
+    seconds: f64,
+    cuts: Vec<f64>,
+) -> (
+    vidmusician_engine::service::Engine,
+    vidmusician_engine::service::Request,
+) {
+    use vidmusician_engine::service::{Engine, EngineChoice, EngineConfig, Request};
+    let v = video(dir, seconds, cuts);
     let engine = Engine::start(EngineConfig {
         cache_dir: None,
-        model_dir: Some(tiny_models(dir.path())),
+        model_dir: Some(tiny_models(dir)),
         ..EngineConfig::default()
     })
     .unwrap();
@@ -192,6 +199,15 @@ fn aligned_zero_shot_music_is_heard_while_it_is_made() {
     req.sample_rate = 48_000;
     req.chunk_frames = 4800;
     req.max_chunks = 400;
+    (engine, req)
+}
+
+#[test]
+fn aligned_zero_shot_music_is_heard_while_it_is_made() {
+    use vidmusician_engine::service::{Event, Stage};
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, req) = streamed_zero_shot(dir.path(), 16.0, vec![2.3, 5.1, 9.6, 13.2]);
     let (id, reader) = engine.submit(req).unwrap();
     let mut reader = reader.unwrap();
     let mut got = [Vec::new(), Vec::new()];
@@ -234,22 +250,10 @@ fn aligned_zero_shot_music_is_heard_while_it_is_made() {
 /// music as made, so neither waits for the next hand-over 2 s later.
 #[test]
 fn aligned_zero_shot_music_is_heard_from_the_first_hand_over() {
-    use vidmusician_engine::service::{Engine, EngineChoice, EngineConfig, Event, Request, Stage};
+    use vidmusician_engine::service::{Event, Stage};
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let v = video(dir.path(), 10.0, vec![3.4, 6.6]);
-    let engine = Engine::start(EngineConfig {
-        cache_dir: None,
-        model_dir: Some(tiny_models(dir.path())),
-        ..EngineConfig::default()
-    })
-    .unwrap();
-    let mut req = Request::new(&v);
-    req.engine = EngineChoice::ZeroShot;
-    req.rhythm_strength = 1.0;
-    req.sample_rate = 48_000;
-    req.chunk_frames = 4800;
-    req.max_chunks = 400;
+    let (engine, req) = streamed_zero_shot(dir.path(), 10.0, vec![3.4, 6.6]);
     let (id, reader) = engine.submit(req).unwrap();
     let mut reader = reader.unwrap();
     let mut composed = 0.0;
