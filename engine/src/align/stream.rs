@@ -15,9 +15,9 @@
 //! The opening is the exception: no beat in the first second or two can be
 //! trusted, and the first sound should not wait for music that can. Once
 //! [`OPENING_S`] has arrived, everything heard so far is committed as made
-//! (speed 1, which is what reaches the end from the start), stopping [`OPENING_CUT_CLEARANCE_S`]
-//! before the first cut so that the cut still gets its beat; the plans take
-//! over from there.
+//! (speed 1, which is what reaches the end from the start), stopping
+//! [`OPENING_CUT_CLEARANCE_S`] before the first cut so that the cut still
+//! gets its beat; the plans take over from there.
 
 use super::Target;
 use super::beats::{BeatTrack, track_beats_mono};
