@@ -67,16 +67,38 @@ fn main() {
             two_instances_draw_and_close,
         ),
     ];
-    // A name given on the command line runs the tests whose names hold it,
-    // as libtest's filter does; flags are libtest's and are ignored.
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    // libtest's command line, as far as it picks tests: names (filters),
+    // `--exact`, `--skip NAME`, `--ignored` (none of these is); the values
+    // of its other flags are passed over, the flags themselves ignored.
+    let (mut filters, mut skips) = (Vec::new(), Vec::new());
+    let (mut exact, mut ignored_only) = (false, false);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--exact" => exact = true,
+            "--ignored" => ignored_only = true,
+            "--skip" => skips.extend(args.next()),
+            "--test-threads" | "--color" | "--format" | "--logfile" | "--shuffle-seed" | "-Z" => {
+                args.next();
+            }
+            flag if flag.starts_with('-') => {}
+            _ => filters.push(a),
+        }
+    }
+    let hit = |name: &str, pattern: &String| {
+        if exact {
+            name == pattern
+        } else {
+            name.contains(pattern.as_str())
+        }
+    };
     println!("\nrunning {} tests", tests.len());
     let mut failed = Vec::new();
     for (name, body) in tests {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+        let chosen = !ignored_only
+            && (filters.is_empty() || filters.iter().any(|f| hit(name, f)))
+            && !skips.iter().any(|s| hit(name, s));
+        if !chosen {
             continue;
         }
         let ok = std::thread::spawn(body).join().is_ok();
