@@ -62,6 +62,11 @@ pub struct DecoderBench {
     /// the process held before it.
     pub load_file_mb: f64,
     pub load_peak_mb: Option<f64>,
+    /// Seconds that load took, and the same checkpoint loaded again with the
+    /// decoder in 8 bits as the engines load it (the files in the page cache,
+    /// as on a second use; a first read from disk adds the disk's time).
+    pub load_s: f64,
+    pub load_q8_s: f64,
 }
 
 /// Peak resident memory of this process so far (Linux), MB.
@@ -81,8 +86,9 @@ fn status_mb(field: &str) -> Option<f64> {
 /// config and a word-level tokenizer to a temporary folder, then loads it as a user's
 /// model is loaded: `(checkpoint MB, peak MB above the memory held before the load)`.
 /// The peak is reset first (`/proc/self/clear_refs`), so it is the load's own; `None`
-/// where Linux's counters are missing.
-fn load_peak() -> Result<(f64, Option<f64>)> {
+/// where Linux's counters are missing. Then the seconds of that load and of an 8-bit
+/// load of the same files.
+fn load_peak() -> Result<(f64, Option<f64>, f64, f64)> {
     let dir = tempfile::tempdir().map_err(|e| crate::Error::io(std::env::temp_dir(), e))?;
     let bytes = write_random_checkpoint(dir.path())?;
     // Freed memory that the allocator keeps would be reused by the load unseen.
@@ -94,13 +100,18 @@ fn load_peak() -> Result<(f64, Option<f64>)> {
     // "5" resets the peak resident size to the current one.
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let before = status_mb("VmRSS:");
+    let t0 = Instant::now();
     let model = MusicGen::load(dir.path())?;
+    let load_s = t0.elapsed().as_secs_f64();
     let peak = match (reset, before, peak_rss_mb()) {
         (true, Some(b), Some(p)) => Some(p - b),
         _ => None,
     };
     drop(model);
-    Ok((bytes as f64 / (1024.0 * 1024.0), peak))
+    let t0 = Instant::now();
+    drop(MusicGen::load_as(dir.path(), Precision::Q8)?);
+    let load_q8_s = t0.elapsed().as_secs_f64();
+    Ok((bytes as f64 / (1024.0 * 1024.0), peak, load_s, load_q8_s))
 }
 
 /// Writes a model folder of musicgen-small's layout with random weights (6 shards and
@@ -253,7 +264,7 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
     drop(codec);
     drop(w);
     progress("loading a whole checkpoint of that size from safetensors files");
-    let (load_file_mb, load_peak_mb) = load_peak()?;
+    let (load_file_mb, load_peak_mb, load_s, load_q8_s) = load_peak()?;
     Ok(DecoderBench {
         threads: candle_core::utils::get_num_threads(),
         frames,
@@ -272,6 +283,8 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
         peak_rss_mb: peak,
         load_file_mb,
         load_peak_mb,
+        load_s,
+        load_q8_s,
     })
 }
 

@@ -51,28 +51,45 @@ struct Mat {
 }
 
 impl Mat {
-    fn load(w: &Weights, name: &str, out: usize, inn: usize) -> Result<Self> {
-        let t = w.get(&[out, inn], name)?;
-        Ok(Self {
-            w: Store::F32(t.flatten_all()?.to_vec1()?),
-            out,
-            inn,
-        })
-    }
-
-    /// Several weights stacked along the output axis, read as one.
-    fn stack(parts: Vec<Mat>) -> Self {
-        let inn = parts[0].inn;
-        let out = parts.iter().map(|p| p.out).sum();
-        let mut w = Vec::with_capacity(out * inn);
-        for p in parts {
-            w.extend_from_slice(&p.f32_weights());
-        }
-        Self {
-            w: Store::F32(w),
-            out,
-            inn,
-        }
+    /// The checkpoint's weights `parts` (names and row counts, each `rows × inn`),
+    /// stacked along the output axis as one matrix in `precision`. Each part is
+    /// quantised straight from the file as it is read, so an 8-bit decoder never
+    /// holds a weight in f32; rows that do not split into blocks stay in f32.
+    fn load(
+        w: &Weights,
+        parts: &[(String, usize)],
+        inn: usize,
+        precision: Precision,
+    ) -> Result<Self> {
+        let out = parts.iter().map(|(_, rows)| rows).sum();
+        let q8 = match precision {
+            Precision::Q8 => kernels::Q8::zeroed(out, inn),
+            Precision::F32 => None,
+        };
+        let store = match q8 {
+            Some(mut q) => {
+                let mut first = 0;
+                for (name, rows) in parts {
+                    w.with_f32(&[*rows, inn], name, |v| {
+                        q.set_rows(first, v);
+                        Ok(())
+                    })?;
+                    first += rows;
+                }
+                Store::Q8(q)
+            }
+            None => {
+                let mut all = Vec::with_capacity(out * inn);
+                for (name, rows) in parts {
+                    w.with_f32(&[*rows, inn], name, |v| {
+                        all.extend_from_slice(v);
+                        Ok(())
+                    })?;
+                }
+                Store::F32(all)
+            }
+        };
+        Ok(Self { w: store, out, inn })
     }
 
     fn f32_weights(&self) -> std::borrow::Cow<'_, [f32]> {
@@ -329,42 +346,44 @@ impl Decoder {
         let d = w.pp("model.decoder");
         let embed = (0..cfg.num_codebooks)
             .map(|k| {
-                let t = d.get(
+                d.with_f32(
                     &[cfg.vocab_size + 1, h],
                     &format!("embed_tokens.{k}.weight"),
-                )?;
-                Ok(t.flatten_all()?.to_vec1()?)
+                    |v| Ok(v.to_vec()),
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let l = d.pp(format!("layers.{i}"));
-            let sq = |n: &str| Mat::load(&l, &format!("{n}.weight"), h, h);
-            let mut layer = Layer {
-                self_norm: Norm::load(&l.pp("self_attn_layer_norm"), h)?,
-                qkv: Mat::stack(vec![
-                    sq("self_attn.q_proj")?,
-                    sq("self_attn.k_proj")?,
-                    sq("self_attn.v_proj")?,
-                ]),
-                self_out: sq("self_attn.out_proj")?,
-                cross_norm: Norm::load(&l.pp("encoder_attn_layer_norm"), h)?,
-                cross_q: sq("encoder_attn.q_proj")?,
-                cross_kv: Mat::stack(vec![sq("encoder_attn.k_proj")?, sq("encoder_attn.v_proj")?]),
-                cross_out: sq("encoder_attn.out_proj")?,
-                ff_norm: Norm::load(&l.pp("final_layer_norm"), h)?,
-                fc1: Mat::load(&l, "fc1.weight", cfg.ffn_dim, h)?,
-                fc2: Mat::load(&l, "fc2.weight", h, cfg.ffn_dim)?,
+            let mat = |names: &[&str], rows: usize, inn: usize| {
+                let parts: Vec<(String, usize)> = names
+                    .iter()
+                    .map(|n| (format!("{n}.weight"), rows))
+                    .collect();
+                Mat::load(&l, &parts, inn, precision)
             };
-            layer.set_precision(precision);
-            layers.push(layer);
+            layers.push(Layer {
+                self_norm: Norm::load(&l.pp("self_attn_layer_norm"), h)?,
+                qkv: mat(
+                    &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                    h,
+                    h,
+                )?,
+                self_out: mat(&["self_attn.out_proj"], h, h)?,
+                cross_norm: Norm::load(&l.pp("encoder_attn_layer_norm"), h)?,
+                cross_q: mat(&["encoder_attn.q_proj"], h, h)?,
+                cross_kv: mat(&["encoder_attn.k_proj", "encoder_attn.v_proj"], h, h)?,
+                cross_out: mat(&["encoder_attn.out_proj"], h, h)?,
+                ff_norm: Norm::load(&l.pp("final_layer_norm"), h)?,
+                fc1: mat(&["fc1"], cfg.ffn_dim, h)?,
+                fc2: mat(&["fc2"], h, cfg.ffn_dim)?,
+            });
         }
-        let mut heads = Mat::stack(
-            (0..cfg.num_codebooks)
-                .map(|k| Mat::load(w, &format!("lm_heads.{k}.weight"), cfg.vocab_size, h))
-                .collect::<Result<Vec<_>>>()?,
-        );
-        heads.set_precision(precision);
+        let heads = (0..cfg.num_codebooks)
+            .map(|k| (format!("lm_heads.{k}.weight"), cfg.vocab_size))
+            .collect::<Vec<_>>();
+        let heads = Mat::load(w, &heads, h, precision)?;
         Ok(Self {
             embed,
             positions: sinusoids(cfg.max_position_embeddings, h),

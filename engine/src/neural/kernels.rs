@@ -115,45 +115,73 @@ impl Q8 {
     /// Quantises `w` (`out × inn`, `inn` a multiple of [`Q8_BLOCK`]) to the nearest
     /// level of each run's scale.
     pub fn quantize(w: &[f32], out: usize, inn: usize) -> Option<Self> {
-        if !inn.is_multiple_of(Q8_BLOCK) || w.len() != out * inn {
+        if w.len() != out * inn {
+            return None;
+        }
+        let mut q = Self::zeroed(out, inn)?;
+        q.set_rows(0, w);
+        Some(q)
+    }
+
+    /// An `out × inn` matrix of zeros (`inn` a multiple of [`Q8_BLOCK`]) whose
+    /// rows [`Q8::set_rows`] fills: a loader quantises each part of a stacked
+    /// matrix in place as it reads it, without an f32 copy of the whole.
+    pub fn zeroed(out: usize, inn: usize) -> Option<Self> {
+        if !inn.is_multiple_of(Q8_BLOCK) || inn == 0 {
             return None;
         }
         let subs = subs_for(inn);
-        let (blocks, run) = (inn / Q8_BLOCK, subs * Q8_BLOCK);
-        let runs = inn / run;
+        let runs = inn / (subs * Q8_BLOCK);
         let groups = out.div_ceil(Q8_GROUP);
-        let mut q = vec![0i8; groups * Q8_GROUP * inn];
-        // Padding rows keep q = 0 and this scale, which keeps them finite.
-        let mut scales = vec![1f32; groups * Q8_GROUP * runs];
-        let mut sums = vec![0i32; groups * 2 * Q8_GROUP * runs];
-        let mut levels = Vec::with_capacity(run);
-        for row in 0..out {
-            let (g, j) = (row / Q8_GROUP, row % Q8_GROUP);
-            for (s, seg) in w[row * inn..(row + 1) * inn].chunks_exact(run).enumerate() {
-                levels.clear();
-                scales[(g * runs + s) * Q8_GROUP + j] = quantize_block(seg, &mut levels);
-                for (half, at) in [(0, 0), (1, Q8_BLOCK / 2)] {
-                    sums[(g * runs + s) * 2 * Q8_GROUP + half * Q8_GROUP + j] = levels
-                        .chunks_exact(Q8_BLOCK)
-                        .flat_map(|b| &b[at..at + Q8_BLOCK / 2])
-                        .map(|&v| i32::from(v))
-                        .sum();
-                }
-                for (k, part) in levels.chunks_exact(Q8_BLOCK).enumerate() {
-                    let b = s * subs + k;
-                    q[((g * blocks + b) * Q8_GROUP + j) * Q8_BLOCK..][..Q8_BLOCK]
-                        .copy_from_slice(part);
-                }
-            }
-        }
         Some(Self {
-            q,
-            scales,
+            q: vec![0i8; groups * Q8_GROUP * inn],
+            // Padding rows keep q = 0 and this scale, which keeps them finite.
+            scales: vec![1f32; groups * Q8_GROUP * runs],
             out,
             inn,
             subs,
-            sums,
+            sums: vec![0i32; groups * 2 * Q8_GROUP * runs],
         })
+    }
+
+    /// Quantises `w`, whole rows of `inn` values, into rows `first..` (which must
+    /// lie within the matrix).
+    pub fn set_rows(&mut self, first: usize, w: &[f32]) {
+        self.set_rows_with(first, w, quantize_run);
+    }
+
+    fn set_rows_with(&mut self, first: usize, w: &[f32], run_fn: fn(&[f32], &mut [i8]) -> f32) {
+        let inn = self.inn;
+        assert!(
+            w.len().is_multiple_of(inn) && first + w.len() / inn <= self.out,
+            "rows {first}.. of {} do not fit a {}-row matrix",
+            w.len() / inn,
+            self.out
+        );
+        let (subs, blocks) = (self.subs, inn / Q8_BLOCK);
+        let run = subs * Q8_BLOCK;
+        let runs = inn / run;
+        let mut levels = [0i8; Q8_MAX_SUBS * Q8_BLOCK];
+        for (r, values) in w.chunks_exact(inn).enumerate() {
+            let row = first + r;
+            let (g, j) = (row / Q8_GROUP, row % Q8_GROUP);
+            for (s, seg) in values.chunks_exact(run).enumerate() {
+                let levels = &mut levels[..run];
+                self.scales[(g * runs + s) * Q8_GROUP + j] = run_fn(seg, levels);
+                let mut halves = [0i32; 2];
+                for (k, part) in levels.chunks_exact(Q8_BLOCK).enumerate() {
+                    let (first, second) = part.split_at(Q8_BLOCK / 2);
+                    halves[0] += first.iter().map(|&v| i32::from(v)).sum::<i32>();
+                    halves[1] += second.iter().map(|&v| i32::from(v)).sum::<i32>();
+                    let b = s * subs + k;
+                    self.q[((g * blocks + b) * Q8_GROUP + j) * Q8_BLOCK..][..Q8_BLOCK]
+                        .copy_from_slice(part);
+                }
+                for (half, sum) in halves.into_iter().enumerate() {
+                    self.sums[(g * runs + s) * 2 * Q8_GROUP + half * Q8_GROUP + j] = sum;
+                }
+            }
+        }
     }
 
     /// The f32 matrix (`out × inn`, row-major) these weights stand for.
@@ -190,16 +218,31 @@ fn subs_for(inn: usize) -> usize {
         .unwrap_or(1)
 }
 
-/// Appends `block` as `q` levels in −127..=127 to `out`, rounded to nearest, and
-/// returns its scale (weights and inputs alike).
-fn quantize_block(block: &[f32], out: &mut Vec<i8>) -> f32 {
-    let max = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+/// Writes `run` (a whole number of blocks) as levels in −127..=127 to `q`,
+/// rounded to nearest (ties to even, as the vector conversions round), and
+/// returns its scale (weights and inputs alike): on AVX2 eight at a time, which
+/// is most of the time an 8-bit decoder takes to load.
+fn quantize_run(run: &[f32], q: &mut [i8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features the function is compiled for;
+            // `run` and `q` are as long and hold whole blocks.
+            return unsafe { x86::quantize_run_avx2(run, q) };
+        }
+    }
+    quantize_run_portable(run, q)
+}
+
+fn quantize_run_portable(run: &[f32], q: &mut [i8]) -> f32 {
+    let max = run.iter().fold(0f32, |m, x| m.max(x.abs()));
     let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-    out.extend(
-        block
-            .iter()
-            .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8),
-    );
+    // A multiply by the reciprocal, as the vector path does (a division there
+    // costs several times a multiply, in a loop over every weight).
+    let inv = 1.0 / scale;
+    for (l, x) in q.iter_mut().zip(run) {
+        *l = (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
     scale
 }
 
@@ -231,10 +274,11 @@ impl QuantRow {
                 return row;
             }
         }
-        let mut q = Vec::with_capacity(x.len());
+        let mut q = vec![0i8; x.len()];
         let scales = x
             .chunks_exact(Q8_BLOCK * subs)
-            .map(|b| quantize_block(b, &mut q))
+            .zip(q.chunks_exact_mut(Q8_BLOCK * subs))
+            .map(|(b, q)| quantize_run_portable(b, q))
             .collect();
         let abs = q.iter().map(|v| v.abs()).collect();
         let biased = q.iter().map(|&v| (v as u8) ^ 0x80).collect();
@@ -755,50 +799,76 @@ mod x86 {
     attention_kernels!(f32, load_f32, scores_f32, weighted_sum_f32);
     attention_kernels!(half::f16, load_f16, scores_f16, weighted_sum_f16);
 
-    /// [`super::quantize_block`] for every run of `subs` blocks of `x`, eight lanes
-    /// at a time (rounding half to even, where the scalar code rounds half away from
-    /// zero).
+    /// [`super::quantize_run`] on AVX2: the largest magnitude eight at a time, then
+    /// the levels 32 at a time, packed with saturation (which is the clamp).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `run` and `q` are as long, a multiple of
+    /// [`super::Q8_BLOCK`].
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn quantize_row_avx2(x: &[f32], subs: usize, row: &mut super::QuantRow) {
+    pub unsafe fn quantize_run_avx2(run: &[f32], q: &mut [i8]) -> f32 {
         use super::Q8_BLOCK as B;
-        // SAFETY: callers guarantee the CPU features; `row` holds `x.len()` values
-        // and a scale per run, and `x` whole runs.
+        debug_assert!(run.len() == q.len() && run.len().is_multiple_of(B));
+        // SAFETY: callers guarantee the CPU features; every load and store is
+        // within `run` and `q`, which hold `run.len()` values.
         unsafe {
             let sign = _mm256_set1_ps(-0.0);
             let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+            let p = run.as_ptr();
+            let mut m = _mm256_setzero_ps();
+            for i in 0..run.len() / 8 {
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(i * 8))));
+            }
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let max = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+            let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+            let inv = _mm256_set1_ps(1.0 / scale);
+            for k in 0..run.len() / B {
+                let b = p.add(k * B);
+                let i = [0, 8, 16, 24]
+                    .map(|o| _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(b.add(o)), inv)));
+                // The packs interleave 128-bit lanes; the permute restores order.
+                let packed = _mm256_packs_epi16(
+                    _mm256_packs_epi32(i[0], i[1]),
+                    _mm256_packs_epi32(i[2], i[3]),
+                );
+                let levels = _mm256_permutevar8x32_epi32(packed, order);
+                _mm256_storeu_si256(q.as_mut_ptr().add(k * B) as *mut __m256i, levels);
+            }
+            scale
+        }
+    }
+
+    /// [`super::QuantRow::new`] on AVX2: each run's levels, and beside them
+    /// their magnitudes and their values biased by 128.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `row` holds `x.len()` values and a scale
+    /// per run, and `x` whole runs.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn quantize_row_avx2(x: &[f32], subs: usize, row: &mut super::QuantRow) {
+        use super::Q8_BLOCK as B;
+        let run = subs * B;
+        for (s, scale) in row.scales.iter_mut().enumerate() {
+            let at = s * run;
+            // SAFETY: as this function's.
+            *scale = unsafe { quantize_run_avx2(&x[at..at + run], &mut row.q[at..at + run]) };
+        }
+        // SAFETY: the CPU features, as above; the three rows are as long, a whole
+        // number of blocks.
+        unsafe {
             let flip = _mm256_set1_epi8(-128);
-            for (s, scale) in row.scales.iter_mut().enumerate() {
-                let run = x.as_ptr().add(s * subs * B);
-                let mut m = _mm256_setzero_ps();
-                for i in 0..subs * B / 8 {
-                    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(run.add(i * 8))));
-                }
-                let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-                let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-                let max = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
-                *scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-                let div = _mm256_set1_ps(*scale);
-                for k in 0..subs {
-                    let p = run.add(k * B);
-                    let i = [0, 8, 16, 24]
-                        .map(|o| _mm256_cvtps_epi32(_mm256_div_ps(_mm256_loadu_ps(p.add(o)), div)));
-                    // The packs interleave 128-bit lanes; the permute restores order.
-                    let packed = _mm256_packs_epi16(
-                        _mm256_packs_epi32(i[0], i[1]),
-                        _mm256_packs_epi32(i[2], i[3]),
-                    );
-                    let q = _mm256_permutevar8x32_epi32(packed, order);
-                    let at = (s * subs + k) * B;
-                    _mm256_storeu_si256(row.q.as_mut_ptr().add(at) as *mut __m256i, q);
-                    _mm256_storeu_si256(
-                        row.abs.as_mut_ptr().add(at) as *mut __m256i,
-                        _mm256_abs_epi8(q),
-                    );
-                    _mm256_storeu_si256(
-                        row.biased.as_mut_ptr().add(at) as *mut __m256i,
-                        _mm256_xor_si256(q, flip),
-                    );
-                }
+            for at in (0..row.q.len()).step_by(B) {
+                let q = _mm256_loadu_si256(row.q.as_ptr().add(at) as *const __m256i);
+                _mm256_storeu_si256(
+                    row.abs.as_mut_ptr().add(at) as *mut __m256i,
+                    _mm256_abs_epi8(q),
+                );
+                _mm256_storeu_si256(
+                    row.biased.as_mut_ptr().add(at) as *mut __m256i,
+                    _mm256_xor_si256(q, flip),
+                );
             }
         }
     }
@@ -1141,6 +1211,38 @@ mod tests {
             }
         }
         assert!(Q8::quantize(&w[..out * 95], out, 95).is_none());
+    }
+
+    #[test]
+    fn weights_quantised_in_parts_equal_the_portable_quantisation_of_the_whole() {
+        // Runs of 4, 3 and 1 blocks; values at ±max, ties (x/scale = k + ½), zeros.
+        for (out, n) in [(11, 256), (6, 96), (5, 32)] {
+            let mut w: Vec<f32> = (0..out * n)
+                .map(|i| ((i * 7919 % 2003) as f32 / 2003.0 - 0.5) * 0.3)
+                .collect();
+            w[3] = 127.0;
+            w[4] = 2.5;
+            w[5] = -1.5;
+            w[n..2 * n].fill(0.0);
+            let whole = Q8::quantize(&w, out, n).unwrap();
+            let mut parts = Q8::zeroed(out, n).unwrap();
+            let split = 2 * n;
+            parts.set_rows(0, &w[..split]);
+            parts.set_rows(2, &w[split..]);
+            let mut portable = Q8::zeroed(out, n).unwrap();
+            portable.set_rows_with(0, &w, quantize_run_portable);
+            for q in [&parts, &portable] {
+                assert_eq!(q.q, whole.q);
+                assert_eq!(q.scales, whole.scales);
+                assert_eq!(q.sums, whole.sums);
+            }
+            // Exact levels where the scale is exact: 127 → 127, 2.5 → 2 and
+            // −1.5 → −2 (ties to even), zero rows stay zero with scale 1.
+            let deq = whole.dequantize();
+            assert_eq!(&deq[3..6], &[127.0, 2.0, -2.0]);
+            assert!(deq[n..2 * n].iter().all(|&v| v == 0.0));
+        }
+        assert!(Q8::zeroed(4, 0).is_none() && Q8::zeroed(4, 40).is_none());
     }
 
     #[test]

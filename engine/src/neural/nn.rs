@@ -37,13 +37,17 @@ pub struct Lora {
 
 impl Linear {
     pub fn load(w: &Weights, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
-        let weight = w.get(&[out_dim, in_dim], "weight")?;
+        let wt = w.transposed(&[("weight", out_dim)], in_dim)?;
         let bias = if bias {
             Some(w.get(&[out_dim], "bias")?)
         } else {
             None
         };
-        Ok(Self::from_weight(&weight, bias)?)
+        Ok(Self {
+            wt,
+            bias,
+            lora: None,
+        })
     }
 
     /// From a weight laid out as PyTorch stores it, `(out, in)`.

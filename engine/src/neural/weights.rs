@@ -209,6 +209,73 @@ impl Weights {
         Ok(t.to_dtype(DType::F32)?)
     }
 
+    /// The tensor `name`, checked against `shape`, lent to `f` as f32 values: read
+    /// in place from the file's mapping when the checkpoint holds it as f32 (the
+    /// usual case), converted otherwise. For loaders that keep their own form of
+    /// a weight (quantised, stacked): the tensor and flat copies [`Weights::get`]
+    /// would make first are most of the time such a load takes.
+    pub fn with_f32<R>(
+        &self,
+        shape: &[usize],
+        name: &str,
+        f: impl FnOnce(&[f32]) -> Result<R>,
+    ) -> Result<R> {
+        let full = self.full_name(name);
+        if let (None, false, Some(&i)) = (
+            self.files.random,
+            self.files.memory.contains_key(&full),
+            self.files.index.get(&full),
+        ) {
+            let (path, file) = &self.files.shards[i];
+            let view = file
+                .get(&full)
+                .map_err(|e| Error::model_file(path, format!("tensor `{full}`: {e}")))?;
+            if view.shape() == shape
+                && view.dtype() == safetensors::Dtype::F32
+                && cfg!(target_endian = "little")
+            {
+                // Safetensors puts no alignment on a tensor's bytes; one that is
+                // not 4-aligned takes the copying path below.
+                if let Ok(values) = bytemuck::try_cast_slice::<u8, f32>(view.data()) {
+                    let r = f(values);
+                    release_pages(view.data());
+                    return r;
+                }
+            }
+        }
+        let t = self.get(shape, name)?;
+        f(&t.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Linear layers' weights `parts` (names and row counts, each `rows × inn` as
+    /// PyTorch stores them, `(out, in)`), stacked along the output axis and
+    /// transposed into one contiguous `(inn, Σ rows)` tensor, the layout the
+    /// matmuls read. Transposed tile by tile as each is read: candle's strided
+    /// copy of a transposed view goes element by element and was most of the
+    /// time T5 and CLIP took to load.
+    pub fn transposed(&self, parts: &[(&str, usize)], inn: usize) -> Result<Tensor> {
+        let out: usize = parts.iter().map(|(_, rows)| rows).sum();
+        let mut wt = vec![0f32; inn * out];
+        let mut part = Vec::new();
+        let mut at = 0;
+        for &(name, rows) in parts {
+            self.with_f32(&[rows, inn], name, |v| {
+                if parts.len() == 1 {
+                    transpose::transpose(v, &mut wt, inn, rows);
+                } else {
+                    part.resize(v.len(), 0.0);
+                    transpose::transpose(v, &mut part, inn, rows);
+                    for (dst, src) in wt.chunks_exact_mut(out).zip(part.chunks_exact(rows)) {
+                        dst[at..at + rows].copy_from_slice(src);
+                    }
+                }
+                Ok(())
+            })?;
+            at += rows;
+        }
+        Ok(Tensor::from_vec(wt, (inn, out), &self.device)?)
+    }
+
     /// A hash of the tensors' contents (names, types, shapes and bytes, in name
     /// order), leaving out those under any of `skip` (name prefixes): the same
     /// weights give the same hash on any machine, however the files are split
@@ -322,4 +389,74 @@ pub(crate) fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
         paths.push(dir.join(f));
     }
     Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two `rows × 3` weights and a bias written to a safetensors file in `dtype`.
+    fn checkpoint(dir: &Path, dtype: DType) -> (Tensor, Tensor) {
+        let a = Tensor::arange(0f32, 12.0, &Device::Cpu)
+            .unwrap()
+            .reshape((4, 3))
+            .unwrap();
+        let b = (Tensor::arange(0f32, 6.0, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap()
+            * -0.5)
+            .unwrap();
+        let tensors = HashMap::from([
+            ("l.a.weight".to_string(), a.to_dtype(dtype).unwrap()),
+            ("l.b.weight".to_string(), b.to_dtype(dtype).unwrap()),
+        ]);
+        candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn stacked_weights_are_transposed_as_candle_transposes_them() {
+        for dtype in [DType::F32, DType::F16] {
+            let dir = tempfile::tempdir().unwrap();
+            let (a, b) = checkpoint(dir.path(), dtype);
+            let w = Weights::open_dir(dir.path()).unwrap().pp("l");
+            let want = Tensor::cat(&[&a, &b], 0).unwrap().t().unwrap();
+            let got = w
+                .transposed(&[("a.weight", 4), ("b.weight", 2)], 3)
+                .unwrap();
+            assert_eq!(got.dims(), &[3, 6]);
+            assert_eq!(
+                got.to_vec2::<f32>().unwrap(),
+                want.to_vec2::<f32>().unwrap(),
+                "{dtype:?}"
+            );
+            let one = w.transposed(&[("b.weight", 2)], 3).unwrap();
+            assert_eq!(
+                one.to_vec2::<f32>().unwrap(),
+                b.t().unwrap().to_vec2::<f32>().unwrap()
+            );
+            // Values lent in place equal those `get` copies.
+            let lent = w.with_f32(&[4, 3], "a.weight", |v| Ok(v.to_vec())).unwrap();
+            assert_eq!(lent, a.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+    }
+
+    #[test]
+    fn a_lent_tensor_of_another_shape_or_missing_is_the_same_error_as_get_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        checkpoint(dir.path(), DType::F32);
+        let w = Weights::open_dir(dir.path()).unwrap().pp("l");
+        let err = w.with_f32(&[3, 4], "a.weight", |_| Ok(())).unwrap_err();
+        assert!(
+            matches!(&err, Error::TensorShape { expected, found, .. }
+                if expected == &[3, 4] && found == &[4, 3]),
+            "{err}"
+        );
+        let err = w.transposed(&[("c.weight", 2)], 3).unwrap_err();
+        assert!(
+            matches!(&err, Error::MissingTensor { name, .. } if name == "l.c.weight"),
+            "{err}"
+        );
+    }
 }

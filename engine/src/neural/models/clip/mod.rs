@@ -109,17 +109,9 @@ struct Proj {
 
 impl Proj {
     fn load(w: &Weights, in_dim: usize, out_dim: usize) -> Result<Self> {
-        Ok(Self::new(
-            &w.get(&[out_dim, in_dim], "weight")?,
-            w.get(&[out_dim], "bias")?,
-        )?)
-    }
-
-    /// From a weight laid out as PyTorch stores it, `(out, in)`.
-    fn new(weight: &Tensor, bias: Tensor) -> candle_core::Result<Self> {
         Ok(Self {
-            wt: weight.t()?.contiguous()?,
-            bias,
+            wt: w.transposed(&[("weight", out_dim)], in_dim)?,
+            bias: w.get(&[out_dim], "bias")?,
             int8: None,
         })
     }
@@ -254,13 +246,23 @@ impl Encoder {
         for i in 0..layers {
             let l = w.pp(format!("layers.{i}"));
             let a = l.pp("self_attn");
-            let mut weights = Vec::with_capacity(3);
-            let mut biases = Vec::with_capacity(3);
-            for name in ["q_proj", "k_proj", "v_proj"] {
-                weights.push(a.pp(name).get(&[hidden, hidden], "weight")?);
-                biases.push(a.pp(name).get(&[hidden], "bias")?);
-            }
-            let qkv = Proj::new(&Tensor::cat(&weights, 0)?, Tensor::cat(&biases, 0)?)?;
+            let names = ["q_proj", "k_proj", "v_proj"];
+            let biases = names
+                .iter()
+                .map(|name| a.pp(name).get(&[hidden], "bias"))
+                .collect::<Result<Vec<_>>>()?;
+            let qkv = Proj {
+                wt: a.transposed(
+                    &[
+                        ("q_proj.weight", hidden),
+                        ("k_proj.weight", hidden),
+                        ("v_proj.weight", hidden),
+                    ],
+                    hidden,
+                )?,
+                bias: Tensor::cat(&biases, 0)?,
+                int8: None,
+            };
             out.push(Layer {
                 norm1: LayerNorm::load(&l.pp("layer_norm1"), hidden, eps)?,
                 qkv,
