@@ -170,9 +170,9 @@ impl Q8 {
                 self.scales[(g * runs + s) * Q8_GROUP + j] = run_fn(seg, levels);
                 let mut halves = [0i32; 2];
                 for (k, part) in levels.chunks_exact(Q8_BLOCK).enumerate() {
-                    let (first, second) = part.split_at(Q8_BLOCK / 2);
-                    halves[0] += first.iter().map(|&v| i32::from(v)).sum::<i32>();
-                    halves[1] += second.iter().map(|&v| i32::from(v)).sum::<i32>();
+                    let (low, high) = part.split_at(Q8_BLOCK / 2);
+                    halves[0] += low.iter().map(|&v| i32::from(v)).sum::<i32>();
+                    halves[1] += high.iter().map(|&v| i32::from(v)).sum::<i32>();
                     let b = s * subs + k;
                     self.q[((g * blocks + b) * Q8_GROUP + j) * Q8_BLOCK..][..Q8_BLOCK]
                         .copy_from_slice(part);
@@ -226,8 +226,11 @@ fn quantize_run(run: &[f32], q: &mut [i8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // Checked here, once per run: the vector code reads and writes by
+            // pointer on the strength of it.
+            assert!(run.len() == q.len() && run.len().is_multiple_of(Q8_BLOCK));
             // SAFETY: the CPU has the features the function is compiled for;
-            // `run` and `q` are as long and hold whole blocks.
+            // `run` and `q` are as long and hold whole blocks (asserted).
             return unsafe { x86::quantize_run_avx2(run, q) };
         }
     }

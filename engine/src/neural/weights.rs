@@ -260,7 +260,9 @@ impl Weights {
         let mut at = 0;
         for &(name, rows) in parts {
             self.with_f32(&[rows, inn], name, |v| {
-                if parts.len() == 1 {
+                if v.is_empty() {
+                    // A part with no rows (or rows of nothing) adds no columns.
+                } else if parts.len() == 1 {
                     transpose::transpose(v, &mut wt, inn, rows);
                 } else {
                     part.resize(v.len(), 0.0);
@@ -395,7 +397,7 @@ pub(crate) fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
 mod tests {
     use super::*;
 
-    /// Two `rows × 3` weights and a bias written to a safetensors file in `dtype`.
+    /// Two weights of 3 columns (4 and 2 rows) written to a safetensors file in `dtype`.
     fn checkpoint(dir: &Path, dtype: DType) -> (Tensor, Tensor) {
         let a = Tensor::arange(0f32, 12.0, &Device::Cpu)
             .unwrap()
