@@ -286,22 +286,42 @@ impl FeatureCache {
     }
 }
 
+/// Prompts the text tower reads per pass in [`tag_embeddings`]: enough rows
+/// for its matmuls to run at speed (a tag's own two or three descriptions,
+/// one pass each, left it mostly idle: three times as slow), few enough that a
+/// large vocabulary's activations stay small.
+const TEXT_BATCH: usize = 64;
+
 /// One embedding per tag: the mean of its picture descriptions' unit-length
-/// text embeddings, `(tags, projection)`.
+/// text embeddings, `(tags, projection)`. The descriptions of all tags are
+/// read together; the text tower's attention is causal and pools at each
+/// prompt's end token, so a prompt's embedding does not depend on what it is
+/// batched with.
 pub fn tag_embeddings(clip: &Clip, vocab: &Vocabulary) -> Result<Tensor> {
-    let mut rows = Vec::with_capacity(vocab.len());
-    for (_, tag) in vocab.tags() {
-        let texts: Vec<&str> = tag.pictures.iter().map(String::as_str).collect();
-        let e = clip.encode_texts(&texts)?.projected;
-        let unit = e.broadcast_div(&e.sqr()?.sum_keepdim(1)?.sqrt()?)?;
-        rows.push(unit.mean(0)?);
-    }
-    if rows.is_empty() {
+    let tags: Vec<_> = vocab.tags().map(|(_, tag)| tag).collect();
+    if tags.is_empty() {
         return Err(Error::Vocabulary {
             origin: "the vocabulary".into(),
             line: 0,
             reason: "no tags: the vocabulary is empty".into(),
         });
+    }
+    let texts: Vec<&str> = tags
+        .iter()
+        .flat_map(|tag| tag.pictures.iter().map(String::as_str))
+        .collect();
+    let mut units = Vec::with_capacity(texts.len().div_ceil(TEXT_BATCH));
+    for batch in texts.chunks(TEXT_BATCH) {
+        let e = clip.encode_texts(batch)?.projected;
+        units.push(e.broadcast_div(&e.sqr()?.sum_keepdim(1)?.sqrt()?)?);
+    }
+    let units = Tensor::cat(&units, 0)?;
+    let mut rows = Vec::with_capacity(tags.len());
+    let mut at = 0;
+    for tag in tags {
+        let n = tag.pictures.len();
+        rows.push(units.narrow(0, at, n)?.mean(0)?);
+        at += n;
     }
     Ok(Tensor::stack(&rows, 0)?)
 }
@@ -327,4 +347,43 @@ pub fn tag_sections(
         clip.similarity(&frames, tags)?.to_vec2::<f32>()?
     };
     Ok(tags::choose(vocab, &logits, GLOBAL_FPS, bounds, duration))
+}
+
+#[cfg(test)]
+mod tests {
+
+    use super::*;
+    use crate::analysis::tags::BUILTIN;
+
+    /// Read together (the built-in vocabulary's descriptions fill more than
+    /// one batch), each tag's embedding is what its own descriptions give
+    /// read alone.
+    #[test]
+    fn tag_embeddings_read_together_equal_each_tag_read_alone() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-tiny");
+        let clip = Clip::load(&dir).unwrap();
+        let vocab = Vocabulary::parse(BUILTIN, "builtin").unwrap();
+        let prompts: usize = vocab.tags().map(|(_, t)| t.pictures.len()).sum();
+        assert!(
+            prompts > TEXT_BATCH,
+            "{prompts} descriptions fill one batch"
+        );
+        let got = tag_embeddings(&clip, &vocab)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(got.len(), vocab.len());
+        for (row, (_, tag)) in got.iter().zip(vocab.tags()) {
+            let texts: Vec<&str> = tag.pictures.iter().map(String::as_str).collect();
+            let e = clip.encode_texts(&texts).unwrap().projected;
+            let unit = e.broadcast_div(&e.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap());
+            let want = unit.unwrap().mean(0).unwrap().to_vec1::<f32>().unwrap();
+            let diff = row
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-5, "{}: {diff}", tag.name);
+        }
+    }
 }

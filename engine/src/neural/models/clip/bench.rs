@@ -44,6 +44,15 @@ pub struct ClipBench {
     /// The same with the encoder's linear layers in 8 bits, where the CPU has
     /// AVX-512 VNNI or AVX-VNNI ([`VisionPrecision::Int8`]).
     pub int8: Option<ClipBenchInt8>,
+    /// Loading a checkpoint of this shape (both towers, from the page cache),
+    /// the fastest of three: in f32, and with the vision tower quantized to 8
+    /// bits as the plugin loads it (where the CPU can).
+    pub load_s: f64,
+    pub load_int8_s: f64,
+    /// The built-in vocabulary's tag embeddings: the text tower over every
+    /// tag's picture descriptions (here with a word-level tokenizer, one
+    /// token per word), as a zero-shot piece's analysis makes them.
+    pub tag_embeddings_s: f64,
 }
 
 /// The 8-bit encoder's figures, and how far its embeddings are from f32's.
@@ -124,6 +133,26 @@ pub fn run(seconds: f64, progress: &mut dyn FnMut(&str)) -> Result<ClipBench> {
     } else {
         None
     };
+    progress("loading a checkpoint of this shape");
+    let ckpt = dir.path().join("clip");
+    std::fs::create_dir_all(&ckpt).map_err(|e| crate::Error::io(&ckpt, e))?;
+    write_random_checkpoint(&ckpt)?;
+    let (mut load_s, mut load_int8_s) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..3 {
+        let t = Instant::now();
+        drop(super::Clip::load(&ckpt)?);
+        load_s = load_s.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut clip = super::Clip::load(&ckpt)?;
+        clip.vision.set_precision(VisionPrecision::Int8)?;
+        load_int8_s = load_int8_s.min(t.elapsed().as_secs_f64());
+    }
+    progress("the built-in vocabulary's tag embeddings");
+    let clip = super::Clip::load(&ckpt)?;
+    let vocab = crate::analysis::tags::Vocabulary::builtin();
+    let t = Instant::now();
+    crate::analysis::clip_features::tag_embeddings(&clip, &vocab)?;
+    let tag_embeddings_s = t.elapsed().as_secs_f64();
     Ok(ClipBench {
         model: "clip-vit-base-patch32 shape, random weights",
         threads: rayon::current_num_threads(),
@@ -134,6 +163,9 @@ pub fn run(seconds: f64, progress: &mut dyn FnMut(&str)) -> Result<ClipBench> {
         local_x_real_time: seconds / l.wall_s,
         ms_per_frame: ms_per_frame(&g, &l),
         int8,
+        load_s,
+        load_int8_s,
+        tag_embeddings_s,
     })
 }
 

@@ -103,21 +103,40 @@ impl Int8Weight {
         let kp = k.div_ceil(4) * 4;
         let np = n.div_ceil(PANEL) * PANEL;
         let mut scale = vec![0f32; np];
-        for (c, s) in scale.iter_mut().enumerate().take(n) {
-            let max = (0..k).map(|r| wt[r * n + c].abs()).fold(0f32, f32::max);
-            *s = if max > 0.0 { max / 127.0 } else { 1.0 };
-        }
         let mut packed = vec![0i8; np * kp];
         let mut offset = vec![0i32; np];
-        for c in 0..n {
-            let (panel, lane) = (c / PANEL, c % PANEL);
-            let inv = 1.0 / scale[c];
-            for r in 0..k {
-                let q = (wt[r * n + c] * inv).round().clamp(-127.0, 127.0) as i8;
-                packed[panel * kp * PANEL + (r / 4) * PANEL * 4 + lane * 4 + r % 4] = q;
-                offset[c] += 128 * i32::from(q);
-            }
-        }
+        // A panel per task, its weight read row by row: `wt` is row-major, so
+        // walking it a column at a time (as the layout is written) strides
+        // through the whole matrix once per column, most of a checkpoint's load.
+        packed
+            .par_chunks_mut(kp * PANEL)
+            .zip(scale.par_chunks_mut(PANEL))
+            .zip(offset.par_chunks_mut(PANEL))
+            .enumerate()
+            .for_each(|(p, ((packed, scale), offset))| {
+                let c0 = p * PANEL;
+                let cols = PANEL.min(n - c0);
+                let rows = || wt.chunks_exact(n).map(|row| &row[c0..c0 + cols]);
+                let mut max = [0f32; PANEL];
+                for row in rows() {
+                    for (m, w) in max.iter_mut().zip(row) {
+                        *m = m.max(w.abs());
+                    }
+                }
+                let mut inv = [0f32; PANEL];
+                for ((s, i), m) in scale.iter_mut().zip(&mut inv).zip(&max).take(cols) {
+                    *s = if *m > 0.0 { m / 127.0 } else { 1.0 };
+                    *i = 1.0 / *s;
+                }
+                for (r, row) in rows().enumerate() {
+                    let group = &mut packed[(r / 4) * PANEL * 4..(r / 4 + 1) * PANEL * 4];
+                    for (lane, (w, i)) in row.iter().zip(&inv).enumerate() {
+                        let q = (w * i).round().clamp(-127.0, 127.0) as i8;
+                        group[lane * 4 + r % 4] = q;
+                        offset[lane] += 128 * i32::from(q);
+                    }
+                }
+            });
         Some(Self {
             k,
             n,
@@ -667,6 +686,43 @@ mod tests {
         }
         let rel = (err / norm).sqrt();
         assert!(rel < 0.02, "relative error {rel}");
+    }
+
+    /// The panels, scales and offsets are those of the layout's definition,
+    /// written a column at a time, for shapes that leave partial panels and
+    /// input groups, with a zero column and an input wider than a group.
+    #[test]
+    fn quantized_weights_are_laid_out_as_defined() {
+        for (k, n) in [(1, 1), (5, 3), (37, 70), (64, 130)] {
+            let mut wt: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 90.0)
+                .collect();
+            for r in 0..k {
+                wt[r * n + n / 2] = 0.0;
+            }
+            let q = Int8Weight::new(&wt, k, n).unwrap();
+            let (kp, np) = (k.div_ceil(4) * 4, n.div_ceil(PANEL) * PANEL);
+            let mut packed = vec![0i8; np * kp];
+            let mut scale = vec![0f32; np];
+            let mut offset = vec![0i32; np];
+            for c in 0..n {
+                let max = (0..k).map(|r| wt[r * n + c].abs()).fold(0f32, f32::max);
+                scale[c] = if max > 0.0 { max / 127.0 } else { 1.0 };
+                for r in 0..k {
+                    let v = (wt[r * n + c] * (1.0 / scale[c]))
+                        .round()
+                        .clamp(-127.0, 127.0) as i8;
+                    packed[(c / PANEL) * kp * PANEL
+                        + (r / 4) * PANEL * 4
+                        + (c % PANEL) * 4
+                        + r % 4] = v;
+                    offset[c] += 128 * i32::from(v);
+                }
+            }
+            assert_eq!(q.scale, scale, "{k}×{n}");
+            assert_eq!(q.offset, offset, "{k}×{n}");
+            assert_eq!(q.packed, packed, "{k}×{n}");
+        }
     }
 
     #[test]

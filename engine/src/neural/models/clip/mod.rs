@@ -125,8 +125,14 @@ impl Proj {
         }
         if self.int8.is_none() {
             let (k, n) = self.wt.dims2()?;
-            let w = self.wt.flatten_all()?.to_vec1::<f32>()?;
-            self.int8 = int8::Int8Weight::new(&w, k, n);
+            // Quantized where the weight lies, not from a copy of it.
+            let (storage, layout) = self.wt.storage_and_layout();
+            self.int8 = match &*storage {
+                candle_core::Storage::Cpu(cpu) => {
+                    int8::Int8Weight::new(ops::slice(cpu, layout, "8-bit quantization")?, k, n)
+                }
+                _ => None,
+            };
         }
         Ok(self.int8.is_some())
     }
