@@ -175,13 +175,36 @@ pub struct FeatureKey {
     pub content: String,
     /// The model's fingerprint.
     pub model: String,
-    /// `global` or `local`.
+    /// `global`, `local` or `tags`.
     pub kind: &'static str,
     pub fps: f64,
     pub until: Option<f64>,
 }
 
 impl FeatureKey {
+    /// The key of `vocab`'s tag embeddings ([`tag_embeddings`]) by the CLIP
+    /// of `fingerprint` whose tokenizer is `tokenizer` (the file's bytes):
+    /// `content` is what the embeddings depend on, each tag's picture
+    /// descriptions in order and how they are cut into tokens.
+    pub fn tags(vocab: &Vocabulary, fingerprint: &str, tokenizer: &[u8]) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(tokenizer);
+        for (_, tag) in vocab.tags() {
+            h.update(&[1]);
+            for p in &tag.pictures {
+                h.update(p.as_bytes());
+                h.update(&[0]);
+            }
+        }
+        Self {
+            content: h.finalize().to_hex().to_string(),
+            model: fingerprint.to_string(),
+            kind: "tags",
+            fps: 0.0,
+            until: None,
+        }
+    }
+
     fn file_name(&self) -> String {
         let mut h = blake3::Hasher::new();
         h.update(b"vidmusician-features-v1\0");
@@ -284,6 +307,29 @@ impl FeatureCache {
         }
         Ok(v)
     }
+
+    /// Tag embeddings of `shape` (tags, width) under `key` ([`FeatureKey::tags`]),
+    /// computed by `compute` when not cached: the text tower's reading of a
+    /// vocabulary is the same for every video, so a project opened again, or
+    /// the next video, does not wait for it. An entry of another shape is
+    /// made again.
+    pub fn tags(
+        &self,
+        key: &FeatureKey,
+        shape: (usize, usize),
+        compute: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        if let Some(t) = self.get(key)
+            && let Some(e) = t.get("tags")
+            && e.dtype() == candle_core::DType::F32
+            && e.dims2().is_ok_and(|d| d == shape)
+        {
+            return Ok(e.clone());
+        }
+        let e = compute()?;
+        let _ = self.put(key, &[("tags", e.clone())]);
+        Ok(e)
+    }
 }
 
 /// Prompts the text tower reads per pass in [`tag_embeddings`]: enough rows
@@ -385,5 +431,58 @@ mod tests {
                 .fold(0f32, f32::max);
             assert!(diff < 1e-5, "{}: {diff}", tag.name);
         }
+    }
+
+    /// Kept on disk per vocabulary, tokenizer and model; an entry that is
+    /// damaged or of another shape is made again.
+    #[test]
+    fn tag_embeddings_are_kept_on_disk_per_vocabulary_tokenizer_and_model() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-tiny");
+        let clip = Clip::load(&dir).unwrap();
+        let vocab = |second: &str| {
+            Vocabulary::parse(
+                &format!("[mood]\ncalm | a calm scene | calm\ntense | {second} | tense\n"),
+                "test",
+            )
+            .unwrap()
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = FeatureCache::new(tmp.path());
+        let shape = (2, clip.config().projection_dim);
+        let runs = std::cell::Cell::new(0);
+        let get = |key: &FeatureKey, v: &Vocabulary| {
+            cache
+                .tags(key, shape, || {
+                    runs.set(runs.get() + 1);
+                    tag_embeddings(&clip, v)
+                })
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+        };
+        let v = vocab("a tense scene");
+        let key = FeatureKey::tags(&v, "model", b"tokenizer");
+        let made = get(&key, &v);
+        assert_eq!(get(&key, &v), made);
+        assert_eq!(runs.get(), 1, "read back, not made again");
+        // Another description, tokenizer or model is another entry.
+        let other = vocab("a tense and dark scene");
+        assert_ne!(
+            get(&FeatureKey::tags(&other, "model", b"tokenizer"), &other),
+            made
+        );
+        get(&FeatureKey::tags(&v, "model", b"another tokenizer"), &v);
+        get(&FeatureKey::tags(&v, "another model", b"tokenizer"), &v);
+        assert_eq!(runs.get(), 4);
+        // A damaged entry, then one of another shape.
+        let file = tmp.path().join(key.file_name());
+        std::fs::write(&file, b"not safetensors").unwrap();
+        assert_eq!(get(&key, &v), made);
+        let wrong = Tensor::zeros((3, shape.1), candle_core::DType::F32, &Device::Cpu).unwrap();
+        cache.put(&key, &[("tags", wrong)]).unwrap();
+        assert_eq!(get(&key, &v), made);
+        assert_eq!(runs.get(), 6);
+        assert_eq!(get(&key, &v), made);
+        assert_eq!(runs.get(), 6);
     }
 }

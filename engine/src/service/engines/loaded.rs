@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 
 use candle_core::Tensor;
 
+use crate::analysis::clip_features::{FeatureCache, FeatureKey};
 use crate::analysis::tags::Vocabulary;
 use crate::error::{Error, Result};
 use crate::neural::device::{self, Chosen};
@@ -127,11 +128,16 @@ pub(crate) fn clip(dir: &Path, precision: Precision) -> Result<Arc<Clip>> {
 }
 
 /// The tags' text embeddings of `vocab` by `clip` ([`tag_embeddings`]:
-/// CLIP's text tower over every tag's pictures, a second or two), kept
+/// CLIP's text tower over every tag's pictures, about a second), kept
 /// while `clip` is loaded and shared by the engines of this process as the
 /// models are: a second instance, or the next piece on another vocabulary
-/// and back, finds them made.
-pub(crate) fn tag_embeddings(clip: &Arc<Clip>, vocab: &Vocabulary) -> Result<Tensor> {
+/// and back, finds them made. With a `cache` they are also kept on disk,
+/// for the next process: a project opened again does not wait for them.
+pub(crate) fn tag_embeddings(
+    clip: &Arc<Clip>,
+    vocab: &Vocabulary,
+    cache: Option<&FeatureCache>,
+) -> Result<Tensor> {
     /// Vocabularies kept per process; the oldest goes first.
     const KEPT: usize = 8;
     // Held while computing, so two engines asking at once compute once.
@@ -143,8 +149,24 @@ pub(crate) fn tag_embeddings(clip: &Arc<Clip>, vocab: &Vocabulary) -> Result<Ten
     {
         return Ok(t.clone());
     }
-    let t = crate::analysis::clip_features::tag_embeddings(clip, vocab)?;
-    TAG_RUNS.fetch_add(1, Ordering::Relaxed);
+    let compute = || {
+        TAG_RUNS.fetch_add(1, Ordering::Relaxed);
+        crate::analysis::clip_features::tag_embeddings(clip, vocab)
+    };
+    let t = match cache {
+        Some(cache) => {
+            // Clip::load read it; a failure now only weakens the key to the
+            // checkpoint's fingerprint, which names the folder and its files.
+            let tokenizer = std::fs::read(clip.dir().join("tokenizer.json")).unwrap_or_default();
+            let key = FeatureKey::tags(
+                vocab,
+                &crate::service::spec::model_fingerprint(clip.dir()),
+                &tokenizer,
+            );
+            cache.tags(&key, (vocab.len(), clip.config().projection_dim), compute)?
+        }
+        None => compute()?,
+    };
     if held.len() >= KEPT {
         held.remove(0);
     }
@@ -157,7 +179,8 @@ type TagEmbeddings = Vec<(Weak<Clip>, Vocabulary, Tensor)>;
 static TAGS: Mutex<TagEmbeddings> = Mutex::new(Vec::new());
 static TAG_RUNS: AtomicUsize = AtomicUsize::new(0);
 
-/// How many times this process has run CLIP's text tower over a vocabulary.
+/// How many times this process has run CLIP's text tower over a vocabulary
+/// (not counting embeddings read from a disk cache).
 #[cfg(test)]
 fn tag_embedding_runs() -> usize {
     TAG_RUNS.load(Ordering::Relaxed)
@@ -194,22 +217,22 @@ mod tests {
         )
         .unwrap();
         let runs = tag_embedding_runs();
-        let a = tag_embeddings(&clip, &builtin).unwrap();
+        let a = tag_embeddings(&clip, &builtin, None).unwrap();
         let direct = crate::analysis::clip_features::tag_embeddings(&clip, &builtin).unwrap();
         assert_eq!(
             a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             direct.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         );
-        let s = tag_embeddings(&clip, &small).unwrap();
+        let s = tag_embeddings(&clip, &small, None).unwrap();
         assert_eq!(s.dims()[0], 2);
         // Back to the first: served, not made again.
-        let again = tag_embeddings(&clip, &builtin).unwrap();
+        let again = tag_embeddings(&clip, &builtin, None).unwrap();
         assert_eq!(again.dims(), a.dims());
         assert_eq!(tag_embedding_runs(), runs + 2);
         // Another CLIP (another precision is another model) makes its own.
         let other = super::clip(&dir, Precision::Q8);
         if let Ok(other) = other {
-            tag_embeddings(&other, &small).unwrap();
+            tag_embeddings(&other, &small, None).unwrap();
             assert_eq!(tag_embedding_runs(), runs + 3);
         }
     }

@@ -202,7 +202,7 @@ impl Pipeline for ZeroShot {
                     None => compute()?,
                 };
                 check(cancel)?;
-                let tag_embeds = loaded::tag_embeddings(&clip, vocab)?;
+                let tag_embeds = loaded::tag_embeddings(&clip, vocab, cache.as_ref())?;
                 let bounds = analysis.sections(MIN_SECTION_S, 1.0);
                 let mut sections = tag_sections(
                     &clip,
@@ -375,11 +375,15 @@ pub fn video_tags(
         until: None,
     };
     let mut compute = || global_features(video, &clip, None, cancel, progress);
-    let global = match &config.cache_dir {
-        Some(d) => FeatureCache::new(d.join("features")).global(&key, compute)?,
+    let cache = config
+        .cache_dir
+        .as_ref()
+        .map(|d| FeatureCache::new(d.join("features")));
+    let global = match &cache {
+        Some(c) => c.global(&key, compute)?,
         None => compute()?,
     };
     let bounds = analysis.sections(MIN_SECTION_S, 1.0);
-    let embeds = loaded::tag_embeddings(&clip, &vocab)?;
+    let embeds = loaded::tag_embeddings(&clip, &vocab, cache.as_ref())?;
     tag_sections(&clip, &vocab, &embeds, &global, &bounds, analysis.duration)
 }
