@@ -130,6 +130,13 @@ impl Pipeline for ZeroShot {
                 let Some(clip) = self.clip.clone() else {
                     return Err(Error::EngineGone);
                 };
+                // The vocabulary's text embeddings do not depend on the video:
+                // made (or read from the cache) while the pictures are read,
+                // whose decoding leaves a core idle much of the time.
+                let tagging = {
+                    let (clip, cache) = (clip.clone(), cache.as_ref());
+                    s.spawn(move || pools.run(|| loaded::tag_embeddings(&clip, vocab, cache)))
+                };
                 let clip_model = loaded::clip_features_model(
                     spec.engine.clip.as_deref().unwrap_or_default(),
                     &clip,
@@ -202,7 +209,9 @@ impl Pipeline for ZeroShot {
                     None => compute()?,
                 };
                 check(cancel)?;
-                let tag_embeds = loaded::tag_embeddings(&clip, vocab, cache.as_ref())?;
+                let tag_embeds = tagging
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
                 let bounds = analysis.sections(MIN_SECTION_S, 1.0);
                 let mut sections = tag_sections(
                     &clip,
