@@ -397,7 +397,6 @@ pub fn tag_sections(
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
     use crate::analysis::tags::BUILTIN;
 
