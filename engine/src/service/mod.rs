@@ -345,6 +345,16 @@ pub struct EngineConfig {
     pub gpu_helper: Option<PathBuf>,
 }
 
+impl EngineConfig {
+    /// Where CLIP's features and the tags' text embeddings are kept: beside
+    /// the audio cache, and only when it is on.
+    pub(crate) fn feature_cache(&self) -> Option<crate::analysis::clip_features::FeatureCache> {
+        self.cache_dir
+            .as_ref()
+            .map(|d| crate::analysis::clip_features::FeatureCache::new(d.join("features")))
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::text::{TextSettings, stream_with};
 use super::{Made, Pipeline, Work, loaded};
-use crate::analysis::clip_features::{FeatureCache, FeatureKey, global_features, patch_curve};
+use crate::analysis::clip_features::{FeatureKey, global_features, patch_curve};
 use crate::analysis::{GLOBAL_FPS, LOCAL_FPS, resample_linear};
 use crate::error::{Error, Result};
 use crate::neural::MusicGen;
@@ -46,11 +46,7 @@ impl Pipeline for VidMusician {
         let spec = work.spec;
         let precision = work.config.precision;
         let (cancel, progress, sink) = (work.cancel, work.progress, work.sink);
-        let cache = work
-            .config
-            .cache_dir
-            .as_ref()
-            .map(|d| FeatureCache::new(d.join("features")));
+        let cache = work.config.feature_cache();
         let base_id = work.config.text_model.clone();
         pools.run(|| -> Result<Made> {
             progress(Stage::Analysing, 0.0);

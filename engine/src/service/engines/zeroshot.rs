@@ -13,9 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Made, Pipeline, Work, loaded};
 use crate::align::{StreamAligner, Target};
-use crate::analysis::clip_features::{
-    FeatureCache, FeatureKey, global_features, patch_curve, tag_sections,
-};
+use crate::analysis::clip_features::{FeatureKey, global_features, patch_curve, tag_sections};
 use crate::analysis::{Analysis, GLOBAL_FPS, LOCAL_FPS, StatsEncoder, analyze_until, from_curve};
 use crate::error::{Error, Result};
 use crate::neural::models::clip::Clip;
@@ -95,12 +93,7 @@ impl Pipeline for ZeroShot {
         let (cancel, progress, sink) = (work.cancel, work.progress, work.sink);
         let settings = ZeroShotSettings::from(spec);
         let precision = work.config.precision;
-        // Features are kept beside the audio cache, and only when it is on.
-        let cache = work
-            .config
-            .cache_dir
-            .as_ref()
-            .map(|d| FeatureCache::new(d.join("features")));
+        let cache = work.config.feature_cache();
         pools.run(|| -> Result<Made> {
             progress(Stage::Analysing, 0.0);
             let stale = self
@@ -384,10 +377,7 @@ pub fn video_tags(
         until: None,
     };
     let mut compute = || global_features(video, &clip, None, cancel, progress);
-    let cache = config
-        .cache_dir
-        .as_ref()
-        .map(|d| FeatureCache::new(d.join("features")));
+    let cache = config.feature_cache();
     let global = match &cache {
         Some(c) => c.global(&key, compute)?,
         None => compute()?,
