@@ -399,10 +399,14 @@ impl EditorApp {
         let t_of =
             |x: f32| (f64::from((x - area.left()) / area.width()) * duration).clamp(0.0, duration);
         // Dragging selects a stretch to make again.
+        // The stretch runs from where the button went down to where it is
+        // (or was let go): a slow frame sees a drag start only once the
+        // pointer has moved on, and its release together with the last moves.
         if let Some(p) = response.interact_pointer_pos() {
             if response.drag_started() {
-                self.selection = Some((t_of(p.x), t_of(p.x)));
-            } else if response.dragged()
+                let from = ui.input(|i| i.pointer.press_origin()).unwrap_or(p);
+                self.selection = Some((t_of(from.x), t_of(p.x)));
+            } else if (response.dragged() || response.drag_stopped())
                 && let Some((a, _)) = self.selection
             {
                 self.selection = Some((a, t_of(p.x)));

@@ -124,21 +124,24 @@ impl Display {
         std::thread::sleep(Duration::from_millis(60));
     }
 
-    /// Presses at (x0, y), moves to (x1, y) in steps, releases.
+    /// Presses at (x0, y), moves to (x1, y) in steps, releases. The press
+    /// comes with the first move and the last move with the release, as a
+    /// busy machine's frame sees them: the drag is seen to start only away
+    /// from where it began, and to end as it is let go.
     pub fn drag(&self, x0: i16, x1: i16, y: i16) {
         let c = &self.conn;
         let root = self.root();
-        let step = |kind: u8, detail: u8, x: i16| {
+        let step = |kind: u8, detail: u8, x: i16, pause: u64| {
             c.xtest_fake_input(kind, detail, 0, root, x, y, 0).unwrap();
             c.flush().unwrap();
-            std::thread::sleep(Duration::from_millis(40));
+            std::thread::sleep(Duration::from_millis(pause));
         };
-        step(6, 0, x0);
-        step(4, 1, x0);
+        step(6, 0, x0, 40);
+        step(4, 1, x0, 0);
         for k in 1..=10 {
-            step(6, 0, x0 + (x1 - x0) * k / 10);
+            step(6, 0, x0 + (x1 - x0) * k / 10, if k == 10 { 0 } else { 40 });
         }
-        step(5, 1, x1);
+        step(5, 1, x1, 40);
     }
 
     /// Types `text` (printable ASCII) and presses Return, through the
