@@ -200,6 +200,49 @@ fn the_8_bit_vision_tower_stays_close_and_switches_back_exactly() {
     }
 }
 
+/// A tower loaded straight into 8 bits (as the engines load it, with no f32
+/// copy of the encoder kept) gives what loading at f32 and switching gives,
+/// exactly; it refuses to go back to f32 in words rather than miscompute.
+#[test]
+fn the_vision_tower_loaded_in_8_bits_equals_the_one_switched_to_them() {
+    use vidmusician_engine::neural::models::clip::VisionPrecision;
+    for name in FIXTURES {
+        let dir = fixture(name);
+        let r = reference(&dir);
+        let pixels = &r["vision.pixel_values"];
+        let mut switched = Clip::load(&dir).unwrap();
+        let precision = switched
+            .vision
+            .set_precision(VisionPrecision::Int8)
+            .unwrap();
+        let mut direct = Clip::load_as(&dir, VisionPrecision::Int8).unwrap();
+        assert_eq!(direct.vision.precision(), precision, "{name}");
+        let (a, b) = (
+            switched.vision.forward(pixels).unwrap(),
+            direct.vision.forward(pixels).unwrap(),
+        );
+        for (x, y) in [
+            (&a.pooled, &b.pooled),
+            (&a.projected, &b.projected),
+            (&a.patch_tokens, &b.patch_tokens),
+        ] {
+            assert_eq!(max_abs_diff(x, y), 0.0, "{name}");
+        }
+        if precision == VisionPrecision::Int8 {
+            let err = direct
+                .vision
+                .set_precision(VisionPrecision::F32)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("load it again for f32"), "{name}: {err}");
+            // Still whole, and still 8-bit.
+            assert_eq!(direct.vision.precision(), VisionPrecision::Int8);
+            let c = direct.vision.forward(pixels).unwrap();
+            assert_eq!(max_abs_diff(&c.projected, &b.projected), 0.0, "{name}");
+        }
+    }
+}
+
 #[test]
 fn text_tower_matches_transformers() {
     for name in FIXTURES {

@@ -119,11 +119,12 @@ pub fn musicgen_loads() -> (usize, usize) {
 /// to f32 on the fixtures and a random ViT-B/32), else in f32.
 pub(crate) fn clip(dir: &Path, precision: Precision) -> Result<Arc<Clip>> {
     CLIP.get(dir, precision, "cpu", || {
-        let mut model = Clip::load(dir)?;
-        if precision == Precision::Q8 {
-            model.vision.set_precision(VisionPrecision::Int8)?;
-        }
-        Ok(model)
+        let vision = if precision == Precision::Q8 {
+            VisionPrecision::Int8
+        } else {
+            VisionPrecision::F32
+        };
+        Clip::load_as(dir, vision)
     })
 }
 

@@ -147,6 +147,59 @@ impl Int8Weight {
         })
     }
 
+    /// Quantizes the weight whose output column `c` holds the `k` inputs'
+    /// factors `column(c)`, for `c < n`: PyTorch's `(out, in)` layout, read
+    /// row by row straight from a checkpoint's mapping, with no transposed
+    /// f32 copy made first. The same bytes as [`Int8Weight::new`] of its
+    /// transpose. `None` as there, or when a column is not `k` long.
+    pub(super) fn from_columns<'a>(
+        k: usize,
+        n: usize,
+        column: impl Fn(usize) -> &'a [f32] + Sync,
+    ) -> Option<Self> {
+        if k == 0 || n == 0 || k > 65_000 || (0..n).any(|c| column(c).len() != k) {
+            return None;
+        }
+        let kp = k.div_ceil(4) * 4;
+        let np = n.div_ceil(PANEL) * PANEL;
+        let mut scale = vec![0f32; np];
+        let mut packed = vec![0i8; np * kp];
+        let mut offset = vec![0i32; np];
+        packed
+            .par_chunks_mut(kp * PANEL)
+            .zip(scale.par_chunks_mut(PANEL))
+            .zip(offset.par_chunks_mut(PANEL))
+            .enumerate()
+            .for_each(|(p, ((packed, scale), offset))| {
+                let c0 = p * PANEL;
+                for lane in 0..PANEL.min(n - c0) {
+                    let w = column(c0 + lane);
+                    let max = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+                    let inv = 1.0 / s;
+                    scale[lane] = s;
+                    let mut sum = 0i32;
+                    for (g, four) in w.chunks(4).enumerate() {
+                        let at = g * PANEL * 4 + lane * 4;
+                        for (dst, x) in packed[at..at + four.len()].iter_mut().zip(four) {
+                            let q = (x * inv).round().clamp(-127.0, 127.0) as i8;
+                            *dst = q;
+                            sum += i32::from(q);
+                        }
+                    }
+                    offset[lane] = 128 * sum;
+                }
+            });
+        Some(Self {
+            k,
+            n,
+            kp,
+            packed,
+            scale,
+            offset,
+        })
+    }
+
     /// `x Wᵀ` for `x`, `m × k` row-major, into `m × n`.
     pub(super) fn matmul(&self, x: &[f32], m: usize, then: Then<'_>) -> Vec<f32> {
         let (k, kp, n) = (self.k, self.kp, self.n);
@@ -689,8 +742,9 @@ mod tests {
     }
 
     /// The panels, scales and offsets are those of the layout's definition,
-    /// written a column at a time, for shapes that leave partial panels and
-    /// input groups, with a zero column and an input wider than a group.
+    /// written a column at a time, from either layout of the weight, for
+    /// shapes that leave partial panels and input groups, with a zero column
+    /// and an input wider than a group.
     #[test]
     fn quantized_weights_are_laid_out_as_defined() {
         for (k, n) in [(1, 1), (5, 3), (37, 70), (64, 130)] {
@@ -722,7 +776,14 @@ mod tests {
             assert_eq!(q.scale, scale, "{k}×{n}");
             assert_eq!(q.offset, offset, "{k}×{n}");
             assert_eq!(q.packed, packed, "{k}×{n}");
+            // The same weight as PyTorch stores it, `(out, in)`.
+            let w: Vec<f32> = (0..n * k).map(|i| wt[(i % k) * n + i / k]).collect();
+            let r = Int8Weight::from_columns(k, n, |c| &w[c * k..(c + 1) * k]).unwrap();
+            assert_eq!(r.scale, scale, "{k}×{n} from columns");
+            assert_eq!(r.offset, offset, "{k}×{n} from columns");
+            assert_eq!(r.packed, packed, "{k}×{n} from columns");
         }
+        assert!(Int8Weight::from_columns(3, 2, |_| &[1.0, 2.0][..]).is_none());
     }
 
     #[test]

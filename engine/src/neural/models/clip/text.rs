@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{ClipConfig, ClipTextConfig};
-use super::{Encoder, LayerNorm};
+use super::{Encoder, EncoderShape, LayerNorm};
 use crate::neural::nn::{Linear, embedding};
 use crate::neural::weights::Weights;
 use crate::{Error, Result};
@@ -44,12 +44,15 @@ impl ClipText {
                 .get(&[t.max_position_embeddings, d], "position_embedding.weight")?,
             encoder: Encoder::load(
                 &m.pp("encoder"),
-                t.num_hidden_layers,
-                d,
-                t.intermediate_size,
-                t.num_attention_heads,
-                t.hidden_act,
-                t.layer_norm_eps,
+                EncoderShape {
+                    layers: t.num_hidden_layers,
+                    hidden: d,
+                    intermediate: t.intermediate_size,
+                    heads: t.num_attention_heads,
+                    act: t.hidden_act,
+                    eps: t.layer_norm_eps,
+                },
+                false,
             )?,
             final_norm: LayerNorm::load(&m.pp("final_layer_norm"), d, t.layer_norm_eps)?,
             projection: Linear::from_weight(

@@ -4,7 +4,7 @@
 use candle_core::Tensor;
 
 use super::config::ClipConfig;
-use super::{Encoder, LayerNorm};
+use super::{Encoder, EncoderShape, LayerNorm};
 use crate::Result;
 use crate::neural::nn::Linear;
 use crate::neural::weights::Weights;
@@ -59,6 +59,15 @@ impl ClipVision {
     /// Loads the tower from `w`, which points at the checkpoint's root (it reads
     /// `vision_model.*` and `visual_projection.weight`).
     pub fn load(w: &Weights, cfg: &ClipConfig) -> Result<Self> {
+        Self::load_as(w, cfg, VisionPrecision::F32)
+    }
+
+    /// [`ClipVision::load`] at `precision`. At [`VisionPrecision::Int8`], where
+    /// the CPU runs it, the encoder's weights are quantized straight from the
+    /// checkpoint and no f32 copy of them is kept (such a tower cannot go back
+    /// to f32); elsewhere it is f32, as [`ClipVision::precision`] then says.
+    pub fn load_as(w: &Weights, cfg: &ClipConfig, precision: VisionPrecision) -> Result<Self> {
+        let int8 = precision == VisionPrecision::Int8;
         let v = &cfg.vision_config;
         let d = v.hidden_size;
         let m = w.pp("vision_model");
@@ -75,7 +84,7 @@ impl ClipVision {
             &w.get(&[cfg.projection_dim, d], "visual_projection.weight")?,
             None,
         )?;
-        Ok(Self {
+        let mut tower = Self {
             patch_wt,
             class_embedding: e.get(&[d], "class_embedding")?,
             position_embedding: e.get(&[v.num_patches() + 1, d], "position_embedding.weight")?,
@@ -83,12 +92,15 @@ impl ClipVision {
             pre_norm: LayerNorm::load(&m.pp("pre_layrnorm"), d, v.layer_norm_eps)?,
             encoder: Encoder::load(
                 &m.pp("encoder"),
-                v.num_hidden_layers,
-                d,
-                v.intermediate_size,
-                v.num_attention_heads,
-                v.hidden_act,
-                v.layer_norm_eps,
+                EncoderShape {
+                    layers: v.num_hidden_layers,
+                    hidden: d,
+                    intermediate: v.intermediate_size,
+                    heads: v.num_attention_heads,
+                    act: v.hidden_act,
+                    eps: v.layer_norm_eps,
+                },
+                int8,
             )?,
             post_norm: LayerNorm::load(&m.pp("post_layernorm"), d, v.layer_norm_eps)?,
             projection,
@@ -96,11 +108,18 @@ impl ClipVision {
             patch: v.patch_size,
             channels: v.num_channels,
             precision: VisionPrecision::F32,
-        })
+        };
+        if int8 {
+            // What the layers took: 8 bits, or f32 on a CPU without the kernels.
+            tower.set_precision(VisionPrecision::Int8)?;
+        }
+        Ok(tower)
     }
 
     /// Sets the encoder's arithmetic. [`VisionPrecision::Int8`] needs AVX-512 VNNI
     /// or AVX-VNNI; without either the tower stays at f32. Returns the precision now in use.
+    /// A tower loaded in 8 bits ([`ClipVision::load_as`]) has no f32 weights to
+    /// go back to: asked for f32 it is an error, and it stays as it was.
     pub fn set_precision(&mut self, precision: VisionPrecision) -> Result<VisionPrecision> {
         let int8 = self.encoder.set_int8(precision == VisionPrecision::Int8)?;
         self.precision = if int8 {
