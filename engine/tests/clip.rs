@@ -243,6 +243,33 @@ fn the_vision_tower_loaded_in_8_bits_equals_the_one_switched_to_them() {
     }
 }
 
+/// The text tower loaded in 8 bits (as the engines load it for the tags)
+/// stays close to transformers' f32 embeddings.
+#[test]
+fn the_8_bit_text_tower_stays_close() {
+    use vidmusician_engine::neural::models::clip::VisionPrecision;
+    for name in FIXTURES {
+        let dir = fixture(name);
+        let r = reference(&dir);
+        let model = Clip::load_as(&dir, VisionPrecision::Int8).unwrap();
+        if model.text.precision() != VisionPrecision::Int8 {
+            println!("{name}: no 8-bit kernel on this CPU, the text tower stays f32");
+            continue;
+        }
+        let prompts = prompts(&dir);
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let out = model.encode_texts(&refs).unwrap();
+        for (got, key) in [
+            (&out.pooled, "text.pooler_output"),
+            (&out.projected, "text.text_embeds"),
+        ] {
+            let c = min_cosine(got, &r[key]);
+            println!("{name}: 8-bit {key} at cosine {c}");
+            assert!(c > 0.995, "{name}: 8-bit {key} at cosine {c}");
+        }
+    }
+}
+
 #[test]
 fn text_tower_matches_transformers() {
     for name in FIXTURES {

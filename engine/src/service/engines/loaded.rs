@@ -114,9 +114,10 @@ pub fn musicgen_loads() -> (usize, usize) {
 
 /// The CLIP of `dir` for engines at `precision`: the copy another engine of
 /// this process holds, or a fresh load. At [`Precision::Q8`] (what the plugin
-/// runs, trading exactness for speed as with MusicGen) the vision tower runs
-/// in 8 bits where the CPU has AVX-512 VNNI (about 3× faster; cosine ≥ 0.9998
-/// to f32 on the fixtures and a random ViT-B/32), else in f32.
+/// runs, trading exactness for speed as with MusicGen) both towers' encoders
+/// run in 8 bits where the CPU has AVX-512 VNNI or AVX-VNNI (about 3×
+/// faster; cosine ≥ 0.9998 to f32 on the fixtures and a random ViT-B/32),
+/// loaded so straight from the checkpoint; else in f32.
 pub(crate) fn clip(dir: &Path, precision: Precision) -> Result<Arc<Clip>> {
     CLIP.get(dir, precision, "cpu", || {
         let vision = if precision == Precision::Q8 {
@@ -159,11 +160,13 @@ pub(crate) fn tag_embeddings(
             // Clip::load read it; a failure now only weakens the key to the
             // checkpoint's fingerprint, which names the folder and its files.
             let tokenizer = std::fs::read(clip.dir().join("tokenizer.json")).unwrap_or_default();
-            let key = FeatureKey::tags(
-                vocab,
+            // The text tower's arithmetic is part of the model: 8-bit
+            // embeddings are not f32's.
+            let model = keyed(
                 &crate::service::spec::model_fingerprint(clip.dir()),
-                &tokenizer,
+                clip.text.precision(),
             );
+            let key = FeatureKey::tags(vocab, &model, &tokenizer);
             cache.tags(&key, (vocab.len(), clip.config().projection_dim), compute)?
         }
         None => compute()?,
@@ -196,7 +199,12 @@ pub fn clip_loads() -> (usize, usize) {
 /// What the features of `clip` are keyed under besides the video: the
 /// checkpoint's fingerprint and the arithmetic its vision tower ran in.
 pub(crate) fn clip_features_model(fingerprint: &str, clip: &Clip) -> String {
-    match clip.vision.precision() {
+    keyed(fingerprint, clip.vision.precision())
+}
+
+/// A CLIP checkpoint's fingerprint with the arithmetic a tower ran in.
+fn keyed(fingerprint: &str, precision: VisionPrecision) -> String {
+    match precision {
         VisionPrecision::F32 => fingerprint.to_string(),
         VisionPrecision::Int8 => format!("{fingerprint}:int8"),
     }
@@ -235,6 +243,46 @@ mod tests {
         if let Ok(other) = other {
             tag_embeddings(&other, &small, None).unwrap();
             assert_eq!(tag_embedding_runs(), runs + 3);
+        }
+    }
+
+    /// On disk, the embeddings of a text tower in 8 bits are kept apart from
+    /// f32's, and each is read back by its own; the two stay close.
+    #[test]
+    fn tag_embeddings_on_disk_are_kept_per_text_tower_arithmetic() {
+        // A checkpoint of its own, so that no other test's CLIP (and the
+        // embeddings it keeps in memory) is shared with this one.
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-tiny");
+        let own = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(&fixture).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, own.path().join(f.file_name().unwrap())).unwrap();
+        }
+        let dir = own.path();
+        let vocab = Vocabulary::parse(BUILTIN, "builtin").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = FeatureCache::new(tmp.path());
+        let files = || std::fs::read_dir(tmp.path()).unwrap().count();
+        let f32_clip = clip(dir, Precision::F32).unwrap();
+        let q8_clip = clip(dir, Precision::Q8).unwrap();
+        let a = tag_embeddings(&f32_clip, &vocab, Some(&cache)).unwrap();
+        assert_eq!(files(), 1);
+        let b = tag_embeddings(&q8_clip, &vocab, Some(&cache)).unwrap();
+        let apart = q8_clip.text.precision() == VisionPrecision::Int8;
+        assert_eq!(files(), if apart { 2 } else { 1 });
+        let rows = |t: &Tensor| t.to_vec2::<f32>().unwrap();
+        let (a, b) = (rows(&a), rows(&b));
+        for (x, y) in a.iter().zip(&b) {
+            let dot: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+            let n = |v: &[f32]| v.iter().map(|p| p * p).sum::<f32>().sqrt();
+            let cos = dot / (n(x) * n(y));
+            assert!(cos > 0.99, "8-bit tag embedding at cosine {cos}");
+        }
+        if apart {
+            assert_ne!(
+                a, b,
+                "the 8-bit tower's embeddings were read from f32's entry"
+            );
         }
     }
 }

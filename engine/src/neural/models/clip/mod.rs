@@ -388,6 +388,15 @@ impl Encoder {
         Ok(all)
     }
 
+    /// Whether every linear layer runs in 8 bits.
+    fn all_int8(&self) -> bool {
+        self.layers.iter().all(|l| {
+            [&l.qkv, &l.out, &l.fc1, &l.fc2]
+                .iter()
+                .all(|p| p.int8.is_some())
+        })
+    }
+
     fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let hidden = x.dim(D::Minus1)?;
         let mut x = x.clone();
@@ -432,8 +441,8 @@ impl Clip {
         Self::load_as(dir, VisionPrecision::F32)
     }
 
-    /// [`Clip::load`] with the vision tower at `precision`
-    /// ([`ClipVision::load_as`]).
+    /// [`Clip::load`] with both towers' encoders at `precision`
+    /// ([`ClipVision::load_as`], [`ClipText::load_as`]).
     pub fn load_as(dir: &Path, precision: VisionPrecision) -> Result<Self> {
         let cfg = ClipConfig::load(&dir.join("config.json"))?;
         let tokenizer = ClipTokenizer::load(&dir.join("tokenizer.json"), &cfg.text_config)?;
@@ -445,7 +454,7 @@ impl Clip {
         Self::from_parts(&w, cfg, tokenizer, preprocess, dir, precision)
     }
 
-    /// Builds the model from weights already opened, the vision tower at
+    /// Builds the model from weights already opened, both towers' encoders at
     /// `precision`.
     pub fn from_parts(
         w: &Weights,
@@ -458,7 +467,7 @@ impl Clip {
         let logit_scale = w.get(&[], "logit_scale")?.to_scalar::<f32>()?;
         Ok(Self {
             vision: ClipVision::load_as(w, &cfg, precision)?,
-            text: ClipText::load(w, &cfg)?,
+            text: ClipText::load_as(w, &cfg, precision)?,
             tokenizer,
             preprocess,
             logit_scale,

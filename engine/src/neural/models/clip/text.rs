@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{ClipConfig, ClipTextConfig};
-use super::{Encoder, EncoderShape, LayerNorm};
+use super::{Encoder, EncoderShape, LayerNorm, VisionPrecision};
 use crate::neural::nn::{Linear, embedding};
 use crate::neural::weights::Weights;
 use crate::{Error, Result};
@@ -28,17 +28,25 @@ pub struct ClipText {
     final_norm: LayerNorm,
     projection: Linear,
     cfg: ClipTextConfig,
+    precision: VisionPrecision,
 }
 
 impl ClipText {
     /// Loads the tower from `w`, which points at the checkpoint's root (it reads
     /// `text_model.*` and `text_projection.weight`).
     pub fn load(w: &Weights, cfg: &ClipConfig) -> Result<Self> {
+        Self::load_as(w, cfg, VisionPrecision::F32)
+    }
+
+    /// [`ClipText::load`] with the encoder's linear layers at `precision`, as
+    /// the vision tower's ([`super::ClipVision::load_as`]: in 8 bits straight
+    /// from the checkpoint where the CPU runs them, f32 elsewhere).
+    pub fn load_as(w: &Weights, cfg: &ClipConfig, precision: VisionPrecision) -> Result<Self> {
         let t = &cfg.text_config;
         let d = t.hidden_size;
         let m = w.pp("text_model");
         let e = m.pp("embeddings");
-        Ok(Self {
+        let mut tower = Self {
             token_embedding: e.get(&[t.vocab_size, d], "token_embedding.weight")?,
             position_embedding: e
                 .get(&[t.max_position_embeddings, d], "position_embedding.weight")?,
@@ -52,7 +60,7 @@ impl ClipText {
                     act: t.hidden_act,
                     eps: t.layer_norm_eps,
                 },
-                false,
+                precision == VisionPrecision::Int8,
             )?,
             final_norm: LayerNorm::load(&m.pp("final_layer_norm"), d, t.layer_norm_eps)?,
             projection: Linear::from_weight(
@@ -60,11 +68,22 @@ impl ClipText {
                 None,
             )?,
             cfg: t.clone(),
-        })
+            precision: VisionPrecision::F32,
+        };
+        if precision == VisionPrecision::Int8 && tower.encoder.all_int8() {
+            tower.precision = VisionPrecision::Int8;
+        }
+        Ok(tower)
     }
 
     pub fn config(&self) -> &ClipTextConfig {
         &self.cfg
+    }
+
+    /// The encoder's arithmetic: 8 bits only when loaded so on a CPU that
+    /// runs them.
+    pub fn precision(&self) -> VisionPrecision {
+        self.precision
     }
 
     /// Encodes token ids, `(batch, len)` u32, padded on the right if rows differ in

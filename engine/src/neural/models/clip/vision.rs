@@ -23,7 +23,8 @@ pub struct VisionOutput {
     pub patch_tokens: Tensor,
 }
 
-/// The arithmetic of the vision tower's encoder on the CPU.
+/// The arithmetic of a CLIP tower's encoder on the CPU (named for the vision
+/// tower, the first to have it; the text tower takes it too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VisionPrecision {
     /// f32 throughout: transformers' results within rounding.
