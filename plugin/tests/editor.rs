@@ -189,9 +189,16 @@ fn scores_a_video_typed_in() {
     let [l, t, r, b] = model.drawn.snapshot().timeline;
     let x_at = |secs: f64| (f64::from(l) + secs / 3.0 * f64::from(r - l)) as i16;
     d.drag(x_at(1.0), x_at(2.0), ((t + b) / 2) as i16);
+    // Drawn over the whole stretch, the release seen: a frame that took the
+    // release and the click below together would act on the drag's middle.
+    let near = |px: u32, x: i16| (i64::from(px) - i64::from(x)).abs() <= 2;
     assert!(
-        wait_for(10, || model.drawn.snapshot().selection),
-        "no selection drawn"
+        wait_for(10, || {
+            let s = model.drawn.snapshot();
+            s.selection && near(s.selected[0], x_at(1.0)) && near(s.selected[2], x_at(2.0))
+        }),
+        "the selection drawn is not the stretch dragged over: {:?}",
+        model.drawn.snapshot().selected
     );
     let before = model.view().music.clone();
     let [l, t, r, b] = model.drawn.snapshot().again;

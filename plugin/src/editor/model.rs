@@ -139,6 +139,8 @@ pub struct DrawReport {
     /// Section edits drawn, and whether a selection is.
     pub sections: AtomicU32,
     pub selection: AtomicBool,
+    /// Where the selection is drawn (all zero when none is).
+    pub selected: RectCell,
 }
 
 /// A rectangle shared as four atomics.
@@ -178,6 +180,7 @@ impl DrawReport {
             timeline: self.timeline.get(),
             sections: l(&self.sections),
             selection: self.selection.load(Ordering::Acquire),
+            selected: self.selected.get(),
         }
     }
 }
@@ -202,6 +205,7 @@ pub struct DrawnFrame {
     pub timeline: [u32; 4],
     pub sections: u32,
     pub selection: bool,
+    pub selected: [u32; 4],
 }
 
 /// The part of the plugin the editor sees. One per plugin instance; it

@@ -579,13 +579,16 @@ impl EditorApp {
             .sections
             .store(edited.len() as u32, Ordering::Release);
         let selected = self.selection.filter(|(a, b)| (a - b).abs() > 1e-3);
+        let mut drawn = [0.0; 4];
         if let Some((a, b)) = selected {
             let r = Rect::from_min_max(
                 pos2(x_of(a.min(b)), area.top()),
                 pos2(x_of(a.max(b)), area.bottom()),
             );
             painter.rect_filled(r, 0.0, Color32::from_rgba_unmultiplied(120, 160, 255, 40));
+            drawn = [r.left(), r.top(), r.right(), r.bottom()];
         }
+        report.selected.set(drawn);
         report
             .selection
             .store(selected.is_some(), Ordering::Release);
