@@ -178,51 +178,33 @@ impl Int8Weight {
         if k == 0 || n == 0 || wt.len() != k * n || k > 65_000 {
             return None;
         }
-        let kp = k.div_ceil(4) * 4;
-        let np = n.div_ceil(PANEL) * PANEL;
-        let mut scale = vec![0f32; np];
-        let mut packed = vec![0i8; np * kp];
-        let mut offset = vec![0i32; np];
         // A panel per task, its weight read row by row: `wt` is row-major, so
         // walking it a column at a time (as the layout is written) strides
         // through the whole matrix once per column, most of a checkpoint's load.
-        packed
-            .par_chunks_mut(kp * PANEL)
-            .zip(scale.par_chunks_mut(PANEL))
-            .zip(offset.par_chunks_mut(PANEL))
-            .enumerate()
-            .for_each(|(p, ((packed, scale), offset))| {
-                let c0 = p * PANEL;
-                let cols = PANEL.min(n - c0);
-                let rows = || wt.chunks_exact(n).map(|row| &row[c0..c0 + cols]);
-                let mut max = [0f32; PANEL];
-                for row in rows() {
-                    for (m, w) in max.iter_mut().zip(row) {
-                        *m = m.max(w.abs());
-                    }
+        Some(Self::by_panels(k, n, |p, packed, scale, offset| {
+            let c0 = p * PANEL;
+            let cols = PANEL.min(n - c0);
+            let rows = || wt.chunks_exact(n).map(|row| &row[c0..c0 + cols]);
+            let mut max = [0f32; PANEL];
+            for row in rows() {
+                for (m, w) in max.iter_mut().zip(row) {
+                    *m = m.max(w.abs());
                 }
-                let mut inv = [0f32; PANEL];
-                for ((s, i), m) in scale.iter_mut().zip(&mut inv).zip(&max).take(cols) {
-                    *s = if *m > 0.0 { m / 127.0 } else { 1.0 };
-                    *i = 1.0 / *s;
+            }
+            let mut inv = [0f32; PANEL];
+            for ((s, i), m) in scale.iter_mut().zip(&mut inv).zip(&max).take(cols) {
+                *s = if *m > 0.0 { m / 127.0 } else { 1.0 };
+                *i = 1.0 / *s;
+            }
+            for (r, row) in rows().enumerate() {
+                let group = &mut packed[(r / 4) * PANEL * 4..(r / 4 + 1) * PANEL * 4];
+                for (lane, (w, i)) in row.iter().zip(&inv).enumerate() {
+                    let q = quantize(w * i);
+                    group[lane * 4 + r % 4] = q;
+                    offset[lane] += 128 * i32::from(q);
                 }
-                for (r, row) in rows().enumerate() {
-                    let group = &mut packed[(r / 4) * PANEL * 4..(r / 4 + 1) * PANEL * 4];
-                    for (lane, (w, i)) in row.iter().zip(&inv).enumerate() {
-                        let q = quantize(w * i);
-                        group[lane * 4 + r % 4] = q;
-                        offset[lane] += 128 * i32::from(q);
-                    }
-                }
-            });
-        Some(Self {
-            k,
-            n,
-            kp,
-            packed,
-            scale,
-            offset,
-        })
+            }
+        }))
     }
 
     /// Quantizes the weight whose output column `c` holds the `k` inputs'
@@ -238,6 +220,26 @@ impl Int8Weight {
         if k == 0 || n == 0 || k > 65_000 || (0..n).any(|c| column(c).len() != k) {
             return None;
         }
+        Some(Self::by_panels(k, n, |p, packed, scale, offset| {
+            let c0 = p * PANEL;
+            for lane in 0..PANEL.min(n - c0) {
+                let w = column(c0 + lane);
+                let max = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+                scale[lane] = s;
+                offset[lane] = 128 * quantize_column(w, 1.0 / s, packed, lane);
+            }
+        }))
+    }
+
+    /// The `k × n` weight laid out by `panel(p, bytes, scales, offsets)`, which
+    /// fills panel `p` (columns `p · PANEL…`; those past `n` stay zero), a
+    /// panel per task.
+    fn by_panels(
+        k: usize,
+        n: usize,
+        panel: impl Fn(usize, &mut [i8], &mut [f32], &mut [i32]) + Sync,
+    ) -> Self {
         let kp = k.div_ceil(4) * 4;
         let np = n.div_ceil(PANEL) * PANEL;
         let mut scale = vec![0f32; np];
@@ -248,24 +250,15 @@ impl Int8Weight {
             .zip(scale.par_chunks_mut(PANEL))
             .zip(offset.par_chunks_mut(PANEL))
             .enumerate()
-            .for_each(|(p, ((packed, scale), offset))| {
-                let c0 = p * PANEL;
-                for lane in 0..PANEL.min(n - c0) {
-                    let w = column(c0 + lane);
-                    let max = w.iter().fold(0f32, |m, x| m.max(x.abs()));
-                    let s = if max > 0.0 { max / 127.0 } else { 1.0 };
-                    scale[lane] = s;
-                    offset[lane] = 128 * quantize_column(w, 1.0 / s, packed, lane);
-                }
-            });
-        Some(Self {
+            .for_each(|(p, ((packed, scale), offset))| panel(p, packed, scale, offset));
+        Self {
             k,
             n,
             kp,
             packed,
             scale,
             offset,
-        })
+        }
     }
 
     /// `x Wᵀ` for `x`, `m × k` row-major, into `m × n`.
