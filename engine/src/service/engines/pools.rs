@@ -14,16 +14,31 @@ pub(crate) struct Pools {
     rayon: Option<rayon::ThreadPool>,
     threads: usize,
     exited: Arc<std::sync::atomic::AtomicUsize>,
+    /// rayon's threads, started here so that they can be joined.
+    handles: Arc<parking_lot::Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 impl Pools {
     pub fn new() -> Self {
         let exited = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = exited.clone();
+        let handles = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let kept = handles.clone();
         let rayon = rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("vidmusician-par-{i}"))
             .exit_handler(move |_| {
                 count.fetch_add(1, Ordering::AcqRel);
+            })
+            .spawn_handler(move |thread| {
+                let mut b = std::thread::Builder::new();
+                if let Some(name) = thread.name() {
+                    b = b.name(name.to_string());
+                }
+                if let Some(size) = thread.stack_size() {
+                    b = b.stack_size(size);
+                }
+                kept.lock().push(b.spawn(move || thread.run())?);
+                Ok(())
             })
             .build()
             .ok();
@@ -32,6 +47,7 @@ impl Pools {
             threads: rayon.as_ref().map_or(0, |r| r.current_num_threads()),
             rayon,
             exited,
+            handles,
         }
     }
 
@@ -47,13 +63,20 @@ impl Pools {
 impl Drop for Pools {
     fn drop(&mut self) {
         // rayon ends its threads without waiting for them: wait here (bounded,
-        // so a stuck thread cannot hang a host's unload).
+        // so a stuck thread cannot hang a host's unload), then join them, so
+        // that none still runs this library's code once the engine is gone
+        // (a host may unload it at once).
         drop(self.rayon.take());
         let t0 = std::time::Instant::now();
         while self.exited.load(Ordering::Acquire) < self.threads
             && t0.elapsed() < Duration::from_secs(10)
         {
             std::thread::sleep(Duration::from_millis(1));
+        }
+        if self.exited.load(Ordering::Acquire) >= self.threads {
+            for h in self.handles.lock().drain(..) {
+                let _ = h.join();
+            }
         }
     }
 }
