@@ -101,7 +101,7 @@ impl LayerNorm {
 /// A linear layer's weight, transposed and contiguous `(in, out)`, and its bias, kept
 /// apart so that the bias goes into the pass that follows the matmul ([`ops`]).
 struct Proj {
-    /// `None` for a layer loaded straight into 8 bits ([`Proj::load_int8`]).
+    /// `None` for a layer loaded straight into 8 bits ([`Proj::load_parts`]).
     wt: Option<Tensor>,
     in_dim: usize,
     out_dim: usize,
@@ -114,8 +114,8 @@ impl Proj {
     /// The linear layers `parts` (weight names and output sizes, each
     /// `(out, in_dim)`) stacked along the output axis, with `bias` over all
     /// of them; in 8 bits (`int8`, where the CPU runs them) quantized
-    /// straight from the checkpoint's mapping, with no f32 copy kept: a
-    /// third of the f32 tower's memory, and most of its load time saved.
+    /// straight from the checkpoint's mapping, with no f32 copy made or kept
+    /// (four times the 8-bit weight's bytes, and most of the load's time).
     fn load_parts(
         w: &Weights,
         parts: &[(&str, usize)],
