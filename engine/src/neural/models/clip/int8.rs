@@ -63,6 +63,12 @@ fn kernel() -> Option<Kernel> {
     }
 }
 
+/// A column's dequantization factor from its largest magnitude (1 for a
+/// zero column), the same for either layout the weight comes in.
+fn column_scale(max: f32) -> f32 {
+    if max > 0.0 { max / 127.0 } else { 1.0 }
+}
+
 /// A weight over its column's scale as a byte: to nearest, ties to even (as
 /// the vector conversion rounds), within ±127.
 fn quantize(x: f32) -> i8 {
@@ -193,7 +199,7 @@ impl Int8Weight {
             }
             let mut inv = [0f32; PANEL];
             for ((s, i), m) in scale.iter_mut().zip(&mut inv).zip(&max).take(cols) {
-                *s = if *m > 0.0 { m / 127.0 } else { 1.0 };
+                *s = column_scale(*m);
                 *i = 1.0 / *s;
             }
             for (r, row) in rows().enumerate() {
@@ -225,7 +231,7 @@ impl Int8Weight {
             for lane in 0..PANEL.min(n - c0) {
                 let w = column(c0 + lane);
                 let max = w.iter().fold(0f32, |m, x| m.max(x.abs()));
-                let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+                let s = column_scale(max);
                 scale[lane] = s;
                 offset[lane] = 128 * quantize_column(w, 1.0 / s, packed, lane);
             }
