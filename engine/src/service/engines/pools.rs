@@ -12,24 +12,22 @@ use crate::neural::pool::Pool;
 pub(crate) struct Pools {
     step: Arc<Pool>,
     rayon: Option<rayon::ThreadPool>,
-    threads: usize,
     exited: Arc<std::sync::atomic::AtomicUsize>,
     /// rayon's threads, started here so that they can be joined.
-    handles: Arc<parking_lot::Mutex<Vec<std::thread::JoinHandle<()>>>>,
+    handles: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Pools {
     pub fn new() -> Self {
         let exited = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = exited.clone();
-        let handles = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let kept = handles.clone();
+        let mut handles = Vec::new();
         let rayon = rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("vidmusician-par-{i}"))
             .exit_handler(move |_| {
                 count.fetch_add(1, Ordering::AcqRel);
             })
-            .spawn_handler(move |thread| {
+            .spawn_handler(|thread| {
                 let mut b = std::thread::Builder::new();
                 if let Some(name) = thread.name() {
                     b = b.name(name.to_string());
@@ -37,14 +35,13 @@ impl Pools {
                 if let Some(size) = thread.stack_size() {
                     b = b.stack_size(size);
                 }
-                kept.lock().push(b.spawn(move || thread.run())?);
+                handles.push(b.spawn(move || thread.run())?);
                 Ok(())
             })
             .build()
             .ok();
         Self {
             step: Arc::new(Pool::sized_like_global()),
-            threads: rayon.as_ref().map_or(0, |r| r.current_num_threads()),
             rayon,
             exited,
             handles,
@@ -68,13 +65,14 @@ impl Drop for Pools {
         // (a host may unload it at once).
         drop(self.rayon.take());
         let t0 = std::time::Instant::now();
-        while self.exited.load(Ordering::Acquire) < self.threads
+        let threads = self.handles.len();
+        while self.exited.load(Ordering::Acquire) < threads
             && t0.elapsed() < Duration::from_secs(10)
         {
             std::thread::sleep(Duration::from_millis(1));
         }
-        if self.exited.load(Ordering::Acquire) >= self.threads {
-            for h in self.handles.lock().drain(..) {
+        if self.exited.load(Ordering::Acquire) >= threads {
+            for h in self.handles.drain(..) {
                 let _ = h.join();
             }
         }
