@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use vidmusician_engine::Error;
 use vidmusician_engine::neural::decoder::{CrossKv, SelfCache, SeqInput};
+use vidmusician_engine::neural::encodec::SpanDecoder;
 use vidmusician_engine::neural::{MusicGen, PromptSchedule, Sampling};
 
 const TOL: f32 = 1e-4;
@@ -611,6 +612,57 @@ fn audio_of_a_piece_still_being_generated_is_final_once_settled() {
     );
     assert!(m.codec().decode_span(&prefix, 5, 5).is_err());
     assert!(m.codec().decode_span(&prefix, 0, 31).is_err());
+}
+
+#[test]
+fn a_span_decoder_gives_the_whole_pieces_audio_whatever_the_arrivals() {
+    let m = model();
+    let frames = 97;
+    let codes = pseudo_codes(&m, frames);
+    let whole: Vec<f32> = m
+        .codec()
+        .decode(&codes)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    // One frame at a time, a hand-over's worth at a time, and irregularly:
+    // the LSTM's state is carried across every kind of boundary.
+    for arrivals in [vec![1usize], vec![7], vec![3, 11, 1, 20, 2]] {
+        let mut spans = SpanDecoder::default();
+        let mut streamed = Vec::new();
+        let (mut known, mut k) = (0, 0);
+        while known < frames {
+            known = (known + arrivals[k % arrivals.len()]).min(frames);
+            k += 1;
+            let prefix = codes.narrow(2, 0, known).unwrap();
+            if let Some(a) = spans.next(m.codec(), &prefix, known == frames).unwrap() {
+                streamed.extend(a.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+            assert_eq!(
+                streamed.len(),
+                spans.sent() * m.codec().hop_length(),
+                "{arrivals:?}"
+            );
+        }
+        assert_eq!(spans.sent(), frames, "{arrivals:?}");
+        let d = max_diff(&streamed, &whole);
+        assert!(d < 1e-5, "{arrivals:?}: streamed audio differs by {d}");
+        // Nothing more to give; a piece that comes back shorter is refused.
+        let prefix = codes.narrow(2, 0, frames).unwrap();
+        assert!(spans.next(m.codec(), &prefix, true).unwrap().is_none());
+        let shorter = codes.narrow(2, 0, 50).unwrap();
+        let mut again = SpanDecoder::default();
+        again
+            .next(m.codec(), &codes.narrow(2, 0, 80).unwrap(), false)
+            .unwrap();
+        let err = again.next(m.codec(), &shorter, true).unwrap_err();
+        assert!(
+            err.to_string().contains("came back with 50 frames"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

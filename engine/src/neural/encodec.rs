@@ -218,26 +218,73 @@ impl Lstm {
     }
 
     /// The stacked layers over `h` `(time, channels)`, without the residual.
-    fn run_layers(&self, mut h: Tensor, c: usize, t: usize) -> candle_core::Result<Tensor> {
-        for layer in &self.layers {
+    fn run_layers(&self, h: Tensor, c: usize, t: usize) -> candle_core::Result<Tensor> {
+        let mut state = vec![LstmState::zero(c); self.layers.len()];
+        self.run_layers_from(h, c, t, &mut state)
+    }
+
+    /// [`Lstm::run_layers`] from each layer's `state`, which is left as it
+    /// stands after the last step.
+    fn run_layers_from(
+        &self,
+        mut h: Tensor,
+        c: usize,
+        t: usize,
+        state: &mut [LstmState],
+    ) -> candle_core::Result<Tensor> {
+        for (layer, state) in self.layers.iter().zip(state) {
             let pre = h.matmul(&layer.w_ih_t)?.broadcast_add(&layer.bias)?;
             let pre: Vec<f32> = pre.flatten_all()?.to_vec1()?;
-            let seq = lstm_recurrence(&pre, &layer.w_hh, c, t);
+            let seq = lstm_recurrence_from(&pre, &layer.w_hh, c, t, state);
             h = Tensor::from_vec(seq, (t, c), h.device())?;
         }
         Ok(h)
     }
+
+    /// `x` `(1, channels, time)`, the frames after those `state` has seen →
+    /// the LSTM's output plus `x`, as [`Lstm::forward`] over the whole
+    /// sequence gives it for these frames.
+    fn forward_from(&self, x: &Tensor, state: &mut Vec<LstmState>) -> candle_core::Result<Tensor> {
+        let (_, c, t) = x.dims3()?;
+        if state.len() != self.layers.len() {
+            *state = vec![LstmState::zero(c); self.layers.len()];
+        }
+        let h = x.get(0)?.t()?.contiguous()?;
+        self.run_layers_from(h, c, t, state)?.t()?.unsqueeze(0)? + x
+    }
+}
+
+/// One LSTM layer's hidden and cell state.
+#[derive(Clone)]
+struct LstmState {
+    h: Vec<f32>,
+    c: Vec<f32>,
+}
+
+impl LstmState {
+    fn zero(hidden: usize) -> Self {
+        Self {
+            h: vec![0.0; hidden],
+            c: vec![0.0; hidden],
+        }
+    }
 }
 
 /// Runs one LSTM layer over precomputed input projections `pre` `(time, 4·hidden)`
-/// (biases included), from zero state. Returns the hidden states `(time, hidden)`.
-fn lstm_recurrence(pre: &[f32], w_hh: &[f32], hidden: usize, time: usize) -> Vec<f32> {
+/// (biases included), from `state`, which it leaves after the last step. Returns
+/// the hidden states `(time, hidden)`.
+fn lstm_recurrence_from(
+    pre: &[f32],
+    w_hh: &[f32],
+    hidden: usize,
+    time: usize,
+    state: &mut LstmState,
+) -> Vec<f32> {
     let mut out = vec![0f32; time * hidden];
-    let mut h = vec![0f32; hidden];
-    let mut c = vec![0f32; hidden];
+    let LstmState { h, c } = state;
     let mut gates = vec![0f32; 4 * hidden];
     for t in 0..time {
-        kernels::gemv(w_hh, hidden, &[&h], &mut [&mut gates]);
+        kernels::gemv(w_hh, hidden, &[h], &mut [&mut gates]);
         for (g, p) in gates
             .iter_mut()
             .zip(&pre[t * 4 * hidden..(t + 1) * 4 * hidden])
@@ -255,7 +302,7 @@ fn lstm_recurrence(pre: &[f32], w_hh: &[f32], hidden: usize, time: usize) -> Vec
             c[j] = f * c[j] + i * g;
             h[j] = o * c[j].tanh();
         }
-        out[t * hidden..(t + 1) * hidden].copy_from_slice(&h);
+        out[t * hidden..(t + 1) * hidden].copy_from_slice(h);
     }
     out
 }
@@ -464,6 +511,12 @@ impl EncodecDecoder {
 
     /// The frame-rate stages, embeddings to LSTM, over the whole piece.
     fn frame_stages(&self, codes: &Tensor) -> Result<Tensor> {
+        let x = self.embed(codes)?;
+        Ok(self.run(&self.stages[..self.local_from()], x)?)
+    }
+
+    /// The codebooks' embeddings of `codes`, summed: `(batch, dim, frames)`.
+    fn embed(&self, codes: &Tensor) -> Result<Tensor> {
         let (_, k, _) = codes.dims3()?;
         if k > self.codebooks.len() {
             return Err(crate::Error::InvalidSetting(format!(
@@ -475,8 +528,7 @@ impl EncodecDecoder {
         for (i, book) in self.codebooks.iter().enumerate().take(k).skip(1) {
             x = (x + embedding(book, &codes.narrow(1, i, 1)?.squeeze(1)?)?)?;
         }
-        let x = x.transpose(1, 2)?.contiguous()?;
-        Ok(self.run(&self.stages[..self.local_from()], x)?)
+        Ok(x.transpose(1, 2)?.contiguous()?)
     }
 
     /// The audio-rate stages for frames `a..b` of the frame-rate activations `x`:
@@ -515,6 +567,21 @@ impl EncodecDecoder {
             };
         }
         Ok(x)
+    }
+
+    /// The LSTM stage, where it is the only one and the last of the frame-rate
+    /// stages (EnCodec's decoder: a convolution, then the LSTM): then only the
+    /// LSTM reaches back further than a few frames, and [`SpanDecoder`] can carry
+    /// its state from one span to the next.
+    fn the_lstm(&self) -> Option<(usize, &Lstm)> {
+        let mut lstms = self.stages.iter().enumerate().filter_map(|(i, s)| match s {
+            Stage::Lstm(l) => Some((i, l)),
+            _ => None,
+        });
+        match (lstms.next(), lstms.next()) {
+            (Some((i, l)), None) if i + 1 == self.local_from() => Some((i, l)),
+            _ => None,
+        }
     }
 
     /// The first stage after which every stage reaches only a few neighbouring
@@ -563,6 +630,101 @@ impl EncodecDecoder {
             }
         }
         reach.ceil() as usize + 1
+    }
+}
+
+/// A piece decoded while it is generated: each [`SpanDecoder::next`] gives
+/// the audio of the frames that settled (see [`EncodecDecoder::settled`])
+/// since the one before, equal to that stretch of the whole piece's decode.
+///
+/// The LSTM's state and the final frame-rate activations are carried from one
+/// call to the next, so a call runs the LSTM over its new frames only. Decoding
+/// each span from the whole piece so far ([`EncodecDecoder::decode_span`])
+/// runs the LSTM from the first frame every time: its recurrent weights are
+/// read once per frame, about a millisecond a frame at MusicGen's width, so a
+/// few minutes into a piece each two-second hand-over would take longer than
+/// the music it hands over.
+#[derive(Default)]
+pub struct SpanDecoder {
+    /// Frames whose audio has been given.
+    sent: usize,
+    /// The frame-rate activations after the LSTM, `(1, channels, n)`, of
+    /// frames `first..first + n`: final, and reaching back as far as the
+    /// next span's audio-rate stages read.
+    acts: Option<Tensor>,
+    first: usize,
+    /// The LSTM's layers' state after the last frame of `acts`.
+    state: Vec<LstmState>,
+}
+
+impl SpanDecoder {
+    /// Frames whose audio has been given so far.
+    pub fn sent(&self) -> usize {
+        self.sent
+    }
+
+    fn stored(&self) -> Result<usize> {
+        Ok(self.first + self.acts.as_ref().map_or(Ok(0), |a| a.dim(2))?)
+    }
+
+    /// The audio `(1, 1, samples)` of the frames settled since the last call,
+    /// for the piece whose first `codes.dim(2)` frames are `codes` (the same
+    /// piece each call, known further; `complete` when it ends there). `None`
+    /// when no frame settled since.
+    pub fn next(
+        &mut self,
+        codec: &EncodecDecoder,
+        codes: &Tensor,
+        complete: bool,
+    ) -> Result<Option<Tensor>> {
+        let (batch, _, known) = codes.dims3()?;
+        let stored = self.stored()?;
+        if known < stored.max(self.sent) {
+            return Err(crate::Error::InvalidSetting(format!(
+                "a piece decoded up to frame {} came back with {known} frames",
+                stored.max(self.sent)
+            )));
+        }
+        let settled = codec.settled(known, complete);
+        if settled <= self.sent {
+            return Ok(None);
+        }
+        let Some((at, lstm)) = codec.the_lstm().filter(|_| batch == 1) else {
+            // Nothing to carry: each span from the piece so far.
+            let audio = codec.decode_span(codes, self.sent, settled)?;
+            self.sent = settled;
+            return Ok(Some(audio));
+        };
+        // The frame-rate activations the span's audio-rate stages read, up to
+        // `margin` frames past it: all final (`settled` leaves that room).
+        let margin = codec.margin();
+        let need = (settled + margin).min(known);
+        if stored < need {
+            // The convolutions before the LSTM read `reach` frames either
+            // side: they run from that far back, and only outputs with real
+            // context on the left are kept.
+            let reach = codec.lookahead();
+            let from = stored.saturating_sub(reach);
+            let x = codec.embed(&codes.narrow(2, from, known - from)?)?;
+            let x = codec.run(&codec.stages[..at], x)?;
+            let fresh =
+                lstm.forward_from(&x.narrow(2, stored - from, need - stored)?, &mut self.state)?;
+            self.acts = Some(match self.acts.take() {
+                Some(a) => Tensor::cat(&[a, fresh], 2)?,
+                None => fresh,
+            });
+        }
+        let Some(acts) = &self.acts else {
+            return Err(crate::Error::InvalidSetting("no frames to decode".into()));
+        };
+        let audio = codec.audio_stages(acts, self.sent - self.first, settled - self.first)?;
+        // Keep what the next span reads to its left.
+        let keep_from = settled.saturating_sub(margin).max(self.first);
+        let n = acts.dim(2)?;
+        self.acts = Some(acts.narrow(2, keep_from - self.first, n - (keep_from - self.first))?);
+        self.first = keep_from;
+        self.sent = settled;
+        Ok(Some(audio))
     }
 }
 

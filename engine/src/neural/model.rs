@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 
 use super::config::{GenerationConfig, MusicgenConfig};
 use super::decoder::{CrossKv, Decoder, Precision};
-use super::encodec::EncodecDecoder;
+use super::encodec::{EncodecDecoder, SpanDecoder};
 use super::generate::{Frames, Progress, Sampling, generate_on, generate_with};
 use super::models::musicgen::MusicgenDecoder;
 use super::nn::Linear;
@@ -501,17 +501,6 @@ impl MusicGen {
         Ok(self.codec.decode(&codes)?.flatten_all()?.to_vec1()?)
     }
 
-    /// The audio of frames `from..to` of a piece known as far as `frames` goes
-    /// (see [`EncodecDecoder::decode_span`]).
-    fn decode_span(&self, frames: &Frames, from: usize, to: usize) -> Result<Vec<f32>> {
-        let codes = codes_tensor(frames)?;
-        Ok(self
-            .codec
-            .decode_span(&codes, from, to)?
-            .flatten_all()?
-            .to_vec1()?)
-    }
-
     /// Text to music: `seconds` of audio at [`Self::sample_rate`].
     pub fn generate(
         &self,
@@ -586,20 +575,17 @@ impl MusicGen {
         }
         let frames = (seconds * self.frame_rate() as f64).ceil() as usize;
         let samples = (seconds * self.sample_rate() as f64).round() as usize;
-        let hop = self.codec.hop_length();
-        let mut sent = 0usize; // frames whose audio has been handed over
+        let mut spans = SpanDecoder::default();
         let mut sent_samples = 0usize;
         self.generate_windows_with(frames, sampling, condition, on_progress, &mut |out| {
-            let settled = self.codec.settled(out.len(), out.len() >= frames);
-            if settled <= sent {
+            let codes = codes_tensor(out)?;
+            let Some(audio) = spans.next(&self.codec, &codes, out.len() >= frames)? else {
                 return Ok(());
-            }
-            let audio = self.decode_span(out, sent, settled)?;
+            };
+            let audio: Vec<f32> = audio.flatten_all()?.to_vec1()?;
             // The codec's frames may run past the asked length: cut there.
             let keep = audio.len().min(samples.saturating_sub(sent_samples));
             on_audio(&audio[..keep])?;
-            debug_assert_eq!(audio.len(), (settled - sent) * hop);
-            sent = settled;
             sent_samples += keep;
             Ok(())
         })?;
