@@ -24,9 +24,11 @@ pub(super) fn weight_normed(w: &Weights, shape: [usize; 3]) -> Result<Tensor> {
 }
 
 struct Conv1d {
-    /// One `(out, in)` matrix per tap.
-    taps: Vec<Tensor>,
-    bias: Tensor,
+    /// One `(out, in)` row-major matrix per tap.
+    taps: Vec<Vec<f32>>,
+    bias: Vec<f32>,
+    cin: usize,
+    cout: usize,
     kernel: usize,
     dilation: usize,
 }
@@ -36,11 +38,13 @@ impl Conv1d {
         let w = w.pp("conv");
         let weight = weight_normed(&w, [cout, cin, kernel])?;
         let taps = (0..kernel)
-            .map(|j| weight.narrow(2, j, 1)?.squeeze(2)?.contiguous())
+            .map(|j| weight.narrow(2, j, 1)?.flatten_all()?.to_vec1())
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             taps,
-            bias: w.get(&[cout], "bias")?.reshape((cout, 1))?,
+            bias: w.get(&[cout], "bias")?.to_vec1()?,
+            cin,
+            cout,
             kernel,
             dilation,
         })
@@ -49,28 +53,133 @@ impl Conv1d {
     /// Stride-1, non-causal: reflect-pad `(k−1)·d` split with the extra sample on the
     /// left, then convolve as one matrix product per tap over the shifted input
     /// (no unfolded copy of the input, which at the audio rate would be hundreds of
-    /// megabytes).
+    /// megabytes), each tap's product added straight into the output.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_onto(x, false, None)
+    }
+
+    /// [`Conv1d::forward`] of `elu(x)` when `elu`, plus `residual` (the
+    /// output's shape), both done as the input is padded and the output
+    /// starts rather than in passes of their own over audio-rate activations.
+    fn forward_onto(
+        &self,
+        x: &Tensor,
+        elu: bool,
+        residual: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let total = (self.kernel - 1) * self.dilation;
         let right = total / 2;
         let left = total - right;
-        let (b, _, t) = x.dims3()?;
-        let x = reflect_pad(x, 2, left, right)?;
-        let mut outs = Vec::with_capacity(b);
-        for i in 0..b {
-            let xi = x.get(i)?;
-            let mut y = self
-                .bias
-                .broadcast_as((self.bias.dim(0)?, t))?
-                .contiguous()?;
-            for (j, tap) in self.taps.iter().enumerate() {
-                let shifted = xi.narrow(1, j * self.dilation, t)?;
-                y = (y + tap.matmul(&shifted)?)?;
-            }
-            outs.push(y);
+        let (b, cin, t) = x.dims3()?;
+        if cin != self.cin {
+            candle_core::bail!("a convolution of {} channels given {cin}", self.cin);
         }
-        Tensor::stack(&outs, 0)
+        let wide = t + total;
+        let xs = if t > left.max(right) {
+            let x = x.contiguous()?;
+            let (storage, layout) = x.storage_and_layout();
+            let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(all)) = &*storage else {
+                candle_core::bail!("EnCodec's decoder runs on the CPU in f32");
+            };
+            let n = b * cin * t;
+            let Some(rows) = all.get(layout.start_offset()..layout.start_offset() + n) else {
+                candle_core::bail!("an input shorter than its shape");
+            };
+            padded_rows(rows, t, left, right, elu)
+        } else {
+            // Shorter than the padding: `reflect_pad`'s own rule for that.
+            let x = if elu { x.elu(1.0)? } else { x.clone() };
+            reflect_pad(&x, 2, left, right)?.flatten_all()?.to_vec1()?
+        };
+        let cout = self.cout;
+        let mut out = match residual {
+            Some(r) => {
+                if r.dims() != [b, cout, t] {
+                    candle_core::bail!(
+                        "a residual of {:?} for an output of {:?}",
+                        r.dims(),
+                        [b, cout, t]
+                    );
+                }
+                r.flatten_all()?.to_vec1::<f32>()?
+            }
+            None => vec![0f32; b * cout * t],
+        };
+        let threads = rayon::current_num_threads();
+        let parallelism = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        for (i, y) in out.chunks_exact_mut(cout * t).enumerate() {
+            for (row, bias) in y.chunks_exact_mut(t).zip(&self.bias) {
+                row.iter_mut().for_each(|v| *v += bias);
+            }
+            let xi = &xs[i * cin * wide..(i + 1) * cin * wide];
+            for (j, tap) in self.taps.iter().enumerate() {
+                let shift = j * self.dilation;
+                // SAFETY: `y` is `cout × t` row-major and written only here; the
+                // tap is `cout × cin` row-major; the input read is rows `0..cin`
+                // of `xi` (`cin × wide`), columns `shift..shift + t`, and
+                // `shift + t ≤ wide` as `shift ≤ total`. gemm computes
+                // `y ← 1·y + 1·tap·x` with these strides (in elements).
+                unsafe {
+                    gemm::gemm(
+                        cout,
+                        t,
+                        cin,
+                        y.as_mut_ptr(),
+                        1,
+                        t as isize,
+                        true,
+                        tap.as_ptr(),
+                        1,
+                        cin as isize,
+                        xi[shift..].as_ptr(),
+                        1,
+                        wide as isize,
+                        1.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    );
+                }
+            }
+        }
+        Tensor::from_vec(out, (b, cout, t), x.device())
     }
+}
+
+/// Rows of `t` samples, each reflect-padded by `left` and `right` as
+/// [`reflect_pad`] pads a row longer than both, through ELU first when `elu`
+/// (as candle's `elu(1.0)`).
+fn padded_rows(x: &[f32], t: usize, left: usize, right: usize, elu: bool) -> Vec<f32> {
+    use rayon::prelude::*;
+    let wide = t + left + right;
+    let mut out = vec![0f32; x.len() / t * wide];
+    let f = |v: f32| {
+        if elu && !v.is_sign_positive() {
+            v.exp() - 1.0
+        } else {
+            v
+        }
+    };
+    out.par_chunks_mut(wide)
+        .zip(x.par_chunks(t))
+        .for_each(|(o, r)| {
+            for (d, s) in o[left..left + t].iter_mut().zip(r) {
+                *d = f(*s);
+            }
+            for i in 1..=left {
+                o[left - i] = f(r[i]);
+            }
+            for i in 0..right {
+                o[left + t + i] = f(r[t - 2 - i]);
+            }
+        });
+    out
 }
 
 struct ConvTranspose1d {
@@ -553,16 +662,20 @@ impl EncodecDecoder {
     }
 
     fn run(&self, stages: &[Stage], mut x: Tensor) -> candle_core::Result<Tensor> {
-        for stage in stages {
+        let mut stages = stages.iter().peekable();
+        while let Some(stage) = stages.next() {
             x = match stage {
                 Stage::Conv(c) => c.forward(&x)?,
                 Stage::Lstm(l) => l.forward(&x)?,
-                Stage::Elu => x.elu(1.0)?,
+                // An ELU straight before a convolution is taken as it pads.
+                Stage::Elu => match stages.next_if(|s| matches!(s, Stage::Conv(_))) {
+                    Some(Stage::Conv(c)) => c.forward_onto(&x, true, None)?,
+                    _ => x.elu(1.0)?,
+                },
                 Stage::Up(u) => u.forward(&x)?,
                 Stage::Res(r) => {
-                    let h = r.conv1.forward(&x.elu(1.0)?)?;
-                    let h = r.conv2.forward(&h.elu(1.0)?)?;
-                    (x + h)?
+                    let h = r.conv1.forward_onto(&x, true, None)?;
+                    r.conv2.forward_onto(&h, true, Some(&x))?
                 }
             };
         }
