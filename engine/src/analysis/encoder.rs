@@ -50,6 +50,31 @@ pub mod global {
     pub const NAMED: usize = 8;
 }
 
+/// A pixel's values that depend on its bytes alone, computed once: the
+/// per-pixel divisions were most of the encoder's time. Each entry is what
+/// the arithmetic gives on the spot, so the features are the same to the bit.
+struct Tables {
+    /// `v / 255`.
+    unit: [f32; 256],
+    /// The saturation `(max − min) / max` of normalised channels, by the
+    /// largest and smallest byte (`max << 8 | min`); 0 for black.
+    saturation: Vec<f32>,
+}
+
+fn tables() -> &'static Tables {
+    static TABLES: std::sync::OnceLock<Tables> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        let unit: [f32; 256] = std::array::from_fn(|v| f32::from(v as u8) / 255.0);
+        let saturation = (0..1usize << 16)
+            .map(|i| {
+                let (mx, mn) = (unit[i >> 8], unit[i & 0xff]);
+                if mx > 0.0 { (mx - mn) / mx } else { 0.0 }
+            })
+            .collect();
+        Tables { unit, saturation }
+    })
+}
+
 impl Default for StatsEncoder {
     fn default() -> Self {
         Self::new(7, crate::video::MODEL_SIDE)
@@ -95,6 +120,7 @@ impl VisualEncoder for StatsEncoder {
         self.fill_luma(frame);
         let s = frame.size as usize;
         let g = self.grid;
+        let t = tables();
         out.clear();
         out.resize(g * g * PATCH_DIM, 0.0);
         for gy in 0..g {
@@ -103,27 +129,26 @@ impl VisualEncoder for StatsEncoder {
                 let (x0, x1) = (gx * s / g, (gx + 1) * s / g);
                 let mut acc = [0.0f32; 8];
                 for y in y0..y1 {
-                    for x in x0..x1 {
-                        let i = y * s + x;
-                        let px = &frame.rgb[i * 3..i * 3 + 3];
-                        let (r, gr, b) = (
-                            f32::from(px[0]) / 255.0,
-                            f32::from(px[1]) / 255.0,
-                            f32::from(px[2]) / 255.0,
-                        );
-                        let l = self.luma[i];
-                        let dx = if x + 1 < s { self.luma[i + 1] - l } else { 0.0 };
-                        let dy = if y + 1 < s { self.luma[i + s] - l } else { 0.0 };
-                        let mx = r.max(gr).max(b);
-                        let mn = r.min(gr).min(b);
-                        acc[0] += r;
-                        acc[1] += gr;
-                        acc[2] += b;
+                    let at = y * s;
+                    let rgb = &frame.rgb[(at + x0) * 3..(at + x1) * 3];
+                    let luma = &self.luma[at + x0..at + x1];
+                    // The right neighbours, one short at the frame's right edge
+                    // (no gradient there), and the row below, none on the last.
+                    let right = &self.luma[at + x0 + 1..(at + x1 + 1).min(at + s)];
+                    let below = (y + 1 < s).then(|| &self.luma[at + s + x0..at + s + x1]);
+                    for (k, (px, &l)) in rgb.chunks_exact(3).zip(luma).enumerate() {
+                        let (r, gr, b) = (px[0], px[1], px[2]);
+                        let dx = right.get(k).map_or(0.0, |&n| n - l);
+                        let dy = below.map_or(0.0, |row| row[k] - l);
+                        let (mx, mn) = (r.max(gr).max(b), r.min(gr).min(b));
+                        acc[0] += t.unit[usize::from(r)];
+                        acc[1] += t.unit[usize::from(gr)];
+                        acc[2] += t.unit[usize::from(b)];
                         acc[3] += l;
                         acc[4] += l * l;
                         acc[5] += dx.abs();
                         acc[6] += dy.abs();
-                        acc[7] += if mx > 0.0 { (mx - mn) / mx } else { 0.0 };
+                        acc[7] += t.saturation[usize::from(mx) << 8 | usize::from(mn)];
                     }
                 }
                 let n = ((y1 - y0) * (x1 - x0)).max(1) as f32;
@@ -204,6 +229,94 @@ impl VisualEncoder for StatsEncoder {
             for (o, v) in out[global::NAMED..].iter_mut().zip(p) {
                 *o += v / (self.grid * self.grid) as f32;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The patch statistics as defined: each pixel's values computed on the
+    /// spot, in the order the encoder sums them.
+    fn patches_as_defined(frame: &Frame, grid: usize) -> Vec<f32> {
+        let s = frame.size as usize;
+        let luma: Vec<f32> = frame
+            .rgb
+            .chunks_exact(3)
+            .map(|px| {
+                (0.299 * f32::from(px[0]) + 0.587 * f32::from(px[1]) + 0.114 * f32::from(px[2]))
+                    / 255.0
+            })
+            .collect();
+        let mut out = vec![0.0; grid * grid * PATCH_DIM];
+        for gy in 0..grid {
+            let (y0, y1) = (gy * s / grid, (gy + 1) * s / grid);
+            for gx in 0..grid {
+                let (x0, x1) = (gx * s / grid, (gx + 1) * s / grid);
+                let mut acc = [0.0f32; 8];
+                for y in y0..y1 {
+                    for x in x0..x1 {
+                        let i = y * s + x;
+                        let px = &frame.rgb[i * 3..i * 3 + 3];
+                        let (r, g, b) = (
+                            f32::from(px[0]) / 255.0,
+                            f32::from(px[1]) / 255.0,
+                            f32::from(px[2]) / 255.0,
+                        );
+                        let l = luma[i];
+                        let dx = if x + 1 < s { luma[i + 1] - l } else { 0.0 };
+                        let dy = if y + 1 < s { luma[i + s] - l } else { 0.0 };
+                        let (mx, mn) = (r.max(g).max(b), r.min(g).min(b));
+                        acc[0] += r;
+                        acc[1] += g;
+                        acc[2] += b;
+                        acc[3] += l;
+                        acc[4] += l * l;
+                        acc[5] += dx.abs();
+                        acc[6] += dy.abs();
+                        acc[7] += if mx > 0.0 { (mx - mn) / mx } else { 0.0 };
+                    }
+                }
+                let n = ((y1 - y0) * (x1 - x0)).max(1) as f32;
+                let mean_l = acc[3] / n;
+                let var = (acc[4] / n - mean_l * mean_l).max(0.0);
+                let o = &mut out[(gy * grid + gx) * PATCH_DIM..][..PATCH_DIM];
+                o[0] = acc[0] / n * 2.0 - 1.0;
+                o[1] = acc[1] / n * 2.0 - 1.0;
+                o[2] = acc[2] / n * 2.0 - 1.0;
+                o[3] = (var.sqrt() * 4.0).min(1.0) * 2.0 - 1.0;
+                o[4] = (acc[5] / n * 8.0).min(1.0) * 2.0 - 1.0;
+                o[5] = (acc[6] / n * 8.0).min(1.0) * 2.0 - 1.0;
+                o[6] = acc[7] / n * 2.0 - 1.0;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn patch_statistics_equal_their_definition_to_the_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        // Sides the grid divides and ones it does not, smaller than it
+        // (empty patches), black and saturated pixels among random ones.
+        for (size, grid) in [(224u32, 7usize), (50, 7), (13, 4), (3, 7)] {
+            let mut rgb: Vec<u8> = (0..size * size * 3).map(|_| rng.random()).collect();
+            rgb[..6].fill(0);
+            rgb[6..9].copy_from_slice(&[255, 0, 0]);
+            let frame = Frame {
+                index: 0,
+                time: 0.0,
+                duration: 1.0,
+                size,
+                rgb,
+            };
+            let mut enc = StatsEncoder::new(grid, size);
+            let mut got = Vec::new();
+            enc.encode_local(&frame, &mut got);
+            let want = patches_as_defined(&frame, grid);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{size}×{size}, grid {grid}");
         }
     }
 }
