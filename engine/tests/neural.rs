@@ -564,19 +564,23 @@ fn decoding_in_chunks_gives_the_audio_of_one_pass() {
     }
 }
 
+/// The audio of the whole piece `codes`, decoded at once.
+fn whole_audio(m: &MusicGen, codes: &Tensor) -> Vec<f32> {
+    m.codec()
+        .decode(codes)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
 #[test]
 fn audio_of_a_piece_still_being_generated_is_final_once_settled() {
     let m = model();
     let frames = 61;
     let codes = pseudo_codes(&m, frames);
-    let whole: Vec<f32> = m
-        .codec()
-        .decode(&codes)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let whole = whole_audio(&m, &codes);
     let hop = m.codec().hop_length();
     // Frames arrive 7 at a time; after each arrival the settled audio is
     // decoded from what is known so far.
@@ -619,14 +623,7 @@ fn a_span_decoder_gives_the_whole_pieces_audio_whatever_the_arrivals() {
     let m = model();
     let frames = 97;
     let codes = pseudo_codes(&m, frames);
-    let whole: Vec<f32> = m
-        .codec()
-        .decode(&codes)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let whole = whole_audio(&m, &codes);
     // One frame at a time, a hand-over's worth at a time, and irregularly:
     // the LSTM's state is carried across every kind of boundary.
     for arrivals in [vec![1usize], vec![7], vec![3, 11, 1, 20, 2]] {
