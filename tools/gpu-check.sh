@@ -64,6 +64,9 @@ step() {
 # the helper's pipe, as the plugin and the CLI drive it.
 step device "$HELPER" bench-device --device cuda --frames 500 --dtypes f32,f16,bf16 \
   --medium --checkpoint "$FIXTURE" --through-helper
+# Training on the device: the same steps on the CPU and the GPU (losses and
+# trained values), then steps per second there.
+step train "$HELPER" bench-train --device cuda --steps 10
 # The same model through transformers on the same GPU, where a Python with it
 # is here.
 if python3 -c "import torch, transformers; assert torch.cuda.is_available()" 2>/dev/null; then

@@ -454,6 +454,7 @@ fn videos_whose_music_follows_colour_and_cuts_teach_both_stages() {
         musicgen_id: "facebook/musicgen-small".into(),
         clip_dir: models.join("clip-vit-base-patch32"),
         cache_dir: Some(d.join("cache")),
+        device: candle_core::Device::Cpu,
     };
     let no = AtomicBool::new(false);
     let s1 = train_run(&options(1, None), &no, &mut |_| {}).unwrap();

@@ -128,6 +128,9 @@ fn train_stage_one_then_two_writes_adapters_checkpoints_logs_and_plots() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("trainable parameters"), "{t}");
+    if !cfg!(feature = "cuda") {
+        assert!(t.contains("running on the CPU (auto: "), "{t}");
+    }
     assert!(t.contains("skipped") && t.contains("silent.mp4"), "{t}");
     assert!(t.contains("2 videos to train on, 1 held out"), "{t}");
     let info = AdapterInfo::read(&s1).unwrap();
@@ -383,4 +386,46 @@ fn train_refuses_what_cannot_work_before_any_work() {
         ],
     );
     refused(&o, &["junk.safetensors", "not an adapter file"]);
+
+    // A device this build cannot reach is said before the models are looked
+    // for or any video is read (the models folder here is empty).
+    if !cfg!(feature = "cuda") {
+        let o = bin(d)
+            .args(["train", "--stage", "1", "--data", s(&one), "--out", s(&out)])
+            .args(["--device", "cuda"])
+            .output()
+            .unwrap();
+        refused(
+            &o,
+            &[
+                "device cuda:0",
+                "no CUDA support",
+                "training runs in this process",
+                "--features cuda",
+                "--device cpu",
+            ],
+        );
+        assert!(!text(&o).contains("musicgen"), "{}", text(&o));
+    }
+    let o = train(
+        d,
+        &models,
+        &[
+            "--stage",
+            "1",
+            "--data",
+            s(&one),
+            "--out",
+            s(&out),
+            "--device",
+            "tpu",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("auto, cpu, cuda or cuda:N"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.exists() && !d.join("a.ckpt").exists());
 }

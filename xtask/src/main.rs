@@ -1,5 +1,5 @@
 //! Project tasks: `cargo xtask demo | test | setup | bench | bundle |
-//! gpu-helper | gpu-check`.
+//! gpu-helper | gpu-cli | gpu-check`.
 //!
 //! `demo` and `test` first install the system packages the build needs
 //! (Debian/Ubuntu, with apt-get) and say what they install.
@@ -77,6 +77,10 @@ fn main() -> Result<()> {
             setup()?;
             gpu_check(rest)
         }
+        "gpu-cli" => {
+            setup()?;
+            gpu_cli().map(|p| println!("{}", p.display()))
+        }
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -89,6 +93,8 @@ fn main() -> Result<()> {
                  build the plugin, write target/bundled/debug/ (or release/) VidMusician.clap and .vst3\n  \
                  gpu-helper     build the GPU helper (vidmusician with --features cuda, the CUDA\n                 \
                  toolkit from PyPI): target/cuda/vidmusician-cuda\n  \
+                 gpu-cli        vidmusician itself with --features cuda, for training on a GPU\n                 \
+                 machine: target/cuda/vidmusician\n  \
                  gpu-check [DIR]\n                 \
                  build the helper and run the GPU check where `nvidia-smi` answers (else say\n                 \
                  how to run tools/gpu-check.sh on a GPU machine); the report goes to DIR\n  \
@@ -479,36 +485,9 @@ fn cuda_stub(out: &Path) -> Result<()> {
 /// feature, in a release build of its own (target/cuda), stripped and
 /// copied to target/cuda/vidmusician-cuda. Returns its path.
 fn gpu_helper() -> Result<PathBuf> {
-    let home = cuda_home()?;
-    let target = root().join("target").join("cuda");
     eprintln!("xtask: building the GPU helper (the first build takes 20–30 minutes on 2 cores)");
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut paths = vec![home.join("bin")];
-    paths.extend(std::env::split_paths(&path));
-    let mut build = cargo();
-    build
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "vidmusician-engine",
-            "--bin",
-            "vidmusician-cuda",
-            "--features",
-            "cuda",
-            "--target-dir",
-        ])
-        .arg(&target)
-        .env("CUDA_HOME", &home)
-        .env("CUDA_PATH", &home)
-        .env("PATH", std::env::join_paths(paths)?)
-        .env("LIBRARY_PATH", home.join("lib"));
-    if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
-        build.env("CUDA_COMPUTE_CAP", CUDA_COMPUTE_CAP);
-    }
-    run(&mut build)?;
-    let built = target.join("release").join("vidmusician-cuda");
-    let helper = target.join("vidmusician-cuda");
+    let built = cuda_build("vidmusician-cuda")?;
+    let helper = root().join("target").join("cuda").join("vidmusician-cuda");
     std::fs::copy(&built, &helper).with_context(|| format!("copying {}", built.display()))?;
     run(Command::new("strip").arg("--strip-unneeded").arg(&helper))?;
     let size = std::fs::metadata(&helper)?.len();
@@ -522,6 +501,53 @@ fn gpu_helper() -> Result<PathBuf> {
     }
     eprintln!("xtask: {} ({:.1} MB)", helper.display(), size as f64 / 1e6);
     Ok(helper)
+}
+
+/// Builds `vidmusician` itself with the `cuda` feature, for the GPU machine
+/// that trains (training runs in its own process, not through the helper),
+/// copied to target/cuda/vidmusician. Returns its path.
+fn gpu_cli() -> Result<PathBuf> {
+    eprintln!(
+        "xtask: building vidmusician with CUDA (the first build takes 20–30 minutes on 2 cores)"
+    );
+    let built = cuda_build("vidmusician")?;
+    let out = root().join("target").join("cuda").join("vidmusician");
+    std::fs::copy(&built, &out).with_context(|| format!("copying {}", built.display()))?;
+    eprintln!("xtask: {}", out.display());
+    Ok(out)
+}
+
+/// The engine's binary `bin` built in release with the `cuda` feature, in
+/// target/cuda, against the CUDA toolkit of [`cuda_home`].
+fn cuda_build(bin: &str) -> Result<PathBuf> {
+    let home = cuda_home()?;
+    let target = root().join("target").join("cuda");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![home.join("bin")];
+    paths.extend(std::env::split_paths(&path));
+    let mut build = cargo();
+    build
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "vidmusician-engine",
+            "--bin",
+            bin,
+            "--features",
+            "cuda",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .env("CUDA_HOME", &home)
+        .env("CUDA_PATH", &home)
+        .env("PATH", std::env::join_paths(paths)?)
+        .env("LIBRARY_PATH", home.join("lib"));
+    if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
+        build.env("CUDA_COMPUTE_CAP", CUDA_COMPUTE_CAP);
+    }
+    run(&mut build)?;
+    Ok(target.join("release").join(bin))
 }
 
 /// Builds the helper, then runs tools/gpu-check.sh with it where a GPU

@@ -49,6 +49,16 @@ enum Command {
         #[arg(long)]
         through_helper: bool,
     },
+    /// Training on the device: the same steps on the CPU and on the device
+    /// (losses and trained values after --steps steps, the test fixtures'
+    /// shape), then steps per second there (that shape, and one 10 s window
+    /// at musicgen-small's), from random weights.
+    BenchTrain {
+        #[arg(long, default_value = "cuda")]
+        device: DeviceChoice,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +81,7 @@ fn main() -> ExitCode {
             checkpoint,
             through_helper,
         ),
+        Command::BenchTrain { device, steps } => bench_train(device, steps.max(1)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -112,5 +123,20 @@ fn bench(
         )?);
     }
     println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(())
+}
+
+fn bench_train(device: DeviceChoice, steps: usize) -> anyhow::Result<()> {
+    use vidmusician_engine::train::bench;
+    let chosen = vidmusician_engine::neural::device::choose_in_process(device, "training")?;
+    eprintln!("{}", chosen.note);
+    let device = chosen.candle_device();
+    eprintln!("parity: {steps} steps on the CPU and on {}…", chosen.name);
+    let parity = bench::parity(&device, steps)?;
+    let speed = bench::run_on(&device, &mut |m| eprintln!("{m}…"))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({ "parity": parity, "speed": speed }))?
+    );
     Ok(())
 }

@@ -152,7 +152,8 @@ enum Command {
         /// the same conditions (see tools/bench_transformers.py for its set-up).
         #[arg(long, value_name = "PYTHON")]
         python: Option<PathBuf>,
-        /// device: where the decoder runs (auto, cpu, cuda, cuda:N).
+        /// device: where the decoder runs (auto, cpu, cuda, cuda:N); train:
+        /// where the steps run (CUDA in a `cuda` build only).
         #[arg(long, default_value = "auto", value_name = "DEVICE")]
         device: DeviceChoice,
         /// device: the types its weights are timed in, comma-separated (f32,
@@ -446,6 +447,11 @@ fn main() -> ExitCode {
             seconds,
             ..
         } => bench_zero_shot(seconds),
+        Command::Bench {
+            what: BenchWhat::Train,
+            device,
+            ..
+        } => bench_train(device),
         Command::Bench {
             what,
             video,
@@ -1315,12 +1321,18 @@ fn bench(what: BenchWhat, video_path: Option<&Path>, seconds: f64, runs: usize) 
         BenchWhat::Device => bench_device(DeviceChoice::Auto, 250, "f32", false, None),
         BenchWhat::Clip => bench_clip(seconds),
         BenchWhat::ZeroShot => bench_zero_shot(seconds),
-        BenchWhat::Train => {
-            let r = vidmusician_engine::train::bench::run(&mut |m| eprintln!("{m}…"))?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
-            Ok(())
-        }
+        BenchWhat::Train => bench_train(DeviceChoice::Auto),
     }
+}
+
+fn bench_train(device: DeviceChoice) -> Result<()> {
+    let chosen = vidmusician_engine::neural::device::choose_in_process(device, "training")?;
+    eprintln!("{}", chosen.note);
+    let r = vidmusician_engine::train::bench::run_on(&chosen.candle_device(), &mut |m| {
+        eprintln!("{m}…")
+    })?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(())
 }
 
 fn bench_zero_shot(seconds: f64) -> Result<()> {

@@ -181,6 +181,42 @@ pub fn choose_with(choice: DeviceChoice, helper: Option<&Path>) -> Result<Chosen
     }
 }
 
+/// [`choose`] for work that runs in this process only, never through the
+/// GPU helper (training: its steps need the whole model and the optimiser
+/// beside the data). `what` names that work in the messages.
+pub fn choose_in_process(choice: DeviceChoice, what: &str) -> Result<Chosen> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Chosen::cpu("running on the CPU (asked for)".into())),
+        DeviceChoice::Cuda(n) if cuda_built() => open_in_process(n),
+        DeviceChoice::Cuda(n) => Err(Error::Device {
+            device: format!("cuda:{n}"),
+            reason: format!(
+                "this build of vidmusician has no CUDA support (it was built without the \
+                 `cuda` feature), and {what} runs in this process, not through the GPU helper; \
+                 build vidmusician with `--features cuda` on the GPU machine (see the README's \
+                 GPU section), or use --device cpu"
+            ),
+        }),
+        DeviceChoice::Auto if !cuda_built() => Ok(Chosen::cpu(format!(
+            "running on the CPU (auto: this build has no CUDA support, and {what} does not go \
+             through the GPU helper)"
+        ))),
+        DeviceChoice::Auto => match open_in_process(0) {
+            Ok(mut c) => {
+                c.note = format!("{} (auto: a CUDA device answered)", c.note);
+                Ok(c)
+            }
+            Err(e) => Ok(Chosen::cpu(format!(
+                "running on the CPU (auto: {})",
+                match e {
+                    Error::Device { reason, .. } => reason,
+                    other => other.to_string(),
+                }
+            ))),
+        },
+    }
+}
+
 /// CUDA device `n`: in this process in a `cuda` build, else through the
 /// GPU helper.
 fn open_cuda(n: usize, helper: Option<&Path>) -> Result<Chosen> {
@@ -260,8 +296,11 @@ pub fn open_in_process(n: usize) -> Result<Chosen> {
         Ok(Err(e)) => Err(Error::Device {
             device: format!("cuda:{n}"),
             reason: format!(
-                "cannot open CUDA device {n}: {e}; is an NVIDIA GPU there, with its driver \
-                 (libcuda.so.1) and the CUDA 13 libraries?"
+                "cannot open CUDA device {n}: {}; is an NVIDIA GPU there, with its driver \
+                 (libcuda.so.1) and the CUDA 13 libraries?",
+                // The driver's words, without the backtrace candle adds
+                // under RUST_BACKTRACE: the reason is one line.
+                without_backtrace(e)
             ),
         }),
         Err(_) => Err(Error::Device {
@@ -270,6 +309,15 @@ pub fn open_in_process(n: usize) -> Result<Chosen> {
                      installed and loaded?"
                 .into(),
         }),
+    }
+}
+
+/// `e` without the backtraces candle wraps errors in.
+#[cfg(feature = "cuda")]
+fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        e => e,
     }
 }
 
@@ -343,6 +391,30 @@ mod tests {
             let e = choose(DeviceChoice::Cuda(1)).unwrap_err().to_string();
             assert!(e.starts_with("device cuda:1:"), "{e}");
             assert!(e.contains("without the `cuda` feature"), "{e}");
+            assert!(e.contains("--device cpu"), "{e}");
+        }
+    }
+
+    #[test]
+    fn work_that_stays_in_this_process_never_takes_the_helper() {
+        let c = choose_in_process(DeviceChoice::Cpu, "training").unwrap();
+        assert!(c.is_cpu());
+        if !cuda_built() {
+            // Whether or not a helper is installed: training cannot use it.
+            let a = choose_in_process(DeviceChoice::Auto, "training").unwrap();
+            assert!(a.is_cpu());
+            assert!(a.note.contains("no CUDA support"), "{}", a.note);
+            assert!(
+                a.note.contains("training does not go through"),
+                "{}",
+                a.note
+            );
+            let e = choose_in_process(DeviceChoice::Cuda(0), "training")
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("device cuda:0:"), "{e}");
+            assert!(e.contains("training runs in this process"), "{e}");
+            assert!(e.contains("--features cuda"), "{e}");
             assert!(e.contains("--device cpu"), "{e}");
         }
     }

@@ -201,6 +201,27 @@ impl MusicGen {
         self.enc_to_dec.as_ref()
     }
 
+    /// Reads the text encoder and its projection again from the checkpoint,
+    /// onto `device`, for training there: adapters made or loaded for this
+    /// model afterwards hold their tensors on `device` too, and prompts are
+    /// encoded there. Generation's decoder stays where it is
+    /// ([`MusicGen::use_device`] moves it), so a model whose text encoder
+    /// is on a GPU is for training, not for generating. Nothing changes when
+    /// this fails.
+    pub fn text_to_device(&mut self, device: &Device) -> Result<()> {
+        if self.text.device().same_device(device) {
+            return Ok(());
+        }
+        let w = Weights::open_dir(&self.dir)?.on(device);
+        let text = T5Encoder::load(&w.pp("text_encoder"), &self.cfg.text_encoder)?;
+        let enc_to_dec = match &self.enc_to_dec {
+            Some(p) => Some(p.to_device(device)?),
+            None => None,
+        };
+        (self.text, self.enc_to_dec) = (text, enc_to_dec);
+        Ok(())
+    }
+
     pub fn sample_rate(&self) -> u32 {
         self.codec.sample_rate()
     }
@@ -253,9 +274,10 @@ impl MusicGen {
             mask.extend((0..len).map(|i| u32::from(i < r.len())));
         }
         let n = rows.len();
+        let device = self.text.device();
         Ok((
-            Tensor::from_vec(ids, (n, len), &Device::Cpu)?,
-            Tensor::from_vec(mask, (n, len), &Device::Cpu)?,
+            Tensor::from_vec(ids, (n, len), device)?,
+            Tensor::from_vec(mask, (n, len), device)?,
         ))
     }
 

@@ -143,6 +143,15 @@ impl Weights {
         &self.device
     }
 
+    /// The same checkpoint, its tensors read onto `device`.
+    pub fn on(&self, device: &Device) -> Self {
+        Self {
+            files: self.files.clone(),
+            prefix: self.prefix.clone(),
+            device: device.clone(),
+        }
+    }
+
     fn full_name(&self, name: &str) -> String {
         if self.prefix.is_empty() {
             name.to_string()
@@ -184,7 +193,7 @@ impl Weights {
                     found: t.dims().to_vec(),
                 });
             }
-            return Ok(t.to_dtype(DType::F32)?);
+            return Ok(t.to_dtype(DType::F32)?.to_device(&self.device)?);
         }
         let Some(&i) = self.files.index.get(&full) else {
             return Err(Error::MissingTensor {

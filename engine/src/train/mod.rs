@@ -102,7 +102,9 @@ pub struct Trainer {
 
 impl Trainer {
     /// A run training `adapter` (fresh, or a stage-1 adapter with its rhythm
-    /// module added) on `base`, which stays frozen.
+    /// module added) on `base`, which stays frozen. It runs on the device of
+    /// `base`'s text encoder (the CPU unless [`MusicGen::text_to_device`]
+    /// moved it), where the adapter made for `base` lives too.
     pub fn new(base: &MusicGen, adapter: Adapter, cfg: TrainConfig) -> Result<Self> {
         if cfg.batch_size == 0 || cfg.steps == 0 || !(cfg.lr.is_finite() && cfg.lr > 0.0) {
             return Err(Error::InvalidSetting(
@@ -110,7 +112,17 @@ impl Trainer {
                     .into(),
             ));
         }
-        let w = Weights::open_dir(base.dir())?.pp("decoder");
+        let device = base.text_encoder().device();
+        if let Some((name, v)) = adapter.params.iter().next()
+            && !v.device().same_device(device)
+        {
+            return Err(Error::InvalidSetting(format!(
+                "the adapter's `{name}` is on {:?} and the base model's text encoder on {device:?}: \
+                 an adapter trains on its base model's device",
+                v.device()
+            )));
+        }
+        let w = Weights::open_dir(base.dir())?.on(device).pp("decoder");
         let decoder = MusicgenDecoder::load(&w, &base.config().decoder)?;
         Self::from_parts(decoder, adapter, cfg)
     }

@@ -44,6 +44,10 @@ pub struct RunOptions {
     pub clip_dir: PathBuf,
     /// Where extracted pieces are cached; `None`: nowhere.
     pub cache_dir: Option<PathBuf>,
+    /// Where the steps run (the text encoder with its LoRA, the decoder and
+    /// the adapter): the CPU, or a CUDA device of a `cuda` build. The
+    /// extraction from the videos runs on the CPU either way.
+    pub device: candle_core::Device,
 }
 
 /// What a run reports as it goes.
@@ -185,7 +189,8 @@ pub fn run(
             o.data.display()
         )));
     }
-    let base = MusicGen::load(&o.musicgen_dir)?;
+    let mut base = MusicGen::load(&o.musicgen_dir)?;
+    base.text_to_device(&o.device)?;
     let clip = Clip::load(&o.clip_dir)?;
     let encoder = EncodecEncoder::open(&o.musicgen_dir)?;
     let base_hash = base.weights_hash()?;

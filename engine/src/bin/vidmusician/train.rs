@@ -9,6 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use vidmusician_engine::neural::conditioning::AdapterConfig;
+use vidmusician_engine::neural::device::{self, DeviceChoice};
 use vidmusician_engine::neural::hub::{self, ModelKind};
 use vidmusician_engine::train::run::{RunEvent, RunOptions, run};
 use vidmusician_engine::train::{AdamWConfig, TrainConfig};
@@ -81,12 +82,22 @@ pub struct TrainArgs {
     /// Do not cache what is extracted from the videos.
     #[arg(long)]
     no_cache: bool,
+    /// Where the steps run: auto, cpu, cuda, cuda:N. CUDA needs vidmusician
+    /// built with the `cuda` feature (training does not go through the GPU
+    /// helper); auto takes a CUDA device when the build has one and it
+    /// answers. The videos are read on the CPU either way.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
     if a.stage == 2 && a.lora_rank.is_some() {
         anyhow::bail!("--lora-rank is for stage 1: stage 2 keeps the stage-1 adapter's LoRA");
     }
+    // Before the models are looked for (and perhaps downloaded): a device
+    // that cannot be had is said at once.
+    let device = device::choose_in_process(a.device, "training")?;
+    eprintln!("{}", device.note);
     let musicgen_dir =
         hub::find_model_of(&a.model, Some(ModelKind::MusicGen), a.model_dir.as_deref())?;
     let clip_dir =
@@ -124,6 +135,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         } else {
             vidmusician_engine::service::cache_root()
         },
+        device: device.candle_device(),
     };
     let style = ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
