@@ -135,6 +135,51 @@ fn features_are_computed_once_per_video_and_model() {
 }
 
 #[test]
+fn one_decode_gives_both_passes_analysis_and_global_features_to_the_bit() {
+    use vidmusician_engine::analysis::clip_features::analysis_and_global;
+    use vidmusician_engine::analysis::{StatsEncoder, analyze_until};
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    // Wider than tall: CLIP's pictures are centre crops, the analysis'
+    // are not, so the two sizes are scaled apart from the same frame.
+    let v = video(dir.path(), 3.5, vec![1.2, 2.6]);
+    let clip = clip();
+    let cancel = AtomicBool::new(false);
+    for (until, seconds) in [(None, 4), (Some(2.2), 3)] {
+        let apart = analyze_until(
+            &v,
+            &mut StatsEncoder::default(),
+            until,
+            &cancel,
+            &mut |_| {},
+        )
+        .unwrap();
+        let global = global_features(&v, &clip, until, &cancel, &mut |_| {}).unwrap();
+        assert_eq!(global.pooled.len(), seconds, "{until:?}");
+        let before = frames_encoded();
+        let mut seen = Vec::new();
+        let (together, g) = analysis_and_global(
+            &v,
+            &mut StatsEncoder::default(),
+            &clip,
+            until,
+            &cancel,
+            &mut |f| seen.push(f),
+        )
+        .unwrap();
+        assert_eq!(frames_encoded() - before, seconds, "each 1 fps frame once");
+        assert_eq!(g, global, "{until:?}");
+        assert_eq!(
+            serde_json::to_string(&together).unwrap(),
+            serde_json::to_string(&apart).unwrap(),
+            "{until:?}"
+        );
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+        assert_eq!(seen.last(), Some(&1.0));
+    }
+}
+
+#[test]
 fn two_zero_shot_engines_share_models_and_features() {
     use vidmusician_engine::service::{
         Engine, EngineChoice, EngineConfig, Request, clip_loads, musicgen_loads,

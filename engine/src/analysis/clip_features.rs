@@ -18,7 +18,7 @@ use super::tags::{self, SectionTags, Vocabulary};
 use super::{GLOBAL_FPS, LOCAL_FPS, Progress};
 use crate::error::{Error, Result};
 use crate::neural::models::clip::{Clip, RgbImage};
-use crate::video::{Fit, SampleOptions, sample_frames};
+use crate::video::{Fit, Frame, SampleOptions, sample_frames};
 
 /// Frames encoded in one batch: large enough for the matrix products to run
 /// at speed, small enough to keep memory modest at ViT-L size.
@@ -111,6 +111,67 @@ fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
     Ok(t.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
 }
 
+/// CLIP's global features of frames handed over one at a time, encoded in
+/// batches of [`BATCH`]: the one place they are computed, so that every way
+/// of reading a video gives the same features.
+struct Globals<'c> {
+    clip: &'c Clip,
+    /// The side the frames come at (CLIP's resize; centre-cropped square).
+    size: usize,
+    batch: Vec<Vec<u8>>,
+    out: GlobalFeatures,
+}
+
+impl<'c> Globals<'c> {
+    fn new(clip: &'c Clip) -> Self {
+        Self {
+            clip,
+            size: clip.preprocess.shortest_edge.max(1),
+            batch: Vec::with_capacity(BATCH),
+            out: GlobalFeatures {
+                pooled: Vec::new(),
+                projected: Vec::new(),
+            },
+        }
+    }
+
+    fn push(&mut self, frame: &Frame) -> Result<()> {
+        if frame.size as usize != self.size {
+            return Err(Error::InvalidSetting(format!(
+                "a {0}×{0} frame for a CLIP that reads {1}×{1}",
+                frame.size, self.size
+            )));
+        }
+        self.batch.push(frame.rgb.clone());
+        if self.batch.len() == BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let images = self
+            .batch
+            .iter()
+            .map(|rgb| RgbImage::new(self.size, self.size, rgb))
+            .collect::<Result<Vec<_>>>()?;
+        let v = self.clip.encode_images(&images)?;
+        self.out.pooled.extend(rows(&v.pooled)?);
+        self.out.projected.extend(rows(&v.projected)?);
+        FRAMES_ENCODED.fetch_add(images.len(), Ordering::Relaxed);
+        self.batch.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<GlobalFeatures> {
+        self.flush()?;
+        Ok(self.out)
+    }
+}
+
 /// CLIP's global features of the video's frames at 1 fps.
 pub fn global_features(
     path: &Path,
@@ -119,17 +180,50 @@ pub fn global_features(
     cancel: &AtomicBool,
     progress: Progress<'_>,
 ) -> Result<GlobalFeatures> {
-    let mut out = GlobalFeatures {
-        pooled: Vec::new(),
-        projected: Vec::new(),
+    let mut globals = Globals::new(clip);
+    let opts = SampleOptions {
+        rate: GLOBAL_FPS,
+        size: globals.size as u32,
+        fit: Fit::CenterCrop,
+        until,
     };
-    batched(path, clip, GLOBAL_FPS, until, cancel, progress, |images| {
-        let v = clip.encode_images(images)?;
-        out.pooled.extend(rows(&v.pooled)?);
-        out.projected.extend(rows(&v.projected)?);
+    sample_frames(path, &opts, cancel, |frame| {
+        globals.push(frame)?;
+        let span = until.map_or(frame.duration, |u| u.min(frame.duration));
+        if span > 0.0 {
+            progress((frame.time / span).min(1.0));
+        }
         Ok(())
     })?;
-    Ok(out)
+    progress(1.0);
+    globals.finish()
+}
+
+/// The weight-free analysis (`encoder` at 25 fps) and CLIP's global
+/// features at 1 fps from one decode of the video: what
+/// [`super::analyze_until`] and [`global_features`] give apart, to the bit,
+/// for one decode and scaling pass instead of two (decoding is about half
+/// of the weight-free pass's time on an HD video).
+pub fn analysis_and_global(
+    path: &Path,
+    encoder: &mut dyn super::encoder::VisualEncoder,
+    clip: &Clip,
+    until: Option<f64>,
+    cancel: &AtomicBool,
+    progress: Progress<'_>,
+) -> Result<(super::Analysis, GlobalFeatures)> {
+    let mut globals = Globals::new(clip);
+    let size = globals.size as u32;
+    let mut each = |frame: &Frame| globals.push(frame);
+    let analysis = super::analyze_until_also(
+        path,
+        encoder,
+        until,
+        Some((size, &mut each)),
+        cancel,
+        progress,
+    )?;
+    Ok((analysis, globals.finish()?))
 }
 
 /// The rhythm curve at 25 fps from CLIP's last-layer patch tokens.
@@ -260,13 +354,28 @@ impl FeatureCache {
         key: &FeatureKey,
         compute: impl FnOnce() -> Result<GlobalFeatures>,
     ) -> Result<GlobalFeatures> {
-        if let Some(t) = self.get(key)
-            && let (Some(p), Some(q)) = (t.get("pooled"), t.get("projected"))
-            && let (Ok(pooled), Ok(projected)) = (rows(p), rows(q))
-        {
-            return Ok(GlobalFeatures { pooled, projected });
+        if let Some(f) = self.cached_global(key) {
+            return Ok(f);
         }
         let f = compute()?;
+        self.store_global(key, &f)?;
+        Ok(f)
+    }
+
+    /// The global features stored under `key`, if any.
+    pub fn cached_global(&self, key: &FeatureKey) -> Option<GlobalFeatures> {
+        let t = self.get(key)?;
+        let (p, q) = (t.get("pooled")?, t.get("projected")?);
+        Some(GlobalFeatures {
+            pooled: rows(p).ok()?,
+            projected: rows(q).ok()?,
+        })
+    }
+
+    /// Stores `f` under `key` (nothing for no frames). A cache that cannot
+    /// be written only costs time later, so only a failure to lay out the
+    /// features is an error.
+    pub fn store_global(&self, key: &FeatureKey, f: &GlobalFeatures) -> Result<()> {
         let as_tensor = |r: &[Vec<f32>]| -> Result<Tensor> {
             let w = r.first().map_or(0, Vec::len);
             let flat: Vec<f32> = r.iter().flatten().copied().collect();
@@ -281,7 +390,7 @@ impl FeatureCache {
                 ],
             );
         }
-        Ok(f)
+        Ok(())
     }
 
     /// The CLIP rhythm curve of `key`'s video, computed by `compute` when not

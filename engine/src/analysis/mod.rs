@@ -22,7 +22,7 @@ use std::sync::atomic::AtomicBool;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::video::{SampleOptions, VideoInfo, sample_frames};
+use crate::video::{AlsoAt, Fit, Frame, SampleOptions, VideoInfo, sample_frames_also};
 
 /// Local (rhythm) frame rate of the method.
 pub const LOCAL_FPS: f64 = 25.0;
@@ -227,6 +227,23 @@ pub fn analyze_until(
     cancel: &AtomicBool,
     progress: Progress<'_>,
 ) -> Result<Analysis> {
+    analyze_until_also(path, encoder, until, None, cancel, progress)
+}
+
+/// A side and what is handed each picture at that side ([`analyze_until_also`]).
+pub type AlsoEach<'a> = (u32, &'a mut dyn FnMut(&Frame) -> Result<()>);
+
+/// [`analyze_until`], handing `also.1` the picture at `also.0` pixels
+/// (centre-cropped, as CLIP takes it) of every frame a pass at
+/// [`GLOBAL_FPS`] would sample, from the same decode.
+pub fn analyze_until_also(
+    path: &Path,
+    encoder: &mut dyn VisualEncoder,
+    until: Option<f64>,
+    mut also: Option<AlsoEach<'_>>,
+    cancel: &AtomicBool,
+    progress: Progress<'_>,
+) -> Result<Analysis> {
     let opts = SampleOptions {
         rate: LOCAL_FPS,
         size: encoder.input_size(),
@@ -234,11 +251,19 @@ pub fn analyze_until(
         until,
     };
     let every = (LOCAL_FPS / GLOBAL_FPS).round() as usize;
+    let at = also.as_ref().map(|(size, _)| AlsoAt {
+        every,
+        size: *size,
+        fit: Fit::CenterCrop,
+    });
     let mut curve = RhythmCurve::default();
     let mut globals = Vec::new();
     let mut local = Vec::new();
     let mut g = Vec::new();
-    let (info, _) = sample_frames(path, &opts, cancel, |frame| {
+    let (info, _) = sample_frames_also(path, &opts, at, cancel, |frame, second| {
+        if let (Some(picture), Some((_, each))) = (second, also.as_mut()) {
+            each(picture)?;
+        }
         encoder.encode_local(frame, &mut local);
         curve.push(&local);
         if frame.index % every == 0 {

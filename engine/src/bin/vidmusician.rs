@@ -136,7 +136,8 @@ enum Command {
     Bench {
         #[arg(value_enum)]
         what: BenchWhat,
-        /// Analyse this video instead of a generated 1080p30 H.264 clip.
+        /// Analyse this video instead of a generated 1080p30 H.264 clip
+        /// (clip: the zero-shot reading's video).
         #[arg(long)]
         video: Option<PathBuf>,
         /// Length of the generated material, seconds.
@@ -425,8 +426,9 @@ fn main() -> ExitCode {
         Command::Bench {
             what: BenchWhat::Clip,
             seconds,
+            video,
             ..
-        } => bench_clip(seconds),
+        } => bench_clip(seconds, video.as_deref()),
         Command::Bench {
             what: BenchWhat::Device,
             frames,
@@ -1319,7 +1321,7 @@ fn bench(what: BenchWhat, video_path: Option<&Path>, seconds: f64, runs: usize) 
         }
         BenchWhat::Neural => bench_neural(250, None),
         BenchWhat::Device => bench_device(DeviceChoice::Auto, 250, "f32", false, None),
-        BenchWhat::Clip => bench_clip(seconds),
+        BenchWhat::Clip => bench_clip(seconds, video_path),
         BenchWhat::ZeroShot => bench_zero_shot(seconds),
         BenchWhat::Train => bench_train(DeviceChoice::Auto),
     }
@@ -1419,12 +1421,13 @@ fn bench_zero_shot(seconds: f64) -> Result<()> {
     Ok(())
 }
 
-fn bench_clip(seconds: f64) -> Result<()> {
+fn bench_clip(seconds: f64, video: Option<&Path>) -> Result<()> {
     if !(seconds.is_finite() && (1.0..=600.0).contains(&seconds)) {
         bail!("--seconds must be between 1 and 600 (got {seconds})");
     }
-    let r =
-        vidmusician_engine::neural::models::clip::bench::run(seconds, &mut |m| eprintln!("{m}…"))?;
+    let r = vidmusician_engine::neural::models::clip::bench::run(seconds, video, &mut |m| {
+        eprintln!("{m}…")
+    })?;
     println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(())
 }

@@ -69,6 +69,17 @@ impl Frame {
     }
 }
 
+/// A second picture of some samples: every `every`-th sample (sample 0 among
+/// them) also at `size`×`size` by `fit`, scaled from the same decoded frame.
+/// One decode then serves two passes: sampling at 25 fps with `every` 25
+/// gives, beside each sample, the pictures a pass at 1 fps would.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlsoAt {
+    pub every: usize,
+    pub size: u32,
+    pub fit: Fit,
+}
+
 /// Decodes `path` and calls `on_frame` for each sampled frame, in order.
 /// Returns the probe facts and the number of frames delivered. `cancel` is
 /// polled between packets.
@@ -78,6 +89,28 @@ pub fn sample_frames(
     cancel: &AtomicBool,
     mut on_frame: impl FnMut(&Frame) -> Result<()>,
 ) -> Result<(VideoInfo, usize)> {
+    sample_frames_also(path, opts, None, cancel, |f, _| on_frame(f))
+}
+
+/// [`sample_frames`], with the second picture `also` asks for beside the
+/// samples it names (`None` beside the others). The second picture's
+/// `index` and `time` are those of a pass at `opts.rate / every`: sample
+/// `k · every` comes with picture `k`.
+pub fn sample_frames_also(
+    path: &Path,
+    opts: &SampleOptions,
+    also: Option<AlsoAt>,
+    cancel: &AtomicBool,
+    mut on_frame: impl FnMut(&Frame, Option<&Frame>) -> Result<()>,
+) -> Result<(VideoInfo, usize)> {
+    if let Some(a) = also
+        && (a.every == 0 || a.size < super::MIN_SIDE)
+    {
+        return Err(Error::InvalidSetting(format!(
+            "a second picture every {} samples at {} px",
+            a.every, a.size
+        )));
+    }
     if opts.until.is_some_and(|u| !(u.is_finite() && u > 0.0)) {
         return Err(Error::InvalidSetting(format!(
             "analyse until {:?} s",
@@ -103,6 +136,9 @@ pub fn sample_frames(
     let decode_err = |reason: String| opened_err(path, &info, reason);
 
     let mut state = Sampler::new(opts.clone(), &info, 0.0);
+    if let Some(a) = also {
+        state.also = Some((a.every, Target::new(a.size, a.fit, &info, 0.0)));
+    }
     let mut bad_packets = 0usize;
     let mut good_frames = 0usize;
     let mut packets = 0usize;
@@ -281,7 +317,7 @@ pub fn frames_at(
             t,
         );
         let got: std::cell::RefCell<Option<Frame>> = std::cell::RefCell::new(None);
-        let mut keep = |f: &Frame| {
+        let mut keep = |f: &Frame, _: Option<&Frame>| {
             got.borrow_mut().get_or_insert_with(|| f.clone());
             Ok(())
         };
@@ -364,9 +400,9 @@ struct Sampler<'a> {
     held: ff::frame::Video,
     held_time: Option<f64>,
     incoming: ff::frame::Video,
-    scaler: Option<(scaling::Context, (Pixel, u32, u32))>,
-    scaled: ff::frame::Video,
-    out: Frame,
+    main: Target,
+    /// Every so many samples, a second picture ([`AlsoAt`]).
+    also: Option<(usize, Target)>,
     first_pts: Option<i64>,
     /// Decoded frames the decoder flagged as damaged (concealed errors).
     damaged: usize,
@@ -376,7 +412,7 @@ impl<'a> Sampler<'a> {
     /// A sampler with nothing decoded yet; its frames say `time` until
     /// sampled.
     fn new(opts: SampleOptions, info: &'a VideoInfo, time: f64) -> Self {
-        let side = opts.size;
+        let main = Target::new(opts.size, opts.fit, info, time);
         Sampler {
             opts,
             info,
@@ -384,15 +420,8 @@ impl<'a> Sampler<'a> {
             held: ff::frame::Video::empty(),
             held_time: None,
             incoming: ff::frame::Video::empty(),
-            scaler: None,
-            scaled: ff::frame::Video::empty(),
-            out: Frame {
-                index: 0,
-                time,
-                duration: info.duration,
-                size: side,
-                rgb: vec![0; (side * side * 3) as usize],
-            },
+            main,
+            also: None,
             first_pts: None,
             damaged: 0,
         }
@@ -406,7 +435,7 @@ impl<'a> Sampler<'a> {
         time_base: f64,
         start_pts: i64,
         shift: f64,
-        on_frame: &mut impl FnMut(&Frame) -> Result<()>,
+        on_frame: &mut impl FnMut(&Frame, Option<&Frame>) -> Result<()>,
     ) -> Result<usize> {
         let shift_pts = (shift / time_base).round() as i64;
         self.drain(decoder, time_base, start_pts + shift_pts, on_frame)
@@ -417,7 +446,7 @@ impl<'a> Sampler<'a> {
         decoder: &mut ff::decoder::Video,
         time_base: f64,
         start_pts: i64,
-        on_frame: &mut impl FnMut(&Frame) -> Result<()>,
+        on_frame: &mut impl FnMut(&Frame, Option<&Frame>) -> Result<()>,
     ) -> Result<usize> {
         let mut n = 0;
         while decoder.receive_frame(&mut self.incoming).is_ok() {
@@ -455,12 +484,12 @@ impl<'a> Sampler<'a> {
     fn flush_until(
         &mut self,
         t: f64,
-        on_frame: &mut impl FnMut(&Frame) -> Result<()>,
+        on_frame: &mut impl FnMut(&Frame, Option<&Frame>) -> Result<()>,
     ) -> Result<()> {
         if self.held_time.is_none() {
             return Ok(());
         }
-        let mut scaled_this = false;
+        let (mut scaled_this, mut also_scaled_this) = (false, false);
         loop {
             let ts = self.next_index as f64 / self.opts.rate;
             // Tolerance for float rounding of exact frame times.
@@ -468,23 +497,62 @@ impl<'a> Sampler<'a> {
                 break;
             }
             if !scaled_this {
-                self.scale_held()?;
+                self.main.scale(&self.held, self.info)?;
                 scaled_this = true;
             }
-            self.out.index = self.next_index;
-            self.out.time = ts;
-            on_frame(&self.out)?;
+            self.main.out.index = self.next_index;
+            self.main.out.time = ts;
+            match &mut self.also {
+                Some((every, also)) if self.next_index.is_multiple_of(*every) => {
+                    if !also_scaled_this {
+                        also.scale(&self.held, self.info)?;
+                        also_scaled_this = true;
+                    }
+                    also.out.index = self.next_index / *every;
+                    also.out.time = ts;
+                    on_frame(&self.main.out, Some(&also.out))?;
+                }
+                _ => on_frame(&self.main.out, None)?,
+            }
             self.next_index += 1;
         }
         Ok(())
     }
+}
 
-    fn scale_held(&mut self) -> Result<()> {
-        let (w, h, fmt) = (self.held.width(), self.held.height(), self.held.format());
-        let side = self.opts.size;
-        let rot = self.info.rotation;
+/// One size a sampler scales its pictures to, and its scaler.
+struct Target {
+    size: u32,
+    fit: Fit,
+    scaler: Option<(scaling::Context, (Pixel, u32, u32))>,
+    scaled: ff::frame::Video,
+    out: Frame,
+}
+
+impl Target {
+    fn new(size: u32, fit: Fit, info: &VideoInfo, time: f64) -> Self {
+        Self {
+            size,
+            fit,
+            scaler: None,
+            scaled: ff::frame::Video::empty(),
+            out: Frame {
+                index: 0,
+                time,
+                duration: info.duration,
+                size,
+                rgb: vec![0; (size * size * 3) as usize],
+            },
+        }
+    }
+
+    /// Scales `held` into `self.out`.
+    fn scale(&mut self, held: &ff::frame::Video, info: &VideoInfo) -> Result<()> {
+        let (w, h, fmt) = (held.width(), held.height(), held.format());
+        let side = self.size;
+        let rot = info.rotation;
         // Dimensions of the scaled (unrotated) picture before cropping.
-        let (dw, dh) = match self.opts.fit {
+        let (dw, dh) = match self.fit {
             Fit::Squash => (side, side),
             Fit::CenterCrop => {
                 let (disp_w, disp_h) = if rot % 180 == 90 { (h, w) } else { (w, h) };
@@ -500,8 +568,8 @@ impl<'a> Sampler<'a> {
         if self.scaler.as_ref().map(|(_, k)| *k) != Some(key) {
             let ctx = scaling::Context::get(fmt, w, h, Pixel::RGB24, dw, dh, scaling::Flags::AREA)
                 .map_err(|e| Error::Decode {
-                    path: self.info.path.clone(),
-                    codec: self.info.codec.clone(),
+                    path: info.path.clone(),
+                    codec: info.codec.clone(),
                     reason: format!("cannot scale {w}×{h} {fmt:?}: {e}"),
                 })?;
             self.scaler = Some((ctx, key));
@@ -509,10 +577,10 @@ impl<'a> Sampler<'a> {
         }
         let (scaler, _) = self.scaler.as_mut().expect("PANIC: set just above");
         scaler
-            .run(&self.held, &mut self.scaled)
+            .run(held, &mut self.scaled)
             .map_err(|e| Error::Decode {
-                path: self.info.path.clone(),
-                codec: self.info.codec.clone(),
+                path: info.path.clone(),
+                codec: info.codec.clone(),
                 reason: format!("scaling failed: {e}"),
             })?;
         crop_rotate(&self.scaled, rot, side, &mut self.out.rgb);

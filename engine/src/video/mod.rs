@@ -7,7 +7,10 @@ mod mux;
 mod probe;
 pub mod synth;
 
-pub use decode::{Fit, Frame, MIN_DECODED_SHARE, SampleOptions, frames_at, sample_frames};
+pub use decode::{
+    AlsoAt, Fit, Frame, MIN_DECODED_SHARE, SampleOptions, frames_at, sample_frames,
+    sample_frames_also,
+};
 pub use mux::{
     DEFAULT_MUSIC_GAIN_DB, MIX_CEILING_DB, MuxOptions, MuxReport, SoundMode, check_mux_output,
     check_mux_sound, mux_audio, read_sound,

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Made, Pipeline, Work, loaded};
 use crate::align::{StreamAligner, Target};
-use crate::analysis::clip_features::{FeatureKey, global_features, patch_curve, tag_sections};
+use crate::analysis::clip_features::{
+    FeatureKey, analysis_and_global, global_features, patch_curve, tag_sections,
+};
 use crate::analysis::{Analysis, GLOBAL_FPS, LOCAL_FPS, StatsEncoder, analyze_until, from_curve};
 use crate::error::{Error, Result};
 use crate::neural::models::clip::Clip;
@@ -135,6 +137,15 @@ impl Pipeline for ZeroShot {
                     &clip,
                 );
                 let content = format!("{}:{}", id.sample_hash, id.size);
+                // CLIP's global features, when this video's are on disk.
+                let global_key = FeatureKey {
+                    content: content.clone(),
+                    model: clip_model.clone(),
+                    kind: "global",
+                    fps: GLOBAL_FPS,
+                    until: spec.preview_until,
+                };
+                let mut global = cache.as_ref().and_then(|c| c.cached_global(&global_key));
 
                 // The analysis: cuts, sections and a tempo, from the weight-free
                 // curve or from CLIP's patch tokens.
@@ -145,13 +156,35 @@ impl Pipeline for ZeroShot {
                         a.clone()
                     }
                     _ => {
-                        let stats = analyze_until(
-                            path,
-                            &mut StatsEncoder::default(),
-                            spec.preview_until,
-                            cancel,
-                            &mut |f| progress(Stage::Analysing, 0.3 * f),
-                        )?;
+                        let stats = if global.is_none() {
+                            // Neither is known: one decode of the video
+                            // gives both (the same features as two passes).
+                            let (stats, g) = analysis_and_global(
+                                path,
+                                &mut StatsEncoder::default(),
+                                &clip,
+                                spec.preview_until,
+                                cancel,
+                                // The 1 fps pass's share of the stage too.
+                                &mut |f| {
+                                    let share = if spec.clip_rhythm { 0.3 } else { 0.9 };
+                                    progress(Stage::Analysing, share * f)
+                                },
+                            )?;
+                            if let Some(c) = &cache {
+                                c.store_global(&global_key, &g)?;
+                            }
+                            global = Some(g);
+                            stats
+                        } else {
+                            analyze_until(
+                                path,
+                                &mut StatsEncoder::default(),
+                                spec.preview_until,
+                                cancel,
+                                &mut |f| progress(Stage::Analysing, 0.3 * f),
+                            )?
+                        };
                         let a = if spec.clip_rhythm {
                             let key = FeatureKey {
                                 content: content.clone(),
@@ -184,22 +217,20 @@ impl Pipeline for ZeroShot {
                     None => analysis,
                 };
 
-                // What the pictures show, in the vocabulary's words.
-                let key = FeatureKey {
-                    content,
-                    model: clip_model,
-                    kind: "global",
-                    fps: GLOBAL_FPS,
-                    until: spec.preview_until,
-                };
-                let compute = || {
-                    global_features(path, &clip, spec.preview_until, cancel, &mut |f| {
-                        progress(Stage::Analysing, 0.7 + 0.3 * f)
-                    })
-                };
-                let global = match &cache {
-                    Some(c) => c.global(&key, compute)?,
-                    None => compute()?,
+                // What the pictures show, in the vocabulary's words (read
+                // with the analysis above unless that was already known).
+                let global = match global {
+                    Some(g) => g,
+                    None => {
+                        let g =
+                            global_features(path, &clip, spec.preview_until, cancel, &mut |f| {
+                                progress(Stage::Analysing, 0.7 + 0.3 * f)
+                            })?;
+                        if let Some(c) = &cache {
+                            c.store_global(&global_key, &g)?;
+                        }
+                        g
+                    }
                 };
                 check(cancel)?;
                 let tag_embeds = tagging
