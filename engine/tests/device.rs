@@ -481,6 +481,57 @@ fn a_helper_that_cannot_start_names_what_is_missing_and_auto_takes_the_cpu() {
 }
 
 #[test]
+fn a_helper_slow_to_start_holds_up_only_those_asking_for_it() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // Says nothing until told to go, then ends without being ready.
+    let go = dir.path().join("go");
+    let slow = script(
+        dir.path(),
+        "slow-helper",
+        &format!("while [ ! -e {go:?} ]; do sleep 0.05; done\nexit 0"),
+    );
+    let working = script(
+        dir.path(),
+        "cpu-helper",
+        &format!("exec {:?} gpu-serve --device cpu", vidmusician()),
+    );
+    let starting = {
+        let slow = slow.clone();
+        std::thread::spawn(move || device::choose_with(DeviceChoice::Cuda(0), Some(&slow)))
+    };
+    // The slow helper's start is under way (its process runs) before the
+    // other is asked for.
+    while !std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| {
+            std::fs::read_to_string(e.path().join("cmdline"))
+                .is_ok_and(|c| c.contains("slow-helper"))
+        })
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let other = device::choose_with(DeviceChoice::Cuda(0), Some(&working)).unwrap();
+    assert!(!other.is_cpu(), "{}", other.note);
+    assert!(
+        !starting.is_finished(),
+        "the other helper waited for the slow one's start"
+    );
+    std::fs::write(&go, b"").unwrap();
+    let e = starting.join().unwrap().err().unwrap().to_string();
+    assert!(e.contains("could not start"), "{e}");
+    // The same program asked for again is the same helper.
+    let again = device::choose_with(DeviceChoice::Cuda(0), Some(&working)).unwrap();
+    match (&other.backend, &again.backend) {
+        (device::Backend::Helper(a), device::Backend::Helper(b)) => {
+            assert_eq!(a.pid(), b.pid())
+        }
+        _ => panic!("not helpers"),
+    }
+}
+
+#[test]
 fn a_helper_that_dies_in_a_window_is_an_error_at_once_not_a_hang() {
     let _one = one_at_a_time();
     let m = MusicGen::load(&fixture()).unwrap();

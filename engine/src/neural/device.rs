@@ -249,25 +249,34 @@ fn open_cuda(n: usize, helper: Option<&Path>) -> Result<Chosen> {
 /// they share the models, rather than each holding the GPU's memory.
 static HELPERS: parking_lot::Mutex<Vec<HeldHelper>> = parking_lot::Mutex::new(Vec::new());
 
-/// A helper's program and device, and the helper while anything holds it.
-type HeldHelper = ((std::path::PathBuf, String), std::sync::Weak<Helper>);
+/// A helper's program and device, and its slot: the helper while anything
+/// holds it, locked while one is started.
+type HeldHelper = ((std::path::PathBuf, String), HelperSlot);
+type HelperSlot = Arc<parking_lot::Mutex<std::sync::Weak<Helper>>>;
 
 /// The running helper `exe` on `device`, or a new one. A broken one (its
 /// process ended) is replaced.
 fn shared_helper(exe: &Path, device: &str) -> Result<Arc<Helper>> {
-    // Held while starting, so two engines asking at once start one.
-    let mut held = HELPERS.lock();
-    held.retain(|(_, w)| w.strong_count() > 0);
-    if let Some(h) = held
-        .iter()
-        .filter(|((e, d), _)| e == exe && d == device)
-        .find_map(|(_, w)| w.upgrade())
-        .filter(|h| !h.is_broken())
-    {
+    let slot = {
+        let mut held = HELPERS.lock();
+        match held.iter().find(|((e, d), _)| e == exe && d == device) {
+            Some((_, slot)) => slot.clone(),
+            None => {
+                let slot = HelperSlot::default();
+                held.push(((exe.to_path_buf(), device.to_string()), slot.clone()));
+                slot
+            }
+        }
+    };
+    // Only this helper's slot is held while it starts (up to its ready
+    // timeout): two engines asking for it at once start one, and engines
+    // asking for another device or program are not held up.
+    let mut slot = slot.lock();
+    if let Some(h) = slot.upgrade().filter(|h| !h.is_broken()) {
         return Ok(h);
     }
     let h = Arc::new(Helper::start(exe, device)?);
-    held.push(((exe.to_path_buf(), device.to_string()), Arc::downgrade(&h)));
+    *slot = Arc::downgrade(&h);
     Ok(h)
 }
 
