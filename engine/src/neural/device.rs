@@ -165,19 +165,25 @@ pub fn choose_with(choice: DeviceChoice, helper: Option<&Path>) -> Result<Chosen
                     .into(),
             ))
         }
-        DeviceChoice::Auto => match open_cuda(0, helper) {
-            Ok(mut c) => {
-                c.note = format!("{} (auto: a CUDA device answered)", c.note);
-                Ok(c)
+        DeviceChoice::Auto => Ok(auto_from(open_cuda(0, helper))),
+    }
+}
+
+/// What `auto` takes given the first CUDA device's opening: that device,
+/// or the CPU saying why not.
+fn auto_from(opened: Result<Chosen>) -> Chosen {
+    match opened {
+        Ok(mut c) => {
+            c.note = format!("{} (auto: a CUDA device answered)", c.note);
+            c
+        }
+        Err(e) => Chosen::cpu(format!(
+            "running on the CPU (auto: {})",
+            match e {
+                Error::Device { reason, .. } => reason,
+                other => other.to_string(),
             }
-            Err(e) => Ok(Chosen::cpu(format!(
-                "running on the CPU (auto: {})",
-                match e {
-                    Error::Device { reason, .. } => reason,
-                    other => other.to_string(),
-                }
-            ))),
-        },
+        )),
     }
 }
 
@@ -201,19 +207,7 @@ pub fn choose_in_process(choice: DeviceChoice, what: &str) -> Result<Chosen> {
             "running on the CPU (auto: this build has no CUDA support, and {what} does not go \
              through the GPU helper)"
         ))),
-        DeviceChoice::Auto => match open_in_process(0) {
-            Ok(mut c) => {
-                c.note = format!("{} (auto: a CUDA device answered)", c.note);
-                Ok(c)
-            }
-            Err(e) => Ok(Chosen::cpu(format!(
-                "running on the CPU (auto: {})",
-                match e {
-                    Error::Device { reason, .. } => reason,
-                    other => other.to_string(),
-                }
-            ))),
-        },
+        DeviceChoice::Auto => Ok(auto_from(open_in_process(0))),
     }
 }
 
