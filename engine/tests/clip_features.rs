@@ -135,8 +135,8 @@ fn features_are_computed_once_per_video_and_model() {
 }
 
 #[test]
-fn one_decode_gives_both_passes_analysis_and_global_features_to_the_bit() {
-    use vidmusician_engine::analysis::clip_features::analysis_and_global;
+fn one_decode_gives_what_two_passes_give_to_the_bit() {
+    use vidmusician_engine::analysis::clip_features::{analysis_and_global, global_and_curve};
     use vidmusician_engine::analysis::{StatsEncoder, analyze_until};
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
@@ -176,6 +176,15 @@ fn one_decode_gives_both_passes_analysis_and_global_features_to_the_bit() {
         );
         assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
         assert_eq!(seen.last(), Some(&1.0));
+
+        // CLIP's 1 fps features and 25 fps curve, as the VidMusician engine
+        // and training read a video.
+        let curve = patch_curve(&v, &clip, until, &cancel, &mut |_| {}).unwrap();
+        let before = frames_encoded();
+        let (g, c) = global_and_curve(&v, &clip, until, &cancel, &mut |_| {}).unwrap();
+        assert_eq!(frames_encoded() - before, seconds + curve.len());
+        assert_eq!(g, global, "{until:?}");
+        assert_eq!(c, curve, "{until:?}");
     }
 }
 

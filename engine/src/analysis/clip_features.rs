@@ -142,7 +142,12 @@ impl<'c> Globals<'c> {
                 frame.size, self.size
             )));
         }
-        self.batch.push(frame.rgb.clone());
+        self.push_rgb(&frame.rgb)
+    }
+
+    /// A `size`×`size` RGB picture.
+    fn push_rgb(&mut self, rgb: &[u8]) -> Result<()> {
+        self.batch.push(rgb.to_vec());
         if self.batch.len() == BATCH {
             self.flush()?;
         }
@@ -244,6 +249,39 @@ pub fn patch_curve(
         Ok(())
     })?;
     Ok(curve.values)
+}
+
+/// CLIP's global features at 1 fps and its rhythm curve at 25 fps from one
+/// decode of the video: what [`global_features`] and [`patch_curve`] give
+/// apart, to the bit (each frame every second is encoded again among the
+/// 1 fps frames, in their own batches as that pass makes them), for one
+/// decode and scaling pass instead of two.
+pub fn global_and_curve(
+    path: &Path,
+    clip: &Clip,
+    until: Option<f64>,
+    cancel: &AtomicBool,
+    progress: Progress<'_>,
+) -> Result<(GlobalFeatures, Vec<f32>)> {
+    let mut globals = Globals::new(clip);
+    let every = (LOCAL_FPS / GLOBAL_FPS).round() as usize;
+    let mut curve = RhythmCurve::default();
+    let mut index = 0usize;
+    batched(path, clip, LOCAL_FPS, until, cancel, progress, |images| {
+        for image in images {
+            if index.is_multiple_of(every) {
+                globals.push_rgb(image.rgb)?;
+            }
+            index += 1;
+        }
+        let v = clip.encode_images(images)?;
+        let tokens = v.patch_tokens.flatten_from(1)?;
+        for row in rows(&tokens)? {
+            curve.push(&row);
+        }
+        Ok(())
+    })?;
+    Ok((globals.finish()?, curve.values))
 }
 
 /// The rhythm curve of a sequence of frames' patch tokens,
@@ -400,21 +438,32 @@ impl FeatureCache {
         key: &FeatureKey,
         compute: impl FnOnce() -> Result<Vec<f32>>,
     ) -> Result<Vec<f32>> {
-        if let Some(t) = self.get(key)
-            && let Some(c) = t.get("curve")
-            && let Ok(v) = c.to_vec1::<f32>()
-        {
+        if let Some(v) = self.cached_curve(key) {
             return Ok(v);
         }
         let v = compute()?;
+        self.store_curve(key, &v)?;
+        Ok(v)
+    }
+
+    /// The CLIP rhythm curve stored under `key`, if any.
+    pub fn cached_curve(&self, key: &FeatureKey) -> Option<Vec<f32>> {
+        self.get(key)?.get("curve")?.to_vec1::<f32>().ok()
+    }
+
+    /// Stores the curve `v` under `key` (nothing for an empty one; a cache
+    /// that cannot be written only costs time later).
+    pub fn store_curve(&self, key: &FeatureKey, v: &[f32]) -> Result<()> {
         if !v.is_empty() {
-            let n = v.len();
             let _ = self.put(
                 key,
-                &[("curve", Tensor::from_vec(v.clone(), n, &Device::Cpu)?)],
+                &[(
+                    "curve",
+                    Tensor::from_vec(v.to_vec(), v.len(), &Device::Cpu)?,
+                )],
             );
         }
-        Ok(v)
+        Ok(())
     }
 
     /// Tag embeddings of `shape` (tags, width) under `key` ([`FeatureKey::tags`]),

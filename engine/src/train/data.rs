@@ -12,7 +12,7 @@ use rand::Rng;
 
 use super::batch::Example;
 use crate::analysis::LOCAL_FPS;
-use crate::analysis::clip_features::{global_features, patch_curve};
+use crate::analysis::clip_features::global_and_curve;
 use crate::analysis::resample_linear;
 use crate::neural::MusicGen;
 use crate::neural::encodec_encoder::EncodecEncoder;
@@ -195,8 +195,8 @@ impl Extractor<'_> {
             .squeeze(0)?
             .t()?
             .to_vec2::<u32>()?;
-        let global = global_features(&item.video, self.clip, None, cancel, &mut |_| {})?;
-        let patches = patch_curve(&item.video, self.clip, None, cancel, &mut |_| {})?;
+        let (global, patches) =
+            global_and_curve(&item.video, self.clip, None, cancel, &mut |_| {})?;
         let frame_rate = self.base.frame_rate() as f64;
         // Music past the pictures' end (a sidecar longer than its video) has
         // no pictures to learn from.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::text::{TextSettings, stream_with};
 use super::{Made, Pipeline, Work, loaded};
-use crate::analysis::clip_features::{FeatureKey, global_features, patch_curve};
+use crate::analysis::clip_features::{FeatureKey, global_and_curve, global_features, patch_curve};
 use crate::analysis::{GLOBAL_FPS, LOCAL_FPS, resample_linear};
 use crate::error::{Error, Result};
 use crate::neural::MusicGen;
@@ -79,23 +79,42 @@ impl Pipeline for VidMusician {
                 fps,
                 until: None,
             };
-            let global = || {
-                global_features(path, &clip, None, cancel, &mut |f| {
-                    progress(Stage::Analysing, 0.2 * f)
-                })
+            let (global_key, curve_key) = (key("global", GLOBAL_FPS), key("local", LOCAL_FPS));
+            let (cached_global, cached_curve) = match &cache {
+                Some(c) => (c.cached_global(&global_key), c.cached_curve(&curve_key)),
+                None => (None, None),
             };
-            let global = match &cache {
-                Some(c) => c.global(&key("global", GLOBAL_FPS), global)?,
-                None => global()?,
-            };
-            let curve = || {
-                patch_curve(path, &clip, None, cancel, &mut |f| {
-                    progress(Stage::Analysing, 0.2 + 0.8 * f)
-                })
-            };
-            let patches = match &cache {
-                Some(c) => c.curve(&key("local", LOCAL_FPS), curve)?,
-                None => curve()?,
+            let (global, patches) = match (cached_global, cached_curve) {
+                (Some(g), Some(c)) => (g, c),
+                // Neither is known: one decode of the video gives both.
+                (None, None) => {
+                    let (g, c) = global_and_curve(path, &clip, None, cancel, &mut |f| {
+                        progress(Stage::Analysing, f)
+                    })?;
+                    if let Some(cache) = &cache {
+                        cache.store_global(&global_key, &g)?;
+                        cache.store_curve(&curve_key, &c)?;
+                    }
+                    (g, c)
+                }
+                (Some(g), None) => {
+                    let c = patch_curve(path, &clip, None, cancel, &mut |f| {
+                        progress(Stage::Analysing, f)
+                    })?;
+                    if let Some(cache) = &cache {
+                        cache.store_curve(&curve_key, &c)?;
+                    }
+                    (g, c)
+                }
+                (None, Some(c)) => {
+                    let g = global_features(path, &clip, None, cancel, &mut |f| {
+                        progress(Stage::Analysing, f)
+                    })?;
+                    if let Some(cache) = &cache {
+                        cache.store_global(&global_key, &g)?;
+                    }
+                    (g, c)
+                }
             };
             if global.pooled.is_empty() {
                 return Err(Error::InvalidSetting(
