@@ -746,6 +746,29 @@ fn tiny_engine(device: DeviceChoice, gpu_helper: Option<&Path>) -> Engine {
     .unwrap()
 }
 
+/// A piece served from the cache says where it was made then.
+#[test]
+fn a_piece_from_the_cache_says_where_it_was_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(EngineConfig {
+        cache_dir: Some(dir.path().join("cache")),
+        model_dir: Some(fixture()),
+        device: DeviceChoice::Cpu,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let made = text_piece(&engine, 5);
+    assert!(!made.cached);
+    let note = made
+        .device
+        .clone()
+        .expect("a neural piece says where it ran");
+    let again = text_piece(&engine, 5);
+    assert!(again.cached, "the same piece again comes from the cache");
+    assert_eq!(again.audio.channels, made.audio.channels);
+    assert_eq!(again.device.as_deref(), Some(note.as_str()));
+}
+
 /// One second of the text engine's music for a seed.
 fn text_piece(engine: &Engine, seed: u64) -> vidmusician_engine::service::Finished {
     let mut req = Request::text("calm piano", 1.0);

@@ -516,6 +516,7 @@ mod tests {
                 engine: "text".into(),
                 bpm: None,
                 downbeat: None,
+                device: None,
             };
             AudioCache::new(self._dir.path())
                 .put(&key, audio, &meta)

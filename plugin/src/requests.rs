@@ -317,7 +317,16 @@ fn submit_take(
         _ => SourceKind::Engine,
     };
     let got = match source {
-        Source::Cache(resolved) => engine.submit_cached_resolved(&req, resolved),
+        Source::Cache(resolved) => {
+            engine
+                .submit_cached_resolved(&req, resolved)
+                .map(|(id, reader, meta)| {
+                    // Where the music that now plays was made, not where
+                    // the last piece made here was.
+                    shared.editor.update(|v| v.device_note = meta.device);
+                    (id, reader)
+                })
+        }
         Source::Preview => queued(shared, engine.submit(req)),
         Source::Engine(resolved) => queued(shared, engine.submit_resolved(req, *resolved)),
     };

@@ -74,8 +74,8 @@ fn state(video: &Path, device: &str, seed: u32) -> String {
 
 /// Plays 100 blocks offline of the take of `seed` against `want` (all
 /// sounding music), or checks only that music sounds when `want` is `None`;
-/// returns the frames heard. A seed of its own each time: a take from the
-/// cache says nothing of where it was made.
+/// returns the frames heard. The editor's device note, and whether the take
+/// came from the cache, go to [`NOTES`].
 fn play(
     video: &Path,
     device: &str,
@@ -102,16 +102,22 @@ fn play(
     wait_until("the piece to be reported finished", || {
         matches!(model.view().status, Status::Finished { .. })
     });
+    let cached = matches!(model.view().status, Status::Finished { cached: true });
     let note = model.view().device_note.clone().unwrap_or_default();
     drop(model);
     inst.deactivate(proc.stop_processing());
     drop(inst);
     eprintln!("{device}: {note}");
-    NOTES.lock().unwrap().push(note);
+    NOTES.lock().unwrap().push((note, cached));
     sounding
 }
 
-static NOTES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// Each take's device note in the editor, and whether it came from the cache.
+static NOTES: std::sync::Mutex<Vec<(String, bool)>> = std::sync::Mutex::new(Vec::new());
+
+fn last_note() -> (String, bool) {
+    NOTES.lock().unwrap().last().cloned().unwrap_or_default()
+}
 
 #[test]
 fn the_plugin_drives_a_gpu_helper_and_ends_it_with_the_instance() {
@@ -166,12 +172,21 @@ fn the_plugin_drives_a_gpu_helper_and_ends_it_with_the_instance() {
     // its editor says where it was made.
     let sounding = play(video, "cuda:0", 8, Some(&want));
     assert!(sounding > 48_000, "{sounding} frames of music compared");
-    let seen = NOTES.lock().unwrap().last().cloned().unwrap_or_default();
-    assert!(seen.contains("GPU helper"), "{seen}");
+    let (seen, cached) = last_note();
+    assert!(seen.contains("GPU helper") && !cached, "{seen}");
     // Destroying the instance ended its helper, and so freed the device.
     wait_until("the helper to end with the instance", || {
         helpers_running() == 0
     });
+    // The same take again, in an instance asked for the CPU, comes from
+    // the cache and says where it was made.
+    let sounding = play(video, "cpu", 8, Some(&want));
+    assert!(sounding > 48_000, "{sounding} frames of music compared");
+    let (seen, cached) = last_note();
+    assert!(
+        seen.contains("GPU helper") && cached,
+        "{seen} (cached: {cached})"
+    );
 
     // A real `cuda` build of the helper, where the test run has one: on a
     // machine without the NVIDIA driver it cannot start (the loader names
@@ -182,7 +197,7 @@ fn the_plugin_drives_a_gpu_helper_and_ends_it_with_the_instance() {
             unsafe { std::env::set_var("VIDMUSICIAN_CUDA_HELPER", &real) };
             let sounding = play(video, "auto", 9, None);
             assert!(sounding > 48_000, "the plugin played {sounding} frames");
-            let seen = NOTES.lock().unwrap().last().cloned().unwrap_or_default();
+            let (seen, _) = last_note();
             let gpu_here = seen.starts_with("running on CUDA");
             assert!(
                 gpu_here

@@ -17,6 +17,11 @@ pub struct CacheMeta {
     /// A time of the piece where one of its bars starts.
     #[serde(default)]
     pub downbeat: Option<f64>,
+    /// Where a neural engine made it, as its result said
+    /// ([`super::Finished::device`]); `None` for the composer, and for
+    /// entries written before this was kept.
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 /// The folder VidMusician caches in: `$VIDMUSICIAN_CACHE`, else

@@ -273,7 +273,8 @@ pub struct Finished {
     /// Why `auto` chose this engine, and what a better one needs.
     pub why: Option<String>,
     /// Where a neural engine ran, and why there (`auto`'s choice, or the
-    /// CPU after a device failed); `None` for the composer and the cache.
+    /// CPU after a device failed); for a piece from the cache, where it was
+    /// made then. `None` for the composer.
     pub device: Option<String>,
     /// True when the audio came from the disk cache.
     pub cached: bool,
@@ -469,16 +470,18 @@ impl Engine {
     pub fn submit_cached(&self, request: &Request) -> Option<(u64, ChunkReader)> {
         let resolved = resolve(&self.config, request).ok()?;
         self.submit_cached_resolved(request, &resolved)
+            .map(|(id, reader, _)| (id, reader))
     }
 
-    /// [`Self::submit_cached`] for a request already resolved.
+    /// [`Self::submit_cached`] for a request already resolved; with what
+    /// the cache kept beside the piece (its bars, where it was made).
     pub fn submit_cached_resolved(
         &self,
         request: &Request,
         resolved: &Resolved,
-    ) -> Option<(u64, ChunkReader)> {
+    ) -> Option<(u64, ChunkReader, CacheMeta)> {
         let cache = self.cache.as_ref()?;
-        let (audio, _) = cache.get(&resolved.spec.key())?;
+        let (audio, meta) = cache.get(&resolved.spec.key())?;
         if audio.sample_rate != request.sample_rate || audio.is_empty() {
             return None;
         }
@@ -492,7 +495,7 @@ impl Engine {
             let _ = tx.push(AudioChunk::cut(id, &audio, k * n, n));
         }
         self.adopted.lock().push(rrx);
-        Some((id, ChunkReader::new(rx, rtx)))
+        Some((id, ChunkReader::new(rx, rtx), meta))
     }
 
     /// Queues a request. Returns its id and, when `max_chunks > 0`, the

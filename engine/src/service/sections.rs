@@ -79,18 +79,31 @@ pub(super) fn make(
     let to = ((end * rate).round() as usize).min(base.len());
     let audio = splice(&base, &fresh, from, to, (SECTION_XFADE_S * rate) as usize);
     let audio = Arc::new(audio);
-    store(cache, spec, &audio, grid);
+    store(
+        cache,
+        spec,
+        &audio,
+        grid,
+        engines.device_note(spec.engine.choice),
+    );
     Ok((audio, grid))
 }
 
 /// Caches the piece of `spec`. A cache that cannot be written costs speed
 /// next time, not this result.
-fn store(cache: Option<&AudioCache>, spec: &MusicSpec, audio: &Audio, grid: Grid) {
+fn store(
+    cache: Option<&AudioCache>,
+    spec: &MusicSpec,
+    audio: &Audio,
+    grid: Grid,
+    device: Option<String>,
+) {
     if let Some(c) = cache {
         let meta = CacheMeta {
             engine: spec.engine.choice.as_str().to_string(),
             bpm: grid.bpm,
             downbeat: grid.downbeat,
+            device,
         };
         let _ = c.put(&spec.key(), audio, &meta);
     }
@@ -170,6 +183,12 @@ fn plain(
         bpm: made.bpm,
         downbeat: made.downbeat,
     };
-    store(cache, spec, &audio, grid);
+    store(
+        cache,
+        spec,
+        &audio,
+        grid,
+        engines.device_note(spec.engine.choice),
+    );
     Ok((audio, grid))
 }

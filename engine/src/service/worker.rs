@@ -173,7 +173,7 @@ fn process(
             loudness: None,
             tags: None,
             why: resolved.why.clone(),
-            device: None,
+            device: meta.device,
             cached: true,
             cache_key: key,
         });
@@ -231,6 +231,7 @@ fn process(
             engine: engine.as_str().to_string(),
             bpm: made.bpm,
             downbeat: made.downbeat,
+            device: engines.device_note(engine),
         };
         let _ = c.put(&key, &audio, &meta);
     }

@@ -398,9 +398,9 @@ fn follow(shared: &Shared<'_>, inner: &mut Inner, ev: Event) {
                 };
                 v.engine = Some(result.engine);
                 v.why = result.why.clone();
-                if result.device.is_some() {
-                    v.device_note = result.device.clone();
-                }
+                // Where this piece was made (for one from the cache, where
+                // it was made then; none for the composer's).
+                v.device_note = result.device.clone();
             });
             if model.is_open() {
                 request_overview(

@@ -92,7 +92,8 @@ pub struct View {
     /// The engine that runs (auto made concrete), and why auto chose it.
     pub engine: Option<EngineChoice>,
     pub why: Option<String>,
-    /// The device asked for, and where the last neural piece ran and why.
+    /// The device asked for, and where the piece that plays was made and
+    /// why (neural engines; `None` for the composer's or when not known).
     pub device: DeviceChoice,
     pub device_note: Option<String>,
     pub status: Status,
