@@ -484,12 +484,15 @@ fn a_helper_that_cannot_start_names_what_is_missing_and_auto_takes_the_cpu() {
 fn a_helper_slow_to_start_holds_up_only_those_asking_for_it() {
     let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    // Says nothing until told to go, then ends without being ready.
+    // Says nothing until told to go (or for 60 s at most, so that a failed
+    // test leaves nothing running), then ends without being ready.
     let go = dir.path().join("go");
     let slow = script(
         dir.path(),
         "slow-helper",
-        &format!("while [ ! -e {go:?} ]; do sleep 0.05; done\nexit 0"),
+        &format!(
+            "i=0\nwhile [ ! -e {go:?} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\nexit 0"
+        ),
     );
     let working = script(
         dir.path(),

@@ -16,10 +16,10 @@ use rand::SeedableRng;
 use super::data::{self, Extractor, Piece, Skipped};
 use super::log::{self, Entry};
 use super::{Example, StepStats, TrainConfig, Trainer};
-use crate::neural::{MusicGen, Precision};
 use crate::neural::conditioning::{Adapter, AdapterConfig, AdapterInfo};
 use crate::neural::encodec_encoder::EncodecEncoder;
 use crate::neural::models::clip::Clip;
+use crate::neural::{MusicGen, Precision};
 use crate::{Error, Result};
 
 pub struct RunOptions {
