@@ -239,16 +239,7 @@ pub fn patch_curve(
     cancel: &AtomicBool,
     progress: Progress<'_>,
 ) -> Result<Vec<f32>> {
-    let mut curve = RhythmCurve::default();
-    batched(path, clip, LOCAL_FPS, until, cancel, progress, |images| {
-        let v = clip.encode_images(images)?;
-        let tokens = v.patch_tokens.flatten_from(1)?;
-        for row in rows(&tokens)? {
-            curve.push(&row);
-        }
-        Ok(())
-    })?;
-    Ok(curve.values)
+    curve_and(path, clip, until, cancel, progress, None)
 }
 
 /// CLIP's global features at 1 fps and its rhythm curve at 25 fps from one
@@ -264,16 +255,31 @@ pub fn global_and_curve(
     progress: Progress<'_>,
 ) -> Result<(GlobalFeatures, Vec<f32>)> {
     let mut globals = Globals::new(clip);
+    let curve = curve_and(path, clip, until, cancel, progress, Some(&mut globals))?;
+    Ok((globals.finish()?, curve))
+}
+
+/// [`patch_curve`], handing `globals` every frame a 1 fps pass would read.
+fn curve_and(
+    path: &Path,
+    clip: &Clip,
+    until: Option<f64>,
+    cancel: &AtomicBool,
+    progress: Progress<'_>,
+    mut globals: Option<&mut Globals<'_>>,
+) -> Result<Vec<f32>> {
     let every = (LOCAL_FPS / GLOBAL_FPS).round() as usize;
     let mut curve = RhythmCurve::default();
     let mut index = 0usize;
     batched(path, clip, LOCAL_FPS, until, cancel, progress, |images| {
-        for image in images {
-            if index.is_multiple_of(every) {
-                globals.push_rgb(image.rgb)?;
+        if let Some(g) = globals.as_mut() {
+            for (i, image) in images.iter().enumerate() {
+                if (index + i).is_multiple_of(every) {
+                    g.push_rgb(image.rgb)?;
+                }
             }
-            index += 1;
         }
+        index += images.len();
         let v = clip.encode_images(images)?;
         let tokens = v.patch_tokens.flatten_from(1)?;
         for row in rows(&tokens)? {
@@ -281,7 +287,7 @@ pub fn global_and_curve(
         }
         Ok(())
     })?;
-    Ok((globals.finish()?, curve.values))
+    Ok(curve.values)
 }
 
 /// The rhythm curve of a sequence of frames' patch tokens,

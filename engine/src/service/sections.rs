@@ -79,13 +79,7 @@ pub(super) fn make(
     let to = ((end * rate).round() as usize).min(base.len());
     let audio = splice(&base, &fresh, from, to, (SECTION_XFADE_S * rate) as usize);
     let audio = Arc::new(audio);
-    store(
-        cache,
-        spec,
-        &audio,
-        grid,
-        engines.device_note(spec.engine.choice),
-    );
+    store(cache, spec, &audio, grid, engines);
     Ok((audio, grid))
 }
 
@@ -96,14 +90,14 @@ fn store(
     spec: &MusicSpec,
     audio: &Audio,
     grid: Grid,
-    device: Option<String>,
+    engines: &Engines,
 ) {
     if let Some(c) = cache {
         let meta = CacheMeta {
             engine: spec.engine.choice.as_str().to_string(),
             bpm: grid.bpm,
             downbeat: grid.downbeat,
-            device,
+            device: engines.device_note(spec.engine.choice),
         };
         let _ = c.put(&spec.key(), audio, &meta);
     }
@@ -183,12 +177,6 @@ fn plain(
         bpm: made.bpm,
         downbeat: made.downbeat,
     };
-    store(
-        cache,
-        spec,
-        &audio,
-        grid,
-        engines.device_note(spec.engine.choice),
-    );
+    store(cache, spec, &audio, grid, engines);
     Ok((audio, grid))
 }
