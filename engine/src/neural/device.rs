@@ -139,6 +139,15 @@ impl Chosen {
     }
 }
 
+/// A candle device's name as `--device` spells it: `cpu`, `cuda:N`.
+pub fn candle_device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        other => format!("{other:?}"),
+    }
+}
+
 /// Whether this build can run on CUDA devices in its own process.
 pub fn cuda_built() -> bool {
     cfg!(feature = "cuda")

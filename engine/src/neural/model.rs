@@ -139,11 +139,7 @@ impl MusicGen {
         match &self.on_device {
             None => "cpu".into(),
             Some(OnDevice::Helper(h, _)) => format!("helper:{}", h.device()),
-            Some(OnDevice::Candle(d)) => match d.device().location() {
-                candle_core::DeviceLocation::Cpu => "cpu".into(),
-                candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-                other => format!("{other:?}"),
-            },
+            Some(OnDevice::Candle(d)) => super::device::candle_device_name(d.device()),
         }
     }
 

@@ -13,6 +13,7 @@ use crate::Result;
 use crate::neural::bench::{musicgen_small, peak_rss_mb};
 use crate::neural::conditioning::{Adapter, AdapterConfig};
 use crate::neural::config::MusicgenConfig;
+use crate::neural::device::candle_device_name;
 use crate::neural::models::musicgen::MusicgenDecoder;
 use crate::neural::nn::Linear;
 use crate::neural::t5::T5Encoder;
@@ -167,7 +168,7 @@ pub fn run_on(device: &Device, progress: &mut dyn FnMut(&str)) -> Result<TrainBe
         times.push(s.elapsed().as_secs_f64());
     }
     Ok(TrainBench {
-        device: device_name(device),
+        device: candle_device_name(device),
         threads: candle_core::utils::get_num_threads(),
         tiny_batch: 4,
         tiny_window_s: 4.0,
@@ -179,14 +180,6 @@ pub fn run_on(device: &Device, progress: &mut dyn FnMut(&str)) -> Result<TrainBe
         small_trainable: t.trained_count(),
         peak_rss_mb: peak_rss_mb(),
     })
-}
-
-fn device_name(device: &Device) -> String {
-    match device.location() {
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-    }
 }
 
 /// The same training on the CPU and on another device: the tiny config's
@@ -239,7 +232,7 @@ pub fn parity(device: &Device, steps: usize) -> Result<TrainParity> {
         }
     }
     Ok(TrainParity {
-        device: device_name(device),
+        device: candle_device_name(device),
         steps,
         cpu_losses,
         device_losses,

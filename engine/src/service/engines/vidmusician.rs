@@ -84,38 +84,24 @@ impl Pipeline for VidMusician {
                 Some(c) => (c.cached_global(&global_key), c.cached_curve(&curve_key)),
                 None => (None, None),
             };
+            // What is not on disk is read from the video: both from one
+            // decode when neither is.
+            let fresh = (cached_global.is_none(), cached_curve.is_none());
+            let analysing = &mut |f| progress(Stage::Analysing, f);
             let (global, patches) = match (cached_global, cached_curve) {
                 (Some(g), Some(c)) => (g, c),
-                // Neither is known: one decode of the video gives both.
-                (None, None) => {
-                    let (g, c) = global_and_curve(path, &clip, None, cancel, &mut |f| {
-                        progress(Stage::Analysing, f)
-                    })?;
-                    if let Some(cache) = &cache {
-                        cache.store_global(&global_key, &g)?;
-                        cache.store_curve(&curve_key, &c)?;
-                    }
-                    (g, c)
-                }
-                (Some(g), None) => {
-                    let c = patch_curve(path, &clip, None, cancel, &mut |f| {
-                        progress(Stage::Analysing, f)
-                    })?;
-                    if let Some(cache) = &cache {
-                        cache.store_curve(&curve_key, &c)?;
-                    }
-                    (g, c)
-                }
-                (None, Some(c)) => {
-                    let g = global_features(path, &clip, None, cancel, &mut |f| {
-                        progress(Stage::Analysing, f)
-                    })?;
-                    if let Some(cache) = &cache {
-                        cache.store_global(&global_key, &g)?;
-                    }
-                    (g, c)
-                }
+                (None, None) => global_and_curve(path, &clip, None, cancel, analysing)?,
+                (Some(g), None) => (g, patch_curve(path, &clip, None, cancel, analysing)?),
+                (None, Some(c)) => (global_features(path, &clip, None, cancel, analysing)?, c),
             };
+            if let Some(cache) = &cache {
+                if fresh.0 {
+                    cache.store_global(&global_key, &global)?;
+                }
+                if fresh.1 {
+                    cache.store_curve(&curve_key, &patches)?;
+                }
+            }
             if global.pooled.is_empty() {
                 return Err(Error::InvalidSetting(
                     "the video gave no frames to read".into(),
