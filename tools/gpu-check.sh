@@ -67,6 +67,10 @@ step device "$HELPER" bench-device --device cuda --frames 500 --dtypes f32,f16,b
 # Training on the device: the same steps on the CPU and the GPU (losses and
 # trained values), then steps per second there.
 step train "$HELPER" bench-train --device cuda --steps 10
+# CLIP's vision tower on the device against the CPU's (the VidMusician
+# engine's 25 fps reading of a video runs it): agreement and frames per
+# second, in each type.
+step clip "$HELPER" bench-clip --device cuda --dtypes f32,f16,bf16 --batches 50
 # The same model through transformers on the same GPU, where a Python with it
 # is here.
 if python3 -c "import torch, transformers; assert torch.cuda.is_available()" 2>/dev/null; then

@@ -333,3 +333,58 @@ fn aligned_zero_shot_music_is_heard_from_the_first_hand_over() {
     // codec's look-ahead); the second would be 2 s later.
     assert!(at < 3.0, "first chunk after {at:.2} s of music");
 }
+
+/// CLIP's vision tower in a half type, as a GPU runs it, reads a video as
+/// the CPU's f32 tower does within that type's rounding; in f32 it gives
+/// the same rows to the bit. Run here on the CPU, where half types take
+/// candle's generic ops and not the fused f32 kernels: the code a GPU runs.
+#[test]
+fn the_vision_tower_in_half_types_reads_a_video_as_f32_does() {
+    use candle_core::DType;
+    use vidmusician_engine::analysis::clip_features::global_and_curve;
+    use vidmusician_engine::neural::models::clip::{ClipFrames, FrameEncoder};
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let v = video(dir.path(), 2.0, vec![1.0]);
+    let cancel = AtomicBool::new(false);
+    let (g, c) = global_and_curve(&v, &clip(), None, &cancel, &mut |_| {}).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-tiny");
+    let cosine = |a: &[f32], b: &[f32]| {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (n(a) * n(b))
+    };
+    // The frame of the cut (1.0 s at 25 fps) stands out of the curve.
+    let peak = |c: &[f32]| (1..c.len()).max_by(|&a, &b| c[a].total_cmp(&c[b])).unwrap();
+    assert_eq!(peak(&c), 25, "{c:?}");
+    for (dtype, name, floor, slack) in [
+        (DType::F32, "f32", 1.0, 0.0),
+        (DType::F16, "f16", 0.999, 1e-3),
+        (DType::BF16, "bf16", 0.99, 1e-2),
+    ] {
+        let frames = ClipFrames::load(&fixture, &Device::Cpu, dtype).unwrap();
+        assert_eq!(frames.arithmetic(), name);
+        let (g2, c2) = global_and_curve(&v, &frames, None, &cancel, &mut |_| {}).unwrap();
+        if dtype == DType::F32 {
+            assert_eq!((&g2, &c2), (&g, &c), "f32 off the CPU's own tower");
+            continue;
+        }
+        assert_eq!((g2.pooled.len(), c2.len()), (g.pooled.len(), c.len()));
+        for (a, b) in g
+            .pooled
+            .iter()
+            .zip(&g2.pooled)
+            .chain(g.projected.iter().zip(&g2.projected))
+        {
+            let cos = cosine(a, b);
+            assert!(cos >= floor, "{name}: a global row at cosine {cos}");
+        }
+        let worst = c
+            .iter()
+            .zip(&c2)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= slack, "{name}: the curve off by {worst}");
+        assert_eq!(peak(&c2), 25, "{name}: {c2:?}");
+    }
+}

@@ -797,3 +797,153 @@ fn helpers_running() -> usize {
         })
         .count()
 }
+
+/// CLIP's vision tower in the helper reads a video's frames as this
+/// process's CPU tower does (here the helper's `cpu` mode, f32: to the
+/// bit); what it cannot take is an error in words, and the helper goes on.
+#[test]
+fn the_helper_reads_frames_with_clip_as_this_process_does() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use vidmusician_engine::analysis::clip_features::global_and_curve;
+    use vidmusician_engine::neural::helper::HelperFrames;
+    use vidmusician_engine::neural::models::clip::{Clip, RgbImage};
+    let _one = one_at_a_time();
+    let clip_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let v = dir.path().join("v.mp4");
+    vidmusician_engine::video::synth::write_video(
+        &v,
+        &vidmusician_engine::video::synth::SynthSpec::new(96, 64, 25, 2.0, vec![1.0]),
+    )
+    .unwrap();
+    let cancel = AtomicBool::new(false);
+    let local = Clip::load(&clip_dir).unwrap();
+    let want = global_and_curve(&v, &local, None, &cancel, &mut |_| {}).unwrap();
+
+    let h = Arc::new(Helper::start(vidmusician(), "cpu").unwrap());
+    let side = local.preprocess.shortest_edge;
+    let frame = vec![7u8; side * side * 3];
+    let image = RgbImage::new(side, side, &frame).unwrap();
+    let e = h.encode(&[image], false).unwrap_err();
+    assert!(e.to_string().contains("holds no CLIP"), "{e}");
+    // A checkpoint whose weights are missing: the helper says so.
+    let broken = dir.path().join("broken-clip");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::copy(clip_dir.join("config.json"), broken.join("config.json")).unwrap();
+    let e = HelperFrames::new(h.clone(), &broken, DType::F32)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, Error::Device { .. }) && e.to_string().contains("broken-clip"),
+        "{e}"
+    );
+
+    let frames = HelperFrames::new(h.clone(), &clip_dir, DType::F32).unwrap();
+    let got = global_and_curve(&v, &frames, None, &cancel, &mut |_| {}).unwrap();
+    assert_eq!(got, want, "the helper's features are not this process's");
+    // Frames of two sizes in a batch, or none, are refused; the helper
+    // still answers after.
+    let small = vec![0u8; 4 * 4 * 3];
+    let e = h
+        .encode(&[image, RgbImage::new(4, 4, &small).unwrap()], false)
+        .unwrap_err();
+    assert!(e.to_string().contains("one size"), "{e}");
+    let e = h.encode(&[], false).unwrap_err();
+    assert!(matches!(e, Error::InvalidSetting(_)), "{e}");
+    assert!(!h.is_broken());
+    let one = h.encode(&[image], true).unwrap();
+    assert_eq!((one.pooled.len(), one.patches.len()), (1, 1));
+}
+
+/// The VidMusician and zero-shot engines driving a GPU helper read the
+/// video's frames with CLIP in the helper; for the VidMusician engine this
+/// process loads no CLIP at all (an engine on the CPU does, which shows the
+/// count sees it).
+#[test]
+fn the_neural_engines_read_frames_in_the_helper_and_load_no_clip_for_it_here() {
+    use vidmusician_engine::neural::conditioning::{Adapter, AdapterConfig};
+    use vidmusician_engine::service::{EngineChoice, clip_loads};
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let models = d.join("models");
+    std::fs::create_dir(&models).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    std::os::unix::fs::symlink(
+        fixtures.join("musicgen-tiny"),
+        models.join("musicgen-small"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        fixtures.join("clip-tiny"),
+        models.join("clip-vit-base-patch32"),
+    )
+    .unwrap();
+    let mg = MusicGen::load(&fixture()).unwrap();
+    let cfg = AdapterConfig {
+        clip_width: 32,
+        block_size: 1,
+        ..AdapterConfig::default()
+    };
+    let mut adapter = Adapter::new(&cfg, &mg, "facebook/musicgen-small", DType::F32).unwrap();
+    adapter.add_rhythm(&mg).unwrap();
+    let adapter_path = d.join("tiny.safetensors");
+    adapter.save(&adapter_path).unwrap();
+    let v = d.join("v.mp4");
+    vidmusician_engine::video::synth::write_video(
+        &v,
+        &vidmusician_engine::video::synth::SynthSpec::new(96, 64, 25, 2.0, vec![1.0]),
+    )
+    .unwrap();
+    let helper = script(
+        d,
+        "vidmusician-cuda",
+        &format!("exec {:?} gpu-serve --device cpu", vidmusician()),
+    );
+    let piece = |device: DeviceChoice, engine_choice: EngineChoice| {
+        let before = clip_loads().0;
+        let engine = Engine::start(EngineConfig {
+            cache_dir: None,
+            model_dir: Some(models.clone()),
+            adapter: Some(adapter_path.clone()),
+            device,
+            gpu_helper: Some(helper.clone()),
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let mut req = Request::new(&v);
+        req.engine = engine_choice;
+        // The zero-shot engine's rhythm from CLIP too: its 25 fps pass.
+        req.clip_rhythm = true;
+        let (id, _) = engine.submit(req).unwrap();
+        let done = engine.wait(id, |_| {}).unwrap();
+        (done, clip_loads().0 - before)
+    };
+    use vidmusician_engine::neural::helper::frames_sent;
+    let sent = frames_sent();
+    let (done, loads) = piece(DeviceChoice::Cuda(0), EngineChoice::VidMusician);
+    let note = done.device.clone().unwrap_or_default();
+    assert!(note.contains("in the GPU helper"), "{note}");
+    assert!((done.audio.duration() - 2.0).abs() < 0.01);
+    assert_eq!(loads, 0, "the engine loaded CLIP here beside the helper's");
+    // 2 s: 50 frames at 25 fps for the curve, 2 at 1 fps.
+    assert_eq!(frames_sent() - sent, 52, "frames not read in the helper");
+    let (_, loads) = piece(DeviceChoice::Cpu, EngineChoice::VidMusician);
+    assert_eq!(loads, 1, "the CPU engine's CLIP load went uncounted");
+    assert_eq!(frames_sent() - sent, 52, "the CPU engine used the helper");
+    // The zero-shot engine reads its pictures in the helper too (its
+    // words' CLIP stays here).
+    let (done, _) = piece(DeviceChoice::Cuda(0), EngineChoice::ZeroShot);
+    assert!(
+        done.device
+            .unwrap_or_default()
+            .contains("in the GPU helper")
+    );
+    assert_eq!(
+        frames_sent() - sent,
+        104,
+        "zero-shot: frames not read in the helper"
+    );
+    assert_eq!(helpers_running(), 0, "the helper outlived the engine");
+}

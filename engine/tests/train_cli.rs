@@ -216,6 +216,52 @@ fn train_stage_one_then_two_writes_adapters_checkpoints_logs_and_plots() {
         still.channels, music.channels,
         "the rhythm strength changed nothing"
     );
+    // Through a GPU helper (this build's `gpu-serve` on the CPU, as a `cuda`
+    // build's serves a GPU), the engine reads the frames with CLIP in the
+    // helper: the features it keeps are the CPU's, to the bit.
+    let helper = d.join("vidmusician-cuda");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nexec {:?} gpu-serve --device cpu\n",
+            env!("CARGO_BIN_EXE_vidmusician")
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut kept = Vec::new();
+    for device in ["cuda", "cpu"] {
+        let cache = d.join(format!("cache-{device}"));
+        let o = bin(d)
+            .env("VIDMUSICIAN_CACHE", &cache)
+            .env("VIDMUSICIAN_CUDA_HELPER", &helper)
+            .args(["compose", s(&data.join("a.mp4"))])
+            .args(["-o", s(&d.join(format!("{device}.wav")))])
+            .args(["--model-dir", s(&models), "--device", device])
+            .args(["--engine", "vidmusician", "--adapter", s(&s2)])
+            .output()
+            .unwrap();
+        let t = text(&o);
+        assert!(o.status.success(), "{t}");
+        assert_eq!(t.contains("in the GPU helper"), device == "cuda", "{t}");
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(cache.join("audio/features"))
+            .unwrap()
+            .map(|f| {
+                let f = f.unwrap().path();
+                let name = f.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&f).unwrap())
+            })
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), 2, "the 1 fps features and the 25 fps curve");
+        kept.push(files);
+    }
+    assert!(
+        kept[0] == kept[1],
+        "the helper's features are not the CPU's"
+    );
+
     // A named adapter that is not there is an error, also under auto.
     let o = compose(
         d,

@@ -17,7 +17,7 @@ use super::rhythm::RhythmCurve;
 use super::tags::{self, SectionTags, Vocabulary};
 use super::{GLOBAL_FPS, LOCAL_FPS, Progress};
 use crate::error::{Error, Result};
-use crate::neural::models::clip::{Clip, RgbImage};
+use crate::neural::models::clip::{Clip, FrameEncoder, RgbImage};
 use crate::video::{Fit, Frame, SampleOptions, sample_frames};
 
 /// Frames encoded in one batch: large enough for the matrix products to run
@@ -47,7 +47,7 @@ pub struct GlobalFeatures {
 /// sized and centre-cropped as CLIP takes them.
 fn batched(
     path: &Path,
-    clip: &Clip,
+    clip: &dyn FrameEncoder,
     rate: f64,
     until: Option<f64>,
     cancel: &AtomicBool,
@@ -56,7 +56,7 @@ fn batched(
 ) -> Result<()> {
     // Frames come at the size CLIP resizes to, centre-cropped square by the
     // sampler (the resize then has nothing to do; a smaller crop still runs).
-    let size = clip.preprocess.shortest_edge.max(1);
+    let size = clip.side();
     sample_batches(path, size, rate, until, cancel, progress, f)
 }
 
@@ -115,7 +115,7 @@ fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
 /// batches of [`BATCH`]: the one place they are computed, so that every way
 /// of reading a video gives the same features.
 struct Globals<'c> {
-    clip: &'c Clip,
+    clip: &'c dyn FrameEncoder,
     /// The side the frames come at (CLIP's resize; centre-cropped square).
     size: usize,
     batch: Vec<Vec<u8>>,
@@ -123,10 +123,10 @@ struct Globals<'c> {
 }
 
 impl<'c> Globals<'c> {
-    fn new(clip: &'c Clip) -> Self {
+    fn new(clip: &'c dyn FrameEncoder) -> Self {
         Self {
             clip,
-            size: clip.preprocess.shortest_edge.max(1),
+            size: clip.side(),
             batch: Vec::with_capacity(BATCH),
             out: GlobalFeatures {
                 pooled: Vec::new(),
@@ -163,9 +163,9 @@ impl<'c> Globals<'c> {
             .iter()
             .map(|rgb| RgbImage::new(self.size, self.size, rgb))
             .collect::<Result<Vec<_>>>()?;
-        let v = self.clip.encode_images(&images)?;
-        self.out.pooled.extend(rows(&v.pooled)?);
-        self.out.projected.extend(rows(&v.projected)?);
+        let v = self.clip.encode(&images, false)?;
+        self.out.pooled.extend(v.pooled);
+        self.out.projected.extend(v.projected);
         FRAMES_ENCODED.fetch_add(images.len(), Ordering::Relaxed);
         self.batch.clear();
         Ok(())
@@ -180,7 +180,7 @@ impl<'c> Globals<'c> {
 /// CLIP's global features of the video's frames at 1 fps.
 pub fn global_features(
     path: &Path,
-    clip: &Clip,
+    clip: &dyn FrameEncoder,
     until: Option<f64>,
     cancel: &AtomicBool,
     progress: Progress<'_>,
@@ -212,7 +212,7 @@ pub fn global_features(
 pub fn analysis_and_global(
     path: &Path,
     encoder: &mut dyn super::encoder::VisualEncoder,
-    clip: &Clip,
+    clip: &dyn FrameEncoder,
     until: Option<f64>,
     cancel: &AtomicBool,
     progress: Progress<'_>,
@@ -234,7 +234,7 @@ pub fn analysis_and_global(
 /// The rhythm curve at 25 fps from CLIP's last-layer patch tokens.
 pub fn patch_curve(
     path: &Path,
-    clip: &Clip,
+    clip: &dyn FrameEncoder,
     until: Option<f64>,
     cancel: &AtomicBool,
     progress: Progress<'_>,
@@ -249,7 +249,7 @@ pub fn patch_curve(
 /// decode and scaling pass instead of two.
 pub fn global_and_curve(
     path: &Path,
-    clip: &Clip,
+    clip: &dyn FrameEncoder,
     until: Option<f64>,
     cancel: &AtomicBool,
     progress: Progress<'_>,
@@ -262,7 +262,7 @@ pub fn global_and_curve(
 /// [`patch_curve`], handing `globals` every frame a 1 fps pass would read.
 fn curve_and(
     path: &Path,
-    clip: &Clip,
+    clip: &dyn FrameEncoder,
     until: Option<f64>,
     cancel: &AtomicBool,
     progress: Progress<'_>,
@@ -280,9 +280,7 @@ fn curve_and(
             }
         }
         index += images.len();
-        let v = clip.encode_images(images)?;
-        let tokens = v.patch_tokens.flatten_from(1)?;
-        for row in rows(&tokens)? {
+        for row in clip.encode(images, true)?.patches {
             curve.push(&row);
         }
         Ok(())

@@ -59,6 +59,19 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         steps: usize,
     },
+    /// CLIP's vision tower on the device against the CPU's (random
+    /// clip-vit-base-patch32 weights): embeddings' agreement and frames per
+    /// second in batches of 16, in each of --dtypes.
+    BenchClip {
+        #[arg(long, default_value = "cuda")]
+        device: DeviceChoice,
+        /// Comma-separated: f32, f16, bf16.
+        #[arg(long, default_value = "f32,f16,bf16")]
+        dtypes: String,
+        /// Batches of 16 frames timed per type.
+        #[arg(long, default_value_t = 20)]
+        batches: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -82,6 +95,11 @@ fn main() -> ExitCode {
             through_helper,
         ),
         Command::BenchTrain { device, steps } => bench_train(device, steps.max(1)),
+        Command::BenchClip {
+            device,
+            dtypes,
+            batches,
+        } => bench_clip(device, &dtypes, batches.max(1)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -138,5 +156,23 @@ fn bench_train(device: DeviceChoice, steps: usize) -> anyhow::Result<()> {
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({ "parity": parity, "speed": speed }))?
     );
+    Ok(())
+}
+
+fn bench_clip(device: DeviceChoice, dtypes: &str, batches: usize) -> anyhow::Result<()> {
+    let dtypes = dtypes
+        .split(',')
+        .map(parse_dtype)
+        .collect::<Result<Vec<_>, _>>()?;
+    let chosen = vidmusician_engine::neural::device::choose_in_process(device, "CLIP")?;
+    eprintln!("{}", chosen.note);
+    let r = vidmusician_engine::neural::models::clip::bench::device(
+        &chosen.candle_device(),
+        &dtypes,
+        16,
+        batches,
+        &mut |m| eprintln!("{m}…"),
+    )?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(())
 }

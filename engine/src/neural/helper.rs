@@ -1,5 +1,5 @@
-//! The GPU helper: generation's decoder on a CUDA device, in a process of its
-//! own that the engine thread drives over pipes.
+//! The GPU helper: generation's decoder and CLIP's vision tower on a CUDA
+//! device, in a process of its own that the engine thread drives over pipes.
 //!
 //! Why a process and not a library: candle's CUDA backend links `libcuda`,
 //! cuBLAS, cuRAND, NVRTC and the CUDA runtime when it is built, so a binary
@@ -10,7 +10,9 @@
 //! installed as `vidmusician-cuda`. Run as `vidmusician-cuda gpu-serve`, it
 //! holds the device, the decoder's weights on it and the keys and values of
 //! the window; the engine sends it a window to generate and gets the frames
-//! back as they become final. A helper that cannot start (no driver, no
+//! back as they become final. It also holds CLIP's vision tower
+//! ([`HelperFrames`]): the engine sends it a video's frames, decoded and
+//! scaled here, and gets their embeddings and patch tokens back. A helper that cannot start (no driver, no
 //! CUDA libraries: the loader's own message names the missing one) is a
 //! clear error and the work stays on the CPU; a GPU fault or an
 //! out-of-memory abort ends the helper, not the host; and the device's
@@ -35,6 +37,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::generate::{Frames, Progress, Sampling};
+use super::models::clip::{ClipConfig, Encoded, FrameEncoder, PreprocessConfig, RgbImage};
 use crate::{Error, Result};
 
 /// The helper's file name, beside `vidmusician` or the plugin.
@@ -56,6 +59,15 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 /// in-attention inputs for musicgen-medium, is about 0.5 GB).
 const MAX_MESSAGE: usize = 2 << 30;
 
+/// Frames this process has had CLIP read in GPU helpers (tests check that
+/// an engine on a helper reads its pictures there).
+static FRAMES_SENT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Frames this process has had CLIP read in GPU helpers so far.
+pub fn frames_sent() -> usize {
+    FRAMES_SENT.load(Ordering::Relaxed)
+}
+
 /// What the engine asks of the helper.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToHelper {
@@ -68,6 +80,20 @@ pub enum ToHelper {
     Generate(Box<Window>),
     /// Stop the generation under way.
     Cancel,
+    /// Load the vision tower of the CLIP checkpoint in `dir` onto the
+    /// device, in `dtype`, beside the decoder.
+    LoadClip {
+        dir: PathBuf,
+        dtype: String,
+    },
+    /// Encode `side`×`side` RGB frames (`images` holds them one after the
+    /// other) with the CLIP that [`ToHelper::LoadClip`] gave it; with
+    /// `patches`, their patch tokens too.
+    Encode {
+        side: u32,
+        images: Vec<u8>,
+        patches: bool,
+    },
 }
 
 /// One window of generation; see [`super::generate::generate_on`].
@@ -101,6 +127,8 @@ pub enum FromHelper {
     /// The window's new frames.
     Done(Frames),
     Cancelled,
+    /// The frames of an [`ToHelper::Encode`].
+    Encoded(Encoded),
     /// `device`: the device failed (no memory, a fault); otherwise the
     /// request was wrong.
     Failed {
@@ -218,6 +246,8 @@ struct Proc {
     threads: Vec<JoinHandle<()>>,
     /// The checkpoint and type its decoder holds.
     loaded: Option<(PathBuf, String)>,
+    /// The checkpoint and type of the CLIP vision tower it holds.
+    clip: Option<(PathBuf, String)>,
     /// Set once the helper stopped answering or died: every later call
     /// fails at once.
     broken: Option<String>,
@@ -296,6 +326,7 @@ impl Helper {
             stderr: lines,
             threads: vec![reader, errors],
             loaded: None,
+            clip: None,
             broken: None,
         };
         match proc.next(READY_TIMEOUT) {
@@ -384,6 +415,82 @@ impl Helper {
                 Err(self.fail(reason))
             }
             other => Err(self.fail(p.broke(format!("answered a load with {other:?}")))),
+        }
+    }
+
+    /// Has the helper hold the vision tower of the CLIP checkpoint in `dir`
+    /// in `dtype` (a no-op when it already does).
+    pub fn load_clip(&self, dir: &Path, dtype: DType) -> Result<()> {
+        let dtype = super::device::dtype_name(dtype);
+        let mut p = self.proc.lock();
+        if p.clip.as_ref().is_some_and(|(d, t)| d == dir && t == dtype) {
+            return Ok(());
+        }
+        p.send(&ToHelper::LoadClip {
+            dir: dir.to_path_buf(),
+            dtype: dtype.into(),
+        })
+        .map_err(|r| self.fail(r))?;
+        match p.next(LOAD_TIMEOUT).map_err(|r| self.fail(r))? {
+            FromHelper::Loaded => {
+                p.clip = Some((dir.to_path_buf(), dtype.into()));
+                Ok(())
+            }
+            FromHelper::Failed { reason, .. } => {
+                p.clip = None;
+                Err(self.fail(reason))
+            }
+            other => Err(self.fail(p.broke(format!("answered a CLIP load with {other:?}")))),
+        }
+    }
+
+    /// Frames through the CLIP vision tower [`Helper::load_clip`] gave it.
+    /// Waits for a window another engine of the process is generating on
+    /// the same helper (each of its steps is bounded by the step timeout).
+    pub fn encode(&self, images: &[RgbImage], patches: bool) -> Result<Encoded> {
+        let Some(first) = images.first() else {
+            return Err(Error::InvalidSetting("no images to encode".into()));
+        };
+        let side = first.width;
+        let mut bytes = Vec::with_capacity(images.len() * side * side * 3);
+        for img in images {
+            if (img.width, img.height) != (side, side) || img.rgb.len() != side * side * 3 {
+                return Err(Error::InvalidSetting(format!(
+                    "the GPU helper takes square frames of one size: {}×{} among {side}×{side}",
+                    img.width, img.height
+                )));
+            }
+            bytes.extend_from_slice(img.rgb);
+        }
+        let mut p = self.proc.lock();
+        if p.clip.is_none() {
+            return Err(self.fail("the GPU helper holds no CLIP".into()));
+        }
+        p.send(&ToHelper::Encode {
+            side: side as u32,
+            images: bytes,
+            patches,
+        })
+        .map_err(|r| self.fail(r))?;
+        match p.next(STEP_TIMEOUT).map_err(|r| self.fail(r))? {
+            FromHelper::Encoded(e) => {
+                let n = images.len();
+                let rows = [e.pooled.len(), e.projected.len()];
+                if rows != [n, n] || (patches && e.patches.len() != n) {
+                    return Err(self.fail(p.broke(format!(
+                        "sent {rows:?} rows and {} patch rows for {n} frames",
+                        e.patches.len()
+                    ))));
+                }
+                FRAMES_SENT.fetch_add(n, Ordering::Relaxed);
+                Ok(e)
+            }
+            FromHelper::Failed {
+                reason,
+                device: true,
+            } => Err(self.fail(reason)),
+            FromHelper::Failed { reason, .. } => Err(Error::InvalidSetting(reason)),
+            other => Err(self.fail(p.broke(format!("answered frames with {other:?}")))),
         }
     }
 
@@ -497,6 +604,53 @@ impl Helper {
                 }
             }
         }
+    }
+}
+
+/// CLIP's vision tower in a GPU helper, as a [`FrameEncoder`]: the frames
+/// are sent over the pipe (about 150 KB each at 224×224) and their rows come
+/// back. The configuration is read here, the weights only there.
+pub struct HelperFrames {
+    helper: Arc<Helper>,
+    cfg: ClipConfig,
+    preprocess: PreprocessConfig,
+    arithmetic: &'static str,
+}
+
+impl HelperFrames {
+    /// The vision tower of the CLIP checkpoint in `dir`, loaded in `helper`
+    /// in `dtype`.
+    pub fn new(helper: Arc<Helper>, dir: &Path, dtype: DType) -> Result<Self> {
+        let cfg = ClipConfig::load(&dir.join("config.json"))?;
+        let preprocess = PreprocessConfig::load_or_default(
+            &dir.join("preprocessor_config.json"),
+            cfg.vision_config.image_size,
+        )?;
+        helper.load_clip(dir, dtype)?;
+        Ok(Self {
+            helper,
+            cfg,
+            preprocess,
+            arithmetic: super::device::dtype_name(dtype),
+        })
+    }
+}
+
+impl FrameEncoder for HelperFrames {
+    fn config(&self) -> &ClipConfig {
+        &self.cfg
+    }
+
+    fn preprocessing(&self) -> &PreprocessConfig {
+        &self.preprocess
+    }
+
+    fn arithmetic(&self) -> &'static str {
+        self.arithmetic
+    }
+
+    fn encode(&self, images: &[RgbImage], patches: bool) -> Result<Encoded> {
+        self.helper.encode(images, patches)
     }
 }
 
@@ -671,8 +825,49 @@ pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
         flag.store(true, Ordering::Relaxed);
     });
     let mut decoder: Option<MusicgenDecoder> = None;
+    let mut clip: Option<super::models::clip::ClipFrames> = None;
     for m in rx {
         match m {
+            ToHelper::LoadClip { dir, dtype } => {
+                clip = None;
+                let loaded = super::device::parse_dtype(&dtype)
+                    .and_then(|dtype| super::models::clip::ClipFrames::load(&dir, &dev, dtype));
+                let answer = match loaded {
+                    Ok(c) => {
+                        clip = Some(c);
+                        FromHelper::Loaded
+                    }
+                    Err(e) => FromHelper::Failed {
+                        reason: format!("cannot load {}: {e}", dir.display()),
+                        device: true,
+                    },
+                };
+                send(&mut out, &answer)?;
+            }
+            ToHelper::Encode {
+                side,
+                images,
+                patches,
+            } => {
+                let answer = match clip.as_ref() {
+                    None => FromHelper::Failed {
+                        reason: "no CLIP is loaded".into(),
+                        device: false,
+                    },
+                    Some(c) => match encode_frames(c, side as usize, &images, patches) {
+                        Ok(e) => FromHelper::Encoded(e),
+                        Err(e @ Error::InvalidSetting(_)) => FromHelper::Failed {
+                            reason: e.to_string(),
+                            device: false,
+                        },
+                        Err(e) => FromHelper::Failed {
+                            reason: e.to_string(),
+                            device: true,
+                        },
+                    },
+                };
+                send(&mut out, &answer)?;
+            }
             ToHelper::Load { dir, dtype } => {
                 decoder = None;
                 let loaded = (|| -> Result<MusicgenDecoder> {
@@ -779,4 +974,26 @@ pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The helper's side of [`ToHelper::Encode`]: `bytes` cut into `side`×`side`
+/// frames and encoded.
+fn encode_frames(
+    clip: &super::models::clip::ClipFrames,
+    side: usize,
+    bytes: &[u8],
+    patches: bool,
+) -> Result<Encoded> {
+    let frame = side * side * 3;
+    if frame == 0 || bytes.is_empty() || !bytes.len().is_multiple_of(frame) {
+        return Err(Error::InvalidSetting(format!(
+            "{} bytes are not whole {side}×{side} RGB frames",
+            bytes.len()
+        )));
+    }
+    let images = bytes
+        .chunks_exact(frame)
+        .map(|rgb| RgbImage::new(side, side, rgb))
+        .collect::<Result<Vec<_>>>()?;
+    clip.encode(&images, patches)
 }

@@ -16,7 +16,7 @@ use crate::analysis::clip_features::global_and_curve;
 use crate::analysis::resample_linear;
 use crate::neural::MusicGen;
 use crate::neural::encodec_encoder::EncodecEncoder;
-use crate::neural::models::clip::Clip;
+use crate::neural::models::clip::FrameEncoder;
 use crate::{Error, Result};
 
 /// File extensions taken as videos.
@@ -102,7 +102,7 @@ pub struct Extractor<'a> {
     pub base: &'a MusicGen,
     pub base_hash: String,
     pub encoder: &'a EncodecEncoder,
-    pub clip: &'a Clip,
+    pub clip: &'a dyn FrameEncoder,
     /// Identifies the CLIP checkpoint in cache keys.
     pub clip_id: String,
     /// Where extracted pieces are kept; `None`: nowhere.

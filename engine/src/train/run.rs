@@ -18,7 +18,7 @@ use super::log::{self, Entry};
 use super::{Example, StepStats, TrainConfig, Trainer};
 use crate::neural::conditioning::{Adapter, AdapterConfig, AdapterInfo};
 use crate::neural::encodec_encoder::EncodecEncoder;
-use crate::neural::models::clip::Clip;
+use crate::neural::models::clip::{Clip, ClipFrames, FrameEncoder};
 use crate::neural::{MusicGen, Precision};
 use crate::{Error, Result};
 
@@ -195,7 +195,14 @@ pub fn run(
     // of its f32 memory (1.4 GB for musicgen-small, 13 GB for -large).
     let mut base = MusicGen::load_as(&o.musicgen_dir, Precision::Q8)?;
     base.text_to_device(&o.device)?;
-    let clip = Clip::load(&o.clip_dir)?;
+    // The videos' frames go through CLIP's vision tower on the training
+    // device, in f32 (the features are the same model's within rounding on
+    // any device, and cached as one).
+    let clip: Box<dyn FrameEncoder> = if o.device.is_cpu() {
+        Box::new(Clip::load(&o.clip_dir)?)
+    } else {
+        Box::new(ClipFrames::load(&o.clip_dir, &o.device, DType::F32)?)
+    };
     let encoder = EncodecEncoder::open(&o.musicgen_dir)?;
     let base_hash = base.weights_hash()?;
     let (ckpt, log_path, plot_path) = side_files(&o.out);
@@ -260,7 +267,7 @@ pub fn run(
         base: &base,
         base_hash,
         encoder: &encoder,
-        clip: &clip,
+        clip: &*clip,
         clip_id: crate::service::spec::model_fingerprint(&o.clip_dir),
         cache: o.cache_dir.as_ref().map(|d| d.join("train")),
     };

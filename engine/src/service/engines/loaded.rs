@@ -13,8 +13,9 @@ use candle_core::Tensor;
 use crate::analysis::clip_features::{FeatureCache, FeatureKey};
 use crate::analysis::tags::Vocabulary;
 use crate::error::{Error, Result};
-use crate::neural::device::{self, Chosen};
-use crate::neural::models::clip::{Clip, VisionPrecision};
+use crate::neural::device::{self, Backend, Chosen};
+use crate::neural::helper::HelperFrames;
+use crate::neural::models::clip::{Clip, ClipFrames, FrameEncoder, VisionPrecision};
 use crate::neural::{MusicGen, Precision};
 
 /// A model's folder, the precision it runs at, and the device its decoder
@@ -129,6 +130,31 @@ pub(crate) fn clip(dir: &Path, precision: Precision) -> Result<Arc<Clip>> {
     })
 }
 
+/// An engine's frame reader ([`frames`]), kept while the CLIP folder,
+/// precision and device stay the same.
+#[derive(Default)]
+pub(crate) struct HeldFrames(Option<(Key, Arc<dyn FrameEncoder>)>);
+
+impl HeldFrames {
+    pub(crate) fn get(
+        &mut self,
+        dir: &Path,
+        precision: Precision,
+        device: &Chosen,
+    ) -> Result<Arc<dyn FrameEncoder>> {
+        let key = (dir.to_path_buf(), precision, device.key());
+        match &self.0 {
+            Some((k, f)) if *k == key => Ok(f.clone()),
+            _ => {
+                self.0 = None;
+                let f = frames(dir, precision, device)?;
+                self.0 = Some((key, f.clone()));
+                Ok(f)
+            }
+        }
+    }
+}
+
 /// The tags' text embeddings of `vocab` by `clip` ([`tag_embeddings`]:
 /// CLIP's text tower over every tag's pictures, about a second), kept
 /// while `clip` is loaded and shared by the engines of this process as the
@@ -162,10 +188,11 @@ pub(crate) fn tag_embeddings(
             let tokenizer = std::fs::read(clip.dir().join("tokenizer.json")).unwrap_or_default();
             // The text tower's arithmetic is part of the model: 8-bit
             // embeddings are not f32's.
-            let model = keyed(
-                &crate::service::spec::model_fingerprint(clip.dir()),
-                clip.text.precision(),
-            );
+            let text = match clip.text.precision() {
+                VisionPrecision::Int8 => "int8",
+                VisionPrecision::F32 => "f32",
+            };
+            let model = keyed(&crate::service::spec::model_fingerprint(clip.dir()), text);
             let key = FeatureKey::tags(vocab, &model, &tokenizer);
             cache.tags(&key, (vocab.len(), clip.config().projection_dim), compute)?
         }
@@ -196,17 +223,58 @@ pub fn clip_loads() -> (usize, usize) {
     CLIP.counts()
 }
 
-/// What the features of `clip` are keyed under besides the video: the
-/// checkpoint's fingerprint and the arithmetic its vision tower ran in.
-pub(crate) fn clip_features_model(fingerprint: &str, clip: &Clip) -> String {
-    keyed(fingerprint, clip.vision.precision())
+/// What the features `frames` reads are keyed under besides the video: the
+/// checkpoint's fingerprint and the arithmetic its vision tower runs in
+/// (f32 on any device is one model: the same within rounding).
+pub(crate) fn clip_features_model(fingerprint: &str, frames: &dyn FrameEncoder) -> String {
+    keyed(fingerprint, frames.arithmetic())
 }
 
-/// A CLIP checkpoint's fingerprint with the arithmetic a tower ran in.
-fn keyed(fingerprint: &str, precision: VisionPrecision) -> String {
-    match precision {
-        VisionPrecision::F32 => fingerprint.to_string(),
-        VisionPrecision::Int8 => format!("{fingerprint}:int8"),
+static CLIP_FRAMES: Registry<ClipFrames> = Registry::new();
+
+/// What reads a video's frames through the CLIP of `dir` for engines at
+/// `precision` on `device`: on the CPU the engines' [`clip`] (8 bits at
+/// [`Precision::Q8`] where the CPU can); on a GPU in this process (a `cuda`
+/// build) the vision tower alone, shared by the engines as the models are;
+/// through a GPU helper, the tower in the helper. On a device, in the type
+/// [`device::dtype_for`] gives. A device that cannot take it is an
+/// [`Error::Device`] (the engines then go on on the CPU).
+pub(crate) fn frames(
+    dir: &Path,
+    precision: Precision,
+    device: &Chosen,
+) -> Result<Arc<dyn FrameEncoder>> {
+    let on_device = |e: Error| match e {
+        e @ Error::Device { .. } => e,
+        e => Error::Device {
+            device: device.name.clone(),
+            reason: format!("cannot hold CLIP ({e})"),
+        },
+    };
+    match &device.backend {
+        _ if device.is_cpu() => Ok(clip(dir, precision)?),
+        Backend::Candle(dev) => {
+            let dtype = device::dtype_for(device)?;
+            let frames = CLIP_FRAMES.get(dir, precision, &device.key(), || {
+                ClipFrames::load(dir, dev, dtype).map_err(on_device)
+            })?;
+            Ok(frames)
+        }
+        Backend::Helper(h) => {
+            let dtype = device::dtype_for(device)?;
+            Ok(Arc::new(
+                HelperFrames::new(h.clone(), dir, dtype).map_err(on_device)?,
+            ))
+        }
+    }
+}
+
+/// A CLIP checkpoint's fingerprint with the arithmetic a tower ran in
+/// (`f32`, `int8`, `f16`, `bf16`).
+fn keyed(fingerprint: &str, arithmetic: &str) -> String {
+    match arithmetic {
+        "f32" => fingerprint.to_string(),
+        other => format!("{fingerprint}:{other}"),
     }
 }
 

@@ -15,14 +15,15 @@ use crate::error::{Error, Result};
 use crate::neural::MusicGen;
 use crate::neural::conditioning::Adapter;
 use crate::neural::conditioning::rhythm::{START_FRAMES, prepare_curve};
-use crate::neural::models::clip::Clip;
+
 use crate::service::Stage;
 
 /// The engine, holding its models and adapter between requests.
 #[derive(Default)]
 pub(crate) struct VidMusician {
     musicgen: Option<Arc<MusicGen>>,
-    clip: Option<(Arc<Clip>, crate::neural::Precision)>,
+    /// What reads the frames: CLIP's vision tower on the engine's device.
+    frames: loaded::HeldFrames,
     /// The adapter, its content hash, and the MusicGen folder it was loaded
     /// onto.
     adapter: Option<(String, PathBuf, Arc<Adapter>)>,
@@ -51,7 +52,7 @@ impl Pipeline for VidMusician {
         pools.run(|| -> Result<Made> {
             progress(Stage::Analysing, 0.0);
             let musicgen = self.musicgen(mg_dir, precision, &work.device)?;
-            let clip = self.clip(clip_dir, precision)?;
+            let clip = self.frames.get(clip_dir, precision, &work.device)?;
             let hash = spec.engine.adapter.clone().unwrap_or_default();
             let adapter = self.adapter(adapter_path, &hash, mg_dir, &musicgen, &base_id)?;
             if adapter.info.config.clip_width != clip.config().vision_config.hidden_size {
@@ -70,7 +71,7 @@ impl Pipeline for VidMusician {
             let content = format!("{}:{}", id.sample_hash, id.size);
             let clip_model = loaded::clip_features_model(
                 spec.engine.clip.as_deref().unwrap_or_default(),
-                &clip,
+                &*clip,
             );
             let key = |kind, fps| FeatureKey {
                 content: content.clone(),
@@ -90,9 +91,9 @@ impl Pipeline for VidMusician {
             let analysing = &mut |f| progress(Stage::Analysing, f);
             let (global, patches) = match (cached_global, cached_curve) {
                 (Some(g), Some(c)) => (g, c),
-                (None, None) => global_and_curve(path, &clip, None, cancel, analysing)?,
-                (Some(g), None) => (g, patch_curve(path, &clip, None, cancel, analysing)?),
-                (None, Some(c)) => (global_features(path, &clip, None, cancel, analysing)?, c),
+                (None, None) => global_and_curve(path, &*clip, None, cancel, analysing)?,
+                (Some(g), None) => (g, patch_curve(path, &*clip, None, cancel, analysing)?),
+                (None, Some(c)) => (global_features(path, &*clip, None, cancel, analysing)?, c),
             };
             if let Some(cache) = &cache {
                 if fresh.0 {
@@ -200,21 +201,6 @@ impl VidMusician {
             self.musicgen = Some(loaded::musicgen(dir, precision, device)?);
         }
         self.musicgen.clone().ok_or(Error::EngineGone)
-    }
-
-    fn clip(&mut self, dir: &Path, precision: crate::neural::Precision) -> Result<Arc<Clip>> {
-        if self
-            .clip
-            .as_ref()
-            .is_none_or(|(c, p)| c.dir() != dir || *p != precision)
-        {
-            self.clip = None;
-            self.clip = Some((loaded::clip(dir, precision)?, precision));
-        }
-        self.clip
-            .as_ref()
-            .map(|(c, _)| c.clone())
-            .ok_or(Error::EngineGone)
     }
 
     /// The adapter at `path` (whose content hashes to `hash`) on the

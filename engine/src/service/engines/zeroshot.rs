@@ -41,9 +41,13 @@ const ACCENT_HEADROOM: f32 = 0.25;
 #[derive(Default)]
 pub(crate) struct ZeroShot {
     musicgen: Option<Arc<MusicGen>>,
+    /// CLIP for the tags' words (its text tower, on the CPU).
     clip: Option<Arc<Clip>>,
     /// The precision `clip` was asked for.
     clip_precision: crate::neural::Precision,
+    /// What reads the frames: CLIP's vision tower on the engine's device
+    /// (on the CPU, `clip` itself).
+    frames: loaded::HeldFrames,
     analysis: Option<(VideoId, Option<f64>, bool, Arc<Analysis>)>,
 }
 
@@ -125,6 +129,7 @@ impl Pipeline for ZeroShot {
                 let Some(clip) = self.clip.clone() else {
                     return Err(Error::EngineGone);
                 };
+                let frames = self.frames.get(clip_dir, precision, device)?;
                 // The vocabulary's text embeddings do not depend on the video:
                 // made (or read from the cache) while the pictures are read,
                 // whose decoding leaves a core idle much of the time.
@@ -134,7 +139,7 @@ impl Pipeline for ZeroShot {
                 };
                 let clip_model = loaded::clip_features_model(
                     spec.engine.clip.as_deref().unwrap_or_default(),
-                    &clip,
+                    &*frames,
                 );
                 let content = format!("{}:{}", id.sample_hash, id.size);
                 // CLIP's global features, when this video's are on disk.
@@ -162,7 +167,7 @@ impl Pipeline for ZeroShot {
                             let (stats, g) = analysis_and_global(
                                 path,
                                 &mut StatsEncoder::default(),
-                                &clip,
+                                &*frames,
                                 spec.preview_until,
                                 cancel,
                                 // The 1 fps pass's share of the stage too.
@@ -194,7 +199,7 @@ impl Pipeline for ZeroShot {
                                 until: spec.preview_until,
                             };
                             let compute = || {
-                                patch_curve(path, &clip, spec.preview_until, cancel, &mut |f| {
+                                patch_curve(path, &*frames, spec.preview_until, cancel, &mut |f| {
                                     progress(Stage::Analysing, 0.3 + 0.4 * f)
                                 })
                             };
@@ -222,10 +227,13 @@ impl Pipeline for ZeroShot {
                 let global = match global {
                     Some(g) => g,
                     None => {
-                        let g =
-                            global_features(path, &clip, spec.preview_until, cancel, &mut |f| {
-                                progress(Stage::Analysing, 0.7 + 0.3 * f)
-                            })?;
+                        let g = global_features(
+                            path,
+                            &*frames,
+                            spec.preview_until,
+                            cancel,
+                            &mut |f| progress(Stage::Analysing, 0.7 + 0.3 * f),
+                        )?;
                         if let Some(c) = &cache {
                             c.store_global(&global_key, &g)?;
                         }
@@ -402,12 +410,12 @@ pub fn video_tags(
     let id = crate::service::video_identity(video)?;
     let key = FeatureKey {
         content: format!("{}:{}", id.sample_hash, id.size),
-        model: loaded::clip_features_model(&crate::service::spec::model_fingerprint(&dir), &clip),
+        model: loaded::clip_features_model(&crate::service::spec::model_fingerprint(&dir), &*clip),
         kind: "global",
         fps: GLOBAL_FPS,
         until: None,
     };
-    let mut compute = || global_features(video, &clip, None, cancel, progress);
+    let mut compute = || global_features(video, &*clip, None, cancel, progress);
     let cache = config.feature_cache();
     let global = match &cache {
         Some(c) => c.global(&key, compute)?,

@@ -318,3 +318,131 @@ pub fn write_random_checkpoint(dir: &std::path::Path) -> Result<u64> {
         .map_err(bad)?;
     Ok(bytes)
 }
+
+/// CLIP's vision tower on a device against the CPU's f32 tower, at
+/// clip-vit-base-patch32's shape with random weights: in each type, how
+/// far its embeddings are from the CPU's and how many frames a second it
+/// reads in the engines' batches of 16 (the VidMusician engine reads 25 a
+/// second of video).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClipDeviceBench {
+    pub model: &'static str,
+    pub device: String,
+    /// The CPU's f32 tower on this machine, for scale.
+    pub cpu_frames_per_s: f64,
+    pub rows: Vec<ClipDeviceRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClipDeviceRow {
+    pub dtype: &'static str,
+    /// The smallest cosine of a frame's pooled and projected embeddings to
+    /// the CPU's f32 ones.
+    pub pooled_cosine_min: f64,
+    pub projected_cosine_min: f64,
+    /// The largest difference of a patch token value, over the largest
+    /// value: what the rhythm curve reads.
+    pub patch_relative_max_diff: f64,
+    pub frames_per_s: f64,
+    /// Seconds of video per second of work at 25 fps (the rhythm curve's
+    /// pass), the tower alone.
+    pub local_x_real_time: f64,
+}
+
+/// Runs [`ClipDeviceBench`] on `device` in each of `dtypes`, timing
+/// `batches` batches of `batch` frames (the engines' 16) after one to warm
+/// up; the CPU's tower, one batch.
+pub fn device(
+    device: &Device,
+    dtypes: &[candle_core::DType],
+    batch: usize,
+    batches: usize,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ClipDeviceBench> {
+    use rand::{Rng, SeedableRng};
+    let cfg = ClipConfig::parse(BASE_PATCH32).map_err(crate::Error::InvalidSetting)?;
+    let pre = PreprocessConfig::for_image_size(cfg.vision_config.image_size);
+    let side = pre.shortest_edge;
+    // Frames of noise: the tower's speed does not depend on what they show,
+    // and noise keeps every frame's tokens apart.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let bytes: Vec<Vec<u8>> = (0..batch.max(1))
+        .map(|_| (0..side * side * 3).map(|_| rng.random()).collect())
+        .collect();
+    let images = bytes
+        .iter()
+        .map(|b| RgbImage::new(side, side, b))
+        .collect::<Result<Vec<_>>>()?;
+    let time = |vision: &ClipVision, on: &Device, n: usize| -> Result<(super::Encoded, f64)> {
+        let first = super::encode_rows(vision, &pre, on, &images, true)?;
+        let t = Instant::now();
+        for _ in 0..n {
+            // Read back as the engines do, so the device has finished.
+            super::encode_rows(vision, &pre, on, &images, true)?;
+        }
+        let fps = (n * images.len()) as f64 / t.elapsed().as_secs_f64().max(1e-9);
+        Ok((first, fps))
+    };
+    progress("the CPU's f32 tower");
+    let cpu = ClipVision::load(&Weights::random(11), &cfg)?;
+    let (want, cpu_fps) = time(&cpu, &Device::Cpu, 1)?;
+    let mut rows = Vec::new();
+    for &dtype in dtypes {
+        let name = crate::neural::device::dtype_name(dtype);
+        progress(&format!("the tower on the device in {name}"));
+        let mut on = ClipVision::load(&Weights::random(11).on(device), &cfg)?;
+        if dtype != candle_core::DType::F32 {
+            on = on.to_dtype(dtype)?;
+        }
+        let (got, fps) = time(&on, device, batches.max(1))?;
+        let scale = want
+            .patches
+            .iter()
+            .flatten()
+            .fold(0f32, |m, v| m.max(v.abs()))
+            .max(f32::MIN_POSITIVE);
+        let diff = want
+            .patches
+            .iter()
+            .flatten()
+            .zip(got.patches.iter().flatten())
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        rows.push(ClipDeviceRow {
+            dtype: name,
+            pooled_cosine_min: cosine_min(&want.pooled, &got.pooled),
+            projected_cosine_min: cosine_min(&want.projected, &got.projected),
+            patch_relative_max_diff: f64::from(diff / scale),
+            frames_per_s: fps,
+            local_x_real_time: fps / crate::analysis::LOCAL_FPS,
+        });
+    }
+    Ok(ClipDeviceBench {
+        model: "clip-vit-base-patch32 (random weights)",
+        device: crate::neural::device::candle_device_name(device),
+        cpu_frames_per_s: cpu_fps,
+        rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The device bench's arithmetic, run on the CPU: f32 agrees with itself
+    /// exactly, f16 within its rounding.
+    #[test]
+    fn the_device_bench_compares_each_type_with_the_cpu() {
+        let dtypes = [candle_core::DType::F32, candle_core::DType::F16];
+        let r = device(&Device::Cpu, &dtypes, 1, 1, &mut |_| {}).unwrap();
+        assert_eq!(r.device, "cpu");
+        assert_eq!(r.rows.len(), 2);
+        let (f32_row, f16_row) = (&r.rows[0], &r.rows[1]);
+        assert_eq!((f32_row.dtype, f16_row.dtype), ("f32", "f16"));
+        assert!(f32_row.pooled_cosine_min > 0.999_999, "{f32_row:?}");
+        assert_eq!(f32_row.patch_relative_max_diff, 0.0, "{f32_row:?}");
+        assert!(f16_row.pooled_cosine_min > 0.99, "{f16_row:?}");
+        assert!(f16_row.patch_relative_max_diff > 0.0, "{f16_row:?}");
+        assert!(f16_row.patch_relative_max_diff < 0.05, "{f16_row:?}");
+        assert!(r.cpu_frames_per_s > 0.0 && f16_row.frames_per_s > 0.0);
+    }
+}

@@ -27,7 +27,8 @@ pub mod vision;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{D, DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
 
 pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig, PreprocessConfig};
 pub use preprocess::RgbImage;
@@ -89,6 +90,14 @@ impl LayerNorm {
             weight: w.get(&[dim], "weight")?,
             bias: w.get(&[dim], "bias")?,
             eps,
+        })
+    }
+
+    fn to_dtype(&self, dtype: DType) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: self.weight.to_dtype(dtype)?,
+            bias: self.bias.to_dtype(dtype)?,
+            eps: self.eps,
         })
     }
 
@@ -188,6 +197,23 @@ impl Proj {
             };
         }
         Ok(self.int8.is_some())
+    }
+
+    /// The layer in `dtype` (f32, f16, bf16). An 8-bit layer has no weight
+    /// to convert: an error.
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let (Some(wt), None) = (&self.wt, &self.int8) else {
+            return Err(Error::InvalidSetting(
+                "an 8-bit CLIP layer cannot change type: load it in f32".into(),
+            ));
+        };
+        Ok(Self {
+            wt: Some(wt.to_dtype(dtype)?),
+            in_dim: self.in_dim,
+            out_dim: self.out_dim,
+            bias: self.bias.to_dtype(dtype)?,
+            int8: None,
+        })
     }
 
     /// `x`, `(…, in)`, as contiguous `(rows, in)`.
@@ -388,6 +414,30 @@ impl Encoder {
         Ok(all)
     }
 
+    /// The encoder in `dtype`; see [`Proj::to_dtype`].
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(Layer {
+                    norm1: l.norm1.to_dtype(dtype)?,
+                    qkv: l.qkv.to_dtype(dtype)?,
+                    out: l.out.to_dtype(dtype)?,
+                    norm2: l.norm2.to_dtype(dtype)?,
+                    fc1: l.fc1.to_dtype(dtype)?,
+                    fc2: l.fc2.to_dtype(dtype)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            heads: self.heads,
+            act: self.act,
+            scale: self.scale,
+        })
+    }
+
     /// Whether every linear layer runs in 8 bits.
     fn all_int8(&self) -> bool {
         self.layers.iter().all(|l| {
@@ -511,6 +561,181 @@ impl Clip {
     /// the projected embeddings, times [`Clip::logit_scale`].
     pub fn similarity(&self, image_embeds: &Tensor, text_embeds: &Tensor) -> Result<Tensor> {
         similarity(image_embeds, text_embeds, self.logit_scale())
+    }
+}
+
+/// Frames encoded by a vision tower, as f32 rows whatever device and type
+/// computed them: what the features are made of.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Encoded {
+    /// `pooler_output`, one row per frame.
+    pub pooled: Vec<Vec<f32>>,
+    /// `image_embeds`, one row per frame.
+    pub projected: Vec<Vec<f32>>,
+    /// Each frame's last-layer patch tokens, flattened (`patches × hidden`);
+    /// empty unless asked for.
+    pub patches: Vec<Vec<f32>>,
+}
+
+/// What reads frames for the features: CLIP in this process (the CPU, or a
+/// GPU in a `cuda` build: [`ClipFrames`]), or its vision tower in a GPU
+/// helper ([`crate::neural::helper::HelperFrames`]). Each gives the same
+/// rows for the same frames within its arithmetic.
+pub trait FrameEncoder: Send + Sync {
+    /// The checkpoint's configuration.
+    fn config(&self) -> &ClipConfig;
+    /// The preprocessing it applies.
+    fn preprocessing(&self) -> &PreprocessConfig;
+    /// `f32`, `int8`, `f16` or `bf16`: features made in another arithmetic
+    /// are another model's, and are cached apart.
+    fn arithmetic(&self) -> &'static str;
+    /// Encodes frames in one batch; their patch tokens too with `patches`.
+    fn encode(&self, images: &[RgbImage], patches: bool) -> Result<Encoded>;
+
+    /// The side of the square frames it reads (CLIP's resize, centre
+    /// cropped).
+    fn side(&self) -> usize {
+        self.preprocessing().shortest_edge.max(1)
+    }
+}
+
+/// `images` through `vision`, preprocessed onto `device`, as rows.
+fn encode_rows(
+    vision: &ClipVision,
+    pre: &PreprocessConfig,
+    device: &Device,
+    images: &[RgbImage],
+    patches: bool,
+) -> Result<Encoded> {
+    if images.is_empty() {
+        return Err(Error::InvalidSetting("no images to encode".to_string()));
+    }
+    let v = vision.forward(&preprocess::preprocess(pre, images, device)?)?;
+    let rows =
+        |t: &Tensor| -> Result<Vec<Vec<f32>>> { Ok(t.to_dtype(DType::F32)?.to_vec2::<f32>()?) };
+    Ok(Encoded {
+        pooled: rows(&v.pooled)?,
+        projected: rows(&v.projected)?,
+        patches: if patches {
+            rows(&v.patch_tokens.flatten_from(1)?)?
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+/// The name of a vision tower's arithmetic, as [`FrameEncoder::arithmetic`]
+/// gives it.
+fn arithmetic_of(vision: &ClipVision) -> &'static str {
+    match (vision.precision(), vision.dtype()) {
+        (VisionPrecision::Int8, _) => "int8",
+        (_, DType::F16) => "f16",
+        (_, DType::BF16) => "bf16",
+        _ => "f32",
+    }
+}
+
+impl FrameEncoder for Clip {
+    fn config(&self) -> &ClipConfig {
+        &self.cfg
+    }
+
+    fn preprocessing(&self) -> &PreprocessConfig {
+        &self.preprocess
+    }
+
+    fn arithmetic(&self) -> &'static str {
+        arithmetic_of(&self.vision)
+    }
+
+    fn encode(&self, images: &[RgbImage], patches: bool) -> Result<Encoded> {
+        encode_rows(
+            &self.vision,
+            &self.preprocess,
+            &Device::Cpu,
+            images,
+            patches,
+        )
+    }
+}
+
+/// CLIP's vision tower alone, with its preprocessing, on a candle device in
+/// f32, f16 or bf16: what reads a video's frames on a GPU. (The text tower
+/// runs once per vocabulary and its results are kept; it stays with the
+/// CPU's [`Clip`].) The pixels are made on the CPU and copied over, so both
+/// see the same input.
+pub struct ClipFrames {
+    vision: ClipVision,
+    preprocess: PreprocessConfig,
+    cfg: ClipConfig,
+    device: Device,
+    dir: PathBuf,
+}
+
+impl ClipFrames {
+    /// The vision tower of the checkpoint in `dir` on `device` in `dtype`.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let cfg = ClipConfig::load(&dir.join("config.json"))?;
+        let preprocess = PreprocessConfig::load_or_default(
+            &dir.join("preprocessor_config.json"),
+            cfg.vision_config.image_size,
+        )?;
+        let w = Weights::open_dir(dir)?.on(device);
+        Self::from_parts(&w, cfg, preprocess, dir, device, dtype)
+    }
+
+    /// Builds it from weights already opened on `device`.
+    pub fn from_parts(
+        w: &Weights,
+        cfg: ClipConfig,
+        preprocess: PreprocessConfig,
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let mut vision = ClipVision::load_as(w, &cfg, VisionPrecision::F32)?;
+        if dtype != DType::F32 {
+            vision = vision.to_dtype(dtype)?;
+        }
+        Ok(Self {
+            vision,
+            preprocess,
+            cfg,
+            device: device.clone(),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+impl FrameEncoder for ClipFrames {
+    fn config(&self) -> &ClipConfig {
+        &self.cfg
+    }
+
+    fn preprocessing(&self) -> &PreprocessConfig {
+        &self.preprocess
+    }
+
+    fn arithmetic(&self) -> &'static str {
+        arithmetic_of(&self.vision)
+    }
+
+    fn encode(&self, images: &[RgbImage], patches: bool) -> Result<Encoded> {
+        encode_rows(
+            &self.vision,
+            &self.preprocess,
+            &self.device,
+            images,
+            patches,
+        )
     }
 }
 
