@@ -71,6 +71,8 @@ step train "$HELPER" bench-train --device cuda --steps 10
 # engine's 25 fps reading of a video runs it): agreement and frames per
 # second, in each type.
 step clip "$HELPER" bench-clip --device cuda --dtypes f32,f16,bf16 --batches 50
+# EnCodec's decoder on the device against the CPU's kernels: 10 s of audio.
+step codec "$HELPER" bench-codec --device cuda --frames 500
 # The same model through transformers on the same GPU, where a Python with it
 # is here.
 if python3 -c "import torch, transformers; assert torch.cuda.is_available()" 2>/dev/null; then

@@ -658,6 +658,47 @@ fn a_span_decoder_gives_the_whole_pieces_audio_whatever_the_arrivals() {
     }
 }
 
+/// The codec as candle ops on a device (here the CPU device, where the same
+/// code runs as on a GPU) decodes as the hand-written CPU kernels do: the
+/// reference's audio, a whole piece, and a piece streamed span by span with
+/// the LSTM's state carried.
+#[test]
+fn the_codec_on_a_device_decodes_as_the_cpu_kernels_do() {
+    let m = model();
+    let on = m.codec().to_device(&Device::Cpu).unwrap();
+    let r = reference();
+    let audio = on.decode(&u32s(&r, "encodec.codes")).unwrap();
+    let d = max_abs_diff(&audio, &r["encodec.audio"]);
+    assert!(d < TOL, "the reference's audio differs by {d}");
+    let frames = 97;
+    let codes = pseudo_codes(&m, frames);
+    let whole = whole_audio(&m, &codes);
+    let got: Vec<f32> = on
+        .decode(&codes)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let d = max_diff(&got, &whole);
+    assert!(d < 1e-5, "a whole piece differs by {d}");
+    for arrivals in [vec![7usize], vec![3, 11, 1, 20, 2]] {
+        let mut spans = SpanDecoder::default();
+        let mut streamed = Vec::new();
+        let (mut known, mut k) = (0, 0);
+        while known < frames {
+            known = (known + arrivals[k % arrivals.len()]).min(frames);
+            k += 1;
+            let prefix = codes.narrow(2, 0, known).unwrap();
+            if let Some(a) = spans.next(&on, &prefix, known == frames).unwrap() {
+                streamed.extend(a.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+        }
+        let d = max_diff(&streamed, &whole);
+        assert!(d < 1e-5, "{arrivals:?}: streamed audio differs by {d}");
+    }
+}
+
 #[test]
 fn streamed_generation_hands_over_the_piece_window_by_window() {
     let m = model();

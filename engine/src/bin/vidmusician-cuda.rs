@@ -72,6 +72,15 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         batches: usize,
     },
+    /// EnCodec's decoder on the device against the CPU's kernels
+    /// (musicgen-small's codec, random weights): the audio's agreement and
+    /// the time to decode --frames code frames (50 a second).
+    BenchCodec {
+        #[arg(long, default_value = "cuda")]
+        device: DeviceChoice,
+        #[arg(long, default_value_t = 500)]
+        frames: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,6 +109,7 @@ fn main() -> ExitCode {
             dtypes,
             batches,
         } => bench_clip(device, &dtypes, batches.max(1)),
+        Command::BenchCodec { device, frames } => bench_codec(device, frames.max(1)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -171,6 +181,18 @@ fn bench_clip(device: DeviceChoice, dtypes: &str, batches: usize) -> anyhow::Res
         &dtypes,
         16,
         batches,
+        &mut |m| eprintln!("{m}…"),
+    )?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(())
+}
+
+fn bench_codec(device: DeviceChoice, frames: usize) -> anyhow::Result<()> {
+    let chosen = vidmusician_engine::neural::device::choose_in_process(device, "EnCodec")?;
+    eprintln!("{}", chosen.note);
+    let r = vidmusician_engine::neural::bench::codec_device(
+        &chosen.candle_device(),
+        frames,
         &mut |m| eprintln!("{m}…"),
     )?;
     println!("{}", serde_json::to_string_pretty(&r)?);

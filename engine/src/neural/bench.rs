@@ -532,3 +532,84 @@ fn compare(want: &[f32], got: &[f32], vocab: usize) -> (f64, f64, f64) {
         .count();
     (max_diff, std, agree as f64 / rows as f64)
 }
+
+/// EnCodec's decoder on a device against the CPU's kernels, at
+/// musicgen-small's codec shape with random weights.
+#[derive(Debug, Clone, Serialize)]
+pub struct CodecDeviceBench {
+    pub device: String,
+    pub frames: usize,
+    /// Seconds to decode the frames: the CPU's kernels, then on the device
+    /// (after a first, untimed decode there).
+    pub cpu_s: f64,
+    pub device_s: f64,
+    /// Seconds of audio per second of work on the device.
+    pub device_x_real_time: f64,
+    /// The largest difference of a sample, and the largest sample.
+    pub max_diff: f64,
+    pub peak: f64,
+}
+
+/// Decodes `frames` code frames (50 a second) with the CPU's kernels and on
+/// `device`, timing both and comparing the audio.
+pub fn codec_device(
+    device: &Device,
+    frames: usize,
+    progress: &mut dyn FnMut(&str),
+) -> Result<CodecDeviceBench> {
+    let cfg = musicgen_small();
+    let w = Weights::random(0);
+    let cpu = EncodecDecoder::load(&w.pp("audio_encoder"), &cfg.audio_encoder)?;
+    let on = cpu.to_device(device)?;
+    let k = cfg.decoder.num_codebooks;
+    let frames = frames.max(1);
+    let ids: Vec<u32> = (0..k * frames)
+        .map(|i| ((i as u64 * 2_654_435_761) % cfg.audio_encoder.codebook_size as u64) as u32)
+        .collect();
+    let codes = Tensor::from_vec(ids, (1, k, frames), &Device::Cpu)?;
+    let audio = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1()?) };
+    progress("EnCodec on the CPU");
+    let t0 = Instant::now();
+    let want = audio(cpu.decode(&codes)?)?;
+    let cpu_s = t0.elapsed().as_secs_f64();
+    progress("EnCodec on the device");
+    on.decode(&codes.narrow(2, 0, frames.min(50))?)?;
+    let t0 = Instant::now();
+    let got = audio(on.decode(&codes)?)?;
+    let device_s = t0.elapsed().as_secs_f64();
+    let max_diff = want
+        .iter()
+        .zip(&got)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let peak = want.iter().fold(0f32, |m, a| m.max(a.abs()));
+    let seconds = frames as f64 / cfg.audio_encoder.frame_rate() as f64;
+    Ok(CodecDeviceBench {
+        device: super::device::candle_device_name(device),
+        frames,
+        cpu_s,
+        device_s,
+        device_x_real_time: seconds / device_s.max(1e-9),
+        max_diff: if got.len() == want.len() {
+            f64::from(max_diff)
+        } else {
+            f64::INFINITY
+        },
+        peak: f64::from(peak),
+    })
+}
+
+#[cfg(test)]
+mod codec_tests {
+    use super::*;
+
+    /// The codec bench's arithmetic on the CPU device: candle's ops there
+    /// against the kernels, musicgen-small's codec.
+    #[test]
+    fn the_codec_bench_compares_the_device_with_the_cpu() {
+        let r = codec_device(&Device::Cpu, 12, &mut |_| {}).unwrap();
+        assert_eq!((r.device.as_str(), r.frames), ("cpu", 12));
+        assert!(r.peak > 0.0, "{r:?}");
+        assert!(r.max_diff <= 1e-4 * r.peak.max(1.0), "{r:?}");
+        assert!(r.cpu_s > 0.0 && r.device_s > 0.0);
+    }
+}

@@ -31,6 +31,10 @@ struct Conv1d {
     cout: usize,
     kernel: usize,
     dilation: usize,
+    /// On a device ([`EncodecDecoder::to_device`]): the weight `(out, in,
+    /// kernel)` and the bias `(1, out, 1)` there, run as candle's
+    /// convolution; `taps` is then empty.
+    dev: Option<(Tensor, Tensor)>,
 }
 
 impl Conv1d {
@@ -47,6 +51,30 @@ impl Conv1d {
             cout,
             kernel,
             dilation,
+            dev: None,
+        })
+    }
+
+    /// The layer on `device`, its weights as tensors for candle's
+    /// convolution.
+    fn to_device(&self, device: &Device) -> candle_core::Result<Self> {
+        let (cout, cin, k) = (self.cout, self.cin, self.kernel);
+        let mut weight = vec![0f32; cout * cin * k];
+        for (j, tap) in self.taps.iter().enumerate() {
+            for (r, &v) in tap.iter().enumerate() {
+                weight[r * k + j] = v;
+            }
+        }
+        let weight = Tensor::from_vec(weight, (cout, cin, k), device)?;
+        let bias = Tensor::from_slice(&self.bias, (1, cout, 1), device)?;
+        Ok(Self {
+            taps: Vec::new(),
+            bias: self.bias.clone(),
+            cin,
+            cout,
+            kernel: k,
+            dilation: self.dilation,
+            dev: Some((weight, bias)),
         })
     }
 
@@ -73,6 +101,16 @@ impl Conv1d {
         let (b, cin, t) = x.dims3()?;
         if cin != self.cin {
             candle_core::bail!("a convolution of {} channels given {cin}", self.cin);
+        }
+        if let Some((weight, bias)) = &self.dev {
+            let x = if elu { x.elu(1.0)? } else { x.clone() };
+            let y = reflect_pad(&x, 2, left, right)?
+                .conv1d(weight, 0, 1, self.dilation, 1)?
+                .broadcast_add(bias)?;
+            return match residual {
+                Some(r) => r + y,
+                None => Ok(y),
+            };
         }
         let wide = t + total;
         let xs = if t > left.max(right) {
@@ -190,6 +228,9 @@ struct ConvTranspose1d {
     cout: usize,
     kernel: usize,
     stride: usize,
+    /// On a device: the bias `(1, out, 1)` there; `weight` is then
+    /// `(in, out, kernel)` for candle's transposed convolution.
+    dev_bias: Option<Tensor>,
 }
 
 /// Input frames per matrix product of a transposed convolution: bounds the
@@ -207,6 +248,23 @@ impl ConvTranspose1d {
             cout,
             kernel,
             stride,
+            dev_bias: None,
+        })
+    }
+
+    /// The layer on `device`, for candle's transposed convolution.
+    fn to_device(&self, device: &Device) -> candle_core::Result<Self> {
+        let cin = self.weight.dim(0)?;
+        Ok(Self {
+            weight: self
+                .weight
+                .reshape((cin, self.cout, self.kernel))?
+                .to_device(device)?,
+            bias: self.bias.clone(),
+            cout: self.cout,
+            kernel: self.kernel,
+            stride: self.stride,
+            dev_bias: Some(Tensor::from_slice(&self.bias, (1, self.cout, 1), device)?),
         })
     }
 
@@ -221,6 +279,12 @@ impl ConvTranspose1d {
         let left = total - total / 2;
         let full = (t - 1) * s + k;
         let len = full - total;
+        if let Some(bias) = &self.dev_bias {
+            return x
+                .conv_transpose1d(&self.weight, 0, 0, s, 1, 1)?
+                .narrow(2, left, len)?
+                .broadcast_add(bias);
+        }
         let mut outs = Vec::with_capacity(b);
         for i in 0..b {
             let xt = x.get(i)?.t()?.contiguous()?; // (t, cin)
@@ -268,6 +332,51 @@ struct LstmLayer {
     /// `(4·hidden, hidden)` row-major, for the recurrent matrix-vector products.
     w_hh: Vec<f32>,
     bias: Tensor,
+    /// On a device: `(hidden, 4·hidden)` there, the recurrence run as
+    /// candle ops a step at a time; `w_hh` is then empty.
+    w_hh_t: Option<Tensor>,
+}
+
+impl LstmLayer {
+    fn to_device(&self, device: &Device) -> candle_core::Result<Self> {
+        let four = self.bias.dim(0)?;
+        let w_hh = Tensor::from_slice(&self.w_hh, (four, four / 4), &Device::Cpu)?;
+        Ok(Self {
+            w_ih_t: self.w_ih_t.to_device(device)?,
+            w_hh: Vec::new(),
+            bias: self.bias.to_device(device)?,
+            w_hh_t: Some(w_hh.t()?.contiguous()?.to_device(device)?),
+        })
+    }
+
+    /// The recurrence over `pre` `(time, 4·hidden)` on its device, from
+    /// `state`, which it leaves after the last step: the hidden states
+    /// `(time, hidden)`. The arithmetic of [`lstm_recurrence_from`].
+    fn recurrence_on_device(
+        w_hh_t: &Tensor,
+        pre: &Tensor,
+        hidden: usize,
+        state: &mut LstmState,
+    ) -> candle_core::Result<Tensor> {
+        let device = pre.device();
+        let time = pre.dim(0)?;
+        let mut h = Tensor::from_slice(&state.h, (1, hidden), device)?;
+        let mut c = Tensor::from_slice(&state.c, (1, hidden), device)?;
+        let mut out = Vec::with_capacity(time);
+        for t in 0..time {
+            let gates = (h.matmul(w_hh_t)? + pre.narrow(0, t, 1)?)?;
+            let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, hidden)?)?;
+            let f = candle_nn::ops::sigmoid(&gates.narrow(1, hidden, hidden)?)?;
+            let g = gates.narrow(1, 2 * hidden, hidden)?.tanh()?;
+            let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * hidden, hidden)?)?;
+            c = ((f * &c)? + (i * g)?)?;
+            h = (o * c.tanh()?)?;
+            out.push(h.clone());
+        }
+        state.h = h.flatten_all()?.to_vec1()?;
+        state.c = c.flatten_all()?.to_vec1()?;
+        Tensor::cat(&out, 0)
+    }
 }
 
 impl Lstm {
@@ -283,10 +392,21 @@ impl Lstm {
                     w_ih_t: w_ih.t()?.contiguous()?,
                     w_hh: w_hh.flatten_all()?.to_vec1()?,
                     bias: (b_ih + b_hh)?,
+                    w_hh_t: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers })
+    }
+
+    fn to_device(&self, device: &Device) -> candle_core::Result<Self> {
+        Ok(Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.to_device(device))
+                .collect::<candle_core::Result<_>>()?,
+        })
     }
 
     /// `x` `(batch, channels, time)` → the LSTM's output plus `x` (a residual).
@@ -343,6 +463,10 @@ impl Lstm {
     ) -> candle_core::Result<Tensor> {
         for (layer, state) in self.layers.iter().zip(state) {
             let pre = h.matmul(&layer.w_ih_t)?.broadcast_add(&layer.bias)?;
+            if let Some(w_hh_t) = &layer.w_hh_t {
+                h = LstmLayer::recurrence_on_device(w_hh_t, &pre, c, state)?;
+                continue;
+            }
             let pre: Vec<f32> = pre.flatten_all()?.to_vec1()?;
             let seq = lstm_recurrence_from(&pre, &layer.w_hh, c, t, state);
             h = Tensor::from_vec(seq, (t, c), h.device())?;
@@ -555,6 +679,47 @@ impl EncodecDecoder {
         })
     }
 
+    /// The same codec on `device` (in f32): its convolutions, transposed
+    /// convolutions and LSTM as candle ops there, a GPU in a `cuda` build.
+    /// On the CPU device this runs candle's own ops in place of the
+    /// hand-written kernels, which tests compare it with. Decoding and
+    /// [`SpanDecoder`] take either; codes may come from any device.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        let conv = |c: &Conv1d| c.to_device(device);
+        let stages = self
+            .stages
+            .iter()
+            .map(|s| {
+                Ok(match s {
+                    Stage::Conv(c) => Stage::Conv(conv(c)?),
+                    Stage::Lstm(l) => Stage::Lstm(l.to_device(device)?),
+                    Stage::Elu => Stage::Elu,
+                    Stage::Up(u) => Stage::Up(u.to_device(device)?),
+                    Stage::Res(r) => Stage::Res(ResBlock {
+                        conv1: conv(&r.conv1)?,
+                        conv2: conv(&r.conv2)?,
+                    }),
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            codebooks: self
+                .codebooks
+                .iter()
+                .map(|b| b.to_device(device))
+                .collect::<candle_core::Result<_>>()?,
+            stages,
+            cfg: self.cfg.clone(),
+        })
+    }
+
+    /// The device its tensors are on.
+    pub fn device(&self) -> Device {
+        self.codebooks
+            .first()
+            .map_or(Device::Cpu, |b| b.device().clone())
+    }
+
     pub fn sample_rate(&self) -> u32 {
         self.cfg.sampling_rate
     }
@@ -633,6 +798,7 @@ impl EncodecDecoder {
                 self.codebooks.len()
             )));
         }
+        let codes = &codes.to_device(self.codebooks[0].device())?;
         let mut x = embedding(&self.codebooks[0], &codes.narrow(1, 0, 1)?.squeeze(1)?)?;
         for (i, book) in self.codebooks.iter().enumerate().take(k).skip(1) {
             x = (x + embedding(book, &codes.narrow(1, i, 1)?.squeeze(1)?)?)?;

@@ -47,6 +47,9 @@ pub struct MusicGen {
     /// CPU decoder stays for the adapter's tools and the benchmarks.
     on_device: Option<OnDevice>,
     codec: EncodecDecoder,
+    /// The codec on the decoder's device when that is a GPU in this
+    /// process: the piece's audio is decoded there.
+    codec_on_device: Option<EncodecDecoder>,
     /// [`MusicGen::weights_hash`], computed on first use.
     weights_hash: std::sync::OnceLock<String>,
 }
@@ -90,6 +93,7 @@ impl MusicGen {
             decoder,
             on_device: None,
             codec,
+            codec_on_device: None,
             weights_hash: std::sync::OnceLock::new(),
         })
     }
@@ -105,15 +109,27 @@ impl MusicGen {
     ) -> Result<()> {
         use super::device::Backend;
         match &chosen.backend {
-            Backend::Candle(d) if d.is_cpu() => self.on_device = None,
+            Backend::Candle(d) if d.is_cpu() => {
+                self.on_device = None;
+                self.codec_on_device = None;
+            }
             Backend::Candle(device) => {
                 let w = Weights::open_dir(&self.dir)?;
                 let d = MusicgenDecoder::load(&w.pp("decoder"), &self.cfg.decoder)?;
-                self.on_device = Some(OnDevice::Candle(d.to_device(device, dtype)?));
+                let d = d.to_device(device, dtype)?;
+                let codec = codec_on(&self.codec, device).map_err(|reason| Error::Device {
+                    device: chosen.name.clone(),
+                    reason,
+                })?;
+                self.on_device = Some(OnDevice::Candle(d));
+                self.codec_on_device = Some(codec);
             }
             Backend::Helper(h) => {
+                // The codec stays here, on the CPU: it decodes each stretch
+                // of frames as the helper hands it over.
                 h.load(&self.dir, dtype)?;
                 self.on_device = Some(OnDevice::Helper(h.clone(), dtype));
+                self.codec_on_device = None;
             }
         }
         Ok(())
@@ -175,6 +191,12 @@ impl MusicGen {
 
     pub fn codec(&self) -> &EncodecDecoder {
         &self.codec
+    }
+
+    /// The codec the piece's audio is decoded with: on the decoder's GPU
+    /// when that is in this process, else the CPU's.
+    fn decoding_codec(&self) -> &EncodecDecoder {
+        self.codec_on_device.as_ref().unwrap_or(&self.codec)
     }
 
     pub fn text_encoder(&self) -> &T5Encoder {
@@ -516,7 +538,11 @@ impl MusicGen {
             return Ok(Vec::new());
         }
         let codes = codes_tensor(frames)?;
-        Ok(self.codec.decode(&codes)?.flatten_all()?.to_vec1()?)
+        Ok(self
+            .decoding_codec()
+            .decode(&codes)?
+            .flatten_all()?
+            .to_vec1()?)
     }
 
     /// Text to music: `seconds` of audio at [`Self::sample_rate`].
@@ -597,7 +623,8 @@ impl MusicGen {
         let mut sent_samples = 0usize;
         self.generate_windows_with(frames, sampling, condition, on_progress, &mut |out| {
             let codes = codes_tensor(out)?;
-            let Some(audio) = spans.next(&self.codec, &codes, out.len() >= frames)? else {
+            let Some(audio) = spans.next(self.decoding_codec(), &codes, out.len() >= frames)?
+            else {
                 return Ok(());
             };
             let audio: Vec<f32> = audio.flatten_all()?.to_vec1()?;
@@ -746,4 +773,67 @@ fn load_networks(
         ));
     }
     Ok((text, enc_to_dec, decoder, codec))
+}
+
+/// `codec` on `device`, checked before it is trusted with a piece: a few
+/// frames decoded there must give the CPU's audio (within 1e-3 of the
+/// loudest sample), so a device whose ops fail or differ is found here and
+/// the work stays on the CPU. The reason, when it is not.
+fn codec_on(
+    codec: &EncodecDecoder,
+    device: &Device,
+) -> std::result::Result<EncodecDecoder, String> {
+    let on = codec
+        .to_device(device)
+        .map_err(|e| format!("cannot hold the codec ({e})"))?;
+    let k = codec.num_codebooks();
+    let frames = 8;
+    let ids: Vec<u32> = (0..k * frames).map(|i| (i as u32 * 37) % 64).collect();
+    let check = || -> Result<(Vec<f32>, Vec<f32>)> {
+        let codes = Tensor::from_vec(ids.clone(), (1, k, frames), &Device::Cpu)?;
+        let want = codec.decode(&codes)?.flatten_all()?.to_vec1::<f32>()?;
+        let got = on.decode(&codes)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok((want, got))
+    };
+    let (want, got) = check().map_err(|e| format!("cannot run the codec ({e})"))?;
+    let peak = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let diff = want
+        .iter()
+        .zip(&got)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    if got.len() != want.len() || got.iter().any(|v| !v.is_finite()) || diff > 1e-3 * peak {
+        return Err(format!(
+            "the codec decodes differently there (by {diff} of {peak})"
+        ));
+    }
+    Ok(on)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codec moved for a device is checked against the CPU's before it
+    /// is used: on the CPU device (candle's ops in place of the kernels)
+    /// it passes, and decodes as the CPU's does.
+    #[test]
+    fn a_codec_on_a_device_is_checked_against_the_cpus() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny");
+        let m = MusicGen::load(&dir).unwrap();
+        let on = codec_on(m.codec(), &Device::Cpu).unwrap();
+        assert!(!on.device().is_cuda());
+        let frames: Frames = (0..20).map(|i| vec![(i * 7) % 64; 4]).collect();
+        let codes = codes_tensor(&frames).unwrap();
+        let a = m.codec().decode(&codes).unwrap().flatten_all().unwrap();
+        let b = on.decode(&codes).unwrap().flatten_all().unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "{d}");
+    }
 }
