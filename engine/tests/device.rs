@@ -947,3 +947,22 @@ fn the_neural_engines_read_frames_in_the_helper_and_load_no_clip_for_it_here() {
     );
     assert_eq!(helpers_running(), 0, "the helper outlived the engine");
 }
+
+/// The decoder's copy for a device holds its weights in the forms steps
+/// take (the queries' scale folded in, the heads side by side): it runs
+/// sessions, and refuses what would need the original forms.
+#[test]
+fn the_inference_copy_runs_sessions_only() {
+    use vidmusician_engine::neural::models::musicgen::Conditioning;
+    let m = MusicGen::load(&fixture()).unwrap();
+    let dec = device_decoder(&m);
+    let k = m.config().decoder.num_codebooks;
+    let tokens = Tensor::zeros((1, k, 3), DType::U32, &Device::Cpu).unwrap();
+    let e = dec.forward(&tokens, &Conditioning::default()).unwrap_err();
+    assert!(e.to_string().contains("inference sessions only"), "{e}");
+    assert!(dec.to_device(&Device::Cpu, DType::F32).is_err());
+    // The original decoder runs both.
+    let w = Weights::open_dir(&fixture()).unwrap();
+    let original = MusicgenDecoder::load(&w.pp("decoder"), &m.config().decoder).unwrap();
+    original.forward(&tokens, &Conditioning::default()).unwrap();
+}

@@ -206,7 +206,13 @@ pub fn generate_on(
     sampling: &Sampling,
     on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
 ) -> Result<Frames> {
-    let start = |sequences: usize, positions: usize| decoder.session(cross, sequences, positions);
+    let start = |sequences: usize, positions: usize| {
+        let mut session = decoder.session(cross, sequences, positions)?;
+        if layer_inputs.iter().any(Option::is_some) {
+            session.hold_layer_inputs(layer_inputs)?;
+        }
+        Ok(session)
+    };
     let window = Window {
         conditioned: cross.is_some(),
         layer_inputs,

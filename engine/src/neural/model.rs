@@ -121,7 +121,7 @@ impl MusicGen {
                     device: chosen.name.clone(),
                     reason,
                 })?;
-                self.on_device = Some(OnDevice::Candle(d));
+                self.on_device = Some(OnDevice::Candle(Box::new(d)));
                 self.codec_on_device = Some(codec);
             }
             Backend::Helper(h) => {
@@ -145,7 +145,7 @@ impl MusicGen {
         }
         // A decoder on the CPU is taken too: it runs the device path there,
         // which tests compare with the CPU decoder.
-        self.on_device = Some(OnDevice::Candle(decoder));
+        self.on_device = Some(OnDevice::Candle(Box::new(decoder)));
         Ok(())
     }
 
@@ -655,7 +655,7 @@ pub struct WindowSpan {
 /// Where generation's decoder runs when not on the CPU.
 enum OnDevice {
     /// As candle tensors on a device of this process.
-    Candle(MusicgenDecoder),
+    Candle(Box<MusicgenDecoder>),
     /// In the GPU helper, in this type.
     Helper(Arc<super::helper::Helper>, candle_core::DType),
 }

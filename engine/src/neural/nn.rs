@@ -84,6 +84,43 @@ impl Linear {
         }
     }
 
+    /// The layer times `s` (its weight and bias): for inference, where a
+    /// product's scale is folded into the layer before it rather than run as
+    /// a pass of its own. A LoRA is merged first.
+    pub fn scaled(&self, s: f64) -> candle_core::Result<Self> {
+        let merged = self.to_device(self.wt.device())?;
+        Ok(Self {
+            wt: (merged.wt * s)?,
+            bias: merged.bias.map(|b| b * s).transpose()?,
+            lora: None,
+        })
+    }
+
+    /// Layers reading the same input, side by side as one (their outputs
+    /// one after another): one product instead of one each. For inference
+    /// (LoRAs are merged first). Either all have a bias or none.
+    pub fn side_by_side(layers: &[Linear]) -> candle_core::Result<Self> {
+        let Some(first) = layers.first() else {
+            candle_core::bail!("no layers to put side by side");
+        };
+        let merged = layers
+            .iter()
+            .map(|l| l.to_device(first.wt.device()))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let wts: Vec<&Tensor> = merged.iter().map(|l| &l.wt).collect();
+        let biases: Vec<&Tensor> = merged.iter().filter_map(|l| l.bias.as_ref()).collect();
+        let bias = match biases.len() {
+            0 => None,
+            n if n == merged.len() => Some(Tensor::cat(&biases, 0)?),
+            _ => candle_core::bail!("layers with and without a bias side by side"),
+        };
+        Ok(Self {
+            wt: Tensor::cat(&wts, 1)?,
+            bias,
+            lora: None,
+        })
+    }
+
     /// The same layer in `dtype` (the f64 copies gradient checks run on).
     pub fn to_dtype(&self, dtype: DType) -> candle_core::Result<Self> {
         Ok(Self {

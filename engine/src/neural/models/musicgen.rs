@@ -87,6 +87,21 @@ pub struct MusicgenDecoder {
     norm: LayerNorm,
     heads: Vec<Linear>,
     cfg: DecoderConfig,
+    /// Set by [`MusicgenDecoder::to_device`], whose copy serves the
+    /// sessions' steps only (see [`Stepping`]).
+    stepping: Option<Stepping>,
+}
+
+/// A decoder's weights in the forms inference steps take. At batch 2 a step
+/// of musicgen-small on a GPU is bound by how many kernels it launches, not
+/// by reading its weights, so each form saves a launch a layer or more:
+/// every attention's query projection has `head_dim^-0.5` folded in (the
+/// scores need no scaling pass), and the LM heads are side by side (one
+/// product for every codebook's logits). Such a copy runs sessions, not
+/// [`MusicgenDecoder::forward`].
+#[derive(Clone)]
+struct Stepping {
+    heads: Linear,
 }
 
 /// What the decoder reads besides its tokens.
@@ -145,6 +160,7 @@ impl MusicgenDecoder {
             norm: LayerNorm::load(&d.pp("layer_norm"), h, LN_EPS)?,
             heads,
             cfg: cfg.clone(),
+            stepping: None,
         })
     }
 
@@ -162,6 +178,11 @@ impl MusicgenDecoder {
 
     /// The same decoder in `dtype` (f64 for gradient checks).
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        if self.stepping.is_some() {
+            return Err(Error::InvalidSetting(
+                "this copy of the decoder is made for inference sessions only".into(),
+            ));
+        }
         let layers = self
             .layers
             .iter()
@@ -192,12 +213,18 @@ impl MusicgenDecoder {
                 .map(|l| l.to_dtype(dtype))
                 .collect::<candle_core::Result<_>>()?,
             cfg: self.cfg.clone(),
+            stepping: None,
         })
     }
 
     /// Logits `(batch, codebooks, len, vocab)` for `tokens` `(batch, codebooks,
     /// len)` (u32, the delay pattern already applied) at positions `0..len`.
     pub fn forward(&self, tokens: &Tensor, cond: &Conditioning<'_>) -> Result<Tensor> {
+        if self.stepping.is_some() {
+            return Err(Error::InvalidSetting(
+                "this copy of the decoder is made for inference sessions only".into(),
+            ));
+        }
         let (b, k, len) = tokens.dims3()?;
         let h = self.cfg.hidden_size;
         let heads = self.cfg.num_attention_heads;
@@ -320,7 +347,7 @@ impl MusicgenDecoder {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
+        Self {
             embed: d
                 .embed
                 .iter()
@@ -335,7 +362,23 @@ impl MusicgenDecoder {
                 .map(|l| l.to_device(device))
                 .collect::<candle_core::Result<_>>()?,
             cfg: d.cfg,
-        })
+            stepping: None,
+        }
+        .with_stepping()
+    }
+
+    /// This decoder with its weights in the [`Stepping`] forms (in place:
+    /// no second copy is kept).
+    fn with_stepping(mut self) -> Result<Self> {
+        let scale = 1.0 / ((self.cfg.hidden_size / self.cfg.num_attention_heads) as f64).sqrt();
+        for l in &mut self.layers {
+            l.self_attn.q = l.self_attn.q.scaled(scale)?;
+            l.cross_attn.q = l.cross_attn.q.scaled(scale)?;
+        }
+        let heads = Linear::side_by_side(&self.heads)?;
+        self.heads = Vec::new();
+        self.stepping = Some(Stepping { heads });
+        Ok(self)
     }
 
     /// An incremental decoding session of `batch` sequences (1, or 2 for
@@ -386,7 +429,12 @@ impl MusicgenDecoder {
                     states = Tensor::cat(&[&states, &states.zeros_like()?], 0)?;
                     mask = Tensor::cat(&[&mask, &mask.ones_like()?], 0)?;
                 }
-                let bias = padding_bias(&mask, dtype)?;
+                let padded = mask.to_dtype(DType::F32)?.min_all()?.to_scalar::<f32>()? < 1.0;
+                let bias = if padded {
+                    Some(padding_bias(&mask, dtype)?)
+                } else {
+                    None
+                };
                 let kv = self
                     .layers
                     .iter()
@@ -408,9 +456,13 @@ impl MusicgenDecoder {
             capacity,
             self_kv,
             cross,
+            held_inputs: Vec::new(),
         })
     }
 }
+
+/// Per layer, cross-attention's keys and values, and the padding bias.
+type CrossKeys = (Vec<(Tensor, Tensor)>, Option<Tensor>);
 
 /// See [`MusicgenDecoder::session`].
 pub struct DecoderSession<'d> {
@@ -422,8 +474,14 @@ pub struct DecoderSession<'d> {
     /// Per layer, `(batch, heads, capacity, head_dim)` keys and values.
     self_kv: Vec<(Tensor, Tensor)>,
     /// Per layer, cross-attention keys and values `(batch, heads, states,
-    /// head_dim)`, and the padding bias `(batch, 1, 1, states)`.
-    cross: Option<(Vec<(Tensor, Tensor)>, Tensor)>,
+    /// head_dim)`, and the padding bias `(batch, 1, 1, states)`; `None`
+    /// when nothing is padded (the bias would add zeros).
+    cross: Option<CrossKeys>,
+    /// Per layer, the window's in-attention inputs on the device,
+    /// `(batch, positions, hidden)` (the unconditional row zero), when
+    /// [`DecoderSession::hold_layer_inputs`] gave them: a step then reads
+    /// its rows there rather than copying them over.
+    held_inputs: Vec<Option<Tensor>>,
 }
 
 impl DecoderSession<'_> {
@@ -438,6 +496,51 @@ impl DecoderSession<'_> {
 
     pub fn batch(&self) -> usize {
         self.batch
+    }
+
+    /// Puts the window's in-attention inputs on the device at once:
+    /// `inputs[i]`, when present, holds `hidden` values for each of the
+    /// session's positions from 0 for layer `i` of the conditional
+    /// sequence. From then on each step reads its rows there, and the
+    /// rows [`DecoderSession::step`] is given for those layers are not
+    /// read (they must be the same): on a GPU that is one copy per window
+    /// instead of one per layer and step, each of which waits for the
+    /// device.
+    pub fn hold_layer_inputs(&mut self, inputs: &[Option<Vec<f32>>]) -> Result<()> {
+        let dec = self.dec;
+        let h = dec.cfg.hidden_size;
+        let positions = self.capacity;
+        if inputs.len() > dec.layers.len() {
+            return Err(Error::InvalidSetting(format!(
+                "{} layer inputs for a decoder of {} layers",
+                inputs.len(),
+                dec.layers.len()
+            )));
+        }
+        let (dev, dtype) = (dec.device().clone(), dec.dtype());
+        self.held_inputs = inputs
+            .iter()
+            .map(|rows| {
+                let Some(rows) = rows else {
+                    return Ok(None);
+                };
+                if rows.len() < positions * h {
+                    return Err(Error::InvalidSetting(format!(
+                        "in-attention inputs for {} positions; the session has {positions}",
+                        rows.len() / h.max(1)
+                    )));
+                }
+                let cond = Tensor::from_slice(&rows[..positions * h], (1, positions, h), &dev)?
+                    .to_dtype(dtype)?;
+                let both = if self.batch == 2 {
+                    Tensor::cat(&[&cond, &cond.zeros_like()?], 0)?
+                } else {
+                    cond
+                };
+                Ok(Some(both))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(())
     }
 
     /// Reads `n` more positions, the same `tokens` (`codebooks × n`,
@@ -455,7 +558,6 @@ impl DecoderSession<'_> {
         let dec = self.dec;
         let cfg = &dec.cfg;
         let (k, h, heads) = (cfg.num_codebooks, cfg.hidden_size, cfg.num_attention_heads);
-        let hd = h / heads;
         let b = self.batch;
         let (dev, dtype) = (dec.device().clone(), dec.dtype());
         if n == 0 || tokens.len() != k * n {
@@ -502,9 +604,16 @@ impl DecoderSession<'_> {
         } else {
             None
         };
-        let scale = 1.0 / (hd as f64).sqrt();
+        let Some(stepping) = &dec.stepping else {
+            return Err(Error::InvalidSetting(
+                "a decoding session needs the decoder's inference copy (to_device)".into(),
+            ));
+        };
+        // The queries' projections carry `head_dim^-0.5` ([`Stepping`]).
         for (li, layer) in dec.layers.iter().enumerate() {
-            if let Some(Some(add)) = inputs.get(li) {
+            if let Some(Some(held)) = self.held_inputs.get(li) {
+                x = (x + held.narrow(1, self.len, n)?)?;
+            } else if let Some(Some(add)) = inputs.get(li) {
                 if add.len() != n * h {
                     return Err(Error::InvalidSetting(format!(
                         "layer input {li} has {} values, expected {}",
@@ -528,7 +637,7 @@ impl DecoderSession<'_> {
             vc.slice_set(&vn, 2, self.len)?;
             let keys = kc.narrow(2, 0, total)?;
             let values = vc.narrow(2, 0, total)?;
-            let mut scores = (q.matmul(&keys.t()?)? * scale)?;
+            let mut scores = q.matmul(&keys.t()?)?;
             if let Some(c) = &causal {
                 scores = scores.broadcast_add(c)?;
             }
@@ -540,7 +649,10 @@ impl DecoderSession<'_> {
                 let nx = layer.cross_norm.forward_fused(&x)?;
                 let q = split_heads(&a.q.forward(&nx)?, heads)?.contiguous()?;
                 let (ck, cv) = &kv[li];
-                let scores = (q.matmul(&ck.t()?)? * scale)?.broadcast_add(bias)?;
+                let mut scores = q.matmul(&ck.t()?)?;
+                if let Some(bias) = bias {
+                    scores = scores.broadcast_add(bias)?;
+                }
                 let probs = candle_nn::ops::softmax_last_dim(&scores)?;
                 x = (x + a.out.forward(&merge_heads(&probs.matmul(cv)?)?)?)?;
             }
@@ -549,13 +661,8 @@ impl DecoderSession<'_> {
         }
         self.len = total;
         let last = dec.norm.forward_fused(&x.narrow(1, n - 1, 1)?)?;
-        let logits = dec
-            .heads
-            .iter()
-            .map(|head| head.forward(&last))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        // (batch, codebooks, 1, vocab)
-        let logits = Tensor::stack(&logits, 1)?;
+        // (batch, 1, codebooks · vocab): each sequence's codebooks in order.
+        let logits = stepping.heads.forward(&last)?;
         Ok(logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
     }
 }
