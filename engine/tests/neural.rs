@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use vidmusician_engine::Error;
 use vidmusician_engine::neural::decoder::{CrossKv, SelfCache, SeqInput};
-use vidmusician_engine::neural::encodec::SpanDecoder;
+use vidmusician_engine::neural::encodec::{EncodecDecoder, SpanDecoder};
 use vidmusician_engine::neural::{MusicGen, PromptSchedule, Sampling};
 
 const TOL: f32 = 1e-4;
@@ -618,6 +618,33 @@ fn audio_of_a_piece_still_being_generated_is_final_once_settled() {
     assert!(m.codec().decode_span(&prefix, 0, 31).is_err());
 }
 
+/// The audio `spans` gives for the piece `codes` whose frames arrive
+/// `arrivals` at a time (cycling), each span checked to be whole frames.
+fn stream_spans(
+    codec: &EncodecDecoder,
+    codes: &Tensor,
+    arrivals: &[usize],
+    spans: &mut SpanDecoder,
+) -> Vec<f32> {
+    let frames = codes.dim(2).unwrap();
+    let mut streamed = Vec::new();
+    let (mut known, mut k) = (0, 0);
+    while known < frames {
+        known = (known + arrivals[k % arrivals.len()]).min(frames);
+        k += 1;
+        let prefix = codes.narrow(2, 0, known).unwrap();
+        if let Some(a) = spans.next(codec, &prefix, known == frames).unwrap() {
+            streamed.extend(a.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+        assert_eq!(
+            streamed.len(),
+            spans.sent() * codec.hop_length(),
+            "{arrivals:?}"
+        );
+    }
+    streamed
+}
+
 #[test]
 fn a_span_decoder_gives_the_whole_pieces_audio_whatever_the_arrivals() {
     let m = model();
@@ -628,21 +655,7 @@ fn a_span_decoder_gives_the_whole_pieces_audio_whatever_the_arrivals() {
     // the LSTM's state is carried across every kind of boundary.
     for arrivals in [vec![1usize], vec![7], vec![3, 11, 1, 20, 2]] {
         let mut spans = SpanDecoder::default();
-        let mut streamed = Vec::new();
-        let (mut known, mut k) = (0, 0);
-        while known < frames {
-            known = (known + arrivals[k % arrivals.len()]).min(frames);
-            k += 1;
-            let prefix = codes.narrow(2, 0, known).unwrap();
-            if let Some(a) = spans.next(m.codec(), &prefix, known == frames).unwrap() {
-                streamed.extend(a.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-            }
-            assert_eq!(
-                streamed.len(),
-                spans.sent() * m.codec().hop_length(),
-                "{arrivals:?}"
-            );
-        }
+        let streamed = stream_spans(m.codec(), &codes, &arrivals, &mut spans);
         assert_eq!(spans.sent(), frames, "{arrivals:?}");
         let d = max_diff(&streamed, &whole);
         assert!(d < 1e-5, "{arrivals:?}: streamed audio differs by {d}");
@@ -683,17 +696,7 @@ fn the_codec_on_a_device_decodes_as_the_cpu_kernels_do() {
     let d = max_diff(&got, &whole);
     assert!(d < 1e-5, "a whole piece differs by {d}");
     for arrivals in [vec![7usize], vec![3, 11, 1, 20, 2]] {
-        let mut spans = SpanDecoder::default();
-        let mut streamed = Vec::new();
-        let (mut known, mut k) = (0, 0);
-        while known < frames {
-            known = (known + arrivals[k % arrivals.len()]).min(frames);
-            k += 1;
-            let prefix = codes.narrow(2, 0, known).unwrap();
-            if let Some(a) = spans.next(&on, &prefix, known == frames).unwrap() {
-                streamed.extend(a.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-            }
-        }
+        let streamed = stream_spans(&on, &codes, &arrivals, &mut SpanDecoder::default());
         let d = max_diff(&streamed, &whole);
         assert!(d < 1e-5, "{arrivals:?}: streamed audio differs by {d}");
     }

@@ -237,6 +237,13 @@ pub struct Helper {
     proc: Mutex<Proc>,
 }
 
+/// What a helper holds on its device.
+#[derive(Clone, Copy)]
+enum Held {
+    Decoder,
+    Clip,
+}
+
 struct Proc {
     child: Child,
     stdin: Option<BufWriter<ChildStdin>>,
@@ -392,55 +399,47 @@ impl Helper {
     /// Has the helper hold the decoder of the checkpoint in `dir` in
     /// `dtype` (a no-op when it already does).
     pub fn load(&self, dir: &Path, dtype: DType) -> Result<()> {
-        let dtype = super::device::dtype_name(dtype);
-        let mut p = self.proc.lock();
-        if p.loaded
-            .as_ref()
-            .is_some_and(|(d, t)| d == dir && t == dtype)
-        {
-            return Ok(());
-        }
-        p.send(&ToHelper::Load {
-            dir: dir.to_path_buf(),
-            dtype: dtype.into(),
-        })
-        .map_err(|r| self.fail(r))?;
-        match p.next(LOAD_TIMEOUT).map_err(|r| self.fail(r))? {
-            FromHelper::Loaded => {
-                p.loaded = Some((dir.to_path_buf(), dtype.into()));
-                Ok(())
-            }
-            FromHelper::Failed { reason, .. } => {
-                p.loaded = None;
-                Err(self.fail(reason))
-            }
-            other => Err(self.fail(p.broke(format!("answered a load with {other:?}")))),
-        }
+        self.hold(Held::Decoder, dir, dtype)
     }
 
     /// Has the helper hold the vision tower of the CLIP checkpoint in `dir`
     /// in `dtype` (a no-op when it already does).
     pub fn load_clip(&self, dir: &Path, dtype: DType) -> Result<()> {
+        self.hold(Held::Clip, dir, dtype)
+    }
+
+    /// Has the helper hold `what` of the checkpoint in `dir` in `dtype`.
+    fn hold(&self, what: Held, dir: &Path, dtype: DType) -> Result<()> {
         let dtype = super::device::dtype_name(dtype);
         let mut p = self.proc.lock();
-        if p.clip.as_ref().is_some_and(|(d, t)| d == dir && t == dtype) {
+        if p.held(what)
+            .as_ref()
+            .is_some_and(|(d, t)| d == dir && t == dtype)
+        {
             return Ok(());
         }
-        p.send(&ToHelper::LoadClip {
-            dir: dir.to_path_buf(),
-            dtype: dtype.into(),
-        })
-        .map_err(|r| self.fail(r))?;
+        let (dir, dtype) = (dir.to_path_buf(), dtype.to_string());
+        let ask = match what {
+            Held::Decoder => ToHelper::Load {
+                dir: dir.clone(),
+                dtype: dtype.clone(),
+            },
+            Held::Clip => ToHelper::LoadClip {
+                dir: dir.clone(),
+                dtype: dtype.clone(),
+            },
+        };
+        p.send(&ask).map_err(|r| self.fail(r))?;
         match p.next(LOAD_TIMEOUT).map_err(|r| self.fail(r))? {
             FromHelper::Loaded => {
-                p.clip = Some((dir.to_path_buf(), dtype.into()));
+                *p.held(what) = Some((dir, dtype));
                 Ok(())
             }
             FromHelper::Failed { reason, .. } => {
-                p.clip = None;
+                *p.held(what) = None;
                 Err(self.fail(reason))
             }
-            other => Err(self.fail(p.broke(format!("answered a CLIP load with {other:?}")))),
+            other => Err(self.fail(p.broke(format!("answered {ask:?} with {other:?}")))),
         }
     }
 
@@ -655,6 +654,14 @@ impl FrameEncoder for HelperFrames {
 }
 
 impl Proc {
+    /// The checkpoint and type of what it holds of `what`.
+    fn held(&mut self, what: Held) -> &mut Option<(PathBuf, String)> {
+        match what {
+            Held::Decoder => &mut self.loaded,
+            Held::Clip => &mut self.clip,
+        }
+    }
+
     fn send(&mut self, m: &ToHelper) -> std::result::Result<(), String> {
         if let Some(b) = &self.broken {
             return Err(b.clone());
