@@ -863,14 +863,7 @@ pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
                     },
                     Some(c) => match encode_frames(c, side as usize, &images, patches) {
                         Ok(e) => FromHelper::Encoded(e),
-                        Err(e @ Error::InvalidSetting(_)) => FromHelper::Failed {
-                            reason: e.to_string(),
-                            device: false,
-                        },
-                        Err(e) => FromHelper::Failed {
-                            reason: e.to_string(),
-                            device: true,
-                        },
+                        Err(e) => failed(e),
                     },
                 };
                 send(&mut out, &answer)?;
@@ -966,14 +959,7 @@ pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
                 let answer = match result {
                     Ok(frames) => FromHelper::Done(frames),
                     Err(Error::Cancelled) => FromHelper::Cancelled,
-                    Err(e @ Error::InvalidSetting(_)) => FromHelper::Failed {
-                        reason: e.to_string(),
-                        device: false,
-                    },
-                    Err(e) => FromHelper::Failed {
-                        reason: e.to_string(),
-                        device: true,
-                    },
+                    Err(e) => failed(e),
                 };
                 send(&mut out, &answer)?;
             }
@@ -981,6 +967,15 @@ pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A request's failure as the engine is told it: a wrong request (the
+/// engine's own error, in words), or the device's.
+fn failed(e: Error) -> FromHelper {
+    FromHelper::Failed {
+        device: !matches!(e, Error::InvalidSetting(_)),
+        reason: e.to_string(),
+    }
 }
 
 /// The helper's side of [`ToHelper::Encode`]: `bytes` cut into `side`×`side`
