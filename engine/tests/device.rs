@@ -965,4 +965,6 @@ fn the_inference_copy_runs_sessions_only() {
     let w = Weights::open_dir(&fixture()).unwrap();
     let original = MusicgenDecoder::load(&w.pp("decoder"), &m.config().decoder).unwrap();
     original.forward(&tokens, &Conditioning::default()).unwrap();
+    let e = original.session(None, 1, 8).err().unwrap();
+    assert!(e.to_string().contains("inference copy"), "{e}");
 }

@@ -405,6 +405,11 @@ impl MusicgenDecoder {
                 "a decoding session runs 1 or 2 sequences, not {batch}"
             )));
         }
+        if self.stepping.is_none() {
+            return Err(Error::InvalidSetting(
+                "a decoding session needs the decoder's inference copy (to_device)".into(),
+            ));
+        }
         let capacity = capacity.min(self.cfg.max_position_embeddings);
         let self_kv = self
             .layers
