@@ -986,7 +986,10 @@ fn encode_frames(
     bytes: &[u8],
     patches: bool,
 ) -> Result<Encoded> {
-    let frame = side * side * 3;
+    let frame = side
+        .checked_mul(side)
+        .and_then(|n| n.checked_mul(3))
+        .unwrap_or(0);
     if frame == 0 || bytes.is_empty() || !bytes.len().is_multiple_of(frame) {
         return Err(Error::InvalidSetting(format!(
             "{} bytes are not whole {side}×{side} RGB frames",

@@ -15,7 +15,6 @@ use crate::error::{Error, Result};
 use crate::neural::MusicGen;
 use crate::neural::conditioning::Adapter;
 use crate::neural::conditioning::rhythm::{START_FRAMES, prepare_curve};
-
 use crate::service::Stage;
 
 /// The engine, holding its models and adapter between requests.
