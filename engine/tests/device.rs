@@ -968,3 +968,79 @@ fn the_inference_copy_runs_sessions_only() {
     let e = original.session(None, 1, 8).err().unwrap();
     assert!(e.to_string().contains("inference copy"), "{e}");
 }
+
+/// A copy of the fixture `from` in `to` whose tensors named with `part` are
+/// negated: another model of the same shape.
+fn altered_copy(from: &Path, to: &Path, part: &str) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap().path();
+        let name = f.file_name().unwrap();
+        if name != "model.safetensors" {
+            std::fs::copy(&f, to.join(name)).unwrap();
+        }
+    }
+    let mut t =
+        candle_core::safetensors::load(from.join("model.safetensors"), &Device::Cpu).unwrap();
+    for (name, v) in t.iter_mut() {
+        if name.contains(part) {
+            *v = v.neg().unwrap();
+        }
+    }
+    candle_core::safetensors::save(&t, to.join("model.safetensors")).unwrap();
+}
+
+/// Two engines of one process on two models share a helper: each request
+/// is served by its own model, however the two interleave (the helper is
+/// made to hold the asked model under the same lock as the request).
+#[test]
+fn a_shared_helper_serves_each_request_by_its_own_model() {
+    use vidmusician_engine::neural::helper::HelperFrames;
+    use vidmusician_engine::neural::models::clip::{FrameEncoder, RgbImage};
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let (clip_a, clip_b) = (fixtures.join("clip-tiny"), dir.path().join("clip-b"));
+    altered_copy(&clip_a, &clip_b, "visual_projection");
+    let (mg_a, mg_b) = (fixture(), dir.path().join("musicgen-b"));
+    altered_copy(&mg_a, &mg_b, "lm_heads");
+    let h = std::sync::Arc::new(Helper::start(vidmusician(), "cpu").unwrap());
+
+    // Two engines' frame readers: the second's load comes after the first's.
+    let frames_a = HelperFrames::new(h.clone(), &clip_a, DType::F32).unwrap();
+    let frames_b = HelperFrames::new(h.clone(), &clip_b, DType::F32).unwrap();
+    let side = frames_a.side();
+    let rgb: Vec<u8> = (0..side * side * 3).map(|i| (i * 7 % 251) as u8).collect();
+    let image = [RgbImage::new(side, side, &rgb).unwrap()];
+    let read = |f: &HelperFrames| f.encode(&image, false).unwrap().projected;
+    let a = read(&frames_a);
+    let b = read(&frames_b);
+    assert_ne!(a, b, "the two CLIPs should differ");
+    assert_eq!(
+        read(&frames_a),
+        a,
+        "the first CLIP's frames were read by the second"
+    );
+
+    let make = |d: &Path| {
+        h.generate_for(
+            d,
+            DType::F32,
+            None,
+            &[],
+            &[],
+            6,
+            &Sampling::greedy(1.0),
+            &mut |_, _| true,
+        )
+        .unwrap()
+    };
+    let first = make(&mg_a);
+    let other = make(&mg_b);
+    assert_ne!(first, other, "the two decoders should differ");
+    assert_eq!(
+        make(&mg_a),
+        first,
+        "the first model's window was made by the second"
+    );
+}

@@ -237,6 +237,17 @@ pub struct Helper {
     proc: Mutex<Proc>,
 }
 
+/// A window as [`Helper::generate`] is asked for it: the conditional
+/// states and mask, the in-attention inputs, the prompt, the frames to make
+/// and the sampling.
+type AskedWindow<'a> = (
+    Option<(&'a Tensor, &'a Tensor)>,
+    &'a [Option<Vec<f32>>],
+    &'a [Vec<u32>],
+    usize,
+    &'a Sampling,
+);
+
 /// What a helper holds on its device.
 #[derive(Clone, Copy)]
 enum Held {
@@ -410,8 +421,15 @@ impl Helper {
 
     /// Has the helper hold `what` of the checkpoint in `dir` in `dtype`.
     fn hold(&self, what: Held, dir: &Path, dtype: DType) -> Result<()> {
-        let dtype = super::device::dtype_name(dtype);
         let mut p = self.proc.lock();
+        self.hold_locked(&mut p, what, dir, dtype)
+    }
+
+    /// [`Helper::hold`] with the helper already locked: a request that
+    /// needs a model asks for it under the same lock, so that another
+    /// engine of the process cannot have the helper load another between.
+    fn hold_locked(&self, p: &mut Proc, what: Held, dir: &Path, dtype: DType) -> Result<()> {
+        let dtype = super::device::dtype_name(dtype);
         if p.held(what)
             .as_ref()
             .is_some_and(|(d, t)| d == dir && t == dtype)
@@ -447,6 +465,28 @@ impl Helper {
     /// Waits for a window another engine of the process is generating on
     /// the same helper (each of its steps is bounded by the step timeout).
     pub fn encode(&self, images: &[RgbImage], patches: bool) -> Result<Encoded> {
+        self.encode_with(None, images, patches)
+    }
+
+    /// [`Helper::encode`] by the vision tower of the CLIP in `dir` in
+    /// `dtype`, which the helper is made to hold first if it does not (an
+    /// engine on another CLIP may have had it load that one).
+    pub fn encode_for(
+        &self,
+        dir: &Path,
+        dtype: DType,
+        images: &[RgbImage],
+        patches: bool,
+    ) -> Result<Encoded> {
+        self.encode_with(Some((dir, dtype)), images, patches)
+    }
+
+    fn encode_with(
+        &self,
+        model: Option<(&Path, DType)>,
+        images: &[RgbImage],
+        patches: bool,
+    ) -> Result<Encoded> {
         let Some(first) = images.first() else {
             return Err(Error::InvalidSetting("no images to encode".into()));
         };
@@ -462,6 +502,9 @@ impl Helper {
             bytes.extend_from_slice(img.rgb);
         }
         let mut p = self.proc.lock();
+        if let Some((dir, dtype)) = model {
+            self.hold_locked(&mut p, Held::Clip, dir, dtype)?;
+        }
         if p.clip.is_none() {
             return Err(self.fail("the GPU helper holds no CLIP".into()));
         }
@@ -507,6 +550,36 @@ impl Helper {
         sampling: &Sampling,
         on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
     ) -> Result<Frames> {
+        let window = (cross, layer_inputs, prompt, frames, sampling);
+        self.generate_with(None, window, on_step)
+    }
+
+    /// [`Helper::generate`] by the decoder of the checkpoint in `dir` in
+    /// `dtype`, which the helper is made to hold first if it does not (an
+    /// engine on another model may have had it load that one).
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_for(
+        &self,
+        dir: &Path,
+        dtype: DType,
+        cross: Option<(&Tensor, &Tensor)>,
+        layer_inputs: &[Option<Vec<f32>>],
+        prompt: &[Vec<u32>],
+        frames: usize,
+        sampling: &Sampling,
+        on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
+    ) -> Result<Frames> {
+        let window = (cross, layer_inputs, prompt, frames, sampling);
+        self.generate_with(Some((dir, dtype)), window, on_step)
+    }
+
+    fn generate_with(
+        &self,
+        model: Option<(&Path, DType)>,
+        window: AskedWindow<'_>,
+        on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
+    ) -> Result<Frames> {
+        let (cross, layer_inputs, prompt, frames, sampling) = window;
         let cross = match cross {
             Some((states, mask)) => {
                 let len = states.dim(1)?;
@@ -541,6 +614,9 @@ impl Helper {
                 return Err(Error::Cancelled);
             }
         };
+        if let Some((dir, dtype)) = model {
+            self.hold_locked(&mut p, Held::Decoder, dir, dtype)?;
+        }
         if p.loaded.is_none() {
             return Err(self.fail("the GPU helper holds no model".into()));
         }
@@ -611,6 +687,8 @@ impl Helper {
 /// back. The configuration is read here, the weights only there.
 pub struct HelperFrames {
     helper: Arc<Helper>,
+    dir: PathBuf,
+    dtype: DType,
     cfg: ClipConfig,
     preprocess: PreprocessConfig,
     arithmetic: &'static str,
@@ -628,6 +706,8 @@ impl HelperFrames {
         helper.load_clip(dir, dtype)?;
         Ok(Self {
             helper,
+            dir: dir.to_path_buf(),
+            dtype,
             cfg,
             preprocess,
             arithmetic: super::device::dtype_name(dtype),
@@ -649,7 +729,8 @@ impl FrameEncoder for HelperFrames {
     }
 
     fn encode(&self, images: &[RgbImage], patches: bool) -> Result<Encoded> {
-        self.helper.encode(images, patches)
+        self.helper
+            .encode_for(&self.dir, self.dtype, images, patches)
     }
 }
 

@@ -498,20 +498,18 @@ impl MusicGen {
                     },
                     other => other,
                 }),
-                Some(OnDevice::Helper(h, dtype)) => {
-                    // Another model of this process may have had the helper
-                    // load its decoder since.
-                    h.load(&self.dir, *dtype).and_then(|()| {
-                        h.generate(
-                            states,
-                            &input.layer_inputs,
-                            prompt_frames,
-                            new,
-                            &s,
-                            &mut on_step,
-                        )
-                    })
-                }
+                // Another model of this process may have had the helper
+                // load its decoder since: it is asked for with the window.
+                Some(OnDevice::Helper(h, dtype)) => h.generate_for(
+                    &self.dir,
+                    *dtype,
+                    states,
+                    &input.layer_inputs,
+                    prompt_frames,
+                    new,
+                    &s,
+                    &mut on_step,
+                ),
                 None => generate_with(
                     &self.decoder,
                     kv,
