@@ -601,6 +601,23 @@ fn the_cuda_build_of_the_helper_starts_only_where_cuda_is() {
                 .generate(None, &[], &[], 8, &Sampling::greedy(1.0), &mut |_, _| true)
                 .unwrap();
             assert_eq!(got.len(), 8);
+            // CLIP's vision tower on the GPU reads a frame as the CPU's does.
+            use vidmusician_engine::neural::models::clip::{Clip, FrameEncoder, RgbImage};
+            let clip_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-tiny");
+            let cpu = Clip::load(&clip_dir).unwrap();
+            let side = cpu.side();
+            let rgb: Vec<u8> = (0..side * side * 3).map(|i| (i * 7 % 251) as u8).collect();
+            let image = [RgbImage::new(side, side, &rgb).unwrap()];
+            let want = cpu.encode(&image, true).unwrap();
+            let on = h.encode_for(&clip_dir, DType::F32, &image, true).unwrap();
+            let worst = want
+                .pooled
+                .iter()
+                .chain(&want.patches)
+                .flatten()
+                .zip(on.pooled.iter().chain(&on.patches).flatten())
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst < 1e-3, "CLIP on the GPU differs by {worst}");
         }
         Err(e) => {
             let text = e.to_string();
