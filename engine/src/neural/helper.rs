@@ -698,11 +698,7 @@ impl HelperFrames {
     /// The vision tower of the CLIP checkpoint in `dir`, loaded in `helper`
     /// in `dtype`.
     pub fn new(helper: Arc<Helper>, dir: &Path, dtype: DType) -> Result<Self> {
-        let cfg = ClipConfig::load(&dir.join("config.json"))?;
-        let preprocess = PreprocessConfig::load_or_default(
-            &dir.join("preprocessor_config.json"),
-            cfg.vision_config.image_size,
-        )?;
+        let (cfg, preprocess) = super::models::clip::configs(dir)?;
         helper.load_clip(dir, dtype)?;
         Ok(Self {
             helper,

@@ -85,16 +85,24 @@ pub(crate) fn musicgen(dir: &Path, precision: Precision, device: &Chosen) -> Res
         let mut model = MusicGen::load_as(dir, precision)?;
         if !device.is_cpu() {
             let dtype = device::dtype_for(device)?;
-            model.use_device(device, dtype).map_err(|e| match e {
-                e @ Error::Device { .. } => e,
-                e => Error::Device {
-                    device: device.name.clone(),
-                    reason: format!("cannot hold the decoder ({e})"),
-                },
-            })?;
+            model
+                .use_device(device, dtype)
+                .map_err(|e| on_device(device, "the decoder", e))?;
         }
         Ok(model)
     })
+}
+
+/// `e`, met while putting `what` on `device`, as the device's failure (the
+/// engines then go on on the CPU); a device failure stays as it is.
+fn on_device(device: &Chosen, what: &str, e: Error) -> Error {
+    match e {
+        e @ Error::Device { .. } => e,
+        e => Error::Device {
+            device: device.name.clone(),
+            reason: format!("cannot hold {what} ({e})"),
+        },
+    }
 }
 
 /// Whether `model` is the one [`musicgen`] gives for these settings.
@@ -244,13 +252,7 @@ pub(crate) fn frames(
     precision: Precision,
     device: &Chosen,
 ) -> Result<Arc<dyn FrameEncoder>> {
-    let on_device = |e: Error| match e {
-        e @ Error::Device { .. } => e,
-        e => Error::Device {
-            device: device.name.clone(),
-            reason: format!("cannot hold CLIP ({e})"),
-        },
-    };
+    let on_device = |e| on_device(device, "CLIP", e);
     match &device.backend {
         _ if device.is_cpu() => Ok(clip(dir, precision)?),
         Backend::Candle(dev) => {

@@ -494,12 +494,8 @@ impl Clip {
     /// [`Clip::load`] with both towers' encoders at `precision`
     /// ([`ClipVision::load_as`], [`ClipText::load_as`]).
     pub fn load_as(dir: &Path, precision: VisionPrecision) -> Result<Self> {
-        let cfg = ClipConfig::load(&dir.join("config.json"))?;
+        let (cfg, preprocess) = configs(dir)?;
         let tokenizer = ClipTokenizer::load(&dir.join("tokenizer.json"), &cfg.text_config)?;
-        let preprocess = PreprocessConfig::load_or_default(
-            &dir.join("preprocessor_config.json"),
-            cfg.vision_config.image_size,
-        )?;
         let w = Weights::open_dir(dir)?;
         Self::from_parts(&w, cfg, tokenizer, preprocess, dir, precision)
     }
@@ -669,31 +665,14 @@ pub struct ClipFrames {
     preprocess: PreprocessConfig,
     cfg: ClipConfig,
     device: Device,
-    dir: PathBuf,
 }
 
 impl ClipFrames {
     /// The vision tower of the checkpoint in `dir` on `device` in `dtype`.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let cfg = ClipConfig::load(&dir.join("config.json"))?;
-        let preprocess = PreprocessConfig::load_or_default(
-            &dir.join("preprocessor_config.json"),
-            cfg.vision_config.image_size,
-        )?;
+        let (cfg, preprocess) = configs(dir)?;
         let w = Weights::open_dir(dir)?.on(device);
-        Self::from_parts(&w, cfg, preprocess, dir, device, dtype)
-    }
-
-    /// Builds it from weights already opened on `device`.
-    pub fn from_parts(
-        w: &Weights,
-        cfg: ClipConfig,
-        preprocess: PreprocessConfig,
-        dir: &Path,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Self> {
-        let mut vision = ClipVision::load_as(w, &cfg, VisionPrecision::F32)?;
+        let mut vision = ClipVision::load_as(&w, &cfg, VisionPrecision::F32)?;
         if dtype != DType::F32 {
             vision = vision.to_dtype(dtype)?;
         }
@@ -702,17 +681,19 @@ impl ClipFrames {
             preprocess,
             cfg,
             device: device.clone(),
-            dir: dir.to_path_buf(),
         })
     }
+}
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
+/// A CLIP checkpoint's `config.json` and its `preprocessor_config.json`
+/// (CLIP's defaults for its image size where there is none).
+pub fn configs(dir: &Path) -> Result<(ClipConfig, PreprocessConfig)> {
+    let cfg = ClipConfig::load(&dir.join("config.json"))?;
+    let preprocess = PreprocessConfig::load_or_default(
+        &dir.join("preprocessor_config.json"),
+        cfg.vision_config.image_size,
+    )?;
+    Ok((cfg, preprocess))
 }
 
 impl FrameEncoder for ClipFrames {
