@@ -61,7 +61,8 @@ step() {
 # Parity (the device's logits against the CPU decoder's: the tiny fixture's
 # weights and random musicgen-small / -medium ones) and decoder speed with
 # and without guidance, in f32, f16 and bf16; then musicgen-small through
-# the helper's pipe, as the plugin and the CLI drive it.
+# the helper's pipe, as the plugin and the CLI drive it, frames only and
+# with the audio decoded in the helper.
 step device "$HELPER" bench-device --device cuda --frames 500 --dtypes f32,f16,bf16 \
   --medium --checkpoint "$FIXTURE" --through-helper
 # Training on the device: the same steps on the CPU and the GPU (losses and

@@ -716,8 +716,13 @@ fn a_device_that_cannot_be_had_leaves_the_work_on_the_cpu_and_says_so() {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let decoded = vidmusician_engine::neural::helper::samples_decoded();
     let through = tiny_engine(DeviceChoice::Cuda(0), Some(&helper));
     let done = text_piece(&through, 3);
+    assert!(
+        vidmusician_engine::neural::helper::samples_decoded() > decoded,
+        "the piece's audio was decoded in the helper"
+    );
     let note = done.device.clone().unwrap_or_default();
     assert!(
         note.contains("in the GPU helper") && note.contains("vidmusician-cuda"),
@@ -1060,4 +1065,144 @@ fn a_shared_helper_serves_each_request_by_its_own_model() {
         first,
         "the first model's window was made by the second"
     );
+}
+
+/// A piece made on a helper is decoded there too, beside the decoder: the
+/// same stretches, to the sample, as this process's own decoding of the
+/// same frames, window after window. Pieces interleaved on one helper keep
+/// their own codec state, and a window that goes on from frames the helper
+/// does not hold is refused in words.
+#[test]
+fn a_piece_made_in_the_helper_is_decoded_there_as_here() {
+    use std::sync::Arc;
+    use vidmusician_engine::neural::device::{Backend, Chosen};
+    use vidmusician_engine::neural::helper::{self, AudioPlan};
+    let _one = one_at_a_time();
+    let h = Arc::new(Helper::start(vidmusician(), "cpu").unwrap());
+
+    // Through MusicGen: 12 s are four windows of the tiny checkpoint
+    // (251 frames, then 126 after 125 of context).
+    let s = Sampling {
+        seed: 9,
+        ..Sampling::default()
+    };
+    let stretches = |m: &MusicGen| {
+        let mut got = Vec::new();
+        m.generate_streaming("calm piano", 12.0, &s, &mut |_| true, &mut |a| {
+            got.push(a.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        got
+    };
+    let cpu = MusicGen::load(&fixture()).unwrap();
+    let want = stretches(&cpu);
+    let mut on = MusicGen::load(&fixture()).unwrap();
+    let chosen = Chosen {
+        backend: Backend::Helper(h.clone()),
+        name: "cpu".into(),
+        note: String::new(),
+    };
+    on.use_device(&chosen, DType::F32).unwrap();
+    let before = helper::samples_decoded();
+    let got = stretches(&on);
+    let total: usize = want.iter().map(Vec::len).sum();
+    assert_eq!(total, 12 * 32_000);
+    assert!(want.len() > 6, "{} stretches", want.len());
+    assert_eq!(got.len(), want.len(), "the same hand-overs");
+    assert!(got == want, "the helper's audio is this process's");
+    assert_eq!(
+        helper::samples_decoded() - before,
+        total,
+        "the audio was decoded in the helper"
+    );
+
+    // Window by window: a piece alone, then interleaved with another.
+    let hop = cpu.codec().hop_length();
+    let window = |id: u64, so_far: &[Vec<u32>], n: usize, seed: u64| {
+        let plan = AudioPlan {
+            piece: id,
+            codec: fixture(),
+            before: so_far.len(),
+            total: 200,
+            first_settled: 80,
+            every: 100,
+        };
+        let prompt = &so_far[so_far.len().saturating_sub(20)..];
+        let mut audio = Vec::new();
+        let sampling = Sampling {
+            seed,
+            ..Sampling::default()
+        };
+        let (frames, last) = h.generate_piece(
+            &fixture(),
+            DType::F32,
+            None,
+            &[],
+            prompt,
+            n,
+            &sampling,
+            plan,
+            &mut |_, _, a| {
+                audio.extend(a.unwrap_or_default());
+                true
+            },
+        )?;
+        audio.extend(last);
+        Ok::<_, vidmusician_engine::Error>((frames, audio))
+    };
+    let piece = |id: u64, seeds: (u64, u64)| {
+        let (a, mut audio) = window(id, &[], 120, seeds.0).unwrap();
+        let (b, more) = window(id, &a, 80, seeds.1).unwrap();
+        audio.extend(more);
+        ([a, b].concat(), audio)
+    };
+    let (frames, alone) = piece(100, (1, 2));
+    assert_eq!(alone.len(), 200 * hop, "the whole piece");
+    let k = frames[0].len();
+    let codes: Vec<u32> = (0..k)
+        .flat_map(|c| frames.iter().map(move |f| f[c]))
+        .collect();
+    let codes = Tensor::from_vec(codes, (1, k, frames.len()), &Device::Cpu).unwrap();
+    let whole: Vec<f32> = cpu
+        .codec()
+        .decode(&codes)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let peak = whole.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(
+        max_diff(&alone, &whole) <= 1e-5 * peak.max(1e-3),
+        "{} of {peak}",
+        max_diff(&alone, &whole)
+    );
+
+    let (a1, mut a_audio) = window(101, &[], 120, 1).unwrap();
+    let (b1, mut b_audio) = window(102, &[], 120, 3).unwrap();
+    // Errors between: frames the helper does not hold, or other frames
+    // than those it holds.
+    let err = window(103, &a1, 80, 2).unwrap_err();
+    assert!(err.to_string().contains("not held"), "{err}");
+    let mut wrong = a1.clone();
+    wrong[119][0] = (wrong[119][0] + 1) % 64;
+    let err = window(101, &wrong, 80, 2).unwrap_err();
+    assert!(err.to_string().contains("other frames"), "{err}");
+    // That refusal let go of piece 101: it starts again.
+    let (again, restart) = window(101, &[], 120, 1).unwrap();
+    assert_eq!((&again, &restart), (&a1, &a_audio));
+    let (_, more) = window(101, &a1, 80, 2).unwrap();
+    a_audio.extend(more);
+    let (_, more) = window(102, &b1, 80, 4).unwrap();
+    b_audio.extend(more);
+    assert!(
+        a_audio == alone,
+        "interleaved, piece 101 is decoded as alone"
+    );
+    assert_eq!(b_audio.len(), 200 * hop);
+    assert_ne!(b_audio, a_audio);
+    // A finished piece is let go.
+    let err = window(101, &frames, 80, 2).unwrap_err();
+    assert!(err.to_string().contains("not held"), "{err}");
 }

@@ -143,12 +143,12 @@ fn bench(
     )?;
     if through_helper {
         let exe = std::env::current_exe()?;
-        r.through_helper_guided_steps_per_s = Some(bench::through_helper(
-            &exe,
-            &device.to_string(),
-            frames,
-            &mut |m| eprintln!("{m}…"),
-        )?);
+        let t = bench::through_helper(&exe, &device.to_string(), frames, &mut |m| {
+            eprintln!("{m}…")
+        })?;
+        r.through_helper_guided_steps_per_s = Some(t.steps_per_s);
+        r.through_helper_decoding_steps_per_s = Some(t.decoding_steps_per_s);
+        r.through_helper_decoded_x_real_time = Some(t.decoded_x_real_time);
     }
     println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(())

@@ -338,17 +338,33 @@ pub struct DeviceBench {
     /// musicgen-small (random weights, f32) with guidance 3 through the GPU
     /// helper, as the engine of a CPU build drives it: steps per second.
     pub through_helper_guided_steps_per_s: Option<f64>,
+    /// The same window with its audio decoded in the helper too (a
+    /// hand-over once 1.6 s have settled, then every 2 s, and the rest at
+    /// the end), as the engines run it: steps per second, and seconds of
+    /// music decoded per second of that run.
+    pub through_helper_decoding_steps_per_s: Option<f64>,
+    pub through_helper_decoded_x_real_time: Option<f64>,
+}
+
+/// What [`through_helper`] measures.
+pub struct ThroughHelper {
+    /// Guided steps per second, frames only.
+    pub steps_per_s: f64,
+    /// Guided steps per second with the audio decoded in the helper.
+    pub decoding_steps_per_s: f64,
+    /// Seconds of music decoded there per second of that run.
+    pub decoded_x_real_time: f64,
 }
 
 /// Writes a random musicgen-small checkpoint, starts the GPU helper `exe`
 /// on `device`, has it load the checkpoint and times `frames` frames with
-/// guidance 3 through the pipe: steps per second.
+/// guidance 3 through the pipe, then again with their audio decoded there.
 pub fn through_helper(
     exe: &std::path::Path,
     device: &str,
     frames: usize,
     progress: &mut dyn FnMut(&str),
-) -> Result<f64> {
+) -> Result<ThroughHelper> {
     progress("writing a random musicgen-small checkpoint for the helper");
     let dir = tempfile::tempdir().map_err(|e| crate::Error::io(std::env::temp_dir(), e))?;
     write_random_checkpoint(dir.path())?;
@@ -367,7 +383,46 @@ pub fn through_helper(
     h.generate(Some((&states, &mask)), &[], &[], frames, &s, &mut |_, _| {
         true
     })?;
-    Ok((frames + cfg.num_codebooks - 1) as f64 / t0.elapsed().as_secs_f64())
+    let steps = (frames + cfg.num_codebooks - 1) as f64;
+    let steps_per_s = steps / t0.elapsed().as_secs_f64();
+
+    progress(&format!(
+        "the GPU helper on {device}: loading the codec, then the same window decoded there"
+    ));
+    h.load_codec(dir.path())?;
+    let codec = musicgen_small().audio_encoder;
+    let rate = codec.frame_rate();
+    let plan = super::helper::AudioPlan {
+        piece: 0,
+        codec: dir.path().to_path_buf(),
+        before: 0,
+        total: frames,
+        first_settled: rate * 8 / 5,
+        every: rate * 2,
+    };
+    let mut samples = 0usize;
+    let t0 = Instant::now();
+    let (_, last) = h.generate_piece(
+        dir.path(),
+        DType::F32,
+        Some((&states, &mask)),
+        &[],
+        &[],
+        frames,
+        &s,
+        plan,
+        &mut |_, _, audio| {
+            samples += audio.map_or(0, |a| a.len());
+            true
+        },
+    )?;
+    let took = t0.elapsed().as_secs_f64();
+    samples += last.len();
+    Ok(ThroughHelper {
+        steps_per_s,
+        decoding_steps_per_s: steps / took,
+        decoded_x_real_time: samples as f64 / f64::from(codec.sampling_rate) / took,
+    })
 }
 
 /// Times the decoder on `device` (sampled generation of `frames` frames,
@@ -488,6 +543,8 @@ pub fn device(
         frames,
         runs,
         through_helper_guided_steps_per_s: None,
+        through_helper_decoding_steps_per_s: None,
+        through_helper_decoded_x_real_time: None,
     })
 }
 

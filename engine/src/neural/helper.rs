@@ -1,5 +1,5 @@
-//! The GPU helper: generation's decoder and CLIP's vision tower on a CUDA
-//! device, in a process of its own that the engine thread drives over pipes.
+//! The GPU helper: MusicGen's decoder, EnCodec's decoder and CLIP's vision tower on
+//! a CUDA device, in a process of its own that the engine thread drives over pipes.
 //!
 //! Why a process and not a library: candle's CUDA backend links `libcuda`,
 //! cuBLAS, cuRAND, NVRTC and the CUDA runtime when it is built, so a binary
@@ -10,9 +10,14 @@
 //! installed as `vidmusician-cuda`. Run as `vidmusician-cuda gpu-serve`, it
 //! holds the device, the decoder's weights on it and the keys and values of
 //! the window; the engine sends it a window to generate and gets the frames
-//! back as they become final. It also holds CLIP's vision tower
-//! ([`HelperFrames`]): the engine sends it a video's frames, decoded and
-//! scaled here, and gets their embeddings and patch tokens back. A helper that cannot start (no driver, no
+//! back as they become final. It holds EnCodec's decoder too, and decodes
+//! the audio of the pieces it generates ([`AudioPlan`]): it keeps each
+//! piece's frames and the codec's state between its windows and sends each
+//! hand-over's samples with the step that settles them, so a GPU's
+//! generation is not held to the speed of the CPU's codec. It also holds
+//! CLIP's vision tower ([`HelperFrames`]): the engine sends it a video's
+//! frames, decoded and scaled here, and gets their embeddings and patch
+//! tokens back. A helper that cannot start (no driver, no
 //! CUDA libraries: the loader's own message names the missing one) is a
 //! clear error and the work stays on the CPU; a GPU fault or an
 //! out-of-memory abort ends the helper, not the host; and the device's
@@ -36,6 +41,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::encodec::{EncodecDecoder, SpanDecoder};
 use super::generate::{Frames, Progress, Sampling};
 use super::models::clip::{ClipConfig, Encoded, FrameEncoder, PreprocessConfig, RgbImage};
 use crate::{Error, Result};
@@ -68,6 +74,22 @@ pub fn frames_sent() -> usize {
     FRAMES_SENT.load(Ordering::Relaxed)
 }
 
+/// Samples of music this process has had decoded in GPU helpers (tests
+/// check that a piece made on a helper is decoded there).
+static SAMPLES_DECODED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Samples of music this process has had decoded in GPU helpers so far.
+pub fn samples_decoded() -> usize {
+    SAMPLES_DECODED.load(Ordering::Relaxed)
+}
+
+/// Codecs a helper keeps loaded (one per MusicGen checkpoint in use; a
+/// few tens of megabytes each).
+const MAX_CODECS: usize = 2;
+/// Pieces a helper keeps decoding between their windows (one per engine
+/// generating on it); the oldest is let go past this.
+const MAX_PIECES: usize = 8;
+
 /// What the engine asks of the helper.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToHelper {
@@ -94,6 +116,12 @@ pub enum ToHelper {
         images: Vec<u8>,
         patches: bool,
     },
+    /// Load the EnCodec decoder of the MusicGen checkpoint in `dir` onto the
+    /// device (in f32, checked there against the CPU's), to decode the
+    /// pieces whose windows ask for their audio ([`Window::audio`]).
+    LoadCodec {
+        dir: PathBuf,
+    },
 }
 
 /// One window of generation; see [`super::generate::generate_on`].
@@ -106,6 +134,29 @@ pub struct Window {
     pub prompt: Frames,
     pub frames: usize,
     pub sampling: Sampling,
+    /// When set, the helper also decodes the piece's audio and hands it
+    /// over with the frames.
+    pub audio: Option<AudioPlan>,
+}
+
+/// How a window's audio is handed over when the helper decodes it: the
+/// piece it belongs to, and when the engine would have decoded itself
+/// (the same rule, so the audio comes in the same stretches).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AudioPlan {
+    /// The piece's number (the engine's own): the helper keeps its frames
+    /// and the codec's state from one of its windows to the next.
+    pub piece: u64,
+    /// The MusicGen checkpoint whose codec decodes it ([`ToHelper::LoadCodec`]).
+    pub codec: PathBuf,
+    /// Frames of the piece before this window's new ones (0: its first
+    /// window), and in the whole piece (the window reaching it completes it).
+    pub before: usize,
+    pub total: usize,
+    /// The piece's first hand-over once this many frames have settled, in
+    /// its first window; after it, one every `every` final frames.
+    pub first_settled: usize,
+    pub every: usize,
 }
 
 /// What the helper answers.
@@ -118,14 +169,21 @@ pub enum FromHelper {
     },
     Loaded,
     /// A step is done; `fresh` are the frames that became final with it.
+    /// `audio`: for a window whose audio the helper decodes, the piece's
+    /// samples that settled since its last hand-over, when one is due.
     Step {
         step: usize,
         steps: usize,
         complete: usize,
         fresh: Frames,
+        audio: Option<Vec<f32>>,
     },
-    /// The window's new frames.
-    Done(Frames),
+    /// The window's new frames, and (when the helper decodes the audio) the
+    /// samples that settled with them (all the rest, at the piece's end).
+    Done {
+        frames: Frames,
+        audio: Option<Vec<f32>>,
+    },
     Cancelled,
     /// The frames of an [`ToHelper::Encode`].
     Encoded(Encoded),
@@ -248,11 +306,17 @@ type AskedWindow<'a> = (
     &'a Sampling,
 );
 
+/// What [`Helper::generate_piece`] calls at each step: the progress, the
+/// frames final so far, and the audio of a hand-over when one comes with
+/// the step; `false` cancels.
+pub type OnPieceStep<'a> = dyn FnMut(Progress, &[Vec<u32>], Option<Vec<f32>>) -> bool + 'a;
+
 /// What a helper holds on its device.
 #[derive(Clone, Copy)]
 enum Held {
     Decoder,
     Clip,
+    Codec,
 }
 
 struct Proc {
@@ -266,6 +330,8 @@ struct Proc {
     loaded: Option<(PathBuf, String)>,
     /// The checkpoint and type of the CLIP vision tower it holds.
     clip: Option<(PathBuf, String)>,
+    /// The checkpoint of the codec last asked for (the helper keeps a few).
+    codec: Option<(PathBuf, String)>,
     /// Set once the helper stopped answering or died: every later call
     /// fails at once.
     broken: Option<String>,
@@ -345,6 +411,7 @@ impl Helper {
             threads: vec![reader, errors],
             loaded: None,
             clip: None,
+            codec: None,
             broken: None,
         };
         match proc.next(READY_TIMEOUT) {
@@ -419,6 +486,14 @@ impl Helper {
         self.hold(Held::Clip, dir, dtype)
     }
 
+    /// Has the helper hold the EnCodec decoder of the MusicGen checkpoint in
+    /// `dir` (in f32), so that it can decode the pieces it generates. An
+    /// [`Error::Device`] when the device cannot hold it or decodes
+    /// differently there than the CPU.
+    pub fn load_codec(&self, dir: &Path) -> Result<()> {
+        self.hold(Held::Codec, dir, DType::F32)
+    }
+
     /// Has the helper hold `what` of the checkpoint in `dir` in `dtype`.
     fn hold(&self, what: Held, dir: &Path, dtype: DType) -> Result<()> {
         let mut p = self.proc.lock();
@@ -446,6 +521,7 @@ impl Helper {
                 dir: dir.clone(),
                 dtype: dtype.clone(),
             },
+            Held::Codec => ToHelper::LoadCodec { dir: dir.clone() },
         };
         p.send(&ask).map_err(|r| self.fail(r))?;
         match p.next(LOAD_TIMEOUT).map_err(|r| self.fail(r))? {
@@ -551,7 +627,8 @@ impl Helper {
         on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
     ) -> Result<Frames> {
         let window = (cross, layer_inputs, prompt, frames, sampling);
-        self.generate_with(None, window, on_step)
+        let (frames, _) = self.generate_with(None, window, None, &mut |p, c, _| on_step(p, c))?;
+        Ok(frames)
     }
 
     /// [`Helper::generate`] by the decoder of the checkpoint in `dir` in
@@ -570,15 +647,46 @@ impl Helper {
         on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
     ) -> Result<Frames> {
         let window = (cross, layer_inputs, prompt, frames, sampling);
-        self.generate_with(Some((dir, dtype)), window, on_step)
+        let model = Some((dir, dtype));
+        let (frames, _) = self.generate_with(model, window, None, &mut |p, c, _| on_step(p, c))?;
+        Ok(frames)
+    }
+
+    /// [`Helper::generate_for`] with the window's audio decoded in the
+    /// helper too, by the codec of `plan.codec` (which it is made to hold):
+    /// `on_step` gets each hand-over's samples with the step that brings
+    /// it, and the window's last ones come back with its frames.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_piece(
+        &self,
+        dir: &Path,
+        dtype: DType,
+        cross: Option<(&Tensor, &Tensor)>,
+        layer_inputs: &[Option<Vec<f32>>],
+        prompt: &[Vec<u32>],
+        frames: usize,
+        sampling: &Sampling,
+        plan: AudioPlan,
+        on_step: &mut OnPieceStep<'_>,
+    ) -> Result<(Frames, Vec<f32>)> {
+        let window = (cross, layer_inputs, prompt, frames, sampling);
+        let (frames, audio) =
+            self.generate_with(Some((dir, dtype)), window, Some(plan), on_step)?;
+        match audio {
+            Some(a) => Ok((frames, a)),
+            None => {
+                Err(self.fail("the GPU helper sent a window's frames without its audio".into()))
+            }
+        }
     }
 
     fn generate_with(
         &self,
         model: Option<(&Path, DType)>,
         window: AskedWindow<'_>,
-        on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
-    ) -> Result<Frames> {
+        plan: Option<AudioPlan>,
+        on_step: &mut OnPieceStep<'_>,
+    ) -> Result<(Frames, Option<Vec<f32>>)> {
         let (cross, layer_inputs, prompt, frames, sampling) = window;
         let cross = match cross {
             Some((states, mask)) => {
@@ -597,7 +705,9 @@ impl Helper {
             prompt: prompt.to_vec(),
             frames,
             sampling: sampling.clone(),
+            audio: plan,
         };
+        let decodes = window.audio.as_ref().map(|a| a.codec.clone());
         // Another engine of the process may be running a window on the
         // shared helper: wait for it, still cancellable (`on_step` is asked,
         // with nothing done yet).
@@ -610,12 +720,15 @@ impl Helper {
                 steps: frames.max(1),
                 complete: 0,
             };
-            if !on_step(waiting, &[]) {
+            if !on_step(waiting, &[], None) {
                 return Err(Error::Cancelled);
             }
         };
         if let Some((dir, dtype)) = model {
             self.hold_locked(&mut p, Held::Decoder, dir, dtype)?;
+        }
+        if let Some(dir) = &decodes {
+            self.hold_locked(&mut p, Held::Codec, dir, DType::F32)?;
         }
         if p.loaded.is_none() {
             return Err(self.fail("the GPU helper holds no model".into()));
@@ -636,6 +749,7 @@ impl Helper {
                     steps,
                     complete,
                     fresh,
+                    audio,
                 } => {
                     done.extend(fresh);
                     if cancelled {
@@ -651,12 +765,18 @@ impl Helper {
                         steps,
                         complete,
                     };
-                    if !on_step(progress, &done) {
+                    if audio.is_some() && decodes.is_none() {
+                        return Err(self.fail(p.broke("sent audio that was not asked for".into())));
+                    }
+                    if let Some(a) = &audio {
+                        SAMPLES_DECODED.fetch_add(a.len(), Ordering::Relaxed);
+                    }
+                    if !on_step(progress, &done, audio) {
                         cancelled = true;
                         p.send(&ToHelper::Cancel).map_err(|r| self.fail(r))?;
                     }
                 }
-                FromHelper::Done(got) => {
+                FromHelper::Done { frames: got, audio } => {
                     if cancelled {
                         return Err(Error::Cancelled);
                     }
@@ -666,7 +786,21 @@ impl Helper {
                             got.len()
                         ))));
                     }
-                    return Ok(got);
+                    if audio.is_some() != decodes.is_some() {
+                        return Err(self.fail(p.broke(format!(
+                            "sent a window {} its audio when asked {}",
+                            if audio.is_some() { "with" } else { "without" },
+                            if decodes.is_some() {
+                                "for it"
+                            } else {
+                                "for its frames only"
+                            },
+                        ))));
+                    }
+                    if let Some(a) = &audio {
+                        SAMPLES_DECODED.fetch_add(a.len(), Ordering::Relaxed);
+                    }
+                    return Ok((got, audio));
                 }
                 FromHelper::Cancelled => return Err(Error::Cancelled),
                 FromHelper::Failed {
@@ -736,6 +870,7 @@ impl Proc {
         match what {
             Held::Decoder => &mut self.loaded,
             Held::Clip => &mut self.clip,
+            Held::Codec => &mut self.codec,
         }
     }
 
@@ -910,8 +1045,33 @@ pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
     });
     let mut decoder: Option<MusicgenDecoder> = None;
     let mut clip: Option<super::models::clip::ClipFrames> = None;
+    let mut codecs: Vec<(PathBuf, Arc<EncodecDecoder>)> = Vec::new();
+    let mut pieces: Vec<(u64, Piece)> = Vec::new();
     for m in rx {
         match m {
+            ToHelper::LoadCodec { dir } => {
+                let answer = if codecs.iter().any(|(d, _)| *d == dir) {
+                    FromHelper::Loaded
+                } else {
+                    match super::model::codec_for(&dir, &dev) {
+                        Ok(c) => {
+                            codecs.push((dir, Arc::new(c)));
+                            if codecs.len() > MAX_CODECS {
+                                codecs.remove(0);
+                            }
+                            FromHelper::Loaded
+                        }
+                        Err(e) => FromHelper::Failed {
+                            reason: format!(
+                                "cannot decode with the codec of {}: {e}",
+                                dir.display()
+                            ),
+                            device: true,
+                        },
+                    }
+                };
+                send(&mut out, &answer)?;
+            }
             ToHelper::LoadClip { dir, dtype } => {
                 clip = None;
                 let loaded = super::device::parse_dtype(&dtype)
@@ -1005,6 +1165,26 @@ pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
                     }
                     None => None,
                 };
+                // The piece whose audio this window decodes, taken out of
+                // those kept while the window runs.
+                let mut piece = match &w.audio {
+                    None => None,
+                    Some(plan) => match Piece::take(&mut pieces, plan, &codecs, &w.prompt) {
+                        Ok(p) => Some((p, plan)),
+                        Err(reason) => {
+                            send(
+                                &mut out,
+                                &FromHelper::Failed {
+                                    reason,
+                                    device: false,
+                                },
+                            )?;
+                            continue;
+                        }
+                    },
+                };
+                let mut handed = 0usize;
+                let mut undecoded = None;
                 let mut sent = 0usize;
                 let mut lost = None;
                 let result = generate_on(
@@ -1017,11 +1197,32 @@ pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
                     &mut |p: Progress, complete: &[Vec<u32>]| {
                         let fresh = complete[sent..].to_vec();
                         sent = complete.len();
+                        // A hand-over where the engine would make one
+                        // (`MusicGen`'s window loop): the same stretches.
+                        let mut audio = None;
+                        if let Some((piece, plan)) = &mut piece {
+                            let due = if plan.before == 0 && handed == 0 {
+                                piece.codec.settled(p.complete, false) >= plan.first_settled
+                            } else {
+                                p.complete >= handed + plan.every
+                            };
+                            if due && p.complete < w.frames {
+                                handed = p.complete;
+                                match piece.hand_over(complete, false) {
+                                    Ok(a) => audio = Some(a),
+                                    Err(e) => {
+                                        undecoded = Some(e);
+                                        return false;
+                                    }
+                                }
+                            }
+                        }
                         let m = FromHelper::Step {
                             step: p.step,
                             steps: p.steps,
                             complete: p.complete,
                             fresh,
+                            audio,
                         };
                         if let Err(e) = send(&mut out, &m) {
                             lost = Some(e);
@@ -1033,10 +1234,36 @@ pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
                 if let Some(e) = lost {
                     return Err(e);
                 }
-                let answer = match result {
-                    Ok(frames) => FromHelper::Done(frames),
-                    Err(Error::Cancelled) => FromHelper::Cancelled,
-                    Err(e) => failed(e),
+                let result = match undecoded {
+                    Some(e) => Err(e),
+                    None => result,
+                };
+                let answer = match (result, piece) {
+                    (Ok(frames), None) => FromHelper::Done {
+                        frames,
+                        audio: None,
+                    },
+                    (Ok(frames), Some((mut piece, plan))) => {
+                        piece.frames.extend_from_slice(&frames);
+                        let end = piece.frames.len() >= plan.total;
+                        match piece.hand_over(&[], end) {
+                            Ok(audio) => {
+                                if !end {
+                                    pieces.push((plan.piece, piece));
+                                    if pieces.len() > MAX_PIECES {
+                                        pieces.remove(0);
+                                    }
+                                }
+                                FromHelper::Done {
+                                    frames,
+                                    audio: Some(audio),
+                                }
+                            }
+                            Err(e) => failed(e),
+                        }
+                    }
+                    (Err(Error::Cancelled), _) => FromHelper::Cancelled,
+                    (Err(e), _) => failed(e),
                 };
                 send(&mut out, &answer)?;
             }
@@ -1044,6 +1271,65 @@ pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A piece whose audio a helper decodes: its codec, its frames so far
+/// (before the window under way) and the codec's state.
+struct Piece {
+    codec: Arc<EncodecDecoder>,
+    frames: Frames,
+    spans: SpanDecoder,
+}
+
+impl Piece {
+    /// The piece `plan` continues, out of `pieces` (a new one for its first
+    /// window), checked against the window's `prompt`: the last frames the
+    /// helper has of it.
+    fn take(
+        pieces: &mut Vec<(u64, Piece)>,
+        plan: &AudioPlan,
+        codecs: &[(PathBuf, Arc<EncodecDecoder>)],
+        prompt: &[Vec<u32>],
+    ) -> std::result::Result<Piece, String> {
+        let kept = pieces
+            .iter()
+            .position(|(id, _)| *id == plan.piece)
+            .map(|i| pieces.remove(i).1);
+        if plan.before == 0 {
+            let Some((_, codec)) = codecs.iter().find(|(d, _)| *d == plan.codec) else {
+                return Err(format!("no codec of {} is loaded", plan.codec.display()));
+            };
+            return Ok(Piece {
+                codec: codec.clone(),
+                frames: Vec::with_capacity(plan.total),
+                spans: SpanDecoder::default(),
+            });
+        }
+        let Some(piece) = kept else {
+            return Err(format!("piece {} is not held here (any more)", plan.piece));
+        };
+        let n = piece.frames.len();
+        if n != plan.before || prompt.len() > n || piece.frames[n - prompt.len()..] != *prompt {
+            return Err(format!(
+                "piece {} goes on from frame {} with other frames than the {n} held here",
+                plan.piece, plan.before
+            ));
+        }
+        Ok(piece)
+    }
+
+    /// The audio that settled with `more` frames after those held (all of
+    /// it when `end`), as the engine's own [`SpanDecoder`] would give it.
+    fn hand_over(&mut self, more: &[Vec<u32>], end: bool) -> Result<Vec<f32>> {
+        let mut so_far = Vec::with_capacity(self.frames.len() + more.len());
+        so_far.extend_from_slice(&self.frames);
+        so_far.extend_from_slice(more);
+        let codes = super::model::codes_tensor(&so_far)?;
+        Ok(match self.spans.next(&self.codec, &codes, end)? {
+            Some(a) => a.flatten_all()?.to_vec1()?,
+            None => Vec::new(),
+        })
+    }
 }
 
 /// A request's failure as the engine is told it: a wrong request (the

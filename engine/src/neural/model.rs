@@ -125,10 +125,17 @@ impl MusicGen {
                 self.codec_on_device = Some(codec);
             }
             Backend::Helper(h) => {
-                // The codec stays here, on the CPU: it decodes each stretch
-                // of frames as the helper hands it over.
                 h.load(&self.dir, dtype)?;
-                self.on_device = Some(OnDevice::Helper(h.clone(), dtype));
+                // The helper decodes the audio too where its device holds
+                // the codec and decodes as the CPU does; otherwise the
+                // codec stays here and decodes each stretch of frames as
+                // the helper hands it over.
+                let decodes = h.load_codec(&self.dir).is_ok();
+                self.on_device = Some(OnDevice::Helper {
+                    helper: h.clone(),
+                    dtype,
+                    decodes,
+                });
                 self.codec_on_device = None;
             }
         }
@@ -154,7 +161,7 @@ impl MusicGen {
     pub fn device_name(&self) -> String {
         match &self.on_device {
             None => "cpu".into(),
-            Some(OnDevice::Helper(h, _)) => format!("helper:{}", h.device()),
+            Some(OnDevice::Helper { helper, .. }) => format!("helper:{}", helper.device()),
             Some(OnDevice::Candle(d)) => super::device::candle_device_name(d.device()),
         }
     }
@@ -340,26 +347,12 @@ impl MusicGen {
         on_progress: &mut dyn FnMut(GenerationProgress) -> bool,
     ) -> Result<Frames> {
         let prompts = PromptSchedule::one(prompt);
-        self.generate_windows(&prompts, frames, sampling, on_progress, &mut |_| Ok(()))
-    }
-
-    /// [`MusicGen::generate_frames`], calling `on_window` with all the final frames
-    /// so far every [`PUBLISH_SECONDS`] of music while a window is made, and after
-    /// each window.
-    fn generate_windows(
-        &self,
-        prompts: &PromptSchedule,
-        frames: usize,
-        sampling: &Sampling,
-        on_progress: &mut dyn FnMut(GenerationProgress) -> bool,
-        on_window: &mut dyn FnMut(&Frames) -> Result<()>,
-    ) -> Result<Frames> {
         self.generate_windows_with(
             frames,
             sampling,
-            &mut self.text_conditions(prompts),
+            &mut self.text_conditions(&prompts),
             on_progress,
-            on_window,
+            None,
         )
     }
 
@@ -386,15 +379,18 @@ impl MusicGen {
         }
     }
 
-    /// The window loop of [`MusicGen::generate_windows`], each window
-    /// conditioned on what `condition` gives for it.
+    /// The window loop: `frames` code frames, each window conditioned on
+    /// what `condition` gives for it. With `on_window`, it is called with all
+    /// the final frames so far every [`PUBLISH_SECONDS`] of music while a
+    /// window is made, and after each window; where the GPU helper decodes
+    /// the audio, with the samples that settled since the call before.
     fn generate_windows_with(
         &self,
         frames: usize,
         sampling: &Sampling,
         condition: &mut dyn FnMut(WindowSpan) -> Result<WindowInput>,
         on_progress: &mut dyn FnMut(GenerationProgress) -> bool,
-        on_window: &mut dyn FnMut(&Frames) -> Result<()>,
+        mut on_window: Option<&mut OnWindow<'_>>,
     ) -> Result<Frames> {
         let rate = self.frame_rate() as f64;
         let k = self.decoder.config().num_codebooks;
@@ -409,6 +405,15 @@ impl MusicGen {
         let context = ((CONTEXT_SECONDS * rate) as usize).min(max_window / 2);
         let mut out: Frames = Vec::with_capacity(frames);
         let mut window = 0u64;
+        // The helper decodes where it can, for a caller that takes audio:
+        // this piece's number there.
+        let piece = match &self.on_device {
+            Some(OnDevice::Helper { decodes: true, .. }) if on_window.is_some() => {
+                static PIECES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                Some(PIECES.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+            }
+            _ => None,
+        };
         while out.len() < frames {
             let prompt_frames = if out.is_empty() {
                 &out[..0]
@@ -443,13 +448,22 @@ impl MusicGen {
             let first_settled = ((FIRST_PUBLISH_SECONDS * rate).ceil() as usize).max(1);
             let mut handed = 0usize;
             let mut failed = None;
+            // A hand-over's audio from the helper, for the step it came with.
+            let helper_audio = std::cell::Cell::new(None::<Vec<f32>>);
             let mut on_step = |p: Progress, complete: &[Vec<u32>]| {
                 let done = done_before + (p.step * steps_new / p.steps.max(1));
                 let go_on = on_progress(GenerationProgress {
                     frames_done: done.min(frames),
                     frames_total: frames,
                 });
-                let due = if handed == 0 && window == 0 {
+                let Some(on_window) = on_window.as_mut() else {
+                    return go_on;
+                };
+                // Where the helper decodes, it hands over by the same rule.
+                let audio = helper_audio.take();
+                let due = if piece.is_some() {
+                    audio.is_some()
+                } else if handed == 0 && window == 0 {
                     self.codec.settled(p.complete, false) >= first_settled
                 } else {
                     p.complete >= handed + every
@@ -458,7 +472,7 @@ impl MusicGen {
                     handed = p.complete;
                     let mut so_far = out.clone();
                     so_far.extend_from_slice(complete);
-                    if let Err(e) = on_window(&so_far) {
+                    if let Err(e) = on_window(&so_far, audio) {
                         failed = Some(e);
                         return false;
                     }
@@ -500,16 +514,47 @@ impl MusicGen {
                 }),
                 // Another model of this process may have had the helper
                 // load its decoder since: it is asked for with the window.
-                Some(OnDevice::Helper(h, dtype)) => h.generate_for(
-                    &self.dir,
-                    *dtype,
-                    states,
-                    &input.layer_inputs,
-                    prompt_frames,
-                    new,
-                    &s,
-                    &mut on_step,
-                ),
+                Some(OnDevice::Helper { helper, dtype, .. }) => match piece {
+                    None => helper.generate_for(
+                        &self.dir,
+                        *dtype,
+                        states,
+                        &input.layer_inputs,
+                        prompt_frames,
+                        new,
+                        &s,
+                        &mut on_step,
+                    ),
+                    Some(piece) => {
+                        let plan = super::helper::AudioPlan {
+                            piece,
+                            codec: self.dir.clone(),
+                            before: done_before,
+                            total: frames,
+                            first_settled,
+                            every,
+                        };
+                        helper
+                            .generate_piece(
+                                &self.dir,
+                                *dtype,
+                                states,
+                                &input.layer_inputs,
+                                prompt_frames,
+                                new,
+                                &s,
+                                plan,
+                                &mut |p, complete, audio| {
+                                    helper_audio.set(audio);
+                                    on_step(p, complete)
+                                },
+                            )
+                            .map(|(got, audio)| {
+                                helper_audio.set(Some(audio));
+                                got
+                            })
+                    }
+                },
                 None => generate_with(
                     &self.decoder,
                     kv,
@@ -525,7 +570,9 @@ impl MusicGen {
             }
             out.extend(fresh?);
             window += 1;
-            on_window(&out)?;
+            if let Some(on_window) = on_window.as_mut() {
+                on_window(&out, helper_audio.take())?;
+            }
         }
         Ok(out)
     }
@@ -619,22 +666,42 @@ impl MusicGen {
         let samples = (seconds * self.sample_rate() as f64).round() as usize;
         let mut spans = SpanDecoder::default();
         let mut sent_samples = 0usize;
-        self.generate_windows_with(frames, sampling, condition, on_progress, &mut |out| {
-            let codes = codes_tensor(out)?;
-            let Some(audio) = spans.next(self.decoding_codec(), &codes, out.len() >= frames)?
-            else {
-                return Ok(());
+        let mut on_window = |out: &Frames, decoded: Option<Vec<f32>>| {
+            let audio = match decoded {
+                // Decoded in the GPU helper.
+                Some(a) => a,
+                None => {
+                    let codes = codes_tensor(out)?;
+                    match spans.next(self.decoding_codec(), &codes, out.len() >= frames)? {
+                        Some(a) => a.flatten_all()?.to_vec1()?,
+                        None => return Ok(()),
+                    }
+                }
             };
-            let audio: Vec<f32> = audio.flatten_all()?.to_vec1()?;
+            if audio.is_empty() {
+                return Ok(());
+            }
             // The codec's frames may run past the asked length: cut there.
             let keep = audio.len().min(samples.saturating_sub(sent_samples));
             on_audio(&audio[..keep])?;
             sent_samples += keep;
             Ok(())
-        })?;
+        };
+        self.generate_windows_with(
+            frames,
+            sampling,
+            condition,
+            on_progress,
+            Some(&mut on_window),
+        )?;
         Ok(())
     }
 }
+
+/// What [`MusicGen`]'s window loop hands its frames to: all the final
+/// frames so far, and, where the GPU helper decoded them, the samples that
+/// settled since the hand-over before.
+type OnWindow<'a> = dyn FnMut(&Frames, Option<Vec<f32>>) -> Result<()> + 'a;
 
 /// Where a window of generation lies in the piece, in code frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -654,8 +721,13 @@ pub struct WindowSpan {
 enum OnDevice {
     /// As candle tensors on a device of this process.
     Candle(Box<MusicgenDecoder>),
-    /// In the GPU helper, in this type.
-    Helper(Arc<super::helper::Helper>, candle_core::DType),
+    /// In the GPU helper, in `dtype`; `decodes`: the helper decodes the
+    /// audio too (its device holds the codec).
+    Helper {
+        helper: Arc<super::helper::Helper>,
+        dtype: candle_core::DType,
+        decodes: bool,
+    },
 }
 
 /// A window's cross-attention conditions, ready for the decoder that runs
@@ -732,7 +804,7 @@ impl PromptSchedule {
 }
 
 /// Frames (one code per codebook each) as the codec's `(1, codebooks, frames)`.
-fn codes_tensor(frames: &Frames) -> Result<Tensor> {
+pub(super) fn codes_tensor(frames: &Frames) -> Result<Tensor> {
     let k = frames.first().map_or(0, Vec::len);
     let t = frames.len();
     let mut ids = Vec::with_capacity(k * t);
@@ -771,6 +843,23 @@ fn load_networks(
         ));
     }
     Ok((text, enc_to_dec, decoder, codec))
+}
+
+/// The EnCodec decoder of the MusicGen checkpoint in `dir`, on `device`
+/// (checked there against the CPU's, see [`codec_on`]): what the GPU helper
+/// decodes pieces with.
+pub(super) fn codec_for(dir: &Path, device: &Device) -> Result<EncodecDecoder> {
+    let cfg = MusicgenConfig::load(&dir.join("config.json"))?;
+    let w = Weights::open_dir(dir)?;
+    let codec = EncodecDecoder::load(&w.pp("audio_encoder"), &cfg.audio_encoder)?;
+    if device.is_cpu() {
+        // The CPU's own kernels: the same audio as the engine's.
+        return Ok(codec);
+    }
+    codec_on(&codec, device).map_err(|reason| Error::Device {
+        device: super::device::candle_device_name(device),
+        reason,
+    })
 }
 
 /// `codec` on `device`, checked before it is trusted with a piece: a few
