@@ -87,8 +87,10 @@ pub fn samples_decoded() -> usize {
 /// few tens of megabytes each).
 const MAX_CODECS: usize = 2;
 /// Pieces a helper keeps decoding between their windows (one per engine
-/// generating on it); the oldest is let go past this.
-const MAX_PIECES: usize = 8;
+/// generating on it: a finished, cancelled or failed piece is let go at
+/// once); the oldest is let go past this. A piece holds its frames (under
+/// a megabyte for minutes of music) and the codec's state.
+const MAX_PIECES: usize = 32;
 
 /// What the engine asks of the helper.
 #[derive(Debug, Serialize, Deserialize)]
