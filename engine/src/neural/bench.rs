@@ -67,6 +67,11 @@ pub struct DecoderBench {
     /// as on a second use; a first read from disk adds the disk's time).
     pub load_s: f64,
     pub load_q8_s: f64,
+    /// Seconds to turn a prompt of a dozen words into the decoder's
+    /// conditions (T5 and the cross-attention's keys and values, 8-bit
+    /// model, best of 3): what each piece, and each new prompt of a
+    /// piece, costs before its first step.
+    pub prompt_s: f64,
 }
 
 /// Peak resident memory of this process so far (Linux), MB.
@@ -88,7 +93,7 @@ fn status_mb(field: &str) -> Option<f64> {
 /// The peak is reset first (`/proc/self/clear_refs`), so it is the load's own; `None`
 /// where Linux's counters are missing. Then the seconds of that load and of an 8-bit
 /// load of the same files.
-fn load_peak() -> Result<(f64, Option<f64>, f64, f64)> {
+fn load_peak() -> Result<(f64, Option<f64>, f64, f64, f64)> {
     let dir = tempfile::tempdir().map_err(|e| crate::Error::io(std::env::temp_dir(), e))?;
     let bytes = write_random_checkpoint(dir.path())?;
     // Freed memory that the allocator keeps would be reused by the load unseen.
@@ -109,9 +114,21 @@ fn load_peak() -> Result<(f64, Option<f64>, f64, f64)> {
     };
     drop(model);
     let t0 = Instant::now();
-    drop(MusicGen::load_as(dir.path(), Precision::Q8)?);
+    let model = MusicGen::load_as(dir.path(), Precision::Q8)?;
     let load_q8_s = t0.elapsed().as_secs_f64();
-    Ok((bytes as f64 / (1024.0 * 1024.0), peak, load_s, load_q8_s))
+    let mut prompt_s = f64::INFINITY;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        model.condition("warm lofi hip hop with a soft piano, slow drums and vinyl crackle")?;
+        prompt_s = prompt_s.min(t0.elapsed().as_secs_f64());
+    }
+    Ok((
+        bytes as f64 / (1024.0 * 1024.0),
+        peak,
+        load_s,
+        load_q8_s,
+        prompt_s,
+    ))
 }
 
 /// Writes a model folder of musicgen-small's layout with random weights (6 shards and
@@ -264,7 +281,7 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
     drop(codec);
     drop(w);
     progress("loading a whole checkpoint of that size from safetensors files");
-    let (load_file_mb, load_peak_mb, load_s, load_q8_s) = load_peak()?;
+    let (load_file_mb, load_peak_mb, load_s, load_q8_s, prompt_s) = load_peak()?;
     Ok(DecoderBench {
         threads: candle_core::utils::get_num_threads(),
         frames,
@@ -285,6 +302,7 @@ pub fn run(frames: usize, progress: &mut dyn FnMut(&str)) -> Result<DecoderBench
         load_peak_mb,
         load_s,
         load_q8_s,
+        prompt_s,
     })
 }
 
