@@ -131,7 +131,11 @@ fn vision_tower_matches_transformers() {
         let dir = fixture(name);
         let r = reference(&dir);
         let model = Clip::load(&dir).unwrap();
-        let out = model.vision.forward(&r["vision.pixel_values"]).unwrap();
+        let out = model
+            .vision()
+            .unwrap()
+            .forward(&r["vision.pixel_values"])
+            .unwrap();
         for (got, want) in [
             (&out.pooled, "vision.pooler_output"),
             (&out.projected, "vision.image_embeds"),
@@ -169,10 +173,16 @@ fn the_8_bit_vision_tower_stays_close_and_switches_back_exactly() {
         let dir = fixture(name);
         let r = reference(&dir);
         let mut model = Clip::load(&dir).unwrap();
-        assert_eq!(model.vision.precision(), VisionPrecision::F32);
+        assert_eq!(model.vision().unwrap().precision(), VisionPrecision::F32);
         let pixels = &r["vision.pixel_values"];
-        if model.vision.set_precision(VisionPrecision::Int8).unwrap() == VisionPrecision::Int8 {
-            let out = model.vision.forward(pixels).unwrap();
+        if model
+            .vision_mut()
+            .unwrap()
+            .set_precision(VisionPrecision::Int8)
+            .unwrap()
+            == VisionPrecision::Int8
+        {
+            let out = model.vision().unwrap().forward(pixels).unwrap();
             for (got, key) in [
                 (&out.pooled, "vision.pooler_output"),
                 (&out.projected, "vision.image_embeds"),
@@ -188,10 +198,14 @@ fn the_8_bit_vision_tower_stays_close_and_switches_back_exactly() {
         }
         // Back at f32 the results are transformers' again.
         assert_eq!(
-            model.vision.set_precision(VisionPrecision::F32).unwrap(),
+            model
+                .vision_mut()
+                .unwrap()
+                .set_precision(VisionPrecision::F32)
+                .unwrap(),
             VisionPrecision::F32
         );
-        let out = model.vision.forward(pixels).unwrap();
+        let out = model.vision().unwrap().forward(pixels).unwrap();
         let d = max_abs_diff(&out.projected, &r["vision.image_embeds"]);
         assert!(
             d < TOL,
@@ -212,14 +226,15 @@ fn the_vision_tower_loaded_in_8_bits_equals_the_one_switched_to_them() {
         let pixels = &r["vision.pixel_values"];
         let mut switched = Clip::load(&dir).unwrap();
         let precision = switched
-            .vision
+            .vision_mut()
+            .unwrap()
             .set_precision(VisionPrecision::Int8)
             .unwrap();
         let mut direct = Clip::load_as(&dir, VisionPrecision::Int8).unwrap();
-        assert_eq!(direct.vision.precision(), precision, "{name}");
+        assert_eq!(direct.vision().unwrap().precision(), precision, "{name}");
         let (a, b) = (
-            switched.vision.forward(pixels).unwrap(),
-            direct.vision.forward(pixels).unwrap(),
+            switched.vision().unwrap().forward(pixels).unwrap(),
+            direct.vision().unwrap().forward(pixels).unwrap(),
         );
         for (x, y) in [
             (&a.pooled, &b.pooled),
@@ -230,14 +245,15 @@ fn the_vision_tower_loaded_in_8_bits_equals_the_one_switched_to_them() {
         }
         if precision == VisionPrecision::Int8 {
             let err = direct
-                .vision
+                .vision_mut()
+                .unwrap()
                 .set_precision(VisionPrecision::F32)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("load it again for f32"), "{name}: {err}");
             // Still whole, and still 8-bit.
-            assert_eq!(direct.vision.precision(), VisionPrecision::Int8);
-            let c = direct.vision.forward(pixels).unwrap();
+            assert_eq!(direct.vision().unwrap().precision(), VisionPrecision::Int8);
+            let c = direct.vision().unwrap().forward(pixels).unwrap();
             assert_eq!(max_abs_diff(&c.projected, &b.projected), 0.0, "{name}");
         }
     }
@@ -445,7 +461,11 @@ fn sharded_weights_load_like_one_file() {
     });
     let r = reference(tmp.path());
     let model = Clip::load(tmp.path()).unwrap();
-    let out = model.vision.forward(&r["vision.pixel_values"]).unwrap();
+    let out = model
+        .vision()
+        .unwrap()
+        .forward(&r["vision.pixel_values"])
+        .unwrap();
     assert!(max_abs_diff(&out.projected, &r["vision.image_embeds"]) < TOL);
     let prompts = prompts(tmp.path());
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
@@ -527,7 +547,7 @@ fn bad_frames_are_errors_not_panics() {
     assert!(RgbImage::new(10, 10, &[0; 299]).is_err());
     // Pixels of the wrong size for the tower.
     let wrong = Tensor::zeros((1, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
-    assert!(model.vision.forward(&wrong).is_err());
+    assert!(model.vision().unwrap().forward(&wrong).is_err());
     // A very thin frame is resized and cropped like any other.
     let thin = vec![0u8; 1000 * 3];
     let img = RgbImage::new(1000, 1, &thin).unwrap();
@@ -601,5 +621,37 @@ fn vision_speed_at_base_patch32_size() {
         }
         let per = t.elapsed().as_secs_f64() / (runs * batch) as f64;
         println!("batch {batch}: {:.1} ms per frame", per * 1e3);
+    }
+}
+
+/// A CLIP loaded for its words alone (where a GPU reads the pictures) scores
+/// them as the whole one does, and refuses frames in words.
+#[test]
+fn a_clip_loaded_for_its_words_embeds_them_as_the_whole_one() {
+    use vidmusician_engine::neural::models::clip::{FrameEncoder, VisionPrecision};
+    for name in FIXTURES {
+        let dir = fixture(name);
+        let whole = Clip::load(&dir).unwrap();
+        let words = Clip::load_words(&dir, VisionPrecision::F32).unwrap();
+        assert!(whole.has_vision() && !words.has_vision(), "{name}");
+        let p = prompts(&dir);
+        let p: Vec<&str> = p.iter().map(String::as_str).collect();
+        let (a, b) = (
+            whole.encode_texts(&p).unwrap(),
+            words.encode_texts(&p).unwrap(),
+        );
+        assert_eq!(max_abs_diff(&a.projected, &b.projected), 0.0, "{name}");
+        assert_eq!(words.logit_scale(), whole.logit_scale());
+        let side = whole.side();
+        let rgb = vec![128u8; side * side * 3];
+        let image = [RgbImage::new(side, side, &rgb).unwrap()];
+        for err in [
+            words.encode_images(&image).err().map(|e| e.to_string()),
+            words.encode(&image, false).err().map(|e| e.to_string()),
+        ] {
+            let err = err.expect("a CLIP without its vision tower read a frame");
+            assert!(err.contains("without its vision tower"), "{name}: {err}");
+        }
+        assert!(whole.encode(&image, false).is_ok());
     }
 }

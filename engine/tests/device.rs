@@ -954,9 +954,15 @@ fn the_neural_engines_read_frames_in_the_helper_and_load_no_clip_for_it_here() {
     let (_, loads) = piece(DeviceChoice::Cpu, EngineChoice::VidMusician);
     assert_eq!(loads, 1, "the CPU engine's CLIP load went uncounted");
     assert_eq!(frames_sent() - sent, 52, "the CPU engine used the helper");
-    // The zero-shot engine reads its pictures in the helper too (its
-    // words' CLIP stays here).
+    // The zero-shot engine reads its pictures in the helper too: its
+    // words' CLIP stays here, without a vision tower.
+    let towers = vidmusician_engine::service::clip_vision_loads();
     let (done, _) = piece(DeviceChoice::Cuda(0), EngineChoice::ZeroShot);
+    assert_eq!(
+        vidmusician_engine::service::clip_vision_loads(),
+        towers,
+        "zero-shot on a device loaded a vision tower here"
+    );
     assert!(
         done.device
             .unwrap_or_default()

@@ -23,7 +23,7 @@ pub use chunks::{AudioChunk, ChunkReader};
 // What a client builds a request from, so it needs no other module.
 pub use crate::neural::Precision;
 pub use crate::sketch::Meter;
-pub use engines::{clip_loads, musicgen_loads, video_tags};
+pub use engines::{clip_loads, clip_vision_loads, musicgen_loads, video_tags};
 pub use overview::{
     CutMark, MusicOverview, MusicSource, Overview, OverviewRequest, Thumbnail, VideoOverview,
 };

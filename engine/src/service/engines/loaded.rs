@@ -65,6 +65,15 @@ impl<T> Registry<T> {
         Ok(model)
     }
 
+    /// The model of `dir` at `precision` on `device` when an engine holds
+    /// it now.
+    fn live(&self, dir: &Path, precision: Precision, device: &str) -> Option<Arc<T>> {
+        let held = self.held.lock();
+        held.iter()
+            .find(|((d, p, on), _)| d == dir && *p == precision && on == device)
+            .and_then(|(_, w)| w.upgrade())
+    }
+
     /// Loads from disk so far, and models loaded now.
     fn counts(&self) -> (usize, usize) {
         let held = self.held.lock();
@@ -129,13 +138,38 @@ pub fn musicgen_loads() -> (usize, usize) {
 /// loaded so straight from the checkpoint; else in f32.
 pub(crate) fn clip(dir: &Path, precision: Precision) -> Result<Arc<Clip>> {
     CLIP.get(dir, precision, "cpu", || {
-        let vision = if precision == Precision::Q8 {
-            VisionPrecision::Int8
-        } else {
-            VisionPrecision::F32
-        };
-        Clip::load_as(dir, vision)
+        VISION_LOADS.fetch_add(1, Ordering::Relaxed);
+        Clip::load_as(dir, clip_precision(precision))
     })
+}
+
+/// [`clip`] for scoring words alone, where the frames are read on a device:
+/// the whole CLIP when an engine of this process holds it already, else one
+/// without its vision tower (most of its weights, which the device holds).
+pub(crate) fn clip_words(dir: &Path, precision: Precision) -> Result<Arc<Clip>> {
+    if let Some(whole) = CLIP.live(dir, precision, "cpu") {
+        return Ok(whole);
+    }
+    CLIP.get(dir, precision, "words", || {
+        Clip::load_words(dir, clip_precision(precision))
+    })
+}
+
+/// The arithmetic of CLIP's encoders for engines at `precision`.
+fn clip_precision(precision: Precision) -> VisionPrecision {
+    if precision == Precision::Q8 {
+        VisionPrecision::Int8
+    } else {
+        VisionPrecision::F32
+    }
+}
+
+static VISION_LOADS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many CLIP vision towers this process has loaded on the CPU (for
+/// its engines: not those read by a device).
+pub fn clip_vision_loads() -> usize {
+    VISION_LOADS.load(Ordering::Relaxed)
 }
 
 /// An engine's frame reader ([`frames`]), kept while the CLIP folder,

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-pub use loaded::{clip_loads, musicgen_loads};
+pub use loaded::{clip_loads, clip_vision_loads, musicgen_loads};
 pub(crate) use pools::Pools;
 pub use zeroshot::video_tags;
 

@@ -41,7 +41,8 @@ const ACCENT_HEADROOM: f32 = 0.25;
 #[derive(Default)]
 pub(crate) struct ZeroShot {
     musicgen: Option<Arc<MusicGen>>,
-    /// CLIP for the tags' words (its text tower, on the CPU).
+    /// CLIP for the tags' words (its text tower, on the CPU; without its
+    /// vision tower where a device reads the frames).
     clip: Option<Arc<Clip>>,
     /// The precision `clip` was asked for.
     clip_precision: crate::neural::Precision,
@@ -117,13 +118,20 @@ impl Pipeline for ZeroShot {
                 let loading = stale.then(|| {
                     s.spawn(move || pools.run(|| loaded::musicgen(mg_dir, precision, device)))
                 });
-                if self
-                    .clip
-                    .as_ref()
-                    .is_none_or(|c| c.dir() != clip_dir || self.clip_precision != precision)
-                {
+                // The words' CLIP: on the CPU it reads the frames too; where
+                // a device reads them, its vision tower is not loaded here.
+                let words_only = !device.is_cpu();
+                if self.clip.as_ref().is_none_or(|c| {
+                    c.dir() != clip_dir
+                        || self.clip_precision != precision
+                        || (!words_only && !c.has_vision())
+                }) {
                     self.clip = None;
-                    self.clip = Some(loaded::clip(clip_dir, precision)?);
+                    self.clip = Some(if words_only {
+                        loaded::clip_words(clip_dir, precision)?
+                    } else {
+                        loaded::clip(clip_dir, precision)?
+                    });
                     self.clip_precision = precision;
                 }
                 let Some(clip) = self.clip.clone() else {

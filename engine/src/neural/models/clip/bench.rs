@@ -174,7 +174,7 @@ pub fn run(
         load_int8_s = load_int8_s.min(t.elapsed().as_secs_f64());
         let t = Instant::now();
         let mut clip = super::Clip::load(&ckpt)?;
-        clip.vision.set_precision(VisionPrecision::Int8)?;
+        clip.vision_mut()?.set_precision(VisionPrecision::Int8)?;
         load_f32_then_int8_s = load_f32_then_int8_s.min(t.elapsed().as_secs_f64());
     }
     progress("the built-in vocabulary's tag embeddings");

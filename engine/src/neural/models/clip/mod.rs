@@ -474,7 +474,8 @@ impl Encoder {
 /// A whole CLIP checkpoint: both towers, the tokenizer, the image preprocessing and
 /// the learned temperature.
 pub struct Clip {
-    pub vision: ClipVision,
+    /// `None` in a CLIP loaded for its words alone ([`Clip::load_words`]).
+    vision: Option<ClipVision>,
     pub text: ClipText,
     pub tokenizer: ClipTokenizer,
     pub preprocess: PreprocessConfig,
@@ -494,26 +495,29 @@ impl Clip {
     /// [`Clip::load`] with both towers' encoders at `precision`
     /// ([`ClipVision::load_as`], [`ClipText::load_as`]).
     pub fn load_as(dir: &Path, precision: VisionPrecision) -> Result<Self> {
+        Self::load_towers(dir, precision, true)
+    }
+
+    /// [`Clip::load_as`] without the vision tower: what scores pictures read
+    /// elsewhere (a GPU) against words needs the text tower alone, and the
+    /// vision tower is most of the weights (88 of ViT-B/32's 151 million).
+    /// Encoding frames with it is an error.
+    pub fn load_words(dir: &Path, precision: VisionPrecision) -> Result<Self> {
+        Self::load_towers(dir, precision, false)
+    }
+
+    fn load_towers(dir: &Path, precision: VisionPrecision, vision: bool) -> Result<Self> {
         let (cfg, preprocess) = configs(dir)?;
         let tokenizer = ClipTokenizer::load(&dir.join("tokenizer.json"), &cfg.text_config)?;
         let w = Weights::open_dir(dir)?;
-        Self::from_parts(&w, cfg, tokenizer, preprocess, dir, precision)
-    }
-
-    /// Builds the model from weights already opened, both towers' encoders at
-    /// `precision`.
-    pub fn from_parts(
-        w: &Weights,
-        cfg: ClipConfig,
-        tokenizer: ClipTokenizer,
-        preprocess: PreprocessConfig,
-        dir: &Path,
-        precision: VisionPrecision,
-    ) -> Result<Self> {
         let logit_scale = w.get(&[], "logit_scale")?.to_scalar::<f32>()?;
         Ok(Self {
-            vision: ClipVision::load_as(w, &cfg, precision)?,
-            text: ClipText::load_as(w, &cfg, precision)?,
+            vision: if vision {
+                Some(ClipVision::load_as(&w, &cfg, precision)?)
+            } else {
+                None
+            },
+            text: ClipText::load_as(&w, &cfg, precision)?,
             tokenizer,
             preprocess,
             logit_scale,
@@ -530,6 +534,28 @@ impl Clip {
         &self.dir
     }
 
+    /// The vision tower; an error for a CLIP loaded without it.
+    pub fn vision(&self) -> Result<&ClipVision> {
+        self.vision.as_ref().ok_or_else(|| self.no_vision())
+    }
+
+    pub fn vision_mut(&mut self) -> Result<&mut ClipVision> {
+        let missing = self.no_vision();
+        self.vision.as_mut().ok_or(missing)
+    }
+
+    /// Whether it holds its vision tower ([`Clip::load_words`] does not).
+    pub fn has_vision(&self) -> bool {
+        self.vision.is_some()
+    }
+
+    fn no_vision(&self) -> Error {
+        Error::InvalidSetting(format!(
+            "the CLIP of {} was loaded without its vision tower",
+            self.dir.display()
+        ))
+    }
+
     /// `exp(logit_scale)`, the factor on cosine similarities.
     pub fn logit_scale(&self) -> f32 {
         self.logit_scale.exp()
@@ -540,8 +566,9 @@ impl Clip {
         if images.is_empty() {
             return Err(Error::InvalidSetting("no images to encode".to_string()));
         }
+        let vision = self.vision()?;
         let pixels = preprocess::preprocess(&self.preprocess, images, &Device::Cpu)?;
-        self.vision.forward(&pixels)
+        vision.forward(&pixels)
     }
 
     /// Tokenises and encodes prompts in one batch.
@@ -641,12 +668,13 @@ impl FrameEncoder for Clip {
     }
 
     fn arithmetic(&self) -> &'static str {
-        arithmetic_of(&self.vision)
+        // A CLIP without its vision tower reads no frames, so keys none.
+        self.vision.as_ref().map_or("none", arithmetic_of)
     }
 
     fn encode(&self, images: &[RgbImage], patches: bool) -> Result<Encoded> {
         encode_rows(
-            &self.vision,
+            self.vision()?,
             &self.preprocess,
             &Device::Cpu,
             images,
