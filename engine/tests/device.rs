@@ -187,7 +187,7 @@ fn sampling_with_layer_inputs_and_a_prompt_matches_the_cpu_decoder() {
     };
     let mut steps_cpu = 0;
     let cpu = generate::generate_with(
-        m.decoder(),
+        m.decoder().unwrap(),
         Some(&kv),
         &inputs,
         &prompt_frames,
@@ -329,7 +329,7 @@ fn the_helper_process_draws_the_cpu_decoders_tokens_and_can_be_cancelled() {
         ..Sampling::default()
     };
     let want = generate::generate_with(
-        m.decoder(),
+        m.decoder().unwrap(),
         Some(&kv),
         &inputs,
         &prompt_frames,
@@ -1081,6 +1081,7 @@ fn a_shared_helper_serves_each_request_by_its_own_model() {
 #[test]
 fn a_piece_made_in_the_helper_is_decoded_there_as_here() {
     use std::sync::Arc;
+    use vidmusician_engine::neural::Precision;
     use vidmusician_engine::neural::device::{Backend, Chosen};
     use vidmusician_engine::neural::helper::{self, AudioPlan};
     let _one = one_at_a_time();
@@ -1103,13 +1104,20 @@ fn a_piece_made_in_the_helper_is_decoded_there_as_here() {
     };
     let cpu = MusicGen::load(&fixture()).unwrap();
     let want = stretches(&cpu);
-    let mut on = MusicGen::load(&fixture()).unwrap();
+    // The model an engine loads for a device reads no CPU decoder.
+    let mut on = MusicGen::load_without_decoder(&fixture(), Precision::F32).unwrap();
+    assert!(!on.holds_cpu_decoder());
+    let err = on
+        .generate("calm piano", 1.0, &s, &mut |_| true)
+        .unwrap_err();
+    assert!(err.to_string().contains("without its CPU decoder"), "{err}");
     let chosen = Chosen {
         backend: Backend::Helper(h.clone()),
         name: "cpu".into(),
         note: String::new(),
     };
     on.use_device(&chosen, DType::F32).unwrap();
+    assert!(!on.holds_cpu_decoder());
     let before = helper::samples_decoded();
     let got = stretches(&on);
     let total: usize = want.iter().map(Vec::len).sum();
@@ -1121,6 +1129,14 @@ fn a_piece_made_in_the_helper_is_decoded_there_as_here() {
         helper::samples_decoded() - before,
         total,
         "the audio was decoded in the helper"
+    );
+    // Back on the CPU, it reads its decoder then.
+    on.use_device(&Chosen::cpu(String::new()), DType::F32)
+        .unwrap();
+    assert!(on.holds_cpu_decoder());
+    assert!(
+        stretches(&on) == want,
+        "the CPU decoder read late is the CPU's"
     );
 
     // Window by window: a piece alone, then interleaved with another.

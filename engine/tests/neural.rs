@@ -110,10 +110,10 @@ fn decoder_inputs(m: &MusicGen) -> (Vec<Vec<u32>>, Vec<CrossKv>, usize) {
     let ids = u32s(&r, "text.input_ids");
     let mask = u32s(&r, "text.attention_mask");
     let states = m.text_states(&ids, &mask).unwrap();
-    let cross = m.decoder().cross_kv(&states, Some(&mask)).unwrap();
+    let cross = m.decoder().unwrap().cross_kv(&states, Some(&mask)).unwrap();
     let codes = u32s(&r, "decoder.input_ids");
     let (rows, seq) = codes.dims2().unwrap();
-    let k = m.decoder().config().num_codebooks;
+    let k = m.decoder().unwrap().config().num_codebooks;
     let flat: Vec<u32> = codes.flatten_all().unwrap().to_vec1().unwrap();
     let tokens = flat.chunks(k * seq).map(|c| c.to_vec()).collect();
     assert_eq!(rows / k, 2);
@@ -141,7 +141,7 @@ fn forward_all(
             cache,
         })
         .collect();
-    m.decoder().forward(&mut seqs, &[]).unwrap()
+    m.decoder().unwrap().forward(&mut seqs, &[]).unwrap()
 }
 
 #[test]
@@ -149,7 +149,7 @@ fn decoder_logits_match_the_reference_for_fixed_codes_and_padded_text() {
     let m = model();
     let r = reference();
     let (tokens, cross, seq) = decoder_inputs(&m);
-    let mut caches: Vec<_> = (0..2).map(|_| m.decoder().new_cache()).collect();
+    let mut caches: Vec<_> = (0..2).map(|_| m.decoder().unwrap().new_cache()).collect();
     let logits = forward_all(&m, &tokens, &cross, &mut caches);
     let d = max_abs_diff(&as_tensor(logits, &[8, seq, 64]), &r["decoder.logits"]);
     assert!(d < TOL, "logits differ by {d}");
@@ -160,8 +160,8 @@ fn decoding_step_by_step_with_the_cache_equals_one_pass() {
     let m = model();
     let r = reference();
     let (tokens, cross, seq) = decoder_inputs(&m);
-    let k = m.decoder().config().num_codebooks;
-    let mut caches: Vec<_> = (0..2).map(|_| m.decoder().new_cache()).collect();
+    let k = m.decoder().unwrap().config().num_codebooks;
+    let mut caches: Vec<_> = (0..2).map(|_| m.decoder().unwrap().new_cache()).collect();
     // (sequence, codebook, position, vocab), filled one position at a time
     let mut all = vec![0f32; 2 * k * seq * 64];
     for t in 0..seq {
@@ -788,7 +788,7 @@ fn a_codec_whose_quantizers_only_the_current_formula_counts_loads_and_matches() 
     let m = MusicGen::load(&dir).expect("the 32-code checkpoint loads");
     let r = reference_in(&dir);
     assert_eq!(m.codec().num_codebooks(), 4);
-    assert_eq!(m.decoder().config().vocab_size, 32);
+    assert_eq!(m.decoder().unwrap().config().vocab_size, 32);
     let p = prompts_in(&dir);
     let refs: Vec<&str> = p.iter().map(String::as_str).collect();
     let (got_ids, got_mask) = m.tokenize(&refs).unwrap();

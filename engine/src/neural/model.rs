@@ -42,7 +42,11 @@ pub struct MusicGen {
     text: T5Encoder,
     /// Present when the text encoder is narrower or wider than the decoder.
     enc_to_dec: Option<Linear>,
-    decoder: Decoder,
+    /// The CPU's generation decoder; `None` in a model loaded without it
+    /// ([`MusicGen::load_without_decoder`]).
+    decoder: Option<Decoder>,
+    /// The arithmetic asked of the CPU decoder (its own once it holds one).
+    precision: Precision,
     /// The decoder on another device (a GPU) when generation runs there; the
     /// CPU decoder stays for the adapter's tools and the benchmarks.
     on_device: Option<OnDevice>,
@@ -73,6 +77,20 @@ impl MusicGen {
     /// are read (see [`Decoder::load_as`]): an 8-bit model never holds its decoder in
     /// f32 whole.
     pub fn load_as(dir: &Path, precision: Precision) -> Result<Self> {
+        Self::load_parts(dir, precision, true)
+    }
+
+    /// [`MusicGen::load_as`] without the CPU's generation decoder (most of
+    /// the weights: 1.4 GB of musicgen-small's in f32, 13 GB of -large's):
+    /// for a model whose decoder runs on a device, which holds its own copy
+    /// ([`MusicGen::use_device`] next), and for training, whose steps run on
+    /// a decoder of their own. Generating with it on the CPU is an error in
+    /// words until [`MusicGen::use_device`] gives it a decoder.
+    pub fn load_without_decoder(dir: &Path, precision: Precision) -> Result<Self> {
+        Self::load_parts(dir, precision, false)
+    }
+
+    fn load_parts(dir: &Path, precision: Precision, with_decoder: bool) -> Result<Self> {
         let cfg = MusicgenConfig::load(&dir.join("config.json"))?;
         let generation = GenerationConfig::load_or_default(&dir.join("generation_config.json"))?;
         let tok_path = dir.join("tokenizer.json");
@@ -82,7 +100,8 @@ impl MusicGen {
         let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| Error::model_file(&tok_path, format!("not a valid tokenizer: {e}")))?;
         let w = Weights::open_dir(dir)?;
-        let (text, enc_to_dec, decoder, codec) = load_networks(&w, &cfg, dir, precision)?;
+        let (text, enc_to_dec, decoder, codec) =
+            load_networks(&w, &cfg, dir, with_decoder.then_some(precision))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             cfg,
@@ -90,6 +109,7 @@ impl MusicGen {
             tokenizer,
             text,
             enc_to_dec,
+            precision: decoder.as_ref().map_or(precision, Decoder::precision),
             decoder,
             on_device: None,
             codec,
@@ -100,7 +120,8 @@ impl MusicGen {
 
     /// Runs generation's decoder on `chosen` in `dtype` from now on (the
     /// weights are read again from the checkpoint and copied there, or
-    /// loaded by the GPU helper); the CPU goes back to the CPU decoder.
+    /// loaded by the GPU helper); the CPU goes back to the CPU decoder,
+    /// read from the checkpoint if the model was loaded without it.
     /// Nothing changes when this fails.
     pub fn use_device(
         &mut self,
@@ -110,6 +131,14 @@ impl MusicGen {
         use super::device::Backend;
         match &chosen.backend {
             Backend::Candle(d) if d.is_cpu() => {
+                if self.decoder.is_none() {
+                    let w = Weights::open_dir(&self.dir)?;
+                    self.decoder = Some(Decoder::load_as(
+                        &w.pp("decoder"),
+                        &self.cfg.decoder,
+                        self.precision,
+                    )?);
+                }
                 self.on_device = None;
                 self.codec_on_device = None;
             }
@@ -170,7 +199,7 @@ impl MusicGen {
     /// the networks from random weights (memory for the whole model, briefly).
     pub fn checkpoint_layout(cfg: &MusicgenConfig) -> Result<Vec<(String, Vec<usize>)>> {
         let w = Weights::random(0);
-        load_networks(&w, cfg, Path::new(""), Precision::F32)?;
+        load_networks(&w, cfg, Path::new(""), Some(Precision::F32))?;
         Ok(w.asked())
     }
 
@@ -182,18 +211,36 @@ impl MusicGen {
         &self.cfg
     }
 
-    pub fn decoder(&self) -> &Decoder {
-        &self.decoder
+    /// The CPU's generation decoder; an error for a model loaded without
+    /// it ([`MusicGen::load_without_decoder`]).
+    pub fn decoder(&self) -> Result<&Decoder> {
+        self.decoder.as_ref().ok_or_else(|| {
+            Error::InvalidSetting(format!(
+                "the MusicGen of {} was loaded without its CPU decoder (its decoder runs on {})",
+                self.dir.display(),
+                self.device_name()
+            ))
+        })
     }
 
-    /// How the decoder holds its weights.
+    /// Whether it holds the CPU's generation decoder.
+    pub fn holds_cpu_decoder(&self) -> bool {
+        self.decoder.is_some()
+    }
+
+    /// How the CPU decoder holds its weights (or would, once loaded).
     pub fn precision(&self) -> Precision {
-        self.decoder.precision()
+        self.precision
     }
 
-    /// Holds the decoder's weights in `precision` from now on.
+    /// Holds the CPU decoder's weights in `precision` from now on.
     pub fn set_precision(&mut self, precision: Precision) {
-        self.decoder.set_precision(precision);
+        if let Some(d) = &mut self.decoder {
+            d.set_precision(precision);
+            self.precision = d.precision();
+        } else {
+            self.precision = precision;
+        }
     }
 
     pub fn codec(&self) -> &EncodecDecoder {
@@ -330,7 +377,7 @@ impl MusicGen {
         if self.on_device.is_some() {
             return Ok(Cross::States(states.clone(), mask.clone()));
         }
-        self.decoder
+        self.decoder()?
             .cross_kv(states, Some(mask))?
             .pop()
             .map(Cross::Cpu)
@@ -393,11 +440,11 @@ impl MusicGen {
         mut on_window: Option<&mut OnWindow<'_>>,
     ) -> Result<Frames> {
         let rate = self.frame_rate() as f64;
-        let k = self.decoder.config().num_codebooks;
+        let k = self.cfg.decoder.num_codebooks;
         let max_window = ((WINDOW_SECONDS * rate) as usize)
             .min(
-                self.decoder
-                    .config()
+                self.cfg
+                    .decoder
                     .max_position_embeddings
                     .saturating_sub(k + 1),
             )
@@ -556,7 +603,7 @@ impl MusicGen {
                     }
                 },
                 None => generate_with(
-                    &self.decoder,
+                    self.decoder()?,
                     kv,
                     &input.layer_inputs,
                     prompt_frames,
@@ -814,14 +861,15 @@ pub(super) fn codes_tensor(frames: &Frames) -> Result<Tensor> {
     Ok(Tensor::from_vec(ids, (1, k, t), &Device::Cpu)?)
 }
 
-type Networks = (T5Encoder, Option<Linear>, Decoder, EncodecDecoder);
+type Networks = (T5Encoder, Option<Linear>, Option<Decoder>, EncodecDecoder);
 
-/// The four networks of a MusicGen checkpoint; `dir` names the model in errors.
+/// The four networks of a MusicGen checkpoint, the decoder at `decoder`'s
+/// precision (none without one); `dir` names the model in errors.
 fn load_networks(
     w: &Weights,
     cfg: &MusicgenConfig,
     dir: &Path,
-    precision: Precision,
+    decoder: Option<Precision>,
 ) -> Result<Networks> {
     let text = T5Encoder::load(&w.pp("text_encoder"), &cfg.text_encoder)?;
     let (th, dh) = (cfg.text_encoder.d_model, cfg.decoder.hidden_size);
@@ -830,7 +878,9 @@ fn load_networks(
     } else {
         None
     };
-    let decoder = Decoder::load_as(&w.pp("decoder"), &cfg.decoder, precision)?;
+    let decoder = decoder
+        .map(|p| Decoder::load_as(&w.pp("decoder"), &cfg.decoder, p))
+        .transpose()?;
     let codec = EncodecDecoder::load(&w.pp("audio_encoder"), &cfg.audio_encoder)?;
     if codec.num_codebooks() < cfg.decoder.num_codebooks {
         return Err(Error::model_file(

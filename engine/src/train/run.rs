@@ -191,9 +191,8 @@ pub fn run(
     }
     // The steps run on the trainer's own differentiable decoder
     // (`Trainer::new` reads it from the checkpoint); the model's generation
-    // decoder is never used here, so it is held in 8 bits, about a quarter
-    // of its f32 memory (1.4 GB for musicgen-small, 13 GB for -large).
-    let mut base = MusicGen::load_as(&o.musicgen_dir, Precision::Q8)?;
+    // decoder would never be used here, so it is not loaded.
+    let mut base = MusicGen::load_without_decoder(&o.musicgen_dir, Precision::F32)?;
     base.text_to_device(&o.device)?;
     // The videos' frames go through CLIP's vision tower on the training
     // device, in f32 (the features are the same model's within rounding on

@@ -91,13 +91,16 @@ static CLIP: Registry<Clip> = Registry::new();
 /// on the CPU).
 pub(crate) fn musicgen(dir: &Path, precision: Precision, device: &Chosen) -> Result<Arc<MusicGen>> {
     MUSICGEN.get(dir, precision, &device.key(), || {
-        let mut model = MusicGen::load_as(dir, precision)?;
-        if !device.is_cpu() {
-            let dtype = device::dtype_for(device)?;
-            model
-                .use_device(device, dtype)
-                .map_err(|e| on_device(device, "the decoder", e))?;
+        if device.is_cpu() {
+            return MusicGen::load_as(dir, precision);
         }
+        // The device holds its own decoder: none is read for the CPU (a
+        // device failing later sends the work to the CPU's own model).
+        let mut model = MusicGen::load_without_decoder(dir, precision)?;
+        let dtype = device::dtype_for(device)?;
+        model
+            .use_device(device, dtype)
+            .map_err(|e| on_device(device, "the decoder", e))?;
         Ok(model)
     })
 }
