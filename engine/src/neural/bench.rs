@@ -428,14 +428,14 @@ pub fn through_helper(
         &[],
         frames,
         &s,
-        plan,
+        Some(plan),
         &mut |_, _, audio| {
             samples += audio.map_or(0, |a| a.len());
             true
         },
     )?;
     let took = t0.elapsed().as_secs_f64();
-    samples += last.len();
+    samples += last.map_or(0, |a| a.len());
     Ok(ThroughHelper {
         steps_per_s,
         decoding_steps_per_s: steps / took,

@@ -654,10 +654,10 @@ impl Helper {
         Ok(frames)
     }
 
-    /// [`Helper::generate_for`] with the window's audio decoded in the
-    /// helper too, by the codec of `plan.codec` (which it is made to hold):
-    /// `on_step` gets each hand-over's samples with the step that brings
-    /// it, and the window's last ones come back with its frames.
+    /// [`Helper::generate_for`], with a `plan` the window's audio decoded
+    /// in the helper too, by the codec of `plan.codec` (which it is made to
+    /// hold): `on_step` gets each hand-over's samples with the step that
+    /// brings it, and the window's last ones come back with its frames.
     #[allow(clippy::too_many_arguments)]
     pub fn generate_piece(
         &self,
@@ -668,18 +668,11 @@ impl Helper {
         prompt: &[Vec<u32>],
         frames: usize,
         sampling: &Sampling,
-        plan: AudioPlan,
+        plan: Option<AudioPlan>,
         on_step: &mut OnPieceStep<'_>,
-    ) -> Result<(Frames, Vec<f32>)> {
+    ) -> Result<(Frames, Option<Vec<f32>>)> {
         let window = (cross, layer_inputs, prompt, frames, sampling);
-        let (frames, audio) =
-            self.generate_with(Some((dir, dtype)), window, Some(plan), on_step)?;
-        match audio {
-            Some(a) => Ok((frames, a)),
-            None => {
-                Err(self.fail("the GPU helper sent a window's frames without its audio".into()))
-            }
-        }
+        self.generate_with(Some((dir, dtype)), window, plan, on_step)
     }
 
     fn generate_with(

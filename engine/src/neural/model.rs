@@ -561,47 +561,36 @@ impl MusicGen {
                 }),
                 // Another model of this process may have had the helper
                 // load its decoder since: it is asked for with the window.
-                Some(OnDevice::Helper { helper, dtype, .. }) => match piece {
-                    None => helper.generate_for(
-                        &self.dir,
-                        *dtype,
-                        states,
-                        &input.layer_inputs,
-                        prompt_frames,
-                        new,
-                        &s,
-                        &mut on_step,
-                    ),
-                    Some(piece) => {
-                        let plan = super::helper::AudioPlan {
-                            piece,
-                            codec: self.dir.clone(),
-                            before: done_before,
-                            total: frames,
-                            first_settled,
-                            every,
-                        };
-                        helper
-                            .generate_piece(
-                                &self.dir,
-                                *dtype,
-                                states,
-                                &input.layer_inputs,
-                                prompt_frames,
-                                new,
-                                &s,
-                                plan,
-                                &mut |p, complete, audio| {
-                                    helper_audio.set(audio);
-                                    on_step(p, complete)
-                                },
-                            )
-                            .map(|(got, audio)| {
-                                helper_audio.set(Some(audio));
-                                got
-                            })
-                    }
-                },
+                Some(OnDevice::Helper { helper, dtype, .. }) => {
+                    // Where it decodes, the helper is told the piece.
+                    let plan = piece.map(|piece| super::helper::AudioPlan {
+                        piece,
+                        codec: self.dir.clone(),
+                        before: done_before,
+                        total: frames,
+                        first_settled,
+                        every,
+                    });
+                    helper
+                        .generate_piece(
+                            &self.dir,
+                            *dtype,
+                            states,
+                            &input.layer_inputs,
+                            prompt_frames,
+                            new,
+                            &s,
+                            plan,
+                            &mut |p, complete, audio| {
+                                helper_audio.set(audio);
+                                on_step(p, complete)
+                            },
+                        )
+                        .map(|(got, audio)| {
+                            helper_audio.set(audio);
+                            got
+                        })
+                }
                 None => generate_with(
                     self.decoder()?,
                     kv,
