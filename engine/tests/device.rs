@@ -1051,7 +1051,7 @@ fn a_shared_helper_serves_each_request_by_its_own_model() {
     );
 
     let make = |d: &Path| {
-        h.generate_for(
+        h.generate_piece(
             d,
             DType::F32,
             None,
@@ -1059,9 +1059,11 @@ fn a_shared_helper_serves_each_request_by_its_own_model() {
             &[],
             6,
             &Sampling::greedy(1.0),
-            &mut |_, _| true,
+            None,
+            &mut |_, _, _| true,
         )
         .unwrap()
+        .0
     };
     let first = make(&mg_a);
     let other = make(&mg_b);

@@ -635,29 +635,11 @@ impl Helper {
 
     /// [`Helper::generate`] by the decoder of the checkpoint in `dir` in
     /// `dtype`, which the helper is made to hold first if it does not (an
-    /// engine on another model may have had it load that one).
-    #[allow(clippy::too_many_arguments)]
-    pub fn generate_for(
-        &self,
-        dir: &Path,
-        dtype: DType,
-        cross: Option<(&Tensor, &Tensor)>,
-        layer_inputs: &[Option<Vec<f32>>],
-        prompt: &[Vec<u32>],
-        frames: usize,
-        sampling: &Sampling,
-        on_step: &mut dyn FnMut(Progress, &[Vec<u32>]) -> bool,
-    ) -> Result<Frames> {
-        let window = (cross, layer_inputs, prompt, frames, sampling);
-        let model = Some((dir, dtype));
-        let (frames, _) = self.generate_with(model, window, None, &mut |p, c, _| on_step(p, c))?;
-        Ok(frames)
-    }
-
-    /// [`Helper::generate_for`], with a `plan` the window's audio decoded
-    /// in the helper too, by the codec of `plan.codec` (which it is made to
-    /// hold): `on_step` gets each hand-over's samples with the step that
-    /// brings it, and the window's last ones come back with its frames.
+    /// engine on another model may have had it load that one). With a
+    /// `plan`, the window's audio is decoded in the helper too, by the codec
+    /// of `plan.codec` (which it is made to hold): `on_step` gets each
+    /// hand-over's samples with the step that brings it, and the window's
+    /// last ones come back with its frames.
     #[allow(clippy::too_many_arguments)]
     pub fn generate_piece(
         &self,

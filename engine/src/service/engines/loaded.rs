@@ -49,11 +49,7 @@ impl<T> Registry<T> {
         // Held while loading, so two engines asking at once load it once.
         let mut held = self.held.lock();
         held.retain(|(_, w)| w.strong_count() > 0);
-        if let Some(m) = held
-            .iter()
-            .find(|((d, p, on), _)| d == dir && *p == precision && on == device)
-            .and_then(|(_, w)| w.upgrade())
-        {
+        if let Some(m) = find_held(&held, dir, precision, device) {
             return Ok(m);
         }
         let model = Arc::new(load()?);
@@ -68,10 +64,7 @@ impl<T> Registry<T> {
     /// The model of `dir` at `precision` on `device` when an engine holds
     /// it now.
     fn live(&self, dir: &Path, precision: Precision, device: &str) -> Option<Arc<T>> {
-        let held = self.held.lock();
-        held.iter()
-            .find(|((d, p, on), _)| d == dir && *p == precision && on == device)
-            .and_then(|(_, w)| w.upgrade())
+        find_held(&self.held.lock(), dir, precision, device)
     }
 
     /// Loads from disk so far, and models loaded now.
@@ -80,6 +73,18 @@ impl<T> Registry<T> {
         let live = held.iter().filter(|(_, w)| w.strong_count() > 0).count();
         (self.loads.load(Ordering::Relaxed), live)
     }
+}
+
+/// The live model of `held` for this folder, precision and device.
+fn find_held<T>(
+    held: &[(Key, Weak<T>)],
+    dir: &Path,
+    precision: Precision,
+    device: &str,
+) -> Option<Arc<T>> {
+    held.iter()
+        .find(|((d, p, on), _)| d == dir && *p == precision && on == device)
+        .and_then(|(_, w)| w.upgrade())
 }
 
 static MUSICGEN: Registry<MusicGen> = Registry::new();
