@@ -1071,10 +1071,7 @@ pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
                 patches,
             } => {
                 let answer = match clip.as_ref() {
-                    None => FromHelper::Failed {
-                        reason: "no CLIP is loaded".into(),
-                        device: false,
-                    },
+                    None => refused("no CLIP is loaded".into()),
                     Some(c) => match encode_frames(c, side as usize, &images, patches) {
                         Ok(e) => FromHelper::Encoded(e),
                         Err(e) => failed(e),
@@ -1106,13 +1103,7 @@ pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
             }
             ToHelper::Generate(w) => {
                 let Some(d) = decoder.as_ref() else {
-                    send(
-                        &mut out,
-                        &FromHelper::Failed {
-                            reason: "no model is loaded".into(),
-                            device: false,
-                        },
-                    )?;
+                    send(&mut out, &refused("no model is loaded".into()))?;
                     continue;
                 };
                 let h = d.config().hidden_size;
@@ -1129,13 +1120,7 @@ pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
                                     "conditioning states of {} values for {len} × {h}",
                                     states.len()
                                 );
-                                send(
-                                    &mut out,
-                                    &FromHelper::Failed {
-                                        reason,
-                                        device: false,
-                                    },
-                                )?;
+                                send(&mut out, &refused(reason))?;
                                 continue;
                             }
                         }
@@ -1149,13 +1134,7 @@ pub fn serve(device: super::device::DeviceChoice) -> Result<()> {
                     Some(plan) => match Piece::take(&mut pieces, plan, &codecs, &w.prompt) {
                         Ok(p) => Some((p, plan)),
                         Err(reason) => {
-                            send(
-                                &mut out,
-                                &FromHelper::Failed {
-                                    reason,
-                                    device: false,
-                                },
-                            )?;
+                            send(&mut out, &refused(reason))?;
                             continue;
                         }
                     },
@@ -1306,6 +1285,15 @@ impl Piece {
             Some(a) => a.flatten_all()?.to_vec1()?,
             None => Vec::new(),
         })
+    }
+}
+
+/// A request refused as wrong (the engine's own error, in words; the
+/// helper goes on).
+fn refused(reason: String) -> FromHelper {
+    FromHelper::Failed {
+        reason,
+        device: false,
     }
 }
 
